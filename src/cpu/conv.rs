@@ -1,0 +1,326 @@
+//! Convolution and transposed convolution, forward and backward, as im2col + GEMM per image.
+//!
+//! A conv with kernel `k`, stride `s`, padding `p` maps an image `[C, H, W]` to `[C_out, OH, OW]`,
+//! `OH = (H + 2p - k)/s + 1`. Written as a matrix product: `out = W[C_out, C·k·k] · col[C·k·k, OH·OW]`, where
+//! `col = im2col(x)` lays each receptive field out as a column. The transposed conv is the adjoint of that map,
+//! so it reuses the same two helpers the other way round (`col2im` forward, `im2col` backward).
+
+use super::gemm::{sgemm, Mat};
+use super::{batch_chunks, BATCH_CHUNKS};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// The geometry of one conv between an image `[c, h, w]` and its output grid `[oh, ow]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    /// The geometry for an input `[c, h, w]`; `None` when the kernel does not fit the padded input.
+    pub fn new(c: usize, h: usize, w: usize, k: usize, stride: usize, pad: usize) -> Option<Self> {
+        if stride == 0 || k == 0 || h + 2 * pad < k || w + 2 * pad < k {
+            return None;
+        }
+        let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+        Some(ConvGeom { c, h, w, k, stride, pad, oh, ow })
+    }
+    /// Rows of the column matrix: `c·k·k`.
+    pub fn col_rows(&self) -> usize {
+        self.c * self.k * self.k
+    }
+    /// Columns of the column matrix: `oh·ow`.
+    pub fn col_cols(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// A 1x1, stride-1, unpadded conv, whose column matrix is the image itself.
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+    /// For kernel offset `kx` and output width `ow`, the range of output columns whose input column
+    /// `ox·s - p + kx` lies inside `[0, w)`.
+    fn valid_range(&self, kx: usize, in_len: usize, out_len: usize) -> (usize, usize) {
+        let (s, p) = (self.stride as isize, self.pad as isize);
+        let kx = kx as isize;
+        // smallest ox with ox*s - p + kx >= 0, and first ox with ox*s - p + kx >= in_len
+        let lo = ((p - kx).max(0) + s - 1) / s;
+        let hi = ((in_len as isize + p - kx).max(0) + s - 1) / s;
+        (lo.min(out_len as isize) as usize, hi.min(out_len as isize) as usize)
+    }
+}
+
+/// `col[(c·k + ky)·k + kx, oy·ow + ox] = x[c, oy·s - p + ky, ox·s - p + kx]` (zero outside the image).
+pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+    let (k, s, p) = (g.k, g.stride, g.pad);
+    let plane = g.oh * g.ow;
+    for c in 0..g.c {
+        let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..k {
+            let (oy0, oy1) = g.valid_range(ky, g.h, g.oh);
+            for kx in 0..k {
+                let row = &mut col[((c * k + ky) * k + kx) * plane..][..plane];
+                let (ox0, ox1) = g.valid_range(kx, g.w, g.ow);
+                row[..oy0 * g.ow].fill(0.0);
+                row[oy1 * g.ow..].fill(0.0);
+                for oy in oy0..oy1 {
+                    let iy = oy * s + ky - p;
+                    let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                    dst[..ox0].fill(0.0);
+                    dst[ox1..].fill(0.0);
+                    let src = &xc[iy * g.w..(iy + 1) * g.w];
+                    if s == 1 {
+                        let ix0 = ox0 + kx - p;
+                        dst[ox0..ox1].copy_from_slice(&src[ix0..ix0 + (ox1 - ox0)]);
+                    } else {
+                        for ox in ox0..ox1 {
+                            dst[ox] = src[ox * s + kx - p];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: `x[c, iy, ix] = Σ col[(c, ky, kx), (oy, ox)]` over all taps that read `(iy, ix)`.
+/// Overwrites `x`.
+pub fn col2im(g: &ConvGeom, col: &[f32], x: &mut [f32]) {
+    let (k, s, p) = (g.k, g.stride, g.pad);
+    let plane = g.oh * g.ow;
+    x[..g.c * g.h * g.w].fill(0.0);
+    for c in 0..g.c {
+        let xc = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..k {
+            let (oy0, oy1) = g.valid_range(ky, g.h, g.oh);
+            for kx in 0..k {
+                let row = &col[((c * k + ky) * k + kx) * plane..][..plane];
+                let (ox0, ox1) = g.valid_range(kx, g.w, g.ow);
+                for oy in oy0..oy1 {
+                    let iy = oy * s + ky - p;
+                    let src = &row[oy * g.ow..(oy + 1) * g.ow];
+                    let dst = &mut xc[iy * g.w..(iy + 1) * g.w];
+                    if s == 1 {
+                        let ix0 = ox0 + kx - p;
+                        for (d, v) in dst[ix0..ix0 + (ox1 - ox0)].iter_mut().zip(&src[ox0..ox1]) {
+                            *d += v;
+                        }
+                    } else {
+                        for ox in ox0..ox1 {
+                            dst[ox * s + kx - p] += src[ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch for column matrices, reused across calls so the hot loop does not allocate.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a per-thread scratch buffer of at least `len` floats (contents unspecified).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        f(&mut buf[..len])
+    })
+}
+
+/// GEMM threads for per-image work: the whole machine when there is one image, else 1 (images in parallel).
+fn inner_threads(n: usize) -> usize {
+    if n == 1 {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
+}
+
+/// Extra terms a conv adds to its output: `out[n,c,:] += bias[c] + chan_bias[n,c] + residual[n,c,:]`.
+/// Fusing them into the conv saves a pass over memory and a saved activation per term.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub chan_bias: Option<&'a [f32]>,
+    pub residual: Option<&'a [f32]>,
+}
+
+/// Conv2d forward: `out[n] = W · im2col(x[n]) + epilogue`, `x: [n, g.c, g.h, g.w]`, `w: [co, g.c, k, k]`,
+/// `out: [n, co, g.oh, g.ow]`.
+pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, epi: Epilogue, out: &mut [f32]) {
+    let (kk, plane, in_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
+    let threads = inner_threads(n);
+    out.par_chunks_mut(co * plane).enumerate().for_each(|(i, out_i)| {
+        let x_i = &x[i * in_len..(i + 1) * in_len];
+        if let Some(r) = epi.residual {
+            out_i.copy_from_slice(&r[i * co * plane..(i + 1) * co * plane]);
+        }
+        let acc = epi.residual.is_some();
+        if g.is_pointwise() {
+            sgemm(co, plane, kk, Mat::n(w), Mat::n(x_i), out_i, acc, threads);
+        } else {
+            with_scratch(kk * plane, |col| {
+                im2col(g, x_i, col);
+                sgemm(co, plane, kk, Mat::n(w), Mat::n(col), out_i, acc, threads);
+            });
+        }
+        add_channel_terms(out_i, co, plane, epi.bias, epi.chan_bias.map(|cb| &cb[i * co..(i + 1) * co]));
+    });
+}
+
+/// `out[c, :] += bias[c] + chan_bias[c]` for each channel of one image.
+fn add_channel_terms(out: &mut [f32], co: usize, plane: usize, bias: Option<&[f32]>, chan_bias: Option<&[f32]>) {
+    if bias.is_none() && chan_bias.is_none() {
+        return;
+    }
+    for c in 0..co {
+        let add = bias.map_or(0.0, |b| b[c]) + chan_bias.map_or(0.0, |b| b[c]);
+        out[c * plane..(c + 1) * plane].iter_mut().for_each(|v| *v += add);
+    }
+}
+
+/// Gradients a conv backward may produce; `None` fields are not computed.
+pub struct ConvGrads<'a> {
+    /// dL/dx, same shape as x.
+    pub dx: Option<&'a mut [f32]>,
+    /// dL/dW, same shape as W (overwritten).
+    pub dw: Option<&'a mut [f32]>,
+}
+
+/// Conv2d backward for `gout = dL/dout [n, co, oh, ow]`:
+/// `dx[n] = col2im(Wᵀ · gout[n])`, `dW = Σ_n gout[n] · im2col(x[n])ᵀ`.
+/// Bias gradients are plain sums of `gout` and live in [`channel_sums`].
+pub fn conv2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, gout: &[f32], grads: ConvGrads) {
+    let (kk, plane, in_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
+    let want_dw = grads.dw.is_some();
+    let threads = inner_threads(n);
+    let ranges = batch_chunks(n);
+    let mut dx_chunks: Vec<Option<&mut [f32]>> = match grads.dx {
+        Some(dx) => split_by_ranges(dx, &ranges, in_len).into_iter().map(Some).collect(),
+        None => ranges.iter().map(|_| None).collect(),
+    };
+    // One partial dW per chunk, summed in chunk order afterwards: deterministic whatever the thread count.
+    let partials: Vec<Vec<f32>> = ranges
+        .par_iter()
+        .zip(dx_chunks.par_iter_mut())
+        .map(|(range, dx_chunk)| {
+            let mut dw_part = if want_dw { vec![0.0f32; co * kk] } else { Vec::new() };
+            with_scratch(kk * plane, |col| {
+                for (j, i) in range.clone().enumerate() {
+                    let x_i = &x[i * in_len..(i + 1) * in_len];
+                    let g_i = &gout[i * co * plane..(i + 1) * co * plane];
+                    if want_dw {
+                        let cols: &[f32] = if g.is_pointwise() { x_i } else { im2col(g, x_i, col); col };
+                        sgemm(co, kk, plane, Mat::n(g_i), Mat::t(cols), &mut dw_part, j > 0, threads);
+                    }
+                    if let Some(dx) = dx_chunk.as_deref_mut() {
+                        let dx_i = &mut dx[j * in_len..(j + 1) * in_len];
+                        if g.is_pointwise() {
+                            sgemm(kk, plane, co, Mat::t(w), Mat::n(g_i), dx_i, false, threads);
+                        } else {
+                            sgemm(kk, plane, co, Mat::t(w), Mat::n(g_i), col, false, threads);
+                            col2im(g, col, dx_i);
+                        }
+                    }
+                }
+            });
+            dw_part
+        })
+        .collect();
+    if let Some(dw) = grads.dw {
+        sum_partials(&partials, dw);
+    }
+}
+
+/// ConvTranspose2d forward (PyTorch semantics, weight `[ci, co, k, k]`): the adjoint of a conv from the output
+/// grid to the input grid. `g` is that conv's geometry: `g.c = co`, `(g.h, g.w)` the output size and
+/// `(g.oh, g.ow)` the input size. `out[n] = col2im(Wᵀ · x[n]) + bias`.
+pub fn conv_transpose2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], ci: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+    let (kk, plane, out_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
+    let threads = inner_threads(n);
+    out.par_chunks_mut(out_len).enumerate().for_each(|(i, out_i)| {
+        let x_i = &x[i * ci * plane..(i + 1) * ci * plane];
+        with_scratch(kk * plane, |col| {
+            sgemm(kk, plane, ci, Mat::t(w), Mat::n(x_i), col, false, threads);
+            col2im(g, col, out_i);
+        });
+        add_channel_terms(out_i, g.c, g.h * g.w, bias, None);
+    });
+}
+
+/// ConvTranspose2d backward: `dx[n] = W · im2col(gout[n])`, `dW = Σ_n x[n] · im2col(gout[n])ᵀ`.
+pub fn conv_transpose2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], ci: usize, gout: &[f32], grads: ConvGrads) {
+    let (kk, plane, out_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
+    let want_dw = grads.dw.is_some();
+    let threads = inner_threads(n);
+    let ranges = batch_chunks(n);
+    let in_len = ci * plane;
+    let mut dx_chunks: Vec<Option<&mut [f32]>> = match grads.dx {
+        Some(dx) => split_by_ranges(dx, &ranges, in_len).into_iter().map(Some).collect(),
+        None => ranges.iter().map(|_| None).collect(),
+    };
+    let partials: Vec<Vec<f32>> = ranges
+        .par_iter()
+        .zip(dx_chunks.par_iter_mut())
+        .map(|(range, dx_chunk)| {
+            let mut dw_part = if want_dw { vec![0.0f32; ci * kk] } else { Vec::new() };
+            with_scratch(kk * plane, |col| {
+                for (j, i) in range.clone().enumerate() {
+                    im2col(g, &gout[i * out_len..(i + 1) * out_len], col);
+                    if want_dw {
+                        let x_i = &x[i * in_len..(i + 1) * in_len];
+                        sgemm(ci, kk, plane, Mat::n(x_i), Mat::t(col), &mut dw_part, j > 0, threads);
+                    }
+                    if let Some(dx) = dx_chunk.as_deref_mut() {
+                        sgemm(ci, plane, kk, Mat::n(w), Mat::n(col), &mut dx[j * in_len..(j + 1) * in_len], false, threads);
+                    }
+                }
+            });
+            dw_part
+        })
+        .collect();
+    if let Some(dw) = grads.dw {
+        sum_partials(&partials, dw);
+    }
+}
+
+/// Per-channel sums of an `[n, c, plane]` tensor, as `[c]` (`per_image = false`) or `[n, c]` (`true`):
+/// the gradient of a broadcast bias.
+pub fn channel_sums(t: &[f32], n: usize, c: usize, plane: usize, per_image: bool) -> Vec<f32> {
+    let sums: Vec<f32> = t.par_chunks(plane).map(|row| row.iter().map(|&v| v as f64).sum::<f64>() as f32).collect();
+    if per_image {
+        return sums;
+    }
+    (0..c).map(|ch| (0..n).map(|i| sums[i * c + ch] as f64).sum::<f64>() as f32).collect()
+}
+
+/// Splits `buf` into the sub-slices of whole items named by `ranges` (items of `item_len` floats).
+fn split_by_ranges<'a>(mut buf: &'a mut [f32], ranges: &[std::ops::Range<usize>], item_len: usize) -> Vec<&'a mut [f32]> {
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let (head, tail) = buf.split_at_mut(r.len() * item_len);
+        out.push(head);
+        buf = tail;
+    }
+    out
+}
+
+/// `dst = Σ partials` in order (empty partials are skipped).
+fn sum_partials(partials: &[Vec<f32>], dst: &mut [f32]) {
+    debug_assert!(partials.len() <= BATCH_CHUNKS);
+    dst.fill(0.0);
+    for p in partials.iter().filter(|p| !p.is_empty()) {
+        dst.iter_mut().zip(p).for_each(|(d, v)| *d += v);
+    }
+}

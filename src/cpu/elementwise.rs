@@ -1,0 +1,84 @@
+//! Small kernels: SiLU, linear layers, channel concat, mean-squared error.
+
+use super::gemm::{sgemm, Mat};
+use rayon::prelude::*;
+
+/// `σ(x) = 1 / (1 + e^{-x})`.
+#[inline]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `d silu(x)/dx = σ(x)·(1 + x·(1 - σ(x)))`, where `silu(x) = x·σ(x)`.
+#[inline]
+pub fn silu_grad(x: f32) -> f32 {
+    let s = sigmoid(x);
+    s * (1.0 + x * (1.0 - s))
+}
+
+/// `y = x·σ(x)` elementwise.
+pub fn silu_forward(x: &[f32], y: &mut [f32]) {
+    y.par_iter_mut().zip(x.par_iter()).for_each(|(o, &v)| *o = v * sigmoid(v));
+}
+
+/// `dx = dy·silu'(x)` elementwise.
+pub fn silu_backward(x: &[f32], gy: &[f32], dx: &mut [f32]) {
+    dx.par_iter_mut().zip(x.par_iter().zip(gy.par_iter())).for_each(|(o, (&v, &g))| *o = g * silu_grad(v));
+}
+
+/// Linear layer `y[b, o] = Σ_i x[b, i]·W[o, i] + bias[o]` (PyTorch's `x Wᵀ + b`).
+pub fn linear_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, batch: usize, fin: usize, fout: usize, y: &mut [f32]) {
+    sgemm(batch, fout, fin, Mat::n(x), Mat::t(w), y, false, rayon::current_num_threads());
+    if let Some(b) = bias {
+        y.chunks_mut(fout).for_each(|row| row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb));
+    }
+}
+
+/// Linear backward: `dx = dy·W`, `dW = dyᵀ·x`, `db = Σ_b dy`. Only the requested outputs are computed.
+pub fn linear_backward(x: &[f32], w: &[f32], gy: &[f32], batch: usize, fin: usize, fout: usize, dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) {
+    let threads = rayon::current_num_threads();
+    if let Some(dx) = dx {
+        sgemm(batch, fin, fout, Mat::n(gy), Mat::n(w), dx, false, threads);
+    }
+    if let Some(dw) = dw {
+        sgemm(fout, fin, batch, Mat::t(gy), Mat::n(x), dw, false, threads);
+    }
+}
+
+/// Column sums of a `[rows, cols]` matrix (the bias gradient of a linear layer), accumulated in f64.
+pub fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
+    let mut acc = vec![0.0f64; cols];
+    m.chunks(cols).for_each(|row| acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64));
+    acc.into_iter().map(|v| v as f32).collect()
+}
+
+/// Concatenates `a: [n, ca, plane]` and `b: [n, cb, plane]` along channels into `[n, ca + cb, plane]`.
+pub fn concat_channels(a: &[f32], b: &[f32], ca: usize, cb: usize, plane: usize, out: &mut [f32]) {
+    out.par_chunks_mut((ca + cb) * plane).enumerate().for_each(|(i, o)| {
+        o[..ca * plane].copy_from_slice(&a[i * ca * plane..(i + 1) * ca * plane]);
+        o[ca * plane..].copy_from_slice(&b[i * cb * plane..(i + 1) * cb * plane]);
+    });
+}
+
+/// The inverse of [`concat_channels`]: splits `g: [n, ca + cb, plane]` into its two channel blocks.
+pub fn split_channels(g: &[f32], n: usize, ca: usize, cb: usize, plane: usize) -> (Vec<f32>, Vec<f32>) {
+    let (mut a, mut b) = (Vec::with_capacity(n * ca * plane), Vec::with_capacity(n * cb * plane));
+    for o in g.chunks((ca + cb) * plane) {
+        a.extend_from_slice(&o[..ca * plane]);
+        b.extend_from_slice(&o[ca * plane..]);
+    }
+    (a, b)
+}
+
+/// Mean-squared error `L = (1/N)·Σ (p - t)²`, summed in f64 in order (a parallel sum's order, and so its
+/// last bit, would depend on scheduling).
+pub fn mse(p: &[f32], t: &[f32]) -> f32 {
+    let s: f64 = p.iter().zip(t).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum();
+    (s / p.len() as f64) as f32
+}
+
+/// `dL/dp = (2/N)·(p - t)·dL`.
+pub fn mse_backward(p: &[f32], t: &[f32], gloss: f32, dp: &mut [f32]) {
+    let scale = 2.0 * gloss / p.len() as f32;
+    dp.par_iter_mut().zip(p.par_iter().zip(t.par_iter())).for_each(|(o, (&a, &b))| *o = scale * (a - b));
+}

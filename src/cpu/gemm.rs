@@ -1,0 +1,56 @@
+//! Row-major single-precision matrix multiply on top of the `gemm` crate.
+
+/// A row-major matrix operand: `data` holds `rows x cols` of the *stored* matrix; `transposed` means the
+/// operand is the transpose of what is stored.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub transposed: bool,
+}
+
+impl<'a> Mat<'a> {
+    /// The stored matrix itself.
+    pub fn n(data: &'a [f32]) -> Self {
+        Mat { data, transposed: false }
+    }
+    /// The transpose of the stored matrix.
+    pub fn t(data: &'a [f32]) -> Self {
+        Mat { data, transposed: true }
+    }
+}
+
+/// `C[m,n] = A[m,k] · B[k,n]` (or `C += A·B` when `accumulate`), all row-major.
+///
+/// A stored untransposed is `m x k`, transposed it is stored `k x m`; likewise B is `k x n` or stored `n x k`.
+/// `threads > 1` lets the GEMM itself use rayon (for single-image work); batch-parallel callers pass 1.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumulate: bool, threads: usize) {
+    assert!(a.data.len() >= m * k && b.data.len() >= k * n && c.len() >= m * n, "sgemm: operand too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // (row stride, column stride) of each operand as the logical matrix.
+    let (a_rs, a_cs) = if a.transposed { (1, m as isize) } else { (k as isize, 1) };
+    let (b_rs, b_cs) = if b.transposed { (1, k as isize) } else { (n as isize, 1) };
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the asserts above guarantee every (row, col) addressed through these strides is in bounds,
+    // and `c` is exclusively borrowed.
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            c.as_mut_ptr(), 1, n as isize,
+            accumulate,
+            a.data.as_ptr(), a_cs, a_rs,
+            b.data.as_ptr(), b_cs, b_rs,
+            1.0, 1.0,
+            false, false, false,
+            par,
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! CPU kernels: the reference every other backend is tested against, and the fast path on machines without a GPU.
+//!
+//! Kernels work on plain slices with explicit dimensions; the autograd layer (`crate::autograd`) checks shapes
+//! and calls them. Convolutions are per-image im2col + one cache-sized GEMM, the batch split across threads in a
+//! fixed number of chunks so that results never depend on the thread count.
+
+pub mod conv;
+pub mod elementwise;
+pub mod gemm;
+pub mod norm;
+
+/// The number of batch chunks the parallel kernels split work into. Fixed (not the thread count) so that
+/// per-chunk partial sums, and therefore results, are the same on every machine.
+pub const BATCH_CHUNKS: usize = 8;
+
+/// Splits `n` items into at most [`BATCH_CHUNKS`] contiguous ranges of near-equal size.
+pub fn batch_chunks(n: usize) -> Vec<std::ops::Range<usize>> {
+    let chunks = n.clamp(1, BATCH_CHUNKS);
+    let size = n.div_ceil(chunks);
+    (0..n).step_by(size.max(1)).map(|s| s..(s + size).min(n)).collect()
+}

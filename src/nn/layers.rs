@@ -1,0 +1,162 @@
+//! Conv2d, ConvTranspose2d, GroupNorm, Linear and the sinusoidal time embedding.
+//!
+//! Initialisation follows PyTorch's defaults: weights and biases uniform in `±1/sqrt(fan_in)` (what
+//! `kaiming_uniform_(a=√5)` reduces to), where `fan_in = weight.size(1)·k·k`; for ConvTranspose2d the weight is
+//! `[c_in, c_out, k, k]`, so its fan_in is `c_out·k·k`. GroupNorm starts at γ = 1, β = 0.
+
+use crate::autograd::{ConvExtra, Tape, Var};
+use crate::error::Result;
+use crate::params::{ParamId, Params};
+use crate::tensor::Tensor;
+use rand::Rng;
+
+/// A tensor of `shape` uniform in `[-bound, bound)`.
+fn uniform(rng: &mut impl Rng, shape: &[usize], bound: f32) -> Tensor {
+    let n = shape.iter().product();
+    let data = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+    Tensor::new(shape, data).expect("length matches shape")
+}
+
+/// `y = x * W + b` for images: `nn.Conv2d(c_in, c_out, k, stride, padding)`.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    pub weight: ParamId,
+    pub bias: ParamId,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Conv2d {
+    /// Registers `{name}.weight [c_out, c_in, k, k]` and `{name}.bias [c_out]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(p: &mut Params, rng: &mut impl Rng, name: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Self {
+        let bound = 1.0 / ((cin * k * k) as f32).sqrt();
+        let weight = p.add(&format!("{name}.weight"), uniform(rng, &[cout, cin, k, k], bound));
+        let bias = p.add(&format!("{name}.bias"), uniform(rng, &[cout], bound));
+        Conv2d { weight, bias, stride, pad }
+    }
+
+    /// The conv of `x`, with optional fused extra terms.
+    pub fn forward(&self, tape: &mut Tape, x: Var, extra: ConvExtra) -> Result<Var> {
+        let (w, b) = (tape.param(self.weight), tape.param(self.bias));
+        tape.conv2d(x, w, Some(b), self.stride, self.pad, extra)
+    }
+}
+
+/// `nn.ConvTranspose2d(c_in, c_out, k, stride, padding)`, weight `[c_in, c_out, k, k]`.
+#[derive(Clone, Debug)]
+pub struct ConvTranspose2d {
+    pub weight: ParamId,
+    pub bias: ParamId,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvTranspose2d {
+    /// Registers `{name}.weight [c_in, c_out, k, k]` and `{name}.bias [c_out]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(p: &mut Params, rng: &mut impl Rng, name: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Self {
+        let bound = 1.0 / ((cout * k * k) as f32).sqrt();
+        let weight = p.add(&format!("{name}.weight"), uniform(rng, &[cin, cout, k, k], bound));
+        let bias = p.add(&format!("{name}.bias"), uniform(rng, &[cout], bound));
+        ConvTranspose2d { weight, bias, stride, pad }
+    }
+
+    /// The transposed conv of `x`.
+    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
+        let (w, b) = (tape.param(self.weight), tape.param(self.bias));
+        tape.conv_transpose2d(x, w, Some(b), self.stride, self.pad)
+    }
+}
+
+/// `nn.GroupNorm(groups, c)`: affine, eps 1e-5.
+#[derive(Clone, Debug)]
+pub struct GroupNorm {
+    pub weight: ParamId,
+    pub bias: ParamId,
+    pub groups: usize,
+}
+
+impl GroupNorm {
+    /// Registers `{name}.weight = 1` and `{name}.bias = 0`, both `[c]`.
+    pub fn new(p: &mut Params, name: &str, groups: usize, c: usize) -> Self {
+        let weight = p.add(&format!("{name}.weight"), Tensor::full(&[c], 1.0));
+        let bias = p.add(&format!("{name}.bias"), Tensor::zeros(&[c]));
+        GroupNorm { weight, bias, groups }
+    }
+
+    /// `GroupNorm(x)`, followed by SiLU when `silu` (fused).
+    pub fn forward(&self, tape: &mut Tape, x: Var, silu: bool) -> Result<Var> {
+        let (g, b) = (tape.param(self.weight), tape.param(self.bias));
+        tape.group_norm(x, g, b, self.groups, silu)
+    }
+}
+
+/// `nn.Linear(in, out)`: `y = x Wᵀ + b`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: ParamId,
+    pub bias: ParamId,
+}
+
+impl Linear {
+    /// Registers `{name}.weight [out, in]` and `{name}.bias [out]`.
+    pub fn new(p: &mut Params, rng: &mut impl Rng, name: &str, fin: usize, fout: usize) -> Self {
+        let bound = 1.0 / (fin as f32).sqrt();
+        let weight = p.add(&format!("{name}.weight"), uniform(rng, &[fout, fin], bound));
+        let bias = p.add(&format!("{name}.bias"), uniform(rng, &[fout], bound));
+        Linear { weight, bias }
+    }
+
+    /// `x Wᵀ + b`.
+    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
+        let (w, b) = (tape.param(self.weight), tape.param(self.bias));
+        tape.linear(x, w, Some(b))
+    }
+}
+
+/// The seed's `TimeEmbedding(dim, hidden)`: a sinusoid of `t` (all sines, then all cosines), then
+/// `Linear(dim, hidden) → SiLU → Linear(hidden, hidden)` (PyTorch names `time.mlp.0`, `time.mlp.2`).
+#[derive(Clone, Debug)]
+pub struct TimeEmbedding {
+    pub dim: usize,
+    pub lin0: Linear,
+    pub lin2: Linear,
+}
+
+impl TimeEmbedding {
+    /// Registers `{name}.mlp.0` and `{name}.mlp.2`; `dim` must be even.
+    pub fn new(p: &mut Params, rng: &mut impl Rng, name: &str, dim: usize, hidden: usize) -> Self {
+        let lin0 = Linear::new(p, rng, &format!("{name}.mlp.0"), dim, hidden);
+        let lin2 = Linear::new(p, rng, &format!("{name}.mlp.2"), hidden, hidden);
+        TimeEmbedding { dim, lin0, lin2 }
+    }
+
+    /// `freqs[i] = exp(-ln(10000)·i / half)`, `half = dim/2`, in f32 in the seed's order (the product, then the
+    /// division, then exp).
+    pub fn freqs(dim: usize) -> Vec<f32> {
+        let half = dim / 2;
+        let c = -(10000f64.ln()) as f32;
+        (0..half).map(|i| ((c * i as f32) / half as f32).exp()).collect()
+    }
+
+    /// The sinusoid `[sin(t·f_0..), cos(t·f_0..)]`, `[len(t), dim]`, with `t·f` formed in f32 as the seed does.
+    pub fn sinusoid(t: &[usize], dim: usize) -> Tensor {
+        let freqs = Self::freqs(dim);
+        let mut out = Vec::with_capacity(t.len() * dim);
+        for &ti in t {
+            let args: Vec<f32> = freqs.iter().map(|&f| ti as f32 * f).collect();
+            out.extend(args.iter().map(|a| a.sin()));
+            out.extend(args.iter().map(|a| a.cos()));
+        }
+        Tensor::new(&[t.len(), dim], out).expect("length matches shape")
+    }
+
+    /// `mlp(sinusoid(t))`, `[len(t), hidden]`.
+    pub fn forward(&self, tape: &mut Tape, t: &[usize]) -> Result<Var> {
+        let e = tape.input(Self::sinusoid(t, self.dim));
+        let h = self.lin0.forward(tape, e)?;
+        let h = tape.silu(h);
+        self.lin2.forward(tape, h)
+    }
+}

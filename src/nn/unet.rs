@@ -1,0 +1,161 @@
+//! The seed's UNet: three resolutions (32, 16, 8 for a 32x32 input), one ResBlock per level on the way down, one
+//! at the bottleneck, one per level on the way up, skips joined by channel concatenation.
+
+use super::layers::{Conv2d, ConvTranspose2d, GroupNorm, Linear, TimeEmbedding};
+use crate::autograd::{ConvExtra, Tape, Var};
+use crate::error::{Error, Result};
+use crate::params::Params;
+use rand::Rng;
+
+/// Groups of every GroupNorm, as in the seed.
+pub const GROUPS: usize = 8;
+
+/// The UNet's sizes: `in_ch` image channels, `base` channels at full resolution, `t_dim` sinusoid width (the
+/// time MLP is `4·t_dim` wide).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UNetConfig {
+    pub in_ch: usize,
+    pub base: usize,
+    pub t_dim: usize,
+}
+
+impl Default for UNetConfig {
+    /// The seed's recipe: `UNet(in_ch=1, base=64, t_dim=128)`.
+    fn default() -> Self {
+        UNetConfig { in_ch: 1, base: 64, t_dim: 128 }
+    }
+}
+
+impl UNetConfig {
+    /// `Err` unless every GroupNorm can split its channels into 8 groups and the sinusoid has even width.
+    pub fn validate(&self) -> Result<()> {
+        if self.in_ch == 0 || self.base == 0 || self.base % GROUPS != 0 {
+            return Err(Error::Arg(format!("base must be a positive multiple of {GROUPS} (GroupNorm({GROUPS})), got {}", self.base)));
+        }
+        if self.t_dim == 0 || self.t_dim % 2 != 0 {
+            return Err(Error::Arg(format!("t_dim must be positive and even, got {}", self.t_dim)));
+        }
+        Ok(())
+    }
+}
+
+/// The seed's ResBlock:
+/// `h = conv1(silu(norm1(x))) + t_proj(silu(t_emb))[:, :, None, None]`; `out = conv2(silu(norm2(h))) + skip(x)`,
+/// with `skip` a 1x1 conv when the channel count changes, else the identity.
+#[derive(Clone, Debug)]
+pub struct ResBlock {
+    pub norm1: GroupNorm,
+    pub conv1: Conv2d,
+    pub t_proj: Linear,
+    pub norm2: GroupNorm,
+    pub conv2: Conv2d,
+    pub skip: Option<Conv2d>,
+}
+
+impl ResBlock {
+    /// Registers the block's parameters under `name` in PyTorch's order.
+    pub fn new(p: &mut Params, rng: &mut impl Rng, name: &str, cin: usize, cout: usize, t_out: usize) -> Self {
+        let norm1 = GroupNorm::new(p, &format!("{name}.norm1"), GROUPS, cin);
+        let conv1 = Conv2d::new(p, rng, &format!("{name}.conv1"), cin, cout, 3, 1, 1);
+        let t_proj = Linear::new(p, rng, &format!("{name}.t_proj"), t_out, cout);
+        let norm2 = GroupNorm::new(p, &format!("{name}.norm2"), GROUPS, cout);
+        let conv2 = Conv2d::new(p, rng, &format!("{name}.conv2"), cout, cout, 3, 1, 1);
+        let skip = (cin != cout).then(|| Conv2d::new(p, rng, &format!("{name}.skip"), cin, cout, 1, 1, 0));
+        ResBlock { norm1, conv1, t_proj, norm2, conv2, skip }
+    }
+
+    /// The block applied to `x`, given `t_act = silu(t_emb)` (shared by all blocks). The time projection and the
+    /// residual are fused into the convs' outputs.
+    pub fn forward(&self, tape: &mut Tape, x: Var, t_act: Var) -> Result<Var> {
+        let a1 = self.norm1.forward(tape, x, true)?;
+        let tp = self.t_proj.forward(tape, t_act)?;
+        let h = self.conv1.forward(tape, a1, ConvExtra { chan_bias: Some(tp), residual: None })?;
+        let a2 = self.norm2.forward(tape, h, true)?;
+        let skip = match &self.skip {
+            Some(conv) => conv.forward(tape, x, ConvExtra::default())?,
+            None => x,
+        };
+        self.conv2.forward(tape, a2, ConvExtra { chan_bias: None, residual: Some(skip) })
+    }
+}
+
+/// The seed's `UNet(in_ch, base, t_dim)`, predicting the noise ε in x_t.
+#[derive(Clone, Debug)]
+pub struct UNet {
+    pub config: UNetConfig,
+    pub time: TimeEmbedding,
+    pub in_conv: Conv2d,
+    pub down1: ResBlock,
+    pub pool1: Conv2d,
+    pub down2: ResBlock,
+    pub pool2: Conv2d,
+    pub mid: ResBlock,
+    pub up2: ConvTranspose2d,
+    pub dec2: ResBlock,
+    pub up1: ConvTranspose2d,
+    pub dec1: ResBlock,
+    pub out_norm: GroupNorm,
+    pub out_conv: Conv2d,
+}
+
+impl UNet {
+    /// Builds the UNet, registering its parameters in `p` (PyTorch names and order), initialised from `rng`.
+    pub fn new(config: UNetConfig, p: &mut Params, rng: &mut impl Rng) -> Result<Self> {
+        config.validate()?;
+        let UNetConfig { in_ch, base: b, t_dim } = config;
+        let t_out = 4 * t_dim;
+        Ok(UNet {
+            config,
+            time: TimeEmbedding::new(p, rng, "time", t_dim, t_out),
+            in_conv: Conv2d::new(p, rng, "in_conv", in_ch, b, 3, 1, 1),
+            down1: ResBlock::new(p, rng, "down1", b, b, t_out),
+            pool1: Conv2d::new(p, rng, "pool1", b, 2 * b, 3, 2, 1),
+            down2: ResBlock::new(p, rng, "down2", 2 * b, 2 * b, t_out),
+            pool2: Conv2d::new(p, rng, "pool2", 2 * b, 4 * b, 3, 2, 1),
+            mid: ResBlock::new(p, rng, "mid", 4 * b, 4 * b, t_out),
+            up2: ConvTranspose2d::new(p, rng, "up2", 4 * b, 2 * b, 4, 2, 1),
+            dec2: ResBlock::new(p, rng, "dec2", 4 * b, 2 * b, t_out),
+            up1: ConvTranspose2d::new(p, rng, "up1", 2 * b, b, 4, 2, 1),
+            dec1: ResBlock::new(p, rng, "dec1", 2 * b, b, t_out),
+            out_norm: GroupNorm::new(p, "out_norm", GROUPS, b),
+            out_conv: Conv2d::new(p, rng, "out_conv", b, in_ch, 3, 1, 1),
+        })
+    }
+
+    /// `ε̂ = UNet(x_t, t)` for `x: [n, in_ch, H, W]` (H, W divisible by 4) and one timestep per image.
+    pub fn forward(&self, tape: &mut Tape, x: Var, t: &[usize]) -> Result<Var> {
+        self.forward_traced(tape, x, t, &mut |_, _| {})
+    }
+
+    /// [`UNet::forward`], calling `trace(name, var)` with each submodule's output, named as the golden files name
+    /// them (`time`, `in_conv`, `down1`, … `out_conv`; `out_norm` is not traced since it is fused with its SiLU).
+    pub fn forward_traced(&self, tape: &mut Tape, x: Var, t: &[usize], trace: &mut dyn FnMut(&'static str, Var)) -> Result<Var> {
+        let (n, c, h, w) = tape.value(x).dims4("UNet input")?;
+        if c != self.config.in_ch || h % 4 != 0 || w % 4 != 0 || t.len() != n {
+            return Err(Error::Shape(format!(
+                "UNet: expected input [n, {}, H, W] with H, W divisible by 4 and n timesteps, got {:?} with {} timesteps",
+                self.config.in_ch, tape.value(x).shape(), t.len()
+            )));
+        }
+        let mut traced = |name, v: Var| {
+            trace(name, v);
+            v
+        };
+        let t_emb = traced("time", self.time.forward(tape, t)?);
+        let t_act = tape.silu(t_emb);
+        let h0 = traced("in_conv", self.in_conv.forward(tape, x, ConvExtra::default())?);
+        let h1 = traced("down1", self.down1.forward(tape, h0, t_act)?);
+        let p1 = traced("pool1", self.pool1.forward(tape, h1, ConvExtra::default())?);
+        let h2 = traced("down2", self.down2.forward(tape, p1, t_act)?);
+        let p2 = traced("pool2", self.pool2.forward(tape, h2, ConvExtra::default())?);
+        let hb = traced("mid", self.mid.forward(tape, p2, t_act)?);
+        let u2 = traced("up2", self.up2.forward(tape, hb)?);
+        let cat2 = tape.concat(u2, h2)?;
+        let d2 = traced("dec2", self.dec2.forward(tape, cat2, t_act)?);
+        let u1 = traced("up1", self.up1.forward(tape, d2)?);
+        let cat1 = tape.concat(u1, h1)?;
+        let d1 = traced("dec1", self.dec1.forward(tape, cat1, t_act)?);
+        let a = self.out_norm.forward(tape, d1, true)?;
+        Ok(traced("out_conv", self.out_conv.forward(tape, a, ConvExtra::default())?))
+    }
+}

@@ -1,0 +1,61 @@
+//! `torch.optim.AdamW` (Loshchilov & Hutter 2019), single-tensor path, amsgrad off.
+
+use crate::params::{Grads, Params};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+/// AdamW state: hyper-parameters, the step count and the two moment estimates per parameter.
+#[derive(Clone, Debug)]
+pub struct AdamW {
+    // Hyper-parameters are f64 as PyTorch's are Python floats: `1 - 0.999` must be formed from the exact 0.999,
+    // not from its f32 rounding, to match PyTorch's update to the last bit.
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Steps taken so far.
+    pub step: u64,
+    /// First moments `m`, one per parameter.
+    pub exp_avg: Vec<Tensor>,
+    /// Second moments `v`, one per parameter.
+    pub exp_avg_sq: Vec<Tensor>,
+}
+
+impl AdamW {
+    /// PyTorch's defaults besides `lr`: betas (0.9, 0.999), eps 1e-8, weight decay 0.01.
+    pub fn new(params: &Params, lr: f64) -> Self {
+        let zeros = || params.tensors().iter().map(|t| Tensor::zeros(t.shape())).collect();
+        AdamW { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, step: 0, exp_avg: zeros(), exp_avg_sq: zeros() }
+    }
+
+    /// One update, step `k = step + 1`, in PyTorch's f32 order:
+    /// `p ← p·(1 - lr·wd)`; `m ← m + (1-β₁)(g - m)`; `v ← β₂v + (1-β₂)g²`;
+    /// `p ← p - (lr/(1-β₁ᵏ))·m / (√v/√(1-β₂ᵏ) + eps)`. Scalars are formed in f64, as Python does, then rounded.
+    pub fn step(&mut self, params: &mut Params, grads: &Grads) {
+        self.step += 1;
+        let k = self.step as i32;
+        let (lr, b1, b2) = (self.lr, self.beta1, self.beta2);
+        let decay = (1.0 - lr * self.weight_decay) as f32;
+        let w1 = (1.0 - b1) as f32;
+        let (b2f, w2) = (b2 as f32, (1.0 - b2) as f32);
+        let neg_step_size = (-(lr / (1.0 - b1.powi(k)))) as f32;
+        let bc2_sqrt = (1.0 - b2.powi(k)).sqrt() as f32;
+        let eps = self.eps as f32;
+        params
+            .tensors_mut()
+            .par_iter_mut()
+            .zip(self.exp_avg.par_iter_mut().zip(self.exp_avg_sq.par_iter_mut()))
+            .zip(grads.0.par_iter())
+            .for_each(|((p, (m, v)), g)| {
+                let it = p.data_mut().iter_mut().zip(m.data_mut().iter_mut().zip(v.data_mut().iter_mut()));
+                for ((p, (m, v)), &g) in it.zip(g.data()) {
+                    *p *= decay;
+                    *m += w1 * (g - *m);
+                    *v = *v * b2f + w2 * g * g;
+                    let denom = v.sqrt() / bc2_sqrt + eps;
+                    *p += neg_step_size * *m / denom;
+                }
+            });
+    }
+}

@@ -1,0 +1,50 @@
+//! Shared test helpers: golden files and `abs + rel·|ref|` comparisons that report the worst element.
+#![allow(dead_code)]
+
+use ddpm::tensor_file::{read_tensors, TensorFile};
+use std::path::PathBuf;
+
+/// The golden file `tests/golden/{name}`.
+pub fn golden(name: &str) -> TensorFile {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    read_tensors(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The outcome of comparing `ours` with `reference` under `|ours - ref| <= atol + rtol·|ref|`.
+#[derive(Debug, Clone, Copy)]
+pub struct Cmp {
+    /// Largest `|ours - ref|`.
+    pub max_abs: f32,
+    /// Largest `|ours - ref| / (atol + rtol·|ref|)`: the fraction of the threshold used (must be <= 1).
+    pub worst_ratio: f32,
+    /// Elements over the threshold.
+    pub failures: usize,
+}
+
+/// Compares elementwise; see [`Cmp`].
+pub fn compare(ours: &[f32], reference: &[f32], atol: f32, rtol: f32) -> Cmp {
+    assert_eq!(ours.len(), reference.len(), "length mismatch");
+    let mut c = Cmp { max_abs: 0.0, worst_ratio: 0.0, failures: 0 };
+    for (&a, &r) in ours.iter().zip(reference) {
+        let d = (a - r).abs();
+        let tol = atol + rtol * r.abs();
+        let ratio = if tol > 0.0 { d / tol } else if d == 0.0 { 0.0 } else { f32::INFINITY };
+        c.max_abs = c.max_abs.max(d);
+        c.worst_ratio = c.worst_ratio.max(if d.is_nan() { f32::INFINITY } else { ratio });
+        if !(d <= tol) {
+            c.failures += 1;
+        }
+    }
+    c
+}
+
+/// Asserts `compare(..)` has no failures, with a message naming `what`; returns the comparison for reporting.
+pub fn assert_close(what: &str, ours: &[f32], reference: &[f32], atol: f32, rtol: f32) -> Cmp {
+    let c = compare(ours, reference, atol, rtol);
+    assert!(
+        c.failures == 0,
+        "{what}: {} of {} elements exceed {atol} + {rtol}*|ref| (max abs diff {:.3e}, worst {:.1}x the threshold)",
+        c.failures, ours.len(), c.max_abs, c.worst_ratio
+    );
+    c
+}

@@ -2,14 +2,21 @@
 //! trained on MNIST, written from scratch: own tensors, own tape autograd, own kernels.
 //!
 //! Layers, bottom up: [`tensor`] (dense f32 NCHW), [`cpu`] (kernels), [`autograd`] (the tape and its ops),
-//! [`params`] (named parameters), [`nn`] (layers and the UNet), [`optim`] (AdamW, clipping, EMA).
+//! [`params`] (named parameters), [`nn`] (layers and the UNet), [`optim`] (AdamW, clipping, EMA),
+//! [`diffusion`] (schedule, q_sample, samplers), [`rng`] (counter-based Philox noise), [`data`] (MNIST from IDX),
+//! [`image`] (PNG output), [`tensor_file`] and [`atomic`] (files).
 
+pub mod atomic;
 pub mod autograd;
 pub mod cpu;
+pub mod data;
+pub mod diffusion;
 pub mod error;
+pub mod image;
 pub mod nn;
 pub mod optim;
 pub mod params;
+pub mod rng;
 pub mod tensor;
 pub mod tensor_file;
 

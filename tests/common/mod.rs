@@ -48,3 +48,9 @@ pub fn assert_close(what: &str, ours: &[f32], reference: &[f32], atol: f32, rtol
     );
     c
 }
+
+/// The largest distance in units in the last place between `ours` and `reference` (same-sign finite f32s).
+pub fn max_ulp(ours: &[f32], reference: &[f32]) -> u32 {
+    assert_eq!(ours.len(), reference.len());
+    ours.iter().zip(reference).map(|(a, r)| (a.to_bits() as i64 - r.to_bits() as i64).unsigned_abs() as u32).max().unwrap_or(0)
+}

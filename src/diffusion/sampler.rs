@@ -1,0 +1,260 @@
+//! Reverse-process samplers. DDPM is Ho et al. 2020, Algorithm 2. DDIM is Song et al. 2021, eq. (12).
+//!
+//! Every sampler has one shape: a list of steps `(t, t_prev)`, one network call per step, and a pure elementwise
+//! update `x_t -> x_{t_prev}`. The per-step scalars are computed once on the host ([`DdpmCoefs`], [`DdimCoefs`]), so a
+//! fused CUDA kernel takes the same scalars and mirrors the elementwise functions here. The scalar arithmetic follows
+//! the seed's f32 operation order, because torch evaluates those scalars as 0-d f32 tensors.
+
+use super::schedule::Schedule;
+use crate::error::{Error, Result};
+use crate::rng;
+use crate::shape_err;
+use crate::tensor::Tensor;
+
+/// A noise-prediction network `eps_theta(x_t, t)`.
+pub trait Denoiser {
+    /// Predicts the noise in `x` (`[N, C, H, W]`) at timesteps `t` (N entries). The result has the shape of `x`.
+    fn predict_eps(&mut self, x: &Tensor, t: &[usize]) -> Result<Tensor>;
+}
+
+impl<F: FnMut(&Tensor, &[usize]) -> Result<Tensor>> Denoiser for F {
+    fn predict_eps(&mut self, x: &Tensor, t: &[usize]) -> Result<Tensor> {
+        self(x, t)
+    }
+}
+
+/// Which reverse process to run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SamplerKind {
+    /// Ancestral DDPM over all T steps.
+    Ddpm,
+    /// DDIM on the grid [`ddim_timesteps`]`(T, steps)`. `eta = 0` is deterministic, and `eta = 1` on the full grid is
+    /// DDPM.
+    Ddim { steps: usize, eta: f32 },
+}
+
+impl SamplerKind {
+    /// `Err(Error::Arg)` unless `1 <= steps <= t_total` and `eta` is finite and `>= 0`.
+    pub fn validate(&self, t_total: usize) -> Result<()> {
+        match *self {
+            SamplerKind::Ddpm => Ok(()),
+            SamplerKind::Ddim { steps, .. } if steps == 0 || steps > t_total => {
+                Err(Error::Arg(format!("DDIM steps must be in 1..={t_total}, got {steps}")))
+            }
+            SamplerKind::Ddim { eta, .. } if !(eta.is_finite() && eta >= 0.0) => {
+                Err(Error::Arg(format!("DDIM eta must be finite and >= 0, got {eta}")))
+            }
+            SamplerKind::Ddim { .. } => Ok(()),
+        }
+    }
+}
+
+/// The seed's `make_ddim_timesteps`: `stride = max(1, T / steps)` and the grid is `range(0, T, stride)`, with `T-1`
+/// appended if it is missing. The result is ascending and starts at 0. `steps = 0` is treated as 1. That case is
+/// unreachable through a validated [`SamplerKind`], and in the seed it would divide by zero.
+pub fn ddim_timesteps(t_total: usize, steps: usize) -> Vec<usize> {
+    let stride = (t_total / steps.max(1)).max(1);
+    let mut ts: Vec<usize> = (0..t_total).step_by(stride).collect();
+    if ts.last().is_some_and(|&l| l != t_total - 1) {
+        ts.push(t_total - 1);
+    }
+    ts
+}
+
+/// Scalars of one DDPM step at timestep t.
+#[derive(Clone, Copy, Debug)]
+pub struct DdpmCoefs {
+    /// `sqrt(1 / alpha_t)`.
+    pub sqrt_recip_alpha: f32,
+    /// `beta_t / sqrt(1 - alpha_bar_t)`.
+    pub eps_coef: f32,
+    /// `sqrt(tilde_beta_t)`. It is 0 at t = 0, where no noise is added.
+    pub sigma: f32,
+}
+
+impl DdpmCoefs {
+    /// The coefficients at timestep `t`; `Err` if `t >= T`.
+    pub fn new(sched: &Schedule, t: usize) -> Result<Self> {
+        check_t(sched, t)?;
+        Ok(DdpmCoefs {
+            sqrt_recip_alpha: sched.sqrt_recip_alphas[t],
+            eps_coef: sched.betas[t] / sched.sqrt_one_minus_alphas_bar[t],
+            sigma: if t > 0 { sched.posterior_variance[t].sqrt() } else { 0.0 },
+        })
+    }
+}
+
+/// One DDPM step:
+/// `x_{t-1} = sqrt(1/alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) + sqrt(tilde_beta_t) z`.
+/// At t = 0 the noise term is dropped. `z = None` means `z = 0` (the posterior mean). There is no clamp.
+pub fn ddpm_step(sched: &Schedule, t: usize, x: &[f32], eps: &[f32], z: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+    check_lens(x, eps, z, out)?;
+    let c = DdpmCoefs::new(sched, t)?;
+    for (i, o) in out.iter_mut().enumerate() {
+        // Seed order: mean = sra * (x - coef*eps), then x = mean + sigma*z, each op rounded separately.
+        let mean = c.sqrt_recip_alpha * (x[i] - c.eps_coef * eps[i]);
+        *o = match z {
+            Some(z) if t > 0 => mean + c.sigma * z[i],
+            _ => mean,
+        };
+    }
+    Ok(())
+}
+
+/// Scalars of one DDIM step from t to t_prev. `alpha_bar_prev = alpha_bar_{t_prev}`, or 1 when there is no t_prev
+/// (the final step).
+#[derive(Clone, Copy, Debug)]
+pub struct DdimCoefs {
+    /// `sqrt(1 - alpha_bar_t)`.
+    pub sqrt_one_minus_ab: f32,
+    /// `sqrt(alpha_bar_t)`.
+    pub sqrt_ab: f32,
+    /// `sqrt(alpha_bar_prev)`.
+    pub sqrt_ab_prev: f32,
+    /// `sigma^2 = eta^2 (1 - alpha_bar_prev)/(1 - alpha_bar_t) (1 - alpha_bar_t/alpha_bar_prev)`, unclamped as in the
+    /// seed. With eta = 1 it equals `tilde_beta_t` when t_prev = t - 1.
+    pub sigma_sq: f32,
+    /// `sigma = sqrt(max(sigma^2, 0))`.
+    pub sigma: f32,
+    /// `sqrt(max(1 - alpha_bar_prev - sigma^2, 0))`, the weight of the predicted noise (the "direction to x_t").
+    pub dir_coef: f32,
+}
+
+impl DdimCoefs {
+    /// The coefficients for the step t to t_prev; `Err` if `t >= T` or `t_prev >= t`.
+    pub fn new(sched: &Schedule, t: usize, t_prev: Option<usize>, eta: f32) -> Result<Self> {
+        check_t(sched, t)?;
+        if let Some(p) = t_prev.filter(|&p| p >= t) {
+            return Err(Error::Arg(format!("DDIM t_prev {p} must be below t {t}")));
+        }
+        let ab = sched.alphas_bar[t];
+        let ab_prev = t_prev.map_or(1.0, |p| sched.alphas_bar[p]);
+        // Seed: (eta ** 2) * ((1.0 - ab_prev) / (1.0 - ab_t)) * (1.0 - ab_t / ab_prev), left to right in f32.
+        let sigma_sq = (eta * eta) * ((1.0 - ab_prev) / (1.0 - ab)) * (1.0 - ab / ab_prev);
+        Ok(DdimCoefs {
+            sqrt_one_minus_ab: (1.0 - ab).sqrt(),
+            sqrt_ab: ab.sqrt(),
+            sqrt_ab_prev: ab_prev.sqrt(),
+            sigma_sq,
+            sigma: sigma_sq.max(0.0).sqrt(),
+            dir_coef: (1.0 - ab_prev - sigma_sq).max(0.0).sqrt(),
+        })
+    }
+}
+
+/// One DDIM step:
+/// `x0 = clamp((x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), -1, 1)`, then
+/// `x_{t_prev} = sqrt(alpha_bar_prev) x0 + dir_coef eps + sigma z`, with the scalars of [`DdimCoefs`].
+/// `z = None` means `z = 0`. The seed uses `z = 0` at the final step and whenever `eta = 0`. There is no final clamp.
+#[allow(clippy::too_many_arguments)] // mirrors the fused kernel's argument list
+pub fn ddim_step(
+    sched: &Schedule,
+    t: usize,
+    t_prev: Option<usize>,
+    eta: f32,
+    x: &[f32],
+    eps: &[f32],
+    z: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<()> {
+    check_lens(x, eps, z, out)?;
+    let c = DdimCoefs::new(sched, t, t_prev, eta)?;
+    for (i, o) in out.iter_mut().enumerate() {
+        // Seed order: a true division by sqrt(ab_t), not a multiply by its reciprocal (they differ in the last bit).
+        let x0 = ((x[i] - c.sqrt_one_minus_ab * eps[i]) / c.sqrt_ab).clamp(-1.0, 1.0);
+        let det = c.sqrt_ab_prev * x0 + c.dir_coef * eps[i];
+        *o = match z {
+            Some(z) => det + c.sigma * z[i],
+            None => det,
+        };
+    }
+    Ok(())
+}
+
+fn check_t(sched: &Schedule, t: usize) -> Result<()> {
+    if t >= sched.t {
+        return Err(Error::Arg(format!("timestep {t} out of range 0..{}", sched.t)));
+    }
+    Ok(())
+}
+
+fn check_lens(x: &[f32], eps: &[f32], z: Option<&[f32]>, out: &[f32]) -> Result<()> {
+    let n = x.len();
+    if eps.len() != n || out.len() != n || z.is_some_and(|z| z.len() != n) {
+        return shape_err!(
+            "sampler step: lengths differ: x {n}, eps {}, z {:?}, out {}",
+            eps.len(),
+            z.map(<[f32]>::len),
+            out.len()
+        );
+    }
+    Ok(())
+}
+
+/// The RNG stream of the initial noise x_T.
+pub const INIT_STREAM: u64 = 0;
+
+/// The RNG stream of the noise z drawn by the step that starts at timestep t. Each step gets its own stream, and
+/// none of them collides with [`INIT_STREAM`].
+pub fn noise_stream(t: usize) -> u64 {
+    1 + t as u64
+}
+
+/// `x_T ~ N(0, I)` of shape `[n, c, h, w]`, drawn as `rng::fill_normal(seed, INIT_STREAM)`. Element i is
+/// `normal(seed, 0, i)`, so image k is the same whatever the batch size n.
+pub fn initial_noise(seed: u64, n: usize, c: usize, h: usize, w: usize) -> Tensor {
+    let mut t = Tensor::zeros(&[n, c, h, w]);
+    rng::fill_normal(seed, INIT_STREAM, t.data_mut());
+    t
+}
+
+/// Runs the reverse process from `x_t` (`[N, C, H, W]`, usually [`initial_noise`]) and returns
+/// `clamp(x_0, -1, 1)`. The step from t draws its noise as `rng::fill_normal(seed, noise_stream(t))`. No noise is
+/// drawn for the last step, or for DDIM with eta = 0. `progress(done, total)` is called after each network call.
+pub fn sample(
+    den: &mut dyn Denoiser,
+    sched: &Schedule,
+    kind: SamplerKind,
+    x_t: Tensor,
+    seed: u64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
+    kind.validate(sched.t)?;
+    let (n, ..) = x_t.dims4("sample: x_t")?;
+    // Each step is (t, t_prev), with t_prev = None for the last one.
+    let grid: Vec<usize> = match kind {
+        SamplerKind::Ddpm => (0..sched.t).collect(),
+        SamplerKind::Ddim { steps, .. } => ddim_timesteps(sched.t, steps),
+    };
+    let plan: Vec<(usize, Option<usize>)> =
+        (0..grid.len()).rev().map(|i| (grid[i], i.checked_sub(1).map(|p| grid[p]))).collect();
+    let noisy = match kind {
+        SamplerKind::Ddpm => true,
+        SamplerKind::Ddim { eta, .. } => eta > 0.0,
+    };
+    let mut x = x_t;
+    let mut next = Tensor::zeros(x.shape());
+    let mut z = vec![0.0f32; x.numel()];
+    for (k, &(t, t_prev)) in plan.iter().enumerate() {
+        let eps = den.predict_eps(&x, &vec![t; n])?;
+        if eps.shape() != x.shape() {
+            return shape_err!("sample: denoiser returned {:?} for input {:?}", eps.shape(), x.shape());
+        }
+        let z = if noisy && t_prev.is_some() {
+            rng::fill_normal(seed, noise_stream(t), &mut z);
+            Some(&z[..])
+        } else {
+            None
+        };
+        match kind {
+            SamplerKind::Ddpm => ddpm_step(sched, t, x.data(), eps.data(), z, next.data_mut())?,
+            SamplerKind::Ddim { eta, .. } => {
+                ddim_step(sched, t, t_prev, eta, x.data(), eps.data(), z, next.data_mut())?
+            }
+        }
+        std::mem::swap(&mut x, &mut next);
+        progress(k + 1, plan.len());
+    }
+    x.data_mut().iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
+    Ok(x)
+}

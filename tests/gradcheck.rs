@@ -1,0 +1,189 @@
+//! Finite-difference checks of every op's backward, on small random shapes chosen to be awkward (odd H and W,
+//! batch 1 and batches that split unevenly into the kernels' batch chunks, channel counts that are not powers of 2).
+//!
+//! Each case builds `L = mse(op(inputs), target)` with every input a parameter, so the tape returns dL/d(input),
+//! and compares it with the central difference `(L(x+h) - L(x-h)) / 2h` for a sample of elements.
+//!
+//! Tolerance, argued: the forward runs in f32, so `L` carries a rounding error of about `ε·|L|·√m` for m summed
+//! terms (ε = 6e-8; here |L| ≲ 10 and m ≲ 2000, so ≲ 3e-5), which the difference quotient divides by `2h`: with
+//! h = 1e-2 that is ≲ 1.5e-3. The truncation error `h²/6·|L'''|` is ≲ 1e-4 for these smooth ops. Hence
+//! `|analytic - numeric| <= 2e-3 + 2e-2·|numeric|`. A wrong backward (a missing term, a transposed weight, a
+//! wrong stride) is off by O(|gradient|) ≈ 0.1-1, far outside.
+
+mod common;
+
+use ddpm::autograd::{ConvExtra, Tape, Var};
+use ddpm::params::{ParamId, Params};
+use ddpm::{Result, Tensor};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+const H: f32 = 1e-2;
+const ATOL: f32 = 2e-3;
+const RTOL: f32 = 2e-2;
+
+fn random(rng: &mut StdRng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::new(shape, (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()).unwrap()
+}
+
+/// Builds the op's output from the parameter vars.
+type Build<'a> = dyn Fn(&mut Tape, &[Var]) -> Result<Var> + 'a;
+
+/// Checks d mse(build(inputs), target) / d input for every input against central differences on up to 40
+/// elements per input (the first, the last and random ones in between).
+fn gradcheck(name: &str, inputs: Vec<Tensor>, build: &Build<'_>) {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut params = Params::new();
+    let ids: Vec<ParamId> = inputs.into_iter().enumerate().map(|(i, t)| params.add(&format!("in{i}"), t)).collect();
+    let out_shape = {
+        let mut tape = Tape::inference(&params);
+        let vars: Vec<Var> = ids.iter().map(|&id| tape.param(id)).collect();
+        let y = build(&mut tape, &vars).unwrap();
+        tape.value(y).shape().to_vec()
+    };
+    let target = random(&mut rng, &out_shape);
+    let loss = |params: &Params| -> f32 {
+        let mut tape = Tape::inference(params);
+        let vars: Vec<Var> = ids.iter().map(|&id| tape.param(id)).collect();
+        let y = build(&mut tape, &vars).unwrap();
+        let t = tape.input(target.clone());
+        let l = tape.mse(y, t).unwrap();
+        tape.value(l).data()[0]
+    };
+    let grads = {
+        let mut tape = Tape::new(&params);
+        let vars: Vec<Var> = ids.iter().map(|&id| tape.param(id)).collect();
+        let y = build(&mut tape, &vars).unwrap();
+        let t = tape.input(target.clone());
+        let l = tape.mse(y, t).unwrap();
+        tape.backward(l).unwrap()
+    };
+    for (k, &id) in ids.iter().enumerate() {
+        let n = params.get(id).numel();
+        let mut idx: Vec<usize> = (0..38.min(n)).map(|_| rng.random_range(0..n)).collect();
+        idx.extend([0, n - 1]);
+        for i in idx {
+            let orig = params.get(id).data()[i];
+            let mut perturbed = params.clone();
+            perturbed.tensors_mut()[id.0].data_mut()[i] = orig + H;
+            let lp = loss(&perturbed);
+            perturbed.tensors_mut()[id.0].data_mut()[i] = orig - H;
+            let lm = loss(&perturbed);
+            let numeric = (lp - lm) / (2.0 * H);
+            let analytic = grads.get(id).data()[i];
+            assert!(
+                (analytic - numeric).abs() <= ATOL + RTOL * numeric.abs(),
+                "{name}: d/d input{k}[{i}]: analytic {analytic:.6}, numeric {numeric:.6}"
+            );
+        }
+    }
+}
+
+#[test]
+fn conv2d_3x3_pad1_with_bias_odd_sizes() {
+    let mut rng = StdRng::seed_from_u64(1);
+    for n in [1usize, 3, 10] {
+        let inputs = vec![random(&mut rng, &[n, 3, 5, 7]), random(&mut rng, &[6, 3, 3, 3]), random(&mut rng, &[6])];
+        gradcheck(&format!("conv2d n={n}"), inputs, &|t, v| t.conv2d(v[0], v[1], Some(v[2]), 1, 1, ConvExtra::default()));
+    }
+}
+
+#[test]
+fn conv2d_stride2_and_pointwise() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let inputs = vec![random(&mut rng, &[2, 5, 7, 6]), random(&mut rng, &[3, 5, 3, 3]), random(&mut rng, &[3])];
+    gradcheck("conv2d stride 2", inputs, &|t, v| t.conv2d(v[0], v[1], Some(v[2]), 2, 1, ConvExtra::default()));
+    let inputs = vec![random(&mut rng, &[3, 6, 3, 5]), random(&mut rng, &[5, 6, 1, 1])];
+    gradcheck("conv2d 1x1", inputs, &|t, v| t.conv2d(v[0], v[1], None, 1, 0, ConvExtra::default()));
+    let inputs = vec![random(&mut rng, &[1, 2, 6, 5]), random(&mut rng, &[3, 2, 3, 3])];
+    gradcheck("conv2d unpadded", inputs, &|t, v| t.conv2d(v[0], v[1], None, 1, 0, ConvExtra::default()));
+}
+
+#[test]
+fn conv2d_fused_channel_bias_and_residual() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let inputs = vec![
+        random(&mut rng, &[3, 4, 5, 5]),
+        random(&mut rng, &[6, 4, 3, 3]),
+        random(&mut rng, &[6]),
+        random(&mut rng, &[3, 6]),
+        random(&mut rng, &[3, 6, 5, 5]),
+    ];
+    gradcheck("conv2d + chan_bias + residual", inputs, &|t, v| {
+        t.conv2d(v[0], v[1], Some(v[2]), 1, 1, ConvExtra { chan_bias: Some(v[3]), residual: Some(v[4]) })
+    });
+}
+
+#[test]
+fn conv_transpose2d_k4_s2_p1_and_others() {
+    let mut rng = StdRng::seed_from_u64(4);
+    for n in [1usize, 3] {
+        let inputs = vec![random(&mut rng, &[n, 5, 3, 5]), random(&mut rng, &[5, 3, 4, 4]), random(&mut rng, &[3])];
+        gradcheck(&format!("conv_transpose2d k4s2p1 n={n}"), inputs, &|t, v| t.conv_transpose2d(v[0], v[1], Some(v[2]), 2, 1));
+    }
+    let inputs = vec![random(&mut rng, &[2, 3, 4, 3]), random(&mut rng, &[3, 2, 3, 3])];
+    gradcheck("conv_transpose2d k3s1p1", inputs, &|t, v| t.conv_transpose2d(v[0], v[1], None, 1, 1));
+}
+
+#[test]
+fn group_norm_with_and_without_silu() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for silu in [false, true] {
+        // 6 channels in 3 groups of 2, an odd 3x5 plane; gamma away from 1 so its gradient path is exercised.
+        let inputs = vec![random(&mut rng, &[2, 6, 3, 5]), random(&mut rng, &[6]), random(&mut rng, &[6])];
+        gradcheck(&format!("group_norm silu={silu}"), inputs, &|t, v| t.group_norm(v[0], v[1], v[2], 3, silu));
+    }
+}
+
+#[test]
+fn silu_linear_concat_mse() {
+    let mut rng = StdRng::seed_from_u64(6);
+    gradcheck("silu", vec![random(&mut rng, &[3, 7])], &|t, v| Ok(t.silu(v[0])));
+    let inputs = vec![random(&mut rng, &[3, 5]), random(&mut rng, &[4, 5]), random(&mut rng, &[4])];
+    gradcheck("linear", inputs, &|t, v| t.linear(v[0], v[1], Some(v[2])));
+    let inputs = vec![random(&mut rng, &[2, 3, 3, 5]), random(&mut rng, &[2, 2, 3, 5])];
+    gradcheck("concat", inputs, &|t, v| t.concat(v[0], v[1]));
+    // mse itself: the loss of the loss, d/dpred and d/dtarget of mse(mse(a, b), c) through a one-element chain.
+    let inputs = vec![random(&mut rng, &[2, 5]), random(&mut rng, &[2, 5])];
+    gradcheck("mse", inputs, &|t, v| t.mse(v[0], v[1]));
+}
+
+#[test]
+fn resblock_path_end_to_end() {
+    // A tiny UNet-shaped composition: the whole model's gradient through every op at once.
+    use ddpm::nn::{UNet, UNetConfig};
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut params = Params::new();
+    let model = UNet::new(UNetConfig { in_ch: 1, base: 8, t_dim: 4 }, &mut params, &mut rng).unwrap();
+    let x = random(&mut rng, &[2, 1, 8, 12]);
+    let target = random(&mut rng, &[2, 1, 8, 12]);
+    let t = [3usize, 700];
+    let loss = |p: &Params| -> f32 {
+        let mut tape = Tape::inference(p);
+        let (xv, tv) = (tape.input(x.clone()), tape.input(target.clone()));
+        let y = model.forward(&mut tape, xv, &t).unwrap();
+        let l = tape.mse(y, tv).unwrap();
+        tape.value(l).data()[0]
+    };
+    let grads = {
+        let mut tape = Tape::new(&params);
+        let (xv, tv) = (tape.input(x.clone()), tape.input(target.clone()));
+        let y = model.forward(&mut tape, xv, &t).unwrap();
+        let l = tape.mse(y, tv).unwrap();
+        tape.backward(l).unwrap()
+    };
+    let mut checked = 0;
+    for (k, (name, p)) in params.iter().enumerate() {
+        let i = rng.random_range(0..p.numel());
+        let mut q = params.clone();
+        q.tensors_mut()[k].data_mut()[i] += H;
+        let lp = loss(&q);
+        q.tensors_mut()[k].data_mut()[i] -= 2.0 * H;
+        let lm = loss(&q);
+        let numeric = (lp - lm) / (2.0 * H);
+        let analytic = grads.0[k].data()[i];
+        assert!((analytic - numeric).abs() <= ATOL + RTOL * numeric.abs(), "{name}[{i}]: analytic {analytic}, numeric {numeric}");
+        checked += 1;
+    }
+    assert_eq!(checked, params.len());
+}

@@ -19,6 +19,8 @@ pub mod params;
 pub mod rng;
 pub mod tensor;
 pub mod tensor_file;
+pub mod train;
+pub mod checkpoint;
 
 pub use error::{Error, Result};
 pub use tensor::Tensor;

@@ -82,3 +82,19 @@ impl TensorFile {
             .collect()
     }
 }
+
+/// Writes f32 tensors (and string metadata) to a safetensors file at `path`, atomically.
+pub fn write_tensors(path: &Path, tensors: &[(String, &Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, t)| t.data().iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, t), b)| {
+            let view = safetensors::tensor::TensorView::new(Dtype::F32, t.shape().to_vec(), b)
+                .map_err(|e| Error::file(path, format!("tensor `{n}`: {e}")))?;
+            Ok((n.clone(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let buf = safetensors::serialize(views, metadata).map_err(|e| Error::file(path, format!("cannot serialise: {e}")))?;
+    crate::atomic::write_atomic(path, |w| w.write_all(&buf).map_err(|e| Error::file(path, format!("write failed: {e}"))))
+}

@@ -4,4 +4,4 @@ mod layers;
 mod unet;
 
 pub use layers::{Conv2d, ConvTranspose2d, GroupNorm, Linear, TimeEmbedding};
-pub use unet::{ResBlock, UNet, UNetConfig};
+pub use unet::{ResBlock, UNet, UNetConfig, UNetDenoiser};

@@ -3,6 +3,7 @@
 
 use super::layers::{Conv2d, ConvTranspose2d, GroupNorm, Linear, TimeEmbedding};
 use crate::autograd::{ConvExtra, Tape, Var};
+use crate::diffusion::Denoiser;
 use crate::error::{Error, Result};
 use crate::params::Params;
 use rand::Rng;
@@ -157,5 +158,20 @@ impl UNet {
         let d1 = traced("dec1", self.dec1.forward(tape, cat1, t_act)?);
         let a = self.out_norm.forward(tape, d1, true)?;
         Ok(traced("out_conv", self.out_conv.forward(tape, a, ConvExtra::default())?))
+    }
+}
+
+/// The UNet with fixed weights as a [`Denoiser`] for the samplers (inference only: no tape is kept).
+pub struct UNetDenoiser<'a> {
+    pub model: &'a UNet,
+    pub params: &'a Params,
+}
+
+impl Denoiser for UNetDenoiser<'_> {
+    fn predict_eps(&mut self, x: &crate::Tensor, t: &[usize]) -> Result<crate::Tensor> {
+        let mut tape = Tape::inference(self.params);
+        let xv = tape.input(x.clone());
+        let eps = self.model.forward(&mut tape, xv, t)?;
+        Ok(tape.value(eps).clone())
     }
 }

@@ -1,0 +1,137 @@
+//! Checkpoints as safetensors: the model (`model.<name>`), its EMA (`ema.<name>`), AdamW's moments
+//! (`adam.exp_avg.<name>`, `adam.exp_avg_sq.<name>`), and the run's configuration and counters in the header's
+//! metadata. Parameter names are PyTorch's, so `model.*` is a PyTorch state dict under a prefix. A plain PyTorch
+//! state dict saved as safetensors (the seed's names, no prefix) is also accepted for sampling, its sizes inferred
+//! from the tensor shapes. Files are written to a temporary name and renamed, never left half-written.
+
+use crate::error::{Error, Result};
+use crate::nn::{UNet, UNetConfig};
+use crate::params::Params;
+use crate::tensor::Tensor;
+use crate::tensor_file::{read_tensors, write_tensors, TensorFile};
+use crate::train::{RunConfig, TrainState};
+use rand::{rngs::StdRng, SeedableRng};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The `format` metadata value of this project's checkpoints.
+const FORMAT: &str = "ddpm-checkpoint-v1";
+
+/// Writes `state` to `path` (atomically).
+pub fn save(state: &TrainState, path: &Path) -> Result<()> {
+    let mut named: Vec<(String, &Tensor)> = Vec::new();
+    for (i, (name, t)) in state.params.iter().enumerate() {
+        named.push((format!("model.{name}"), t));
+        named.push((format!("ema.{name}"), &state.ema.shadow[i]));
+        named.push((format!("adam.exp_avg.{name}"), &state.opt.exp_avg[i]));
+        named.push((format!("adam.exp_avg_sq.{name}"), &state.opt.exp_avg_sq[i]));
+    }
+    write_tensors(path, &named, Some(metadata(state)))
+}
+
+/// The header metadata: the run's configuration and counters, as strings.
+fn metadata(s: &TrainState) -> HashMap<String, String> {
+    let c = &s.config;
+    [
+        ("format", FORMAT.to_string()),
+        ("in_ch", c.model.in_ch.to_string()),
+        ("base", c.model.base.to_string()),
+        ("t_dim", c.model.t_dim.to_string()),
+        ("timesteps", c.timesteps.to_string()),
+        ("epochs", c.epochs.to_string()),
+        ("batch", c.batch.to_string()),
+        // `{:?}` prints the shortest string that parses back to the same f64.
+        ("lr", format!("{:?}", c.lr)),
+        ("ema_decay", format!("{:?}", c.ema_decay)),
+        ("ema_warmup", c.ema_warmup.to_string()),
+        ("seed", c.seed.to_string()),
+        ("max_steps", c.max_steps.map_or("none".to_string(), |m| m.to_string())),
+        ("step", s.step.to_string()),
+        ("adam_step", s.opt.step.to_string()),
+        ("ema_updates", s.ema.updates.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Reads a metadata field of a checkpoint.
+fn field<T: std::str::FromStr>(f: &TensorFile, key: &str) -> Result<T> {
+    let raw = f.metadata.get(key).ok_or_else(|| Error::file(&f.path, format!("checkpoint metadata lacks `{key}`")))?;
+    raw.parse().map_err(|_| Error::file(&f.path, format!("checkpoint metadata `{key}` = {raw:?} is not valid")))
+}
+
+/// Loads a checkpoint written by [`save`] into a state that continues the run exactly.
+pub fn load_train_state(path: &Path) -> Result<TrainState> {
+    let f = read_tensors(path)?;
+    if f.metadata.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(Error::file(path, "not a ddpm training checkpoint (a plain state dict can be sampled from, not resumed)"));
+    }
+    let max_steps: String = field(&f, "max_steps")?;
+    let config = RunConfig {
+        model: UNetConfig { in_ch: field(&f, "in_ch")?, base: field(&f, "base")?, t_dim: field(&f, "t_dim")? },
+        timesteps: field(&f, "timesteps")?,
+        epochs: field(&f, "epochs")?,
+        batch: field(&f, "batch")?,
+        lr: field(&f, "lr")?,
+        ema_decay: field(&f, "ema_decay")?,
+        ema_warmup: field(&f, "ema_warmup")?,
+        seed: field(&f, "seed")?,
+        max_steps: if max_steps == "none" { None } else { Some(field(&f, "max_steps")?) },
+    };
+    let what = path.display().to_string();
+    let mut state = TrainState::new(config).map_err(|e| Error::file(path, format!("bad configuration: {e}")))?;
+    state.params.load_from(&f.f32_with_prefix("model."), &what)?;
+    let load_into = |prefix: &str, dst: &mut Vec<Tensor>| -> Result<()> {
+        let mut tmp = state.params.clone();
+        tmp.load_from(&f.f32_with_prefix(prefix), &format!("{what} ({prefix}*)"))?;
+        *dst = tmp.tensors().to_vec();
+        Ok(())
+    };
+    load_into("ema.", &mut state.ema.shadow)?;
+    load_into("adam.exp_avg.", &mut state.opt.exp_avg)?;
+    load_into("adam.exp_avg_sq.", &mut state.opt.exp_avg_sq)?;
+    state.step = field(&f, "step")?;
+    state.opt.step = field(&f, "adam_step")?;
+    state.ema.updates = field(&f, "ema_updates")?;
+    Ok(state)
+}
+
+/// Weights to sample from.
+pub struct SamplingModel {
+    pub model: UNet,
+    pub params: Params,
+    /// T of the schedule the model was trained with.
+    pub timesteps: usize,
+    /// What was loaded, for the user: "EMA weights of step 1200", "plain state dict", ...
+    pub description: String,
+}
+
+/// Loads a model to sample from: a checkpoint of ours (its EMA weights unless `use_ema` is false) or a plain
+/// PyTorch state dict under the seed's names (its only weights; T = 1000 as in the seed).
+pub fn load_for_sampling(path: &Path, use_ema: bool) -> Result<SamplingModel> {
+    let f = read_tensors(path)?;
+    let what = path.display().to_string();
+    if f.metadata.get("format").map(String::as_str) == Some(FORMAT) {
+        let state = load_train_state(path)?;
+        let mut params = state.params;
+        let description = if use_ema {
+            params.tensors_mut().clone_from_slice(&state.ema.shadow);
+            format!("EMA weights after step {}", state.step)
+        } else {
+            format!("live (non-EMA) weights after step {}", state.step)
+        };
+        return Ok(SamplingModel { model: state.model, params, timesteps: state.config.timesteps, description });
+    }
+    let shape = |name: &str| -> Result<Vec<usize>> { Ok(f.f32(name)?.shape().to_vec()) };
+    let (conv, time) = (shape("in_conv.weight")?, shape("time.mlp.0.weight")?);
+    let config = match (&conv[..], &time[..]) {
+        (&[base, in_ch, 3, 3], &[_, t_dim]) => UNetConfig { in_ch, base, t_dim },
+        _ => return Err(Error::file(path, format!("cannot infer the UNet's sizes from in_conv.weight {conv:?} and time.mlp.0.weight {time:?}"))),
+    };
+    let mut params = Params::new();
+    let model = UNet::new(config, &mut params, &mut StdRng::seed_from_u64(0)).map_err(|e| Error::file(path, e.to_string()))?;
+    params.load_from(&f.f32_with_prefix(""), &what)?;
+    let description = format!("plain state dict (base {}, t_dim {}, in_ch {}); no EMA in it", config.base, config.t_dim, config.in_ch);
+    Ok(SamplingModel { model, params, timesteps: 1000, description })
+}

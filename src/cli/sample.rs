@@ -1,0 +1,121 @@
+//! `ddpm sample`: load weights, run DDPM or DDIM, write a PNG grid or a safetensors tensor.
+
+use super::{progress_bar, resolve_device, DeviceArg};
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use ddpm::checkpoint::load_for_sampling;
+use ddpm::diffusion::{initial_noise, sample, SamplerKind, Schedule};
+use ddpm::image::save_grid_png;
+use ddpm::nn::UNetDenoiser;
+use ddpm::tensor_file::{read_tensors, write_tensors};
+use ddpm::Tensor;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SamplerArg {
+    /// Ancestral DDPM over all T steps (Ho et al. 2020, Algorithm 2).
+    Ddpm,
+    /// DDIM on a sub-grid of --steps steps (Song et al. 2021); --eta 0 is deterministic.
+    Ddim,
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// A checkpoint written by `ddpm train`, or a PyTorch state dict of the seed's UNet saved as safetensors.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The reverse process.
+    #[arg(long, value_enum, default_value = "ddim")]
+    sampler: SamplerArg,
+    /// DDIM: number of network evaluations (1..=T); the grid is the seed's make_ddim_timesteps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// DDIM: noise scale η (0 = deterministic, 1 = DDPM-like on the sub-grid); must be >= 0.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    eta: f32,
+    /// Number of images (defaults to 64, or to the count in --noise).
+    #[arg(long)]
+    n: Option<usize>,
+    /// Seed of the initial noise and of the per-step noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use the live weights instead of the EMA weights (checkpoints of ours only).
+    #[arg(long)]
+    no_ema: bool,
+    /// A safetensors file with a tensor `noise` [n,1,32,32] used as x_T, to reproduce a run across implementations.
+    #[arg(long)]
+    noise: Option<PathBuf>,
+    /// Output: `.png` writes a grid (8 per row, 2-pixel padding), `.safetensors` the tensor `samples` [n,1,32,32].
+    #[arg(long, default_value = "samples.png")]
+    out: PathBuf,
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+}
+
+/// What the output file is.
+enum OutKind {
+    Png,
+    Safetensors,
+}
+
+fn out_kind(path: &Path) -> Result<OutKind> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("png") => Ok(OutKind::Png),
+        Some("safetensors") => Ok(OutKind::Safetensors),
+        _ => bail!("--out {}: the file name must end in .png or .safetensors", path.display()),
+    }
+}
+
+/// Reads x_T from a `--noise` file: the tensor `noise`, `[n, 1, 32, 32]`.
+fn read_noise(path: &Path, in_ch: usize) -> Result<Tensor> {
+    let f = read_tensors(path)?;
+    let noise = f.f32("noise")?.clone();
+    match noise.shape() {
+        &[n, c, 32, 32] if n > 0 && c == in_ch => Ok(noise),
+        s => bail!("{}: tensor `noise` has shape {s:?}, expected [n, {in_ch}, 32, 32]", path.display()),
+    }
+}
+
+pub fn run(a: SampleArgs) -> Result<()> {
+    let device = resolve_device(a.device)?;
+    let kind = match a.sampler {
+        SamplerArg::Ddpm => SamplerKind::Ddpm,
+        SamplerArg::Ddim => SamplerKind::Ddim { steps: a.steps, eta: a.eta },
+    };
+    if a.n == Some(0) {
+        bail!("--n must be at least 1");
+    }
+    let out = out_kind(&a.out)?;
+    let m = load_for_sampling(&a.checkpoint, !a.no_ema)?;
+    let sched = Schedule::linear(m.timesteps, 1e-4, 2e-2)?;
+    kind.validate(sched.t).context("bad sampler settings")?;
+    let in_ch = m.model.config.in_ch;
+    let x_t = match &a.noise {
+        Some(p) => {
+            let noise = read_noise(p, in_ch)?;
+            if a.n.is_some_and(|n| n != noise.shape()[0]) {
+                bail!("--n {} disagrees with the {} images in {}", a.n.unwrap(), noise.shape()[0], p.display());
+            }
+            noise
+        }
+        None => initial_noise(a.seed, a.n.unwrap_or(64), in_ch, 32, 32),
+    };
+    let n = x_t.shape()[0];
+    eprintln!("sampling {n} images with {kind:?} on the {device} from {} ({})", a.checkpoint.display(), m.description);
+    let calls = match kind {
+        SamplerKind::Ddpm => sched.t,
+        SamplerKind::Ddim { steps, .. } => ddpm::diffusion::ddim_timesteps(sched.t, steps).len(),
+    };
+    let bar = progress_bar(calls as u64, "sample");
+    let mut den = UNetDenoiser { model: &m.model, params: &m.params };
+    let start = std::time::Instant::now();
+    let images = sample(&mut den, &sched, kind, x_t, a.seed, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    match out {
+        OutKind::Png => save_grid_png(&a.out, &images, 8)?,
+        OutKind::Safetensors => write_tensors(&a.out, &[("samples".to_string(), &images)], None)?,
+    }
+    eprintln!("wrote {} ({n} images, {calls} network calls, {:.1} s)", a.out.display(), start.elapsed().as_secs_f64());
+    Ok(())
+}

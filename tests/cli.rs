@@ -1,0 +1,135 @@
+//! The `ddpm` binary end to end: a tiny training run, resuming it, sampling from it and from a plain PyTorch state
+//! dict (against the golden DDIM trajectory), and bad input of every kind as a short error with a non-zero exit,
+//! never a panic and never a partly written output file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn ddpm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ddpm")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ddpm-cli-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Asserts a clean failure: non-zero exit, an `error:` line containing `needle`, no panic.
+fn fails_with(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    assert!(err.contains(needle), "stderr should contain {needle:?}: {err}");
+}
+
+#[test]
+fn train_resume_and_sample_tiny_run() {
+    let dir = scratch("run");
+    let out = dir.join("run");
+    let base = ["train", "--device", "cpu", "--base", "8", "--t-dim", "4", "--batch", "8", "--timesteps", "50", "--sample-n", "4", "--out", s(&out)];
+    let r = ddpm(&[&base[..], &["--max-steps", "3"]].concat());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for f in ["checkpoint.safetensors", "log.csv", "samples_ddim.png", "samples_ddpm.png", "loss_curve.png"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let ckpt = out.join("checkpoint.safetensors");
+    // Training again into the same folder without --resume would overwrite the run: refused.
+    fails_with(&ddpm(&[&base[..], &["--max-steps", "3"]].concat()), "already holds a run");
+    // Resume to step 5: two more log lines; changing the run's settings is refused.
+    let r = ddpm(&["train", "--device", "cpu", "--resume", s(&ckpt), "--max-steps", "5", "--sample-n", "4", "--out", s(&out)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let log = std::fs::read_to_string(out.join("log.csv")).unwrap();
+    assert_eq!(log.lines().count(), 1 + 5, "header + 5 steps:\n{log}");
+    assert!(log.lines().nth(5).unwrap().starts_with("5,"));
+    fails_with(&ddpm(&["train", "--resume", s(&ckpt), "--lr", "1", "--out", s(&out)]), "cannot change when resuming");
+
+    let png = dir.join("s.png");
+    let r = ddpm(&["sample", "--checkpoint", s(&ckpt), "--steps", "5", "--n", "3", "--out", s(&png)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(png.exists());
+    let st = dir.join("s.safetensors");
+    let r = ddpm(&["sample", "--checkpoint", s(&ckpt), "--sampler", "ddpm", "--n", "2", "--no-ema", "--out", s(&st)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let samples = ddpm::tensor_file::read_tensors(&st).unwrap();
+    let t = samples.f32("samples").unwrap();
+    assert_eq!(t.shape(), &[2, 1, 32, 32]);
+    assert!(t.data().iter().all(|v| (-1.0..=1.0).contains(v)));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn sampling_a_pytorch_state_dict_reproduces_the_seed_trajectory() {
+    let dir = scratch("torch");
+    let steps = common::golden("steps.safetensors");
+    let noise_file = dir.join("noise.safetensors");
+    ddpm::tensor_file::write_tensors(&noise_file, &[("noise".into(), steps.f32("traj.ddim10.xT").unwrap())], None).unwrap();
+    let out = dir.join("out.safetensors");
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/weights.safetensors");
+    let r = ddpm(&["sample", "--checkpoint", s(&weights), "--steps", "10", "--noise", s(&noise_file), "--out", s(&out)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let ours = ddpm::tensor_file::read_tensors(&out).unwrap();
+    // The same bound as tests/sampling.rs (README: 5e-4 over the 11-step trajectory).
+    common::assert_close("traj.ddim10.out via CLI", ours.f32("samples").unwrap().data(), steps.f32("traj.ddim10.out").unwrap().data(), 5e-4, 0.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_input_is_a_clean_error_and_leaves_no_output() {
+    let dir = scratch("bad");
+    let out = dir.join("x.png");
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/weights.safetensors");
+    let w = s(&weights);
+    let sample = |extra: &[&str]| ddpm(&[&["sample", "--checkpoint", w, "--out", s(&out)][..], extra].concat());
+    fails_with(&sample(&["--steps", "0"]), "DDIM steps must be in 1..=1000");
+    fails_with(&sample(&["--steps", "1001"]), "DDIM steps must be in 1..=1000");
+    fails_with(&sample(&["--eta", "-0.5"]), "eta must be finite and >= 0");
+    fails_with(&sample(&["--n", "0"]), "--n must be at least 1");
+    let no_noise = dir.join("nonoise.safetensors");
+    ddpm::tensor_file::write_tensors(&no_noise, &[("other".into(), &ddpm::Tensor::zeros(&[1, 1, 32, 32]))], None).unwrap();
+    fails_with(&sample(&["--noise", s(&no_noise)]), "no tensor `noise`");
+    let bad_shape = dir.join("badshape.safetensors");
+    ddpm::tensor_file::write_tensors(&bad_shape, &[("noise".into(), &ddpm::Tensor::zeros(&[2, 1, 28, 28]))], None).unwrap();
+    fails_with(&sample(&["--noise", s(&bad_shape)]), "expected [n, 1, 32, 32]");
+    fails_with(&ddpm(&["sample", "--checkpoint", w, "--out", s(&dir.join("x.jpg"))]), "must end in .png or .safetensors");
+    let text = dir.join("notes.safetensors");
+    std::fs::write(&text, "this is not a checkpoint").unwrap();
+    fails_with(&ddpm(&["sample", "--checkpoint", s(&text), "--out", s(&out)]), "not a valid safetensors file");
+    fails_with(&ddpm(&["sample", "--checkpoint", s(&dir.join("missing.safetensors")), "--out", s(&out)]), "missing.safetensors");
+    // A state dict with a mis-shaped tensor: the error names it.
+    let golden = ddpm::tensor_file::read_tensors(&weights).unwrap();
+    let mut tensors: Vec<(String, ddpm::Tensor)> = golden.f32_with_prefix("").into_iter().collect();
+    tensors.iter_mut().find(|(n, _)| n == "mid.conv1.bias").unwrap().1 = ddpm::Tensor::zeros(&[63]);
+    let refs: Vec<(String, &ddpm::Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+    let broken = dir.join("broken.safetensors");
+    ddpm::tensor_file::write_tensors(&broken, &refs, None).unwrap();
+    fails_with(&ddpm(&["sample", "--checkpoint", s(&broken), "--out", s(&out)]), "mid.conv1.bias");
+    assert!(!out.exists(), "no output may be written by a failed run");
+    fails_with(&ddpm(&["train", "--resume", s(&broken), "--out", s(&dir.join("r"))]), "not a ddpm training checkpoint");
+
+    // Data: a missing folder, a truncated file, a wrong magic.
+    fails_with(&ddpm(&["train", "--data", s(&dir.join("nodata")), "--out", s(&dir.join("r1"))]), "nodata");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mnist = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");
+    for f in ["train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        std::fs::copy(mnist.join(f), data.join(f)).unwrap();
+    }
+    let mut header = vec![0u8, 0, 8, 3, 0, 0, 0xea, 0x60, 0, 0, 0, 28, 0, 0, 0, 28];
+    header.extend(vec![0u8; 1000]);
+    std::fs::write(data.join("train-images-idx3-ubyte"), &header).unwrap();
+    fails_with(&ddpm(&["train", "--data", s(&data), "--out", s(&dir.join("r2"))]), "truncated");
+    header[3] = 7;
+    std::fs::write(data.join("train-images-idx3-ubyte"), &header).unwrap();
+    fails_with(&ddpm(&["train", "--data", s(&data), "--out", s(&dir.join("r3"))]), "train-images-idx3-ubyte");
+    fails_with(&ddpm(&["train", "--device", "cuda", "--out", s(&dir.join("r4"))]), "no CUDA backend");
+    fails_with(&ddpm(&["train", "--base", "12", "--out", s(&dir.join("r5"))]), "base must be a positive multiple of 8");
+    std::fs::remove_dir_all(&dir).ok();
+}

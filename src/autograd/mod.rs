@@ -7,6 +7,7 @@
 //! that lead back to a parameter.
 
 mod ops;
+pub mod profile;
 
 pub use ops::{ConvExtra, Op};
 
@@ -77,8 +78,9 @@ impl<'p> Tape<'p> {
         self.nodes[v.0].needs_grad
     }
 
-    /// Appends `op` with its computed `value`.
-    fn push(&mut self, op: Op, value: Tensor) -> Var {
+    /// Appends `op` with its computed `value`; `started` is when the op began (for the profile).
+    fn push(&mut self, op: Op, value: Tensor, started: Option<std::time::Instant>) -> Var {
+        profile::record(op.name(), false, started);
         let needs_grad = op.inputs().iter().any(|&v| self.needs_grad(v));
         self.nodes.push(Node { op, value: Some(value), needs_grad });
         Var(self.nodes.len() - 1)
@@ -101,7 +103,10 @@ impl<'p> Tape<'p> {
                 accumulate(&mut param_grads[id.0], gout);
                 continue;
             }
-            for (v, g) in node.op.backward(&self, gout)? {
+            let timer = profile::start();
+            let input_grads = node.op.backward(&self, gout)?;
+            profile::record(node.op.name(), true, timer);
+            for (v, g) in input_grads {
                 debug_assert_eq!(g.shape(), self.value(v).shape(), "gradient shape of {v:?}");
                 accumulate(&mut grads[v.0], g);
             }

@@ -1,7 +1,7 @@
 //! The ops the UNet is made of. For each op: the [`Tape`] method that checks shapes and runs the forward kernel,
 //! and, right below it, the backward that turns `dL/d(output)` into gradients for the inputs that need one.
 
-use super::{Tape, Var};
+use super::{profile, Tape, Var};
 use crate::cpu::conv::{self, ConvGeom, ConvGrads, Epilogue};
 use crate::cpu::elementwise as ew;
 use crate::cpu::norm::{self, NormDims};
@@ -47,6 +47,24 @@ pub struct ConvExtra {
 }
 
 impl Op {
+    /// The op's kind, as printed and profiled.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input => "input",
+            Op::Param(_) => "param",
+            Op::Conv2d { geom, .. } if geom.k == 1 => "conv2d_1x1",
+            Op::Conv2d { geom, .. } if geom.stride == 2 => "conv2d_s2",
+            Op::Conv2d { .. } => "conv2d",
+            Op::ConvTranspose2d { .. } => "conv_transpose2d",
+            Op::GroupNorm { silu: true, .. } => "group_norm_silu",
+            Op::GroupNorm { .. } => "group_norm",
+            Op::Silu { .. } => "silu",
+            Op::Linear { .. } => "linear",
+            Op::Concat { .. } => "concat",
+            Op::Mse { .. } => "mse",
+        }
+    }
+
     /// The values this op reads.
     pub fn inputs(&self) -> Vec<Var> {
         match self {
@@ -159,6 +177,7 @@ impl Tape<'_> {
     /// `y = conv2d(x, w, stride, pad) + b + extra` with `x: [n, c_in, h, w]`, `w: [c_out, c_in, k, k]`,
     /// `b: [c_out]`; `y: [n, c_out, (h+2p-k)/s+1, (w+2p-k)/s+1]`.
     pub fn conv2d(&mut self, x: Var, w: Var, b: Option<Var>, stride: usize, pad: usize, extra: ConvExtra) -> Result<Var> {
+        let started = profile::start();
         let (n, ci, h, wd) = self.value(x).dims4("conv2d input")?;
         let (co, wci, kh, kw) = self.value(w).dims4("conv2d weight")?;
         if wci != ci || kh != kw {
@@ -177,7 +196,7 @@ impl Tape<'_> {
             residual: extra.residual.map(|v| self.value(v).data()),
         };
         conv::conv2d_forward(&geom, n, self.value(x).data(), self.value(w).data(), co, epi, y.data_mut());
-        Ok(self.push(Op::Conv2d { x, w, b, chan_bias: extra.chan_bias, residual: extra.residual, geom }, y))
+        Ok(self.push(Op::Conv2d { x, w, b, chan_bias: extra.chan_bias, residual: extra.residual, geom }, y, started))
     }
 }
 
@@ -198,6 +217,7 @@ impl Tape<'_> {
     /// `y = conv_transpose2d(x, w, stride, pad) + b` (PyTorch's ConvTranspose2d), `x: [n, c_in, h, w]`,
     /// `w: [c_in, c_out, k, k]`, `y: [n, c_out, (h-1)s - 2p + k, (w-1)s - 2p + k]`.
     pub fn conv_transpose2d(&mut self, x: Var, w: Var, b: Option<Var>, stride: usize, pad: usize) -> Result<Var> {
+        let started = profile::start();
         let (n, ci, h, wd) = self.value(x).dims4("conv_transpose2d input")?;
         let (wci, co, kh, kw) = self.value(w).dims4("conv_transpose2d weight")?;
         let (oh, ow) = ((h as isize - 1) * stride as isize - 2 * pad as isize + kh as isize, (wd as isize - 1) * stride as isize - 2 * pad as isize + kw as isize);
@@ -213,7 +233,7 @@ impl Tape<'_> {
         let mut y = Tensor::zeros(&[n, co, geom.h, geom.w]);
         let bias = b.map(|b| self.value(b).data());
         conv::conv_transpose2d_forward(&geom, n, self.value(x).data(), self.value(w).data(), ci, bias, y.data_mut());
-        Ok(self.push(Op::ConvTranspose2d { x, w, b, geom }, y))
+        Ok(self.push(Op::ConvTranspose2d { x, w, b, geom }, y, started))
     }
 }
 
@@ -234,6 +254,7 @@ impl Tape<'_> {
     /// GroupNorm over `groups` groups of `x: [n, c, h, w]` with affine `gamma, beta: [c]`, eps 1e-5; followed by
     /// SiLU when `silu` (fused: one pass, and the pre-SiLU value is not kept).
     pub fn group_norm(&mut self, x: Var, gamma: Var, beta: Var, groups: usize, silu: bool) -> Result<Var> {
+        let started = profile::start();
         let (n, c, h, w) = self.value(x).dims4("group_norm input")?;
         if groups == 0 || c % groups != 0 {
             return shape_err!("group_norm: {c} channels do not split into {groups} groups");
@@ -244,7 +265,7 @@ impl Tape<'_> {
         let mut y = Tensor::zeros(&[n, c, h, w]);
         let (g, b) = (self.value(gamma).data(), self.value(beta).data());
         let (mean, rstd) = norm::group_norm_forward(d, self.value(x).data(), g, b, GROUP_NORM_EPS, silu, y.data_mut());
-        Ok(self.push(Op::GroupNorm { x, gamma, beta, groups, silu, mean, rstd }, y))
+        Ok(self.push(Op::GroupNorm { x, gamma, beta, groups, silu, mean, rstd }, y, started))
     }
 }
 
@@ -268,14 +289,16 @@ fn group_norm_backward(tape: &Tape, (x, gamma, beta): (Var, Var, Var), groups: u
 impl Tape<'_> {
     /// `y = silu(x) = x·σ(x)` elementwise.
     pub fn silu(&mut self, x: Var) -> Var {
+        let started = profile::start();
         let xv = self.value(x);
         let mut y = Tensor::zeros(xv.shape());
         ew::silu_forward(xv.data(), y.data_mut());
-        self.push(Op::Silu { x }, y)
+        self.push(Op::Silu { x }, y, started)
     }
 
     /// `y = x Wᵀ + b`, `x: [batch, in]`, `w: [out, in]`, `b: [out]`.
     pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
+        let started = profile::start();
         let (batch, fin) = self.value(x).dims2("linear input")?;
         let (fout, win) = self.value(w).dims2("linear weight")?;
         if win != fin {
@@ -285,11 +308,12 @@ impl Tape<'_> {
         let mut y = Tensor::zeros(&[batch, fout]);
         let bias = b.map(|b| self.value(b).data());
         ew::linear_forward(self.value(x).data(), self.value(w).data(), bias, batch, fin, fout, y.data_mut());
-        Ok(self.push(Op::Linear { x, w, b }, y))
+        Ok(self.push(Op::Linear { x, w, b }, y, started))
     }
 
     /// `y = [a, b]` concatenated along channels (`[n, ca, h, w]`, `[n, cb, h, w]` → `[n, ca+cb, h, w]`).
     pub fn concat(&mut self, a: Var, b: Var) -> Result<Var> {
+        let started = profile::start();
         let (n, ca, h, w) = self.value(a).dims4("concat first input")?;
         let (nb, cb, hb, wb) = self.value(b).dims4("concat second input")?;
         if (n, h, w) != (nb, hb, wb) {
@@ -297,17 +321,18 @@ impl Tape<'_> {
         }
         let mut y = Tensor::zeros(&[n, ca + cb, h, w]);
         ew::concat_channels(self.value(a).data(), self.value(b).data(), ca, cb, h * w, y.data_mut());
-        Ok(self.push(Op::Concat { a, b }, y))
+        Ok(self.push(Op::Concat { a, b }, y, started))
     }
 
     /// `L = mean((pred - target)²)` over all elements, a one-element tensor.
     pub fn mse(&mut self, pred: Var, target: Var) -> Result<Var> {
+        let started = profile::start();
         let (p, t) = (self.value(pred), self.value(target));
         if p.shape() != t.shape() {
             return shape_err!("mse: prediction {:?} and target {:?} differ", p.shape(), t.shape());
         }
         let loss = Tensor::new(&[1], vec![ew::mse(p.data(), t.data())])?;
-        Ok(self.push(Op::Mse { pred, target }, loss))
+        Ok(self.push(Op::Mse { pred, target }, loss, started))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Argument parsing and the two subcommands.
 
+mod bench;
 mod sample;
 mod train;
 
@@ -23,6 +24,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Sample images from a checkpoint (ours, or a PyTorch state dict saved as safetensors).
     Sample(sample::SampleArgs),
+    /// Time a training step or a sampler step on synthetic data; prints one JSON line.
+    Bench(bench::BenchArgs),
 }
 
 /// Where to run.
@@ -49,6 +52,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

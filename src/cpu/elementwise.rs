@@ -3,10 +3,27 @@
 use super::gemm::{sgemm, Mat};
 use rayon::prelude::*;
 
+/// `e^x` to within ~2 ulp, branch-free so that loops over slices vectorise (libm's `expf` is a call per element,
+/// and was 5-10% of a training step). Cody–Waite reduction `x = n·ln2 + r`, `|r| <= ln2/2`, then the degree-7
+/// Taylor polynomial of `e^r` (truncation error `r^8/8! < 6e-9` relative), scaled by `2^n` through the exponent
+/// bits. Inputs are clamped to [-87.3, 88.7], where `e^x` stays a normal f32.
+#[inline(always)]
+pub fn exp_fast(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4; // ln 2 split so that n·LN2_HI is exact for |n| < 2^10
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting it rounds to the nearest integer
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 /// `σ(x) = 1 / (1 + e^{-x})`.
-#[inline]
+#[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp_fast(-x))
 }
 
 /// `d silu(x)/dx = σ(x)·(1 + x·(1 - σ(x)))`, where `silu(x) = x·σ(x)`.
@@ -81,4 +98,24 @@ pub fn mse(p: &[f32], t: &[f32]) -> f32 {
 pub fn mse_backward(p: &[f32], t: &[f32], gloss: f32, dp: &mut [f32]) {
     let scale = 2.0 * gloss / p.len() as f32;
     dp.par_iter_mut().zip(p.par_iter().zip(t.par_iter())).for_each(|(o, (&a, &b))| *o = scale * (a - b));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exp_fast;
+
+    #[test]
+    fn exp_fast_is_within_a_few_ulp() {
+        // Over the whole range a sigmoid or SiLU can see; 3e-7 relative is ~2.5 ulp.
+        let mut worst = 0.0f64;
+        for i in 0..=2_000_000 {
+            let x = -87.0 + 175.0 * i as f32 / 2_000_000.0;
+            let exact = (x as f64).exp();
+            worst = worst.max(((exp_fast(x) as f64 - exact) / exact).abs());
+        }
+        assert!(worst < 3e-7, "max relative error {worst:e}");
+        assert_eq!(exp_fast(0.0), 1.0);
+        assert!(exp_fast(-1000.0) > 0.0 && exp_fast(-1000.0) < 1e-37);
+        assert!(exp_fast(f32::NAN).is_nan() || exp_fast(f32::NAN) > 0.0);
+    }
 }

@@ -1,0 +1,80 @@
+//! `ddpm bench`: times a training step or a sampler step on synthetic data and prints one JSON line per workload
+//! (for comparison scripts). Peak memory is the process's (measure it with `/usr/bin/time -v`).
+
+use super::resolve_device;
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use ddpm::diffusion::{Denoiser, Schedule};
+use ddpm::nn::{UNetConfig, UNetDenoiser};
+use ddpm::train::{RunConfig, TrainState};
+use ddpm::{rng, Tensor};
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// One training step: forward, backward, clip, AdamW, EMA.
+    Train,
+    /// One sampler network evaluation (the UNet forward at one timestep), the cost of a DDPM/DDIM step.
+    Sample,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// What to time.
+    #[arg(long, value_enum, default_value = "train")]
+    what: Workload,
+    /// Batch size (training) or number of images (sampling).
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// UNet width.
+    #[arg(long, default_value_t = 64)]
+    base: usize,
+    /// Time-embedding width.
+    #[arg(long, default_value_t = 128)]
+    t_dim: usize,
+    /// Timed repetitions (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: super::DeviceArg,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let device = resolve_device(a.device)?;
+    if a.iters == 0 || a.batch == 0 {
+        bail!("--iters and --batch must be at least 1");
+    }
+    let config = RunConfig { model: UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim }, batch: a.batch, ..RunConfig::seed_recipe() };
+    let mut state = TrainState::new(config)?;
+    let sched = Schedule::linear(1000, 1e-4, 2e-2)?;
+    let mut x = Tensor::zeros(&[a.batch, 1, 32, 32]);
+    rng::fill_normal(1, 0, x.data_mut());
+    x.data_mut().iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
+    let mut times = Vec::with_capacity(a.iters);
+    for i in 0..=a.iters {
+        let start = Instant::now();
+        match a.what {
+            Workload::Train => {
+                state.train_step(&sched, &x)?;
+            }
+            Workload::Sample => {
+                let mut den = UNetDenoiser { model: &state.model, params: &state.params };
+                den.predict_eps(&x, &vec![500; a.batch])?;
+            }
+        }
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    if ddpm::autograd::profile::enabled() {
+        eprint!("{}", ddpm::autograd::profile::report());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{{\"workload\":\"{:?}\",\"device\":\"{device}\",\"batch\":{},\"base\":{},\"threads\":{},\"iters\":{},\"median_s\":{median:.4},\"min_s\":{:.4},\"max_s\":{:.4}}}",
+        a.what, a.batch, a.base, rayon::current_num_threads(), a.iters, times[0], times[times.len() - 1]
+    );
+    Ok(())
+}

@@ -89,7 +89,7 @@ impl Op {
         match self {
             Op::Input | Op::Param(_) => {}
             Op::Conv2d { x, w, b, chan_bias, residual, geom } => {
-                conv2d_backward(tape, *x, *w, *geom, &gout, &mut out);
+                conv_backward(tape, *x, *w, *geom, &gout, conv::conv2d_backward, &mut out);
                 let (n, co, plane) = (gout.shape()[0], gout.shape()[1], geom.oh * geom.ow);
                 if let Some(b) = b.filter(|&b| need(b)) {
                     out.push((b, Tensor::new(&[co], conv::channel_sums(gout.data(), n, co, plane, false))?));
@@ -102,7 +102,7 @@ impl Op {
                 }
             }
             Op::ConvTranspose2d { x, w, b, geom } => {
-                conv_transpose2d_backward(tape, *x, *w, *geom, &gout, &mut out);
+                conv_backward(tape, *x, *w, *geom, &gout, conv::conv_transpose2d_backward, &mut out);
                 if let Some(b) = b.filter(|&b| need(b)) {
                     let (n, co) = (gout.shape()[0], geom.c);
                     out.push((b, Tensor::new(&[co], conv::channel_sums(gout.data(), n, co, geom.h * geom.w, false))?));
@@ -200,13 +200,17 @@ impl Tape<'_> {
     }
 }
 
-/// Input and weight gradients of a conv2d.
-fn conv2d_backward(tape: &Tape, x: Var, w: Var, geom: ConvGeom, gout: &Tensor, out: &mut Vec<(Var, Tensor)>) {
+/// The kernel-level backward shared by conv2d and conv_transpose2d: `(geom, n, x, w, channels, gout, grads)`.
+type ConvBackwardKernel = fn(&ConvGeom, usize, &[f32], &[f32], usize, &[f32], ConvGrads);
+
+/// Input and weight gradients of a conv (`kernel` is [`conv::conv2d_backward`] or
+/// [`conv::conv_transpose2d_backward`]; `channels` is the weight's first dimension).
+fn conv_backward(tape: &Tape, x: Var, w: Var, geom: ConvGeom, gout: &Tensor, kernel: ConvBackwardKernel, out: &mut Vec<(Var, Tensor)>) {
     let (xv, wv) = (tape.value(x), tape.value(w));
     let mut dx = tape.needs_grad(x).then(|| Tensor::zeros(xv.shape()));
     let mut dw = tape.needs_grad(w).then(|| Tensor::zeros(wv.shape()));
     let grads = ConvGrads { dx: dx.as_mut().map(|t| t.data_mut()), dw: dw.as_mut().map(|t| t.data_mut()) };
-    conv::conv2d_backward(&geom, xv.shape()[0], xv.data(), wv.data(), wv.shape()[0], gout.data(), grads);
+    kernel(&geom, xv.shape()[0], xv.data(), wv.data(), wv.shape()[0], gout.data(), grads);
     out.extend(dx.map(|d| (x, d)).into_iter().chain(dw.map(|d| (w, d))));
 }
 
@@ -235,16 +239,6 @@ impl Tape<'_> {
         conv::conv_transpose2d_forward(&geom, n, self.value(x).data(), self.value(w).data(), ci, bias, y.data_mut());
         Ok(self.push(Op::ConvTranspose2d { x, w, b, geom }, y, started))
     }
-}
-
-/// Input and weight gradients of a conv_transpose2d.
-fn conv_transpose2d_backward(tape: &Tape, x: Var, w: Var, geom: ConvGeom, gout: &Tensor, out: &mut Vec<(Var, Tensor)>) {
-    let (xv, wv) = (tape.value(x), tape.value(w));
-    let mut dx = tape.needs_grad(x).then(|| Tensor::zeros(xv.shape()));
-    let mut dw = tape.needs_grad(w).then(|| Tensor::zeros(wv.shape()));
-    let grads = ConvGrads { dx: dx.as_mut().map(|t| t.data_mut()), dw: dw.as_mut().map(|t| t.data_mut()) };
-    conv::conv_transpose2d_backward(&geom, xv.shape()[0], xv.data(), wv.data(), xv.shape()[1], gout.data(), grads);
-    out.extend(dx.map(|d| (x, d)).into_iter().chain(dw.map(|d| (w, d))));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -203,36 +203,53 @@ pub struct ConvGrads<'a> {
 /// Bias gradients are plain sums of `gout` and live in [`channel_sums`].
 pub fn conv2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, gout: &[f32], grads: ConvGrads) {
     let (kk, plane, in_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
-    let want_dw = grads.dw.is_some();
     let threads = inner_threads(n);
+    per_image_backward(n, in_len, co * kk, kk * plane, grads, |i, first, dx_i, dw_part, col| {
+        let x_i = &x[i * in_len..(i + 1) * in_len];
+        let g_i = &gout[i * co * plane..(i + 1) * co * plane];
+        if let Some(dw_part) = dw_part {
+            let cols: &[f32] = if g.is_pointwise() {
+                x_i
+            } else {
+                im2col(g, x_i, col);
+                col
+            };
+            sgemm(co, kk, plane, Mat::n(g_i), Mat::t(cols), dw_part, !first, threads);
+        }
+        if let Some(dx_i) = dx_i {
+            if g.is_pointwise() {
+                sgemm(kk, plane, co, Mat::t(w), Mat::n(g_i), dx_i, false, threads);
+            } else {
+                sgemm(kk, plane, co, Mat::t(w), Mat::n(g_i), col, false, threads);
+                col2im(g, col, dx_i);
+            }
+        }
+    });
+}
+
+/// The batch loop shared by the conv backwards. Images are split into [`batch_chunks`] processed in parallel;
+/// `body(i, first_in_chunk, dx_i, dw_part, col)` handles image `i`, accumulating into its chunk's partial weight
+/// gradient (`dw_len` floats; overwrite when `first_in_chunk`). The partials are summed in chunk order afterwards,
+/// so the result is the same whatever the thread count. `col` is per-thread scratch of `scratch_len` floats.
+fn per_image_backward<F>(n: usize, in_len: usize, dw_len: usize, scratch_len: usize, grads: ConvGrads, body: F)
+where
+    F: Fn(usize, bool, Option<&mut [f32]>, Option<&mut [f32]>, &mut [f32]) + Sync,
+{
     let ranges = batch_chunks(n);
+    let want_dw = grads.dw.is_some();
     let mut dx_chunks: Vec<Option<&mut [f32]>> = match grads.dx {
         Some(dx) => split_by_ranges(dx, &ranges, in_len).into_iter().map(Some).collect(),
         None => ranges.iter().map(|_| None).collect(),
     };
-    // One partial dW per chunk, summed in chunk order afterwards: deterministic whatever the thread count.
     let partials: Vec<Vec<f32>> = ranges
         .par_iter()
         .zip(dx_chunks.par_iter_mut())
         .map(|(range, dx_chunk)| {
-            let mut dw_part = if want_dw { vec![0.0f32; co * kk] } else { Vec::new() };
-            with_scratch(kk * plane, |col| {
+            let mut dw_part = if want_dw { vec![0.0f32; dw_len] } else { Vec::new() };
+            with_scratch(scratch_len, |col| {
                 for (j, i) in range.clone().enumerate() {
-                    let x_i = &x[i * in_len..(i + 1) * in_len];
-                    let g_i = &gout[i * co * plane..(i + 1) * co * plane];
-                    if want_dw {
-                        let cols: &[f32] = if g.is_pointwise() { x_i } else { im2col(g, x_i, col); col };
-                        sgemm(co, kk, plane, Mat::n(g_i), Mat::t(cols), &mut dw_part, j > 0, threads);
-                    }
-                    if let Some(dx) = dx_chunk.as_deref_mut() {
-                        let dx_i = &mut dx[j * in_len..(j + 1) * in_len];
-                        if g.is_pointwise() {
-                            sgemm(kk, plane, co, Mat::t(w), Mat::n(g_i), dx_i, false, threads);
-                        } else {
-                            sgemm(kk, plane, co, Mat::t(w), Mat::n(g_i), col, false, threads);
-                            col2im(g, col, dx_i);
-                        }
-                    }
+                    let dx_i = dx_chunk.as_deref_mut().map(|dx| &mut dx[j * in_len..(j + 1) * in_len]);
+                    body(i, j == 0, dx_i, want_dw.then_some(&mut dw_part[..]), col);
                 }
             });
             dw_part
@@ -262,37 +279,17 @@ pub fn conv_transpose2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], ci
 /// ConvTranspose2d backward: `dx[n] = W · im2col(gout[n])`, `dW = Σ_n x[n] · im2col(gout[n])ᵀ`.
 pub fn conv_transpose2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], ci: usize, gout: &[f32], grads: ConvGrads) {
     let (kk, plane, out_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
-    let want_dw = grads.dw.is_some();
     let threads = inner_threads(n);
-    let ranges = batch_chunks(n);
     let in_len = ci * plane;
-    let mut dx_chunks: Vec<Option<&mut [f32]>> = match grads.dx {
-        Some(dx) => split_by_ranges(dx, &ranges, in_len).into_iter().map(Some).collect(),
-        None => ranges.iter().map(|_| None).collect(),
-    };
-    let partials: Vec<Vec<f32>> = ranges
-        .par_iter()
-        .zip(dx_chunks.par_iter_mut())
-        .map(|(range, dx_chunk)| {
-            let mut dw_part = if want_dw { vec![0.0f32; ci * kk] } else { Vec::new() };
-            with_scratch(kk * plane, |col| {
-                for (j, i) in range.clone().enumerate() {
-                    im2col(g, &gout[i * out_len..(i + 1) * out_len], col);
-                    if want_dw {
-                        let x_i = &x[i * in_len..(i + 1) * in_len];
-                        sgemm(ci, kk, plane, Mat::n(x_i), Mat::t(col), &mut dw_part, j > 0, threads);
-                    }
-                    if let Some(dx) = dx_chunk.as_deref_mut() {
-                        sgemm(ci, plane, kk, Mat::n(w), Mat::n(col), &mut dx[j * in_len..(j + 1) * in_len], false, threads);
-                    }
-                }
-            });
-            dw_part
-        })
-        .collect();
-    if let Some(dw) = grads.dw {
-        sum_partials(&partials, dw);
-    }
+    per_image_backward(n, in_len, ci * kk, kk * plane, grads, |i, first, dx_i, dw_part, col| {
+        im2col(g, &gout[i * out_len..(i + 1) * out_len], col);
+        if let Some(dw_part) = dw_part {
+            sgemm(ci, kk, plane, Mat::n(&x[i * in_len..(i + 1) * in_len]), Mat::t(col), dw_part, !first, threads);
+        }
+        if let Some(dx_i) = dx_i {
+            sgemm(ci, plane, kk, Mat::n(w), Mat::n(col), dx_i, false, threads);
+        }
+    });
 }
 
 /// Per-channel sums of an `[n, c, plane]` tensor, as `[c]` (`per_image = false`) or `[n, c]` (`true`):

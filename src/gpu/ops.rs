@@ -52,16 +52,27 @@ fn run<E: Executor>(e: &E, k: Kernel, cfg: LaunchCfg, args: &[Arg<E::Buf>]) -> R
 /// `trans_b`). Batch item `i` of A starts `i·stride_a` words in (0 repeats one matrix); likewise B and C.
 #[derive(Clone, Copy, Debug)]
 pub struct Gemm {
+    /// Rows of `op(A)` and C.
     pub m: usize,
+    /// Columns of `op(B)` and C.
     pub n: usize,
+    /// The summed dimension.
     pub k: usize,
+    /// A is stored `k×m`.
     pub trans_a: bool,
+    /// B is stored `n×k`.
     pub trans_b: bool,
+    /// Words between consecutive A matrices (0: one A for all).
     pub stride_a: usize,
+    /// Words between consecutive B matrices (0: one B for all).
     pub stride_b: usize,
+    /// Words between consecutive C matrices (non-zero when `batches > 1`).
     pub stride_c: usize,
+    /// Independent products, each to its own C (grid z).
     pub batches: usize,
+    /// Products summed into each C, in order.
     pub nsum: usize,
+    /// Add to C instead of overwriting it.
     pub accumulate: bool,
 }
 
@@ -253,7 +264,7 @@ pub fn group_norm_forward<E: Executor>(e: &E, d: NormDims, x: &E::Buf, gamma: &E
 }
 
 fn check_norm<E: Executor>(_: &E, d: NormDims, x: &E::Buf, gamma: &E::Buf, beta: &E::Buf) -> Result<()> {
-    if d.groups == 0 || d.c % d.groups != 0 {
+    if d.groups == 0 || !d.c.is_multiple_of(d.groups) {
         return Err(Error::Shape(format!("group_norm: {} channels in {} groups", d.c, d.groups)));
     }
     need("group_norm x", x, d.n * d.c * d.plane)?;
@@ -331,6 +342,7 @@ fn copy_channels<E: Executor>(e: &E, src: &E::Buf, src_c: usize, src_off: usize,
 }
 
 /// Concatenates `a: [n, ca, plane]` and `b: [n, cb, plane]` along channels into `out: [n, ca + cb, plane]`.
+#[allow(clippy::too_many_arguments)]
 pub fn concat_channels<E: Executor>(e: &E, a: &E::Buf, b: &E::Buf, n: usize, ca: usize, cb: usize, plane: usize, out: &E::Buf) -> Result<()> {
     copy_channels(e, a, ca, 0, out, ca + cb, 0, ca, n, plane)?;
     copy_channels(e, b, cb, 0, out, ca + cb, ca, cb, n, plane)

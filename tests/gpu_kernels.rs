@@ -101,7 +101,7 @@ fn sgemm<E: Executor>(e: &E) {
 }
 gpu_test!(sgemm);
 
-// Conv2d forward (bias + per-image bias) and backward (dx, dW, bias sums), for a padded 3x3, a strided 3x3 and a
+// Conv2d forward (bias + per-image bias + residual) and backward (dx, dW, bias sums), for a padded 3x3, a strided 3x3 and a
 // pointwise conv. Sums of C·k·k (forward, dx) or n·OH·OW (dW) products, in a different order: rel 1e-5,
 // abs 2e-5 (dW sums up to 126 terms).
 fn conv2d<E: Executor>(e: &E) {
@@ -110,11 +110,15 @@ fn conv2d<E: Executor>(e: &E) {
         let what = format!("conv2d n{n} c{c} {h}x{w} k{k} s{s} p{p} co{co}");
         let (x, wt, b, cb) = (rand(10, n * c * h * w), rand(11, co * c * k * k), rand(12, co), rand(13, n * co));
         let out_len = n * co * g.oh * g.ow;
-        let mut want = vec![0.0; out_len];
-        conv::conv2d_forward(&g, n, &x, &wt, co, Epilogue { bias: Some(&b), chan_bias: Some(&cb), residual: None }, &mut want);
+        let res = rand(15, out_len);
         let (xb, wb, out) = (up(e, &x), up(e, &wt), e.alloc(out_len).unwrap());
-        ops::conv2d_forward(e, &g, n, &xb, &wb, co, Some(&up(e, &b)), Some(&up(e, &cb)), &out).unwrap();
-        close(&down(e, &out), &want, 2e-5, 1e-5, &format!("{what} forward"));
+        for residual in [None, Some(&res[..])] {
+            let mut want = vec![0.0; out_len];
+            conv::conv2d_forward(&g, n, &x, &wt, co, Epilogue { bias: Some(&b), chan_bias: Some(&cb), residual }, &mut want);
+            let rb = residual.map(|r| up(e, r));
+            ops::conv2d_forward(e, &g, n, &xb, &wb, co, Some(&up(e, &b)), Some(&up(e, &cb)), rb.as_ref(), &out).unwrap();
+            close(&down(e, &out), &want, 2e-5, 1e-5, &format!("{what} forward residual={}", residual.is_some()));
+        }
 
         let gout = rand(14, out_len);
         let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; wt.len()]);

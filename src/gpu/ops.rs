@@ -149,12 +149,22 @@ pub fn add_channel_bias<E: Executor>(e: &E, y: &E::Buf, bias: Option<&E::Buf>, c
     ])
 }
 
-/// Conv2d forward: `out[i] = W·im2col(x[i]) + bias + chan_bias[i]`, `x: [n, g.c, g.h, g.w]`,
-/// `w: [co, g.c, k, k]`, `out: [n, co, g.oh, g.ow]` (as `cpu::conv::conv2d_forward` without the residual).
+/// Conv2d forward: `out[i] = W·im2col(x[i]) + bias + chan_bias[i] + residual[i]`, `x: [n, g.c, g.h, g.w]`,
+/// `w: [co, g.c, k, k]`, `out: [n, co, g.oh, g.ow]`, every extra term optional (`cpu::conv::conv2d_forward` with
+/// its `Epilogue`). The residual is copied into `out` first and the GEMM accumulates onto it, as on the CPU.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_forward<E: Executor>(e: &E, g: &ConvGeom, n: usize, x: &E::Buf, w: &E::Buf, co: usize, bias: Option<&E::Buf>, chan_bias: Option<&E::Buf>, out: &E::Buf) -> Result<()> {
+pub fn conv2d_forward<E: Executor>(e: &E, g: &ConvGeom, n: usize, x: &E::Buf, w: &E::Buf, co: usize, bias: Option<&E::Buf>, chan_bias: Option<&E::Buf>, residual: Option<&E::Buf>, out: &E::Buf) -> Result<()> {
     let (kk, plane) = (g.col_rows(), g.col_cols());
-    let gemm = Gemm { stride_b: kk * plane, stride_c: co * plane, batches: n, ..Gemm::plain(co, plane, kk, false, false) };
+    if let Some(r) = residual {
+        copy_channels(e, r, co, 0, out, co, 0, co, n, plane)?;
+    }
+    let gemm = Gemm {
+        stride_b: kk * plane,
+        stride_c: co * plane,
+        batches: n,
+        accumulate: residual.is_some(),
+        ..Gemm::plain(co, plane, kk, false, false)
+    };
     with_columns(e, g, n, x, |col| sgemm(e, &gemm, w, col, out))?;
     add_channel_bias(e, out, bias, chan_bias, n, co, plane)
 }

@@ -15,6 +15,10 @@ pub enum Error {
     /// A bad value for an option or argument.
     #[error("invalid argument: {0}")]
     Arg(String),
+    /// A GPU-side failure: no usable CUDA device (and why), a kernel that does not load, a launch the device or
+    /// the emulator refuses, a kernel fault the emulator caught.
+    #[error("device error: {0}")]
+    Device(String),
 }
 
 impl Error {

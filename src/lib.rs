@@ -4,7 +4,7 @@
 //! Layers, bottom up: [`tensor`] (dense f32 NCHW), [`cpu`] (kernels), [`autograd`] (the tape and its ops),
 //! [`params`] (named parameters), [`nn`] (layers and the UNet), [`optim`] (AdamW, clipping, EMA),
 //! [`diffusion`] (schedule, q_sample, samplers), [`rng`] (counter-based Philox noise), [`data`] (MNIST from IDX),
-//! [`image`] (PNG output), [`tensor_file`] and [`atomic`] (files).
+//! [`gpu`] (CUDA kernels, run on a GPU or on the CPU emulator), [`image`] (PNG output), [`tensor_file`] and [`atomic`] (files).
 
 pub mod atomic;
 pub mod autograd;
@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod data;
 pub mod diffusion;
 pub mod error;
+pub mod gpu;
 pub mod image;
 pub mod nn;
 pub mod optim;

@@ -4,6 +4,25 @@ use crate::params::{Grads, Params};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
+/// The per-step f32 scalars of an AdamW update (see [`AdamW::scalars`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWScalars {
+    /// `1 - lr·wd`, the decoupled weight decay factor.
+    pub decay: f32,
+    /// `1 - β₁`.
+    pub w1: f32,
+    /// `β₂`.
+    pub b2: f32,
+    /// `1 - β₂`.
+    pub w2: f32,
+    /// `-lr / (1 - β₁ᵏ)`.
+    pub neg_step_size: f32,
+    /// `√(1 - β₂ᵏ)`.
+    pub bc2_sqrt: f32,
+    /// `eps`.
+    pub eps: f32,
+}
+
 /// AdamW state: hyper-parameters, the step count and the two moment estimates per parameter.
 #[derive(Clone, Debug)]
 pub struct AdamW {
@@ -29,19 +48,28 @@ impl AdamW {
         AdamW { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, step: 0, exp_avg: zeros(), exp_avg_sq: zeros() }
     }
 
+    /// The f32 scalars of update number `k` (from 1), formed in f64 as Python does and then rounded: shared by
+    /// [`AdamW::step`] and the fused GPU kernel, so both use the same bits.
+    pub fn scalars(&self, k: u64) -> AdamWScalars {
+        let (lr, b1, b2) = (self.lr, self.beta1, self.beta2);
+        let k = k as i32;
+        AdamWScalars {
+            decay: (1.0 - lr * self.weight_decay) as f32,
+            w1: (1.0 - b1) as f32,
+            b2: b2 as f32,
+            w2: (1.0 - b2) as f32,
+            neg_step_size: (-(lr / (1.0 - b1.powi(k)))) as f32,
+            bc2_sqrt: (1.0 - b2.powi(k)).sqrt() as f32,
+            eps: self.eps as f32,
+        }
+    }
+
     /// One update, step `k = step + 1`, in PyTorch's f32 order:
     /// `p ← p·(1 - lr·wd)`; `m ← m + (1-β₁)(g - m)`; `v ← β₂v + (1-β₂)g²`;
     /// `p ← p - (lr/(1-β₁ᵏ))·m / (√v/√(1-β₂ᵏ) + eps)`. Scalars are formed in f64, as Python does, then rounded.
     pub fn step(&mut self, params: &mut Params, grads: &Grads) {
         self.step += 1;
-        let k = self.step as i32;
-        let (lr, b1, b2) = (self.lr, self.beta1, self.beta2);
-        let decay = (1.0 - lr * self.weight_decay) as f32;
-        let w1 = (1.0 - b1) as f32;
-        let (b2f, w2) = (b2 as f32, (1.0 - b2) as f32);
-        let neg_step_size = (-(lr / (1.0 - b1.powi(k)))) as f32;
-        let bc2_sqrt = (1.0 - b2.powi(k)).sqrt() as f32;
-        let eps = self.eps as f32;
+        let AdamWScalars { decay, w1, b2: b2f, w2, neg_step_size, bc2_sqrt, eps } = self.scalars(self.step);
         params
             .tensors_mut()
             .par_iter_mut()

@@ -34,11 +34,15 @@ impl Ema {
         }
     }
 
+    /// The f32 `(d, 1 - d)` of the next update, `1 - d` formed in f64 first (shared with the GPU kernel).
+    pub fn scalars(&self) -> (f32, f32) {
+        let d = self.current_decay();
+        (d as f32, (1.0 - d) as f32)
+    }
+
     /// `shadow ← shadow·d + p·(1-d)`, in PyTorch's f32 order (`mul_(d)` then `add_(p, alpha=1-d)`).
     pub fn update(&mut self, params: &Params) {
-        let d = self.current_decay();
-        let alpha = (1.0 - d) as f32;
-        let d = d as f32;
+        let (d, alpha) = self.scalars();
         self.shadow.par_iter_mut().zip(params.tensors().par_iter()).for_each(|(s, p)| {
             s.data_mut().iter_mut().zip(p.data()).for_each(|(s, &p)| *s = *s * d + alpha * p);
         });

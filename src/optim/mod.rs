@@ -5,6 +5,6 @@ mod adamw;
 mod clip;
 mod ema;
 
-pub use adamw::AdamW;
+pub use adamw::{AdamW, AdamWScalars};
 pub use clip::clip_grad_norm;
 pub use ema::Ema;

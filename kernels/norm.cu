@@ -1,0 +1,79 @@
+// norm.cu: GroupNorm (optionally fused with SiLU), forward and backward, as src/cpu/norm.rs.
+// One block per (group g, image i): the group's M = (C/G)*plane values are contiguous in NCHW.
+#include "common.cuh"
+
+static __device__ __forceinline__ float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+// y = z or silu(z), z = (x - mean)*rstd*gamma[c] + beta[c]; saves mean and rstd per (i, g) for the backward.
+// Two passes over the group (mean, then the centred variance) for accuracy. Launch: grid (G, n), block 256.
+extern "C" __global__ void __launch_bounds__(256)
+group_norm_fwd(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+               float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out, int C, int plane,
+               int G, float eps, int silu) {
+  __shared__ float scratch[32];
+  const int g = blockIdx.x, i = blockIdx.y, cpg = C / G, M = cpg * plane;
+  const long long base = ((long long)i * C + (long long)g * cpg) * plane;
+  float s = 0.0f;
+  for (int e = threadIdx.x; e < M; e += blockDim.x) s += x[base + e];
+  const float mean = block_sum(s, scratch) / M;
+  float q = 0.0f;
+  for (int e = threadIdx.x; e < M; e += blockDim.x) { const float d = x[base + e] - mean; q += d * d; }
+  const float rstd = 1.0f / sqrtf(block_sum(q, scratch) / M + eps);
+  for (int e = threadIdx.x; e < M; e += blockDim.x) {
+    const int c = g * cpg + e / plane;
+    const float z = (x[base + e] - mean) * rstd * gamma[c] + beta[c];
+    y[base + e] = silu ? z * sigmoidf_(z) : z;
+  }
+  if (threadIdx.x == 0) { mean_out[i * G + g] = mean; rstd_out[i * G + g] = rstd; }
+}
+
+// With gz = gy * silu'(z) (or gy): per channel c of image i, dgamma_part[i][c] = sum gz*xhat and
+// dbeta_part[i][c] = sum gz (reduced over images afterwards by sum_rows, in order), and, when dx is not null,
+// dx = rstd*(gz*gamma - mean(gz*gamma) - xhat*mean(gz*gamma*xhat)) over the group.
+// Launch: grid (G, n), block 256.
+extern "C" __global__ void __launch_bounds__(256)
+group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+               const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ gy,
+               float* __restrict__ dx, float* __restrict__ dgamma_part, float* __restrict__ dbeta_part, int C,
+               int plane, int G, int silu) {
+  __shared__ float scratch[32];
+  const int g = blockIdx.x, i = blockIdx.y, cpg = C / G, M = cpg * plane;
+  const long long base = ((long long)i * C + (long long)g * cpg) * plane;
+  const float m = mean[i * G + g], r = rstd[i * G + g];
+  float s1 = 0.0f, s2 = 0.0f;  // sum gz*gamma and sum gz*gamma*xhat over the group
+  for (int j = 0; j < cpg; j++) {
+    const int c = g * cpg + j;
+    const float ga = gamma[c], be = beta[c];
+    const float* xc = x + base + (long long)j * plane;
+    const float* gc = gy + base + (long long)j * plane;
+    float dg = 0.0f, db = 0.0f;
+    for (int p = threadIdx.x; p < plane; p += blockDim.x) {
+      const float xh = (xc[p] - m) * r;
+      float gz = gc[p];
+      if (silu) {
+        const float z = xh * ga + be, sg = sigmoidf_(z);
+        gz *= sg * (1.0f + z * (1.0f - sg));
+      }
+      dg += gz * xh;
+      db += gz;
+    }
+    dg = block_sum(dg, scratch);
+    db = block_sum(db, scratch);
+    if (threadIdx.x == 0) { dgamma_part[(long long)i * C + c] = dg; dbeta_part[(long long)i * C + c] = db; }
+    s1 += db * ga;
+    s2 += dg * ga;
+  }
+  if (!dx) return;
+  const float a1 = s1 / M, a2 = s2 / M;
+  for (int e = threadIdx.x; e < M; e += blockDim.x) {
+    const int c = g * cpg + e / plane;
+    const float ga = gamma[c], be = beta[c];
+    const float xh = (x[base + e] - m) * r;
+    float gz = gy[base + e];
+    if (silu) {
+      const float z = xh * ga + be, sg = sigmoidf_(z);
+      gz *= sg * (1.0f + z * (1.0f - sg));
+    }
+    dx[base + e] = r * (gz * ga - a1 - xh * a2);
+  }
+}

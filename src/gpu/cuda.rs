@@ -1,0 +1,215 @@
+//! Real CUDA through cudarc: one context, one stream, every module loaded once at start-up (embedded PTX, or the
+//! embedded source compiled by NVRTC at run time), every kernel looked up once, and a caching allocator so that a
+//! training loop, which asks for the same sizes every step, allocates device memory only in its first step.
+//!
+//! Nothing here panics on a machine without CUDA: cudarc loads libcuda and libnvrtc on first use and panics when
+//! they are missing, so their presence is probed first and their absence is an [`Error::Device`] saying why.
+
+use super::kernels::{Kernel, MODULES};
+use super::{check_args, Arg, DeviceBuf, Executor, LaunchCfg};
+use crate::error::{Error, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+fn dev_err(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Device(format!("{what}: {e:?}"))
+}
+
+/// Freed allocations by size class, reused by later allocations of the same class.
+type Pool = Arc<Mutex<HashMap<usize, Vec<CudaSlice<f32>>>>>;
+
+/// Allocations are rounded up to a whole number of 1024 words (4 KiB) so that near-equal sizes share a class.
+fn size_class(len: usize) -> usize {
+    len.max(1).div_ceil(1024) * 1024
+}
+
+/// Device memory from the pool; returns there when dropped.
+pub struct CudaBuf {
+    slice: Option<CudaSlice<f32>>,
+    len: usize,
+    pool: Pool,
+}
+
+impl CudaBuf {
+    fn slice(&self) -> &CudaSlice<f32> {
+        self.slice.as_ref().expect("present until drop")
+    }
+}
+
+impl DeviceBuf for CudaBuf {
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for CudaBuf {
+    fn drop(&mut self) {
+        if let Some(s) = self.slice.take() {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.entry(s.len()).or_default().push(s);
+        }
+    }
+}
+
+/// A CUDA device with the kernels loaded.
+pub struct Cuda {
+    stream: Arc<CudaStream>,
+    funcs: Vec<CudaFunction>,
+    pool: Pool,
+    description: String,
+}
+
+/// Why CUDA cannot be used here, or `Ok(count)` devices.
+pub fn device_count() -> Result<usize> {
+    // SAFETY: only probes whether the shared library can be opened.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::Device("libcuda (the NVIDIA driver) is not installed or not on the library path".into()));
+    }
+    cudarc::driver::result::init().map_err(|e| dev_err("the CUDA driver failed to initialise", e))?;
+    let n = CudaContext::device_count().map_err(|e| dev_err("counting CUDA devices failed", e))?;
+    if n <= 0 {
+        return Err(Error::Device("the CUDA driver reports no devices".into()));
+    }
+    Ok(n as usize)
+}
+
+impl Cuda {
+    /// Opens device `ordinal` and loads every kernel module.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(Error::Device(format!("CUDA device {ordinal} requested, {count} present")));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| dev_err("creating a CUDA context", e))?;
+        let (major, minor) = ctx.compute_capability().map_err(|e| dev_err("querying the compute capability", e))?;
+        let name = ctx.name().map_err(|e| dev_err("querying the device name", e))?;
+        let stream = ctx.default_stream();
+        let mut modules = Vec::with_capacity(MODULES.len());
+        for m in MODULES {
+            let ptx = match m.ptx {
+                Some(ptx) => cudarc::nvrtc::Ptx::from_src(ptx),
+                None => compile_at_run_time(m, major, minor)?,
+            };
+            modules.push(ctx.load_module(ptx).map_err(|e| dev_err(&format!("loading kernels/{}", m.file), e))?);
+        }
+        let funcs = Kernel::ALL
+            .iter()
+            .map(|k| {
+                modules[k.module()].load_function(k.name()).map_err(|e| dev_err(&format!("kernel {}", k.name()), e))
+            })
+            .collect::<Result<_>>()?;
+        let source = if MODULES.iter().all(|m| m.ptx.is_some()) { "PTX from build time" } else { "run-time NVRTC" };
+        Ok(Cuda {
+            stream,
+            funcs,
+            pool: Arc::default(),
+            description: format!("CUDA device {ordinal}: {name} (sm_{major}{minor}, kernels: {source})"),
+        })
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| dev_err("synchronize", e))
+    }
+}
+
+/// NVRTC at run time, for the device's own architecture, with the options build.rs would have used.
+fn compile_at_run_time(m: &super::kernels::Module, major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx> {
+    // SAFETY: only probes whether the shared library can be opened.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(Error::Device(
+            "the kernels were built without NVRTC and libnvrtc is not available at run time either".into(),
+        ));
+    }
+    let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch),
+        options: m.options.iter().map(|s| s.to_string()).collect(),
+        name: Some(m.file.into()),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(m.source, opts).map_err(|e| dev_err(&format!("NVRTC on kernels/{}", m.file), e))
+}
+
+/// One argument's value, kept alive while the launch builder holds a reference to it.
+enum Val {
+    Ptr(u64),
+    I32(i32),
+    I64(i64),
+    U64(u64),
+    F32(f32),
+}
+
+impl Executor for Cuda {
+    type Buf = CudaBuf;
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn alloc(&self, len: usize) -> Result<CudaBuf> {
+        let class = size_class(len);
+        let reused = self.pool.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&class).and_then(Vec::pop);
+        let slice = match reused {
+            Some(s) => s,
+            // SAFETY: the contents are unspecified by the trait's contract; kernels write before they read.
+            None => unsafe { self.stream.alloc::<f32>(class) }.map_err(|e| dev_err("cuMemAlloc", e))?,
+        };
+        Ok(CudaBuf { slice: Some(slice), len, pool: self.pool.clone() })
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
+        let mut buf = self.alloc(data.len())?;
+        let slice = buf.slice.as_mut().expect("fresh buffer");
+        let mut view = slice.slice_mut(..data.len());
+        self.stream.memcpy_htod(data, &mut view).map_err(|e| dev_err("copy to device", e))?;
+        Ok(buf)
+    }
+
+    fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
+        self.stream.clone_dtoh(&buf.slice().slice(..buf.len)).map_err(|e| dev_err("copy from device", e))
+    }
+
+    unsafe fn launch(&self, kernel: Kernel, cfg: LaunchCfg, args: &[Arg<CudaBuf>]) -> Result<()> {
+        check_args(kernel, args)?;
+        let mut guards = Vec::new();
+        let mut vals = Vec::with_capacity(args.len());
+        for a in args {
+            vals.push(match *a {
+                Arg::Buf(b) | Arg::BufAt(b, _) => {
+                    let off = if let Arg::BufAt(_, o) = *a { o } else { 0 };
+                    if off > b.len {
+                        return Err(Error::Device(format!("{}: buffer offset {off} past {}", kernel.name(), b.len)));
+                    }
+                    let (ptr, guard) = b.slice().device_ptr(&self.stream);
+                    guards.push(guard);
+                    Val::Ptr(ptr + 4 * off as u64)
+                }
+                Arg::Null => Val::Ptr(0),
+                Arg::I32(v) => Val::I32(v),
+                Arg::I64(v) => Val::I64(v),
+                Arg::U64(v) => Val::U64(v),
+                Arg::F32(v) => Val::F32(v),
+            });
+        }
+        let mut builder = self.stream.launch_builder(&self.funcs[kernel as usize]);
+        for v in &vals {
+            match v {
+                Val::Ptr(p) => builder.arg(p),
+                Val::I32(x) => builder.arg(x),
+                Val::I64(x) => builder.arg(x),
+                Val::U64(x) => builder.arg(x),
+                Val::F32(x) => builder.arg(x),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (cfg.grid[0], cfg.grid[1], cfg.grid[2]),
+            block_dim: (cfg.block[0], cfg.block[1], cfg.block[2]),
+            shared_mem_bytes: cfg.shared_bytes,
+        };
+        builder.launch(cfg).map_err(|e| dev_err(&format!("launching {}", kernel.name()), e))?;
+        drop(guards);
+        Ok(())
+    }
+}

@@ -1,0 +1,152 @@
+//! The CPU emulator of the CUDA launch model (runtime in `emu/runtime.cpp`, language shim in `emu/shim.h`).
+//!
+//! A launch runs every block of the grid; the blocks are shared among a few OS threads, and inside a block each
+//! CUDA thread is a fiber that runs until its next barrier. The runtime refuses launches a GPU would refuse
+//! (more than 1024 threads, oversized grids, more than 48 KiB of dynamic shared memory), fills dynamic shared
+//! memory with NaN before each block, and reports divergent `__syncthreads()`, divergent or partial-warp shuffles
+//! and deadlocks with the source lines involved, as an [`Error::Device`]. Buffers carry guard words after their
+//! end that are checked after each launch, so an out-of-bounds write is an error naming the argument.
+
+use super::{check_args, Arg, DeviceBuf, Executor, Kernel, LaunchCfg};
+use crate::error::{Error, Result};
+use std::ffi::c_void;
+
+extern "C" {
+    fn emu_launch(
+        kernel: unsafe extern "C" fn(*const *mut c_void),
+        args: *const *mut c_void,
+        grid: *const u32,
+        block: *const u32,
+        dyn_smem: usize,
+        workers: u32,
+        err: *mut u8,
+        err_len: usize,
+    ) -> i32;
+}
+
+/// Guard words after each buffer, and their value (a NaN no kernel computes).
+const GUARD: usize = 64;
+const CANARY: u32 = 0x7fc0_dead;
+
+/// A host allocation standing in for device memory: `len` words plus [`GUARD`] canary words.
+pub struct EmuBuf {
+    data: Box<[std::cell::UnsafeCell<f32>]>,
+    len: usize,
+}
+
+// SAFETY: kernels write through raw pointers only inside `Executor::launch`, which is unsafe and whose caller
+// guarantees the accesses are in bounds; between launches the buffer is plain memory.
+unsafe impl Send for EmuBuf {}
+unsafe impl Sync for EmuBuf {}
+
+impl EmuBuf {
+    fn new(data: impl Iterator<Item = f32>, len: usize) -> Self {
+        let words = data.chain(std::iter::repeat_n(f32::from_bits(CANARY), GUARD));
+        EmuBuf { data: words.map(std::cell::UnsafeCell::new).collect(), len }
+    }
+    fn ptr(&self, offset: usize) -> *mut f32 {
+        // UnsafeCell<f32> has f32's layout; the slice is one allocation.
+        unsafe { (self.data.as_ptr() as *mut f32).add(offset) }
+    }
+    fn guard_intact(&self) -> bool {
+        self.data[self.len..].iter().all(|w| unsafe { (*w.get()).to_bits() } == CANARY)
+    }
+}
+
+impl DeviceBuf for EmuBuf {
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// The CPU emulator.
+pub struct Emulator {
+    workers: u32,
+}
+
+impl Emulator {
+    /// An emulator that spreads the blocks of a launch over `EMU_THREADS` OS threads (default: all cores).
+    pub fn new() -> Self {
+        let workers = std::env::var("EMU_THREADS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+        Emulator { workers: workers.max(1) }
+    }
+}
+
+impl Default for Emulator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Executor for Emulator {
+    type Buf = EmuBuf;
+
+    fn describe(&self) -> String {
+        format!("CPU emulator ({} threads)", self.workers)
+    }
+
+    fn alloc(&self, len: usize) -> Result<EmuBuf> {
+        Ok(EmuBuf::new(std::iter::repeat_n(f32::NAN, len), len))
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<EmuBuf> {
+        Ok(EmuBuf::new(data.iter().copied(), data.len()))
+    }
+
+    fn download(&self, buf: &EmuBuf) -> Result<Vec<f32>> {
+        Ok(buf.data[..buf.len].iter().map(|w| unsafe { *w.get() }).collect())
+    }
+
+    unsafe fn launch(&self, kernel: Kernel, cfg: LaunchCfg, args: &[Arg<EmuBuf>]) -> Result<()> {
+        check_args(kernel, args)?;
+        // Each argument's value in an 8-byte slot; the kernel entry reads slot i as its i-th parameter's type
+        // (little-endian, so a 4-byte value sits at the slot's start).
+        let mut slots = Vec::with_capacity(args.len());
+        for (i, a) in args.iter().enumerate() {
+            slots.push(match *a {
+                Arg::Buf(b) => b.ptr(0) as u64,
+                Arg::BufAt(b, off) if off <= b.len => b.ptr(off) as u64,
+                Arg::BufAt(b, off) => {
+                    return Err(Error::Device(format!(
+                        "{}: argument {i} offset {off} past the end of a {}-word buffer",
+                        kernel.name(),
+                        b.len
+                    )))
+                }
+                Arg::Null => 0,
+                Arg::I32(v) => v as u32 as u64,
+                Arg::I64(v) => v as u64,
+                Arg::U64(v) => v,
+                Arg::F32(v) => v.to_bits() as u64,
+            });
+        }
+        let ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+        let mut err = [0u8; 1024];
+        let entry = super::kernels::EMU_ENTRY[kernel as usize];
+        let rc = emu_launch(
+            entry,
+            ptrs.as_ptr(),
+            cfg.grid.as_ptr(),
+            cfg.block.as_ptr(),
+            cfg.shared_bytes as usize,
+            self.workers,
+            err.as_mut_ptr(),
+            err.len(),
+        );
+        if rc != 0 {
+            let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+            return Err(Error::Device(format!("{}: {}", kernel.name(), String::from_utf8_lossy(&err[..end]))));
+        }
+        for ((name, _), a) in kernel.params().iter().zip(args) {
+            if let Arg::Buf(b) | Arg::BufAt(b, _) = a {
+                if !b.guard_intact() {
+                    return Err(Error::Device(format!("{}: wrote past the end of `{name}`", kernel.name())));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,137 @@
+//! The GPU side: CUDA C kernels (`kernels/*.cu`) and two executors that run them.
+//!
+//! - [`emu::Emulator`] runs the kernels on the CPU: build.rs compiles the same `.cu` files as host C++ and the
+//!   emulator runs each grid with a fiber per CUDA thread, checking launch limits, barriers and buffer bounds. It
+//!   is always available, so the kernels are exercised by every test run, GPU or not.
+//! - [`cuda::Cuda`] runs them on an NVIDIA GPU through the driver API (cudarc, loaded at run time), from PTX that
+//!   build.rs compiled with NVRTC, or from the embedded sources compiled at run time.
+//!
+//! Every op in [`ops`] is written once, as launches (kernel, grid, block, shared memory, arguments) against the
+//! [`Executor`] trait, so the launch code tested on the emulator is the launch code that runs on the GPU.
+
+pub mod cuda;
+pub mod emu;
+pub mod kernels;
+pub mod ops;
+
+use crate::error::{Error, Result};
+pub use kernels::{Kernel, ParamKind};
+
+/// Grid and block shape of one launch, with its dynamic shared memory in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchCfg {
+    /// Blocks in x, y, z.
+    pub grid: [u32; 3],
+    /// Threads per block in x, y, z.
+    pub block: [u32; 3],
+    /// Dynamic shared memory per block, in bytes.
+    pub shared_bytes: u32,
+}
+
+impl LaunchCfg {
+    /// A 1-D launch of `blocks` blocks of `threads` threads, no dynamic shared memory.
+    pub fn linear(blocks: u32, threads: u32) -> Self {
+        LaunchCfg { grid: [blocks, 1, 1], block: [threads, 1, 1], shared_bytes: 0 }
+    }
+}
+
+/// One kernel argument. Buffers are arrays of 4-byte words (f32, or i32 where the kernel says `int*`).
+pub enum Arg<'a, B> {
+    /// A buffer, from its start.
+    Buf(&'a B),
+    /// A buffer from word `offset` on.
+    BufAt(&'a B, usize),
+    /// A null pointer (kernels treat it as "absent", e.g. no bias).
+    Null,
+    /// `int`.
+    I32(i32),
+    /// `long long`.
+    I64(i64),
+    /// `unsigned long long`.
+    U64(u64),
+    /// `float`.
+    F32(f32),
+}
+
+impl<'a, B> Arg<'a, B> {
+    /// What kind of argument this is, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Arg::Buf(_) | Arg::BufAt(..) => "a buffer",
+            Arg::Null => "null",
+            Arg::I32(_) => "I32",
+            Arg::I64(_) => "I64",
+            Arg::U64(_) => "U64",
+            Arg::F32(_) => "F32",
+        }
+    }
+
+    /// `Buf(b)` or `Null`.
+    pub fn opt(b: Option<&'a B>) -> Self {
+        b.map_or(Arg::Null, Arg::Buf)
+    }
+}
+
+/// A device buffer of 4-byte words.
+pub trait DeviceBuf {
+    /// Length in words.
+    fn len(&self) -> usize;
+    /// Whether the buffer holds no words.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Something that holds device memory and runs kernels on it: the emulator or a CUDA device.
+pub trait Executor {
+    /// The executor's buffer type.
+    type Buf: DeviceBuf;
+    /// What runs the kernels, e.g. "CUDA device 0: NVIDIA H200" or "CPU emulator (2 threads)".
+    fn describe(&self) -> String;
+    /// A buffer of `len` words with unspecified contents (the emulator fills it with NaN, so a kernel that reads
+    /// what nobody wrote shows up in the results).
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer holding a copy of `data`.
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// A buffer holding a copy of `data`, for kernels' `int*` parameters.
+    fn upload_i32(&self, data: &[i32]) -> Result<Self::Buf> {
+        self.upload(&data.iter().map(|&v| f32::from_bits(v as u32)).collect::<Vec<_>>())
+    }
+    /// Copies the buffer back, after all launches before it have finished.
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    /// Queues `kernel` on the executor's stream (the emulator runs it at once).
+    ///
+    /// # Safety
+    /// The arguments must describe the buffers truthfully: every index the kernel derives from them must lie
+    /// inside the buffer it addresses. The argument kinds are checked against the kernel's C signature, but
+    /// lengths cannot be, so [`ops`] checks them before launching.
+    unsafe fn launch(&self, kernel: Kernel, cfg: LaunchCfg, args: &[Arg<Self::Buf>]) -> Result<()>;
+}
+
+/// Checks `args` against the kernel's parameter list (count and kind), so a mismatch is an error on both
+/// executors instead of garbage on one of them.
+pub fn check_args<B>(kernel: Kernel, args: &[Arg<B>]) -> Result<()> {
+    let params = kernel.params();
+    if params.len() != args.len() {
+        return Err(Error::Device(format!(
+            "{}: {} arguments for {} parameters",
+            kernel.name(),
+            args.len(),
+            params.len()
+        )));
+    }
+    for ((name, kind), arg) in params.iter().zip(args) {
+        let ok = matches!(
+            (kind, arg),
+            (ParamKind::ConstPtr | ParamKind::MutPtr, Arg::Buf(_) | Arg::BufAt(..) | Arg::Null)
+                | (ParamKind::I32, Arg::I32(_))
+                | (ParamKind::I64, Arg::I64(_))
+                | (ParamKind::U64, Arg::U64(_))
+                | (ParamKind::F32, Arg::F32(_))
+        );
+        if !ok {
+            return Err(Error::Device(format!("{}: parameter `{name}` is {kind:?}, got {}", kernel.name(), arg.kind())));
+        }
+    }
+    Ok(())
+}

@@ -5,7 +5,7 @@
 //! `col = im2col(x)` lays each receptive field out as a column. The transposed conv is the adjoint of that map,
 //! so it reuses the same two helpers the other way round (`col2im` forward, `im2col` backward).
 
-use super::gemm::{sgemm, Mat};
+use super::gemm::{sgemm, sgemm_into_transposed, Mat};
 use super::{batch_chunks, BATCH_CHUNKS};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -167,12 +167,14 @@ pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, e
             out_i.copy_from_slice(&r[i * co * plane..(i + 1) * co * plane]);
         }
         let acc = epi.residual.is_some();
+        // out_iᵀ[P, co] = colᵀ[P, K] · Wᵀ[K, co], written transposed, i.e. as out_i[co, P] (see
+        // `sgemm_into_transposed` for why this orientation).
         if g.is_pointwise() {
-            sgemm(co, plane, kk, Mat::n(w), Mat::n(x_i), out_i, acc, threads);
+            sgemm_into_transposed(plane, co, kk, Mat::t(x_i), Mat::t(w), out_i, acc, threads);
         } else {
             with_scratch(kk * plane, |col| {
                 im2col(g, x_i, col);
-                sgemm(co, plane, kk, Mat::n(w), Mat::n(col), out_i, acc, threads);
+                sgemm_into_transposed(plane, co, kk, Mat::t(col), Mat::t(w), out_i, acc, threads);
             });
         }
         add_channel_terms(out_i, co, plane, epi.bias, epi.chan_bias.map(|cb| &cb[i * co..(i + 1) * co]));
@@ -204,7 +206,7 @@ pub struct ConvGrads<'a> {
 pub fn conv2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, gout: &[f32], grads: ConvGrads) {
     let (kk, plane, in_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
     let threads = inner_threads(n);
-    per_image_backward(n, in_len, co * kk, kk * plane, grads, |i, first, dx_i, dw_part, col| {
+    per_image_backward(n, in_len, (kk, co), kk * plane, grads, |i, first, dx_i, dw_part, col| {
         let x_i = &x[i * in_len..(i + 1) * in_len];
         let g_i = &gout[i * co * plane..(i + 1) * co * plane];
         if let Some(dw_part) = dw_part {
@@ -214,7 +216,9 @@ pub fn conv2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, 
                 im2col(g, x_i, col);
                 col
             };
-            sgemm(co, kk, plane, Mat::n(g_i), Mat::t(cols), dw_part, !first, threads);
+            // dWᵀ[K, co] += col[K, P] · g_iᵀ[P, co]: twice as fast as dW = g_i · colᵀ for these shapes; the
+            // partials are transposed back once, when summed.
+            sgemm(kk, co, plane, Mat::n(cols), Mat::t(g_i), dw_part, !first, threads);
         }
         if let Some(dx_i) = dx_i {
             if g.is_pointwise() {
@@ -229,9 +233,10 @@ pub fn conv2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, 
 
 /// The batch loop shared by the conv backwards. Images are split into [`batch_chunks`] processed in parallel;
 /// `body(i, first_in_chunk, dx_i, dw_part, col)` handles image `i`, accumulating into its chunk's partial weight
-/// gradient (`dw_len` floats; overwrite when `first_in_chunk`). The partials are summed in chunk order afterwards,
-/// so the result is the same whatever the thread count. `col` is per-thread scratch of `scratch_len` floats.
-fn per_image_backward<F>(n: usize, in_len: usize, dw_len: usize, scratch_len: usize, grads: ConvGrads, body: F)
+/// gradient, which holds `dWᵀ` as a row-major `dw_t_dims = (rows, cols)` matrix (overwrite when
+/// `first_in_chunk`). The partials are summed in chunk order afterwards and transposed into dW, so the result is
+/// the same whatever the thread count. `col` is per-thread scratch of `scratch_len` floats.
+fn per_image_backward<F>(n: usize, in_len: usize, dw_t_dims: (usize, usize), scratch_len: usize, grads: ConvGrads, body: F)
 where
     F: Fn(usize, bool, Option<&mut [f32]>, Option<&mut [f32]>, &mut [f32]) + Sync,
 {
@@ -245,7 +250,7 @@ where
         .par_iter()
         .zip(dx_chunks.par_iter_mut())
         .map(|(range, dx_chunk)| {
-            let mut dw_part = if want_dw { vec![0.0f32; dw_len] } else { Vec::new() };
+            let mut dw_part = if want_dw { vec![0.0f32; dw_t_dims.0 * dw_t_dims.1] } else { Vec::new() };
             with_scratch(scratch_len, |col| {
                 for (j, i) in range.clone().enumerate() {
                     let dx_i = dx_chunk.as_deref_mut().map(|dx| &mut dx[j * in_len..(j + 1) * in_len]);
@@ -256,7 +261,7 @@ where
         })
         .collect();
     if let Some(dw) = grads.dw {
-        sum_partials(&partials, dw);
+        sum_partials_transposed(&partials, dw_t_dims, dw);
     }
 }
 
@@ -281,10 +286,11 @@ pub fn conv_transpose2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], c
     let (kk, plane, out_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
     let threads = inner_threads(n);
     let in_len = ci * plane;
-    per_image_backward(n, in_len, ci * kk, kk * plane, grads, |i, first, dx_i, dw_part, col| {
+    per_image_backward(n, in_len, (kk, ci), kk * plane, grads, |i, first, dx_i, dw_part, col| {
         im2col(g, &gout[i * out_len..(i + 1) * out_len], col);
         if let Some(dw_part) = dw_part {
-            sgemm(ci, kk, plane, Mat::n(&x[i * in_len..(i + 1) * in_len]), Mat::t(col), dw_part, !first, threads);
+            // dWᵀ[co·k·k, ci] += col · x_iᵀ, transposed back when the partials are summed (as in conv2d).
+            sgemm(kk, ci, plane, Mat::n(col), Mat::t(&x[i * in_len..(i + 1) * in_len]), dw_part, !first, threads);
         }
         if let Some(dx_i) = dx_i {
             sgemm(ci, plane, kk, Mat::n(w), Mat::n(col), dx_i, false, threads);
@@ -313,11 +319,16 @@ fn split_by_ranges<'a>(mut buf: &'a mut [f32], ranges: &[std::ops::Range<usize>]
     out
 }
 
-/// `dst = Σ partials` in order (empty partials are skipped).
-fn sum_partials(partials: &[Vec<f32>], dst: &mut [f32]) {
+/// `dst = (Σ partials)ᵀ`, summed in order, each partial a row-major `(rows, cols)` matrix (empty ones skipped).
+fn sum_partials_transposed(partials: &[Vec<f32>], (rows, cols): (usize, usize), dst: &mut [f32]) {
     debug_assert!(partials.len() <= BATCH_CHUNKS);
-    dst.fill(0.0);
+    let mut sum = vec![0.0f32; rows * cols];
     for p in partials.iter().filter(|p| !p.is_empty()) {
-        dst.iter_mut().zip(p).for_each(|(d, v)| *d += v);
+        sum.iter_mut().zip(p).for_each(|(d, v)| *d += v);
+    }
+    for (r, row) in sum.chunks(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            dst[c * rows + r] = v;
+        }
     }
 }

@@ -25,6 +25,22 @@ impl<'a> Mat<'a> {
 /// `threads > 1` lets the GEMM itself use rayon (for single-image work); batch-parallel callers pass 1.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumulate: bool, threads: usize) {
+    sgemm_strided(m, n, k, a, b, c, (n as isize, 1), accumulate, threads)
+}
+
+/// [`sgemm`] writing `C` transposed: `c` holds `Cᵀ` as an `n x m` row-major matrix.
+///
+/// The same product with the roles of the dimensions swapped can be much faster in the `gemm` crate: for the
+/// convolutions' shapes (m = channels ≤ 128, n = pixels, k = channels·9) asking for `(col)ᵀ·Wᵀ` into a
+/// transposed destination ran 1.3x faster than `W·col` on an AVX2 machine.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_into_transposed(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumulate: bool, threads: usize) {
+    sgemm_strided(m, n, k, a, b, c, (1, m as isize), accumulate, threads)
+}
+
+/// The shared body: `c_strides` are C's (row, column) strides.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_strided(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], c_strides: (isize, isize), accumulate: bool, threads: usize) {
     assert!(a.data.len() >= m * k && b.data.len() >= k * n && c.len() >= m * n, "sgemm: operand too small");
     if m == 0 || n == 0 {
         return;
@@ -44,7 +60,7 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumu
     unsafe {
         gemm::gemm(
             m, n, k,
-            c.as_mut_ptr(), 1, n as isize,
+            c.as_mut_ptr(), c_strides.1, c_strides.0,
             accumulate,
             a.data.as_ptr(), a_cs, a_rs,
             b.data.as_ptr(), b_cs, b_rs,

@@ -20,7 +20,7 @@ pub enum Recipe {
     /// The blog post's recipe: base 64, t_dim 128, 30 epochs of batch 128, lr 2e-4, EMA 0.9999
     /// (10-14 hours on a 2-core CPU; the default when a GPU is used).
     Seed,
-    /// The CPU default: base 32, batch 64, lr 5e-4, EMA 0.999 with warm-up, 4000 steps
+    /// The CPU default: base 32, batch 32, lr 1e-3, EMA 0.999 with warm-up, 5000 steps
     /// (about 30 minutes on 2 cores; the default on the CPU).
     Cpu,
 }

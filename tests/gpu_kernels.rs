@@ -352,7 +352,7 @@ fn adamw<E: Executor>(e: &E) {
         for ((p, m, v), g) in bufs.iter().zip(&gbufs) {
             ops::adamw_step(e, &s, p, m, v, g, p_len(e, p)).unwrap();
         }
-        opt.step(&mut params, &grads);
+        opt.step(&mut params, &grads).unwrap();
     }
     for (i, (p, m, v)) in bufs.iter().enumerate() {
         close(&down(e, p), params.tensors()[i].data(), 0.0, 1e-6, "adamw p");
@@ -381,7 +381,7 @@ fn ema<E: Executor>(e: &E) {
         for (s, p) in shadows.iter().zip(&live) {
             ops::ema_update(e, d, alpha, s, p, p_len(e, s)).unwrap();
         }
-        ema.update(&moved);
+        ema.update(&moved).unwrap();
     }
     for (s, want) in shadows.iter().zip(&ema.shadow) {
         close(&down(e, s), want.data(), 0.0, 1e-6, "ema");
@@ -398,7 +398,7 @@ fn clip<E: Executor>(e: &E) {
         let out = e.alloc(2).unwrap();
         let list: Vec<_> = bufs.iter().map(|b| (b, p_len(e, b))).collect();
         ops::clip_grad_norm(e, &list, max_norm, &out).unwrap();
-        let (total, coef) = clip_grad_norm(&mut grads, max_norm);
+        let (total, coef) = clip_grad_norm(&mut grads, max_norm).unwrap();
         close(&down(e, &out), &[total, coef], 0.0, 1e-5, "clip total, coef");
         for (b, g) in bufs.iter().zip(&grads.0) {
             close(&down(e, b), g.data(), 1e-7, 1e-5, "clipped grads");

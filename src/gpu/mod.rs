@@ -73,7 +73,7 @@ impl<'a, B> Arg<'a, B> {
 }
 
 /// A device buffer of 4-byte words.
-pub trait DeviceBuf {
+pub trait DeviceBuf: std::fmt::Debug {
     /// Length in words.
     fn len(&self) -> usize;
     /// Whether the buffer holds no words.

@@ -6,41 +6,12 @@
 
 mod common;
 
-use common::{assert_close, golden};
+use common::{assert_close, golden, golden_model, golden_step, timesteps};
 use ddpm::autograd::Tape;
 use ddpm::nn::{TimeEmbedding, UNet, UNetConfig};
 use ddpm::optim::{clip_grad_norm, AdamW, Ema};
 use ddpm::params::{Grads, Params};
-use ddpm::tensor_file::TensorFile;
-use ddpm::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
-
-/// The golden model: `UNet(in_ch=1, base=16, t_dim=32)` with the weights of `weights.safetensors`.
-fn golden_model() -> (UNet, Params) {
-    let mut params = Params::new();
-    let model = UNet::new(UNetConfig { in_ch: 1, base: 16, t_dim: 32 }, &mut params, &mut StdRng::seed_from_u64(0)).unwrap();
-    let w = golden("weights.safetensors");
-    params.load_from(&w.f32_with_prefix(""), "weights.safetensors").unwrap();
-    (model, params)
-}
-
-fn timesteps(io: &TensorFile) -> Vec<usize> {
-    io.i64("t").unwrap().iter().map(|&t| t as usize).collect()
-}
-
-/// Forward + backward on the golden batch: (activations by name, loss, grads).
-fn golden_step(model: &UNet, params: &Params) -> (Vec<(String, Tensor)>, f32, Grads) {
-    let io = golden("io.safetensors");
-    let mut tape = Tape::new(params);
-    let x = tape.input(io.f32("x").unwrap().clone());
-    let target = tape.input(io.f32("noise").unwrap().clone());
-    let mut traced = Vec::new();
-    let eps = model.forward_traced(&mut tape, x, &timesteps(&io), &mut |name, v| traced.push((name, v))).unwrap();
-    let acts = traced.into_iter().map(|(n, v)| (n.to_string(), tape.value(v).clone())).collect();
-    let loss = tape.mse(eps, target).unwrap();
-    let loss_value = tape.value(loss).data()[0];
-    (acts, loss_value, tape.backward(loss).unwrap())
-}
 
 #[test]
 fn parameter_names_and_shapes_match_pytorch_state_dict() {

@@ -249,6 +249,23 @@ fn concat_split<E: Executor>(e: &E) {
 }
 gpu_test!(concat_split);
 
+// Gradient accumulation, a device copy and column sums: the first two round once per element as the CPU does
+// (bit-exact); the column sums add 7 rows in order in f32 where the CPU uses f64: rel 1e-6.
+fn add_copy_column_sums<E: Executor>(e: &E) {
+    let (rows, cols) = (7, 301);
+    let (a, b) = (rand(65, rows * cols), rand(66, rows * cols));
+    let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    let (acc, copy) = (up(e, &a), e.alloc(a.len()).unwrap());
+    ops::add_assign(e, &acc, &up(e, &b), a.len()).unwrap();
+    assert_eq!(down(e, &acc), want, "add_assign");
+    ops::copy(e, &acc, &copy, a.len()).unwrap();
+    assert_eq!(down(e, &copy), want, "copy");
+    let sums = e.alloc(cols).unwrap();
+    ops::column_sums(e, &copy, rows, cols, &sums).unwrap();
+    close(&down(e, &sums), &ew::column_sums(&want, cols), 1e-7, 1e-6, "column_sums");
+}
+gpu_test!(add_copy_column_sums);
+
 // MSE: the loss sums 3001 squares in f32 blocks vs f64 on the CPU: rel 1e-5. The gradient is elementwise: exact
 // order, rel 1e-6.
 fn mse<E: Executor>(e: &E) {

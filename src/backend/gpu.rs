@@ -47,10 +47,7 @@ fn shared<B>(b: Option<&mut B>) -> Option<&B> {
     b.map(|b| &*b)
 }
 
-impl<E: Executor + Send + Sync + 'static> Backend for Gpu<E>
-where
-    E::Buf: fmt::Debug + Send + Sync,
-{
+impl<E: Executor> Backend for Gpu<E> {
     type Buf = E::Buf;
 
     fn describe(&self) -> String {

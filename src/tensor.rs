@@ -129,7 +129,7 @@ impl<B: Backend> Tensor<B> {
 
     /// This tensor on the host (a move when it is there already).
     pub fn to_host(self) -> Result<Tensor> {
-        let data = self.backend.into_host(self.buf)?;
+        let data = self.backend.download_owned(self.buf)?;
         Tensor::new(&self.shape, data)
     }
 

@@ -58,7 +58,7 @@ impl Backend for Cpu {
     fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
         Ok(buf.clone())
     }
-    fn into_host(&self, buf: Vec<f32>) -> Result<Vec<f32>> {
+    fn download_owned(&self, buf: Vec<f32>) -> Result<Vec<f32>> {
         Ok(buf)
     }
     fn copy(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {

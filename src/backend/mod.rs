@@ -51,7 +51,7 @@ pub trait Backend: Clone + fmt::Debug + Send + Sync + 'static {
     /// A host copy of `buf`, after all work queued before has finished.
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     /// `buf` on the host, consuming it (a move on the CPU).
-    fn into_host(&self, buf: Self::Buf) -> Result<Vec<f32>> {
+    fn download_owned(&self, buf: Self::Buf) -> Result<Vec<f32>> {
         self.download(&buf)
     }
     /// A copy of `buf` on the same backend.

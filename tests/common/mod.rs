@@ -10,9 +10,11 @@ use ddpm::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
 use std::path::PathBuf;
 
-/// The golden file `tests/golden/{name}`.
+/// The golden file `tests/golden/{name}`, under `$CARGO_MANIFEST_DIR` when set at run time (cargo sets it; so
+/// does scripts/gpu-check.sh for test binaries built on another machine), else under the crate this was built in.
 pub fn golden(name: &str) -> TensorFile {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let path = PathBuf::from(root).join("tests/golden").join(name);
     read_tensors(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -29,9 +29,9 @@ fn bench_train_step(c: &mut Criterion) {
                 let eps = model.forward(&mut tape, xv, &t).unwrap();
                 let loss = tape.mse(eps, nv).unwrap();
                 let mut grads = tape.backward(loss).unwrap();
-                clip_grad_norm(&mut grads, 1.0);
-                opt.step(&mut params, &grads);
-                ema.update(&params);
+                clip_grad_norm(&mut grads, 1.0).unwrap();
+                opt.step(&mut params, &grads).unwrap();
+                ema.update(&params).unwrap();
             })
         });
     }

@@ -1,4 +1,5 @@
-// elementwise.cu: SiLU forward/backward, channel-block copies (concat and split), MSE gradient.
+// elementwise.cu: SiLU forward/backward, channel-block copies (concat and split), MSE gradient, and the
+// in-place sum that accumulates gradients where a value feeds several ops.
 // All launch with grid CEIL_DIV(n, 256) (capped; grid-stride loops) and block 256.
 #include "common.cuh"
 
@@ -34,4 +35,9 @@ extern "C" __global__ void copy_channels(const float* __restrict__ src, int src_
 extern "C" __global__ void mse_bwd(const float* __restrict__ p, const float* __restrict__ t, float* __restrict__ dp,
                                    float scale, long long n) {
   GRID_STRIDE(e, n) dp[e] = scale * (p[e] - t[e]);
+}
+
+// acc += g (gradient accumulation; one rounding per element, as the CPU's `+=`).
+extern "C" __global__ void add_assign(float* __restrict__ acc, const float* __restrict__ g, long long n) {
+  GRID_STRIDE(e, n) acc[e] += g[e];
 }

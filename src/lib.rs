@@ -1,13 +1,15 @@
 //! `ddpm`: a denoising diffusion model (DDPM, Ho et al. 2020) with DDPM and DDIM (Song et al. 2021) samplers,
 //! trained on MNIST, written from scratch: own tensors, own tape autograd, own kernels.
 //!
-//! Layers, bottom up: [`tensor`] (dense f32 NCHW), [`cpu`] (kernels), [`autograd`] (the tape and its ops),
+//! Layers, bottom up: [`tensor`] (dense f32 NCHW on a [`backend`]), [`cpu`] (kernels), [`backend`] (the one
+//! interface the tape, optimiser and samplers call: the CPU kernels or the GPU ones), [`autograd`] (the tape and its ops),
 //! [`params`] (named parameters), [`nn`] (layers and the UNet), [`optim`] (AdamW, clipping, EMA),
 //! [`diffusion`] (schedule, q_sample, samplers), [`rng`] (counter-based Philox noise), [`data`] (MNIST from IDX),
 //! [`gpu`] (CUDA kernels, run on a GPU or on the CPU emulator), [`image`] (PNG output), [`tensor_file`] and [`atomic`] (files).
 
 pub mod atomic;
 pub mod autograd;
+pub mod backend;
 pub mod cpu;
 pub mod data;
 pub mod diffusion;

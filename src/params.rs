@@ -1,5 +1,6 @@
-//! Named parameters (PyTorch `state_dict` names) and their gradients.
+//! Named parameters (PyTorch `state_dict` names) and their gradients, on any [`Backend`].
 
+use crate::backend::{Backend, Cpu};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
@@ -8,23 +9,39 @@ use std::collections::HashMap;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ParamId(pub usize);
 
-/// An ordered set of named tensors. The order is the registration order, which is PyTorch's
-/// `model.parameters()` order, so reductions over all parameters visit them as PyTorch does.
+/// An ordered set of named tensors on backend `B` (which the tape runs its ops on). The order is the registration
+/// order, which is PyTorch's `model.parameters()` order, so reductions over all parameters visit them as PyTorch
+/// does.
 #[derive(Clone, Debug, Default)]
-pub struct Params {
+pub struct Params<B: Backend = Cpu> {
+    backend: B,
     names: Vec<String>,
-    tensors: Vec<Tensor>,
+    tensors: Vec<Tensor<B>>,
     index: HashMap<String, usize>,
 }
 
 impl Params {
-    /// An empty store.
+    /// An empty store on the CPU.
     pub fn new() -> Self {
         Self::default()
     }
 
+}
+
+impl<B: Backend> Params<B> {
+    /// The backend the tensors live on and a tape over them runs on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// A copy of every tensor on `backend` (the host is `&Cpu`), same names and order.
+    pub fn to_backend<C: Backend>(&self, backend: &C) -> Result<Params<C>> {
+        let tensors = self.tensors.iter().map(|t| t.to_backend(backend)).collect::<Result<_>>()?;
+        Ok(Params { backend: backend.clone(), names: self.names.clone(), tensors, index: self.index.clone() })
+    }
+
     /// Registers `tensor` under `name` (which must be new).
-    pub fn add(&mut self, name: &str, tensor: Tensor) -> ParamId {
+    pub fn add(&mut self, name: &str, tensor: Tensor<B>) -> ParamId {
         assert!(!self.index.contains_key(name), "parameter {name} registered twice");
         self.index.insert(name.to_string(), self.tensors.len());
         self.names.push(name.to_string());
@@ -48,7 +65,7 @@ impl Params {
     }
 
     /// The tensor of `id`.
-    pub fn get(&self, id: ParamId) -> &Tensor {
+    pub fn get(&self, id: ParamId) -> &Tensor<B> {
         &self.tensors[id.0]
     }
 
@@ -58,25 +75,27 @@ impl Params {
     }
 
     /// The tensor called `name`, if any.
-    pub fn by_name(&self, name: &str) -> Option<&Tensor> {
+    pub fn by_name(&self, name: &str) -> Option<&Tensor<B>> {
         self.index.get(name).map(|&i| &self.tensors[i])
     }
 
     /// `(name, tensor)` pairs in registration order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor<B>)> {
         self.names.iter().map(String::as_str).zip(&self.tensors)
     }
 
     /// The tensors, mutable, in registration order.
-    pub fn tensors_mut(&mut self) -> &mut [Tensor] {
+    pub fn tensors_mut(&mut self) -> &mut [Tensor<B>] {
         &mut self.tensors
     }
 
     /// The tensors in registration order.
-    pub fn tensors(&self) -> &[Tensor] {
+    pub fn tensors(&self) -> &[Tensor<B>] {
         &self.tensors
     }
+}
 
+impl Params {
     /// Replaces every tensor by the one of the same name in `source`, which must hold exactly these names with
     /// these shapes. `what` names the source in errors (a file name, say).
     pub fn load_from(&mut self, source: &HashMap<String, Tensor>, what: &str) -> Result<()> {
@@ -99,16 +118,16 @@ impl Params {
 
 /// Gradients, one tensor per parameter of a [`Params`], in the same order.
 #[derive(Clone, Debug)]
-pub struct Grads(pub Vec<Tensor>);
+pub struct Grads<B: Backend = Cpu>(pub Vec<Tensor<B>>);
 
-impl Grads {
+impl<B: Backend> Grads<B> {
     /// Zero gradients shaped like `params`.
-    pub fn zeros_like(params: &Params) -> Self {
-        Grads(params.tensors.iter().map(|t| Tensor::zeros(t.shape())).collect())
+    pub fn zeros_like(params: &Params<B>) -> Result<Self> {
+        params.tensors.iter().map(|t| Tensor::full_on(&params.backend, t.shape(), 0.0)).collect::<Result<_>>().map(Grads)
     }
 
     /// The gradient of `id`.
-    pub fn get(&self, id: ParamId) -> &Tensor {
+    pub fn get(&self, id: ParamId) -> &Tensor<B> {
         &self.0[id.0]
     }
 }

@@ -1,36 +1,95 @@
-//! A dense, contiguous, row-major f32 tensor (NCHW for images).
+//! A dense, contiguous, row-major f32 tensor (NCHW for images), on a [`Backend`].
 //!
-//! The tensor owns host memory. Devices: today every op runs on the CPU (`crate::cpu`); the CUDA backend adds a
-//! device-side storage behind the same op entry points (see `crate::autograd::op`), so model code does not change.
+//! `Tensor` is `Tensor<Cpu>`: host memory with direct access ([`Tensor::data`]). A tensor on another backend
+//! holds that backend's buffer and a handle to it; [`Tensor::to_host`] and [`Tensor::to_backend`] move data
+//! across. Shapes and the shape checks are the same everywhere, so model code does not change per device.
 
+use crate::backend::{Backend, Cpu};
 use crate::error::Result;
 use crate::shape_err;
+use std::fmt;
 
-/// A contiguous row-major f32 tensor.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tensor {
+/// A contiguous row-major f32 tensor on backend `B`.
+pub struct Tensor<B: Backend = Cpu> {
     shape: Vec<usize>,
-    data: Vec<f32>,
+    buf: B::Buf,
+    backend: B,
 }
 
-impl Tensor {
+impl Tensor<Cpu> {
     /// A tensor of `shape` holding `data` (row-major); `Err` if the lengths disagree.
     pub fn new(shape: &[usize], data: Vec<f32>) -> Result<Self> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            return shape_err!("shape {:?} needs {} values, got {}", shape, n, data.len());
-        }
-        Ok(Tensor { shape: shape.to_vec(), data })
+        Tensor::from_buf(Cpu, shape, data)
     }
 
     /// A tensor of zeros.
     pub fn zeros(shape: &[usize]) -> Self {
-        Tensor { shape: shape.to_vec(), data: vec![0.0; shape.iter().product()] }
+        Tensor::full(shape, 0.0)
     }
 
     /// A tensor with every element equal to `v`.
     pub fn full(shape: &[usize], v: f32) -> Self {
-        Tensor { shape: shape.to_vec(), data: vec![v; shape.iter().product()] }
+        Tensor { shape: shape.to_vec(), buf: vec![v; shape.iter().product()], backend: Cpu }
+    }
+
+    /// The elements, row-major.
+    pub fn data(&self) -> &[f32] {
+        &self.buf
+    }
+
+    /// The elements, row-major, mutable.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        &mut self.buf
+    }
+
+    /// Takes the elements out.
+    pub fn into_data(self) -> Vec<f32> {
+        self.buf
+    }
+
+    /// The same elements under another shape with the same number of elements.
+    pub fn reshape(self, shape: &[usize]) -> Result<Self> {
+        Tensor::new(shape, self.buf)
+    }
+
+    /// Elementwise `self += other` (same shape).
+    pub fn add_assign(&mut self, other: &Tensor) {
+        debug_assert_eq!(self.shape, other.shape);
+        for (a, b) in self.buf.iter_mut().zip(&other.buf) {
+            *a += b;
+        }
+    }
+
+    /// Largest absolute value (0 for an empty tensor).
+    pub fn max_abs(&self) -> f32 {
+        self.buf.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+    }
+
+    /// This host tensor moved to `backend` (no copy when that is the CPU).
+    pub fn into_backend<B: Backend>(self, backend: &B) -> Result<Tensor<B>> {
+        let buf = backend.upload(self.buf)?;
+        Ok(Tensor { shape: self.shape, buf, backend: backend.clone() })
+    }
+}
+
+impl<B: Backend> Tensor<B> {
+    /// A tensor of `shape` over `buf` on `backend`; `Err` if the lengths disagree.
+    pub fn from_buf(backend: B, shape: &[usize], buf: B::Buf) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != B::buf_len(&buf) {
+            return shape_err!("shape {:?} needs {} values, got {}", shape, n, B::buf_len(&buf));
+        }
+        Ok(Tensor { shape: shape.to_vec(), buf, backend })
+    }
+
+    /// A tensor of `shape` for a kernel to overwrite (zeros on the CPU, unspecified on a device).
+    pub fn alloc(backend: &B, shape: &[usize]) -> Result<Self> {
+        Ok(Tensor { shape: shape.to_vec(), buf: backend.alloc(shape.iter().product())?, backend: backend.clone() })
+    }
+
+    /// A tensor of `shape` on `backend` with every element equal to `v`.
+    pub fn full_on(backend: &B, shape: &[usize], v: f32) -> Result<Self> {
+        Ok(Tensor { shape: shape.to_vec(), buf: backend.full(shape.iter().product(), v)?, backend: backend.clone() })
     }
 
     /// The dimensions.
@@ -40,27 +99,43 @@ impl Tensor {
 
     /// Number of elements.
     pub fn numel(&self) -> usize {
-        self.data.len()
+        self.shape.iter().product()
     }
 
-    /// The elements, row-major.
-    pub fn data(&self) -> &[f32] {
-        &self.data
+    /// The backend the tensor lives on.
+    pub fn backend(&self) -> &B {
+        &self.backend
     }
 
-    /// The elements, row-major, mutable.
-    pub fn data_mut(&mut self) -> &mut [f32] {
-        &mut self.data
+    /// The backend buffer.
+    pub fn buf(&self) -> &B::Buf {
+        &self.buf
     }
 
-    /// Takes the elements out.
-    pub fn into_data(self) -> Vec<f32> {
-        self.data
+    /// The backend buffer, for a kernel to write.
+    pub fn buf_mut(&mut self) -> &mut B::Buf {
+        &mut self.buf
     }
 
-    /// The same elements under another shape with the same number of elements.
-    pub fn reshape(self, shape: &[usize]) -> Result<Self> {
-        Tensor::new(shape, self.data)
+    /// A host copy of the elements (waits for the work queued before).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        self.backend.download(&self.buf)
+    }
+
+    /// A copy of this tensor on `backend`, through the host.
+    pub fn to_backend<C: Backend>(&self, backend: &C) -> Result<Tensor<C>> {
+        Tensor::new(&self.shape, self.to_vec()?)?.into_backend(backend)
+    }
+
+    /// This tensor on the host (a move when it is there already).
+    pub fn to_host(self) -> Result<Tensor> {
+        let data = self.backend.download_owned(self.buf)?;
+        Tensor::new(&self.shape, data)
+    }
+
+    /// A copy on the same backend; `Err` when the device has no memory for it.
+    pub fn try_clone(&self) -> Result<Self> {
+        Ok(Tensor { shape: self.shape.clone(), buf: self.backend.copy(&self.buf)?, backend: self.backend.clone() })
     }
 
     /// `(n, c, h, w)` of a 4-d tensor; `Err` naming `what` otherwise.
@@ -78,17 +153,26 @@ impl Tensor {
             _ => shape_err!("{what}: expected a 2-d tensor, got shape {:?}", self.shape),
         }
     }
+}
 
-    /// Elementwise `self += other` (same shape).
-    pub fn add_assign(&mut self, other: &Tensor) {
-        debug_assert_eq!(self.shape, other.shape);
-        for (a, b) in self.data.iter_mut().zip(&other.data) {
-            *a += b;
-        }
+impl<B: Backend> Clone for Tensor<B> {
+    /// A copy on the same backend.
+    ///
+    /// # Panics
+    /// When a device cannot allocate the copy (never on the CPU); [`Tensor::try_clone`] returns that as an error.
+    fn clone(&self) -> Self {
+        self.try_clone().unwrap_or_else(|e| panic!("cloning a tensor: {e}"))
     }
+}
 
-    /// Largest absolute value (0 for an empty tensor).
-    pub fn max_abs(&self) -> f32 {
-        self.data.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape && self.buf == other.buf
+    }
+}
+
+impl<B: Backend> fmt::Debug for Tensor<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tensor").field("shape", &self.shape).field("data", &self.buf).finish()
     }
 }

@@ -6,6 +6,7 @@
 //! number: a run resumed at step k reproduces the uninterrupted run bit for bit.
 
 use crate::autograd::Tape;
+use crate::backend::{Backend, Cpu};
 use crate::diffusion::Schedule;
 use crate::error::{Error, Result};
 use crate::nn::{UNet, UNetConfig};
@@ -106,14 +107,15 @@ pub struct StepStats {
     pub grad_norm: f32,
 }
 
-/// A run in progress: model, parameters, optimiser, EMA and the number of steps taken.
+/// A run in progress: model, parameters, optimiser, EMA and the number of steps taken. Parameters, moments and
+/// the EMA live on backend `B`, where the whole step runs; checkpoints are written from a host copy.
 #[derive(Clone, Debug)]
-pub struct TrainState {
+pub struct TrainState<B: Backend = Cpu> {
     pub config: RunConfig,
     pub model: UNet,
-    pub params: Params,
-    pub opt: AdamW,
-    pub ema: Ema,
+    pub params: Params<B>,
+    pub opt: AdamW<B>,
+    pub ema: Ema<B>,
     /// Optimiser steps taken so far.
     pub step: u64,
 }
@@ -128,31 +130,57 @@ impl TrainState {
         let ema = Ema::new(&params, config.ema_decay, config.ema_warmup);
         Ok(TrainState { config, model, params, opt, ema, step: 0 })
     }
+}
+
+impl<B: Backend> TrainState<B> {
+    /// A copy of this run with its tensors on `backend` (the host is `&Cpu`, e.g. for a checkpoint).
+    pub fn to_backend<C: Backend>(&self, backend: &C) -> Result<TrainState<C>> {
+        Ok(TrainState {
+            config: self.config.clone(),
+            model: self.model.clone(),
+            params: self.params.to_backend(backend)?,
+            opt: self.opt.to_backend(backend)?,
+            ema: self.ema.to_backend(backend)?,
+            step: self.step,
+        })
+    }
+
+    /// The EMA weights as a parameter store (what the samplers use), on the state's backend.
+    pub fn ema_params(&self) -> Result<Params<B>> {
+        let mut p = self.params.clone();
+        for (dst, src) in p.tensors_mut().iter_mut().zip(&self.ema.shadow) {
+            *dst = src.try_clone()?;
+        }
+        Ok(p)
+    }
 
     /// The epoch the next step belongs to, for a data set of `n_images`.
     pub fn epoch(&self, n_images: usize) -> u64 {
         self.step / (n_images / self.config.batch).max(1) as u64
     }
 
-    /// One training step on the clean batch `x0` (`[B, C, H, W]` in [-1, 1]), with the step's own t and noise.
+    /// One training step on the clean batch `x0` (`[B, C, H, W]` in [-1, 1], on the host), with the step's own t
+    /// and noise. Everything after the upload of `x0` runs on the backend: q_sample drawing its Philox noise,
+    /// forward, backward, clipping, AdamW and the EMA; only the loss and the gradient norm come back.
     pub fn train_step(&mut self, sched: &Schedule, x0: &Tensor) -> Result<StepStats> {
         let (b, ..) = x0.dims4("training batch")?;
         let (seed, k) = (self.config.seed, self.step);
         let t: Vec<usize> = (0..b).map(|i| rng::uniform_below(seed, STREAM_T | k, i as u64, sched.t as u32) as usize).collect();
-        let mut noise = Tensor::zeros(x0.shape());
-        rng::fill_normal(seed, STREAM_NOISE | k, noise.data_mut());
-        let x_t = sched.q_sample(x0, &t, &noise)?;
+        let be = self.params.backend().clone();
+        let x0 = x0.to_backend(&be)?;
+        let (noise, x_t) = be.q_sample(sched, x0.buf(), &t, seed, STREAM_NOISE | k)?;
         let (loss, mut grads) = {
             let mut tape = Tape::new(&self.params);
-            let (xv, nv) = (tape.input(x_t), tape.input(noise));
+            let xv = tape.input(Tensor::from_buf(be.clone(), x0.shape(), x_t)?);
+            let nv = tape.input(Tensor::from_buf(be.clone(), x0.shape(), noise)?);
             let eps = self.model.forward(&mut tape, xv, &t)?;
             let loss = tape.mse(eps, nv)?;
-            let value = tape.value(loss).data()[0];
+            let value = tape.value(loss).to_vec()?[0];
             (value, tape.backward(loss)?)
         };
-        let (grad_norm, _) = clip_grad_norm(&mut grads, 1.0);
-        self.opt.step(&mut self.params, &grads);
-        self.ema.update(&self.params);
+        let (grad_norm, _) = clip_grad_norm(&mut grads, 1.0)?;
+        self.opt.step(&mut self.params, &grads)?;
+        self.ema.update(&self.params)?;
         self.step += 1;
         Ok(StepStats { loss, grad_norm })
     }

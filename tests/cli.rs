@@ -129,7 +129,7 @@ fn bad_input_is_a_clean_error_and_leaves_no_output() {
     header[3] = 7;
     std::fs::write(data.join("train-images-idx3-ubyte"), &header).unwrap();
     fails_with(&ddpm(&["train", "--data", s(&data), "--out", s(&dir.join("r3"))]), "train-images-idx3-ubyte");
-    fails_with(&ddpm(&["train", "--device", "cuda", "--out", s(&dir.join("r4"))]), "no CUDA backend");
+    fails_with(&ddpm(&["train", "--device", "cuda", "--out", s(&dir.join("r4"))]), "--device cuda: no usable CUDA device");
     fails_with(&ddpm(&["train", "--base", "12", "--out", s(&dir.join("r5"))]), "base must be a positive multiple of 8");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -249,6 +249,23 @@ fn concat_split<E: Executor>(e: &E) {
 }
 gpu_test!(concat_split);
 
+// Gradient accumulation, a device copy and column sums: the first two round once per element as the CPU does
+// (bit-exact); the column sums add 7 rows in order in f32 where the CPU uses f64: rel 1e-6.
+fn add_copy_column_sums<E: Executor>(e: &E) {
+    let (rows, cols) = (7, 301);
+    let (a, b) = (rand(65, rows * cols), rand(66, rows * cols));
+    let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    let (acc, copy) = (up(e, &a), e.alloc(a.len()).unwrap());
+    ops::add_assign(e, &acc, &up(e, &b), a.len()).unwrap();
+    assert_eq!(down(e, &acc), want, "add_assign");
+    ops::copy(e, &acc, &copy, a.len()).unwrap();
+    assert_eq!(down(e, &copy), want, "copy");
+    let sums = e.alloc(cols).unwrap();
+    ops::column_sums(e, &copy, rows, cols, &sums).unwrap();
+    close(&down(e, &sums), &ew::column_sums(&want, cols), 1e-7, 1e-6, "column_sums");
+}
+gpu_test!(add_copy_column_sums);
+
 // MSE: the loss sums 3001 squares in f32 blocks vs f64 on the CPU: rel 1e-5. The gradient is elementwise: exact
 // order, rel 1e-6.
 fn mse<E: Executor>(e: &E) {
@@ -352,7 +369,7 @@ fn adamw<E: Executor>(e: &E) {
         for ((p, m, v), g) in bufs.iter().zip(&gbufs) {
             ops::adamw_step(e, &s, p, m, v, g, p_len(e, p)).unwrap();
         }
-        opt.step(&mut params, &grads);
+        opt.step(&mut params, &grads).unwrap();
     }
     for (i, (p, m, v)) in bufs.iter().enumerate() {
         close(&down(e, p), params.tensors()[i].data(), 0.0, 1e-6, "adamw p");
@@ -381,7 +398,7 @@ fn ema<E: Executor>(e: &E) {
         for (s, p) in shadows.iter().zip(&live) {
             ops::ema_update(e, d, alpha, s, p, p_len(e, s)).unwrap();
         }
-        ema.update(&moved);
+        ema.update(&moved).unwrap();
     }
     for (s, want) in shadows.iter().zip(&ema.shadow) {
         close(&down(e, s), want.data(), 0.0, 1e-6, "ema");
@@ -398,7 +415,7 @@ fn clip<E: Executor>(e: &E) {
         let out = e.alloc(2).unwrap();
         let list: Vec<_> = bufs.iter().map(|b| (b, p_len(e, b))).collect();
         ops::clip_grad_norm(e, &list, max_norm, &out).unwrap();
-        let (total, coef) = clip_grad_norm(&mut grads, max_norm);
+        let (total, coef) = clip_grad_norm(&mut grads, max_norm).unwrap();
         close(&down(e, &out), &[total, coef], 0.0, 1e-5, "clip total, coef");
         for (b, g) in bufs.iter().zip(&grads.0) {
             close(&down(e, b), g.data(), 1e-7, 1e-5, "clipped grads");

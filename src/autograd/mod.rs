@@ -5,12 +5,17 @@
 //! (`ops.rs` keeps each op's forward and backward side by side) and frees the node's value and saved statistics
 //! as soon as it has been processed, so memory falls as the tape unwinds. Gradients are only computed for inputs
 //! that lead back to a parameter.
+//!
+//! The tape runs on the backend of its [`Params`]: `Tape<Cpu>` (the default) on the CPU kernels, `Tape<Gpu<E>>`
+//! on the emulator or a CUDA device. The ops dispatch to that [`Backend`] below the op, so a model written
+//! against `Tape<B>` runs unchanged on every backend.
 
 mod ops;
 pub mod profile;
 
 pub use ops::{ConvExtra, Op};
 
+use crate::backend::{Backend, Cpu};
 use crate::error::Result;
 use crate::params::{Grads, ParamId, Params};
 use crate::shape_err;
@@ -22,36 +27,47 @@ use std::fmt;
 pub struct Var(pub(crate) usize);
 
 /// One recorded operation and its output.
-struct Node {
-    op: Op,
+struct Node<B: Backend> {
+    op: Op<B>,
     /// The output; `None` for parameters (read from the store) and after the backward pass has freed it.
-    value: Option<Tensor>,
+    value: Option<Tensor<B>>,
     /// Whether a parameter's gradient depends on this node.
     needs_grad: bool,
 }
 
 /// The record of one forward pass over a set of parameters.
-pub struct Tape<'p> {
-    params: &'p Params,
-    nodes: Vec<Node>,
+pub struct Tape<'p, B: Backend = Cpu> {
+    params: &'p Params<B>,
+    nodes: Vec<Node<B>>,
     grad_enabled: bool,
 }
 
-impl<'p> Tape<'p> {
+impl<'p, B: Backend> Tape<'p, B> {
     /// A tape that records for a backward pass.
-    pub fn new(params: &'p Params) -> Self {
+    pub fn new(params: &'p Params<B>) -> Self {
         Tape { params, nodes: Vec::new(), grad_enabled: true }
     }
 
     /// A tape for inference only: nothing needs a gradient, so ops save nothing for a backward pass.
-    pub fn inference(params: &'p Params) -> Self {
+    pub fn inference(params: &'p Params<B>) -> Self {
         Tape { params, nodes: Vec::new(), grad_enabled: false }
     }
 
-    /// Records a constant input (no gradient).
-    pub fn input(&mut self, t: Tensor) -> Var {
+    /// The backend the ops run on (the parameters').
+    pub fn backend(&self) -> &B {
+        self.params.backend()
+    }
+
+    /// Records a constant input (no gradient), already on the tape's backend.
+    pub fn input(&mut self, t: Tensor<B>) -> Var {
         self.nodes.push(Node { op: Op::Input, value: Some(t), needs_grad: false });
         Var(self.nodes.len() - 1)
+    }
+
+    /// Records a constant input from the host, copied to the tape's backend (moved, on the CPU).
+    pub fn input_host(&mut self, t: Tensor) -> Result<Var> {
+        let t = t.to_backend(self.backend())?;
+        Ok(self.input(t))
     }
 
     /// Records a use of parameter `id`.
@@ -65,7 +81,7 @@ impl<'p> Tape<'p> {
     ///
     /// # Panics
     /// If `v` was freed by [`Tape::backward`] (which consumes the tape, so this cannot happen from outside).
-    pub fn value(&self, v: Var) -> &Tensor {
+    pub fn value(&self, v: Var) -> &Tensor<B> {
         let node = &self.nodes[v.0];
         match node.op {
             Op::Param(id) => self.params.get(id),
@@ -79,7 +95,7 @@ impl<'p> Tape<'p> {
     }
 
     /// Appends `op` with its computed `value`; `started` is when the op began (for the profile).
-    fn push(&mut self, op: Op, value: Tensor, started: Option<std::time::Instant>) -> Var {
+    fn push(&mut self, op: Op<B>, value: Tensor<B>, started: Option<std::time::Instant>) -> Var {
         profile::record(op.name(), false, started);
         let needs_grad = op.inputs().iter().any(|&v| self.needs_grad(v));
         self.nodes.push(Node { op, value: Some(value), needs_grad });
@@ -88,19 +104,19 @@ impl<'p> Tape<'p> {
 
     /// Reverse-mode differentiation of the scalar `loss`: the gradient of every parameter (zero for those
     /// `loss` does not depend on). Consumes the tape, freeing each node's memory once it has been used.
-    pub fn backward(mut self, loss: Var) -> Result<Grads> {
+    pub fn backward(mut self, loss: Var) -> Result<Grads<B>> {
         if self.value(loss).numel() != 1 {
             return shape_err!("backward: the loss must have one element, got shape {:?}", self.value(loss).shape());
         }
-        let mut param_grads: Vec<Option<Tensor>> = vec![None; self.params.len()];
+        let mut param_grads: Vec<Option<Tensor<B>>> = (0..self.params.len()).map(|_| None).collect();
         self.nodes.truncate(loss.0 + 1);
-        let mut grads: Vec<Option<Tensor>> = (0..self.nodes.len()).map(|_| None).collect();
-        grads[loss.0] = Some(Tensor::full(self.value(loss).shape(), 1.0));
+        let mut grads: Vec<Option<Tensor<B>>> = (0..self.nodes.len()).map(|_| None).collect();
+        grads[loss.0] = Some(Tensor::full_on(self.backend(), self.value(loss).shape(), 1.0)?);
         while let Some(node) = self.nodes.pop() {
             let gout = grads.pop().flatten();
             let (Some(gout), true) = (gout, node.needs_grad) else { continue };
             if let Op::Param(id) = node.op {
-                accumulate(&mut param_grads[id.0], gout);
+                accumulate(self.backend(), &mut param_grads[id.0], gout)?;
                 continue;
             }
             let timer = profile::start();
@@ -108,27 +124,30 @@ impl<'p> Tape<'p> {
             profile::record(node.op.name(), true, timer);
             for (v, g) in input_grads {
                 debug_assert_eq!(g.shape(), self.value(v).shape(), "gradient shape of {v:?}");
-                accumulate(&mut grads[v.0], g);
+                accumulate(self.backend(), &mut grads[v.0], g)?;
             }
         }
         let grads = param_grads
             .into_iter()
             .zip(self.params.tensors())
-            .map(|(g, p)| g.unwrap_or_else(|| Tensor::zeros(p.shape())))
-            .collect();
+            .map(|(g, p)| g.map_or_else(|| Tensor::full_on(self.backend(), p.shape(), 0.0), Ok))
+            .collect::<Result<_>>()?;
         Ok(Grads(grads))
     }
 }
 
 /// `slot += g`, or `slot = g` when empty.
-fn accumulate(slot: &mut Option<Tensor>, g: Tensor) {
+fn accumulate<B: Backend>(backend: &B, slot: &mut Option<Tensor<B>>, g: Tensor<B>) -> Result<()> {
     match slot {
-        Some(acc) => acc.add_assign(&g),
-        None => *slot = Some(g),
+        Some(acc) => backend.add_assign(acc.buf_mut(), g.buf()),
+        None => {
+            *slot = Some(g);
+            Ok(())
+        }
     }
 }
 
-impl fmt::Display for Tape<'_> {
+impl<B: Backend> fmt::Display for Tape<'_, B> {
     /// One line per node: `%i = op(inputs) [shape]`, parameters by name.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, node) in self.nodes.iter().enumerate() {

@@ -1,10 +1,11 @@
 //! The ops the UNet is made of. For each op: the [`Tape`] method that checks shapes and runs the forward kernel,
 //! and, right below it, the backward that turns `dL/d(output)` into gradients for the inputs that need one.
+//! Both call the tape's [`Backend`], so each op is written once for every device.
 
 use super::{profile, Tape, Var};
-use crate::cpu::conv::{self, ConvGeom, ConvGrads, Epilogue};
-use crate::cpu::elementwise as ew;
-use crate::cpu::norm::{self, NormDims};
+use crate::backend::{Backend, Cpu};
+use crate::cpu::conv::ConvGeom;
+use crate::cpu::norm::NormDims;
 use crate::error::Result;
 use crate::params::ParamId;
 use crate::shape_err;
@@ -14,9 +15,10 @@ use std::fmt;
 /// GroupNorm's `eps`, as PyTorch's default.
 pub const GROUP_NORM_EPS: f32 = 1e-5;
 
-/// One recorded operation: its inputs and attributes, plus what it saved for the backward pass.
+/// One recorded operation: its inputs and attributes, plus what it saved for the backward pass (in buffers of
+/// the tape's backend `B`).
 #[derive(Debug)]
-pub enum Op {
+pub enum Op<B: Backend = Cpu> {
     /// A constant fed into the graph.
     Input,
     /// A trainable parameter.
@@ -26,7 +28,7 @@ pub enum Op {
     /// `y = conv_transpose2d(x, w) + b`, weight `[c_in, c_out, k, k]`.
     ConvTranspose2d { x: Var, w: Var, b: Option<Var>, geom: ConvGeom },
     /// `y = γ·(x-μ)/σ + β` per group, then SiLU if `silu`. Saves `(μ, 1/σ)` per (image, group).
-    GroupNorm { x: Var, gamma: Var, beta: Var, groups: usize, silu: bool, mean: Vec<f32>, rstd: Vec<f32> },
+    GroupNorm { x: Var, gamma: Var, beta: Var, groups: usize, silu: bool, mean: B::Buf, rstd: B::Buf },
     /// `y = x·σ(x)`.
     Silu { x: Var },
     /// `y = x Wᵀ + b`.
@@ -37,7 +39,7 @@ pub enum Op {
     Mse { pred: Var, target: Var },
 }
 
-/// Optional terms fused into a conv's output (see [`Epilogue`]).
+/// Optional terms fused into a conv's output (see [`crate::cpu::conv::Epilogue`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConvExtra {
     /// `[n, c_out]`, added to every pixel of channel c of image n (the ResBlock's time projection).
@@ -46,7 +48,7 @@ pub struct ConvExtra {
     pub residual: Option<Var>,
 }
 
-impl Op {
+impl<B: Backend> Op<B> {
     /// The op's kind, as printed and profiled.
     pub fn name(&self) -> &'static str {
         match self {
@@ -83,54 +85,56 @@ impl Op {
     }
 
     /// Gradients of this op's inputs, given `gout = dL/d(output)`; only for inputs that need one.
-    pub(super) fn backward(&self, tape: &Tape, gout: Tensor) -> Result<Vec<(Var, Tensor)>> {
+    pub(super) fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let need = |v: Var| tape.needs_grad(v);
+        let be = tape.backend();
+        let wrap = |shape: &[usize], buf: B::Buf| Tensor::from_buf(be.clone(), shape, buf);
         let mut out = Vec::new();
         match self {
             Op::Input | Op::Param(_) => {}
             Op::Conv2d { x, w, b, chan_bias, residual, geom } => {
-                conv_backward(tape, *x, *w, *geom, &gout, conv::conv2d_backward, &mut out);
+                conv_backward(tape, *x, *w, *geom, &gout, B::conv2d_backward, &mut out)?;
                 let (n, co, plane) = (gout.shape()[0], gout.shape()[1], geom.oh * geom.ow);
                 if let Some(b) = b.filter(|&b| need(b)) {
-                    out.push((b, Tensor::new(&[co], conv::channel_sums(gout.data(), n, co, plane, false))?));
+                    out.push((b, wrap(&[co], be.channel_sums(gout.buf(), n, co, plane, false)?)?));
                 }
                 if let Some(cb) = chan_bias.filter(|&v| need(v)) {
-                    out.push((cb, Tensor::new(&[n, co], conv::channel_sums(gout.data(), n, co, plane, true))?));
+                    out.push((cb, wrap(&[n, co], be.channel_sums(gout.buf(), n, co, plane, true)?)?));
                 }
                 if let Some(r) = residual.filter(|&v| need(v)) {
                     out.push((r, gout));
                 }
             }
             Op::ConvTranspose2d { x, w, b, geom } => {
-                conv_backward(tape, *x, *w, *geom, &gout, conv::conv_transpose2d_backward, &mut out);
+                conv_backward(tape, *x, *w, *geom, &gout, B::conv_transpose2d_backward, &mut out)?;
                 if let Some(b) = b.filter(|&b| need(b)) {
                     let (n, co) = (gout.shape()[0], geom.c);
-                    out.push((b, Tensor::new(&[co], conv::channel_sums(gout.data(), n, co, geom.h * geom.w, false))?));
+                    out.push((b, wrap(&[co], be.channel_sums(gout.buf(), n, co, geom.h * geom.w, false)?)?));
                 }
             }
             Op::GroupNorm { x, gamma, beta, groups, silu, mean, rstd } => {
                 group_norm_backward(tape, (*x, *gamma, *beta), *groups, *silu, (mean, rstd), &gout, &mut out)?
             }
             Op::Silu { x } => {
-                let mut dx = Tensor::zeros(gout.shape());
-                ew::silu_backward(tape.value(*x).data(), gout.data(), dx.data_mut());
+                let mut dx = Tensor::alloc(be, gout.shape())?;
+                be.silu_backward(tape.value(*x).buf(), gout.buf(), dx.buf_mut())?;
                 out.push((*x, dx));
             }
             Op::Linear { x, w, b } => linear_backward(tape, *x, *w, *b, &gout, &mut out)?,
             Op::Concat { a, b } => {
-                let (sa, sb) = (tape.value(*a).shape().to_vec(), tape.value(*b).shape().to_vec());
-                let (ga, gb) = ew::split_channels(gout.data(), sa[0], sa[1], sb[1], sa[2] * sa[3]);
-                out.push((*a, Tensor::new(&sa, ga)?));
-                out.push((*b, Tensor::new(&sb, gb)?));
+                let (sa, sb) = (tape.value(*a).shape(), tape.value(*b).shape());
+                let (ga, gb) = be.split_channels(gout.buf(), sa[0], sa[1], sb[1], sa[2] * sa[3])?;
+                out.push((*a, wrap(sa, ga)?));
+                out.push((*b, wrap(sb, gb)?));
             }
             Op::Mse { pred, target } => {
                 // dL/dpred = (2/N)(pred - target) and dL/dtarget = (2/N)(target - pred): the same kernel with the
-                // roles swapped.
+                // roles swapped. dL/dL is a host scalar for the kernel (1 unless a caller scales the loss).
+                let gloss = gout.to_vec()?[0];
                 for (v, other) in [(*pred, *target), (*target, *pred)] {
                     if need(v) {
-                        let mut g = Tensor::zeros(tape.value(v).shape());
-                        let (p, t) = (tape.value(v).data(), tape.value(other).data());
-                        ew::mse_backward(p, t, gout.data()[0], g.data_mut());
+                        let mut g = Tensor::alloc(be, tape.value(v).shape())?;
+                        be.mse_backward(tape.value(v).buf(), tape.value(other).buf(), gloss, g.buf_mut())?;
                         out.push((v, g));
                     }
                 }
@@ -141,7 +145,7 @@ impl Op {
     }
 }
 
-impl fmt::Display for Op {
+impl<B: Backend> fmt::Display for Op<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let list = |vs: Vec<Var>| vs.iter().map(|v| format!("%{}", v.0)).collect::<Vec<_>>().join(", ");
         match self {
@@ -163,7 +167,7 @@ impl fmt::Display for Op {
 }
 
 /// Checks that an optional bias-like input has exactly `shape`.
-fn check_shape(tape: &Tape, v: Option<Var>, shape: &[usize], what: &str) -> Result<()> {
+fn check_shape<B: Backend>(tape: &Tape<B>, v: Option<Var>, shape: &[usize], what: &str) -> Result<()> {
     match v.map(|v| tape.value(v).shape()) {
         Some(s) if s != shape => shape_err!("{what}: expected shape {shape:?}, got {s:?}"),
         _ => Ok(()),
@@ -173,7 +177,7 @@ fn check_shape(tape: &Tape, v: Option<Var>, shape: &[usize], what: &str) -> Resu
 // ---------------------------------------------------------------------------------------------------------------
 // conv2d
 
-impl Tape<'_> {
+impl<B: Backend> Tape<'_, B> {
     /// `y = conv2d(x, w, stride, pad) + b + extra` with `x: [n, c_in, h, w]`, `w: [c_out, c_in, k, k]`,
     /// `b: [c_out]`; `y: [n, c_out, (h+2p-k)/s+1, (w+2p-k)/s+1]`.
     pub fn conv2d(&mut self, x: Var, w: Var, b: Option<Var>, stride: usize, pad: usize, extra: ConvExtra) -> Result<Var> {
@@ -189,35 +193,37 @@ impl Tape<'_> {
         check_shape(self, b, &[co], "conv2d bias")?;
         check_shape(self, extra.chan_bias, &[n, co], "conv2d channel bias")?;
         check_shape(self, extra.residual, &[n, co, geom.oh, geom.ow], "conv2d residual")?;
-        let mut y = Tensor::zeros(&[n, co, geom.oh, geom.ow]);
-        let epi = Epilogue {
-            bias: b.map(|b| self.value(b).data()),
-            chan_bias: extra.chan_bias.map(|v| self.value(v).data()),
-            residual: extra.residual.map(|v| self.value(v).data()),
-        };
-        conv::conv2d_forward(&geom, n, self.value(x).data(), self.value(w).data(), co, epi, y.data_mut());
+        let mut y = Tensor::alloc(self.backend(), &[n, co, geom.oh, geom.ow])?;
+        let buf = |v: Option<Var>| v.map(|v| self.value(v).buf());
+        let (xb, wb) = (self.value(x).buf(), self.value(w).buf());
+        self.backend().conv2d_forward(&geom, n, xb, wb, co, buf(b), buf(extra.chan_bias), buf(extra.residual), y.buf_mut())?;
         Ok(self.push(Op::Conv2d { x, w, b, chan_bias: extra.chan_bias, residual: extra.residual, geom }, y, started))
     }
 }
 
-/// The kernel-level backward shared by conv2d and conv_transpose2d: `(geom, n, x, w, channels, gout, grads)`.
-type ConvBackwardKernel = fn(&ConvGeom, usize, &[f32], &[f32], usize, &[f32], ConvGrads);
+/// The backend entry point shared by conv2d and conv_transpose2d: `(geom, n, x, w, channels, gout, dx, dw)`.
+type ConvBackwardKernel<B> = fn(&B, &ConvGeom, usize, &<B as Backend>::Buf, &<B as Backend>::Buf, usize, &<B as Backend>::Buf, Option<&mut <B as Backend>::Buf>, Option<&mut <B as Backend>::Buf>) -> Result<()>;
 
-/// Input and weight gradients of a conv (`kernel` is [`conv::conv2d_backward`] or
-/// [`conv::conv_transpose2d_backward`]; `channels` is the weight's first dimension).
-fn conv_backward(tape: &Tape, x: Var, w: Var, geom: ConvGeom, gout: &Tensor, kernel: ConvBackwardKernel, out: &mut Vec<(Var, Tensor)>) {
+/// `Some(tensor shaped like v)` for a kernel to fill when `v` needs a gradient.
+fn grad_for<B: Backend>(tape: &Tape<B>, v: Var) -> Result<Option<Tensor<B>>> {
+    tape.needs_grad(v).then(|| Tensor::alloc(tape.backend(), tape.value(v).shape())).transpose()
+}
+
+/// Input and weight gradients of a conv (`kernel` is [`Backend::conv2d_backward`] or
+/// [`Backend::conv_transpose2d_backward`]; `channels` is the weight's first dimension).
+fn conv_backward<B: Backend>(tape: &Tape<B>, x: Var, w: Var, geom: ConvGeom, gout: &Tensor<B>, kernel: ConvBackwardKernel<B>, out: &mut Vec<(Var, Tensor<B>)>) -> Result<()> {
     let (xv, wv) = (tape.value(x), tape.value(w));
-    let mut dx = tape.needs_grad(x).then(|| Tensor::zeros(xv.shape()));
-    let mut dw = tape.needs_grad(w).then(|| Tensor::zeros(wv.shape()));
-    let grads = ConvGrads { dx: dx.as_mut().map(|t| t.data_mut()), dw: dw.as_mut().map(|t| t.data_mut()) };
-    kernel(&geom, xv.shape()[0], xv.data(), wv.data(), wv.shape()[0], gout.data(), grads);
+    let (mut dx, mut dw) = (grad_for(tape, x)?, grad_for(tape, w)?);
+    let n = xv.shape()[0];
+    kernel(tape.backend(), &geom, n, xv.buf(), wv.buf(), wv.shape()[0], gout.buf(), dx.as_mut().map(Tensor::buf_mut), dw.as_mut().map(Tensor::buf_mut))?;
     out.extend(dx.map(|d| (x, d)).into_iter().chain(dw.map(|d| (w, d))));
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // conv_transpose2d
 
-impl Tape<'_> {
+impl<B: Backend> Tape<'_, B> {
     /// `y = conv_transpose2d(x, w, stride, pad) + b` (PyTorch's ConvTranspose2d), `x: [n, c_in, h, w]`,
     /// `w: [c_in, c_out, k, k]`, `y: [n, c_out, (h-1)s - 2p + k, (w-1)s - 2p + k]`.
     pub fn conv_transpose2d(&mut self, x: Var, w: Var, b: Option<Var>, stride: usize, pad: usize) -> Result<Var> {
@@ -234,9 +240,9 @@ impl Tape<'_> {
             _ => return shape_err!("conv_transpose2d: stride {stride} pad {pad} k {kh} is not invertible for a {h}x{wd} input"),
         };
         check_shape(self, b, &[co], "conv_transpose2d bias")?;
-        let mut y = Tensor::zeros(&[n, co, geom.h, geom.w]);
-        let bias = b.map(|b| self.value(b).data());
-        conv::conv_transpose2d_forward(&geom, n, self.value(x).data(), self.value(w).data(), ci, bias, y.data_mut());
+        let mut y = Tensor::alloc(self.backend(), &[n, co, geom.h, geom.w])?;
+        let bias = b.map(|b| self.value(b).buf());
+        self.backend().conv_transpose2d_forward(&geom, n, self.value(x).buf(), self.value(w).buf(), ci, bias, y.buf_mut())?;
         Ok(self.push(Op::ConvTranspose2d { x, w, b, geom }, y, started))
     }
 }
@@ -244,7 +250,7 @@ impl Tape<'_> {
 // ---------------------------------------------------------------------------------------------------------------
 // group_norm (+ silu)
 
-impl Tape<'_> {
+impl<B: Backend> Tape<'_, B> {
     /// GroupNorm over `groups` groups of `x: [n, c, h, w]` with affine `gamma, beta: [c]`, eps 1e-5; followed by
     /// SiLU when `silu` (fused: one pass, and the pre-SiLU value is not kept).
     pub fn group_norm(&mut self, x: Var, gamma: Var, beta: Var, groups: usize, silu: bool) -> Result<Var> {
@@ -256,38 +262,40 @@ impl Tape<'_> {
         check_shape(self, Some(gamma), &[c], "group_norm weight")?;
         check_shape(self, Some(beta), &[c], "group_norm bias")?;
         let d = NormDims { n, c, plane: h * w, groups };
-        let mut y = Tensor::zeros(&[n, c, h, w]);
-        let (g, b) = (self.value(gamma).data(), self.value(beta).data());
-        let (mean, rstd) = norm::group_norm_forward(d, self.value(x).data(), g, b, GROUP_NORM_EPS, silu, y.data_mut());
+        let mut y = Tensor::alloc(self.backend(), &[n, c, h, w])?;
+        let (g, b) = (self.value(gamma).buf(), self.value(beta).buf());
+        let (mean, rstd) = self.backend().group_norm_forward(d, self.value(x).buf(), g, b, GROUP_NORM_EPS, silu, y.buf_mut())?;
         Ok(self.push(Op::GroupNorm { x, gamma, beta, groups, silu, mean, rstd }, y, started))
     }
 }
 
 /// Gradients of a group norm's input and affine parameters.
-fn group_norm_backward(tape: &Tape, (x, gamma, beta): (Var, Var, Var), groups: usize, silu: bool, (mean, rstd): (&[f32], &[f32]), gout: &Tensor, out: &mut Vec<(Var, Tensor)>) -> Result<()> {
+#[allow(clippy::type_complexity)]
+fn group_norm_backward<B: Backend>(tape: &Tape<B>, (x, gamma, beta): (Var, Var, Var), groups: usize, silu: bool, (mean, rstd): (&B::Buf, &B::Buf), gout: &Tensor<B>, out: &mut Vec<(Var, Tensor<B>)>) -> Result<()> {
     let xv = tape.value(x);
     let (n, c, h, w) = xv.dims4("group_norm input")?;
     let d = NormDims { n, c, plane: h * w, groups };
-    let mut dx = tape.needs_grad(x).then(|| Tensor::zeros(xv.shape()));
-    let (g, b) = (tape.value(gamma).data(), tape.value(beta).data());
-    let (dg, db) = norm::group_norm_backward(d, xv.data(), g, b, mean, rstd, silu, gout.data(), dx.as_mut().map(|t| t.data_mut()));
+    let mut dx = grad_for(tape, x)?;
+    let (g, b) = (tape.value(gamma).buf(), tape.value(beta).buf());
+    let be = tape.backend();
+    let (dg, db) = be.group_norm_backward(d, xv.buf(), g, b, mean, rstd, silu, gout.buf(), dx.as_mut().map(Tensor::buf_mut))?;
     out.extend(dx.map(|d| (x, d)));
-    out.push((gamma, Tensor::new(&[c], dg)?));
-    out.push((beta, Tensor::new(&[c], db)?));
+    out.push((gamma, Tensor::from_buf(be.clone(), &[c], dg)?));
+    out.push((beta, Tensor::from_buf(be.clone(), &[c], db)?));
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // silu, linear, concat, mse
 
-impl Tape<'_> {
+impl<B: Backend> Tape<'_, B> {
     /// `y = silu(x) = x·σ(x)` elementwise.
-    pub fn silu(&mut self, x: Var) -> Var {
+    pub fn silu(&mut self, x: Var) -> Result<Var> {
         let started = profile::start();
         let xv = self.value(x);
-        let mut y = Tensor::zeros(xv.shape());
-        ew::silu_forward(xv.data(), y.data_mut());
-        self.push(Op::Silu { x }, y, started)
+        let mut y = Tensor::alloc(self.backend(), xv.shape())?;
+        self.backend().silu_forward(xv.buf(), y.buf_mut())?;
+        Ok(self.push(Op::Silu { x }, y, started))
     }
 
     /// `y = x Wᵀ + b`, `x: [batch, in]`, `w: [out, in]`, `b: [out]`.
@@ -299,9 +307,9 @@ impl Tape<'_> {
             return shape_err!("linear: weight {:?} does not fit input {:?}", self.value(w).shape(), self.value(x).shape());
         }
         check_shape(self, b, &[fout], "linear bias")?;
-        let mut y = Tensor::zeros(&[batch, fout]);
-        let bias = b.map(|b| self.value(b).data());
-        ew::linear_forward(self.value(x).data(), self.value(w).data(), bias, batch, fin, fout, y.data_mut());
+        let mut y = Tensor::alloc(self.backend(), &[batch, fout])?;
+        let bias = b.map(|b| self.value(b).buf());
+        self.backend().linear_forward(self.value(x).buf(), self.value(w).buf(), bias, batch, fin, fout, y.buf_mut())?;
         Ok(self.push(Op::Linear { x, w, b }, y, started))
     }
 
@@ -313,8 +321,8 @@ impl Tape<'_> {
         if (n, h, w) != (nb, hb, wb) {
             return shape_err!("concat: {:?} and {:?} differ outside the channel dim", self.value(a).shape(), self.value(b).shape());
         }
-        let mut y = Tensor::zeros(&[n, ca + cb, h, w]);
-        ew::concat_channels(self.value(a).data(), self.value(b).data(), ca, cb, h * w, y.data_mut());
+        let mut y = Tensor::alloc(self.backend(), &[n, ca + cb, h, w])?;
+        self.backend().concat_channels(self.value(a).buf(), self.value(b).buf(), n, ca, cb, h * w, y.buf_mut())?;
         Ok(self.push(Op::Concat { a, b }, y, started))
     }
 
@@ -325,23 +333,23 @@ impl Tape<'_> {
         if p.shape() != t.shape() {
             return shape_err!("mse: prediction {:?} and target {:?} differ", p.shape(), t.shape());
         }
-        let loss = Tensor::new(&[1], vec![ew::mse(p.data(), t.data())])?;
+        let loss = Tensor::from_buf(self.backend().clone(), &[1], self.backend().mse(p.buf(), t.buf())?)?;
         Ok(self.push(Op::Mse { pred, target }, loss, started))
     }
 }
 
 /// Gradients of a linear layer's input, weight and bias.
-fn linear_backward(tape: &Tape, x: Var, w: Var, b: Option<Var>, gout: &Tensor, out: &mut Vec<(Var, Tensor)>) -> Result<()> {
+fn linear_backward<B: Backend>(tape: &Tape<B>, x: Var, w: Var, b: Option<Var>, gout: &Tensor<B>, out: &mut Vec<(Var, Tensor<B>)>) -> Result<()> {
     let (xv, wv) = (tape.value(x), tape.value(w));
     let (batch, fin) = xv.dims2("linear input")?;
     let fout = wv.shape()[0];
-    let mut dx = tape.needs_grad(x).then(|| Tensor::zeros(xv.shape()));
-    let mut dw = tape.needs_grad(w).then(|| Tensor::zeros(wv.shape()));
-    let (dxs, dws) = (dx.as_mut().map(|t| t.data_mut()), dw.as_mut().map(|t| t.data_mut()));
-    ew::linear_backward(xv.data(), wv.data(), gout.data(), batch, fin, fout, dxs, dws);
+    let (mut dx, mut dw) = (grad_for(tape, x)?, grad_for(tape, w)?);
+    let (dxs, dws) = (dx.as_mut().map(Tensor::buf_mut), dw.as_mut().map(Tensor::buf_mut));
+    let be = tape.backend();
+    be.linear_backward(xv.buf(), wv.buf(), gout.buf(), batch, fin, fout, dxs, dws)?;
     out.extend(dx.map(|d| (x, d)).into_iter().chain(dw.map(|d| (w, d))));
     if let Some(b) = b {
-        out.push((b, Tensor::new(&[fout], ew::column_sums(gout.data(), fout))?));
+        out.push((b, Tensor::from_buf(be.clone(), &[fout], be.column_sums(gout.buf(), batch, fout)?)?));
     }
     Ok(())
 }

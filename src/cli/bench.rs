@@ -1,9 +1,10 @@
 //! `ddpm bench`: times a training step or a sampler step on synthetic data and prints one JSON line per workload
 //! (for comparison scripts). Peak memory is the process's (measure it with `/usr/bin/time -v`).
 
-use super::resolve_device;
+use super::{on_backend, resolve_device};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use ddpm::backend::Backend;
 use ddpm::diffusion::{Denoiser, Schedule};
 use ddpm::nn::{UNetConfig, UNetDenoiser};
 use ddpm::train::{RunConfig, TrainState};
@@ -14,7 +15,8 @@ use std::time::Instant;
 pub enum Workload {
     /// One training step: forward, backward, clip, AdamW, EMA.
     Train,
-    /// One sampler network evaluation (the UNet forward at one timestep), the cost of a DDPM/DDIM step.
+    /// One sampler network evaluation (the UNet forward at one timestep, ε copied back to the host, which also
+    /// waits for a GPU to finish), the cost of a DDPM/DDIM step.
     Sample,
 }
 
@@ -45,12 +47,29 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.iters == 0 || a.batch == 0 {
         bail!("--iters and --batch must be at least 1");
     }
+    let name = device.name();
+    let mut times = on_backend!(device, |b| time_on(&a, b))?;
+    if ddpm::autograd::profile::enabled() {
+        eprint!("{}", ddpm::autograd::profile::report());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{{\"workload\":\"{:?}\",\"device\":\"{name}\",\"batch\":{},\"base\":{},\"threads\":{},\"iters\":{},\"median_s\":{median:.4},\"min_s\":{:.4},\"max_s\":{:.4}}}",
+        a.what, a.batch, a.base, rayon::current_num_threads(), a.iters, times[0], times[times.len() - 1]
+    );
+    Ok(())
+}
+
+/// The seconds of each of `a.iters` timed repetitions (after one warm-up) of the workload on `backend`.
+fn time_on<B: Backend>(a: &BenchArgs, backend: &B) -> Result<Vec<f64>> {
     let config = RunConfig { model: UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim }, batch: a.batch, ..RunConfig::seed_recipe() };
-    let mut state = TrainState::new(config)?;
+    let mut state = TrainState::new(config)?.to_backend(backend)?;
     let sched = Schedule::linear(1000, 1e-4, 2e-2)?;
     let mut x = Tensor::zeros(&[a.batch, 1, 32, 32]);
     rng::fill_normal(1, 0, x.data_mut());
     x.data_mut().iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
+    let x_dev = x.to_backend(backend)?;
     let mut times = Vec::with_capacity(a.iters);
     for i in 0..=a.iters {
         let start = Instant::now();
@@ -60,21 +79,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
             Workload::Sample => {
                 let mut den = UNetDenoiser { model: &state.model, params: &state.params };
-                den.predict_eps(&x, &vec![500; a.batch])?;
+                den.predict_eps(&x_dev, &vec![500; a.batch])?.to_vec()?;
             }
         }
         if i > 0 {
             times.push(start.elapsed().as_secs_f64());
         }
     }
-    if ddpm::autograd::profile::enabled() {
-        eprint!("{}", ddpm::autograd::profile::report());
-    }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    println!(
-        "{{\"workload\":\"{:?}\",\"device\":\"{device}\",\"batch\":{},\"base\":{},\"threads\":{},\"iters\":{},\"median_s\":{median:.4},\"min_s\":{:.4},\"max_s\":{:.4}}}",
-        a.what, a.batch, a.base, rayon::current_num_threads(), a.iters, times[0], times[times.len() - 1]
-    );
-    Ok(())
+    Ok(times)
 }

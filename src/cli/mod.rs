@@ -1,11 +1,14 @@
-//! Argument parsing and the two subcommands.
+//! Argument parsing and the subcommands.
 
 mod bench;
+mod info;
 mod sample;
 mod train;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use ddpm::backend::Gpu;
+use ddpm::gpu::cuda::Cuda;
 
 /// Train a denoising diffusion model (DDPM) on MNIST and sample from it with DDPM or DDIM.
 ///
@@ -26,6 +29,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Time a training step or a sampler step on synthetic data; prints one JSON line.
     Bench(bench::BenchArgs),
+    /// Report the CUDA devices, driver and NVRTC versions and the compiled kernels, or why CUDA is not used.
+    Info,
 }
 
 /// Where to run.
@@ -39,11 +44,57 @@ pub enum DeviceArg {
     Cuda,
 }
 
-/// The device a run uses; `Err` when the requested one is unavailable.
-fn resolve_device(d: DeviceArg) -> Result<&'static str> {
+/// The backend a command runs on.
+enum Device {
+    Cpu,
+    Cuda(Gpu<Cuda>),
+}
+
+impl Device {
+    /// "cpu" or "cuda", as `--device` spells it.
+    fn name(&self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda(_) => "cuda",
+        }
+    }
+}
+
+/// Runs `$body` with `$b` bound to the chosen backend (`&Cpu` or `&Gpu<Cuda>`): each command's work is one
+/// generic function, instantiated once per backend.
+macro_rules! on_backend {
+    ($device:expr, |$b:ident| $body:expr) => {
+        match $device {
+            $crate::cli::Device::Cpu => {
+                let $b = &ddpm::backend::Cpu;
+                $body
+            }
+            $crate::cli::Device::Cuda(gpu) => {
+                let $b = &gpu;
+                $body
+            }
+        }
+    };
+}
+use on_backend;
+
+/// The device a run uses: with `auto` CUDA device 0 when it can be opened (the choice is printed), else the CPU;
+/// `Err` saying why when `cuda` is asked for and cannot be used.
+fn resolve_device(d: DeviceArg) -> Result<Device> {
     match d {
-        DeviceArg::Auto | DeviceArg::Cpu => Ok("cpu"),
-        DeviceArg::Cuda => bail!("--device cuda: this build has no CUDA backend yet; use --device cpu"),
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda => {
+            let dev = Cuda::new(0).map_err(|e| anyhow!("--device cuda: no usable CUDA device: {e} (`ddpm info` says more; --device cpu runs on the CPU)"))?;
+            eprintln!("using {}", ddpm::gpu::Executor::describe(&dev));
+            Ok(Device::Cuda(Gpu::new(dev)))
+        }
+        DeviceArg::Auto => match Cuda::new(0) {
+            Ok(dev) => {
+                eprintln!("using {}", ddpm::gpu::Executor::describe(&dev));
+                Ok(Device::Cuda(Gpu::new(dev)))
+            }
+            Err(_) => Ok(Device::Cpu),
+        },
     }
 }
 
@@ -53,6 +104,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Info => info::run(),
     }
 }
 

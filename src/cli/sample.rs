@@ -1,9 +1,10 @@
 //! `ddpm sample`: load weights, run DDPM or DDIM, write a PNG grid or a safetensors tensor.
 
-use super::{progress_bar, resolve_device, DeviceArg};
+use super::{on_backend, progress_bar, resolve_device, DeviceArg};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use ddpm::checkpoint::load_for_sampling;
+use ddpm::backend::Backend;
+use ddpm::checkpoint::{load_for_sampling, SamplingModel};
 use ddpm::diffusion::{initial_noise, sample, SamplerKind, Schedule};
 use ddpm::image::save_grid_png;
 use ddpm::nn::UNetDenoiser;
@@ -77,6 +78,13 @@ fn read_noise(path: &Path, in_ch: usize) -> Result<Tensor> {
     }
 }
 
+/// Runs the sampler with the weights of `m` on `backend`, from the host noise `x_t`.
+fn sample_on<B: Backend>(backend: &B, m: &SamplingModel, sched: &Schedule, kind: SamplerKind, x_t: Tensor, seed: u64, progress: &mut dyn FnMut(usize, usize)) -> Result<Tensor> {
+    let params = m.params.to_backend(backend)?;
+    let mut den = UNetDenoiser { model: &m.model, params: &params };
+    Ok(sample(&mut den, sched, kind, x_t.into_backend(backend)?, seed, progress)?)
+}
+
 pub fn run(a: SampleArgs) -> Result<()> {
     let device = resolve_device(a.device)?;
     let kind = match a.sampler {
@@ -102,15 +110,15 @@ pub fn run(a: SampleArgs) -> Result<()> {
         None => initial_noise(a.seed, a.n.unwrap_or(64), in_ch, 32, 32),
     };
     let n = x_t.shape()[0];
-    eprintln!("sampling {n} images with {kind:?} on the {device} from {} ({})", a.checkpoint.display(), m.description);
+    eprintln!("sampling {n} images with {kind:?} on the {} from {} ({})", device.name(), a.checkpoint.display(), m.description);
     let calls = match kind {
         SamplerKind::Ddpm => sched.t,
         SamplerKind::Ddim { steps, .. } => ddpm::diffusion::ddim_timesteps(sched.t, steps).len(),
     };
     let bar = progress_bar(calls as u64, "sample");
-    let mut den = UNetDenoiser { model: &m.model, params: &m.params };
     let start = std::time::Instant::now();
-    let images = sample(&mut den, &sched, kind, x_t, a.seed, &mut |done, _| bar.set_position(done as u64))?;
+    let mut progress = |done: usize, _| bar.set_position(done as u64);
+    let images = on_backend!(device, |b| sample_on(b, &m, &sched, kind, x_t, a.seed, &mut progress))?;
     bar.finish_and_clear();
     match out {
         OutKind::Png => save_grid_png(&a.out, &images, 8)?,

@@ -1,15 +1,15 @@
 //! `ddpm train`: the seed's training loop with a progress bar, a CSV log, a checkpoint and a DDIM-50 sample grid
 //! every epoch, and at the end DDPM and DDIM sample grids and a loss curve.
 
-use super::{progress_bar, resolve_device, DeviceArg};
+use super::{on_backend, progress_bar, resolve_device, DeviceArg};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use ddpm::backend::{Backend, Cpu};
 use ddpm::checkpoint::{self, load_train_state};
 use ddpm::data::{load_dataset, Split};
 use ddpm::diffusion::{initial_noise, sample, Denoiser, SamplerKind, Schedule};
 use ddpm::image::{save_curve_png, save_grid_png};
 use ddpm::nn::UNetDenoiser;
-use ddpm::params::Params;
 use ddpm::train::{Batcher, RunConfig, TrainState};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -110,12 +110,11 @@ impl TrainArgs {
 }
 
 /// Samples `n` images from the EMA weights of `state` with `kind`, from the noise of sampling seed 0.
-fn sample_ema(state: &TrainState, sched: &ddpm::diffusion::Schedule, kind: SamplerKind, n: usize) -> Result<ddpm::Tensor> {
-    let mut ema_params: Params = state.params.clone();
-    ema_params.tensors_mut().clone_from_slice(&state.ema.shadow);
+fn sample_ema<B: Backend>(state: &TrainState<B>, sched: &ddpm::diffusion::Schedule, kind: SamplerKind, n: usize) -> Result<ddpm::Tensor> {
+    let ema_params = state.ema_params()?;
     let mut den = UNetDenoiser { model: &state.model, params: &ema_params };
-    let x_t = initial_noise(0, n, state.config.model.in_ch, 32, 32);
-    Ok(sample(&mut den as &mut dyn Denoiser, sched, kind, x_t, 0, &mut |_, _| {})?)
+    let x_t = initial_noise(0, n, state.config.model.in_ch, 32, 32).into_backend(ema_params.backend())?;
+    Ok(sample(&mut den as &mut dyn Denoiser<B>, sched, kind, x_t, 0, &mut |_, _| {})?)
 }
 
 /// The CSV log: appended to as training goes, with a header when new.
@@ -144,8 +143,13 @@ fn read_losses(path: &Path) -> Vec<(f64, f64)> {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let device = resolve_device(a.device)?;
-    let recipe = a.recipe.unwrap_or(if device == "cpu" { Recipe::Cpu } else { Recipe::Seed });
-    let mut state = match &a.resume {
+    let recipe = a.recipe.unwrap_or(if device.name() == "cpu" { Recipe::Cpu } else { Recipe::Seed });
+    on_backend!(device, |b| train_on(&a, recipe, b))
+}
+
+/// The training run of `a` with `recipe`, on `backend` (checkpoints go through a host copy).
+fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()> {
+    let state = match &a.resume {
         Some(path) => {
             let flags = a.run_defining_flags();
             if !flags.is_empty() {
@@ -158,6 +162,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         None => TrainState::new(a.config(recipe))?,
     };
+    let mut state = state.to_backend(backend)?;
     let c = state.config.clone();
     if a.resume.is_none() && a.recipe.is_none() && recipe == Recipe::Cpu {
         println!(
@@ -185,12 +190,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let log_path = out.join("log.csv");
     let mut log = open_log(&log_path, a.resume.is_some())?;
     println!(
-        "training UNet(base {}, t_dim {}) with {} parameters on the {device}: {} images, batch {}, {} steps/epoch, steps {}..{total}; output in {}",
-        c.model.base, c.model.t_dim, state.params.numel(), n_images, c.batch, batcher.steps_per_epoch(), state.step, out.display()
+        "training UNet(base {}, t_dim {}) with {} parameters on {}: {} images, batch {}, {} steps/epoch, steps {}..{total}; output in {}",
+        c.model.base, c.model.t_dim, state.params.numel(), backend.describe(), n_images, c.batch, batcher.steps_per_epoch(), state.step, out.display()
     );
     let bar = progress_bar(total, "train");
     bar.set_position(state.step.min(total));
-    let grid = |state: &TrainState, kind, name: &str| -> Result<()> {
+    let grid = |state: &TrainState<B>, kind, name: &str| -> Result<()> {
         let images = sample_ema(state, &sched, kind, a.sample_n)?;
         Ok(save_grid_png(&out.join(name), &images, 8)?)
     };
@@ -204,7 +209,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         bar.set_message(format!("epoch {epoch} loss {:.4}", stats.loss));
         let epoch_done = state.step % batcher.steps_per_epoch() == 0;
         if epoch_done || state.step == total {
-            checkpoint::save(&state, &ckpt)?;
+            checkpoint::save(&state.to_backend(&Cpu)?, &ckpt)?;
             if epoch_done {
                 bar.suspend(|| grid(&state, ddim50, &format!("samples_epoch{epoch:03}.png")))?;
             }

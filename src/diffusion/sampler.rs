@@ -6,15 +6,15 @@
 //! the seed's f32 operation order, because torch evaluates those scalars as 0-d f32 tensors.
 
 use super::schedule::Schedule;
+use crate::backend::{Backend, Cpu};
 use crate::error::{Error, Result};
-use crate::rng;
 use crate::shape_err;
 use crate::tensor::Tensor;
 
-/// A noise-prediction network `eps_theta(x_t, t)`.
-pub trait Denoiser {
+/// A noise-prediction network `eps_theta(x_t, t)` on backend `B`.
+pub trait Denoiser<B: Backend = Cpu> {
     /// Predicts the noise in `x` (`[N, C, H, W]`) at timesteps `t` (N entries). The result has the shape of `x`.
-    fn predict_eps(&mut self, x: &Tensor, t: &[usize]) -> Result<Tensor>;
+    fn predict_eps(&mut self, x: &Tensor<B>, t: &[usize]) -> Result<Tensor<B>>;
 }
 
 impl<F: FnMut(&Tensor, &[usize]) -> Result<Tensor>> Denoiser for F {
@@ -89,16 +89,21 @@ impl DdpmCoefs {
 /// At t = 0 the noise term is dropped. `z = None` means `z = 0` (the posterior mean). There is no clamp.
 pub fn ddpm_step(sched: &Schedule, t: usize, x: &[f32], eps: &[f32], z: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
     check_lens(x, eps, z, out)?;
-    let c = DdpmCoefs::new(sched, t)?;
+    ddpm_update(&DdpmCoefs::new(sched, t)?, x, eps, z.filter(|_| t > 0), out);
+    Ok(())
+}
+
+/// The elementwise body of [`ddpm_step`] with its scalars given (lengths checked by the caller):
+/// `out = sra·(x - eps_coef·eps) + sigma·z`, the noise term only when `z` is given.
+pub fn ddpm_update(c: &DdpmCoefs, x: &[f32], eps: &[f32], z: Option<&[f32]>, out: &mut [f32]) {
     for (i, o) in out.iter_mut().enumerate() {
         // Seed order: mean = sra * (x - coef*eps), then x = mean + sigma*z, each op rounded separately.
         let mean = c.sqrt_recip_alpha * (x[i] - c.eps_coef * eps[i]);
         *o = match z {
-            Some(z) if t > 0 => mean + c.sigma * z[i],
-            _ => mean,
+            Some(z) => mean + c.sigma * z[i],
+            None => mean,
         };
     }
-    Ok(())
 }
 
 /// Scalars of one DDIM step from t to t_prev. `alpha_bar_prev = alpha_bar_{t_prev}`, or 1 when there is no t_prev
@@ -158,7 +163,12 @@ pub fn ddim_step(
     out: &mut [f32],
 ) -> Result<()> {
     check_lens(x, eps, z, out)?;
-    let c = DdimCoefs::new(sched, t, t_prev, eta)?;
+    ddim_update(&DdimCoefs::new(sched, t, t_prev, eta)?, x, eps, z, out);
+    Ok(())
+}
+
+/// The elementwise body of [`ddim_step`] with its scalars given (lengths checked by the caller).
+pub fn ddim_update(c: &DdimCoefs, x: &[f32], eps: &[f32], z: Option<&[f32]>, out: &mut [f32]) {
     for (i, o) in out.iter_mut().enumerate() {
         // Seed order: a true division by sqrt(ab_t), not a multiply by its reciprocal (they differ in the last bit).
         let x0 = ((x[i] - c.sqrt_one_minus_ab * eps[i]) / c.sqrt_ab).clamp(-1.0, 1.0);
@@ -168,7 +178,6 @@ pub fn ddim_step(
             None => det,
         };
     }
-    Ok(())
 }
 
 fn check_t(sched: &Schedule, t: usize) -> Result<()> {
@@ -204,18 +213,19 @@ pub fn noise_stream(t: usize) -> u64 {
 /// `normal(seed, 0, i)`, so image k is the same whatever the batch size n.
 pub fn initial_noise(seed: u64, n: usize, c: usize, h: usize, w: usize) -> Tensor {
     let mut t = Tensor::zeros(&[n, c, h, w]);
-    rng::fill_normal(seed, INIT_STREAM, t.data_mut());
+    crate::rng::fill_normal(seed, INIT_STREAM, t.data_mut());
     t
 }
 
-/// Runs the reverse process from `x_t` (`[N, C, H, W]`, usually [`initial_noise`]) and returns
-/// `clamp(x_0, -1, 1)`. The step from t draws its noise as `rng::fill_normal(seed, noise_stream(t))`. No noise is
-/// drawn for the last step, or for DDIM with eta = 0. `progress(done, total)` is called after each network call.
-pub fn sample(
-    den: &mut dyn Denoiser,
+/// Runs the reverse process from `x_t` (`[N, C, H, W]`, usually [`initial_noise`], on the denoiser's backend)
+/// and returns `clamp(x_0, -1, 1)` on the host. The step from t draws its noise `rng::normal(seed,
+/// noise_stream(t), ·)` on the backend, inside the fused step. No noise is drawn for the last step, or for DDIM
+/// with eta = 0. `progress(done, total)` is called after each network call.
+pub fn sample<B: Backend>(
+    den: &mut dyn Denoiser<B>,
     sched: &Schedule,
     kind: SamplerKind,
-    x_t: Tensor,
+    x_t: Tensor<B>,
     seed: u64,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
@@ -233,28 +243,24 @@ pub fn sample(
         SamplerKind::Ddim { eta, .. } => eta > 0.0,
     };
     let mut x = x_t;
-    let mut next = Tensor::zeros(x.shape());
-    let mut z = vec![0.0f32; x.numel()];
+    let be = x.backend().clone();
+    let mut next = Tensor::alloc(&be, x.shape())?;
     for (k, &(t, t_prev)) in plan.iter().enumerate() {
         let eps = den.predict_eps(&x, &vec![t; n])?;
         if eps.shape() != x.shape() {
             return shape_err!("sample: denoiser returned {:?} for input {:?}", eps.shape(), x.shape());
         }
-        let z = if noisy && t_prev.is_some() {
-            rng::fill_normal(seed, noise_stream(t), &mut z);
-            Some(&z[..])
-        } else {
-            None
-        };
+        let noise = (noisy && t_prev.is_some()).then_some((seed, noise_stream(t)));
         match kind {
-            SamplerKind::Ddpm => ddpm_step(sched, t, x.data(), eps.data(), z, next.data_mut())?,
+            SamplerKind::Ddpm => be.ddpm_step(&DdpmCoefs::new(sched, t)?, x.buf(), eps.buf(), noise, next.buf_mut())?,
             SamplerKind::Ddim { eta, .. } => {
-                ddim_step(sched, t, t_prev, eta, x.data(), eps.data(), z, next.data_mut())?
+                be.ddim_step(&DdimCoefs::new(sched, t, t_prev, eta)?, x.buf(), eps.buf(), noise, next.buf_mut())?
             }
         }
         std::mem::swap(&mut x, &mut next);
         progress(k + 1, plan.len());
     }
+    let mut x = x.to_host()?;
     x.data_mut().iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
     Ok(x)
 }

@@ -37,6 +37,13 @@ impl CudaBuf {
     }
 }
 
+impl std::fmt::Debug for CudaBuf {
+    /// The length only: reading the contents needs the executor.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaBuf[{} words]", self.len)
+    }
+}
+
 impl DeviceBuf for CudaBuf {
     fn len(&self) -> usize {
         self.len
@@ -74,6 +81,42 @@ pub fn device_count() -> Result<usize> {
     Ok(n as usize)
 }
 
+/// A CUDA version number as the driver and NVRTC report it (`1000·major + 10·minor`) in `major.minor` form.
+fn version_string(v: i32) -> String {
+    format!("{}.{}", v / 1000, v % 1000 / 10)
+}
+
+/// The version of the CUDA driver API the installed driver supports, e.g. "13.0"; `Err` saying why when there is
+/// no driver.
+pub fn driver_version() -> Result<String> {
+    // SAFETY: only probes whether the shared library can be opened.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::Device("libcuda (the NVIDIA driver) is not installed or not on the library path".into()));
+    }
+    let mut v = 0;
+    // SAFETY: the library is present (checked above) and `v` outlives the call.
+    let rc = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+    if rc != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        return Err(dev_err("cuDriverGetVersion", rc));
+    }
+    Ok(version_string(v))
+}
+
+/// The version of the NVRTC library found at run time, e.g. "12.9"; `Err` saying why when there is none.
+pub fn nvrtc_version() -> Result<String> {
+    // SAFETY: only probes whether the shared library can be opened.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(Error::Device("libnvrtc is not installed or not on the library path".into()));
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present (checked above) and both outputs outlive the call.
+    let rc = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    if rc != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(dev_err("nvrtcVersion", rc));
+    }
+    Ok(format!("{major}.{minor}"))
+}
+
 impl Cuda {
     /// Opens device `ordinal` and loads every kernel module.
     pub fn new(ordinal: usize) -> Result<Self> {
@@ -84,6 +127,7 @@ impl Cuda {
         let ctx = CudaContext::new(ordinal).map_err(|e| dev_err("creating a CUDA context", e))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| dev_err("querying the compute capability", e))?;
         let name = ctx.name().map_err(|e| dev_err("querying the device name", e))?;
+        let memory = ctx.total_mem().map_err(|e| dev_err("querying the device memory", e))?;
         let stream = ctx.default_stream();
         let mut modules = Vec::with_capacity(MODULES.len());
         for m in MODULES {
@@ -104,7 +148,10 @@ impl Cuda {
             stream,
             funcs,
             pool: Arc::default(),
-            description: format!("CUDA device {ordinal}: {name} (sm_{major}{minor}, kernels: {source})"),
+            description: format!(
+                "CUDA device {ordinal}: {name} (sm_{major}{minor}, {:.1} GiB, kernels: {source})",
+                memory as f64 / (1u64 << 30) as f64
+            ),
         })
     }
 

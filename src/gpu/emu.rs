@@ -53,6 +53,13 @@ impl EmuBuf {
     }
 }
 
+impl std::fmt::Debug for EmuBuf {
+    /// The length only: reading the contents needs the executor.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EmuBuf[{} words]", self.len)
+    }
+}
+
 impl DeviceBuf for EmuBuf {
     fn len(&self) -> usize {
         self.len

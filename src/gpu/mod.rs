@@ -72,8 +72,8 @@ impl<'a, B> Arg<'a, B> {
     }
 }
 
-/// A device buffer of 4-byte words.
-pub trait DeviceBuf {
+/// A device buffer of 4-byte words (shareable across threads, as the backends' buffers are).
+pub trait DeviceBuf: std::fmt::Debug + Send + Sync {
     /// Length in words.
     fn len(&self) -> usize;
     /// Whether the buffer holds no words.
@@ -83,7 +83,7 @@ pub trait DeviceBuf {
 }
 
 /// Something that holds device memory and runs kernels on it: the emulator or a CUDA device.
-pub trait Executor {
+pub trait Executor: Send + Sync + 'static {
     /// The executor's buffer type.
     type Buf: DeviceBuf;
     /// What runs the kernels, e.g. "CUDA device 0: NVIDIA H200" or "CPU emulator (2 threads)".

@@ -351,6 +351,23 @@ fn copy_channels<E: Executor>(e: &E, src: &E::Buf, src_c: usize, src_off: usize,
     ])
 }
 
+/// `dst[..n] = src[..n]` (a device-side copy: one channel block of one image).
+pub fn copy<E: Executor>(e: &E, src: &E::Buf, dst: &E::Buf, n: usize) -> Result<()> {
+    copy_channels(e, src, 1, 0, dst, 1, 0, 1, 1, n)
+}
+
+/// `acc += g` over the first `n` words (gradient accumulation).
+pub fn add_assign<E: Executor>(e: &E, acc: &E::Buf, g: &E::Buf, n: usize) -> Result<()> {
+    need("add_assign acc", acc, n)?;
+    need("add_assign g", g, n)?;
+    run(e, Kernel::AddAssign, elementwise(n), &[Arg::Buf(acc), Arg::Buf(g), Arg::I64(n as i64)])
+}
+
+/// Column sums `out[c] = Σ_r m[r, c]` of `m: [rows, cols]`, in row order (a linear layer's bias gradient).
+pub fn column_sums<E: Executor>(e: &E, m: &E::Buf, rows: usize, cols: usize, out: &E::Buf) -> Result<()> {
+    sum_rows(e, m, 0, rows, cols, out)
+}
+
 /// Concatenates `a: [n, ca, plane]` and `b: [n, cb, plane]` along channels into `out: [n, ca + cb, plane]`.
 #[allow(clippy::too_many_arguments)]
 pub fn concat_channels<E: Executor>(e: &E, a: &E::Buf, b: &E::Buf, n: usize, ca: usize, cb: usize, plane: usize, out: &E::Buf) -> Result<()> {

@@ -5,6 +5,7 @@
 //! `[c_in, c_out, k, k]`, so its fan_in is `c_out·k·k`. GroupNorm starts at γ = 1, β = 0.
 
 use crate::autograd::{ConvExtra, Tape, Var};
+use crate::backend::Backend;
 use crate::error::Result;
 use crate::params::{ParamId, Params};
 use crate::tensor::Tensor;
@@ -37,7 +38,7 @@ impl Conv2d {
     }
 
     /// The conv of `x`, with optional fused extra terms.
-    pub fn forward(&self, tape: &mut Tape, x: Var, extra: ConvExtra) -> Result<Var> {
+    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var, extra: ConvExtra) -> Result<Var> {
         let (w, b) = (tape.param(self.weight), tape.param(self.bias));
         tape.conv2d(x, w, Some(b), self.stride, self.pad, extra)
     }
@@ -63,7 +64,7 @@ impl ConvTranspose2d {
     }
 
     /// The transposed conv of `x`.
-    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
+    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var) -> Result<Var> {
         let (w, b) = (tape.param(self.weight), tape.param(self.bias));
         tape.conv_transpose2d(x, w, Some(b), self.stride, self.pad)
     }
@@ -86,7 +87,7 @@ impl GroupNorm {
     }
 
     /// `GroupNorm(x)`, followed by SiLU when `silu` (fused).
-    pub fn forward(&self, tape: &mut Tape, x: Var, silu: bool) -> Result<Var> {
+    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var, silu: bool) -> Result<Var> {
         let (g, b) = (tape.param(self.weight), tape.param(self.bias));
         tape.group_norm(x, g, b, self.groups, silu)
     }
@@ -109,7 +110,7 @@ impl Linear {
     }
 
     /// `x Wᵀ + b`.
-    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
+    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var) -> Result<Var> {
         let (w, b) = (tape.param(self.weight), tape.param(self.bias));
         tape.linear(x, w, Some(b))
     }
@@ -153,10 +154,11 @@ impl TimeEmbedding {
     }
 
     /// `mlp(sinusoid(t))`, `[len(t), hidden]`.
-    pub fn forward(&self, tape: &mut Tape, t: &[usize]) -> Result<Var> {
-        let e = tape.input(Self::sinusoid(t, self.dim));
+    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, t: &[usize]) -> Result<Var> {
+        // Made on the host (a few hundred values) with the same f32 sin/cos as the golden reference, then uploaded.
+        let e = tape.input_host(Self::sinusoid(t, self.dim))?;
         let h = self.lin0.forward(tape, e)?;
-        let h = tape.silu(h);
+        let h = tape.silu(h)?;
         self.lin2.forward(tape, h)
     }
 }

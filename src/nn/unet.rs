@@ -3,6 +3,7 @@
 
 use super::layers::{Conv2d, ConvTranspose2d, GroupNorm, Linear, TimeEmbedding};
 use crate::autograd::{ConvExtra, Tape, Var};
+use crate::backend::{Backend, Cpu};
 use crate::diffusion::Denoiser;
 use crate::error::{Error, Result};
 use crate::params::Params;
@@ -67,7 +68,7 @@ impl ResBlock {
 
     /// The block applied to `x`, given `t_act = silu(t_emb)` (shared by all blocks). The time projection and the
     /// residual are fused into the convs' outputs.
-    pub fn forward(&self, tape: &mut Tape, x: Var, t_act: Var) -> Result<Var> {
+    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var, t_act: Var) -> Result<Var> {
         let a1 = self.norm1.forward(tape, x, true)?;
         let tp = self.t_proj.forward(tape, t_act)?;
         let h = self.conv1.forward(tape, a1, ConvExtra { chan_bias: Some(tp), residual: None })?;
@@ -124,13 +125,13 @@ impl UNet {
     }
 
     /// `ε̂ = UNet(x_t, t)` for `x: [n, in_ch, H, W]` (H, W divisible by 4) and one timestep per image.
-    pub fn forward(&self, tape: &mut Tape, x: Var, t: &[usize]) -> Result<Var> {
+    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var, t: &[usize]) -> Result<Var> {
         self.forward_traced(tape, x, t, &mut |_, _| {})
     }
 
     /// [`UNet::forward`], calling `trace(name, var)` with each submodule's output, named as the golden files name
     /// them (`time`, `in_conv`, `down1`, … `out_conv`; `out_norm` is not traced since it is fused with its SiLU).
-    pub fn forward_traced(&self, tape: &mut Tape, x: Var, t: &[usize], trace: &mut dyn FnMut(&'static str, Var)) -> Result<Var> {
+    pub fn forward_traced<B: Backend>(&self, tape: &mut Tape<B>, x: Var, t: &[usize], trace: &mut dyn FnMut(&'static str, Var)) -> Result<Var> {
         let (n, c, h, w) = tape.value(x).dims4("UNet input")?;
         if c != self.config.in_ch || h % 4 != 0 || w % 4 != 0 || t.len() != n {
             return Err(Error::Shape(format!(
@@ -143,7 +144,7 @@ impl UNet {
             v
         };
         let t_emb = traced("time", self.time.forward(tape, t)?);
-        let t_act = tape.silu(t_emb);
+        let t_act = tape.silu(t_emb)?;
         let h0 = traced("in_conv", self.in_conv.forward(tape, x, ConvExtra::default())?);
         let h1 = traced("down1", self.down1.forward(tape, h0, t_act)?);
         let p1 = traced("pool1", self.pool1.forward(tape, h1, ConvExtra::default())?);
@@ -161,17 +162,18 @@ impl UNet {
     }
 }
 
-/// The UNet with fixed weights as a [`Denoiser`] for the samplers (inference only: no tape is kept).
-pub struct UNetDenoiser<'a> {
+/// The UNet with fixed weights as a [`Denoiser`] for the samplers (inference only: no tape is kept), on the
+/// backend of its parameters.
+pub struct UNetDenoiser<'a, B: Backend = Cpu> {
     pub model: &'a UNet,
-    pub params: &'a Params,
+    pub params: &'a Params<B>,
 }
 
-impl Denoiser for UNetDenoiser<'_> {
-    fn predict_eps(&mut self, x: &crate::Tensor, t: &[usize]) -> Result<crate::Tensor> {
+impl<B: Backend> Denoiser<B> for UNetDenoiser<'_, B> {
+    fn predict_eps(&mut self, x: &crate::Tensor<B>, t: &[usize]) -> Result<crate::Tensor<B>> {
         let mut tape = Tape::inference(self.params);
-        let xv = tape.input(x.clone());
+        let xv = tape.input(x.try_clone()?);
         let eps = self.model.forward(&mut tape, xv, t)?;
-        Ok(tape.value(eps).clone())
+        tape.value(eps).try_clone()
     }
 }

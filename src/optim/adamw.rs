@@ -1,8 +1,9 @@
 //! `torch.optim.AdamW` (Loshchilov & Hutter 2019), single-tensor path, amsgrad off.
 
+use crate::backend::{Backend, Cpu};
+use crate::error::Result;
 use crate::params::{Grads, Params};
 use crate::tensor::Tensor;
-use rayon::prelude::*;
 
 /// The per-step f32 scalars of an AdamW update (see [`AdamW::scalars`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -23,9 +24,10 @@ pub struct AdamWScalars {
     pub eps: f32,
 }
 
-/// AdamW state: hyper-parameters, the step count and the two moment estimates per parameter.
+/// AdamW state: hyper-parameters, the step count and the two moment estimates per parameter, on the
+/// parameters' backend.
 #[derive(Clone, Debug)]
-pub struct AdamW {
+pub struct AdamW<B: Backend = Cpu> {
     // Hyper-parameters are f64 as PyTorch's are Python floats: `1 - 0.999` must be formed from the exact 0.999,
     // not from its f32 rounding, to match PyTorch's update to the last bit.
     pub lr: f64,
@@ -36,9 +38,9 @@ pub struct AdamW {
     /// Steps taken so far.
     pub step: u64,
     /// First moments `m`, one per parameter.
-    pub exp_avg: Vec<Tensor>,
+    pub exp_avg: Vec<Tensor<B>>,
     /// Second moments `v`, one per parameter.
-    pub exp_avg_sq: Vec<Tensor>,
+    pub exp_avg_sq: Vec<Tensor<B>>,
 }
 
 impl AdamW {
@@ -46,6 +48,16 @@ impl AdamW {
     pub fn new(params: &Params, lr: f64) -> Self {
         let zeros = || params.tensors().iter().map(|t| Tensor::zeros(t.shape())).collect();
         AdamW { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, step: 0, exp_avg: zeros(), exp_avg_sq: zeros() }
+    }
+}
+
+impl<B: Backend> AdamW<B> {
+    /// A copy of this state with its moments on `backend` (the host is `&Cpu`).
+    pub fn to_backend<C: Backend>(&self, backend: &C) -> Result<AdamW<C>> {
+        let copy = |ts: &[Tensor<B>]| ts.iter().map(|t| t.to_backend(backend)).collect::<Result<Vec<_>>>();
+        let (exp_avg, exp_avg_sq) = (copy(&self.exp_avg)?, copy(&self.exp_avg_sq)?);
+        let AdamW { lr, beta1, beta2, eps, weight_decay, step, .. } = *self;
+        Ok(AdamW { lr, beta1, beta2, eps, weight_decay, step, exp_avg, exp_avg_sq })
     }
 
     /// The f32 scalars of update number `k` (from 1), formed in f64 as Python does and then rounded: shared by
@@ -66,24 +78,16 @@ impl AdamW {
 
     /// One update, step `k = step + 1`, in PyTorch's f32 order:
     /// `p ← p·(1 - lr·wd)`; `m ← m + (1-β₁)(g - m)`; `v ← β₂v + (1-β₂)g²`;
-    /// `p ← p - (lr/(1-β₁ᵏ))·m / (√v/√(1-β₂ᵏ) + eps)`. Scalars are formed in f64, as Python does, then rounded.
-    pub fn step(&mut self, params: &mut Params, grads: &Grads) {
+    /// `p ← p - (lr/(1-β₁ᵏ))·m / (√v/√(1-β₂ᵏ) + eps)`. Scalars are formed in f64, as Python does, then rounded;
+    /// the update runs as one fused [`Backend::adamw_step`] per tensor.
+    pub fn step(&mut self, params: &mut Params<B>, grads: &Grads<B>) -> Result<()> {
         self.step += 1;
-        let AdamWScalars { decay, w1, b2: b2f, w2, neg_step_size, bc2_sqrt, eps } = self.scalars(self.step);
-        params
-            .tensors_mut()
-            .par_iter_mut()
-            .zip(self.exp_avg.par_iter_mut().zip(self.exp_avg_sq.par_iter_mut()))
-            .zip(grads.0.par_iter())
-            .for_each(|((p, (m, v)), g)| {
-                let it = p.data_mut().iter_mut().zip(m.data_mut().iter_mut().zip(v.data_mut().iter_mut()));
-                for ((p, (m, v)), &g) in it.zip(g.data()) {
-                    *p *= decay;
-                    *m += w1 * (g - *m);
-                    *v = *v * b2f + w2 * g * g;
-                    let denom = v.sqrt() / bc2_sqrt + eps;
-                    *p += neg_step_size * *m / denom;
-                }
-            });
+        let s = self.scalars(self.step);
+        let be = params.backend().clone();
+        let moments = self.exp_avg.iter_mut().zip(self.exp_avg_sq.iter_mut());
+        for ((p, (m, v)), g) in params.tensors_mut().iter_mut().zip(moments).zip(&grads.0) {
+            be.adamw_step(&s, p.buf_mut(), m.buf_mut(), v.buf_mut(), g.buf())?;
+        }
+        Ok(())
     }
 }

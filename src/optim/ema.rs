@@ -1,12 +1,13 @@
 //! An exponential moving average of the weights, sampled from instead of the noisy live weights.
 
+use crate::backend::{Backend, Cpu};
+use crate::error::Result;
 use crate::params::Params;
 use crate::tensor::Tensor;
-use rayon::prelude::*;
 
-/// The EMA shadow: `shadow ← d·shadow + (1-d)·p` after every optimiser step.
+/// The EMA shadow: `shadow ← d·shadow + (1-d)·p` after every optimiser step, on the parameters' backend.
 #[derive(Clone, Debug)]
-pub struct Ema {
+pub struct Ema<B: Backend = Cpu> {
     /// The target decay `d` (the seed's 0.9999); f64 like the seed's Python float, so `1 - d` is exact.
     pub decay: f64,
     /// With warm-up the decay at update `k` (from 0) is `min(d, (1+k)/(10+k))`, so that a short run's EMA is not
@@ -15,13 +16,21 @@ pub struct Ema {
     /// Updates applied so far.
     pub updates: u64,
     /// The averaged parameters, in the store's order.
-    pub shadow: Vec<Tensor>,
+    pub shadow: Vec<Tensor<B>>,
 }
 
 impl Ema {
     /// A shadow that starts as a copy of `params`.
     pub fn new(params: &Params, decay: f64, warmup: bool) -> Self {
         Ema { decay, warmup, updates: 0, shadow: params.tensors().to_vec() }
+    }
+}
+
+impl<B: Backend> Ema<B> {
+    /// A copy of this state with its shadow on `backend` (the host is `&Cpu`).
+    pub fn to_backend<C: Backend>(&self, backend: &C) -> Result<Ema<C>> {
+        let shadow = self.shadow.iter().map(|t| t.to_backend(backend)).collect::<Result<_>>()?;
+        Ok(Ema { decay: self.decay, warmup: self.warmup, updates: self.updates, shadow })
     }
 
     /// The decay the next update uses.
@@ -40,12 +49,14 @@ impl Ema {
         (d as f32, (1.0 - d) as f32)
     }
 
-    /// `shadow ← shadow·d + p·(1-d)`, in PyTorch's f32 order (`mul_(d)` then `add_(p, alpha=1-d)`).
-    pub fn update(&mut self, params: &Params) {
+    /// `shadow ← shadow·d + p·(1-d)`, in PyTorch's f32 order (`mul_(d)` then `add_(p, alpha=1-d)`), one fused
+    /// [`Backend::ema_update`] per tensor.
+    pub fn update(&mut self, params: &Params<B>) -> Result<()> {
         let (d, alpha) = self.scalars();
-        self.shadow.par_iter_mut().zip(params.tensors().par_iter()).for_each(|(s, p)| {
-            s.data_mut().iter_mut().zip(p.data()).for_each(|(s, &p)| *s = *s * d + alpha * p);
-        });
+        for (s, p) in self.shadow.iter_mut().zip(params.tensors()) {
+            params.backend().ema_update(d, alpha, s.buf_mut(), p.buf())?;
+        }
         self.updates += 1;
+        Ok(())
     }
 }

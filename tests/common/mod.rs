@@ -1,13 +1,52 @@
 //! Shared test helpers: golden files and `abs + rel·|ref|` comparisons that report the worst element.
 #![allow(dead_code)]
 
+use ddpm::autograd::Tape;
+use ddpm::backend::Backend;
+use ddpm::nn::{UNet, UNetConfig};
+use ddpm::params::{Grads, Params};
 use ddpm::tensor_file::{read_tensors, TensorFile};
+use ddpm::Tensor;
+use rand::{rngs::StdRng, SeedableRng};
 use std::path::PathBuf;
 
-/// The golden file `tests/golden/{name}`.
+/// The golden file `tests/golden/{name}`, under `$CARGO_MANIFEST_DIR` when set at run time (cargo sets it; so
+/// does scripts/gpu-check.sh for test binaries built on another machine), else under the crate this was built in.
 pub fn golden(name: &str) -> TensorFile {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let path = PathBuf::from(root).join("tests/golden").join(name);
     read_tensors(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The golden model: `UNet(in_ch=1, base=16, t_dim=32)` with the weights of `weights.safetensors`.
+pub fn golden_model() -> (UNet, Params) {
+    let mut params = Params::new();
+    let model = UNet::new(UNetConfig { in_ch: 1, base: 16, t_dim: 32 }, &mut params, &mut StdRng::seed_from_u64(0)).unwrap();
+    let w = golden("weights.safetensors");
+    params.load_from(&w.f32_with_prefix(""), "weights.safetensors").unwrap();
+    (model, params)
+}
+
+/// The golden batch's timesteps.
+pub fn timesteps(io: &TensorFile) -> Vec<usize> {
+    io.i64("t").unwrap().iter().map(|&t| t as usize).collect()
+}
+
+/// Forward + backward on the golden batch on the backend of `params`: (activations by name, loss, grads), all
+/// copied to the host.
+pub fn golden_step<B: Backend>(model: &UNet, params: &Params<B>) -> (Vec<(String, Tensor)>, f32, Grads) {
+    let io = golden("io.safetensors");
+    let be = params.backend();
+    let mut tape = Tape::new(params);
+    let x = tape.input(io.f32("x").unwrap().to_backend(be).unwrap());
+    let target = tape.input(io.f32("noise").unwrap().to_backend(be).unwrap());
+    let mut traced = Vec::new();
+    let eps = model.forward_traced(&mut tape, x, &timesteps(&io), &mut |name, v| traced.push((name, v))).unwrap();
+    let acts = traced.into_iter().map(|(n, v)| (n.to_string(), tape.value(v).to_backend(&ddpm::backend::Cpu).unwrap())).collect();
+    let loss = tape.mse(eps, target).unwrap();
+    let loss_value = tape.value(loss).to_vec().unwrap()[0];
+    let grads = tape.backward(loss).unwrap().0.into_iter().map(|g| g.to_host().unwrap()).collect();
+    (acts, loss_value, Grads(grads))
 }
 
 /// The outcome of comparing `ours` with `reference` under `|ours - ref| <= atol + rtol·|ref|`.

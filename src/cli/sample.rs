@@ -124,6 +124,6 @@ pub fn run(a: SampleArgs) -> Result<()> {
         OutKind::Png => save_grid_png(&a.out, &images, 8)?,
         OutKind::Safetensors => write_tensors(&a.out, &[("samples".to_string(), &images)], None)?,
     }
-    eprintln!("wrote {} ({n} images, {calls} network calls, {:.1} s)", a.out.display(), start.elapsed().as_secs_f64());
+    eprintln!("wrote {} ({n} images, {calls} network calls, {:.3} s)", a.out.display(), start.elapsed().as_secs_f64());
     Ok(())
 }

@@ -14,54 +14,36 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::{env, fs};
 
-/// The C types a kernel parameter may have; anything else is a build error.
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    ConstPtr,
-    MutPtr,
-    I32,
-    I64,
-    U64,
-    F32,
-}
+// `ParamKind`, the same enum the crate uses (src/gpu/kernels.rs).
+include!("src/gpu/param_kind.rs");
 
-impl Kind {
-    fn parse(ty: &str) -> Option<(Kind, &'static str)> {
-        let ty = ty.replace("__restrict__", "");
-        let words: Vec<&str> = ty.split(|c: char| c.is_whitespace() || c == '*').filter(|w| !w.is_empty()).collect();
-        let base = words.iter().filter(|w| **w != "const").copied().collect::<Vec<_>>().join(" ");
-        if ty.contains('*') {
-            let c_ty = match base.as_str() {
-                "float" => "float*",
-                "int" => "int*",
-                _ => return None,
-            };
-            let constant = words.first() == Some(&"const");
-            return Some((if constant { Kind::ConstPtr } else { Kind::MutPtr }, c_ty));
-        }
-        Some(match base.as_str() {
-            "int" => (Kind::I32, "int"),
-            "long long" => (Kind::I64, "long long"),
-            "u64" | "unsigned long long" => (Kind::U64, "unsigned long long"),
-            "float" => (Kind::F32, "float"),
+/// The [`ParamKind`] of a C parameter type and its spelling in the emulator glue; `None` for a type kernels may
+/// not use (a build error).
+fn parse_kind(ty: &str) -> Option<(ParamKind, &'static str)> {
+    let ty = ty.replace("__restrict__", "");
+    let words: Vec<&str> = ty.split(|c: char| c.is_whitespace() || c == '*').filter(|w| !w.is_empty()).collect();
+    let base = words.iter().filter(|w| **w != "const").copied().collect::<Vec<_>>().join(" ");
+    if ty.contains('*') {
+        let c_ty = match base.as_str() {
+            "float" => "float*",
+            "int" => "int*",
             _ => return None,
-        })
+        };
+        let constant = words.first() == Some(&"const");
+        return Some((if constant { ParamKind::ConstPtr } else { ParamKind::MutPtr }, c_ty));
     }
-    fn rust(self) -> &'static str {
-        match self {
-            Kind::ConstPtr => "ConstPtr",
-            Kind::MutPtr => "MutPtr",
-            Kind::I32 => "I32",
-            Kind::I64 => "I64",
-            Kind::U64 => "U64",
-            Kind::F32 => "F32",
-        }
-    }
+    Some(match base.as_str() {
+        "int" => (ParamKind::I32, "int"),
+        "long long" => (ParamKind::I64, "long long"),
+        "u64" | "unsigned long long" => (ParamKind::U64, "unsigned long long"),
+        "float" => (ParamKind::F32, "float"),
+        _ => return None,
+    })
 }
 
 struct KernelSig {
     name: String,
-    params: Vec<(String, Kind, &'static str)>,
+    params: Vec<(String, ParamKind, &'static str)>,
 }
 
 struct Module {
@@ -96,7 +78,7 @@ fn parse_kernels(file: &str, src: &str) -> Vec<KernelSig> {
                 let p = p.trim();
                 let split = p.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap() + 1;
                 let (ty, pname) = (&p[..split], &p[split..]);
-                let (kind, c_ty) = Kind::parse(ty)
+                let (kind, c_ty) = parse_kind(ty)
                     .unwrap_or_else(|| panic!("{file}: kernel {name}: unsupported parameter type `{ty}`"));
                 (pname.to_string(), kind, c_ty)
             })
@@ -116,6 +98,7 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=emu");
+    println!("cargo:rerun-if-changed=src/gpu/param_kind.rs");
     println!("cargo:rerun-if-env-changed=KERNELS_ARCH");
     println!("cargo:rerun-if-env-changed=LD_LIBRARY_PATH");
 
@@ -238,7 +221,7 @@ fn write_table(out: &Path, modules: &[Module], ptx_embedded: bool) {
     s += "        }\n    }\n    /// The parameters, in order: `(name, kind)`.\n    pub fn params(self) -> &'static [(&'static str, ParamKind)] {\n        match self {\n";
     for (_, k) in &kernels {
         let ps: Vec<String> =
-            k.params.iter().map(|(n, kind, _)| format!("(\"{n}\", ParamKind::{})", kind.rust())).collect();
+            k.params.iter().map(|(n, kind, _)| format!("(\"{n}\", ParamKind::{:?})", kind)).collect();
         writeln!(s, "            Kernel::{} => &[{}],", camel(&k.name), ps.join(", ")).unwrap();
     }
     s += "        }\n    }\n}\n\n";

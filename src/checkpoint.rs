@@ -63,7 +63,12 @@ fn field<T: std::str::FromStr>(f: &TensorFile, key: &str) -> Result<T> {
 
 /// Loads a checkpoint written by [`save`] into a state that continues the run exactly.
 pub fn load_train_state(path: &Path) -> Result<TrainState> {
-    let f = read_tensors(path)?;
+    train_state_from(&read_tensors(path)?)
+}
+
+/// [`load_train_state`] from an already-read file.
+fn train_state_from(f: &TensorFile) -> Result<TrainState> {
+    let path = f.path.as_path();
     if f.metadata.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(Error::file(path, "not a ddpm training checkpoint (a plain state dict can be sampled from, not resumed)"));
     }
@@ -113,13 +118,11 @@ pub fn load_for_sampling(path: &Path, use_ema: bool) -> Result<SamplingModel> {
     let f = read_tensors(path)?;
     let what = path.display().to_string();
     if f.metadata.get("format").map(String::as_str) == Some(FORMAT) {
-        let state = load_train_state(path)?;
-        let mut params = state.params;
-        let description = if use_ema {
-            params.tensors_mut().clone_from_slice(&state.ema.shadow);
-            format!("EMA weights after step {}", state.step)
+        let state = train_state_from(&f)?;
+        let (params, description) = if use_ema {
+            (state.ema_params()?, format!("EMA weights after step {}", state.step))
         } else {
-            format!("live (non-EMA) weights after step {}", state.step)
+            (state.params, format!("live (non-EMA) weights after step {}", state.step))
         };
         return Ok(SamplingModel { model: state.model, params, timesteps: state.config.timesteps, description });
     }

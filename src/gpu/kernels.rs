@@ -2,22 +2,7 @@
 //! function, its parameter list, and the [`MODULES`] (one per file) with their source and, when NVRTC was present
 //! at build time, their PTX.
 
-/// The kind of one kernel parameter, from its C type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ParamKind {
-    /// `const float*` / `const int*`.
-    ConstPtr,
-    /// `float*` / `int*`.
-    MutPtr,
-    /// `int`.
-    I32,
-    /// `long long`.
-    I64,
-    /// `unsigned long long`.
-    U64,
-    /// `float`.
-    F32,
-}
+include!("param_kind.rs");
 
 /// One kernel file.
 #[derive(Debug)]

@@ -1,0 +1,19 @@
+// The kind of a kernel parameter: shared, through `include!`, by the crate (`src/gpu/kernels.rs`) and build.rs,
+// which generates each kernel's parameter list from the `.cu` signatures.
+
+/// The kind of one kernel parameter, from its C type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// `const float*` / `const int*`.
+    ConstPtr,
+    /// `float*` / `int*`.
+    MutPtr,
+    /// `int`.
+    I32,
+    /// `long long`.
+    I64,
+    /// `unsigned long long`.
+    U64,
+    /// `float`.
+    F32,
+}

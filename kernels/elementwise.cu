@@ -1,4 +1,4 @@
-// elementwise.cu: SiLU forward/backward, channel-block copies (concat and split), MSE gradient, and the
+// elementwise.cu: SiLU and ReLU forward/backward, channel-block copies (concat and split), MSE gradient, and the
 // in-place sum that accumulates gradients where a value feeds several ops.
 // All launch with grid CEIL_DIV(n, 256) (capped; grid-stride loops) and block 256.
 #include "common.cuh"
@@ -40,4 +40,15 @@ extern "C" __global__ void mse_bwd(const float* __restrict__ p, const float* __r
 // acc += g (gradient accumulation; one rounding per element, as the CPU's `+=`).
 extern "C" __global__ void add_assign(float* __restrict__ acc, const float* __restrict__ g, long long n) {
   GRID_STRIDE(e, n) acc[e] += g[e];
+}
+
+// y = max(x, 0); a NaN stays NaN, as in torch.relu.
+extern "C" __global__ void relu_fwd(const float* __restrict__ x, float* __restrict__ y, long long n) {
+  GRID_STRIDE(e, n) { const float v = x[e]; y[e] = v < 0.0f ? 0.0f : v; }
+}
+
+// dx = gy * [x > 0].
+extern "C" __global__ void relu_bwd(const float* __restrict__ x, const float* __restrict__ gy, float* __restrict__ dx,
+                                    long long n) {
+  GRID_STRIDE(e, n) dx[e] = x[e] > 0.0f ? gy[e] : 0.0f;
 }

@@ -47,11 +47,6 @@ impl Tensor<Cpu> {
         self.buf
     }
 
-    /// The same elements under another shape with the same number of elements.
-    pub fn reshape(self, shape: &[usize]) -> Result<Self> {
-        Tensor::new(shape, self.buf)
-    }
-
     /// Elementwise `self += other` (same shape).
     pub fn add_assign(&mut self, other: &Tensor) {
         debug_assert_eq!(self.shape, other.shape);
@@ -90,6 +85,11 @@ impl<B: Backend> Tensor<B> {
     /// A tensor of `shape` on `backend` with every element equal to `v`.
     pub fn full_on(backend: &B, shape: &[usize], v: f32) -> Result<Self> {
         Ok(Tensor { shape: shape.to_vec(), buf: backend.full(shape.iter().product(), v)?, backend: backend.clone() })
+    }
+
+    /// The same elements under another shape with the same number of elements (no copy).
+    pub fn reshape(self, shape: &[usize]) -> Result<Self> {
+        Tensor::from_buf(self.backend, shape, self.buf)
     }
 
     /// The dimensions.

@@ -133,3 +133,36 @@ fn bad_input_is_a_clean_error_and_leaves_no_output() {
     fails_with(&ddpm(&["train", "--base", "12", "--out", s(&dir.join("r5"))]), "base must be a positive multiple of 8");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Writes `n` synthetic 28x28 digits and their labels as the raw IDX files of `split` ("train" or "t10k").
+fn write_idx(dir: &Path, split: &str, n: u32) {
+    let mut images = [&[0u8, 0, 8, 3][..], &n.to_be_bytes(), &28u32.to_be_bytes(), &28u32.to_be_bytes()].concat();
+    images.extend((0..n as usize * 784).map(|i| (i * 37 % 251) as u8));
+    std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), images).unwrap();
+    let mut labels = [&[0u8, 0, 8, 1][..], &n.to_be_bytes()].concat();
+    labels.extend((0..n as u8).map(|i| i % 10));
+    std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), labels).unwrap();
+}
+
+#[test]
+fn train_classifier_is_deterministic_and_checks_its_flags() {
+    let dir = scratch("classifier");
+    write_idx(&dir, "train", 24);
+    write_idx(&dir, "t10k", 10);
+    let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    for out in [&a, &b] {
+        let r = ddpm(&["train-classifier", "--data", s(&dir), "--out", s(out), "--epochs", "2", "--batch", "8", "--device", "cpu", "--seed", "3"]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let stdout = String::from_utf8_lossy(&r.stdout);
+        assert!(stdout.contains("epoch 1: mean training loss") && stdout.contains("test accuracy"), "{stdout}");
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "same seed, same weights");
+    ddpm::nn::Classifier::load(&a).unwrap();
+    let c = dir.join("c.safetensors");
+    fails_with(&ddpm(&["train-classifier", "--data", s(&dir), "--out", s(&c), "--batch", "0"]), "--batch must be at least 1");
+    fails_with(&ddpm(&["train-classifier", "--data", s(&dir), "--out", s(&c), "--lr", "0"]), "--lr must be positive");
+    fails_with(&ddpm(&["train-classifier", "--data", s(&dir), "--out", s(&c), "--batch", "32", "--device", "cpu"]), "batch size 32");
+    fails_with(&ddpm(&["train-classifier", "--data", s(&dir.join("none")), "--out", s(&c)]), "none");
+    assert!(!c.exists(), "no weights from a failed run");
+    std::fs::remove_dir_all(&dir).ok();
+}

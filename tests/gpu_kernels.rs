@@ -10,6 +10,7 @@
 //! and an abs floor for sums that cancel. Elementwise kernels that follow the CPU's f32 order get 0 on the
 //! emulator (same libm, no FMA contraction) and a few ulp on a GPU (its logf/cosf/expf are within 2 ulp).
 
+use ddpm::cpu::classify;
 use ddpm::cpu::conv::{self, ConvGeom, ConvGrads, Epilogue};
 use ddpm::cpu::elementwise as ew;
 use ddpm::cpu::gemm::{self as cgemm, Mat};
@@ -212,6 +213,64 @@ fn silu<E: Executor>(e: &E) {
     close(&down(e, &dxb), &dx, 1e-7, 1e-6, "silu backward");
 }
 gpu_test!(silu);
+
+// ReLU: a comparison and a selection, no arithmetic: exact everywhere, a NaN passing through as on the CPU.
+fn relu<E: Executor>(e: &E) {
+    let n = 1001;
+    let mut x: Vec<f32> = rand(42, n).iter().map(|v| 8.0 * v).collect();
+    (x[3], x[4]) = (0.0, f32::NAN);
+    let gy = rand(43, n);
+    let (mut y, mut dx) = (vec![0.0; n], vec![0.0; n]);
+    ew::relu_forward(&x, &mut y);
+    ew::relu_backward(&x, &gy, &mut dx);
+    let (xb, yb, dxb) = (up(e, &x), e.alloc(n).unwrap(), e.alloc(n).unwrap());
+    ops::relu_forward(e, &xb, &yb, n).unwrap();
+    ops::relu_backward(e, &xb, &up(e, &gy), &dxb, n).unwrap();
+    close(&down(e, &yb), &y, 0.0, 0.0, "relu forward");
+    close(&down(e, &dxb), &dx, 0.0, 0.0, "relu backward");
+}
+gpu_test!(relu);
+
+// Max pooling, forward and backward: comparisons and copies only, so exact, the tie rule included (values rounded
+// to 5 levels, so most windows hold ties) and a NaN; odd H and W (last row and column in no window), 2x3 planes.
+fn max_pool2d<E: Executor>(e: &E) {
+    let (planes, h, w) = (6, 7, 9);
+    let out = planes * (h / 2) * (w / 2);
+    let mut x: Vec<f32> = rand(44, planes * h * w).iter().map(|v| (2.0 * v).round()).collect();
+    x[20] = f32::NAN;
+    let gy = rand(45, out);
+    let (mut y, mut argmax, mut dx) = (vec![0.0; out], vec![0.0; out], vec![0.0; x.len()]);
+    classify::max_pool2d_forward(h, w, &x, &mut y, &mut argmax);
+    classify::max_pool2d_backward(h, w, &argmax, &gy, &mut dx);
+    let (xb, yb, ab, dxb) = (up(e, &x), e.alloc(out).unwrap(), e.alloc(out).unwrap(), e.alloc(x.len()).unwrap());
+    ops::max_pool2d_forward(e, planes, h, w, &xb, &yb, &ab).unwrap();
+    close(&down(e, &yb), &y, 0.0, 0.0, "max_pool2d forward");
+    assert_eq!(down(e, &ab), argmax, "max_pool2d argmax");
+    ops::max_pool2d_backward(e, planes, h, w, &ab, &up(e, &gy), &dxb).unwrap();
+    assert_eq!(down(e, &dxb), dx, "max_pool2d backward");
+}
+gpu_test!(max_pool2d);
+
+// Cross-entropy over 37 rows of 10 logits up to ±8. The row log-sum-exps and the gradient follow the CPU's f32
+// order, with expf/logf within 2 ulp on a GPU: rel 1e-6 on lse, abs 1e-8 on dz (entries are ≲ 1/n = 0.03, a few ulp
+// of which is ~1e-8). The loss adds the 37 row losses in f32 by one block against the CPU's f64: rel 1e-5.
+fn cross_entropy<E: Executor>(e: &E) {
+    let (n, classes) = (37, 10);
+    let z: Vec<f32> = rand(46, n * classes).iter().map(|v| 8.0 * v).collect();
+    let labels: Vec<f32> = (0..n).map(|i| ((i * 7) % classes) as f32).collect();
+    let mut lse = vec![0.0; n];
+    let loss = classify::cross_entropy(&z, &labels, classes, &mut lse);
+    let mut dz = vec![0.0; n * classes];
+    classify::cross_entropy_backward(&z, &labels, &lse, 0.7, classes, &mut dz);
+    let (zb, lb) = (up(e, &z), up(e, &labels));
+    let (lseb, out, dzb) = (e.alloc(n).unwrap(), e.alloc(1).unwrap(), e.alloc(n * classes).unwrap());
+    ops::cross_entropy(e, &zb, &lb, n, classes, &lseb, &out).unwrap();
+    close(&down(e, &out), &[loss], 0.0, 1e-5, "cross_entropy loss");
+    close(&down(e, &lseb), &lse, 0.0, 1e-6, "cross_entropy lse");
+    ops::cross_entropy_backward(e, &zb, &lb, &up(e, &lse), 0.7, n, classes, &dzb).unwrap();
+    close(&down(e, &dzb), &dz, 1e-8, 0.0, "cross_entropy backward");
+}
+gpu_test!(cross_entropy);
 
 // Linear forward and backward (dx, dW, db); GEMM tolerances.
 fn linear<E: Executor>(e: &E) {

@@ -9,13 +9,19 @@
 //! h = 1e-2 that is ≲ 1.5e-3. The truncation error `h²/6·|L'''|` is ≲ 1e-4 for these smooth ops. Hence
 //! `|analytic - numeric| <= 2e-3 + 2e-2·|numeric|`. A wrong backward (a missing term, a transposed weight, a
 //! wrong stride) is off by O(|gradient|) ≈ 0.1-1, far outside.
+//!
+//! The classifier's ops fit the same budget: ReLU and max pooling are piecewise linear, so away from their kinks
+//! (the inputs keep every value more than h from 0 and from every other value) the difference quotient has
+//! no truncation error at all, and the cross-entropy is smooth with bounded derivatives (|L'''| ≲ 1 for softmax
+//! probabilities). `--nocapture` prints the largest error of each case.
 
 mod common;
 
 use ddpm::autograd::{ConvExtra, Tape, Var};
+use ddpm::backend::{Backend, Cpu};
 use ddpm::params::{ParamId, Params};
 use ddpm::{Result, Tensor};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
 const H: f32 = 1e-2;
 const ATOL: f32 = 2e-3;
@@ -32,6 +38,7 @@ type Build<'a> = dyn Fn(&mut Tape, &[Var]) -> Result<Var> + 'a;
 /// Checks d mse(build(inputs), target) / d input for every input against central differences on up to 40
 /// elements per input (the first, the last and random ones in between).
 fn gradcheck(name: &str, inputs: Vec<Tensor>, build: &Build<'_>) {
+    let mut worst = 0.0f32;
     let mut rng = StdRng::seed_from_u64(7);
     let mut params = Params::new();
     let ids: Vec<ParamId> = inputs.into_iter().enumerate().map(|(i, t)| params.add(&format!("in{i}"), t)).collect();
@@ -75,8 +82,10 @@ fn gradcheck(name: &str, inputs: Vec<Tensor>, build: &Build<'_>) {
                 (analytic - numeric).abs() <= ATOL + RTOL * numeric.abs(),
                 "{name}: d/d input{k}[{i}]: analytic {analytic:.6}, numeric {numeric:.6}"
             );
+            worst = worst.max((analytic - numeric).abs());
         }
     }
+    eprintln!("{name}: largest |analytic - numeric| {worst:.2e}");
 }
 
 #[test]
@@ -186,4 +195,46 @@ fn resblock_path_end_to_end() {
         checked += 1;
     }
     assert_eq!(checked, params.len());
+}
+
+/// A tensor of `shape` whose values are a random permutation of `0.03·(i - ⌊numel/2⌋) + 0.015`: 0.03 apart and at
+/// least 0.015 from 0, both more than h, so no perturbation by ±h changes a window's maximum or a ReLU's side.
+fn spread(rng: &mut StdRng, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut values: Vec<f32> = (0..n).map(|i| 0.03 * (i as f32 - (n / 2) as f32) + 0.015).collect();
+    values.shuffle(rng);
+    Tensor::new(shape, values).unwrap()
+}
+
+#[test]
+fn relu_max_pool_flatten() {
+    let mut rng = StdRng::seed_from_u64(9);
+    gradcheck("relu", vec![spread(&mut rng, &[3, 2, 5, 3])], &|t, v| t.relu(v[0]));
+    // Odd H and W: the last row and column are in no window, so their gradient must be exactly 0.
+    for shape in [[2, 3, 5, 7], [1, 2, 4, 6]] {
+        gradcheck(&format!("max_pool2d {shape:?}"), vec![spread(&mut rng, &shape)], &|t, v| t.max_pool2d(v[0]));
+    }
+    gradcheck("flatten", vec![random(&mut rng, &[2, 3, 2, 5])], &|t, v| t.flatten(v[0]));
+}
+
+#[test]
+fn cross_entropy_against_integer_labels() {
+    let mut rng = StdRng::seed_from_u64(10);
+    // Logits up to ±3, so the softmax is far from uniform; one row per class and then some, and a single row.
+    for (n, classes, labels) in [(6, 4, vec![0, 3, 1, 1, 2, 3]), (1, 10, vec![7])] {
+        let logits = Tensor::new(&[n, classes], random(&mut rng, &[n, classes]).data().iter().map(|v| 3.0 * v).collect()).unwrap();
+        gradcheck(&format!("cross_entropy {n}x{classes}"), vec![logits], &|t, v| t.cross_entropy(v[0], &labels));
+    }
+}
+
+#[test]
+fn max_pool2d_routes_ties_to_the_first_maximum_and_propagates_nan() {
+    // Windows (row-major): [5, 5, 3, 5] → offset 0; [1, 7, 7, 7] → offset 1 (row 0, column 3); [NaN, 2, 1, 0] → NaN.
+    let x = vec![5.0, 5.0, 1.0, 7.0, f32::NAN, 2.0, 3.0, 5.0, 7.0, 7.0, 1.0, 0.0];
+    let (mut y, mut dx) = (vec![0.0; 3], vec![0.0; 12]);
+    let argmax = Cpu.max_pool2d_forward(1, 2, 6, &x, &mut y).unwrap();
+    assert_eq!((&y[..2], &argmax[..]), (&[5.0, 7.0][..], &[0.0, 1.0, 0.0][..]));
+    assert!(y[2].is_nan());
+    Cpu.max_pool2d_backward(1, 2, 6, &argmax, &vec![1.0, 2.0, 3.0], &mut dx).unwrap();
+    assert_eq!(dx, [1.0, 0.0, 0.0, 2.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
 }

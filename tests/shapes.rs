@@ -1,7 +1,7 @@
 //! Wrong shapes at the public API are `Err`s with a message, not panics.
 
 use ddpm::autograd::{ConvExtra, Tape};
-use ddpm::nn::{UNet, UNetConfig};
+use ddpm::nn::{Classifier, UNet, UNetConfig};
 use ddpm::params::Params;
 use ddpm::{Error, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
@@ -77,4 +77,24 @@ fn loading_a_state_dict_checks_names_and_shapes() {
     source.remove("in_conv.weight");
     let err = params.load_from(&source, "x.safetensors").unwrap_err().to_string();
     assert!(err.contains("missing tensor `in_conv.weight`"), "{err}");
+}
+
+#[test]
+fn classifier_ops_and_model_reject_wrong_shapes() {
+    let params = Params::new();
+    let mut t = Tape::new(&params);
+    let thin = t.input(Tensor::zeros(&[2, 3, 1, 5]));
+    shape_error(t.max_pool2d(thin), "no 2x2 window");
+    let flat = t.input(Tensor::zeros(&[6]));
+    shape_error(t.max_pool2d(flat), "4-d");
+    shape_error(t.flatten(flat), "at least 2 dimensions");
+    let z = t.input(Tensor::zeros(&[3, 10]));
+    shape_error(t.cross_entropy(z, &[1, 2]), "2 labels for 3 rows");
+    shape_error(t.cross_entropy(z, &[1, 2, 10]), "label 10 out of range 0..10");
+    shape_error(t.cross_entropy(thin, &[1, 2]), "2-d");
+    let mut params = Params::new();
+    let model = Classifier::new(&mut params, &mut StdRng::seed_from_u64(0));
+    let mut t = Tape::new(&params);
+    let x = t.input(Tensor::zeros(&[2, 1, 28, 28]));
+    shape_error(model.forward(&mut t, x), "expected images [n, 1, 32, 32]");
 }

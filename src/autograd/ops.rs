@@ -1,6 +1,6 @@
-//! The ops the UNet is made of. For each op: the [`Tape`] method that checks shapes and runs the forward kernel,
-//! and, right below it, the backward that turns `dL/d(output)` into gradients for the inputs that need one.
-//! Both call the tape's [`Backend`], so each op is written once for every device.
+//! The ops the UNet and the MNIST classifier are made of. For each op: the [`Tape`] method that checks shapes and
+//! runs the forward kernel, and, right below it, the backward that turns `dL/d(output)` into gradients for the
+//! inputs that need one. Both call the tape's [`Backend`], so each op is written once for every device.
 
 use super::{profile, Tape, Var};
 use crate::backend::{Backend, Cpu};
@@ -37,6 +37,15 @@ pub enum Op<B: Backend = Cpu> {
     Concat { a: Var, b: Var },
     /// `L = mean((pred - target)²)`.
     Mse { pred: Var, target: Var },
+    /// `y = max(x, 0)`.
+    Relu { x: Var },
+    /// 2x2 max pooling with stride 2. Saves the offset `2·dy + dx` of each window's maximum.
+    MaxPool2d { x: Var, argmax: B::Buf },
+    /// `y = x` viewed as `[n, rest]` (an image batch flattened for a linear layer).
+    Flatten { x: Var },
+    /// `L = -(1/n) Σ_i log_softmax(z_i)[y_i]`. Keeps the labels (class indices as f32) and each row's
+    /// log-sum-exp.
+    CrossEntropy { logits: Var, labels: B::Buf, lse: B::Buf },
 }
 
 /// Optional terms fused into a conv's output (see [`crate::cpu::conv::Epilogue`]).
@@ -64,6 +73,10 @@ impl<B: Backend> Op<B> {
             Op::Linear { .. } => "linear",
             Op::Concat { .. } => "concat",
             Op::Mse { .. } => "mse",
+            Op::Relu { .. } => "relu",
+            Op::MaxPool2d { .. } => "max_pool2d",
+            Op::Flatten { .. } => "flatten",
+            Op::CrossEntropy { .. } => "cross_entropy",
         }
     }
 
@@ -78,9 +91,10 @@ impl<B: Backend> Op<B> {
                 [Some(*x), Some(*w), *b].into_iter().flatten().collect()
             }
             Op::GroupNorm { x, gamma, beta, .. } => vec![*x, *gamma, *beta],
-            Op::Silu { x } => vec![*x],
+            Op::Silu { x } | Op::Relu { x } | Op::MaxPool2d { x, .. } | Op::Flatten { x } => vec![*x],
             Op::Concat { a, b } => vec![*a, *b],
             Op::Mse { pred, target } => vec![*pred, *target],
+            Op::CrossEntropy { logits, .. } => vec![*logits],
         }
     }
 
@@ -139,6 +153,26 @@ impl<B: Backend> Op<B> {
                     }
                 }
             }
+            Op::Relu { x } => {
+                let mut dx = Tensor::alloc(be, gout.shape())?;
+                be.relu_backward(tape.value(*x).buf(), gout.buf(), dx.buf_mut())?;
+                out.push((*x, dx));
+            }
+            Op::MaxPool2d { x, argmax } => {
+                let xv = tape.value(*x);
+                let (n, c, h, w) = xv.dims4("max_pool2d input")?;
+                let mut dx = Tensor::alloc(be, xv.shape())?;
+                be.max_pool2d_backward(n * c, h, w, argmax, gout.buf(), dx.buf_mut())?;
+                out.push((*x, dx));
+            }
+            Op::Flatten { x } => out.push((*x, gout.reshape(tape.value(*x).shape())?)),
+            Op::CrossEntropy { logits, labels, lse } => {
+                let zv = tape.value(*logits);
+                let (n, classes) = zv.dims2("cross_entropy logits")?;
+                let mut dz = Tensor::alloc(be, zv.shape())?;
+                be.cross_entropy_backward(zv.buf(), labels, lse, gout.to_vec()?[0], n, classes, dz.buf_mut())?;
+                out.push((*logits, dz));
+            }
         }
         out.retain(|(v, _)| need(*v));
         Ok(out)
@@ -162,6 +196,10 @@ impl<B: Backend> fmt::Display for Op<B> {
             Op::Linear { .. } => write!(f, "linear({})", list(self.inputs())),
             Op::Concat { .. } => write!(f, "concat({})", list(self.inputs())),
             Op::Mse { .. } => write!(f, "mse({})", list(self.inputs())),
+            Op::Relu { .. } => write!(f, "relu({})", list(self.inputs())),
+            Op::MaxPool2d { .. } => write!(f, "max_pool2d({}; k=2 s=2)", list(self.inputs())),
+            Op::Flatten { .. } => write!(f, "flatten({})", list(self.inputs())),
+            Op::CrossEntropy { .. } => write!(f, "cross_entropy({})", list(self.inputs())),
         }
     }
 }
@@ -352,4 +390,63 @@ fn linear_backward<B: Backend>(tape: &Tape<B>, x: Var, w: Var, b: Option<Var>, g
         out.push((b, Tensor::from_buf(be.clone(), &[fout], be.column_sums(gout.buf(), batch, fout)?)?));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// relu, max_pool2d, flatten, cross_entropy: the classifier's ops
+
+impl<B: Backend> Tape<'_, B> {
+    /// `y = max(x, 0)` elementwise.
+    pub fn relu(&mut self, x: Var) -> Result<Var> {
+        let started = profile::start();
+        let xv = self.value(x);
+        let mut y = Tensor::alloc(self.backend(), xv.shape())?;
+        self.backend().relu_forward(xv.buf(), y.buf_mut())?;
+        Ok(self.push(Op::Relu { x }, y, started))
+    }
+
+    /// 2x2 max pooling with stride 2 (PyTorch's `MaxPool2d(2)`): `[n, c, h, w]` → `[n, c, h/2, w/2]`, an odd last
+    /// row or column dropped; the gradient goes to each window's first maximum in row-major order.
+    pub fn max_pool2d(&mut self, x: Var) -> Result<Var> {
+        let started = profile::start();
+        let (n, c, h, w) = self.value(x).dims4("max_pool2d input")?;
+        if h < 2 || w < 2 {
+            return shape_err!("max_pool2d: a {h}x{w} input has no 2x2 window");
+        }
+        let mut y = Tensor::alloc(self.backend(), &[n, c, h / 2, w / 2])?;
+        let argmax = self.backend().max_pool2d_forward(n * c, h, w, self.value(x).buf(), y.buf_mut())?;
+        Ok(self.push(Op::MaxPool2d { x, argmax }, y, started))
+    }
+
+    /// `[n, d1, d2, ...]` → `[n, d1·d2·...]`, the same values in the same order (`torch.flatten(x, 1)`).
+    pub fn flatten(&mut self, x: Var) -> Result<Var> {
+        let started = profile::start();
+        let xv = self.value(x);
+        let Some((&n, rest)) = xv.shape().split_first().filter(|(_, rest)| !rest.is_empty()) else {
+            return shape_err!("flatten: expected at least 2 dimensions, got shape {:?}", xv.shape());
+        };
+        let rest = rest.iter().product();
+        // The tape owns every node's value, so the flattened one is a copy (one pass over the activations).
+        let y = xv.try_clone()?.reshape(&[n, rest])?;
+        Ok(self.push(Op::Flatten { x }, y, started))
+    }
+
+    /// The mean softmax cross-entropy `L = -(1/n) Σ_i log_softmax(z_i)[y_i]` of `logits: [n, classes]` against one
+    /// label in `0..classes` per row, a one-element tensor. Max-subtracted, so any finite logits are safe.
+    pub fn cross_entropy(&mut self, logits: Var, labels: &[usize]) -> Result<Var> {
+        let started = profile::start();
+        let (n, classes) = self.value(logits).dims2("cross_entropy logits")?;
+        if labels.len() != n {
+            return shape_err!("cross_entropy: {} labels for {n} rows of logits", labels.len());
+        }
+        // The kernels index each row with its label, so labels are checked here, on the host, where they are made.
+        if let Some(bad) = labels.iter().find(|&&y| y >= classes) {
+            return shape_err!("cross_entropy: label {bad} out of range 0..{classes}");
+        }
+        let be = self.backend().clone();
+        let labels = be.upload(labels.iter().map(|&y| y as f32).collect())?;
+        let (loss, lse) = be.cross_entropy(self.value(logits).buf(), &labels, n, classes)?;
+        let loss = Tensor::from_buf(be, &[1], loss)?;
+        Ok(self.push(Op::CrossEntropy { logits, labels, lse }, loss, started))
+    }
 }

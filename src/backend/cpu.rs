@@ -3,6 +3,7 @@
 //! unchanged to the bit.
 
 use super::Backend;
+use crate::cpu::classify;
 use crate::cpu::conv::{self, ConvGeom, ConvGrads, Epilogue};
 use crate::cpu::elementwise as ew;
 use crate::cpu::norm::{self, NormDims};
@@ -126,6 +127,32 @@ impl Backend for Cpu {
     }
     fn mse_backward(&self, p: &Vec<f32>, t: &Vec<f32>, gloss: f32, dp: &mut Vec<f32>) -> Result<()> {
         ew::mse_backward(p, t, gloss, dp);
+        Ok(())
+    }
+    fn relu_forward(&self, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        ew::relu_forward(x, y);
+        Ok(())
+    }
+    fn relu_backward(&self, x: &Vec<f32>, gy: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+        ew::relu_backward(x, gy, dx);
+        Ok(())
+    }
+    fn max_pool2d_forward(&self, planes: usize, h: usize, w: usize, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<Vec<f32>> {
+        let mut argmax = vec![0.0; planes * (h / 2) * (w / 2)];
+        classify::max_pool2d_forward(h, w, x, y, &mut argmax);
+        Ok(argmax)
+    }
+    fn max_pool2d_backward(&self, _planes: usize, h: usize, w: usize, argmax: &Vec<f32>, gy: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+        classify::max_pool2d_backward(h, w, argmax, gy, dx);
+        Ok(())
+    }
+    fn cross_entropy(&self, z: &Vec<f32>, labels: &Vec<f32>, n: usize, classes: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut lse = vec![0.0; n];
+        let loss = classify::cross_entropy(z, labels, classes, &mut lse);
+        Ok((vec![loss], lse))
+    }
+    fn cross_entropy_backward(&self, z: &Vec<f32>, labels: &Vec<f32>, lse: &Vec<f32>, gloss: f32, _n: usize, classes: usize, dz: &mut Vec<f32>) -> Result<()> {
+        classify::cross_entropy_backward(z, labels, lse, gloss, classes, dz);
         Ok(())
     }
 

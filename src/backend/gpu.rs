@@ -137,6 +137,28 @@ impl<E: Executor> Backend for Gpu<E> {
     fn mse_backward(&self, p: &E::Buf, t: &E::Buf, gloss: f32, dp: &mut E::Buf) -> Result<()> {
         ops::mse_backward(&*self.exec, p, t, gloss, p.len(), dp)
     }
+    fn relu_forward(&self, x: &E::Buf, y: &mut E::Buf) -> Result<()> {
+        ops::relu_forward(&*self.exec, x, y, x.len())
+    }
+    fn relu_backward(&self, x: &E::Buf, gy: &E::Buf, dx: &mut E::Buf) -> Result<()> {
+        ops::relu_backward(&*self.exec, x, gy, dx, x.len())
+    }
+    fn max_pool2d_forward(&self, planes: usize, h: usize, w: usize, x: &E::Buf, y: &mut E::Buf) -> Result<E::Buf> {
+        let argmax = self.exec.alloc(planes * (h / 2) * (w / 2))?;
+        ops::max_pool2d_forward(&*self.exec, planes, h, w, x, y, &argmax)?;
+        Ok(argmax)
+    }
+    fn max_pool2d_backward(&self, planes: usize, h: usize, w: usize, argmax: &E::Buf, gy: &E::Buf, dx: &mut E::Buf) -> Result<()> {
+        ops::max_pool2d_backward(&*self.exec, planes, h, w, argmax, gy, dx)
+    }
+    fn cross_entropy(&self, z: &E::Buf, labels: &E::Buf, n: usize, classes: usize) -> Result<(E::Buf, E::Buf)> {
+        let (loss, lse) = (self.exec.alloc(1)?, self.exec.alloc(n)?);
+        ops::cross_entropy(&*self.exec, z, labels, n, classes, &lse, &loss)?;
+        Ok((loss, lse))
+    }
+    fn cross_entropy_backward(&self, z: &E::Buf, labels: &E::Buf, lse: &E::Buf, gloss: f32, n: usize, classes: usize, dz: &mut E::Buf) -> Result<()> {
+        ops::cross_entropy_backward(&*self.exec, z, labels, lse, gloss, n, classes, dz)
+    }
 
     fn q_sample(&self, sched: &Schedule, x0: &E::Buf, t: &[usize], seed: u64, stream: u64) -> Result<(E::Buf, E::Buf)> {
         // The kernel indexes the schedule tables with t, so t is checked here, on the host, where it is made.

@@ -93,6 +93,20 @@ pub trait Backend: Clone + fmt::Debug + Send + Sync + 'static {
     fn mse(&self, p: &Self::Buf, t: &Self::Buf) -> Result<Self::Buf>;
     /// `dp = (2/N)·(p - t)·gloss`.
     fn mse_backward(&self, p: &Self::Buf, t: &Self::Buf, gloss: f32, dp: &mut Self::Buf) -> Result<()>;
+    /// `y = max(x, 0)`.
+    fn relu_forward(&self, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    /// `dx = gy·[x > 0]`.
+    fn relu_backward(&self, x: &Self::Buf, gy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
+    /// 2x2 max pooling, stride 2, of `planes` planes of `h×w` into `y: [planes, h/2, w/2]`; returns the offset
+    /// `2·dy + dx` of each window's maximum, as f32 (`cpu::classify::max_pool2d_forward`).
+    fn max_pool2d_forward(&self, planes: usize, h: usize, w: usize, x: &Self::Buf, y: &mut Self::Buf) -> Result<Self::Buf>;
+    /// `dx = gy` at each window's saved maximum, 0 elsewhere.
+    fn max_pool2d_backward(&self, planes: usize, h: usize, w: usize, argmax: &Self::Buf, gy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
+    /// `L = (1/n)·Σ_i (lse_i - z_i[y_i])` for `z: [n, classes]` and `labels` (`n` class indices as f32); returns
+    /// `(L, lse)`, a one-word buffer and the `[n]` row log-sum-exps for the backward.
+    fn cross_entropy(&self, z: &Self::Buf, labels: &Self::Buf, n: usize, classes: usize) -> Result<(Self::Buf, Self::Buf)>;
+    /// `dz = (softmax(z) - onehot(y))·gloss/n`.
+    fn cross_entropy_backward(&self, z: &Self::Buf, labels: &Self::Buf, lse: &Self::Buf, gloss: f32, n: usize, classes: usize, dz: &mut Self::Buf) -> Result<()>;
 
     // ---- training and sampling ---------------------------------------------------------------------------------
 

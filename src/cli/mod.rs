@@ -1,6 +1,7 @@
 //! Argument parsing and the subcommands.
 
 mod bench;
+mod classifier;
 mod info;
 mod sample;
 mod train;
@@ -29,6 +30,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Time a training step or a sampler step on synthetic data; prints one JSON line.
     Bench(bench::BenchArgs),
+    /// Train the MNIST classifier whose features score samples; prints the test accuracy, writes the weights.
+    TrainClassifier(classifier::TrainClassifierArgs),
     /// Report the CUDA devices, driver and NVRTC versions and the compiled kernels, or why CUDA is not used.
     Info,
 }
@@ -104,6 +107,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::TrainClassifier(a) => classifier::run(a),
         Command::Info => info::run(),
     }
 }

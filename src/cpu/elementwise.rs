@@ -1,4 +1,4 @@
-//! Small kernels: SiLU, linear layers, channel concat, mean-squared error.
+//! Small kernels: SiLU, ReLU, linear layers, channel concat, mean-squared error.
 
 use super::gemm::{sgemm, Mat};
 use rayon::prelude::*;
@@ -41,6 +41,16 @@ pub fn silu_forward(x: &[f32], y: &mut [f32]) {
 /// `dx = dy·silu'(x)` elementwise.
 pub fn silu_backward(x: &[f32], gy: &[f32], dx: &mut [f32]) {
     dx.par_iter_mut().zip(x.par_iter().zip(gy.par_iter())).for_each(|(o, (&v, &g))| *o = g * silu_grad(v));
+}
+
+/// `y = max(x, 0)` elementwise (a NaN stays NaN, as in `torch.relu`).
+pub fn relu_forward(x: &[f32], y: &mut [f32]) {
+    y.par_iter_mut().zip(x.par_iter()).for_each(|(o, &v)| *o = if v < 0.0 { 0.0 } else { v });
+}
+
+/// `dx = dy·[x > 0]` elementwise (the subgradient 0 at x = 0, as PyTorch takes it).
+pub fn relu_backward(x: &[f32], gy: &[f32], dx: &mut [f32]) {
+    dx.par_iter_mut().zip(x.par_iter().zip(gy.par_iter())).for_each(|(o, (&v, &g))| *o = if v > 0.0 { g } else { 0.0 });
 }
 
 /// Linear layer `y[b, o] = Σ_i x[b, i]·W[o, i] + bias[o]` (PyTorch's `x Wᵀ + b`).

@@ -4,6 +4,7 @@
 //! and calls them. Convolutions are per-image im2col + one cache-sized GEMM, the batch split across threads in a
 //! fixed number of chunks so that results never depend on the thread count.
 
+pub mod classify;
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;

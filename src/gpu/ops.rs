@@ -318,6 +318,78 @@ pub fn silu_backward<E: Executor>(e: &E, x: &E::Buf, gy: &E::Buf, dx: &E::Buf, n
     run(e, Kernel::SiluBwd, elementwise(n), &[Arg::Buf(x), Arg::Buf(gy), Arg::Buf(dx), Arg::I64(n as i64)])
 }
 
+/// `y = max(x, 0)` over the first `n` words.
+pub fn relu_forward<E: Executor>(e: &E, x: &E::Buf, y: &E::Buf, n: usize) -> Result<()> {
+    need("relu x", x, n)?;
+    need("relu y", y, n)?;
+    run(e, Kernel::ReluFwd, elementwise(n), &[Arg::Buf(x), Arg::Buf(y), Arg::I64(n as i64)])
+}
+
+/// `dx = gy·[x > 0]` over the first `n` words.
+pub fn relu_backward<E: Executor>(e: &E, x: &E::Buf, gy: &E::Buf, dx: &E::Buf, n: usize) -> Result<()> {
+    need("relu x", x, n)?;
+    need("relu gy", gy, n)?;
+    need("relu dx", dx, n)?;
+    run(e, Kernel::ReluBwd, elementwise(n), &[Arg::Buf(x), Arg::Buf(gy), Arg::Buf(dx), Arg::I64(n as i64)])
+}
+
+/// 2x2 max pooling, stride 2, of `planes` planes of `h×w` (`cpu::classify::max_pool2d_forward`):
+/// `y, argmax: [planes, h/2, w/2]`, `argmax` the offset `2·dy + dx` of each window's first maximum.
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool2d_forward<E: Executor>(e: &E, planes: usize, h: usize, w: usize, x: &E::Buf, y: &E::Buf, argmax: &E::Buf) -> Result<()> {
+    let out = planes * (h / 2) * (w / 2);
+    need("max_pool2d x", x, planes * h * w)?;
+    need("max_pool2d y", y, out)?;
+    need("max_pool2d argmax", argmax, out)?;
+    run(e, Kernel::MaxPool2dFwd, elementwise(out), &[
+        Arg::Buf(x), Arg::Buf(y), Arg::Buf(argmax), Arg::I32(int(planes)?), Arg::I32(int(h)?), Arg::I32(int(w)?),
+    ])
+}
+
+/// The backward of [`max_pool2d_forward`]: `dx = gy` at each window's saved maximum, 0 elsewhere (one thread per
+/// input pixel, so no two write one address).
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool2d_backward<E: Executor>(e: &E, planes: usize, h: usize, w: usize, argmax: &E::Buf, gy: &E::Buf, dx: &E::Buf) -> Result<()> {
+    let out = planes * (h / 2) * (w / 2);
+    need("max_pool2d argmax", argmax, out)?;
+    need("max_pool2d gy", gy, out)?;
+    need("max_pool2d dx", dx, planes * h * w)?;
+    run(e, Kernel::MaxPool2dBwd, elementwise(planes * h * w), &[
+        Arg::Buf(argmax), Arg::Buf(gy), Arg::Buf(dx), Arg::I32(int(planes)?), Arg::I32(int(h)?), Arg::I32(int(w)?),
+    ])
+}
+
+/// Cross-entropy of `z: [n, classes]` against `labels` (`n` class indices as f32, checked on the host where they
+/// are made): `lse[i]` the row log-sum-exps, `out[0] = (1/n)·Σ_i (lse_i - z_i[y_i])`, the row losses added by
+/// one block in a fixed order (`cpu::classify::cross_entropy`).
+#[allow(clippy::too_many_arguments)]
+pub fn cross_entropy<E: Executor>(e: &E, z: &E::Buf, labels: &E::Buf, n: usize, classes: usize, lse: &E::Buf, out: &E::Buf) -> Result<()> {
+    check_cross_entropy(z, labels, lse, n, classes)?;
+    need("cross_entropy out", out, 1)?;
+    let rows = e.alloc(n)?;
+    run(e, Kernel::CrossEntropyRows, elementwise(n), &[
+        Arg::Buf(z), Arg::Buf(labels), Arg::Buf(lse), Arg::Buf(&rows), Arg::I32(int(n)?), Arg::I32(int(classes)?),
+    ])?;
+    finish_sum(e, &rows, n, out, 0, n as f32, 0.0)
+}
+
+/// `dz = (e^{z - lse_i} - onehot(y))·gloss/n` (`cpu::classify::cross_entropy_backward`).
+#[allow(clippy::too_many_arguments)]
+pub fn cross_entropy_backward<E: Executor>(e: &E, z: &E::Buf, labels: &E::Buf, lse: &E::Buf, gloss: f32, n: usize, classes: usize, dz: &E::Buf) -> Result<()> {
+    check_cross_entropy(z, labels, lse, n, classes)?;
+    need("cross_entropy dz", dz, n * classes)?;
+    let scale = gloss / n as f32;
+    run(e, Kernel::CrossEntropyBwd, elementwise(n * classes), &[
+        Arg::Buf(z), Arg::Buf(labels), Arg::Buf(lse), Arg::Buf(dz), Arg::F32(scale), Arg::I32(int(n)?), Arg::I32(int(classes)?),
+    ])
+}
+
+fn check_cross_entropy<B: DeviceBuf>(z: &B, labels: &B, lse: &B, n: usize, classes: usize) -> Result<()> {
+    need("cross_entropy z", z, n * classes)?;
+    need("cross_entropy labels", labels, n)?;
+    need("cross_entropy lse", lse, n)
+}
+
 /// Linear layer `y[b, o] = Σ_i x[b, i]·W[o, i] + bias[o]` (`x Wᵀ + b`), `x: [batch, fin]`, `w: [fout, fin]`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_forward<E: Executor>(e: &E, x: &E::Buf, w: &E::Buf, bias: Option<&E::Buf>, batch: usize, fin: usize, fout: usize, y: &E::Buf) -> Result<()> {

@@ -1,7 +1,10 @@
-//! Layers with parameters, named and initialised as PyTorch names and initialises them, and the seed's UNet.
+//! Layers with parameters, named and initialised as PyTorch names and initialises them, the seed's UNet, and the
+//! MNIST classifier that scores its samples.
 
+mod classifier;
 mod layers;
 mod unet;
 
+pub use classifier::{Classifier, Embedding, CLASSES, DEFAULT_WEIGHTS, FEATURE_DIM};
 pub use layers::{Conv2d, ConvTranspose2d, GroupNorm, Linear, TimeEmbedding};
 pub use unet::{ResBlock, UNet, UNetConfig, UNetDenoiser};

@@ -10,12 +10,16 @@ use ddpm::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
 use std::path::PathBuf;
 
-/// The golden file `tests/golden/{name}`, under `$CARGO_MANIFEST_DIR` when set at run time (cargo sets it; so
-/// does scripts/gpu-check.sh for test binaries built on another machine), else under the crate this was built in.
-pub fn golden(name: &str) -> TensorFile {
+/// `rel` under the repository: under `$CARGO_MANIFEST_DIR` when set at run time (cargo sets it; so does
+/// scripts/gpu-check.sh for test binaries built on another machine), else under the crate this was built in.
+pub fn repo_path(rel: &str) -> PathBuf {
     let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
-    let path = PathBuf::from(root).join("tests/golden").join(name);
-    read_tensors(&path).unwrap_or_else(|e| panic!("{e}"))
+    PathBuf::from(root).join(rel)
+}
+
+/// The golden file `tests/golden/{name}`.
+pub fn golden(name: &str) -> TensorFile {
+    read_tensors(&repo_path("tests/golden").join(name)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The golden model: `UNet(in_ch=1, base=16, t_dim=32)` with the weights of `weights.safetensors`.

@@ -47,6 +47,19 @@ impl Tensor<Cpu> {
         self.buf
     }
 
+    /// A copy of the first `k` items along the first axis (all of them when there are fewer), e.g. the first `k`
+    /// images of a batch.
+    pub fn head(&self, k: usize) -> Result<Self> {
+        let Some((&n, rest)) = self.shape.split_first() else {
+            return crate::shape_err!("head: a tensor without axes has no items");
+        };
+        let k = k.min(n);
+        let per_item = rest.iter().product::<usize>();
+        let mut shape = self.shape.clone();
+        shape[0] = k;
+        Tensor::new(&shape, self.buf[..k * per_item].to_vec())
+    }
+
     /// Elementwise `self += other` (same shape).
     pub fn add_assign(&mut self, other: &Tensor) {
         debug_assert_eq!(self.shape, other.shape);

@@ -34,9 +34,14 @@ fn fails_with(out: &Output, needle: &str) {
 fn train_resume_and_sample_tiny_run() {
     let dir = scratch("run");
     let out = dir.join("run");
-    let base = ["train", "--device", "cpu", "--base", "8", "--t-dim", "4", "--batch", "8", "--timesteps", "50", "--sample-n", "4", "--out", s(&out)];
+    let base = ["train", "--device", "cpu", "--base", "8", "--t-dim", "4", "--batch", "8", "--timesteps", "50", "--sample-n", "4", "--eval-n", "16", "--out", s(&out)];
     let r = ddpm(&[&base[..], &["--max-steps", "3"]].concat());
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // FID is measured at the end of training (and of each epoch) and logged in the last column.
+    let log = std::fs::read_to_string(out.join("log.csv")).unwrap();
+    assert!(log.starts_with("step,epoch,loss,grad_norm,lr,fid\n"), "{log}");
+    let fid: f64 = log.lines().last().unwrap().rsplit(',').next().unwrap().parse().expect("a FID on the last step's row");
+    assert!(fid.is_finite() && fid > 0.0, "{log}");
     for f in ["checkpoint.safetensors", "log.csv", "samples_ddim.png", "samples_ddpm.png", "loss_curve.png"] {
         assert!(out.join(f).exists(), "{f} missing");
     }

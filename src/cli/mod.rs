@@ -2,6 +2,7 @@
 
 mod bench;
 mod classifier;
+mod eval;
 mod info;
 mod sample;
 mod train;
@@ -28,6 +29,11 @@ enum Command {
     Train(train::TrainArgs),
     /// Sample images from a checkpoint (ours, or a PyTorch state dict saved as safetensors).
     Sample(sample::SampleArgs),
+    /// Score samples (a file, or drawn from a checkpoint) with FID and class statistics from the MNIST classifier.
+    Eval(eval::EvalArgs),
+    /// Score one checkpoint with the seed's samplers (DDPM-1000, DDIM-100/50/20/10, DDIM-50 with η = 1) into a
+    /// Markdown table with sample grids.
+    SamplerTable(eval::TableArgs),
     /// Time a training step or a sampler step on synthetic data; prints one JSON line.
     Bench(bench::BenchArgs),
     /// Train the MNIST classifier whose features score samples; prints the test accuracy, writes the weights.
@@ -67,13 +73,14 @@ impl Device {
 /// generic function, instantiated once per backend.
 macro_rules! on_backend {
     ($device:expr, |$b:ident| $body:expr) => {
-        match $device {
+        // Matching on a reference works for a `Device` and a `&Device` alike, and binds the GPU by reference.
+        match &$device {
             $crate::cli::Device::Cpu => {
                 let $b = &ddpm::backend::Cpu;
                 $body
             }
             $crate::cli::Device::Cuda(gpu) => {
-                let $b = &gpu;
+                let $b = gpu;
                 $body
             }
         }
@@ -106,6 +113,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::SamplerTable(a) => eval::run_table(a),
         Command::Bench(a) => bench::run(a),
         Command::TrainClassifier(a) => classifier::run(a),
         Command::Info => info::run(),
@@ -121,4 +130,14 @@ fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     .expect("valid template");
     bar.set_style(style);
     bar
+}
+
+/// Prints `msg` as its own line above `bar`, or on stderr when the bar is hidden (stderr is not a terminal, as in a
+/// logged run), so that a run's milestones are visible either way.
+fn say(bar: &indicatif::ProgressBar, msg: impl AsRef<str>) {
+    if bar.is_hidden() {
+        eprintln!("{}", msg.as_ref());
+    } else {
+        bar.println(msg.as_ref());
+    }
 }

@@ -1,6 +1,6 @@
 //! `ddpm sample`: load weights, run DDPM or DDIM, write a PNG grid or a safetensors tensor.
 
-use super::{on_backend, progress_bar, resolve_device, DeviceArg};
+use super::{on_backend, progress_bar, resolve_device, Device, DeviceArg};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use ddpm::backend::Backend;
@@ -20,29 +20,46 @@ pub enum SamplerArg {
     Ddim,
 }
 
+/// How to sample: the flags `ddpm sample`, `ddpm eval` and `ddpm sampler-table` share.
+#[derive(Args, Debug, Clone)]
+pub struct SamplerArgs {
+    /// The reverse process.
+    #[arg(long, value_enum, default_value = "ddim")]
+    pub sampler: SamplerArg,
+    /// DDIM: number of network evaluations (1..=T); the grid is the seed's make_ddim_timesteps.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// DDIM: noise scale η (0 = deterministic, 1 = DDPM-like on the sub-grid); must be >= 0.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub eta: f32,
+    /// Seed of the initial noise and of the per-step noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use the live weights instead of the EMA weights (checkpoints of ours only).
+    #[arg(long)]
+    pub no_ema: bool,
+}
+
+impl SamplerArgs {
+    /// The sampler these flags describe.
+    pub fn kind(&self) -> SamplerKind {
+        match self.sampler {
+            SamplerArg::Ddpm => SamplerKind::Ddpm,
+            SamplerArg::Ddim => SamplerKind::Ddim { steps: self.steps, eta: self.eta },
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct SampleArgs {
     /// A checkpoint written by `ddpm train`, or a PyTorch state dict of the seed's UNet saved as safetensors.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// The reverse process.
-    #[arg(long, value_enum, default_value = "ddim")]
-    sampler: SamplerArg,
-    /// DDIM: number of network evaluations (1..=T); the grid is the seed's make_ddim_timesteps.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    /// DDIM: noise scale η (0 = deterministic, 1 = DDPM-like on the sub-grid); must be >= 0.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    eta: f32,
+    #[command(flatten)]
+    sampling: SamplerArgs,
     /// Number of images (defaults to 64, or to the count in --noise).
     #[arg(long)]
     n: Option<usize>,
-    /// Seed of the initial noise and of the per-step noise.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Use the live weights instead of the EMA weights (checkpoints of ours only).
-    #[arg(long)]
-    no_ema: bool,
     /// A safetensors file with a tensor `noise` [n,1,32,32] used as x_T, to reproduce a run across implementations.
     #[arg(long)]
     noise: Option<PathBuf>,
@@ -85,19 +102,31 @@ fn sample_on<B: Backend>(backend: &B, m: &SamplingModel, sched: &Schedule, kind:
     Ok(sample(&mut den, sched, kind, x_t.into_backend(backend)?, seed, progress)?)
 }
 
+/// Samples from `m` with `kind` starting at the host noise `x_t`, on `device`, with a progress bar. Returns the
+/// images and the number of network calls.
+pub fn generate(device: &Device, m: &SamplingModel, kind: SamplerKind, x_t: Tensor, seed: u64) -> Result<(Tensor, usize)> {
+    let sched = Schedule::linear(m.timesteps, 1e-4, 2e-2)?;
+    kind.validate(sched.t).context("bad sampler settings")?;
+    let calls = match kind {
+        SamplerKind::Ddpm => sched.t,
+        SamplerKind::Ddim { steps, .. } => ddpm::diffusion::ddim_timesteps(sched.t, steps).len(),
+    };
+    let bar = progress_bar(calls as u64, "sample");
+    let mut progress = |done: usize, _| bar.set_position(done as u64);
+    let images = on_backend!(device, |b| sample_on(b, m, &sched, kind, x_t, seed, &mut progress))?;
+    bar.finish_and_clear();
+    Ok((images, calls))
+}
+
 pub fn run(a: SampleArgs) -> Result<()> {
     let device = resolve_device(a.device)?;
-    let kind = match a.sampler {
-        SamplerArg::Ddpm => SamplerKind::Ddpm,
-        SamplerArg::Ddim => SamplerKind::Ddim { steps: a.steps, eta: a.eta },
-    };
+    let kind = a.sampling.kind();
     if a.n == Some(0) {
         bail!("--n must be at least 1");
     }
     let out = out_kind(&a.out)?;
-    let m = load_for_sampling(&a.checkpoint, !a.no_ema)?;
-    let sched = Schedule::linear(m.timesteps, 1e-4, 2e-2)?;
-    kind.validate(sched.t).context("bad sampler settings")?;
+    let m = load_for_sampling(&a.checkpoint, !a.sampling.no_ema)?;
+    kind.validate(m.timesteps).context("bad sampler settings")?;
     let in_ch = m.model.config.in_ch;
     let x_t = match &a.noise {
         Some(p) => {
@@ -107,19 +136,12 @@ pub fn run(a: SampleArgs) -> Result<()> {
             }
             noise
         }
-        None => initial_noise(a.seed, a.n.unwrap_or(64), in_ch, 32, 32),
+        None => initial_noise(a.sampling.seed, a.n.unwrap_or(64), in_ch, 32, 32),
     };
     let n = x_t.shape()[0];
     eprintln!("sampling {n} images with {kind:?} on the {} from {} ({})", device.name(), a.checkpoint.display(), m.description);
-    let calls = match kind {
-        SamplerKind::Ddpm => sched.t,
-        SamplerKind::Ddim { steps, .. } => ddpm::diffusion::ddim_timesteps(sched.t, steps).len(),
-    };
-    let bar = progress_bar(calls as u64, "sample");
     let start = std::time::Instant::now();
-    let mut progress = |done: usize, _| bar.set_position(done as u64);
-    let images = on_backend!(device, |b| sample_on(b, &m, &sched, kind, x_t, a.seed, &mut progress))?;
-    bar.finish_and_clear();
+    let (images, calls) = generate(&device, &m, kind, x_t, a.sampling.seed)?;
     match out {
         OutKind::Png => save_grid_png(&a.out, &images, 8)?,
         OutKind::Safetensors => write_tensors(&a.out, &[("samples".to_string(), &images)], None)?,

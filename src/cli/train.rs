@@ -1,13 +1,15 @@
 //! `ddpm train`: the seed's training loop with a progress bar, a CSV log, a checkpoint and a DDIM-50 sample grid
 //! every epoch, and at the end DDPM and DDIM sample grids and a loss curve.
 
-use super::{on_backend, progress_bar, resolve_device, DeviceArg};
+use super::{on_backend, progress_bar, resolve_device, say, DeviceArg};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use ddpm::backend::{Backend, Cpu};
 use ddpm::checkpoint::{self, load_train_state};
 use ddpm::data::{load_dataset, Split};
 use ddpm::diffusion::{initial_noise, sample, Denoiser, SamplerKind, Schedule};
+use ddpm::eval::Evaluator;
+use ddpm::nn::DEFAULT_WEIGHTS;
 use ddpm::image::{save_curve_png, save_grid_png};
 use ddpm::nn::UNetDenoiser;
 use ddpm::train::{Batcher, RunConfig, TrainState};
@@ -72,6 +74,13 @@ pub struct TrainArgs {
     /// Images in each sample grid.
     #[arg(long, default_value_t = 64)]
     sample_n: usize,
+    /// At the end of each epoch and of training, FID of this many DDIM-50 samples from the EMA weights against as
+    /// many real test images, logged in log.csv (column `fid`); 0 turns it off. Costs n/64 times a grid.
+    #[arg(long, default_value_t = 500)]
+    eval_n: usize,
+    /// The MNIST classifier FID is measured with (see `ddpm eval`).
+    #[arg(long, default_value = DEFAULT_WEIGHTS)]
+    classifier: PathBuf,
 }
 
 impl TrainArgs {
@@ -122,7 +131,7 @@ fn open_log(path: &Path, resuming: bool) -> Result<std::fs::File> {
     let fresh = !resuming || !path.exists();
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     if fresh {
-        writeln!(f, "step,epoch,loss,grad_norm,lr")?;
+        writeln!(f, "step,epoch,loss,grad_norm,lr,fid")?;
     }
     Ok(f)
 }
@@ -200,20 +209,45 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
         Ok(save_grid_png(&out.join(name), &images, 8)?)
     };
     let ddim50 = SamplerKind::Ddim { steps: 50.min(c.timesteps), eta: 0.0 };
+    let evaluator = match a.eval_n {
+        0 => None,
+        n => Some(Evaluator::load(backend, &a.classifier, &a.data, n).context("FID during training (--eval-n 0 turns it off)")?),
+    };
+    let started = std::time::Instant::now();
+    let (mut epoch_loss, mut epoch_steps) = (0.0f64, 0u64);
     while state.step < total {
         let x0 = batcher.batch(&data.images, state.step);
         let epoch = state.epoch(n_images);
         let stats = state.train_step(&sched, &x0)?;
-        writeln!(log, "{},{},{},{},{}", state.step, epoch, stats.loss, stats.grad_norm, c.lr)?;
-        bar.set_position(state.step);
-        bar.set_message(format!("epoch {epoch} loss {:.4}", stats.loss));
         let epoch_done = state.step % batcher.steps_per_epoch() == 0;
+        epoch_loss += stats.loss as f64;
+        epoch_steps += 1;
+        if epoch_done || state.step == total {
+            let (secs, mean) = (started.elapsed().as_secs(), epoch_loss / epoch_steps as f64);
+            say(&bar, format!("epoch {epoch}: step {}/{total}, mean loss {mean:.4} over {epoch_steps} steps, {}m{:02}s", state.step, secs / 60, secs % 60));
+            (epoch_loss, epoch_steps) = (0.0, 0);
+        }
+        let mut fid = String::new();
         if epoch_done || state.step == total {
             checkpoint::save(&state.to_backend(&Cpu)?, &ckpt)?;
-            if epoch_done {
-                bar.suspend(|| grid(&state, ddim50, &format!("samples_epoch{epoch:03}.png")))?;
+            // One DDIM-50 batch serves the epoch's grid (its first images) and the FID (all of them): image k of
+            // the initial noise does not depend on how many are drawn.
+            let n = a.sample_n.max(a.eval_n);
+            if epoch_done || evaluator.is_some() {
+                let images = bar.suspend(|| sample_ema(&state, &sched, ddim50, n))?;
+                if epoch_done {
+                    save_grid_png(&out.join(format!("samples_epoch{epoch:03}.png")), &images.head(a.sample_n)?, 8)?;
+                }
+                if let Some(ev) = &evaluator {
+                    let q = ev.score(&images.head(ev.n())?)?;
+                    say(&bar, format!("step {}: FID {:.2} at n = {} (real-vs-real floor {:.2})", state.step, q.fid, q.n, q.fid_floor));
+                    fid = format!("{:.4}", q.fid);
+                }
             }
         }
+        writeln!(log, "{},{},{},{},{},{fid}", state.step, epoch, stats.loss, stats.grad_norm, c.lr)?;
+        bar.set_position(state.step);
+        bar.set_message(format!("epoch {epoch} loss {:.4}", stats.loss));
     }
     bar.finish();
     log.flush()?;

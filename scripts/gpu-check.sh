@@ -11,8 +11,8 @@
 # folder with its sample grids is copied there too), else to runs/gpu-check/.
 #
 # Steps: ddpm info; the kernel tests (tests/gpu_kernels.rs) and the model tests (tests/emu_model.rs) on the device
-# (their `--ignored` CUDA variants); one epoch of the seed's recipe; DDPM and DDIM-50 sampling from its
-# checkpoint; `ddpm bench` train-step and sampler-step times. A failing step is reported and the others still
+# (their `--ignored` CUDA variants) and the classifier's; one epoch of the seed's recipe (with its FID at the end);
+# DDPM and DDIM-50 sampling from its checkpoint; `ddpm eval` of DDIM-50 at n = 1000; `ddpm bench` train-step and sampler-step times. A failing step is reported and the others still
 # run; the exit status is non-zero if any failed.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -23,9 +23,9 @@ if [ "${1:-}" = "--prepare" ]; then
   set -e
   cargo build --release
   # `cargo test --no-run` prints "Executable tests/NAME.rs (target/release/deps/NAME-hash)" for each test binary.
-  listing=$(cargo test --release --no-run --test gpu_kernels --test emu_model 2>&1)
+  listing=$(cargo test --release --no-run --test gpu_kernels --test emu_model --test classifier 2>&1)
   mkdir -p "$bin_dir"
-  for t in gpu_kernels emu_model; do
+  for t in gpu_kernels emu_model classifier; do
     path=$(echo "$listing" | sed -n "s|.*Executable tests/$t.rs (\(.*\))|\1|p")
     [ -n "$path" ] || { echo "no test binary for $t in:"; echo "$listing"; exit 1; } >&2
     cp "$path" "$bin_dir/$t"
@@ -39,7 +39,7 @@ if [ "${1:-}" = "--prepare" ]; then
   exit 0
 fi
 
-for f in ddpm gpu_kernels emu_model COMMIT; do
+for f in ddpm gpu_kernels emu_model classifier COMMIT; do
   [ -e "$bin_dir/$f" ] || { echo "missing $bin_dir/$f: run scripts/gpu-check.sh --prepare on the build machine first" >&2; exit 2; }
 done
 out="${OUT:-$root/runs/gpu-check}"
@@ -74,15 +74,17 @@ if ! "$bin_dir/ddpm" info 2>/dev/null | grep -q "^--device auto uses CUDA"; then
 fi
 step "kernel tests on CUDA" 120 "$bin_dir/gpu_kernels" --ignored
 step "model tests on CUDA" 120 "$bin_dir/emu_model" --ignored --nocapture
+step "classifier tests on CUDA" 60 "$bin_dir/classifier" --ignored
 step "train: one epoch of the seed recipe" 300 "$bin_dir/ddpm" train --device cuda --recipe seed --epochs 1 --out "$run"
 ckpt="$run/checkpoint.safetensors"
 step "sample DDIM-50" 60 "$bin_dir/ddpm" sample --device cuda --checkpoint "$ckpt" --sampler ddim --steps 50 --out "$run/sample_ddim50.png"
 step "sample DDPM-1000" 120 "$bin_dir/ddpm" sample --device cuda --checkpoint "$ckpt" --sampler ddpm --out "$run/sample_ddpm.png"
+step "eval DDIM-50 at n = 1000" 120 "$bin_dir/ddpm" eval --device cuda --checkpoint "$ckpt" --n 1000
 step "bench train step (seed model, batch 128)" 120 "$bin_dir/ddpm" bench --device cuda --what train --batch 128 --iters 10
 step "bench sampler step (seed model, 64 images)" 60 "$bin_dir/ddpm" bench --device cuda --what sample --batch 64 --iters 20
 if [ -f "$run/log.csv" ]; then
   echo
-  echo "=== training log: first and last steps (step,epoch,loss,grad_norm,lr)"
+  echo "=== training log: first and last steps (step,epoch,loss,grad_norm,lr,fid)"
   sed -n '2,4p' "$run/log.csv"
   echo "..."
   tail -n 3 "$run/log.csv"

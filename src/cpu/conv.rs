@@ -9,6 +9,7 @@ use super::gemm::{sgemm, sgemm_into_transposed, Mat};
 use super::{batch_chunks, BATCH_CHUNKS};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::ops::Range;
 
 /// The geometry of one conv between an image `[c, h, w]` and its output grid `[oh, ow]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,19 +59,26 @@ impl ConvGeom {
 
 /// `col[(c·k + ky)·k + kx, oy·ow + ox] = x[c, oy·s - p + ky, ox·s - p + kx]` (zero outside the image).
 pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+    im2col_rows(g, x, 0..g.oh, col);
+}
+
+/// [`im2col`] for the output rows `rows` only: the `[c·k·k, rows.len()·ow]` matrix of those rows' columns.
+pub fn im2col_rows(g: &ConvGeom, x: &[f32], rows: Range<usize>, col: &mut [f32]) {
     let (k, s, p) = (g.k, g.stride, g.pad);
-    let plane = g.oh * g.ow;
+    let band = rows.len() * g.ow;
     for c in 0..g.c {
         let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..k {
             let (oy0, oy1) = g.valid_range(ky, g.h, g.oh);
+            // the band's rows that read inside the image, relative to the band
+            let (oy0, oy1) = (oy0.clamp(rows.start, rows.end) - rows.start, oy1.clamp(rows.start, rows.end) - rows.start);
             for kx in 0..k {
-                let row = &mut col[((c * k + ky) * k + kx) * plane..][..plane];
+                let row = &mut col[((c * k + ky) * k + kx) * band..][..band];
                 let (ox0, ox1) = g.valid_range(kx, g.w, g.ow);
                 row[..oy0 * g.ow].fill(0.0);
                 row[oy1 * g.ow..].fill(0.0);
                 for oy in oy0..oy1 {
-                    let iy = oy * s + ky - p;
+                    let iy = (rows.start + oy) * s + ky - p;
                     let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
                     dst[..ox0].fill(0.0);
                     dst[ox1..].fill(0.0);
@@ -138,6 +146,12 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+/// Output pixels per band of the conv forward's column matrix. A 32x32 image's whole column matrix (2.4–4.7 MB)
+/// outgrows the L2 cache between `im2col` writing it and the GEMM reading it; in bands of 256 pixels
+/// (0.6–1.2 MB) the 32x32 layers ran ~10% faster on an AVX2 EPYC (512 KiB L2), and 16x16 and smaller images are
+/// still one band.
+const BAND_PIXELS: usize = 256;
+
 /// GEMM threads for per-image work: the whole machine when there is one image, else 1 (images in parallel).
 fn inner_threads(n: usize) -> usize {
     if n == 1 {
@@ -157,7 +171,7 @@ pub struct Epilogue<'a> {
 }
 
 /// Conv2d forward: `out[n] = W · im2col(x[n]) + epilogue`, `x: [n, g.c, g.h, g.w]`, `w: [co, g.c, k, k]`,
-/// `out: [n, co, g.oh, g.ow]`.
+/// `out: [n, co, g.oh, g.ow]`, one band of [`BAND_PIXELS`] output pixels at a time.
 pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, epi: Epilogue, out: &mut [f32]) {
     let (kk, plane, in_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
     let threads = inner_threads(n);
@@ -170,11 +184,16 @@ pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, e
         // out_iᵀ[P, co] = colᵀ[P, K] · Wᵀ[K, co], written transposed, i.e. as out_i[co, P] (see
         // `sgemm_into_transposed` for why this orientation).
         if g.is_pointwise() {
-            sgemm_into_transposed(plane, co, kk, Mat::t(x_i), Mat::t(w), out_i, acc, threads);
+            sgemm_into_transposed(plane, co, kk, Mat::t(x_i), Mat::t(w), out_i, plane, acc, threads);
         } else {
-            with_scratch(kk * plane, |col| {
-                im2col(g, x_i, col);
-                sgemm_into_transposed(plane, co, kk, Mat::t(col), Mat::t(w), out_i, acc, threads);
+            let band_rows = (BAND_PIXELS / g.ow).clamp(1, g.oh);
+            with_scratch(kk * band_rows * g.ow, |col| {
+                for r0 in (0..g.oh).step_by(band_rows) {
+                    let rows = r0..(r0 + band_rows).min(g.oh);
+                    let band = rows.len() * g.ow;
+                    im2col_rows(g, x_i, rows, &mut col[..kk * band]);
+                    sgemm_into_transposed(band, co, kk, Mat::t(&col[..kk * band]), Mat::t(w), &mut out_i[r0 * g.ow..], plane, acc, threads);
+                }
             });
         }
         add_channel_terms(out_i, co, plane, epi.bias, epi.chan_bias.map(|cb| &cb[i * co..(i + 1) * co]));
@@ -329,6 +348,56 @@ fn sum_partials_transposed(partials: &[Vec<f32>], (rows, cols): (usize, usize), 
     for (r, row) in sum.chunks(cols).enumerate() {
         for (c, &v) in row.iter().enumerate() {
             dst[c * rows + r] = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `out[n, o, oy, ox] = Σ_{c, ky, kx} w[o, c, ky, kx]·x[n, c, oy·s - p + ky, ox·s - p + kx]`, straight from the
+    /// definition, in f64.
+    fn direct_conv(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize) -> Vec<f32> {
+        let (k, s, p) = (g.k as isize, g.stride as isize, g.pad as isize);
+        let mut out = vec![0.0; n * co * g.oh * g.ow];
+        for i in 0..n {
+            for o in 0..co {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut acc = 0.0f64;
+                        for c in 0..g.c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (iy, ix) = (oy as isize * s - p + ky, ox as isize * s - p + kx);
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                                        let xv = x[((i * g.c + c) * g.h + iy as usize) * g.w + ix as usize];
+                                        acc += xv as f64 * w[((o * g.c + c) * g.k + ky as usize) * g.k + kx as usize] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        out[((i * co + o) * g.oh + oy) * g.ow + ox] = acc as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn forward_in_bands_matches_the_definition() {
+        // 40x40 outputs: several bands of BAND_PIXELS / 40 rows and a shorter last band; also stride 2.
+        for (h, stride, n) in [(40, 1, 2), (40, 2, 1), (7, 1, 3)] {
+            let (c, co) = (3, 5);
+            let g = ConvGeom::new(c, h, h, 3, stride, 1).unwrap();
+            let x: Vec<f32> = (0..n * c * h * h).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+            let w: Vec<f32> = (0..co * c * 9).map(|i| ((i * 53 % 89) as f32 / 44.0) - 1.0).collect();
+            let mut out = vec![f32::NAN; n * co * g.oh * g.ow];
+            conv2d_forward(&g, n, &x, &w, co, Epilogue::default(), &mut out);
+            for (a, b) in out.iter().zip(direct_conv(&g, n, &x, &w, co)) {
+                assert!((a - b).abs() < 1e-5, "h={h} s={stride}: {a} vs {b}");
+            }
         }
     }
 }

@@ -28,26 +28,29 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumu
     sgemm_strided(m, n, k, a, b, c, (n as isize, 1), accumulate, threads)
 }
 
-/// [`sgemm`] writing `C` transposed: `c` holds `Cᵀ` as an `n x m` row-major matrix.
+/// [`sgemm`] writing `C` transposed: `c` holds `Cᵀ`, an `n x m` row-major matrix whose rows are `ldc ≥ m`
+/// floats apart (so `Cᵀ` can be a block of columns of a wider matrix).
 ///
 /// The same product with the roles of the dimensions swapped can be much faster in the `gemm` crate: for the
 /// convolutions' shapes (m = channels ≤ 128, n = pixels, k = channels·9) asking for `(col)ᵀ·Wᵀ` into a
 /// transposed destination ran 1.3x faster than `W·col` on an AVX2 machine.
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm_into_transposed(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumulate: bool, threads: usize) {
-    sgemm_strided(m, n, k, a, b, c, (1, m as isize), accumulate, threads)
+pub fn sgemm_into_transposed(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], ldc: usize, accumulate: bool, threads: usize) {
+    sgemm_strided(m, n, k, a, b, c, (1, ldc as isize), accumulate, threads)
 }
 
 /// The shared body: `c_strides` are C's (row, column) strides.
 #[allow(clippy::too_many_arguments)]
 fn sgemm_strided(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], c_strides: (isize, isize), accumulate: bool, threads: usize) {
-    assert!(a.data.len() >= m * k && b.data.len() >= k * n && c.len() >= m * n, "sgemm: operand too small");
     if m == 0 || n == 0 {
         return;
     }
+    let c_len = (m - 1) * c_strides.0 as usize + (n - 1) * c_strides.1 as usize + 1;
+    assert!(a.data.len() >= m * k && b.data.len() >= k * n && c.len() >= c_len, "sgemm: operand too small");
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            let (rs, cs) = (c_strides.0 as usize, c_strides.1 as usize);
+            (0..m).for_each(|i| (0..n).for_each(|j| c[i * rs + j * cs] = 0.0));
         }
         return;
     }

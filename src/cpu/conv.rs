@@ -152,6 +152,17 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// still one band.
 const BAND_PIXELS: usize = 256;
 
+/// Output rows per band: as many whole rows as fit in [`BAND_PIXELS`], at least one.
+fn band_rows(g: &ConvGeom) -> usize {
+    (BAND_PIXELS / g.ow).clamp(1, g.oh)
+}
+
+/// The output rows of `g`, band by band.
+fn bands(g: &ConvGeom) -> impl Iterator<Item = Range<usize>> {
+    let (rows, oh) = (band_rows(g), g.oh);
+    (0..oh).step_by(rows).map(move |r0| r0..(r0 + rows).min(oh))
+}
+
 /// GEMM threads for per-image work: the whole machine when there is one image, else 1 (images in parallel).
 fn inner_threads(n: usize) -> usize {
     if n == 1 {
@@ -186,13 +197,11 @@ pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, e
         if g.is_pointwise() {
             sgemm_into_transposed(plane, co, kk, Mat::t(x_i), Mat::t(w), out_i, plane, acc, threads);
         } else {
-            let band_rows = (BAND_PIXELS / g.ow).clamp(1, g.oh);
-            with_scratch(kk * band_rows * g.ow, |col| {
-                for r0 in (0..g.oh).step_by(band_rows) {
-                    let rows = r0..(r0 + band_rows).min(g.oh);
-                    let band = rows.len() * g.ow;
+            with_scratch(kk * band_rows(g) * g.ow, |col| {
+                for rows in bands(g) {
+                    let (p0, band) = (rows.start * g.ow, rows.len() * g.ow);
                     im2col_rows(g, x_i, rows, &mut col[..kk * band]);
-                    sgemm_into_transposed(band, co, kk, Mat::t(&col[..kk * band]), Mat::t(w), &mut out_i[r0 * g.ow..], plane, acc, threads);
+                    sgemm_into_transposed(band, co, kk, Mat::t(&col[..kk * band]), Mat::t(w), &mut out_i[p0..], plane, acc, threads);
                 }
             });
         }
@@ -219,25 +228,44 @@ pub struct ConvGrads<'a> {
     pub dw: Option<&'a mut [f32]>,
 }
 
-/// Conv2d backward for `gout = dL/dout [n, co, oh, ow]`:
-/// `dx[n] = col2im(Wᵀ · gout[n])`, `dW = Σ_n gout[n] · im2col(x[n])ᵀ`.
-/// Bias gradients are plain sums of `gout` and live in [`channel_sums`].
+/// Conv2d backward for `gout = dL/dout [n, co, oh, ow]`: `dW = Σ_n gout[n] · im2col(x[n])ᵀ` and
+/// `dx[n] = col2im(Wᵀ · gout[n])`. Bias gradients are plain sums of `gout` and live in [`channel_sums`].
+///
+/// For stride 1, `dx` is itself a stride-1 conv of `gout`, with the kernel flipped in space and its channel axes
+/// swapped, and padding `k - 1 - p`:
+/// `dx[c, y, x] = Σ_{o, ky, kx} W[o, c, k-1-ky, k-1-kx] · gout[o, y - (k-1-p) + ky, x - (k-1-p) + kx]`.
+/// It runs as [`conv2d_forward`] (banded im2col + GEMM, written once) instead of a GEMM into a full column
+/// matrix that `col2im` then scatter-adds.
 pub fn conv2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, gout: &[f32], grads: ConvGrads) {
     let (kk, plane, in_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
     let threads = inner_threads(n);
-    per_image_backward(n, in_len, (kk, co), kk * plane, grads, |i, first, dx_i, dw_part, col| {
+    let ConvGrads { dx, dw } = grads;
+    let dx = match dx {
+        Some(dx) if g.stride == 1 && g.pad < g.k => {
+            let gt = ConvGeom::new(co, g.oh, g.ow, g.k, 1, g.k - 1 - g.pad).expect("the adjoint of a stride-1 conv fits");
+            conv2d_forward(&gt, n, gout, &flip_kernel(w, co, g.c, g.k), g.c, Epilogue::default(), dx);
+            None
+        }
+        dx => dx,
+    };
+    // dx still to do (other strides) needs a whole image's column matrix; dW only a band's.
+    let scratch = kk * if dx.is_some() { plane } else { band_rows(g) * g.ow };
+    per_image_backward(n, in_len, (kk, co), scratch, ConvGrads { dx, dw }, |i, first, dx_i, dw_part, col| {
         let x_i = &x[i * in_len..(i + 1) * in_len];
         let g_i = &gout[i * co * plane..(i + 1) * co * plane];
+        // dWᵀ[K, co] += col[K, P] · g_iᵀ[P, co]: twice as fast as dW = g_i · colᵀ for these shapes; the partials
+        // are transposed back once, when summed.
         if let Some(dw_part) = dw_part {
-            let cols: &[f32] = if g.is_pointwise() {
-                x_i
+            if g.is_pointwise() {
+                sgemm(kk, co, plane, Mat::n(x_i), Mat::t(g_i), dw_part, !first, threads);
             } else {
-                im2col(g, x_i, col);
-                col
-            };
-            // dWᵀ[K, co] += col[K, P] · g_iᵀ[P, co]: twice as fast as dW = g_i · colᵀ for these shapes; the
-            // partials are transposed back once, when summed.
-            sgemm(kk, co, plane, Mat::n(cols), Mat::t(g_i), dw_part, !first, threads);
+                for (b, rows) in bands(g).enumerate() {
+                    let (p0, band) = (rows.start * g.ow, rows.len() * g.ow);
+                    im2col_rows(g, x_i, rows, &mut col[..kk * band]);
+                    let g_band = Mat::t(&g_i[p0..]).ld(plane);
+                    sgemm(kk, co, band, Mat::n(&col[..kk * band]), g_band, dw_part, !first || b > 0, threads);
+                }
+            }
         }
         if let Some(dx_i) = dx_i {
             if g.is_pointwise() {
@@ -248,6 +276,20 @@ pub fn conv2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, 
             }
         }
     });
+}
+
+/// `W[o, c, ky, kx] → W'[c, o, k-1-ky, k-1-kx]`: the kernel of the conv that maps a stride-1 conv's output
+/// gradient to its input gradient.
+fn flip_kernel(w: &[f32], co: usize, ci: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0.0; w.len()];
+    for o in 0..co {
+        for c in 0..ci {
+            for t in 0..k * k {
+                out[(c * co + o) * k * k + (k * k - 1 - t)] = w[(o * ci + c) * k * k + t];
+            }
+        }
+    }
+    out
 }
 
 /// The batch loop shared by the conv backwards. Images are split into [`batch_chunks`] processed in parallel;
@@ -383,6 +425,57 @@ mod tests {
             }
         }
         out
+    }
+
+    /// `(dx, dW)` for `gout`, straight from the definition (every output pixel's gradient times the input pixel
+    /// and weight it read), in f64.
+    fn direct_conv_grads(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, gout: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let (k, s, p) = (g.k as isize, g.stride as isize, g.pad as isize);
+        let (mut dx, mut dw) = (vec![0.0f64; x.len()], vec![0.0f64; w.len()]);
+        for i in 0..n {
+            for o in 0..co {
+                for (oy, ox) in (0..g.oh).flat_map(|oy| (0..g.ow).map(move |ox| (oy, ox))) {
+                    let go = gout[((i * co + o) * g.oh + oy) * g.ow + ox] as f64;
+                    for (c, ky, kx) in (0..g.c).flat_map(|c| (0..k).flat_map(move |ky| (0..k).map(move |kx| (c, ky, kx)))) {
+                        let (iy, ix) = (oy as isize * s - p + ky, ox as isize * s - p + kx);
+                        if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                            let xi = ((i * g.c + c) * g.h + iy as usize) * g.w + ix as usize;
+                            let wi = ((o * g.c + c) * g.k + ky as usize) * g.k + kx as usize;
+                            dx[xi] += go * w[wi] as f64;
+                            dw[wi] += go * x[xi] as f64;
+                        }
+                    }
+                }
+            }
+        }
+        (dx.into_iter().map(|v| v as f32).collect(), dw.into_iter().map(|v| v as f32).collect())
+    }
+
+    /// Deterministic values in [-1, 1).
+    fn values(len: usize, mul: usize, modulus: usize) -> Vec<f32> {
+        (0..len).map(|i| (i * mul % modulus) as f32 * 2.0 / modulus as f32 - 1.0).collect()
+    }
+
+    #[test]
+    fn backward_matches_the_definition() {
+        // Stride 1 (dx as the flipped conv, dW in several bands), stride 2 (dx through col2im), unpadded, 1x1.
+        for (h, k, stride, pad, n) in [(40, 3, 1, 1, 2), (40, 3, 2, 1, 1), (9, 3, 1, 0, 3), (20, 1, 1, 0, 2)] {
+            let (c, co) = (3, 4);
+            let g = ConvGeom::new(c, h, h, k, stride, pad).unwrap();
+            let x = values(n * c * h * h, 37, 101);
+            let w = values(co * c * k * k, 53, 89);
+            let gout = values(n * co * g.oh * g.ow, 29, 97);
+            let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![f32::NAN; w.len()]);
+            conv2d_backward(&g, n, &x, &w, co, &gout, ConvGrads { dx: Some(&mut dx), dw: Some(&mut dw) });
+            let (want_dx, want_dw) = direct_conv_grads(&g, n, &x, &w, co, &gout);
+            for (a, b) in dx.iter().zip(&want_dx) {
+                assert!((a - b).abs() < 1e-5, "dx h={h} k={k} s={stride}: {a} vs {b}");
+            }
+            // dW sums over every pixel of every image: up to 3200 products.
+            for (a, b) in dw.iter().zip(&want_dw) {
+                assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()) * 10.0, "dW h={h} k={k} s={stride}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]

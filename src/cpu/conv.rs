@@ -342,21 +342,16 @@ pub fn conv_transpose2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], ci
     });
 }
 
-/// ConvTranspose2d backward: `dx[n] = W · im2col(gout[n])`, `dW = Σ_n x[n] · im2col(gout[n])ᵀ`.
+/// ConvTranspose2d backward: `dx[n] = W · im2col(gout[n])` and `dW = Σ_n x[n] · im2col(gout[n])ᵀ`. Both are the
+/// conv `g` applied to `gout` with the weight `[ci, co, k, k]` read as a conv weight: `dx` is its forward and
+/// `dW` its weight gradient for the output gradient `x`.
 pub fn conv_transpose2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], ci: usize, gout: &[f32], grads: ConvGrads) {
-    let (kk, plane, out_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
-    let threads = inner_threads(n);
-    let in_len = ci * plane;
-    per_image_backward(n, in_len, (kk, ci), kk * plane, grads, |i, first, dx_i, dw_part, col| {
-        im2col(g, &gout[i * out_len..(i + 1) * out_len], col);
-        if let Some(dw_part) = dw_part {
-            // dWᵀ[co·k·k, ci] += col · x_iᵀ, transposed back when the partials are summed (as in conv2d).
-            sgemm(kk, ci, plane, Mat::n(col), Mat::t(&x[i * in_len..(i + 1) * in_len]), dw_part, !first, threads);
-        }
-        if let Some(dx_i) = dx_i {
-            sgemm(ci, plane, kk, Mat::n(w), Mat::n(col), dx_i, false, threads);
-        }
-    });
+    if let Some(dx) = grads.dx {
+        conv2d_forward(g, n, gout, w, ci, Epilogue::default(), dx);
+    }
+    if grads.dw.is_some() {
+        conv2d_backward(g, n, gout, w, ci, x, ConvGrads { dx: None, dw: grads.dw });
+    }
 }
 
 /// Per-channel sums of an `[n, c, plane]` tensor, as `[c]` (`per_image = false`) or `[n, c]` (`true`):

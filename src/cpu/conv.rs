@@ -77,6 +77,19 @@ pub fn im2col_rows(g: &ConvGeom, x: &[f32], rows: Range<usize>, col: &mut [f32])
                 let (ox0, ox1) = g.valid_range(kx, g.w, g.ow);
                 row[..oy0 * g.ow].fill(0.0);
                 row[oy1 * g.ow..].fill(0.0);
+                if s == 1 && g.ow == g.w && oy0 < oy1 {
+                    // A "same" stride-1 conv: output pixel j of the band reads input pixel j + const, so the rows
+                    // are one contiguous copy (not one short copy per row); the columns past the image's left
+                    // and right edges, which picked up the neighbouring row's ends, are zeroed after.
+                    let (d0, d1) = (oy0 * g.ow + ox0, (oy1 - 1) * g.ow + ox1);
+                    let s0 = (rows.start + oy0 + ky - p) * g.w + ox0 + kx - p;
+                    row[d0..d1].copy_from_slice(&xc[s0..s0 + (d1 - d0)]);
+                    for oy in oy0..oy1 {
+                        row[oy * g.ow..oy * g.ow + ox0].fill(0.0);
+                        row[oy * g.ow + ox1..(oy + 1) * g.ow].fill(0.0);
+                    }
+                    continue;
+                }
                 for oy in oy0..oy1 {
                     let iy = (rows.start + oy) * s + ky - p;
                     let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];

@@ -19,3 +19,23 @@ pub fn batch_chunks(n: usize) -> Vec<std::ops::Range<usize>> {
     let size = n.div_ceil(chunks);
     (0..n).step_by(size.max(1)).map(|s| s..(s + size).min(n)).collect()
 }
+
+/// Runs `f` compiled for AVX2 when the CPU has it. The crate is built for baseline x86-64, whose 4-wide SSE
+/// halves the throughput of the elementwise loops (the `gemm` crate dispatches on its own). Results are the same
+/// to the bit either way: Rust never fuses or reorders float operations, so only the vector width changes. `f`
+/// must be an `#[inline(always)]` closure, or it is compiled on its own, for baseline x86-64.
+#[inline(always)]
+pub fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}

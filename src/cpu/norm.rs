@@ -9,6 +9,7 @@
 //! relative) and are combined across planes in f64; the inner loops are branch-free so they vectorise.
 
 use super::elementwise::sigmoid;
+use super::wide;
 use rayon::prelude::*;
 
 /// Dimensions of a group norm: `n` images, `c` channels in `groups` groups, `plane = H·W`.
@@ -50,7 +51,7 @@ pub fn group_norm_forward(d: NormDims, x: &[f32], gamma: &[f32], beta: &[f32], e
         .par_chunks_mut(glen)
         .zip(x.par_chunks(glen))
         .enumerate()
-        .map(|(ng, (yg, xg))| {
+        .map(|(ng, (yg, xg))| wide(#[inline(always)] || {
             let sum: f64 = xg.chunks(d.plane).map(|p| lane_sum(p, p, |v, _| v)).sum();
             let mean = (sum / glen as f64) as f32;
             let ss: f64 = xg.chunks(d.plane).map(|p| lane_sum(p, p, |v, _| (v - mean) * (v - mean))).sum();
@@ -68,7 +69,7 @@ pub fn group_norm_forward(d: NormDims, x: &[f32], gamma: &[f32], beta: &[f32], e
                 }
             }
             (mean, rstd)
-        })
+        }))
         .collect();
     stats.into_iter().unzip()
 }

@@ -4,6 +4,11 @@
 //! `OH = (H + 2p - k)/s + 1`. Written as a matrix product: `out = W[C_out, C·k·k] · col[C·k·k, OH·OW]`, where
 //! `col = im2col(x)` lays each receptive field out as a column. The transposed conv is the adjoint of that map,
 //! so it reuses the same two helpers the other way round (`col2im` forward, `im2col` backward).
+//!
+//! Two things keep the CPU busy with arithmetic rather than memory traffic: the column matrix is built for a band
+//! of output rows at a time (`BAND_PIXELS`), so it is still in the L2 cache when the GEMM reads it, and the
+//! backward passes are written as forward convs where they can be (`dx` of a stride-1 conv, all of a transposed
+//! conv's backward), so they get the same banding and no `col2im` scatter.
 
 use super::gemm::{sgemm, sgemm_into_transposed, Mat};
 use super::{batch_chunks, BATCH_CHUNKS};

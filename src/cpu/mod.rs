@@ -1,8 +1,8 @@
 //! CPU kernels: the reference every other backend is tested against, and the fast path on machines without a GPU.
 //!
 //! Kernels work on plain slices with explicit dimensions; the autograd layer (`crate::autograd`) checks shapes
-//! and calls them. Convolutions are per-image im2col + one cache-sized GEMM, the batch split across threads in a
-//! fixed number of chunks so that results never depend on the thread count.
+//! and calls them. Convolutions are per-image im2col + GEMM in cache-sized bands of output rows, the batch split
+//! across threads in a fixed number of chunks so that results never depend on the thread count.
 
 pub mod conv;
 pub mod elementwise;

@@ -8,6 +8,11 @@ use ddpm::nn::{UNet, UNetConfig, UNetDenoiser};
 use ddpm::params::Params;
 use rand::{rngs::StdRng, SeedableRng};
 
+
+/// The binary's allocator, so the numbers match `ddpm bench` (see `ddpm::alloc`).
+#[global_allocator]
+static ALLOC: ddpm::alloc::CachingAlloc = ddpm::alloc::CachingAlloc;
+
 fn bench_sampler_step(c: &mut Criterion) {
     let mut params = Params::new();
     let model = UNet::new(UNetConfig::default(), &mut params, &mut StdRng::seed_from_u64(0)).unwrap();

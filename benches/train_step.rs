@@ -9,6 +9,11 @@ use ddpm::params::Params;
 use ddpm::Tensor;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+
+/// The binary's allocator, so the numbers match `ddpm bench` (see `ddpm::alloc`).
+#[global_allocator]
+static ALLOC: ddpm::alloc::CachingAlloc = ddpm::alloc::CachingAlloc;
+
 fn bench_train_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("train_step_base64");
     group.sample_size(10);

@@ -4,9 +4,12 @@
 //! Layers, bottom up: [`tensor`] (dense f32 NCHW on a [`backend`]), [`cpu`] (kernels), [`backend`] (the one
 //! interface the tape, optimiser and samplers call: the CPU kernels or the GPU ones), [`autograd`] (the tape and its ops),
 //! [`params`] (named parameters), [`nn`] (layers and the UNet), [`optim`] (AdamW, clipping, EMA),
-//! [`diffusion`] (schedule, q_sample, samplers), [`eval`] (FID and class statistics from an MNIST classifier), [`rng`] (counter-based Philox noise), [`data`] (MNIST from IDX),
-//! [`gpu`] (CUDA kernels, run on a GPU or on the CPU emulator), [`image`] (PNG output), [`tensor_file`] and [`atomic`] (files).
+//! [`diffusion`] (schedule, q_sample, samplers), [`eval`] (FID and class statistics from an MNIST classifier),
+//! [`rng`] (counter-based Philox noise), [`data`] (MNIST from IDX), [`gpu`] (CUDA kernels, run on a GPU or on the
+//! CPU emulator), [`image`] (PNG output), [`tensor_file`] and [`atomic`] (files), [`alloc`] (the caching allocator
+//! the binaries install).
 
+pub mod alloc;
 pub mod atomic;
 pub mod autograd;
 pub mod backend;

@@ -4,6 +4,10 @@ mod cli;
 
 use clap::Parser;
 
+/// Reuses freed tensor-sized blocks instead of page-faulting fresh ones in (see `ddpm::alloc`).
+#[global_allocator]
+static ALLOC: ddpm::alloc::CachingAlloc = ddpm::alloc::CachingAlloc;
+
 fn main() {
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {

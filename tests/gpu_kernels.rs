@@ -81,7 +81,7 @@ fn sgemm<E: Executor>(e: &E) {
         let (a, b, c0) = (rand(1, m * k), rand(2, k * n), rand(3, m * n));
         for acc in [false, true] {
             let mut want = c0.clone();
-            cgemm::sgemm(m, n, k, Mat { data: &a, transposed: ta }, Mat { data: &b, transposed: tb }, &mut want, acc, 1);
+            cgemm::sgemm(m, n, k, Mat { data: &a, transposed: ta, ld: None }, Mat { data: &b, transposed: tb, ld: None }, &mut want, acc, 1);
             let c = up(e, &c0);
             let g = Gemm { accumulate: acc, ..Gemm::plain(m, n, k, ta, tb) };
             ops::sgemm(e, &g, &up(e, &a), &up(e, &b), &c).unwrap();

@@ -7,6 +7,10 @@ use rayon::prelude::*;
 /// and was 5-10% of a training step). Cody–Waite reduction `x = n·ln2 + r`, `|r| <= ln2/2`, then the degree-7
 /// Taylor polynomial of `e^r` (truncation error `r^8/8! < 6e-9` relative), scaled by `2^n` through the exponent
 /// bits. Inputs are clamped to [-87.3, 88.7], where `e^x` stays a normal f32.
+///
+/// `2^n` is built from the bits of `t = x·log2(e) + 1.5·2^23`, whose low mantissa bits hold `n` in two's
+/// complement: `(bits(t) + 127) << 23` keeps just the 9 bits `n + 127` in the exponent field. (`n as i32` would be
+/// a saturating float-to-int conversion, which the compiler cannot vectorise: it made the SiLU loops scalar.)
 #[inline(always)]
 pub fn exp_fast(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -14,10 +18,11 @@ pub fn exp_fast(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting it rounds to the nearest integer
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
 }
 
 /// `σ(x) = 1 / (1 + e^{-x})`.

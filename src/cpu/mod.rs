@@ -1,8 +1,8 @@
 //! CPU kernels: the reference every other backend is tested against, and the fast path on machines without a GPU.
 //!
 //! Kernels work on plain slices with explicit dimensions; the autograd layer (`crate::autograd`) checks shapes
-//! and calls them. Convolutions are per-image im2col + one cache-sized GEMM, the batch split across threads in a
-//! fixed number of chunks so that results never depend on the thread count.
+//! and calls them. Convolutions are per-image im2col + GEMM in cache-sized bands of output rows, the batch split
+//! across threads in a fixed number of chunks so that results never depend on the thread count.
 
 pub mod classify;
 pub mod conv;
@@ -19,4 +19,24 @@ pub fn batch_chunks(n: usize) -> Vec<std::ops::Range<usize>> {
     let chunks = n.clamp(1, BATCH_CHUNKS);
     let size = n.div_ceil(chunks);
     (0..n).step_by(size.max(1)).map(|s| s..(s + size).min(n)).collect()
+}
+
+/// Runs `f` compiled for AVX2 when the CPU has it. The crate is built for baseline x86-64, whose 4-wide SSE
+/// halves the throughput of the elementwise loops (the `gemm` crate dispatches on its own). Results are the same
+/// to the bit either way: Rust never fuses or reorders float operations, so only the vector width changes. `f`
+/// must be an `#[inline(always)]` closure, or it is compiled on its own, for baseline x86-64.
+#[inline(always)]
+pub fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
 }

@@ -9,6 +9,7 @@
 //! relative) and are combined across planes in f64; the inner loops are branch-free so they vectorise.
 
 use super::elementwise::sigmoid;
+use super::wide;
 use rayon::prelude::*;
 
 /// Dimensions of a group norm: `n` images, `c` channels in `groups` groups, `plane = H·W`.
@@ -26,17 +27,20 @@ impl NormDims {
     }
 }
 
-/// `Σ f(i)` over `0..len`, in 8 f32 lanes, returned as f64.
+/// `Σ f(a[i], b[i])` over `i < a.len()` (`b` at least as long), in 8 f32 lanes (lane `l` adds the terms
+/// `i ≡ l mod 8`), returned as f64. Whole slices of 8, not indices, so the loop has no bounds checks and
+/// vectorises.
 #[inline(always)]
-fn lane_sum(len: usize, f: impl Fn(usize) -> f32) -> f64 {
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     let mut acc = [0.0f32; 8];
-    let full = len / 8 * 8;
-    for i in (0..full).step_by(8) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(i + l);
+    let (a8, b8) = (a.chunks_exact(8), b[..a.len()].chunks_exact(8));
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(&x, &y)| f(x, y)).sum();
+    for (ca, cb) in a8.zip(b8) {
+        let (ca, cb): (&[f32; 8], &[f32; 8]) = (ca.try_into().unwrap(), cb.try_into().unwrap());
+        for l in 0..8 {
+            acc[l] += f(ca[l], cb[l]);
         }
     }
-    let tail: f32 = (full..len).map(&f).sum();
     acc.iter().map(|&v| v as f64).sum::<f64>() + tail as f64
 }
 
@@ -47,10 +51,10 @@ pub fn group_norm_forward(d: NormDims, x: &[f32], gamma: &[f32], beta: &[f32], e
         .par_chunks_mut(glen)
         .zip(x.par_chunks(glen))
         .enumerate()
-        .map(|(ng, (yg, xg))| {
-            let sum: f64 = xg.chunks(d.plane).map(|p| lane_sum(p.len(), |i| p[i])).sum();
+        .map(|(ng, (yg, xg))| wide(#[inline(always)] || {
+            let sum: f64 = xg.chunks(d.plane).map(|p| lane_sum(p, p, |v, _| v)).sum();
             let mean = (sum / glen as f64) as f32;
-            let ss: f64 = xg.chunks(d.plane).map(|p| lane_sum(p.len(), |i| (p[i] - mean) * (p[i] - mean))).sum();
+            let ss: f64 = xg.chunks(d.plane).map(|p| lane_sum(p, p, |v, _| (v - mean) * (v - mean))).sum();
             let rstd = (1.0 / (ss / glen as f64 + eps as f64).sqrt()) as f32;
             let c0 = (ng % d.groups) * cg;
             for (j, (yc, xc)) in yg.chunks_mut(d.plane).zip(xg.chunks(d.plane)).enumerate() {
@@ -65,7 +69,7 @@ pub fn group_norm_forward(d: NormDims, x: &[f32], gamma: &[f32], beta: &[f32], e
                 }
             }
             (mean, rstd)
-        })
+        }))
         .collect();
     stats.into_iter().unzip()
 }
@@ -100,8 +104,8 @@ pub fn group_norm_backward(d: NormDims, x: &[f32], gamma: &[f32], beta: &[f32], 
                 gz.copy_from_slice(gc);
             }
             let gz = &*gz;
-            let dg = lane_sum(d.plane, |i| gz[i] * ((xc[i] - m) * r));
-            let db = lane_sum(d.plane, |i| gz[i]);
+            let dg = lane_sum(gz, xc, |g, v| g * ((v - m) * r));
+            let db = lane_sum(gz, gz, |g, _| g);
             s1 += db * ga as f64;
             s2 += dg * ga as f64;
             chan.push((dg as f32, db as f32));

@@ -278,8 +278,15 @@ fn write_table(a: &TableArgs, m: &SamplingModel, rows: &[Option<Row>]) -> Result
     let mut md = String::new();
     md.push_str("| sampler | network calls | n | FID | real-vs-real floor at n (range) | confidence | class entropy | wall-clock | grid |\n");
     md.push_str("|---|---|---|---|---|---|---|---|---|\n");
-    let real = rows.iter().flatten().next().map(|r| &r.q);
-    if let Some(q) = real {
+    // One real-images row per n in the table (the DDPM row may have its own).
+    let mut reals: Vec<&Quality> = Vec::new();
+    for r in rows.iter().flatten() {
+        if !reals.iter().any(|q| q.n == r.q.n) {
+            reals.push(&r.q);
+        }
+    }
+    reals.sort_by_key(|q| std::cmp::Reverse(q.n));
+    for q in reals {
         md.push_str(&format!(
             "| real test images | – | {} | {:.2} (= floor) | {} | {:.4} | {:.4} | – | – |\n",
             q.n, q.fid_floor, floor(q), q.real_classes.confidence, q.real_classes.entropy

@@ -23,7 +23,7 @@ pub enum Recipe {
     /// (10-14 hours on a 2-core CPU; the default when a GPU is used).
     Seed,
     /// The CPU default: base 32, batch 32, lr 1e-3, EMA 0.999 with warm-up, 5000 steps
-    /// (about 45 minutes on 2 cores with the final grids; the default on the CPU).
+    /// (about 50 minutes on 2 cores with the final grids and FID checks; the default on the CPU).
     Cpu,
 }
 
@@ -175,7 +175,7 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
     let c = state.config.clone();
     if a.resume.is_none() && a.recipe.is_none() && recipe == Recipe::Cpu {
         println!(
-            "No GPU in use: training with the CPU recipe (about 45 minutes on 2 cores with its defaults, final sample grids included). \
+            "No GPU in use: training with the CPU recipe (about 50 minutes on 2 cores with its defaults, final sample grids and FID checks included). \
              The blog post's full recipe is `--recipe seed` (10-14 hours on a 2-core CPU)."
         );
     }

@@ -246,14 +246,13 @@ fn table_on<B: Backend>(b: &B, a: &TableArgs, device: &Device, m: &SamplingModel
     let grid_dir = a.out.with_extension("");
     std::fs::create_dir_all(&grid_dir).with_context(|| format!("{}: cannot create the grid folder", grid_dir.display()))?;
     let mut rows: Vec<Option<Row>> = (0..TABLE.len()).map(|_| None).collect();
-    let evaluator = Evaluator::load(b, &a.scoring.classifier, &a.scoring.data, a.n)?;
-    let ddpm_evaluator = if ddpm_n == a.n { None } else { Some(Evaluator::load(b, &a.scoring.classifier, &a.scoring.data, ddpm_n)?) };
+    // One evaluator per n in the table: the DDPM row's n may differ.
+    let ns = if ddpm_n == a.n { vec![a.n] } else { vec![a.n, ddpm_n] };
+    let evaluators = Evaluator::load_many(b, &a.scoring.classifier, &a.scoring.data, &ns)?;
     for i in order {
         let kind = TABLE[i];
-        let (ev, n) = match (kind, &ddpm_evaluator) {
-            (SamplerKind::Ddpm, Some(e)) => (e, ddpm_n),
-            _ => (&evaluator, a.n),
-        };
+        let n = if kind == SamplerKind::Ddpm { ddpm_n } else { a.n };
+        let ev = evaluators.iter().find(|e| e.n() == n).expect("an evaluator for every n in the table");
         let name = sampler_name(kind, m.timesteps);
         eprintln!("{name}: sampling {n} images");
         let (images, calls, seconds) = draw(device, m, kind, n, a.seed)?;

@@ -215,6 +215,7 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
     };
     let started = std::time::Instant::now();
     let (mut epoch_loss, mut epoch_steps) = (0.0f64, 0u64);
+    let mut final_ddim_done = false;
     while state.step < total {
         let x0 = batcher.batch(&data.images, state.step);
         let epoch = state.epoch(n_images);
@@ -228,21 +229,24 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
             (epoch_loss, epoch_steps) = (0.0, 0);
         }
         let mut fid = String::new();
-        if epoch_done || state.step == total {
+        let last = state.step == total;
+        if epoch_done || last {
             checkpoint::save(&state.to_backend(&Cpu)?, &ckpt)?;
-            // One DDIM-50 batch serves the epoch's grid (its first images) and the FID (all of them): image k of
-            // the initial noise does not depend on how many are drawn.
-            let n = a.sample_n.max(a.eval_n);
-            if epoch_done || evaluator.is_some() {
-                let images = bar.suspend(|| sample_ema(&state, &sched, ddim50, n))?;
-                if epoch_done {
-                    save_grid_png(&out.join(format!("samples_epoch{epoch:03}.png")), &images.head(a.sample_n)?, 8)?;
-                }
-                if let Some(ev) = &evaluator {
-                    let q = ev.score(&images.head(ev.n())?)?;
-                    say(&bar, format!("step {}: FID {:.2} at n = {} (real-vs-real floor {:.2})", state.step, q.fid, q.n, q.fid_floor));
-                    fid = format!("{:.4}", q.fid);
-                }
+            // One DDIM-50 batch serves the epoch's grid and the final grid (its first images) and the FID (all of
+            // them): image k of the initial noise does not depend on how many are drawn.
+            let n = if evaluator.is_some() { a.sample_n.max(a.eval_n) } else { a.sample_n };
+            let images = bar.suspend(|| sample_ema(&state, &sched, ddim50, n))?;
+            if epoch_done {
+                save_grid_png(&out.join(format!("samples_epoch{epoch:03}.png")), &images.head(a.sample_n)?, 8)?;
+            }
+            if last {
+                save_grid_png(&out.join("samples_ddim.png"), &images.head(a.sample_n)?, 8)?;
+                final_ddim_done = true;
+            }
+            if let Some(ev) = &evaluator {
+                let q = ev.score(&images.head(ev.n())?)?;
+                say(&bar, format!("step {}: FID {:.2} at n = {} (real-vs-real floor {:.2})", state.step, q.fid, q.n, q.fid_floor));
+                fid = format!("{:.4}", q.fid);
             }
         }
         writeln!(log, "{},{},{},{},{},{fid}", state.step, epoch, stats.loss, stats.grad_norm, c.lr)?;
@@ -252,8 +256,11 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
     bar.finish();
     log.flush()?;
     save_curve_png(&out.join("loss_curve.png"), &read_losses(&log_path), "training loss")?;
-    println!("sampling the final grids from the EMA weights (DDIM-50, then DDPM-{})", c.timesteps);
-    grid(&state, ddim50, "samples_ddim.png")?;
+    if !final_ddim_done {
+        // Resumed from the final checkpoint: the loop above made no steps, so no last DDIM-50 batch either.
+        grid(&state, ddim50, "samples_ddim.png")?;
+    }
+    println!("sampling the final DDPM-{} grid from the EMA weights", c.timesteps);
     grid(&state, SamplerKind::Ddpm, "samples_ddpm.png")?;
     println!("done: {} steps; checkpoint, samples_ddim.png, samples_ddpm.png, loss_curve.png and log.csv in {}", state.step, out.display());
     Ok(())

@@ -16,7 +16,7 @@ pub mod linalg;
 use crate::backend::Backend;
 use crate::data::{load_dataset, Split};
 use crate::error::{Error, Result};
-use crate::nn::{Classifier, Embedding, CLASSES};
+use crate::nn::{argmax, Classifier, CLASSES};
 use crate::params::Params;
 use crate::tensor::Tensor;
 use fid::{frechet_distance, GaussianStats};
@@ -44,10 +44,9 @@ impl ClassStats {
         let mut histogram = [0usize; CLASSES];
         let mut confidence = 0.0f64;
         for row in probs.chunks_exact(CLASSES) {
-            // First maximum wins on ties, like torch.argmax.
-            let (k, p) = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (k, &p)| if p > best.1 { (k, p) } else { best });
+            let k = argmax(row);
             histogram[k] += 1;
-            confidence += p as f64;
+            confidence += row[k] as f64;
         }
         let entropy = histogram
             .iter()
@@ -146,21 +145,22 @@ impl<B: Backend> Evaluator<B> {
         Ok(Evaluator { classifier, params, n, reference, real_classes, fid_floor, fid_floor_range })
     }
 
-    /// [`Evaluator::new`] with the classifier weights at `classifier` and the MNIST test set in `mnist_dir`.
-    pub fn load(backend: &B, classifier: &Path, mnist_dir: &Path, n: usize) -> Result<Self> {
+    /// [`Evaluator::new`] with the classifier weights at `classifier` and the MNIST test set in `mnist_dir`, for
+    /// each of `ns` (both files are read once).
+    pub fn load_many(backend: &B, classifier: &Path, mnist_dir: &Path, ns: &[usize]) -> Result<Vec<Self>> {
         let (model, params) = Classifier::load(classifier)?;
         let test = load_dataset(mnist_dir, Split::Test)?;
-        Self::new(model, params.to_backend(backend)?, &test.images, n)
+        ns.iter().map(|&n| Self::new(model.clone(), params.to_backend(backend)?, &test.images, n)).collect()
+    }
+
+    /// [`Evaluator::load_many`] for one `n`.
+    pub fn load(backend: &B, classifier: &Path, mnist_dir: &Path, n: usize) -> Result<Self> {
+        Ok(Self::load_many(backend, classifier, mnist_dir, &[n])?.remove(0))
     }
 
     /// The `n` this evaluator compares at.
     pub fn n(&self) -> usize {
         self.n
-    }
-
-    /// The classifier's features and probabilities for `images` (`[m, 1, 32, 32]`, host).
-    pub fn embed(&self, images: &Tensor) -> Result<Embedding> {
-        self.classifier.embed(&self.params, images, EMBED_BATCH)
     }
 
     /// FID, confidence and class statistics of `images`, which must be exactly `n` images `[n, 1, 32, 32]` in
@@ -170,7 +170,7 @@ impl<B: Backend> Evaluator<B> {
             &[m, 1, 32, 32] if m == self.n => {}
             s => return Err(Error::Shape(format!("expected {} images of shape [1, 32, 32], got {s:?}", self.n))),
         }
-        let emb = self.embed(images)?;
+        let emb = self.classifier.embed(&self.params, images, EMBED_BATCH)?;
         let fid = frechet_distance(&GaussianStats::from_features(&emb.features, emb.dim)?, &self.reference)?;
         Ok(Quality {
             n: self.n,

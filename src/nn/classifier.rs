@@ -56,13 +56,17 @@ pub struct Embedding {
     pub probs: Vec<f32>,
 }
 
+/// The index of the largest entry of `row`, the first one on a tie (as `torch.argmax`); 0 for an empty row.
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold(0, |best, (j, &p)| if p > row[best] { j } else { best })
+}
+
 impl Embedding {
     /// The fraction of images whose most probable class (the first, on a tie) is their label.
     pub fn accuracy(&self, labels: &[u8]) -> Result<f64> {
         if labels.len() != self.n || self.n == 0 {
             return Err(Error::Arg(format!("accuracy: {} labels for {} images", labels.len(), self.n)));
         }
-        let argmax = |row: &[f32]| row.iter().enumerate().fold(0, |best, (j, &p)| if p > row[best] { j } else { best });
         let hits = self.probs.chunks(CLASSES).zip(labels).filter(|(row, &y)| argmax(row) == y as usize).count();
         Ok(hits as f64 / self.n as f64)
     }

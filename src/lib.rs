@@ -6,7 +6,7 @@
 //! [`params`] (named parameters), [`nn`] (layers and the UNet), [`optim`] (AdamW, clipping, EMA),
 //! [`diffusion`] (schedule, q_sample, samplers), [`eval`] (FID and class statistics from an MNIST classifier),
 //! [`rng`] (counter-based Philox noise), [`data`] (MNIST from IDX), [`gpu`] (CUDA kernels, run on a GPU or on the
-//! CPU emulator), [`image`] (PNG output), [`tensor_file`] and [`atomic`] (files), [`alloc`] (the caching allocator
+//! CPU emulator), [`image`] and [`plot`] (PNG output), [`tensor_file`] and [`atomic`] (files), [`alloc`] (the caching allocator
 //! the binaries install).
 
 pub mod alloc;
@@ -23,6 +23,7 @@ pub mod image;
 pub mod nn;
 pub mod optim;
 pub mod params;
+pub mod plot;
 pub mod rng;
 pub mod tensor;
 pub mod tensor_file;

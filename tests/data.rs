@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use ddpm::atomic::write_atomic;
 use ddpm::data::{load_dataset, load_split, resize_bilinear, to_model_range, Split};
-use ddpm::image::{save_curve_png, save_grid_png};
+use ddpm::image::save_grid_png;
+use ddpm::plot::save_curve_png;
 use ddpm::{Error, Tensor};
 use flate2::write::GzEncoder;
 use safetensors::SafeTensors;
@@ -286,9 +287,13 @@ fn curve_png_is_written() {
     let dir = temp_dir("curve");
     let path = dir.join("loss.png");
     let series: Vec<(f64, f64)> = (1..=500).map(|i| (i as f64, 1.0 / i as f64)).collect();
-    save_curve_png(&path, &series, "loss").unwrap();
+    save_curve_png(&path, &series, "training loss", "step", "loss").unwrap();
     let (info, rgb) = decode_png(&path);
     assert_eq!((info.width, info.height), (640, 400));
     assert!(rgb.chunks_exact(3).any(|p| p == [31, 119, 180]), "no curve drawn");
-    save_curve_png(&path, &[], "empty").unwrap();
+    // Text is black and drawn outside the axes box: the title in the top rows, the x axis name in the bottom ones.
+    let black_in_rows = |rows: std::ops::Range<usize>| rows.flat_map(|y| (0..640).map(move |x| (y * 640 + x) * 3)).any(|at| rgb[at..at + 3] == [0, 0, 0]);
+    assert!(black_in_rows(0..30), "no title");
+    assert!(black_in_rows(380..400), "no x axis name");
+    save_curve_png(&path, &[], "empty", "x", "y").unwrap();
 }

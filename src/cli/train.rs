@@ -10,7 +10,8 @@ use ddpm::data::{load_dataset, Split};
 use ddpm::diffusion::{initial_noise, sample, Denoiser, SamplerKind, Schedule};
 use ddpm::eval::Evaluator;
 use ddpm::nn::DEFAULT_WEIGHTS;
-use ddpm::image::{save_curve_png, save_grid_png};
+use ddpm::image::save_grid_png;
+use ddpm::plot::save_curve_png;
 use ddpm::nn::UNetDenoiser;
 use ddpm::train::{Batcher, RunConfig, TrainState};
 use std::io::Write;
@@ -174,10 +175,21 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
     let mut state = state.to_backend(backend)?;
     let c = state.config.clone();
     if a.resume.is_none() && a.recipe.is_none() && recipe == Recipe::Cpu {
-        println!(
-            "No GPU in use: training with the CPU recipe (about 50 minutes on 2 cores with its defaults, final sample grids and FID checks included). \
-             The blog post's full recipe is `--recipe seed` (10-14 hours on a 2-core CPU)."
-        );
+        let mut changed = a.run_defining_flags();
+        if a.epochs.is_some() {
+            changed.push("--epochs");
+        }
+        if a.max_steps.is_some() {
+            changed.push("--max-steps");
+        }
+        if changed.is_empty() {
+            println!(
+                "No GPU in use: training with the CPU recipe (about 50 minutes on 2 cores, final sample grids and FID checks included). \
+                 The blog post's full recipe is `--recipe seed` (10-14 hours on a 2-core CPU)."
+            );
+        } else {
+            println!("No GPU in use: starting from the CPU recipe, with {} as given.", changed.join(", "));
+        }
     }
     if a.sample_n == 0 {
         bail!("--sample-n must be at least 1");
@@ -255,7 +267,7 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
     }
     bar.finish();
     log.flush()?;
-    save_curve_png(&out.join("loss_curve.png"), &read_losses(&log_path), "training loss")?;
+    save_curve_png(&out.join("loss_curve.png"), &read_losses(&log_path), "training loss", "step", "loss")?;
     if !final_ddim_done {
         // Resumed from the final checkpoint: the loop above made no steps, so no last DDIM-50 batch either.
         grid(&state, ddim50, "samples_ddim.png")?;

@@ -42,7 +42,10 @@ impl Backend for Cpu {
     type Buf = Vec<f32>;
 
     fn describe(&self) -> String {
-        format!("CPU ({} threads)", rayon::current_num_threads())
+        match rayon::current_num_threads() {
+            1 => "CPU (1 thread)".to_string(),
+            n => format!("CPU ({n} threads)"),
+        }
     }
     fn buf_len(buf: &Vec<f32>) -> usize {
         buf.len()

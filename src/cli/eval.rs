@@ -262,7 +262,7 @@ fn table_on<B: Backend>(b: &B, a: &TableArgs, device: &Device, m: &SamplingModel
         eprintln!("{name}: FID {:.2} (floor {:.2} at n = {n}), {seconds:.1} s", q.fid, q.fid_floor);
         let grid = format!("{}/{file}", grid_dir.file_name().map_or(String::new(), |f| f.to_string_lossy().into_owned()));
         rows[i] = Some(Row { name, calls, seconds, q, grid });
-        write_table(a, m, &rows)?;
+        write_table(a, m, &b.describe(), &rows)?;
     }
     Ok(())
 }
@@ -272,8 +272,8 @@ fn floor(q: &Quality) -> String {
     format!("{:.2} ({:.2}–{:.2})", q.fid_floor, q.fid_floor_range.0, q.fid_floor_range.1)
 }
 
-/// Writes the Markdown table of the rows finished so far (atomically).
-fn write_table(a: &TableArgs, m: &SamplingModel, rows: &[Option<Row>]) -> Result<()> {
+/// Writes the Markdown table of the rows finished so far (atomically); `device` is where the sampling ran.
+fn write_table(a: &TableArgs, m: &SamplingModel, device: &str, rows: &[Option<Row>]) -> Result<()> {
     let mut md = String::new();
     md.push_str("| sampler | network calls | n | FID | real-vs-real floor at n (range) | confidence | class entropy | wall-clock | grid |\n");
     md.push_str("|---|---|---|---|---|---|---|---|---|\n");
@@ -313,7 +313,7 @@ fn write_table(a: &TableArgs, m: &SamplingModel, rows: &[Option<Row>]) -> Result
          \x20 range; compare rows only at equal n.\n\
          - **Confidence** is the classifier's mean max-softmax probability; **class entropy** that of its\n\
          \x20 predicted digits (ln 10 = 2.3026 when all ten are equally frequent).\n\
-         - Wall-clock is sampling only, on the machine the command ran on.\n\n",
+         - Wall-clock is sampling only, on {device} of the machine the command ran on.\n\n",
         ckpt = a.checkpoint.display(),
         n = a.n,
         ddpm_n = a.ddpm_n.map_or(String::new(), |d| format!(" --ddpm-n {d}")),

@@ -1,5 +1,6 @@
 //! Training determinism: the same seed gives the same run, and a run resumed from a checkpoint at step k has, at
-//! step k+m, the same parameters, EMA and optimiser state bit for bit as the run that was never interrupted.
+//! step k+m, the same parameters, EMA and optimiser state bit for bit as the run that was never interrupted; and
+//! the number of CPU threads does not change a run.
 
 use ddpm::checkpoint::{load_train_state, save};
 use ddpm::diffusion::Schedule;
@@ -96,4 +97,22 @@ fn batcher_is_a_permutation_per_epoch_with_drop_last() {
     let (e0, e1) = (b.indices(0).to_vec(), b.indices(4).to_vec());
     assert_ne!(e0, e1, "each epoch is shuffled anew");
     assert!(Batcher::new(3, 4, 0).is_err());
+}
+
+#[test]
+fn training_is_bit_identical_across_thread_counts() {
+    // 32x32 images, so that the convs have several pixel bands and GEMMs to share out between threads.
+    let data = (0..8 * 1024).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let imgs = Tensor::new(&[8, 1, 32, 32], data).unwrap();
+    let sched = Schedule::linear(1000, 1e-4, 2e-2).unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut state = TrainState::new(tiny_config()).unwrap();
+            let mut batcher = Batcher::new(8, 4, 11).unwrap();
+            run_steps(&mut state, &mut batcher, &sched, &imgs, 3);
+            state
+        })
+    };
+    assert_same(&run(1), &run(3));
 }

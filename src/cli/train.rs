@@ -24,7 +24,7 @@ pub enum Recipe {
     /// (10-14 hours on a 2-core CPU; the default when a GPU is used).
     Seed,
     /// The CPU default: base 16, t_dim 64, batch 32, lr 1e-3, EMA 0.999 with warm-up, 11250 steps
-    /// (about 32 minutes on 2 cores with the final grids and FID checks; the default on the CPU).
+    /// (about 37 minutes on 2 cores with the final grids and FID checks; the default on the CPU).
     Cpu,
 }
 
@@ -184,7 +184,7 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
         }
         if changed.is_empty() {
             println!(
-                "No GPU in use: training with the CPU recipe (about 32 minutes on 2 cores, final sample grids and FID checks included). \
+                "No GPU in use: training with the CPU recipe (about 37 minutes on 2 cores, final sample grids and FID checks included). \
                  The blog post's full recipe is `--recipe seed` (10-14 hours on a 2-core CPU)."
             );
         } else {

@@ -117,6 +117,14 @@ impl TrainArgs {
         ];
         given.into_iter().filter(|(_, g)| *g).map(|(f, _)| f).collect()
     }
+
+    /// Flags that change the recipe's run: the run-defining ones and the run's length.
+    fn recipe_overrides(&self) -> Vec<&'static str> {
+        let length = [("--epochs", self.epochs.is_some()), ("--max-steps", self.max_steps.is_some())];
+        let mut flags = self.run_defining_flags();
+        flags.extend(length.into_iter().filter(|(_, g)| *g).map(|(f, _)| f));
+        flags
+    }
 }
 
 /// Samples `n` images from the EMA weights of `state` with `kind`, from the noise of sampling seed 0.
@@ -175,13 +183,7 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
     let mut state = state.to_backend(backend)?;
     let c = state.config.clone();
     if a.resume.is_none() && a.recipe.is_none() && recipe == Recipe::Cpu {
-        let mut changed = a.run_defining_flags();
-        if a.epochs.is_some() {
-            changed.push("--epochs");
-        }
-        if a.max_steps.is_some() {
-            changed.push("--max-steps");
-        }
+        let changed = a.recipe_overrides();
         if changed.is_empty() {
             println!(
                 "No GPU in use: training with the CPU recipe (about 37 minutes on 2 cores, final sample grids and FID checks included). \

@@ -1,4 +1,5 @@
-//! Convolution and transposed convolution, forward and backward, as im2col + GEMM per image.
+//! Convolution and transposed convolution, forward and backward, as im2col + GEMM per image; the 3x3 stride-1
+//! convs with 8 or more channels on each side go through Winograd F(2x2, 3x3) instead (`super::winograd`).
 //!
 //! A conv with kernel `k`, stride `s`, padding `p` maps an image `[C, H, W]` to `[C_out, OH, OW]`,
 //! `OH = (H + 2p - k)/s + 1`. Written as a matrix product: `out = W[C_out, C·k·k] · col[C·k·k, OH·OW]`, where
@@ -11,7 +12,7 @@
 //! conv's backward), so they get the same banding and no `col2im` scatter.
 
 use super::gemm::{sgemm, sgemm_into_transposed, Mat};
-use super::{batch_chunks, wide, BATCH_CHUNKS};
+use super::{batch_chunks, wide, winograd, BATCH_CHUNKS};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -173,7 +174,7 @@ thread_local! {
 }
 
 /// Runs `f` with a per-thread scratch buffer of at least `len` floats (contents unspecified).
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| {
         let mut buf = cell.borrow_mut();
         if buf.len() < len {
@@ -220,7 +221,12 @@ pub struct Epilogue<'a> {
 
 /// Conv2d forward: `out[n] = W · im2col(x[n]) + epilogue`, `x: [n, g.c, g.h, g.w]`, `w: [co, g.c, k, k]`,
 /// `out: [n, co, g.oh, g.ow]`, one band of [`BAND_PIXELS`] output pixels at a time.
+///
+/// Convs where `winograd::applies` run there: the same result, with 2.25x fewer multiply-adds.
 pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, epi: Epilogue, out: &mut [f32]) {
+    if winograd::applies(g, co) {
+        return winograd::conv2d_forward(g, n, x, w, co, epi, out);
+    }
     let (kk, plane, in_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
     let threads = inner_threads(n);
     out.par_chunks_mut(co * plane).enumerate().for_each(|(i, out_i)| {
@@ -247,7 +253,7 @@ pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, e
 }
 
 /// `out[c, :] += bias[c] + chan_bias[c]` for each channel of one image.
-fn add_channel_terms(out: &mut [f32], co: usize, plane: usize, bias: Option<&[f32]>, chan_bias: Option<&[f32]>) {
+pub(super) fn add_channel_terms(out: &mut [f32], co: usize, plane: usize, bias: Option<&[f32]>, chan_bias: Option<&[f32]>) {
     if bias.is_none() && chan_bias.is_none() {
         return;
     }
@@ -272,7 +278,7 @@ pub struct ConvGrads<'a> {
 /// swapped, and padding `k - 1 - p`:
 /// `dx[c, y, x] = Σ_{o, ky, kx} W[o, c, k-1-ky, k-1-kx] · gout[o, y - (k-1-p) + ky, x - (k-1-p) + kx]`.
 /// It runs as [`conv2d_forward`] (banded im2col + GEMM, written once) instead of a GEMM into a full column
-/// matrix that `col2im` then scatter-adds.
+/// matrix that `col2im` then scatter-adds. Where `winograd::applies`, that forward and dW run through Winograd.
 pub fn conv2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, gout: &[f32], grads: ConvGrads) {
     let (kk, plane, in_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
     let threads = inner_threads(n);
@@ -285,6 +291,16 @@ pub fn conv2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, 
         }
         dx => dx,
     };
+    let dw = match dw {
+        Some(dw) if winograd::applies(g, co) => {
+            winograd::conv2d_weight_grad(g, n, x, co, gout, dw);
+            None
+        }
+        dw => dw,
+    };
+    if dx.is_none() && dw.is_none() {
+        return;
+    }
     // dx still to do (other strides) needs a whole image's column matrix; dW only a band's.
     let scratch = kk * if dx.is_some() { plane } else { band_rows(g) * g.ow };
     per_image_backward(n, in_len, (kk, co), scratch, ConvGrads { dx, dw }, |i, first, dx_i, dw_part, col| {
@@ -440,12 +456,12 @@ fn sum_partials_transposed(partials: &[Vec<f32>], (rows, cols): (usize, usize), 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// `out[n, o, oy, ox] = Σ_{c, ky, kx} w[o, c, ky, kx]·x[n, c, oy·s - p + ky, ox·s - p + kx]`, straight from the
     /// definition, in f64.
-    fn direct_conv(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize) -> Vec<f32> {
+    pub(crate) fn direct_conv(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize) -> Vec<f32> {
         let (k, s, p) = (g.k as isize, g.stride as isize, g.pad as isize);
         let mut out = vec![0.0; n * co * g.oh * g.ow];
         for i in 0..n {
@@ -474,7 +490,7 @@ mod tests {
 
     /// `(dx, dW)` for `gout`, straight from the definition (every output pixel's gradient times the input pixel
     /// and weight it read), in f64.
-    fn direct_conv_grads(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, gout: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn direct_conv_grads(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, gout: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let (k, s, p) = (g.k as isize, g.stride as isize, g.pad as isize);
         let (mut dx, mut dw) = (vec![0.0f64; x.len()], vec![0.0f64; w.len()]);
         for i in 0..n {
@@ -497,7 +513,7 @@ mod tests {
     }
 
     /// Deterministic values in [-1, 1).
-    fn values(len: usize, mul: usize, modulus: usize) -> Vec<f32> {
+    pub(crate) fn values(len: usize, mul: usize, modulus: usize) -> Vec<f32> {
         (0..len).map(|i| (i * mul % modulus) as f32 * 2.0 / modulus as f32 - 1.0).collect()
     }
 

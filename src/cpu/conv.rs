@@ -201,8 +201,9 @@ fn bands(g: &ConvGeom) -> impl Iterator<Item = Range<usize>> {
     (0..oh).step_by(rows).map(move |r0| r0..(r0 + rows).min(oh))
 }
 
-/// GEMM threads for per-image work: the whole machine when there is one image, else 1 (images in parallel).
-fn inner_threads(n: usize) -> usize {
+/// GEMM threads for work split into `n` parallel items (images, or groups of them): the whole machine when there
+/// is one item, else 1 (the items run in parallel).
+pub(super) fn inner_threads(n: usize) -> usize {
     if n == 1 {
         rayon::current_num_threads()
     } else {

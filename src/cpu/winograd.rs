@@ -59,6 +59,11 @@ impl Tiling {
         let (rows, step) = (imgs * self.th, self.band_rows);
         (0..rows).step_by(step).map(move |r0| r0..(r0 + step).min(rows))
     }
+    /// The tile rows of `band`, as `(index in the band, image, tile row of the image)`.
+    fn tile_rows(&self, band: Range<usize>) -> impl Iterator<Item = (usize, usize, usize)> {
+        let th = self.th;
+        band.enumerate().map(move |(bt, r)| (bt, r / th, r % th))
+    }
     /// The most tiles any band holds.
     fn max_band_tiles(&self) -> usize {
         self.band_rows.min(self.per_group * self.th) * self.tw
@@ -93,12 +98,13 @@ pub fn transform_weights(w: &[f32], co: usize, ci: usize) -> Vec<f32> {
     u
 }
 
-/// `dW[o, c] = Gᵀ dU[o, c] G` for `du: [16][co][ci]`, written as `[co, ci, 3, 3]`: the adjoint of
-/// [`transform_weights`].
-fn untransform_weight_grads(du: &[f32], co: usize, ci: usize, dw: &mut [f32]) {
+/// `dW[o, c] = Gᵀ dU[o, c] G` for `du_t: [16][ci][co]` (each `dU[ξ]` transposed, as the weight-gradient GEMMs
+/// produce it), written as `[co, ci, 3, 3]`: the adjoint of [`transform_weights`].
+fn untransform_weight_grads(du_t: &[f32], co: usize, ci: usize, dw: &mut [f32]) {
     let stride = co * ci;
     for (oc, g) in dw.chunks_exact_mut(9).enumerate() {
-        let m = |xi: usize| du[xi * stride + oc];
+        let (o, c) = (oc / ci, oc % ci);
+        let m = |xi: usize| du_t[xi * stride + c * co + o];
         // Gᵀ dU: Gᵀ applied to each of dU's 4 columns, as 4 columns of 3.
         let cols: [[f32; 3]; 4] = std::array::from_fn(|col| gt_apply([m(col), m(4 + col), m(8 + col), m(12 + col)]));
         // (Gᵀ dU) G: Gᵀ applied to each of the 3 rows.
@@ -123,16 +129,16 @@ fn transform_input(g: &ConvGeom, tl: &Tiling, x: &[f32], band: Range<usize>, v: 
         let mut rows = vec![0.0f32; 8 * pw];
         let (inp, tr) = rows.split_at_mut(4 * pw);
         for c in 0..g.c {
-            for (bt, r) in band.clone().enumerate() {
-                let (img, ty) = (r / tl.th, r % tl.th);
+            for (bt, img, ty) in tl.tile_rows(band.clone()) {
                 let plane = &x[(img * g.c + c) * g.h * w..][..g.h * w];
                 for (a, padded) in inp.chunks_exact_mut(pw).enumerate() {
                     let iy = (2 * ty + a).wrapping_sub(1);
                     padded[0] = 0.0;
                     padded[pw - 1] = 0.0;
-                    match plane.get(iy * w..(iy + 1) * w) {
-                        Some(row) if iy < g.h => padded[1..=w].copy_from_slice(row),
-                        _ => padded.fill(0.0),
+                    if iy < g.h {
+                        padded[1..=w].copy_from_slice(&plane[iy * w..][..w]);
+                    } else {
+                        padded.fill(0.0);
                     }
                 }
                 let (r0, rest) = inp.split_at(pw);
@@ -193,8 +199,7 @@ fn transform_output(g: &ConvGeom, tl: &Tiling, co: usize, m: &[f32], band: Range
         // s[a][b]: row a of Aᵀ M for column b, each a slice over the tile row's tiles.
         let mut s = vec![0.0f32; 8 * tw];
         for o in 0..co {
-            for (bt, r) in band.clone().enumerate() {
-                let (img, ty) = (r / tl.th, r % tl.th);
+            for (bt, img, ty) in tl.tile_rows(band.clone()) {
                 let mx = |xi: usize| &m[xi * xi_stride + o * nt + bt * tw..][..tw];
                 let (s_top, s_bottom) = s.split_at_mut(4 * tw);
                 for (b, (s0, s1)) in s_top.chunks_exact_mut(tw).zip(s_bottom.chunks_exact_mut(tw)).enumerate() {
@@ -251,8 +256,7 @@ fn transform_output_grad(g: &ConvGeom, tl: &Tiling, co: usize, gout: &[f32], ban
         // r[i][b]: output row i (of the tile's two) expanded to column b, a slice over the tile row's tiles.
         let mut r = vec![0.0f32; 8 * tw];
         for o in 0..co {
-            for (bt, row) in band.clone().enumerate() {
-                let (img, ty) = (row / tl.th, row % tl.th);
+            for (bt, img, ty) in tl.tile_rows(band.clone()) {
                 let plane = &gout[(img * co + o) * g.h * w..][..g.h * w];
                 for (i, ri) in r.chunks_exact_mut(4 * tw).enumerate() {
                     let (r0, rest) = ri.split_at_mut(tw);
@@ -375,20 +379,12 @@ pub fn conv2d_weight_grad(g: &ConvGeom, n: usize, x: &[f32], co: usize, gout: &[
             du
         })
         .collect();
-    // Sum the chunks' dUᵀ in order, transpose each ξ to [co][c], and map back to 3x3.
+    // Sum the chunks' dUᵀ in order and map back to 3x3.
     let mut sum = vec![0.0f32; 16 * g.c * co];
     for p in &partials {
         sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
     }
-    let mut du = vec![0.0f32; 16 * co * g.c];
-    for xi in 0..16 {
-        for c in 0..g.c {
-            for o in 0..co {
-                du[(xi * co + o) * g.c + c] = sum[(xi * g.c + c) * co + o];
-            }
-        }
-    }
-    untransform_weight_grads(&du, co, g.c, dw);
+    untransform_weight_grads(&sum, co, g.c, dw);
 }
 
 #[cfg(test)]
@@ -455,11 +451,15 @@ mod tests {
         // <transform(g), du> = <g, untransform(du)> for any g and du: the weight gradient is the exact adjoint.
         let (co, ci) = (3, 2);
         let g = values(co * ci * 9, 53, 89);
-        let du = values(16 * co * ci, 37, 101);
+        let du_t = values(16 * ci * co, 37, 101);
         let u = transform_weights(&g, co, ci);
         let mut dg = vec![0.0; g.len()];
-        untransform_weight_grads(&du, co, ci, &mut dg);
-        let lhs: f64 = u.iter().zip(&du).map(|(a, b)| *a as f64 * *b as f64).sum();
+        untransform_weight_grads(&du_t, co, ci, &mut dg);
+        // u is [16][co][ci], du_t is [16][ci][co].
+        let lhs: f64 = (0..16 * co * ci).map(|k| {
+            let (xi, o, c) = (k / (co * ci), k / ci % co, k % ci);
+            u[k] as f64 * du_t[(xi * ci + c) * co + o] as f64
+        }).sum();
         let rhs: f64 = g.iter().zip(&dg).map(|(a, b)| *a as f64 * *b as f64).sum();
         assert!((lhs - rhs).abs() < 1e-5 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
     }

@@ -14,8 +14,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use ddpm::backend::{Backend, Cpu};
 use ddpm::cpu::conv::ConvGeom;
 use ddpm::cpu::norm::NormDims;
-use ddpm::optim::AdamWScalars;
 use ddpm::nn::{UNet, UNetConfig};
+use ddpm::optim::AdamWScalars;
 use ddpm::rng;
 use rand::{rngs::StdRng, SeedableRng};
 use std::time::Instant;
@@ -34,7 +34,11 @@ fn random(len: usize, seed: u64) -> Vec<f32> {
 fn print_peaks() {
     let threads = rayon::current_num_threads();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let mhz: f64 = cpuinfo.lines().find(|l| l.starts_with("cpu MHz")).and_then(|l| l.split(':').nth(1)?.trim().parse().ok()).unwrap_or(0.0);
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split(':').nth(1)?.trim().parse().ok())
+        .unwrap_or(0.0);
     let avx512 = cpuinfo.contains("avx512f");
     let flop_per_cycle = if avx512 { 64.0 } else { 32.0 };
     let src = vec![1.0f32; 64 << 20];
@@ -130,9 +134,19 @@ fn bench_memory_bound(c: &mut Criterion) {
     UNet::new(UNetConfig::default(), &mut store, &mut StdRng::seed_from_u64(0)).unwrap();
     let params = store.numel();
     let (mut p, mut m, mut v, g) = (random(params, 8), vec![0.0f32; params], vec![0.0f32; params], random(params, 9));
-    let s = AdamWScalars { decay: 1.0 - 2e-4 * 0.01, w1: 0.1, b2: 0.999, w2: 0.001, neg_step_size: -2e-4, bc2_sqrt: 1.0, eps: 1e-8 };
+    let s = AdamWScalars {
+        decay: 1.0 - 2e-4 * 0.01,
+        w1: 0.1,
+        b2: 0.999,
+        w2: 0.001,
+        neg_step_size: -2e-4,
+        bc2_sqrt: 1.0,
+        eps: 1e-8,
+    };
     group.throughput(Throughput::Bytes((7 * 4 * params) as u64));
-    group.bench_function(format!("adamw_{params}_params"), |b| b.iter(|| be.adamw_step(&s, &mut p, &mut m, &mut v, &g).unwrap()));
+    group.bench_function(format!("adamw_{params}_params"), |b| {
+        b.iter(|| be.adamw_step(&s, &mut p, &mut m, &mut v, &g).unwrap())
+    });
     group.finish();
 }
 

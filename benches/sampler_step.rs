@@ -8,7 +8,6 @@ use ddpm::nn::{UNet, UNetConfig, UNetDenoiser};
 use ddpm::params::Params;
 use rand::{rngs::StdRng, SeedableRng};
 
-
 /// The binary's allocator, so the numbers match `ddpm bench` (see `ddpm::alloc`).
 #[global_allocator]
 static ALLOC: ddpm::alloc::CachingAlloc = ddpm::alloc::CachingAlloc;

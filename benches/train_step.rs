@@ -9,7 +9,6 @@ use ddpm::params::Params;
 use ddpm::Tensor;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-
 /// The binary's allocator, so the numbers match `ddpm bench` (see `ddpm::alloc`).
 #[global_allocator]
 static ALLOC: ddpm::alloc::CachingAlloc = ddpm::alloc::CachingAlloc;

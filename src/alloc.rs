@@ -30,7 +30,8 @@ struct Cache {
 // SAFETY: the pointers are owned, unaliased blocks; the cache is only touched under its mutex.
 unsafe impl Send for Cache {}
 
-static CACHE: Mutex<Cache> = Mutex::new(Cache { blocks: [(Layout::new::<u8>(), ptr::null_mut()); SLOTS], len: 0, bytes: 0 });
+static CACHE: Mutex<Cache> =
+    Mutex::new(Cache { blocks: [(Layout::new::<u8>(), ptr::null_mut()); SLOTS], len: 0, bytes: 0 });
 
 /// The system allocator with a cache of freed blocks of at least 1 MiB, reused for requests of exactly the same
 /// size and alignment. Install it with `#[global_allocator] static A: CachingAlloc = CachingAlloc;`.

@@ -70,7 +70,10 @@ pub fn load_train_state(path: &Path) -> Result<TrainState> {
 fn train_state_from(f: &TensorFile) -> Result<TrainState> {
     let path = f.path.as_path();
     if f.metadata.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(Error::file(path, "not a ddpm training checkpoint (a plain state dict can be sampled from, not resumed)"));
+        return Err(Error::file(
+            path,
+            "not a ddpm training checkpoint (a plain state dict can be sampled from, not resumed)",
+        ));
     }
     let max_steps: String = field(&f, "max_steps")?;
     let config = RunConfig {
@@ -130,11 +133,20 @@ pub fn load_for_sampling(path: &Path, use_ema: bool) -> Result<SamplingModel> {
     let (conv, time) = (shape("in_conv.weight")?, shape("time.mlp.0.weight")?);
     let config = match (&conv[..], &time[..]) {
         (&[base, in_ch, 3, 3], &[_, t_dim]) => UNetConfig { in_ch, base, t_dim },
-        _ => return Err(Error::file(path, format!("cannot infer the UNet's sizes from in_conv.weight {conv:?} and time.mlp.0.weight {time:?}"))),
+        _ => {
+            return Err(Error::file(
+                path,
+                format!("cannot infer the UNet's sizes from in_conv.weight {conv:?} and time.mlp.0.weight {time:?}"),
+            ))
+        }
     };
     let mut params = Params::new();
-    let model = UNet::new(config, &mut params, &mut StdRng::seed_from_u64(0)).map_err(|e| Error::file(path, e.to_string()))?;
+    let model =
+        UNet::new(config, &mut params, &mut StdRng::seed_from_u64(0)).map_err(|e| Error::file(path, e.to_string()))?;
     params.load_from(&f.f32_with_prefix(""), &what)?;
-    let description = format!("plain state dict (base {}, t_dim {}, in_ch {}); no EMA in it", config.base, config.t_dim, config.in_ch);
+    let description = format!(
+        "plain state dict (base {}, t_dim {}, in_ch {}); no EMA in it",
+        config.base, config.t_dim, config.in_ch
+    );
     Ok(SamplingModel { model, params, timesteps: 1000, description })
 }

@@ -13,6 +13,7 @@ pub mod alloc;
 pub mod atomic;
 pub mod autograd;
 pub mod backend;
+pub mod checkpoint;
 pub mod cpu;
 pub mod data;
 pub mod diffusion;
@@ -28,7 +29,6 @@ pub mod rng;
 pub mod tensor;
 pub mod tensor_file;
 pub mod train;
-pub mod checkpoint;
 
 pub use error::{Error, Result};
 pub use tensor::Tensor;

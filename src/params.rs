@@ -25,7 +25,6 @@ impl Params {
     pub fn new() -> Self {
         Self::default()
     }
-
 }
 
 impl<B: Backend> Params<B> {
@@ -123,7 +122,12 @@ pub struct Grads<B: Backend = Cpu>(pub Vec<Tensor<B>>);
 impl<B: Backend> Grads<B> {
     /// Zero gradients shaped like `params`.
     pub fn zeros_like(params: &Params<B>) -> Result<Self> {
-        params.tensors.iter().map(|t| Tensor::full_on(&params.backend, t.shape(), 0.0)).collect::<Result<_>>().map(Grads)
+        params
+            .tensors
+            .iter()
+            .map(|t| Tensor::full_on(&params.backend, t.shape(), 0.0))
+            .collect::<Result<_>>()
+            .map(Grads)
     }
 
     /// The gradient of `id`.

@@ -28,8 +28,10 @@ pub struct TensorFile {
 /// valid safetensors, is an error naming the file.
 pub fn read_tensors(path: &Path) -> Result<TensorFile> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::file(path, format!("bad safetensors header: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| Error::file(path, format!("bad safetensors header: {e}")))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
@@ -84,8 +86,13 @@ impl TensorFile {
 }
 
 /// Writes f32 tensors (and string metadata) to a safetensors file at `path`, atomically.
-pub fn write_tensors(path: &Path, tensors: &[(String, &Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, t)| t.data().iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[(String, &Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let bytes: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, t)| t.data().iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
     let views = tensors
         .iter()
         .zip(&bytes)
@@ -95,6 +102,9 @@ pub fn write_tensors(path: &Path, tensors: &[(String, &Tensor)], metadata: Optio
             Ok((n.clone(), view))
         })
         .collect::<Result<Vec<_>>>()?;
-    let buf = safetensors::serialize(views, metadata).map_err(|e| Error::file(path, format!("cannot serialise: {e}")))?;
-    crate::atomic::write_atomic(path, |w| w.write_all(&buf).map_err(|e| Error::file(path, format!("write failed: {e}"))))
+    let buf =
+        safetensors::serialize(views, metadata).map_err(|e| Error::file(path, format!("cannot serialise: {e}")))?;
+    crate::atomic::write_atomic(path, |w| {
+        w.write_all(&buf).map_err(|e| Error::file(path, format!("write failed: {e}")))
+    })
 }

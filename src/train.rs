@@ -168,7 +168,8 @@ impl<B: Backend> TrainState<B> {
     pub fn train_step(&mut self, sched: &Schedule, x0: &Tensor) -> Result<StepStats> {
         let (b, ..) = x0.dims4("training batch")?;
         let (seed, k) = (self.config.seed, self.step);
-        let t: Vec<usize> = (0..b).map(|i| rng::uniform_below(seed, STREAM_T | k, i as u64, sched.t as u32) as usize).collect();
+        let t: Vec<usize> =
+            (0..b).map(|i| rng::uniform_below(seed, STREAM_T | k, i as u64, sched.t as u32) as usize).collect();
         let be = self.params.backend().clone();
         let x0 = x0.to_backend(&be)?;
         let (noise, x_t) = be.q_sample(sched, x0.buf(), &t, seed, STREAM_NOISE | k)?;
@@ -202,7 +203,9 @@ impl Batcher {
     /// Batches of `batch` out of `n_images` (which must hold at least one full batch).
     pub fn new(n_images: usize, batch: usize, seed: u64) -> Result<Self> {
         if batch == 0 || n_images < batch {
-            return Err(Error::Arg(format!("batch size {batch} needs at least that many images, the data has {n_images}")));
+            return Err(Error::Arg(format!(
+                "batch size {batch} needs at least that many images, the data has {n_images}"
+            )));
         }
         Ok(Batcher { n_images, batch, seed, cached: None })
     }

@@ -23,7 +23,10 @@ fn shipped_weights_classify_the_first_2000_test_digits() {
     let (model, params) = Classifier::load(&repo_path(DEFAULT_WEIGHTS)).unwrap();
     let (images, labels) = test_digits(2000);
     let emb = model.embed(&params, &images, 500).unwrap();
-    assert_eq!((emb.n, emb.dim, emb.features.len(), emb.probs.len()), (2000, FEATURE_DIM, 2000 * FEATURE_DIM, 2000 * CLASSES));
+    assert_eq!(
+        (emb.n, emb.dim, emb.features.len(), emb.probs.len()),
+        (2000, FEATURE_DIM, 2000 * FEATURE_DIM, 2000 * CLASSES)
+    );
     assert!(emb.features.iter().all(|&f| f >= 0.0), "features are taken after a ReLU");
     for row in emb.probs.chunks(CLASSES) {
         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "probabilities sum to 1: {row:?}");

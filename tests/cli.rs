@@ -34,13 +34,32 @@ fn fails_with(out: &Output, needle: &str) {
 fn train_resume_and_sample_tiny_run() {
     let dir = scratch("run");
     let out = dir.join("run");
-    let base = ["train", "--device", "cpu", "--base", "8", "--t-dim", "4", "--batch", "8", "--timesteps", "50", "--sample-n", "4", "--eval-n", "16", "--out", s(&out)];
+    let base = [
+        "train",
+        "--device",
+        "cpu",
+        "--base",
+        "8",
+        "--t-dim",
+        "4",
+        "--batch",
+        "8",
+        "--timesteps",
+        "50",
+        "--sample-n",
+        "4",
+        "--eval-n",
+        "16",
+        "--out",
+        s(&out),
+    ];
     let r = ddpm(&[&base[..], &["--max-steps", "3"]].concat());
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     // FID is measured at the end of training (and of each epoch) and logged in the last column.
     let log = std::fs::read_to_string(out.join("log.csv")).unwrap();
     assert!(log.starts_with("step,epoch,loss,grad_norm,lr,fid\n"), "{log}");
-    let fid: f64 = log.lines().last().unwrap().rsplit(',').next().unwrap().parse().expect("a FID on the last step's row");
+    let fid: f64 =
+        log.lines().last().unwrap().rsplit(',').next().unwrap().parse().expect("a FID on the last step's row");
     assert!(fid.is_finite() && fid > 0.0, "{log}");
     for f in ["checkpoint.safetensors", "log.csv", "samples_ddim.png", "samples_ddpm.png", "loss_curve.png"] {
         assert!(out.join(f).exists(), "{f} missing");
@@ -49,7 +68,19 @@ fn train_resume_and_sample_tiny_run() {
     // Training again into the same folder without --resume would overwrite the run: refused.
     fails_with(&ddpm(&[&base[..], &["--max-steps", "3"]].concat()), "already holds a run");
     // Resume to step 5: two more log lines; changing the run's settings is refused.
-    let r = ddpm(&["train", "--device", "cpu", "--resume", s(&ckpt), "--max-steps", "5", "--sample-n", "4", "--out", s(&out)]);
+    let r = ddpm(&[
+        "train",
+        "--device",
+        "cpu",
+        "--resume",
+        s(&ckpt),
+        "--max-steps",
+        "5",
+        "--sample-n",
+        "4",
+        "--out",
+        s(&out),
+    ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let log = std::fs::read_to_string(out.join("log.csv")).unwrap();
     assert_eq!(log.lines().count(), 1 + 5, "header + 5 steps:\n{log}");
@@ -75,14 +106,22 @@ fn sampling_a_pytorch_state_dict_reproduces_the_seed_trajectory() {
     let dir = scratch("torch");
     let steps = common::golden("steps.safetensors");
     let noise_file = dir.join("noise.safetensors");
-    ddpm::tensor_file::write_tensors(&noise_file, &[("noise".into(), steps.f32("traj.ddim10.xT").unwrap())], None).unwrap();
+    ddpm::tensor_file::write_tensors(&noise_file, &[("noise".into(), steps.f32("traj.ddim10.xT").unwrap())], None)
+        .unwrap();
     let out = dir.join("out.safetensors");
     let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/weights.safetensors");
-    let r = ddpm(&["sample", "--checkpoint", s(&weights), "--steps", "10", "--noise", s(&noise_file), "--out", s(&out)]);
+    let r =
+        ddpm(&["sample", "--checkpoint", s(&weights), "--steps", "10", "--noise", s(&noise_file), "--out", s(&out)]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let ours = ddpm::tensor_file::read_tensors(&out).unwrap();
     // The same bound as tests/sampling.rs (README: 5e-4 over the 11-step trajectory).
-    common::assert_close("traj.ddim10.out via CLI", ours.f32("samples").unwrap().data(), steps.f32("traj.ddim10.out").unwrap().data(), 5e-4, 0.0);
+    common::assert_close(
+        "traj.ddim10.out via CLI",
+        ours.f32("samples").unwrap().data(),
+        steps.f32("traj.ddim10.out").unwrap().data(),
+        5e-4,
+        0.0,
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -98,16 +137,24 @@ fn bad_input_is_a_clean_error_and_leaves_no_output() {
     fails_with(&sample(&["--eta", "-0.5"]), "eta must be finite and >= 0");
     fails_with(&sample(&["--n", "0"]), "--n must be at least 1");
     let no_noise = dir.join("nonoise.safetensors");
-    ddpm::tensor_file::write_tensors(&no_noise, &[("other".into(), &ddpm::Tensor::zeros(&[1, 1, 32, 32]))], None).unwrap();
+    ddpm::tensor_file::write_tensors(&no_noise, &[("other".into(), &ddpm::Tensor::zeros(&[1, 1, 32, 32]))], None)
+        .unwrap();
     fails_with(&sample(&["--noise", s(&no_noise)]), "no tensor `noise`");
     let bad_shape = dir.join("badshape.safetensors");
-    ddpm::tensor_file::write_tensors(&bad_shape, &[("noise".into(), &ddpm::Tensor::zeros(&[2, 1, 28, 28]))], None).unwrap();
+    ddpm::tensor_file::write_tensors(&bad_shape, &[("noise".into(), &ddpm::Tensor::zeros(&[2, 1, 28, 28]))], None)
+        .unwrap();
     fails_with(&sample(&["--noise", s(&bad_shape)]), "expected [n, 1, 32, 32]");
-    fails_with(&ddpm(&["sample", "--checkpoint", w, "--out", s(&dir.join("x.jpg"))]), "must end in .png or .safetensors");
+    fails_with(
+        &ddpm(&["sample", "--checkpoint", w, "--out", s(&dir.join("x.jpg"))]),
+        "must end in .png or .safetensors",
+    );
     let text = dir.join("notes.safetensors");
     std::fs::write(&text, "this is not a checkpoint").unwrap();
     fails_with(&ddpm(&["sample", "--checkpoint", s(&text), "--out", s(&out)]), "not a valid safetensors file");
-    fails_with(&ddpm(&["sample", "--checkpoint", s(&dir.join("missing.safetensors")), "--out", s(&out)]), "missing.safetensors");
+    fails_with(
+        &ddpm(&["sample", "--checkpoint", s(&dir.join("missing.safetensors")), "--out", s(&out)]),
+        "missing.safetensors",
+    );
     // A state dict with a mis-shaped tensor: the error names it.
     let golden = ddpm::tensor_file::read_tensors(&weights).unwrap();
     let mut tensors: Vec<(String, ddpm::Tensor)> = golden.f32_with_prefix("").into_iter().collect();
@@ -134,7 +181,10 @@ fn bad_input_is_a_clean_error_and_leaves_no_output() {
     header[3] = 7;
     std::fs::write(data.join("train-images-idx3-ubyte"), &header).unwrap();
     fails_with(&ddpm(&["train", "--data", s(&data), "--out", s(&dir.join("r3"))]), "train-images-idx3-ubyte");
-    fails_with(&ddpm(&["train", "--device", "cuda", "--out", s(&dir.join("r4"))]), "--device cuda: no usable CUDA device");
+    fails_with(
+        &ddpm(&["train", "--device", "cuda", "--out", s(&dir.join("r4"))]),
+        "--device cuda: no usable CUDA device",
+    );
     fails_with(&ddpm(&["train", "--base", "12", "--out", s(&dir.join("r5"))]), "base must be a positive multiple of 8");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -156,7 +206,21 @@ fn train_classifier_is_deterministic_and_checks_its_flags() {
     write_idx(&dir, "t10k", 10);
     let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
     for out in [&a, &b] {
-        let r = ddpm(&["train-classifier", "--data", s(&dir), "--out", s(out), "--epochs", "2", "--batch", "8", "--device", "cpu", "--seed", "3"]);
+        let r = ddpm(&[
+            "train-classifier",
+            "--data",
+            s(&dir),
+            "--out",
+            s(out),
+            "--epochs",
+            "2",
+            "--batch",
+            "8",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+        ]);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         let stdout = String::from_utf8_lossy(&r.stdout);
         assert!(stdout.contains("epoch 1: mean training loss") && stdout.contains("test accuracy"), "{stdout}");
@@ -164,9 +228,15 @@ fn train_classifier_is_deterministic_and_checks_its_flags() {
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "same seed, same weights");
     ddpm::nn::Classifier::load(&a).unwrap();
     let c = dir.join("c.safetensors");
-    fails_with(&ddpm(&["train-classifier", "--data", s(&dir), "--out", s(&c), "--batch", "0"]), "--batch must be at least 1");
+    fails_with(
+        &ddpm(&["train-classifier", "--data", s(&dir), "--out", s(&c), "--batch", "0"]),
+        "--batch must be at least 1",
+    );
     fails_with(&ddpm(&["train-classifier", "--data", s(&dir), "--out", s(&c), "--lr", "0"]), "--lr must be positive");
-    fails_with(&ddpm(&["train-classifier", "--data", s(&dir), "--out", s(&c), "--batch", "32", "--device", "cpu"]), "batch size 32");
+    fails_with(
+        &ddpm(&["train-classifier", "--data", s(&dir), "--out", s(&c), "--batch", "32", "--device", "cpu"]),
+        "batch size 32",
+    );
     fails_with(&ddpm(&["train-classifier", "--data", s(&dir.join("none")), "--out", s(&c)]), "none");
     assert!(!c.exists(), "no weights from a failed run");
     std::fs::remove_dir_all(&dir).ok();

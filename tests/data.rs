@@ -292,7 +292,9 @@ fn curve_png_is_written() {
     assert_eq!((info.width, info.height), (640, 400));
     assert!(rgb.chunks_exact(3).any(|p| p == [31, 119, 180]), "no curve drawn");
     // Text is black and drawn outside the axes box: the title in the top rows, the x axis name in the bottom ones.
-    let black_in_rows = |rows: std::ops::Range<usize>| rows.flat_map(|y| (0..640).map(move |x| (y * 640 + x) * 3)).any(|at| rgb[at..at + 3] == [0, 0, 0]);
+    let black_in_rows = |rows: std::ops::Range<usize>| {
+        rows.flat_map(|y| (0..640).map(move |x| (y * 640 + x) * 3)).any(|at| rgb[at..at + 3] == [0, 0, 0])
+    };
     assert!(black_in_rows(0..30), "no title");
     assert!(black_in_rows(380..400), "no x axis name");
     save_curve_png(&path, &[], "empty", "x", "y").unwrap();

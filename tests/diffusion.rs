@@ -4,9 +4,9 @@
 mod common;
 
 use common::{assert_close, golden, max_ulp};
-use ddpm::tensor_file::TensorFile;
 use ddpm::diffusion::sampler::{ddim_step, ddpm_step, noise_stream, DdimCoefs, INIT_STREAM};
 use ddpm::diffusion::{ddim_timesteps, initial_noise, sample, SamplerKind, Schedule};
+use ddpm::tensor_file::TensorFile;
 use ddpm::{rng, Error, Result, Tensor};
 
 fn seed_schedule() -> Schedule {
@@ -96,7 +96,9 @@ fn ddpm_steps_match_golden() {
         ddpm_step(&s, t, &x, &eps, Some(&z), &mut out).unwrap();
         // README: atol 1e-5, rtol 1e-5 for single steps (measured <= 3.6e-6 against f64). With the seed's f32
         // op order and bit-exact betas, only the 1-ulp sqrt buffers can move the result, by ~1e-7 * |x|.
-        worst = worst.max(assert_close(&format!("ddpm.t{t}"), &out, g.f32(&format!("ddpm.t{t}")).unwrap().data(), 1e-5, 1e-5).max_abs);
+        worst = worst.max(
+            assert_close(&format!("ddpm.t{t}"), &out, g.f32(&format!("ddpm.t{t}")).unwrap().data(), 1e-5, 1e-5).max_abs,
+        );
     }
     eprintln!("ddpm.t*: max abs {worst:e}");
 }

@@ -45,7 +45,13 @@ fn golden_forward_backward<E: Executor>(exec: E) {
     let (io, golden_acts) = (golden("io.safetensors"), golden("acts.safetensors"));
     for (name, value) in &acts {
         let atol = if name == "time" { 1e-4 } else { 1e-5 };
-        let c = assert_close(&format!("act.{name}"), value.data(), golden_acts.f32(&format!("act.{name}")).unwrap().data(), atol, 1e-5);
+        let c = assert_close(
+            &format!("act.{name}"),
+            value.data(),
+            golden_acts.f32(&format!("act.{name}")).unwrap().data(),
+            atol,
+            1e-5,
+        );
         eprintln!("gpu act.{name:<9} max abs {:.2e} ({:.0}% of threshold)", c.max_abs, 100.0 * c.worst_ratio);
     }
     let eps = &acts.iter().find(|(n, _)| n == "out_conv").unwrap().1;
@@ -54,7 +60,13 @@ fn golden_forward_backward<E: Executor>(exec: E) {
     eprintln!("gpu loss rel err {:.2e}", c.max_abs / loss);
     let mut worst = 0.0f32;
     for (i, (name, _)) in host_params.iter().enumerate() {
-        let c = assert_close(&format!("grad.{name}"), grads.0[i].data(), io.f32(&format!("grad.{name}")).unwrap().data(), 1e-7, 1e-4);
+        let c = assert_close(
+            &format!("grad.{name}"),
+            grads.0[i].data(),
+            io.f32(&format!("grad.{name}")).unwrap().data(),
+            1e-7,
+            1e-4,
+        );
         worst = worst.max(c.worst_ratio);
     }
     eprintln!("gpu grad.* worst {:.0}% of threshold", 100.0 * worst);
@@ -107,9 +119,23 @@ fn train_step_matches_cpu<E: Executor>(exec: E) {
         let (m, v) = (cpu.opt.exp_avg[i].data(), cpu.opt.exp_avg_sq[i].data());
         for (what, got, want, tol) in [
             ("exp_avg", host.opt.exp_avg[i].data(), m, &|j: usize| 1e-8 + 1e-4 * m[j].abs() as f64),
-            ("exp_avg_sq", host.opt.exp_avg_sq[i].data(), v, &|j: usize| 1e-17 + 2e-10 * (1000.0 * v[j] as f64).sqrt() + 2e-4 * v[j] as f64),
-            ("param", p.data(), cpu.params.tensors()[i].data(), &|j: usize| if 10.0 * m[j].abs() >= 1e-6 { 1e-6 } else { 2.0 * lr as f64 + 1e-6 }),
-            ("ema", host.ema.shadow[i].data(), cpu.ema.shadow[i].data(), &|j: usize| if 10.0 * m[j].abs() >= 1e-6 { 1e-6 } else { 2.0 * lr as f64 + 1e-6 }),
+            ("exp_avg_sq", host.opt.exp_avg_sq[i].data(), v, &|j: usize| {
+                1e-17 + 2e-10 * (1000.0 * v[j] as f64).sqrt() + 2e-4 * v[j] as f64
+            }),
+            ("param", p.data(), cpu.params.tensors()[i].data(), &|j: usize| {
+                if 10.0 * m[j].abs() >= 1e-6 {
+                    1e-6
+                } else {
+                    2.0 * lr as f64 + 1e-6
+                }
+            }),
+            ("ema", host.ema.shadow[i].data(), cpu.ema.shadow[i].data(), &|j: usize| {
+                if 10.0 * m[j].abs() >= 1e-6 {
+                    1e-6
+                } else {
+                    2.0 * lr as f64 + 1e-6
+                }
+            }),
         ] as [(&str, &[f32], &[f32], &dyn Fn(usize) -> f64); 4]
         {
             for (j, (g, w)) in got.iter().zip(want).enumerate() {

@@ -37,15 +37,33 @@ fn real_images_score_at_the_floor_and_noise_far_above_it() {
     let real = ev.score(&held_out).unwrap();
     // Real images differ from the reference by sampling noise only. Over 31 disjoint real sets at this n, FID
     // ranged over 0.75–1.55x the floor (their mean), hence a factor of 2 either way.
-    assert!(real.fid < 2.0 * real.fid_floor && real.fid_floor < 2.0 * real.fid, "real images: FID {} vs floor {}", real.fid, real.fid_floor);
+    assert!(
+        real.fid < 2.0 * real.fid_floor && real.fid_floor < 2.0 * real.fid,
+        "real images: FID {} vs floor {}",
+        real.fid,
+        real.fid_floor
+    );
     assert!(real.fid_floor_range.0 <= real.fid_floor && real.fid_floor <= real.fid_floor_range.1);
     assert!(real.classes.confidence > 0.95, "the classifier is confident on real digits: {}", real.classes.confidence);
-    assert!(real.classes.entropy > 2.2, "real test digits are nearly uniform over classes: H = {}", real.classes.entropy);
+    assert!(
+        real.classes.entropy > 2.2,
+        "real test digits are nearly uniform over classes: H = {}",
+        real.classes.entropy
+    );
 
     let mut noise = Tensor::zeros(&[N, 1, 32, 32]);
-    noise.data_mut().iter_mut().enumerate().for_each(|(i, v)| *v = (rng::uniform_u32x4(5, 0, i as u64)[0] >> 8) as f32 / 8_388_608.0 - 1.0);
+    noise
+        .data_mut()
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = (rng::uniform_u32x4(5, 0, i as u64)[0] >> 8) as f32 / 8_388_608.0 - 1.0);
     let q = ev.score(&noise).unwrap();
-    assert!(q.fid > 20.0 * q.fid_floor, "uniform noise must be far from real digits: FID {} vs floor {}", q.fid, q.fid_floor);
+    assert!(
+        q.fid > 20.0 * q.fid_floor,
+        "uniform noise must be far from real digits: FID {} vs floor {}",
+        q.fid,
+        q.fid_floor
+    );
     // Wrong n: FIDs at different n are not comparable, so it is refused.
     assert!(ev.score(&noise.head(N - 1).unwrap()).is_err());
 }
@@ -104,8 +122,14 @@ fn eval_cli_scores_a_samples_file_and_rejects_bad_ones() {
     let shape = dir.join("shape.safetensors");
     write_samples(&shape, &Tensor::zeros(&[4, 1, 28, 28]));
     fails_with(&["eval", "--samples", shape.to_str().unwrap(), "--device", "cpu"], "expected [n, 1, 32, 32]");
-    fails_with(&["eval", "--samples", real.to_str().unwrap(), "--n", "5000", "--device", "cpu"], "holds only 300 images");
+    fails_with(
+        &["eval", "--samples", real.to_str().unwrap(), "--n", "5000", "--device", "cpu"],
+        "holds only 300 images",
+    );
     fails_with(&["eval", "--device", "cpu"], "--samples");
-    fails_with(&["eval", "--samples", real.to_str().unwrap(), "--classifier", "nope.safetensors", "--device", "cpu"], "nope.safetensors");
+    fails_with(
+        &["eval", "--samples", real.to_str().unwrap(), "--classifier", "nope.safetensors", "--device", "cpu"],
+        "nope.safetensors",
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

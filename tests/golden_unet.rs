@@ -70,7 +70,13 @@ fn forward_activations_eps_and_loss_match() {
         // README: act.* at 1e-5 + 1e-5·|ref| (measured f32 error <= 3e-6); with our own freqs the time MLP
         // output carries the sinusoid's ~1e-5 difference, hence the README's atol 1e-4 for `time`.
         let atol = if name == "time" { 1e-4 } else { 1e-5 };
-        let c = assert_close(&format!("act.{name}"), value.data(), golden_acts.f32(&format!("act.{name}")).unwrap().data(), atol, 1e-5);
+        let c = assert_close(
+            &format!("act.{name}"),
+            value.data(),
+            golden_acts.f32(&format!("act.{name}")).unwrap().data(),
+            atol,
+            1e-5,
+        );
         worst = worst.max(c.max_abs);
         eprintln!("golden act.{name:<9} max abs {:.2e} ({:.0}% of threshold)", c.max_abs, 100.0 * c.worst_ratio);
     }
@@ -125,7 +131,13 @@ fn adamw_step_from_golden_grads_matches() {
     let mut worst = 0.0f32;
     for (name, p) in params.iter() {
         // README: 1e-7 abs (a numpy f32 port measured 7.5e-9); the step itself is ~2e-4.
-        let c = assert_close(&format!("adamw1.{name}"), p.data(), optim.f32(&format!("adamw1.{name}")).unwrap().data(), 1e-7, 0.0);
+        let c = assert_close(
+            &format!("adamw1.{name}"),
+            p.data(),
+            optim.f32(&format!("adamw1.{name}")).unwrap().data(),
+            1e-7,
+            0.0,
+        );
         worst = worst.max(c.max_abs);
     }
     eprintln!("golden adamw1.* (from golden grads) worst max abs {worst:.2e}");
@@ -163,7 +175,13 @@ fn ema_update_matches() {
     let mut worst = 0.0f32;
     for ((name, _), s) in params.iter().zip(&ema.shadow) {
         // README: 1e-7 abs (numpy f32 port 7.5e-9).
-        let c = assert_close(&format!("ema1.{name}"), s.data(), optim.f32(&format!("ema1.{name}")).unwrap().data(), 1e-7, 0.0);
+        let c = assert_close(
+            &format!("ema1.{name}"),
+            s.data(),
+            optim.f32(&format!("ema1.{name}")).unwrap().data(),
+            1e-7,
+            0.0,
+        );
         worst = worst.max(c.max_abs);
     }
     eprintln!("golden ema1.* worst max abs {worst:.2e}");
@@ -180,11 +198,41 @@ fn adamw_three_steps_with_clipping_match() {
     for k in 1..=3 {
         let mut grads = Grads(vec![optim.f32(&format!("synth.g{k}")).unwrap().clone()]);
         let (total, _) = clip_grad_norm(&mut grads, 1.0).unwrap();
-        worst = worst.max(assert_close(&format!("synth.total_norm{k}"), &[total], optim.f32(&format!("synth.total_norm{k}")).unwrap().data(), 1e-7, 1e-6).max_abs);
+        worst = worst.max(
+            assert_close(
+                &format!("synth.total_norm{k}"),
+                &[total],
+                optim.f32(&format!("synth.total_norm{k}")).unwrap().data(),
+                1e-7,
+                1e-6,
+            )
+            .max_abs,
+        );
         opt.step(&mut params, &grads).unwrap();
-        worst = worst.max(assert_close(&format!("synth.p{k}"), params.tensors()[0].data(), optim.f32(&format!("synth.p{k}")).unwrap().data(), 1e-7, 1e-6).max_abs);
+        worst = worst.max(
+            assert_close(
+                &format!("synth.p{k}"),
+                params.tensors()[0].data(),
+                optim.f32(&format!("synth.p{k}")).unwrap().data(),
+                1e-7,
+                1e-6,
+            )
+            .max_abs,
+        );
     }
-    worst = worst.max(assert_close("synth.exp_avg3", opt.exp_avg[0].data(), optim.f32("synth.exp_avg3").unwrap().data(), 1e-7, 1e-6).max_abs);
-    worst = worst.max(assert_close("synth.exp_avg_sq3", opt.exp_avg_sq[0].data(), optim.f32("synth.exp_avg_sq3").unwrap().data(), 1e-7, 1e-6).max_abs);
+    worst = worst.max(
+        assert_close("synth.exp_avg3", opt.exp_avg[0].data(), optim.f32("synth.exp_avg3").unwrap().data(), 1e-7, 1e-6)
+            .max_abs,
+    );
+    worst = worst.max(
+        assert_close(
+            "synth.exp_avg_sq3",
+            opt.exp_avg_sq[0].data(),
+            optim.f32("synth.exp_avg_sq3").unwrap().data(),
+            1e-7,
+            1e-6,
+        )
+        .max_abs,
+    );
     eprintln!("golden synth.* worst max abs {worst:.2e}");
 }

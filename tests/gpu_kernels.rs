@@ -81,7 +81,16 @@ fn sgemm<E: Executor>(e: &E) {
         let (a, b, c0) = (rand(1, m * k), rand(2, k * n), rand(3, m * n));
         for acc in [false, true] {
             let mut want = c0.clone();
-            cgemm::sgemm(m, n, k, Mat { data: &a, transposed: ta, ld: None }, Mat { data: &b, transposed: tb, ld: None }, &mut want, acc, 1);
+            cgemm::sgemm(
+                m,
+                n,
+                k,
+                Mat { data: &a, transposed: ta, ld: None },
+                Mat { data: &b, transposed: tb, ld: None },
+                &mut want,
+                acc,
+                1,
+            );
             let c = up(e, &c0);
             let g = Gemm { accumulate: acc, ..Gemm::plain(m, n, k, ta, tb) };
             ops::sgemm(e, &g, &up(e, &a), &up(e, &b), &c).unwrap();
@@ -98,7 +107,14 @@ fn sgemm<E: Executor>(e: &E) {
         cgemm::sgemm(m, n, k, Mat::n(&a), Mat::n(bi), &mut sum, i > 0, 1);
     }
     let (ab, bb, c, s) = (up(e, &a), up(e, &b), e.alloc(3 * m * n).unwrap(), e.alloc(m * n).unwrap());
-    ops::sgemm(e, &Gemm { stride_b: k * n, stride_c: m * n, batches: 3, ..Gemm::plain(m, n, k, false, false) }, &ab, &bb, &c).unwrap();
+    ops::sgemm(
+        e,
+        &Gemm { stride_b: k * n, stride_c: m * n, batches: 3, ..Gemm::plain(m, n, k, false, false) },
+        &ab,
+        &bb,
+        &c,
+    )
+    .unwrap();
     ops::sgemm(e, &Gemm { stride_b: k * n, nsum: 3, ..Gemm::plain(m, n, k, false, false) }, &ab, &bb, &s).unwrap();
     close(&down(e, &c), &want, 1e-5, 1e-5, "sgemm batched");
     close(&down(e, &s), &sum, 3e-5, 1e-5, "sgemm batch sum");
@@ -118,9 +134,18 @@ fn conv2d<E: Executor>(e: &E) {
         let (xb, wb, out) = (up(e, &x), up(e, &wt), e.alloc(out_len).unwrap());
         for residual in [None, Some(&res[..])] {
             let mut want = vec![0.0; out_len];
-            conv::conv2d_forward(&g, n, &x, &wt, co, Epilogue { bias: Some(&b), chan_bias: Some(&cb), residual }, &mut want);
+            conv::conv2d_forward(
+                &g,
+                n,
+                &x,
+                &wt,
+                co,
+                Epilogue { bias: Some(&b), chan_bias: Some(&cb), residual },
+                &mut want,
+            );
             let rb = residual.map(|r| up(e, r));
-            ops::conv2d_forward(e, &g, n, &xb, &wb, co, Some(&up(e, &b)), Some(&up(e, &cb)), rb.as_ref(), &out).unwrap();
+            ops::conv2d_forward(e, &g, n, &xb, &wb, co, Some(&up(e, &b)), Some(&up(e, &cb)), rb.as_ref(), &out)
+                .unwrap();
             close(&down(e, &out), &want, 2e-5, 1e-5, &format!("{what} forward residual={}", residual.is_some()));
         }
 
@@ -421,7 +446,11 @@ fn params_and_grads(scale: f32) -> (Params, Grads) {
 fn adamw<E: Executor>(e: &E) {
     let (mut params, grads) = params_and_grads(1.0);
     let mut opt = AdamW::new(&params, 1e-3);
-    let bufs: Vec<_> = params.tensors().iter().map(|t| (up(e, t.data()), e.upload(&vec![0.0; t.numel()]).unwrap(), e.upload(&vec![0.0; t.numel()]).unwrap())).collect();
+    let bufs: Vec<_> = params
+        .tensors()
+        .iter()
+        .map(|t| (up(e, t.data()), e.upload(&vec![0.0; t.numel()]).unwrap(), e.upload(&vec![0.0; t.numel()]).unwrap()))
+        .collect();
     let gbufs: Vec<_> = grads.0.iter().map(|g| up(e, g.data())).collect();
     for step in 1..=3 {
         let s = opt.scalars(step);
@@ -491,18 +520,21 @@ fn emulator_catches_bad_launches() {
     let (a, c) = (e.upload(&[1.0; 64]).unwrap(), e.alloc(4).unwrap());
     let err = ops::sgemm(&e, &Gemm::plain(8, 8, 1, false, false), &a, &a, &c).unwrap_err().to_string();
     assert!(err.contains("sgemm C"), "{err}");
-    let err = unsafe { e.launch(Kernel::SiluFwd, LaunchCfg::linear(1, 256), &[Arg::Buf(&a), Arg::Buf(&c), Arg::I32(4)]) }
-        .unwrap_err()
-        .to_string();
+    let err =
+        unsafe { e.launch(Kernel::SiluFwd, LaunchCfg::linear(1, 256), &[Arg::Buf(&a), Arg::Buf(&c), Arg::I32(4)]) }
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("parameter `n` is I64"), "{err}");
-    let err = unsafe { e.launch(Kernel::SiluFwd, LaunchCfg::linear(1, 1025), &[Arg::Buf(&a), Arg::Buf(&c), Arg::I64(4)]) }
-        .unwrap_err()
-        .to_string();
+    let err =
+        unsafe { e.launch(Kernel::SiluFwd, LaunchCfg::linear(1, 1025), &[Arg::Buf(&a), Arg::Buf(&c), Arg::I64(4)]) }
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("invalid block shape"), "{err}");
     // A lying length: silu over 64 elements into a 4-word buffer lands in the guard words.
-    let err = unsafe { e.launch(Kernel::SiluFwd, LaunchCfg::linear(1, 256), &[Arg::Buf(&a), Arg::Buf(&c), Arg::I64(64)]) }
-        .unwrap_err()
-        .to_string();
+    let err =
+        unsafe { e.launch(Kernel::SiluFwd, LaunchCfg::linear(1, 256), &[Arg::Buf(&a), Arg::Buf(&c), Arg::I64(64)]) }
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("wrote past the end of `y`"), "{err}");
 }
 
@@ -529,7 +561,10 @@ fn selftest(kernel: Kernel, cfg: LaunchCfg) -> (Result<(), ddpm::Error>, Vec<f32
 #[test]
 fn emulator_reports_divergent_barrier_with_lines() {
     let err = selftest(Kernel::SelftestDivergentBarrier, LaunchCfg::linear(1, 64)).0.unwrap_err().to_string();
-    assert!(err.contains("divergent __syncthreads()") && err.contains("selftest.cu:9") && err.contains("selftest.cu:11"), "{err}");
+    assert!(
+        err.contains("divergent __syncthreads()") && err.contains("selftest.cu:9") && err.contains("selftest.cu:11"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -540,12 +575,16 @@ fn emulator_reports_deadlock_with_lines() {
 
 #[test]
 fn emulator_poisons_dynamic_shared_memory() {
-    let (r, y) = selftest(Kernel::SelftestUnwrittenSmem, LaunchCfg { grid: [1, 1, 1], block: [32, 1, 1], shared_bytes: 128 });
+    let (r, y) =
+        selftest(Kernel::SelftestUnwrittenSmem, LaunchCfg { grid: [1, 1, 1], block: [32, 1, 1], shared_bytes: 128 });
     r.unwrap();
     assert!(y[..32].iter().all(|v| v.is_nan()));
-    let err = selftest(Kernel::SelftestUnwrittenSmem, LaunchCfg { grid: [1, 1, 1], block: [32, 1, 1], shared_bytes: 49 * 1024 })
-        .0
-        .unwrap_err()
-        .to_string();
+    let err = selftest(
+        Kernel::SelftestUnwrittenSmem,
+        LaunchCfg { grid: [1, 1, 1], block: [32, 1, 1], shared_bytes: 49 * 1024 },
+    )
+    .0
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("48 KiB"), "{err}");
 }

@@ -93,7 +93,9 @@ fn conv2d_3x3_pad1_with_bias_odd_sizes() {
     let mut rng = StdRng::seed_from_u64(1);
     for n in [1usize, 3, 10] {
         let inputs = vec![random(&mut rng, &[n, 3, 5, 7]), random(&mut rng, &[6, 3, 3, 3]), random(&mut rng, &[6])];
-        gradcheck(&format!("conv2d n={n}"), inputs, &|t, v| t.conv2d(v[0], v[1], Some(v[2]), 1, 1, ConvExtra::default()));
+        gradcheck(&format!("conv2d n={n}"), inputs, &|t, v| {
+            t.conv2d(v[0], v[1], Some(v[2]), 1, 1, ConvExtra::default())
+        });
     }
 }
 
@@ -128,7 +130,9 @@ fn conv_transpose2d_k4_s2_p1_and_others() {
     let mut rng = StdRng::seed_from_u64(4);
     for n in [1usize, 3] {
         let inputs = vec![random(&mut rng, &[n, 5, 3, 5]), random(&mut rng, &[5, 3, 4, 4]), random(&mut rng, &[3])];
-        gradcheck(&format!("conv_transpose2d k4s2p1 n={n}"), inputs, &|t, v| t.conv_transpose2d(v[0], v[1], Some(v[2]), 2, 1));
+        gradcheck(&format!("conv_transpose2d k4s2p1 n={n}"), inputs, &|t, v| {
+            t.conv_transpose2d(v[0], v[1], Some(v[2]), 2, 1)
+        });
     }
     let inputs = vec![random(&mut rng, &[2, 3, 4, 3]), random(&mut rng, &[3, 2, 3, 3])];
     gradcheck("conv_transpose2d k3s1p1", inputs, &|t, v| t.conv_transpose2d(v[0], v[1], None, 1, 1));
@@ -191,7 +195,10 @@ fn resblock_path_end_to_end() {
         let lm = loss(&q);
         let numeric = (lp - lm) / (2.0 * H);
         let analytic = grads.0[k].data()[i];
-        assert!((analytic - numeric).abs() <= ATOL + RTOL * numeric.abs(), "{name}[{i}]: analytic {analytic}, numeric {numeric}");
+        assert!(
+            (analytic - numeric).abs() <= ATOL + RTOL * numeric.abs(),
+            "{name}[{i}]: analytic {analytic}, numeric {numeric}"
+        );
         checked += 1;
     }
     assert_eq!(checked, params.len());
@@ -222,7 +229,9 @@ fn cross_entropy_against_integer_labels() {
     let mut rng = StdRng::seed_from_u64(10);
     // Logits up to ±3, so the softmax is far from uniform; one row per class and then some, and a single row.
     for (n, classes, labels) in [(6, 4, vec![0, 3, 1, 1, 2, 3]), (1, 10, vec![7])] {
-        let logits = Tensor::new(&[n, classes], random(&mut rng, &[n, classes]).data().iter().map(|v| 3.0 * v).collect()).unwrap();
+        let logits =
+            Tensor::new(&[n, classes], random(&mut rng, &[n, classes]).data().iter().map(|v| 3.0 * v).collect())
+                .unwrap();
         gradcheck(&format!("cross_entropy {n}x{classes}"), vec![logits], &|t, v| t.cross_entropy(v[0], &labels));
     }
 }

@@ -12,7 +12,8 @@ use rand::{rngs::StdRng, SeedableRng};
 #[test]
 fn ddim10_trajectory_matches_pytorch() {
     let mut params = Params::new();
-    let model = UNet::new(UNetConfig { in_ch: 1, base: 16, t_dim: 32 }, &mut params, &mut StdRng::seed_from_u64(0)).unwrap();
+    let model =
+        UNet::new(UNetConfig { in_ch: 1, base: 16, t_dim: 32 }, &mut params, &mut StdRng::seed_from_u64(0)).unwrap();
     params.load_from(&golden("weights.safetensors").f32_with_prefix(""), "weights.safetensors").unwrap();
     let steps = golden("steps.safetensors");
     let sched = Schedule::linear(1000, 1e-4, 2e-2).unwrap();
@@ -29,7 +30,8 @@ fn ddim10_trajectory_matches_pytorch() {
     // and if a few pixels on the clamp kink fail, the mean abs error must stay < 2e-5.
     let reference = steps.f32("traj.ddim10.out").unwrap();
     let c = compare(out.data(), reference.data(), 5e-4, 0.0);
-    let mean: f32 = out.data().iter().zip(reference.data()).map(|(a, b)| (a - b).abs()).sum::<f32>() / out.numel() as f32;
+    let mean: f32 =
+        out.data().iter().zip(reference.data()).map(|(a, b)| (a - b).abs()).sum::<f32>() / out.numel() as f32;
     eprintln!("golden traj.ddim10.out: max abs {:.2e}, mean abs {mean:.2e}, {} over 5e-4", c.max_abs, c.failures);
     assert!(c.failures <= 4 && mean < 2e-5, "{} pixels over 5e-4, mean abs {mean}", c.failures);
 }

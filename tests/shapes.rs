@@ -51,7 +51,8 @@ fn op_shape_mismatches_are_errors() {
 #[test]
 fn unet_rejects_wrong_inputs_and_configs() {
     let mut params = Params::new();
-    let model = UNet::new(UNetConfig { in_ch: 1, base: 8, t_dim: 4 }, &mut params, &mut StdRng::seed_from_u64(0)).unwrap();
+    let model =
+        UNet::new(UNetConfig { in_ch: 1, base: 8, t_dim: 4 }, &mut params, &mut StdRng::seed_from_u64(0)).unwrap();
     let mut t = Tape::new(&params);
     let x = t.input(Tensor::zeros(&[2, 3, 8, 8]));
     shape_error(model.forward(&mut t, x, &[1, 2]), "UNet");
@@ -70,7 +71,8 @@ fn unet_rejects_wrong_inputs_and_configs() {
 fn loading_a_state_dict_checks_names_and_shapes() {
     let mut params = Params::new();
     UNet::new(UNetConfig { in_ch: 1, base: 8, t_dim: 4 }, &mut params, &mut StdRng::seed_from_u64(0)).unwrap();
-    let mut source: std::collections::HashMap<String, Tensor> = params.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+    let mut source: std::collections::HashMap<String, Tensor> =
+        params.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
     source.insert("in_conv.weight".into(), Tensor::zeros(&[8, 1, 5, 5]));
     let err = params.clone().load_from(&source, "x.safetensors").unwrap_err().to_string();
     assert!(err.contains("x.safetensors") && err.contains("in_conv.weight") && err.contains("shape"), "{err}");

@@ -81,7 +81,12 @@ fn different_seeds_differ_and_training_reduces_the_loss() {
     assert_ne!(la[..2], lb[..], "seeds 11 and 12 gave the same losses");
     // The loss is noisy per step (t and the noise are random); compare means of the first and last 15 steps.
     let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
-    assert!(mean(&la[45..]) < 0.8 * mean(&la[..15]), "loss did not fall: {:?} -> {:?}", mean(&la[..15]), mean(&la[45..]));
+    assert!(
+        mean(&la[45..]) < 0.8 * mean(&la[..15]),
+        "loss did not fall: {:?} -> {:?}",
+        mean(&la[..15]),
+        mean(&la[45..])
+    );
 }
 
 #[test]

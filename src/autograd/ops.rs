@@ -185,7 +185,9 @@ impl<B: Backend> fmt::Display for Op<B> {
         match self {
             Op::Input => write!(f, "input"),
             Op::Param(_) => write!(f, "param"),
-            Op::Conv2d { geom, .. } => write!(f, "conv2d({}; k={} s={} p={})", list(self.inputs()), geom.k, geom.stride, geom.pad),
+            Op::Conv2d { geom, .. } => {
+                write!(f, "conv2d({}; k={} s={} p={})", list(self.inputs()), geom.k, geom.stride, geom.pad)
+            }
             Op::ConvTranspose2d { geom, .. } => {
                 write!(f, "conv_transpose2d({}; k={} s={} p={})", list(self.inputs()), geom.k, geom.stride, geom.pad)
             }
@@ -218,12 +220,24 @@ fn check_shape<B: Backend>(tape: &Tape<B>, v: Option<Var>, shape: &[usize], what
 impl<B: Backend> Tape<'_, B> {
     /// `y = conv2d(x, w, stride, pad) + b + extra` with `x: [n, c_in, h, w]`, `w: [c_out, c_in, k, k]`,
     /// `b: [c_out]`; `y: [n, c_out, (h+2p-k)/s+1, (w+2p-k)/s+1]`.
-    pub fn conv2d(&mut self, x: Var, w: Var, b: Option<Var>, stride: usize, pad: usize, extra: ConvExtra) -> Result<Var> {
+    pub fn conv2d(
+        &mut self,
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+        stride: usize,
+        pad: usize,
+        extra: ConvExtra,
+    ) -> Result<Var> {
         let started = profile::start();
         let (n, ci, h, wd) = self.value(x).dims4("conv2d input")?;
         let (co, wci, kh, kw) = self.value(w).dims4("conv2d weight")?;
         if wci != ci || kh != kw {
-            return shape_err!("conv2d: weight {:?} does not fit input {:?}", self.value(w).shape(), self.value(x).shape());
+            return shape_err!(
+                "conv2d: weight {:?} does not fit input {:?}",
+                self.value(w).shape(),
+                self.value(x).shape()
+            );
         }
         let Some(geom) = ConvGeom::new(ci, h, wd, kh, stride, pad) else {
             return shape_err!("conv2d: kernel {kh} stride {stride} pad {pad} does not fit a {h}x{wd} input");
@@ -234,13 +248,33 @@ impl<B: Backend> Tape<'_, B> {
         let mut y = Tensor::alloc(self.backend(), &[n, co, geom.oh, geom.ow])?;
         let buf = |v: Option<Var>| v.map(|v| self.value(v).buf());
         let (xb, wb) = (self.value(x).buf(), self.value(w).buf());
-        self.backend().conv2d_forward(&geom, n, xb, wb, co, buf(b), buf(extra.chan_bias), buf(extra.residual), y.buf_mut())?;
+        self.backend().conv2d_forward(
+            &geom,
+            n,
+            xb,
+            wb,
+            co,
+            buf(b),
+            buf(extra.chan_bias),
+            buf(extra.residual),
+            y.buf_mut(),
+        )?;
         Ok(self.push(Op::Conv2d { x, w, b, chan_bias: extra.chan_bias, residual: extra.residual, geom }, y, started))
     }
 }
 
 /// The backend entry point shared by conv2d and conv_transpose2d: `(geom, n, x, w, channels, gout, dx, dw)`.
-type ConvBackwardKernel<B> = fn(&B, &ConvGeom, usize, &<B as Backend>::Buf, &<B as Backend>::Buf, usize, &<B as Backend>::Buf, Option<&mut <B as Backend>::Buf>, Option<&mut <B as Backend>::Buf>) -> Result<()>;
+type ConvBackwardKernel<B> = fn(
+    &B,
+    &ConvGeom,
+    usize,
+    &<B as Backend>::Buf,
+    &<B as Backend>::Buf,
+    usize,
+    &<B as Backend>::Buf,
+    Option<&mut <B as Backend>::Buf>,
+    Option<&mut <B as Backend>::Buf>,
+) -> Result<()>;
 
 /// `Some(tensor shaped like v)` for a kernel to fill when `v` needs a gradient.
 fn grad_for<B: Backend>(tape: &Tape<B>, v: Var) -> Result<Option<Tensor<B>>> {
@@ -249,11 +283,29 @@ fn grad_for<B: Backend>(tape: &Tape<B>, v: Var) -> Result<Option<Tensor<B>>> {
 
 /// Input and weight gradients of a conv (`kernel` is [`Backend::conv2d_backward`] or
 /// [`Backend::conv_transpose2d_backward`]; `channels` is the weight's first dimension).
-fn conv_backward<B: Backend>(tape: &Tape<B>, x: Var, w: Var, geom: ConvGeom, gout: &Tensor<B>, kernel: ConvBackwardKernel<B>, out: &mut Vec<(Var, Tensor<B>)>) -> Result<()> {
+fn conv_backward<B: Backend>(
+    tape: &Tape<B>,
+    x: Var,
+    w: Var,
+    geom: ConvGeom,
+    gout: &Tensor<B>,
+    kernel: ConvBackwardKernel<B>,
+    out: &mut Vec<(Var, Tensor<B>)>,
+) -> Result<()> {
     let (xv, wv) = (tape.value(x), tape.value(w));
     let (mut dx, mut dw) = (grad_for(tape, x)?, grad_for(tape, w)?);
     let n = xv.shape()[0];
-    kernel(tape.backend(), &geom, n, xv.buf(), wv.buf(), wv.shape()[0], gout.buf(), dx.as_mut().map(Tensor::buf_mut), dw.as_mut().map(Tensor::buf_mut))?;
+    kernel(
+        tape.backend(),
+        &geom,
+        n,
+        xv.buf(),
+        wv.buf(),
+        wv.shape()[0],
+        gout.buf(),
+        dx.as_mut().map(Tensor::buf_mut),
+        dw.as_mut().map(Tensor::buf_mut),
+    )?;
     out.extend(dx.map(|d| (x, d)).into_iter().chain(dw.map(|d| (w, d))));
     Ok(())
 }
@@ -268,19 +320,38 @@ impl<B: Backend> Tape<'_, B> {
         let started = profile::start();
         let (n, ci, h, wd) = self.value(x).dims4("conv_transpose2d input")?;
         let (wci, co, kh, kw) = self.value(w).dims4("conv_transpose2d weight")?;
-        let (oh, ow) = ((h as isize - 1) * stride as isize - 2 * pad as isize + kh as isize, (wd as isize - 1) * stride as isize - 2 * pad as isize + kw as isize);
+        let (oh, ow) = (
+            (h as isize - 1) * stride as isize - 2 * pad as isize + kh as isize,
+            (wd as isize - 1) * stride as isize - 2 * pad as isize + kw as isize,
+        );
         if wci != ci || kh != kw || stride == 0 || oh <= 0 || ow <= 0 {
-            return shape_err!("conv_transpose2d: weight {:?} (stride {stride}, pad {pad}) does not fit input {:?}", self.value(w).shape(), self.value(x).shape());
+            return shape_err!(
+                "conv_transpose2d: weight {:?} (stride {stride}, pad {pad}) does not fit input {:?}",
+                self.value(w).shape(),
+                self.value(x).shape()
+            );
         }
         // The conv whose adjoint this is maps the [co, oh, ow] output back onto the [h, w] input grid.
         let geom = match ConvGeom::new(co, oh as usize, ow as usize, kh, stride, pad) {
             Some(g) if g.oh == h && g.ow == wd => g,
-            _ => return shape_err!("conv_transpose2d: stride {stride} pad {pad} k {kh} is not invertible for a {h}x{wd} input"),
+            _ => {
+                return shape_err!(
+                    "conv_transpose2d: stride {stride} pad {pad} k {kh} is not invertible for a {h}x{wd} input"
+                )
+            }
         };
         check_shape(self, b, &[co], "conv_transpose2d bias")?;
         let mut y = Tensor::alloc(self.backend(), &[n, co, geom.h, geom.w])?;
         let bias = b.map(|b| self.value(b).buf());
-        self.backend().conv_transpose2d_forward(&geom, n, self.value(x).buf(), self.value(w).buf(), ci, bias, y.buf_mut())?;
+        self.backend().conv_transpose2d_forward(
+            &geom,
+            n,
+            self.value(x).buf(),
+            self.value(w).buf(),
+            ci,
+            bias,
+            y.buf_mut(),
+        )?;
         Ok(self.push(Op::ConvTranspose2d { x, w, b, geom }, y, started))
     }
 }
@@ -302,21 +373,31 @@ impl<B: Backend> Tape<'_, B> {
         let d = NormDims { n, c, plane: h * w, groups };
         let mut y = Tensor::alloc(self.backend(), &[n, c, h, w])?;
         let (g, b) = (self.value(gamma).buf(), self.value(beta).buf());
-        let (mean, rstd) = self.backend().group_norm_forward(d, self.value(x).buf(), g, b, GROUP_NORM_EPS, silu, y.buf_mut())?;
+        let (mean, rstd) =
+            self.backend().group_norm_forward(d, self.value(x).buf(), g, b, GROUP_NORM_EPS, silu, y.buf_mut())?;
         Ok(self.push(Op::GroupNorm { x, gamma, beta, groups, silu, mean, rstd }, y, started))
     }
 }
 
 /// Gradients of a group norm's input and affine parameters.
 #[allow(clippy::type_complexity)]
-fn group_norm_backward<B: Backend>(tape: &Tape<B>, (x, gamma, beta): (Var, Var, Var), groups: usize, silu: bool, (mean, rstd): (&B::Buf, &B::Buf), gout: &Tensor<B>, out: &mut Vec<(Var, Tensor<B>)>) -> Result<()> {
+fn group_norm_backward<B: Backend>(
+    tape: &Tape<B>,
+    (x, gamma, beta): (Var, Var, Var),
+    groups: usize,
+    silu: bool,
+    (mean, rstd): (&B::Buf, &B::Buf),
+    gout: &Tensor<B>,
+    out: &mut Vec<(Var, Tensor<B>)>,
+) -> Result<()> {
     let xv = tape.value(x);
     let (n, c, h, w) = xv.dims4("group_norm input")?;
     let d = NormDims { n, c, plane: h * w, groups };
     let mut dx = grad_for(tape, x)?;
     let (g, b) = (tape.value(gamma).buf(), tape.value(beta).buf());
     let be = tape.backend();
-    let (dg, db) = be.group_norm_backward(d, xv.buf(), g, b, mean, rstd, silu, gout.buf(), dx.as_mut().map(Tensor::buf_mut))?;
+    let (dg, db) =
+        be.group_norm_backward(d, xv.buf(), g, b, mean, rstd, silu, gout.buf(), dx.as_mut().map(Tensor::buf_mut))?;
     out.extend(dx.map(|d| (x, d)));
     out.push((gamma, Tensor::from_buf(be.clone(), &[c], dg)?));
     out.push((beta, Tensor::from_buf(be.clone(), &[c], db)?));
@@ -342,7 +423,11 @@ impl<B: Backend> Tape<'_, B> {
         let (batch, fin) = self.value(x).dims2("linear input")?;
         let (fout, win) = self.value(w).dims2("linear weight")?;
         if win != fin {
-            return shape_err!("linear: weight {:?} does not fit input {:?}", self.value(w).shape(), self.value(x).shape());
+            return shape_err!(
+                "linear: weight {:?} does not fit input {:?}",
+                self.value(w).shape(),
+                self.value(x).shape()
+            );
         }
         check_shape(self, b, &[fout], "linear bias")?;
         let mut y = Tensor::alloc(self.backend(), &[batch, fout])?;
@@ -357,7 +442,11 @@ impl<B: Backend> Tape<'_, B> {
         let (n, ca, h, w) = self.value(a).dims4("concat first input")?;
         let (nb, cb, hb, wb) = self.value(b).dims4("concat second input")?;
         if (n, h, w) != (nb, hb, wb) {
-            return shape_err!("concat: {:?} and {:?} differ outside the channel dim", self.value(a).shape(), self.value(b).shape());
+            return shape_err!(
+                "concat: {:?} and {:?} differ outside the channel dim",
+                self.value(a).shape(),
+                self.value(b).shape()
+            );
         }
         let mut y = Tensor::alloc(self.backend(), &[n, ca + cb, h, w])?;
         self.backend().concat_channels(self.value(a).buf(), self.value(b).buf(), n, ca, cb, h * w, y.buf_mut())?;
@@ -377,7 +466,14 @@ impl<B: Backend> Tape<'_, B> {
 }
 
 /// Gradients of a linear layer's input, weight and bias.
-fn linear_backward<B: Backend>(tape: &Tape<B>, x: Var, w: Var, b: Option<Var>, gout: &Tensor<B>, out: &mut Vec<(Var, Tensor<B>)>) -> Result<()> {
+fn linear_backward<B: Backend>(
+    tape: &Tape<B>,
+    x: Var,
+    w: Var,
+    b: Option<Var>,
+    gout: &Tensor<B>,
+    out: &mut Vec<(Var, Tensor<B>)>,
+) -> Result<()> {
     let (xv, wv) = (tape.value(x), tape.value(w));
     let (batch, fin) = xv.dims2("linear input")?;
     let fout = wv.shape()[0];

@@ -77,16 +77,56 @@ impl<E: Executor> Backend for Gpu<E> {
     fn add_assign(&self, acc: &mut E::Buf, g: &E::Buf) -> Result<()> {
         ops::add_assign(&*self.exec, acc, g, acc.len())
     }
-    fn conv2d_forward(&self, g: &ConvGeom, n: usize, x: &E::Buf, w: &E::Buf, co: usize, bias: Option<&E::Buf>, chan_bias: Option<&E::Buf>, residual: Option<&E::Buf>, out: &mut E::Buf) -> Result<()> {
+    fn conv2d_forward(
+        &self,
+        g: &ConvGeom,
+        n: usize,
+        x: &E::Buf,
+        w: &E::Buf,
+        co: usize,
+        bias: Option<&E::Buf>,
+        chan_bias: Option<&E::Buf>,
+        residual: Option<&E::Buf>,
+        out: &mut E::Buf,
+    ) -> Result<()> {
         ops::conv2d_forward(&*self.exec, g, n, x, w, co, bias, chan_bias, residual, out)
     }
-    fn conv2d_backward(&self, g: &ConvGeom, n: usize, x: &E::Buf, w: &E::Buf, co: usize, gout: &E::Buf, dx: Option<&mut E::Buf>, dw: Option<&mut E::Buf>) -> Result<()> {
+    fn conv2d_backward(
+        &self,
+        g: &ConvGeom,
+        n: usize,
+        x: &E::Buf,
+        w: &E::Buf,
+        co: usize,
+        gout: &E::Buf,
+        dx: Option<&mut E::Buf>,
+        dw: Option<&mut E::Buf>,
+    ) -> Result<()> {
         ops::conv2d_backward(&*self.exec, g, n, x, w, co, gout, shared(dx), shared(dw))
     }
-    fn conv_transpose2d_forward(&self, g: &ConvGeom, n: usize, x: &E::Buf, w: &E::Buf, ci: usize, bias: Option<&E::Buf>, out: &mut E::Buf) -> Result<()> {
+    fn conv_transpose2d_forward(
+        &self,
+        g: &ConvGeom,
+        n: usize,
+        x: &E::Buf,
+        w: &E::Buf,
+        ci: usize,
+        bias: Option<&E::Buf>,
+        out: &mut E::Buf,
+    ) -> Result<()> {
         ops::conv_transpose2d_forward(&*self.exec, g, n, x, w, ci, bias, out)
     }
-    fn conv_transpose2d_backward(&self, g: &ConvGeom, n: usize, x: &E::Buf, w: &E::Buf, ci: usize, gout: &E::Buf, dx: Option<&mut E::Buf>, dw: Option<&mut E::Buf>) -> Result<()> {
+    fn conv_transpose2d_backward(
+        &self,
+        g: &ConvGeom,
+        n: usize,
+        x: &E::Buf,
+        w: &E::Buf,
+        ci: usize,
+        gout: &E::Buf,
+        dx: Option<&mut E::Buf>,
+        dw: Option<&mut E::Buf>,
+    ) -> Result<()> {
         ops::conv_transpose2d_backward(&*self.exec, g, n, x, w, ci, gout, shared(dx), shared(dw))
     }
     fn channel_sums(&self, t: &E::Buf, n: usize, c: usize, plane: usize, per_image: bool) -> Result<E::Buf> {
@@ -94,12 +134,32 @@ impl<E: Executor> Backend for Gpu<E> {
         ops::channel_sums(&*self.exec, t, n, c, plane, per_image, &out)?;
         Ok(out)
     }
-    fn group_norm_forward(&self, d: NormDims, x: &E::Buf, gamma: &E::Buf, beta: &E::Buf, eps: f32, silu: bool, y: &mut E::Buf) -> Result<(E::Buf, E::Buf)> {
+    fn group_norm_forward(
+        &self,
+        d: NormDims,
+        x: &E::Buf,
+        gamma: &E::Buf,
+        beta: &E::Buf,
+        eps: f32,
+        silu: bool,
+        y: &mut E::Buf,
+    ) -> Result<(E::Buf, E::Buf)> {
         let (mean, rstd) = (self.exec.alloc(d.n * d.groups)?, self.exec.alloc(d.n * d.groups)?);
         ops::group_norm_forward(&*self.exec, d, x, gamma, beta, eps, silu, y, &mean, &rstd)?;
         Ok((mean, rstd))
     }
-    fn group_norm_backward(&self, d: NormDims, x: &E::Buf, gamma: &E::Buf, beta: &E::Buf, mean: &E::Buf, rstd: &E::Buf, silu: bool, gy: &E::Buf, dx: Option<&mut E::Buf>) -> Result<(E::Buf, E::Buf)> {
+    fn group_norm_backward(
+        &self,
+        d: NormDims,
+        x: &E::Buf,
+        gamma: &E::Buf,
+        beta: &E::Buf,
+        mean: &E::Buf,
+        rstd: &E::Buf,
+        silu: bool,
+        gy: &E::Buf,
+        dx: Option<&mut E::Buf>,
+    ) -> Result<(E::Buf, E::Buf)> {
         let (dgamma, dbeta) = (self.exec.alloc(d.c)?, self.exec.alloc(d.c)?);
         ops::group_norm_backward(&*self.exec, d, x, gamma, beta, mean, rstd, silu, gy, shared(dx), &dgamma, &dbeta)?;
         Ok((dgamma, dbeta))
@@ -110,10 +170,29 @@ impl<E: Executor> Backend for Gpu<E> {
     fn silu_backward(&self, x: &E::Buf, gy: &E::Buf, dx: &mut E::Buf) -> Result<()> {
         ops::silu_backward(&*self.exec, x, gy, dx, x.len())
     }
-    fn linear_forward(&self, x: &E::Buf, w: &E::Buf, bias: Option<&E::Buf>, batch: usize, fin: usize, fout: usize, y: &mut E::Buf) -> Result<()> {
+    fn linear_forward(
+        &self,
+        x: &E::Buf,
+        w: &E::Buf,
+        bias: Option<&E::Buf>,
+        batch: usize,
+        fin: usize,
+        fout: usize,
+        y: &mut E::Buf,
+    ) -> Result<()> {
         ops::linear_forward(&*self.exec, x, w, bias, batch, fin, fout, y)
     }
-    fn linear_backward(&self, x: &E::Buf, w: &E::Buf, gy: &E::Buf, batch: usize, fin: usize, fout: usize, dx: Option<&mut E::Buf>, dw: Option<&mut E::Buf>) -> Result<()> {
+    fn linear_backward(
+        &self,
+        x: &E::Buf,
+        w: &E::Buf,
+        gy: &E::Buf,
+        batch: usize,
+        fin: usize,
+        fout: usize,
+        dx: Option<&mut E::Buf>,
+        dw: Option<&mut E::Buf>,
+    ) -> Result<()> {
         ops::linear_backward(&*self.exec, x, w, gy, batch, fin, fout, shared(dx), shared(dw), None)
     }
     fn column_sums(&self, m: &E::Buf, rows: usize, cols: usize) -> Result<E::Buf> {
@@ -121,7 +200,16 @@ impl<E: Executor> Backend for Gpu<E> {
         ops::column_sums(&*self.exec, m, rows, cols, &out)?;
         Ok(out)
     }
-    fn concat_channels(&self, a: &E::Buf, b: &E::Buf, n: usize, ca: usize, cb: usize, plane: usize, out: &mut E::Buf) -> Result<()> {
+    fn concat_channels(
+        &self,
+        a: &E::Buf,
+        b: &E::Buf,
+        n: usize,
+        ca: usize,
+        cb: usize,
+        plane: usize,
+        out: &mut E::Buf,
+    ) -> Result<()> {
         ops::concat_channels(&*self.exec, a, b, n, ca, cb, plane, out)
     }
     fn split_channels(&self, g: &E::Buf, n: usize, ca: usize, cb: usize, plane: usize) -> Result<(E::Buf, E::Buf)> {
@@ -148,7 +236,15 @@ impl<E: Executor> Backend for Gpu<E> {
         ops::max_pool2d_forward(&*self.exec, planes, h, w, x, y, &argmax)?;
         Ok(argmax)
     }
-    fn max_pool2d_backward(&self, planes: usize, h: usize, w: usize, argmax: &E::Buf, gy: &E::Buf, dx: &mut E::Buf) -> Result<()> {
+    fn max_pool2d_backward(
+        &self,
+        planes: usize,
+        h: usize,
+        w: usize,
+        argmax: &E::Buf,
+        gy: &E::Buf,
+        dx: &mut E::Buf,
+    ) -> Result<()> {
         ops::max_pool2d_backward(&*self.exec, planes, h, w, argmax, gy, dx)
     }
     fn cross_entropy(&self, z: &E::Buf, labels: &E::Buf, n: usize, classes: usize) -> Result<(E::Buf, E::Buf)> {
@@ -156,7 +252,16 @@ impl<E: Executor> Backend for Gpu<E> {
         ops::cross_entropy(&*self.exec, z, labels, n, classes, &lse, &loss)?;
         Ok((loss, lse))
     }
-    fn cross_entropy_backward(&self, z: &E::Buf, labels: &E::Buf, lse: &E::Buf, gloss: f32, n: usize, classes: usize, dz: &mut E::Buf) -> Result<()> {
+    fn cross_entropy_backward(
+        &self,
+        z: &E::Buf,
+        labels: &E::Buf,
+        lse: &E::Buf,
+        gloss: f32,
+        n: usize,
+        classes: usize,
+        dz: &mut E::Buf,
+    ) -> Result<()> {
         ops::cross_entropy_backward(&*self.exec, z, labels, lse, gloss, n, classes, dz)
     }
 
@@ -173,10 +278,24 @@ impl<E: Executor> Backend for Gpu<E> {
         ops::q_sample(e, x0, &t_dev, &sqrt_ab, &sqrt_1m_ab, t.len(), per_item, seed, stream, &noise, &xt)?;
         Ok((noise, xt))
     }
-    fn ddpm_step(&self, c: &DdpmCoefs, x: &E::Buf, eps: &E::Buf, noise: Option<(u64, u64)>, out: &mut E::Buf) -> Result<()> {
+    fn ddpm_step(
+        &self,
+        c: &DdpmCoefs,
+        x: &E::Buf,
+        eps: &E::Buf,
+        noise: Option<(u64, u64)>,
+        out: &mut E::Buf,
+    ) -> Result<()> {
         ops::ddpm_step(&*self.exec, c, x, eps, x.len(), noise, out)
     }
-    fn ddim_step(&self, c: &DdimCoefs, x: &E::Buf, eps: &E::Buf, noise: Option<(u64, u64)>, out: &mut E::Buf) -> Result<()> {
+    fn ddim_step(
+        &self,
+        c: &DdimCoefs,
+        x: &E::Buf,
+        eps: &E::Buf,
+        noise: Option<(u64, u64)>,
+        out: &mut E::Buf,
+    ) -> Result<()> {
         ops::ddim_step(&*self.exec, c, x, eps, x.len(), noise, out)
     }
     fn clip_grad_norm(&self, grads: &mut [&mut E::Buf], max_norm: f32) -> Result<(f32, f32)> {

@@ -63,7 +63,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
 /// The seconds of each of `a.iters` timed repetitions (after one warm-up) of the workload on `backend`.
 fn time_on<B: Backend>(a: &BenchArgs, backend: &B) -> Result<Vec<f64>> {
-    let config = RunConfig { model: UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim }, batch: a.batch, ..RunConfig::seed_recipe() };
+    let config = RunConfig {
+        model: UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim },
+        batch: a.batch,
+        ..RunConfig::seed_recipe()
+    };
     let mut state = TrainState::new(config)?.to_backend(backend)?;
     let sched = Schedule::linear(1000, 1e-4, 2e-2)?;
     let mut x = Tensor::zeros(&[a.batch, 1, 32, 32]);

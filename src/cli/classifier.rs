@@ -91,13 +91,22 @@ fn train_on<B: Backend>(a: &TrainClassifierArgs, backend: &B) -> Result<()> {
     model.save(&params.to_backend(&Cpu)?, &a.out)?;
     println!(
         "test accuracy {:.2}% on {} images; weights written to {} ({:.1} minutes in all)",
-        100.0 * accuracy, test.labels.len(), a.out.display(), started.elapsed().as_secs_f64() / 60.0
+        100.0 * accuracy,
+        test.labels.len(),
+        a.out.display(),
+        started.elapsed().as_secs_f64() / 60.0
     );
     Ok(())
 }
 
 /// One AdamW step on the mean cross-entropy of the host batch `x` against `labels`; returns the loss.
-fn train_step<B: Backend>(model: &Classifier, params: &mut Params<B>, opt: &mut AdamW<B>, x: Tensor, labels: &[usize]) -> Result<f32> {
+fn train_step<B: Backend>(
+    model: &Classifier,
+    params: &mut Params<B>,
+    opt: &mut AdamW<B>,
+    x: Tensor,
+    labels: &[usize],
+) -> Result<f32> {
     let (loss, grads) = {
         let mut tape = Tape::new(params);
         let xv = tape.input_host(x)?;

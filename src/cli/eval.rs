@@ -115,9 +115,20 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let kind = a.sampling.kind();
             kind.validate(m.timesteps).context("bad sampler settings")?;
             let n = a.n.unwrap_or(1000);
-            eprintln!("sampling {n} images with {} from {} ({})", sampler_name(kind, m.timesteps), ckpt.display(), m.description);
+            eprintln!(
+                "sampling {n} images with {} from {} ({})",
+                sampler_name(kind, m.timesteps),
+                ckpt.display(),
+                m.description
+            );
             let (images, calls, seconds) = draw(&device, &m, kind, n, a.sampling.seed)?;
-            Scored { images, source: ckpt.display().to_string(), sampler: sampler_name(kind, m.timesteps), calls, seconds }
+            Scored {
+                images,
+                source: ckpt.display().to_string(),
+                sampler: sampler_name(kind, m.timesteps),
+                calls,
+                seconds,
+            }
         }
         (None, None) => unreachable!("clap requires --samples or --checkpoint"),
     };
@@ -125,7 +136,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         save_grid_png(grid, &scored.images.head(64)?, 8)?;
     }
     let n = scored.images.shape()[0];
-    let q = on_backend!(device, |b| Evaluator::load(b, &a.scoring.classifier, &a.scoring.data, n)?.score(&scored.images))?;
+    let q =
+        on_backend!(device, |b| Evaluator::load(b, &a.scoring.classifier, &a.scoring.data, n)?.score(&scored.images))?;
     if a.json {
         println!("{}", json_line(&q, &scored));
     } else {
@@ -137,7 +149,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
 /// The human-readable report.
 fn report(q: &Quality, s: &Scored) -> String {
     let hist = q.classes.histogram.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" ");
-    let made = if s.calls > 0 { format!(" ({}, {} network calls, {:.1} s)", s.sampler, s.calls, s.seconds) } else { String::new() };
+    let made = if s.calls > 0 {
+        format!(" ({}, {} network calls, {:.1} s)", s.sampler, s.calls, s.seconds)
+    } else {
+        String::new()
+    };
     format!(
         "scored {n} images from {src}{made}\n\
          FID                 {fid:9.3}   against {n} real test images, in the classifier's 128 features\n\
@@ -242,9 +258,17 @@ pub fn run_table(a: TableArgs) -> Result<()> {
 }
 
 /// Runs the rows of [`TABLE`] in `order`, with the classifier on `b`, rewriting the table after each.
-fn table_on<B: Backend>(b: &B, a: &TableArgs, device: &Device, m: &SamplingModel, ddpm_n: usize, order: Vec<usize>) -> Result<()> {
+fn table_on<B: Backend>(
+    b: &B,
+    a: &TableArgs,
+    device: &Device,
+    m: &SamplingModel,
+    ddpm_n: usize,
+    order: Vec<usize>,
+) -> Result<()> {
     let grid_dir = a.out.with_extension("");
-    std::fs::create_dir_all(&grid_dir).with_context(|| format!("{}: cannot create the grid folder", grid_dir.display()))?;
+    std::fs::create_dir_all(&grid_dir)
+        .with_context(|| format!("{}: cannot create the grid folder", grid_dir.display()))?;
     let mut rows: Vec<Option<Row>> = (0..TABLE.len()).map(|_| None).collect();
     // One evaluator per n in the table: the DDPM row's n may differ.
     let ns = if ddpm_n == a.n { vec![a.n] } else { vec![a.n, ddpm_n] };
@@ -260,7 +284,8 @@ fn table_on<B: Backend>(b: &B, a: &TableArgs, device: &Device, m: &SamplingModel
         let file = format!("{}.png", name.to_lowercase().replace([' ', '(', ')', '='], "").replace('η', "eta"));
         save_grid_png(&grid_dir.join(&file), &images.head(64)?, 8)?;
         eprintln!("{name}: FID {:.2} (floor {:.2} at n = {n}), {seconds:.1} s", q.fid, q.fid_floor);
-        let grid = format!("{}/{file}", grid_dir.file_name().map_or(String::new(), |f| f.to_string_lossy().into_owned()));
+        let grid =
+            format!("{}/{file}", grid_dir.file_name().map_or(String::new(), |f| f.to_string_lossy().into_owned()));
         rows[i] = Some(Row { name, calls, seconds, q, grid });
         write_table(a, m, &b.describe(), &rows)?;
     }
@@ -288,14 +313,26 @@ fn write_table(a: &TableArgs, m: &SamplingModel, device: &str, rows: &[Option<Ro
     for q in reals {
         md.push_str(&format!(
             "| real test images | – | {} | {:.2} (= floor) | {} | {:.4} | {:.4} | – | – |\n",
-            q.n, q.fid_floor, floor(q), q.real_classes.confidence, q.real_classes.entropy
+            q.n,
+            q.fid_floor,
+            floor(q),
+            q.real_classes.confidence,
+            q.real_classes.entropy
         ));
     }
     for (kind, row) in TABLE.iter().zip(rows) {
         match row {
             Some(r) => md.push_str(&format!(
                 "| {} | {} | {} | {:.2} | {} | {:.4} | {:.4} | {:.0} s | [grid]({}) |\n",
-                r.name, r.calls, r.q.n, r.q.fid, floor(&r.q), r.q.classes.confidence, r.q.classes.entropy, r.seconds, r.grid
+                r.name,
+                r.calls,
+                r.q.n,
+                r.q.fid,
+                floor(&r.q),
+                r.q.classes.confidence,
+                r.q.classes.entropy,
+                r.seconds,
+                r.grid
             )),
             None => md.push_str(&format!("| {} | | | not run | | | | | |\n", sampler_name(*kind, m.timesteps))),
         }
@@ -322,6 +359,8 @@ fn write_table(a: &TableArgs, m: &SamplingModel, device: &str, rows: &[Option<Ro
         classifier = a.scoring.classifier.display(),
     );
     let text = format!("{header}{md}");
-    write_atomic(&a.out, |w| w.write_all(text.as_bytes()).map_err(|e| ddpm::Error::file(&a.out, format!("write failed: {e}"))))?;
+    write_atomic(&a.out, |w| {
+        w.write_all(text.as_bytes()).map_err(|e| ddpm::Error::file(&a.out, format!("write failed: {e}")))
+    })?;
     Ok(())
 }

@@ -94,7 +94,11 @@ fn resolve_device(d: DeviceArg) -> Result<Device> {
     match d {
         DeviceArg::Cpu => Ok(Device::Cpu),
         DeviceArg::Cuda => {
-            let dev = Cuda::new(0).map_err(|e| anyhow!("--device cuda: no usable CUDA device: {e} (`ddpm info` says more; --device cpu runs on the CPU)"))?;
+            let dev = Cuda::new(0).map_err(|e| {
+                anyhow!(
+                    "--device cuda: no usable CUDA device: {e} (`ddpm info` says more; --device cpu runs on the CPU)"
+                )
+            })?;
             eprintln!("using {}", ddpm::gpu::Executor::describe(&dev));
             Ok(Device::Cuda(Gpu::new(dev)))
         }

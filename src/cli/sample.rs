@@ -96,7 +96,15 @@ fn read_noise(path: &Path, in_ch: usize) -> Result<Tensor> {
 }
 
 /// Runs the sampler with the weights of `m` on `backend`, from the host noise `x_t`.
-fn sample_on<B: Backend>(backend: &B, m: &SamplingModel, sched: &Schedule, kind: SamplerKind, x_t: Tensor, seed: u64, progress: &mut dyn FnMut(usize, usize)) -> Result<Tensor> {
+fn sample_on<B: Backend>(
+    backend: &B,
+    m: &SamplingModel,
+    sched: &Schedule,
+    kind: SamplerKind,
+    x_t: Tensor,
+    seed: u64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
     let params = m.params.to_backend(backend)?;
     let mut den = UNetDenoiser { model: &m.model, params: &params };
     Ok(sample(&mut den, sched, kind, x_t.into_backend(backend)?, seed, progress)?)
@@ -104,7 +112,13 @@ fn sample_on<B: Backend>(backend: &B, m: &SamplingModel, sched: &Schedule, kind:
 
 /// Samples from `m` with `kind` starting at the host noise `x_t`, on `device`, with a progress bar. Returns the
 /// images and the number of network calls.
-pub fn generate(device: &Device, m: &SamplingModel, kind: SamplerKind, x_t: Tensor, seed: u64) -> Result<(Tensor, usize)> {
+pub fn generate(
+    device: &Device,
+    m: &SamplingModel,
+    kind: SamplerKind,
+    x_t: Tensor,
+    seed: u64,
+) -> Result<(Tensor, usize)> {
     let sched = Schedule::linear(m.timesteps, 1e-4, 2e-2)?;
     kind.validate(sched.t).context("bad sampler settings")?;
     let calls = match kind {
@@ -139,7 +153,12 @@ pub fn run(a: SampleArgs) -> Result<()> {
         None => initial_noise(a.sampling.seed, a.n.unwrap_or(64), in_ch, 32, 32),
     };
     let n = x_t.shape()[0];
-    eprintln!("sampling {n} images with {kind:?} on the {} from {} ({})", device.name(), a.checkpoint.display(), m.description);
+    eprintln!(
+        "sampling {n} images with {kind:?} on the {} from {} ({})",
+        device.name(),
+        a.checkpoint.display(),
+        m.description
+    );
     let start = std::time::Instant::now();
     let (images, calls) = generate(&device, &m, kind, x_t, a.sampling.seed)?;
     match out {

@@ -9,10 +9,10 @@ use ddpm::checkpoint::{self, load_train_state};
 use ddpm::data::{load_dataset, Split};
 use ddpm::diffusion::{initial_noise, sample, Denoiser, SamplerKind, Schedule};
 use ddpm::eval::Evaluator;
-use ddpm::nn::DEFAULT_WEIGHTS;
 use ddpm::image::save_grid_png;
-use ddpm::plot::save_curve_png;
 use ddpm::nn::UNetDenoiser;
+use ddpm::nn::DEFAULT_WEIGHTS;
+use ddpm::plot::save_curve_png;
 use ddpm::train::{Batcher, RunConfig, TrainState};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -128,7 +128,12 @@ impl TrainArgs {
 }
 
 /// Samples `n` images from the EMA weights of `state` with `kind`, from the noise of sampling seed 0.
-fn sample_ema<B: Backend>(state: &TrainState<B>, sched: &ddpm::diffusion::Schedule, kind: SamplerKind, n: usize) -> Result<ddpm::Tensor> {
+fn sample_ema<B: Backend>(
+    state: &TrainState<B>,
+    sched: &ddpm::diffusion::Schedule,
+    kind: SamplerKind,
+    n: usize,
+) -> Result<ddpm::Tensor> {
     let ema_params = state.ema_params()?;
     let mut den = UNetDenoiser { model: &state.model, params: &ema_params };
     let x_t = initial_noise(0, n, state.config.model.in_ch, 32, 32).into_backend(ema_params.backend())?;
@@ -138,7 +143,11 @@ fn sample_ema<B: Backend>(state: &TrainState<B>, sched: &ddpm::diffusion::Schedu
 /// The CSV log: appended to as training goes, with a header when new.
 fn open_log(path: &Path, resuming: bool) -> Result<std::fs::File> {
     let fresh = !resuming || !path.exists();
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
     if fresh {
         writeln!(f, "step,epoch,loss,grad_norm,lr,fid")?;
     }
@@ -171,7 +180,11 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
         Some(path) => {
             let flags = a.run_defining_flags();
             if !flags.is_empty() {
-                bail!("{} cannot change when resuming: the run's settings come from {}", flags.join(", "), path.display());
+                bail!(
+                    "{} cannot change when resuming: the run's settings come from {}",
+                    flags.join(", "),
+                    path.display()
+                );
             }
             let mut s = load_train_state(path)?;
             s.config.max_steps = a.max_steps.or(s.config.max_steps);
@@ -208,7 +221,11 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
     std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create the output folder", out.display()))?;
     let ckpt = out.join("checkpoint.safetensors");
     if a.resume.is_none() && ckpt.exists() {
-        bail!("{} already holds a run; pass --resume {} to continue it, or choose another --out", out.display(), ckpt.display());
+        bail!(
+            "{} already holds a run; pass --resume {} to continue it, or choose another --out",
+            out.display(),
+            ckpt.display()
+        );
     }
     let log_path = out.join("log.csv");
     let mut log = open_log(&log_path, a.resume.is_some())?;
@@ -225,7 +242,10 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
     let ddim50 = SamplerKind::Ddim { steps: 50.min(c.timesteps), eta: 0.0 };
     let evaluator = match a.eval_n {
         0 => None,
-        n => Some(Evaluator::load(backend, &a.classifier, &a.data, n).context("FID during training (--eval-n 0 turns it off)")?),
+        n => Some(
+            Evaluator::load(backend, &a.classifier, &a.data, n)
+                .context("FID during training (--eval-n 0 turns it off)")?,
+        ),
     };
     let started = std::time::Instant::now();
     let (mut epoch_loss, mut epoch_steps) = (0.0f64, 0u64);
@@ -239,7 +259,15 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
         epoch_steps += 1;
         if epoch_done || state.step == total {
             let (secs, mean) = (started.elapsed().as_secs(), epoch_loss / epoch_steps as f64);
-            say(&bar, format!("epoch {epoch}: step {}/{total}, mean loss {mean:.4} over {epoch_steps} steps, {}m{:02}s", state.step, secs / 60, secs % 60));
+            say(
+                &bar,
+                format!(
+                    "epoch {epoch}: step {}/{total}, mean loss {mean:.4} over {epoch_steps} steps, {}m{:02}s",
+                    state.step,
+                    secs / 60,
+                    secs % 60
+                ),
+            );
             (epoch_loss, epoch_steps) = (0.0, 0);
         }
         let mut fid = String::new();
@@ -259,7 +287,13 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
             }
             if let Some(ev) = &evaluator {
                 let q = ev.score(&images.head(ev.n())?)?;
-                say(&bar, format!("step {}: FID {:.2} at n = {} (real-vs-real floor {:.2})", state.step, q.fid, q.n, q.fid_floor));
+                say(
+                    &bar,
+                    format!(
+                        "step {}: FID {:.2} at n = {} (real-vs-real floor {:.2})",
+                        state.step, q.fid, q.n, q.fid_floor
+                    ),
+                );
                 fid = format!("{:.4}", q.fid);
             }
         }
@@ -276,6 +310,10 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
     }
     println!("sampling the final DDPM-{} grid from the EMA weights", c.timesteps);
     grid(&state, SamplerKind::Ddpm, "samples_ddpm.png")?;
-    println!("done: {} steps; checkpoint, samples_ddim.png, samples_ddpm.png, loss_curve.png and log.csv in {}", state.step, out.display());
+    println!(
+        "done: {} steps; checkpoint, samples_ddim.png, samples_ddpm.png, loss_curve.png and log.csv in {}",
+        state.step,
+        out.display()
+    );
     Ok(())
 }

@@ -72,7 +72,10 @@ pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
 pub fn im2col_rows(g: &ConvGeom, x: &[f32], rows: Range<usize>, col: &mut [f32]) {
     // Compiled for AVX2 where present (wider copies); the lone column a 3x3 tap reads past the image's edge is
     // zeroed with a store (`zero`), where `fill` made a `memset` call per output row and tap.
-    wide(#[inline(always)] || im2col_rows_body(g, x, rows, col))
+    wide(
+        #[inline(always)]
+        || im2col_rows_body(g, x, rows, col),
+    )
 }
 
 /// The body of [`im2col_rows`].
@@ -85,7 +88,8 @@ fn im2col_rows_body(g: &ConvGeom, x: &[f32], rows: Range<usize>, col: &mut [f32]
         for ky in 0..k {
             let (oy0, oy1) = g.valid_range(ky, g.h, g.oh);
             // the band's rows that read inside the image, relative to the band
-            let (oy0, oy1) = (oy0.clamp(rows.start, rows.end) - rows.start, oy1.clamp(rows.start, rows.end) - rows.start);
+            let (oy0, oy1) =
+                (oy0.clamp(rows.start, rows.end) - rows.start, oy1.clamp(rows.start, rows.end) - rows.start);
             for kx in 0..k {
                 let row = &mut col[((c * k + ky) * k + kx) * band..][..band];
                 let (ox0, ox1) = g.valid_range(kx, g.w, g.ow);
@@ -245,7 +249,17 @@ pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, e
                 for rows in bands(g) {
                     let (p0, band) = (rows.start * g.ow, rows.len() * g.ow);
                     im2col_rows(g, x_i, rows, &mut col[..kk * band]);
-                    sgemm_into_transposed(band, co, kk, Mat::t(&col[..kk * band]), Mat::t(w), &mut out_i[p0..], plane, acc, threads);
+                    sgemm_into_transposed(
+                        band,
+                        co,
+                        kk,
+                        Mat::t(&col[..kk * band]),
+                        Mat::t(w),
+                        &mut out_i[p0..],
+                        plane,
+                        acc,
+                        threads,
+                    );
                 }
             });
         }
@@ -254,7 +268,13 @@ pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, e
 }
 
 /// `out[c, :] += bias[c] + chan_bias[c]` for each channel of one image.
-pub(super) fn add_channel_terms(out: &mut [f32], co: usize, plane: usize, bias: Option<&[f32]>, chan_bias: Option<&[f32]>) {
+pub(super) fn add_channel_terms(
+    out: &mut [f32],
+    co: usize,
+    plane: usize,
+    bias: Option<&[f32]>,
+    chan_bias: Option<&[f32]>,
+) {
     if bias.is_none() && chan_bias.is_none() {
         return;
     }
@@ -286,7 +306,8 @@ pub fn conv2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, 
     let ConvGrads { dx, dw } = grads;
     let dx = match dx {
         Some(dx) if g.stride == 1 && g.pad < g.k => {
-            let gt = ConvGeom::new(co, g.oh, g.ow, g.k, 1, g.k - 1 - g.pad).expect("the adjoint of a stride-1 conv fits");
+            let gt =
+                ConvGeom::new(co, g.oh, g.ow, g.k, 1, g.k - 1 - g.pad).expect("the adjoint of a stride-1 conv fits");
             conv2d_forward(&gt, n, gout, &flip_kernel(w, co, g.c, g.k), g.c, Epilogue::default(), dx);
             None
         }
@@ -351,8 +372,14 @@ fn flip_kernel(w: &[f32], co: usize, ci: usize, k: usize) -> Vec<f32> {
 /// gradient, which holds `dWᵀ` as a row-major `dw_t_dims = (rows, cols)` matrix (overwrite when
 /// `first_in_chunk`). The partials are summed in chunk order afterwards and transposed into dW, so the result is
 /// the same whatever the thread count. `col` is per-thread scratch of `scratch_len` floats.
-fn per_image_backward<F>(n: usize, in_len: usize, dw_t_dims: (usize, usize), scratch_len: usize, grads: ConvGrads, body: F)
-where
+fn per_image_backward<F>(
+    n: usize,
+    in_len: usize,
+    dw_t_dims: (usize, usize),
+    scratch_len: usize,
+    grads: ConvGrads,
+    body: F,
+) where
     F: Fn(usize, bool, Option<&mut [f32]>, Option<&mut [f32]>, &mut [f32]) + Sync,
 {
     let ranges = batch_chunks(n);
@@ -383,7 +410,15 @@ where
 /// ConvTranspose2d forward (PyTorch semantics, weight `[ci, co, k, k]`): the adjoint of a conv from the output
 /// grid to the input grid. `g` is that conv's geometry: `g.c = co`, `(g.h, g.w)` the output size and
 /// `(g.oh, g.ow)` the input size. `out[n] = col2im(Wᵀ · x[n]) + bias`.
-pub fn conv_transpose2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], ci: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+pub fn conv_transpose2d_forward(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    ci: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let (kk, plane, out_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
     let threads = inner_threads(n);
     out.par_chunks_mut(out_len).enumerate().for_each(|(i, out_i)| {
@@ -399,7 +434,15 @@ pub fn conv_transpose2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], ci
 /// ConvTranspose2d backward: `dx[n] = W · im2col(gout[n])` and `dW = Σ_n x[n] · im2col(gout[n])ᵀ`. Both are the
 /// conv `g` applied to `gout` with the weight `[ci, co, k, k]` read as a conv weight: `dx` is its forward and
 /// `dW` its weight gradient for the output gradient `x`.
-pub fn conv_transpose2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], ci: usize, gout: &[f32], grads: ConvGrads) {
+pub fn conv_transpose2d_backward(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    ci: usize,
+    gout: &[f32],
+    grads: ConvGrads,
+) {
     if let Some(dx) = grads.dx {
         conv2d_forward(g, n, gout, w, ci, Epilogue::default(), dx);
     }
@@ -411,7 +454,15 @@ pub fn conv_transpose2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], c
 /// Per-channel sums of an `[n, c, plane]` tensor, as `[c]` (`per_image = false`) or `[n, c]` (`true`):
 /// the gradient of a broadcast bias.
 pub fn channel_sums(t: &[f32], n: usize, c: usize, plane: usize, per_image: bool) -> Vec<f32> {
-    let sums: Vec<f32> = t.par_chunks(plane).map(|row| wide(#[inline(always)] || sum_f64(row)) as f32).collect();
+    let sums: Vec<f32> = t
+        .par_chunks(plane)
+        .map(|row| {
+            wide(
+                #[inline(always)]
+                || sum_f64(row),
+            ) as f32
+        })
+        .collect();
     if per_image {
         return sums;
     }
@@ -432,7 +483,11 @@ fn sum_f64(row: &[f32]) -> f64 {
 }
 
 /// Splits `buf` into the sub-slices of whole items named by `ranges` (items of `item_len` floats).
-fn split_by_ranges<'a>(mut buf: &'a mut [f32], ranges: &[std::ops::Range<usize>], item_len: usize) -> Vec<&'a mut [f32]> {
+fn split_by_ranges<'a>(
+    mut buf: &'a mut [f32],
+    ranges: &[std::ops::Range<usize>],
+    item_len: usize,
+) -> Vec<&'a mut [f32]> {
     let mut out = Vec::with_capacity(ranges.len());
     for r in ranges {
         let (head, tail) = buf.split_at_mut(r.len() * item_len);
@@ -476,7 +531,8 @@ pub(super) mod tests {
                                     let (iy, ix) = (oy as isize * s - p + ky, ox as isize * s - p + kx);
                                     if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
                                         let xv = x[((i * g.c + c) * g.h + iy as usize) * g.w + ix as usize];
-                                        acc += xv as f64 * w[((o * g.c + c) * g.k + ky as usize) * g.k + kx as usize] as f64;
+                                        acc += xv as f64
+                                            * w[((o * g.c + c) * g.k + ky as usize) * g.k + kx as usize] as f64;
                                     }
                                 }
                             }
@@ -491,14 +547,23 @@ pub(super) mod tests {
 
     /// `(dx, dW)` for `gout`, straight from the definition (every output pixel's gradient times the input pixel
     /// and weight it read), in f64.
-    pub(crate) fn direct_conv_grads(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, gout: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn direct_conv_grads(
+        g: &ConvGeom,
+        n: usize,
+        x: &[f32],
+        w: &[f32],
+        co: usize,
+        gout: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
         let (k, s, p) = (g.k as isize, g.stride as isize, g.pad as isize);
         let (mut dx, mut dw) = (vec![0.0f64; x.len()], vec![0.0f64; w.len()]);
         for i in 0..n {
             for o in 0..co {
                 for (oy, ox) in (0..g.oh).flat_map(|oy| (0..g.ow).map(move |ox| (oy, ox))) {
                     let go = gout[((i * co + o) * g.oh + oy) * g.ow + ox] as f64;
-                    for (c, ky, kx) in (0..g.c).flat_map(|c| (0..k).flat_map(move |ky| (0..k).map(move |kx| (c, ky, kx)))) {
+                    for (c, ky, kx) in
+                        (0..g.c).flat_map(|c| (0..k).flat_map(move |ky| (0..k).map(move |kx| (c, ky, kx))))
+                    {
                         let (iy, ix) = (oy as isize * s - p + ky, ox as isize * s - p + kx);
                         if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
                             let xi = ((i * g.c + c) * g.h + iy as usize) * g.w + ix as usize;

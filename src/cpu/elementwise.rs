@@ -21,7 +21,9 @@ pub fn exp_fast(x: f32) -> f32 {
     let t = x * LOG2E + ROUND;
     let n = t - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
     p * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
 }
 
@@ -59,7 +61,15 @@ pub fn relu_backward(x: &[f32], gy: &[f32], dx: &mut [f32]) {
 }
 
 /// Linear layer `y[b, o] = Σ_i x[b, i]·W[o, i] + bias[o]` (PyTorch's `x Wᵀ + b`).
-pub fn linear_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, batch: usize, fin: usize, fout: usize, y: &mut [f32]) {
+pub fn linear_forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    batch: usize,
+    fin: usize,
+    fout: usize,
+    y: &mut [f32],
+) {
     sgemm(batch, fout, fin, Mat::n(x), Mat::t(w), y, false, rayon::current_num_threads());
     if let Some(b) = bias {
         y.chunks_mut(fout).for_each(|row| row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb));
@@ -67,7 +77,16 @@ pub fn linear_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, batch: usize, 
 }
 
 /// Linear backward: `dx = dy·W`, `dW = dyᵀ·x`, `db = Σ_b dy`. Only the requested outputs are computed.
-pub fn linear_backward(x: &[f32], w: &[f32], gy: &[f32], batch: usize, fin: usize, fout: usize, dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) {
+pub fn linear_backward(
+    x: &[f32],
+    w: &[f32],
+    gy: &[f32],
+    batch: usize,
+    fin: usize,
+    fout: usize,
+    dx: Option<&mut [f32]>,
+    dw: Option<&mut [f32]>,
+) {
     let threads = rayon::current_num_threads();
     if let Some(dx) = dx {
         sgemm(batch, fin, fout, Mat::n(gy), Mat::n(w), dx, false, threads);

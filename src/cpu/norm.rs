@@ -45,31 +45,44 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
 }
 
 /// Forward: writes `y` and returns the per-(image, group) statistics `(mean, rstd)`, each `[n·groups]`.
-pub fn group_norm_forward(d: NormDims, x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, silu: bool, y: &mut [f32]) -> (Vec<f32>, Vec<f32>) {
+pub fn group_norm_forward(
+    d: NormDims,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    silu: bool,
+    y: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
     let (glen, cg) = (d.group_len(), d.c / d.groups);
     let stats: Vec<(f32, f32)> = y
         .par_chunks_mut(glen)
         .zip(x.par_chunks(glen))
         .enumerate()
-        .map(|(ng, (yg, xg))| wide(#[inline(always)] || {
-            let sum: f64 = xg.chunks(d.plane).map(|p| lane_sum(p, p, |v, _| v)).sum();
-            let mean = (sum / glen as f64) as f32;
-            let ss: f64 = xg.chunks(d.plane).map(|p| lane_sum(p, p, |v, _| (v - mean) * (v - mean))).sum();
-            let rstd = (1.0 / (ss / glen as f64 + eps as f64).sqrt()) as f32;
-            let c0 = (ng % d.groups) * cg;
-            for (j, (yc, xc)) in yg.chunks_mut(d.plane).zip(xg.chunks(d.plane)).enumerate() {
-                let (ga, be) = (gamma[c0 + j], beta[c0 + j]);
-                if silu {
-                    yc.iter_mut().zip(xc).for_each(|(o, &v)| {
-                        let z = (v - mean) * rstd * ga + be;
-                        *o = z * sigmoid(z);
-                    });
-                } else {
-                    yc.iter_mut().zip(xc).for_each(|(o, &v)| *o = (v - mean) * rstd * ga + be);
-                }
-            }
-            (mean, rstd)
-        }))
+        .map(|(ng, (yg, xg))| {
+            wide(
+                #[inline(always)]
+                || {
+                    let sum: f64 = xg.chunks(d.plane).map(|p| lane_sum(p, p, |v, _| v)).sum();
+                    let mean = (sum / glen as f64) as f32;
+                    let ss: f64 = xg.chunks(d.plane).map(|p| lane_sum(p, p, |v, _| (v - mean) * (v - mean))).sum();
+                    let rstd = (1.0 / (ss / glen as f64 + eps as f64).sqrt()) as f32;
+                    let c0 = (ng % d.groups) * cg;
+                    for (j, (yc, xc)) in yg.chunks_mut(d.plane).zip(xg.chunks(d.plane)).enumerate() {
+                        let (ga, be) = (gamma[c0 + j], beta[c0 + j]);
+                        if silu {
+                            yc.iter_mut().zip(xc).for_each(|(o, &v)| {
+                                let z = (v - mean) * rstd * ga + be;
+                                *o = z * sigmoid(z);
+                            });
+                        } else {
+                            yc.iter_mut().zip(xc).for_each(|(o, &v)| *o = (v - mean) * rstd * ga + be);
+                        }
+                    }
+                    (mean, rstd)
+                },
+            )
+        })
         .collect();
     stats.into_iter().unzip()
 }
@@ -79,7 +92,17 @@ pub fn group_norm_forward(d: NormDims, x: &[f32], gamma: &[f32], beta: &[f32], e
 /// With `gz = gy·silu'(z)` (or `gy`), `dγ_c = Σ gz·x̂`, `dβ_c = Σ gz`, and per group
 /// `dx = r·(gz·γ - mean(gz·γ) - x̂·mean(gz·γ·x̂))`.
 #[allow(clippy::too_many_arguments)]
-pub fn group_norm_backward(d: NormDims, x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], rstd: &[f32], silu: bool, gy: &[f32], dx: Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) {
+pub fn group_norm_backward(
+    d: NormDims,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    silu: bool,
+    gy: &[f32],
+    dx: Option<&mut [f32]>,
+) -> (Vec<f32>, Vec<f32>) {
     let (glen, cg) = (d.group_len(), d.c / d.groups);
     // Per (image, group): the partial dγ, dβ of its channels, then reduced over images in order. `gz` is kept in
     // the dx buffer between the two passes so the sigmoid is evaluated once per element.

@@ -109,7 +109,12 @@ fn untransform_weight_grads(du_t: &[f32], co: usize, ci: usize, dw: &mut [f32]) 
         let cols: [[f32; 3]; 4] = std::array::from_fn(|col| gt_apply([m(col), m(4 + col), m(8 + col), m(12 + col)]));
         // (Gᵀ dU) G: Gᵀ applied to each of the 3 rows.
         for row in 0..3 {
-            g[3 * row..3 * row + 3].copy_from_slice(&gt_apply([cols[0][row], cols[1][row], cols[2][row], cols[3][row]]));
+            g[3 * row..3 * row + 3].copy_from_slice(&gt_apply([
+                cols[0][row],
+                cols[1][row],
+                cols[2][row],
+                cols[3][row],
+            ]));
         }
     }
 }
@@ -121,50 +126,54 @@ fn untransform_weight_grads(du_t: &[f32], co: usize, ci: usize, dw: &mut [f32]) 
 /// ([`bt_rows`]), then each combined row by `B` across neighbouring columns ([`b_cols`]). The helpers take
 /// separate slices so that the compiler knows they do not overlap and vectorises their loops.
 fn transform_input(g: &ConvGeom, tl: &Tiling, x: &[f32], band: Range<usize>, v: &mut [f32]) {
-    wide(#[inline(always)] || {
-        let (tw, w, pw) = (tl.tw, g.w, g.w + 2);
-        let nt = band.len() * tw;
-        let xi_stride = g.c * nt;
-        // 4 padded input rows, then the 4 rows of Bᵀ d.
-        let mut rows = vec![0.0f32; 8 * pw];
-        let (inp, tr) = rows.split_at_mut(4 * pw);
-        for c in 0..g.c {
-            for (bt, img, ty) in tl.tile_rows(band.clone()) {
-                let plane = &x[(img * g.c + c) * g.h * w..][..g.h * w];
-                for (a, padded) in inp.chunks_exact_mut(pw).enumerate() {
-                    let iy = (2 * ty + a).wrapping_sub(1);
-                    padded[0] = 0.0;
-                    padded[pw - 1] = 0.0;
-                    if iy < g.h {
-                        padded[1..=w].copy_from_slice(&plane[iy * w..][..w]);
-                    } else {
-                        padded.fill(0.0);
+    wide(
+        #[inline(always)]
+        || {
+            let (tw, w, pw) = (tl.tw, g.w, g.w + 2);
+            let nt = band.len() * tw;
+            let xi_stride = g.c * nt;
+            // 4 padded input rows, then the 4 rows of Bᵀ d.
+            let mut rows = vec![0.0f32; 8 * pw];
+            let (inp, tr) = rows.split_at_mut(4 * pw);
+            for c in 0..g.c {
+                for (bt, img, ty) in tl.tile_rows(band.clone()) {
+                    let plane = &x[(img * g.c + c) * g.h * w..][..g.h * w];
+                    for (a, padded) in inp.chunks_exact_mut(pw).enumerate() {
+                        let iy = (2 * ty + a).wrapping_sub(1);
+                        padded[0] = 0.0;
+                        padded[pw - 1] = 0.0;
+                        if iy < g.h {
+                            padded[1..=w].copy_from_slice(&plane[iy * w..][..w]);
+                        } else {
+                            padded.fill(0.0);
+                        }
+                    }
+                    let (r0, rest) = inp.split_at(pw);
+                    let (r1, rest) = rest.split_at(pw);
+                    let (r2, r3) = rest.split_at(pw);
+                    let (t0, rest) = tr.split_at_mut(pw);
+                    let (t1, rest) = rest.split_at_mut(pw);
+                    let (t2, t3) = rest.split_at_mut(pw);
+                    bt_rows([r0, r1, r2, r3], t0, t1, t2, t3);
+                    for (a, t) in tr.chunks_exact(pw).enumerate() {
+                        let base = 4 * a * xi_stride + c * nt + bt * tw;
+                        let (v0, rest) = v[base..].split_at_mut(xi_stride);
+                        let (v1, rest) = rest.split_at_mut(xi_stride);
+                        let (v2, v3) = rest.split_at_mut(xi_stride);
+                        b_cols(t, &mut v0[..tw], &mut v1[..tw], &mut v2[..tw], &mut v3[..tw]);
                     }
                 }
-                let (r0, rest) = inp.split_at(pw);
-                let (r1, rest) = rest.split_at(pw);
-                let (r2, r3) = rest.split_at(pw);
-                let (t0, rest) = tr.split_at_mut(pw);
-                let (t1, rest) = rest.split_at_mut(pw);
-                let (t2, t3) = rest.split_at_mut(pw);
-                bt_rows([r0, r1, r2, r3], t0, t1, t2, t3);
-                for (a, t) in tr.chunks_exact(pw).enumerate() {
-                    let base = 4 * a * xi_stride + c * nt + bt * tw;
-                    let (v0, rest) = v[base..].split_at_mut(xi_stride);
-                    let (v1, rest) = rest.split_at_mut(xi_stride);
-                    let (v2, v3) = rest.split_at_mut(xi_stride);
-                    b_cols(t, &mut v0[..tw], &mut v1[..tw], &mut v2[..tw], &mut v3[..tw]);
-                }
             }
-        }
-    })
+        },
+    )
 }
 
 /// `Bᵀ` applied down the columns of four rows: `(r0 - r2, r1 + r2, r2 - r1, r1 - r3)`.
 #[inline(always)]
 fn bt_rows([r0, r1, r2, r3]: [&[f32]; 4], t0: &mut [f32], t1: &mut [f32], t2: &mut [f32], t3: &mut [f32]) {
     let n = t0.len();
-    let (r0, r1, r2, r3, t1, t2, t3) = (&r0[..n], &r1[..n], &r2[..n], &r3[..n], &mut t1[..n], &mut t2[..n], &mut t3[..n]);
+    let (r0, r1, r2, r3, t1, t2, t3) =
+        (&r0[..n], &r1[..n], &r2[..n], &r3[..n], &mut t1[..n], &mut t2[..n], &mut t3[..n]);
     for i in 0..n {
         t0[i] = r0[i] - r2[i];
         t1[i] = r1[i] + r2[i];
@@ -192,28 +201,31 @@ fn b_cols(p: &[f32], v0: &mut [f32], v1: &mut [f32], v2: &mut [f32], v3: &mut [f
 /// `m` is `[16][co][band tiles]`. Per channel and tile row: `Aᵀ` down the columns ([`at_rows`]), then `A`
 /// along the rows into the two output rows ([`a_cols`]).
 fn transform_output(g: &ConvGeom, tl: &Tiling, co: usize, m: &[f32], band: Range<usize>, acc: bool, out: &mut [f32]) {
-    wide(#[inline(always)] || {
-        let (tw, w) = (tl.tw, g.w);
-        let nt = band.len() * tw;
-        let xi_stride = co * nt;
-        // s[a][b]: row a of Aᵀ M for column b, each a slice over the tile row's tiles.
-        let mut s = vec![0.0f32; 8 * tw];
-        for o in 0..co {
-            for (bt, img, ty) in tl.tile_rows(band.clone()) {
-                let mx = |xi: usize| &m[xi * xi_stride + o * nt + bt * tw..][..tw];
-                let (s_top, s_bottom) = s.split_at_mut(4 * tw);
-                for (b, (s0, s1)) in s_top.chunks_exact_mut(tw).zip(s_bottom.chunks_exact_mut(tw)).enumerate() {
-                    at_rows([mx(b), mx(4 + b), mx(8 + b), mx(12 + b)], s0, s1);
-                }
-                let plane = &mut out[(img * co + o) * g.h * w..][..g.h * w];
-                let (top, bottom) = plane[2 * ty * w..][..2 * w].split_at_mut(w);
-                for (sa, dst) in s.chunks_exact(4 * tw).zip([top, bottom]) {
-                    let sx = |b: usize| &sa[b * tw..][..tw];
-                    a_cols([sx(0), sx(1), sx(2), sx(3)], dst, acc);
+    wide(
+        #[inline(always)]
+        || {
+            let (tw, w) = (tl.tw, g.w);
+            let nt = band.len() * tw;
+            let xi_stride = co * nt;
+            // s[a][b]: row a of Aᵀ M for column b, each a slice over the tile row's tiles.
+            let mut s = vec![0.0f32; 8 * tw];
+            for o in 0..co {
+                for (bt, img, ty) in tl.tile_rows(band.clone()) {
+                    let mx = |xi: usize| &m[xi * xi_stride + o * nt + bt * tw..][..tw];
+                    let (s_top, s_bottom) = s.split_at_mut(4 * tw);
+                    for (b, (s0, s1)) in s_top.chunks_exact_mut(tw).zip(s_bottom.chunks_exact_mut(tw)).enumerate() {
+                        at_rows([mx(b), mx(4 + b), mx(8 + b), mx(12 + b)], s0, s1);
+                    }
+                    let plane = &mut out[(img * co + o) * g.h * w..][..g.h * w];
+                    let (top, bottom) = plane[2 * ty * w..][..2 * w].split_at_mut(w);
+                    for (sa, dst) in s.chunks_exact(4 * tw).zip([top, bottom]) {
+                        let sx = |b: usize| &sa[b * tw..][..tw];
+                        a_cols([sx(0), sx(1), sx(2), sx(3)], dst, acc);
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// `Aᵀ` down the columns of four rows: `s0 = m0 + m1 + m2`, `s1 = m1 - m2 - m3`.
@@ -249,30 +261,40 @@ fn a_cols([s0, s1, s2, s3]: [&[f32]; 4], dst: &mut [f32], acc: bool) {
 /// written to `dm: [16][co][band tiles]`. `A` maps a pair `(y0, y1)` to `(y0, y0 + y1, y0 - y1, -y1)`: first
 /// along each of the tile row's two output rows ([`a_expand_cols`]), then down the columns ([`a_expand_rows`]).
 fn transform_output_grad(g: &ConvGeom, tl: &Tiling, co: usize, gout: &[f32], band: Range<usize>, dm: &mut [f32]) {
-    wide(#[inline(always)] || {
-        let (tw, w) = (tl.tw, g.w);
-        let nt = band.len() * tw;
-        let xi_stride = co * nt;
-        // r[i][b]: output row i (of the tile's two) expanded to column b, a slice over the tile row's tiles.
-        let mut r = vec![0.0f32; 8 * tw];
-        for o in 0..co {
-            for (bt, img, ty) in tl.tile_rows(band.clone()) {
-                let plane = &gout[(img * co + o) * g.h * w..][..g.h * w];
-                for (i, ri) in r.chunks_exact_mut(4 * tw).enumerate() {
-                    let (r0, rest) = ri.split_at_mut(tw);
-                    let (r1, rest) = rest.split_at_mut(tw);
-                    let (r2, r3) = rest.split_at_mut(tw);
-                    a_expand_cols(&plane[(2 * ty + i) * w..][..w], r0, r1, r2, r3);
-                }
-                let (top, bottom) = r.split_at(4 * tw);
-                for b in 0..4 {
-                    let at = |a: usize| (4 * a + b) * xi_stride + o * nt + bt * tw;
-                    let [d0, d1, d2, d3] = dm.get_disjoint_mut([at(0)..at(0) + tw, at(1)..at(1) + tw, at(2)..at(2) + tw, at(3)..at(3) + tw]).expect("disjoint positions");
-                    a_expand_rows(&top[b * tw..][..tw], &bottom[b * tw..][..tw], d0, d1, d2, d3);
+    wide(
+        #[inline(always)]
+        || {
+            let (tw, w) = (tl.tw, g.w);
+            let nt = band.len() * tw;
+            let xi_stride = co * nt;
+            // r[i][b]: output row i (of the tile's two) expanded to column b, a slice over the tile row's tiles.
+            let mut r = vec![0.0f32; 8 * tw];
+            for o in 0..co {
+                for (bt, img, ty) in tl.tile_rows(band.clone()) {
+                    let plane = &gout[(img * co + o) * g.h * w..][..g.h * w];
+                    for (i, ri) in r.chunks_exact_mut(4 * tw).enumerate() {
+                        let (r0, rest) = ri.split_at_mut(tw);
+                        let (r1, rest) = rest.split_at_mut(tw);
+                        let (r2, r3) = rest.split_at_mut(tw);
+                        a_expand_cols(&plane[(2 * ty + i) * w..][..w], r0, r1, r2, r3);
+                    }
+                    let (top, bottom) = r.split_at(4 * tw);
+                    for b in 0..4 {
+                        let at = |a: usize| (4 * a + b) * xi_stride + o * nt + bt * tw;
+                        let [d0, d1, d2, d3] = dm
+                            .get_disjoint_mut([
+                                at(0)..at(0) + tw,
+                                at(1)..at(1) + tw,
+                                at(2)..at(2) + tw,
+                                at(3)..at(3) + tw,
+                            ])
+                            .expect("disjoint positions");
+                        a_expand_rows(&top[b * tw..][..tw], &bottom[b * tw..][..tw], d0, d1, d2, d3);
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// `A` along a row of tiles: tile `j`'s pair `(y0, y1) = (row[2j], row[2j + 1])` becomes
@@ -332,13 +354,29 @@ pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, e
                     // Mᵀ[t, o] = V[ξ]ᵀ[t, c] · U[ξ]ᵀ[c, o], stored as M[o, t] (see `sgemm_into_transposed`).
                     let v_xi = Mat::t(&v[xi * g.c * nt..][..g.c * nt]);
                     let u_xi = Mat::t(&u[xi * co * g.c..][..co * g.c]);
-                    sgemm_into_transposed(nt, co, g.c, v_xi, u_xi, &mut m[xi * co * nt..][..co * nt], nt, false, threads);
+                    sgemm_into_transposed(
+                        nt,
+                        co,
+                        g.c,
+                        v_xi,
+                        u_xi,
+                        &mut m[xi * co * nt..][..co * nt],
+                        nt,
+                        false,
+                        threads,
+                    );
                 }
                 transform_output(g, &tl, co, &m[..16 * co * nt], band, epi.residual.is_some(), out_g);
             }
         });
         for (j, i) in imgs.clone().enumerate() {
-            add_channel_terms(&mut out_g[j * out_len..][..out_len], co, plane, epi.bias, epi.chan_bias.map(|cb| &cb[i * co..(i + 1) * co]));
+            add_channel_terms(
+                &mut out_g[j * out_len..][..out_len],
+                co,
+                plane,
+                epi.bias,
+                epi.chan_bias.map(|cb| &cb[i * co..(i + 1) * co]),
+            );
         }
     });
 }
@@ -410,7 +448,8 @@ mod tests {
             assert!(applies(&g, co));
             let x = values(n * c * h * w, 37, 101);
             let wt = values(co * c * 9, 53, 89);
-            let (bias, chan_bias, residual) = (values(co, 7, 13), values(n * co, 11, 17), values(n * co * h * w, 29, 97));
+            let (bias, chan_bias, residual) =
+                (values(co, 7, 13), values(n * co, 11, 17), values(n * co * h * w, 29, 97));
             let epi = Epilogue { bias: Some(&bias), chan_bias: Some(&chan_bias), residual: Some(&residual) };
             let mut out = vec![f32::NAN; n * co * h * w];
             conv2d_forward(&g, n, &x, &wt, co, epi, &mut out);
@@ -456,10 +495,12 @@ mod tests {
         let mut dg = vec![0.0; g.len()];
         untransform_weight_grads(&du_t, co, ci, &mut dg);
         // u is [16][co][ci], du_t is [16][ci][co].
-        let lhs: f64 = (0..16 * co * ci).map(|k| {
-            let (xi, o, c) = (k / (co * ci), k / ci % co, k % ci);
-            u[k] as f64 * du_t[(xi * ci + c) * co + o] as f64
-        }).sum();
+        let lhs: f64 = (0..16 * co * ci)
+            .map(|k| {
+                let (xi, o, c) = (k / (co * ci), k / ci % co, k % ci);
+                u[k] as f64 * du_t[(xi * ci + c) * co + o] as f64
+            })
+            .sum();
         let rhs: f64 = g.iter().zip(&dg).map(|(a, b)| *a as f64 * *b as f64).sum();
         assert!((lhs - rhs).abs() < 1e-5 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
     }

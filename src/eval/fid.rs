@@ -103,9 +103,8 @@ mod tests {
         let b = GaussianStats::from_features(&diagonal_gaussian_sample(&m2, &s2, n), 6).unwrap();
         // The sample variance with 1/(n−1) of ±s is s²·n/(n−1).
         let r = (n as f64 / (n - 1) as f64).sqrt();
-        let want: f64 = (0..6)
-            .map(|k| (m1[k] as f64 - m2[k] as f64).powi(2) + (r * (s1[k] as f64 - s2[k] as f64)).powi(2))
-            .sum();
+        let want: f64 =
+            (0..6).map(|k| (m1[k] as f64 - m2[k] as f64).powi(2) + (r * (s1[k] as f64 - s2[k] as f64)).powi(2)).sum();
         let got = frechet_distance(&a, &b).unwrap();
         assert!((got - want).abs() < 1e-9 * want, "FID {got} vs closed form {want}");
     }

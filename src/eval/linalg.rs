@@ -39,7 +39,10 @@ pub fn sym_eigen(a: &[f64], d: usize) -> (Vec<f64>, Vec<f64>) {
     (0..d).for_each(|i| v[i * d + i] = 1.0);
     let total: f64 = a.iter().map(|x| x * x).sum();
     for _sweep in 0..100 {
-        let off: f64 = (0..d).flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * d + j].powi(2)).sum();
+        let off: f64 = (0..d)
+            .flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * d + j].powi(2))
+            .sum();
         if off <= 1e-30 * total || off == 0.0 {
             break;
         }

@@ -140,7 +140,8 @@ impl<B: Backend> Evaluator<B> {
             })
             .collect::<Result<Vec<f64>>>()?;
         let fid_floor = floors.iter().sum::<f64>() / floors.len() as f64;
-        let fid_floor_range = floors.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &f| (lo.min(f), hi.max(f)));
+        let fid_floor_range =
+            floors.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &f| (lo.min(f), hi.max(f)));
         let real_classes = ClassStats::from_probs(&reference_emb.probs)?;
         Ok(Evaluator { classifier, params, n, reference, real_classes, fid_floor, fid_floor_range })
     }

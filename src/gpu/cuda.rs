@@ -176,7 +176,8 @@ fn compile_at_run_time(m: &super::kernels::Module, major: i32, minor: i32) -> Re
         name: Some(m.file.into()),
         ..Default::default()
     };
-    cudarc::nvrtc::compile_ptx_with_opts(m.source, opts).map_err(|e| dev_err(&format!("NVRTC on kernels/{}", m.file), e))
+    cudarc::nvrtc::compile_ptx_with_opts(m.source, opts)
+        .map_err(|e| dev_err(&format!("NVRTC on kernels/{}", m.file), e))
 }
 
 /// One argument's value, kept alive while the launch builder holds a reference to it.

@@ -130,7 +130,11 @@ pub fn check_args<B>(kernel: Kernel, args: &[Arg<B>]) -> Result<()> {
                 | (ParamKind::F32, Arg::F32(_))
         );
         if !ok {
-            return Err(Error::Device(format!("{}: parameter `{name}` is {kind:?}, got {}", kernel.name(), arg.kind())));
+            return Err(Error::Device(format!(
+                "{}: parameter `{name}` is {kind:?}, got {}",
+                kernel.name(),
+                arg.kind()
+            )));
         }
     }
     Ok(())

@@ -75,7 +75,9 @@ impl Embedding {
 impl Classifier {
     /// Registers `conv1..conv3` and `fc1`, `fc2` in `params`, initialised from `rng`.
     pub fn new(params: &mut Params, rng: &mut impl Rng) -> Self {
-        let convs = std::array::from_fn(|i| Conv2d::new(params, rng, &format!("conv{}", i + 1), CHANNELS[i], CHANNELS[i + 1], 3, 1, 1));
+        let convs = std::array::from_fn(|i| {
+            Conv2d::new(params, rng, &format!("conv{}", i + 1), CHANNELS[i], CHANNELS[i + 1], 3, 1, 1)
+        });
         let fc1 = Linear::new(params, rng, "fc1", CHANNELS[3] * FINAL_SIDE * FINAL_SIDE, FEATURE_DIM);
         let fc2 = Linear::new(params, rng, "fc2", FEATURE_DIM, CLASSES);
         Classifier { convs, fc1, fc2 }
@@ -95,7 +97,12 @@ impl Classifier {
 
     /// Writes the model's tensors in `params` to `path` as safetensors, atomically.
     pub fn save(&self, params: &Params, path: &Path) -> Result<()> {
-        let ids = self.convs.iter().flat_map(|c| [c.weight, c.bias]).chain([self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias]);
+        let ids = self.convs.iter().flat_map(|c| [c.weight, c.bias]).chain([
+            self.fc1.weight,
+            self.fc1.bias,
+            self.fc2.weight,
+            self.fc2.bias,
+        ]);
         let named: Vec<(String, &Tensor)> = ids.map(|id| (params.name(id).to_string(), params.get(id))).collect();
         write_tensors(path, &named, None)
     }
@@ -105,7 +112,10 @@ impl Classifier {
     pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var) -> Result<(Var, Var)> {
         let (_, c, h, w) = tape.value(x).dims4("classifier input")?;
         if (c, h, w) != (1, IMAGE_SIDE, IMAGE_SIDE) {
-            return shape_err!("classifier: expected images [n, 1, {IMAGE_SIDE}, {IMAGE_SIDE}], got {:?}", tape.value(x).shape());
+            return shape_err!(
+                "classifier: expected images [n, 1, {IMAGE_SIDE}, {IMAGE_SIDE}], got {:?}",
+                tape.value(x).shape()
+            );
         }
         let mut h = x;
         for conv in &self.convs {

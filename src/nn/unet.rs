@@ -32,7 +32,10 @@ impl UNetConfig {
     /// `Err` unless every GroupNorm can split its channels into 8 groups and the sinusoid has even width.
     pub fn validate(&self) -> Result<()> {
         if self.in_ch == 0 || self.base == 0 || self.base % GROUPS != 0 {
-            return Err(Error::Arg(format!("base must be a positive multiple of {GROUPS} (GroupNorm({GROUPS})), got {}", self.base)));
+            return Err(Error::Arg(format!(
+                "base must be a positive multiple of {GROUPS} (GroupNorm({GROUPS})), got {}",
+                self.base
+            )));
         }
         if self.t_dim == 0 || self.t_dim % 2 != 0 {
             return Err(Error::Arg(format!("t_dim must be positive and even, got {}", self.t_dim)));
@@ -131,7 +134,13 @@ impl UNet {
 
     /// [`UNet::forward`], calling `trace(name, var)` with each submodule's output, named as the golden files name
     /// them (`time`, `in_conv`, `down1`, … `out_conv`; `out_norm` is not traced since it is fused with its SiLU).
-    pub fn forward_traced<B: Backend>(&self, tape: &mut Tape<B>, x: Var, t: &[usize], trace: &mut dyn FnMut(&'static str, Var)) -> Result<Var> {
+    pub fn forward_traced<B: Backend>(
+        &self,
+        tape: &mut Tape<B>,
+        x: Var,
+        t: &[usize],
+        trace: &mut dyn FnMut(&'static str, Var),
+    ) -> Result<Var> {
         let (n, c, h, w) = tape.value(x).dims4("UNet input")?;
         if c != self.config.in_ch || h % 4 != 0 || w % 4 != 0 || t.len() != n {
             return Err(Error::Shape(format!(

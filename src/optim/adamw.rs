@@ -47,7 +47,16 @@ impl AdamW {
     /// PyTorch's defaults besides `lr`: betas (0.9, 0.999), eps 1e-8, weight decay 0.01.
     pub fn new(params: &Params, lr: f64) -> Self {
         let zeros = || params.tensors().iter().map(|t| Tensor::zeros(t.shape())).collect();
-        AdamW { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, step: 0, exp_avg: zeros(), exp_avg_sq: zeros() }
+        AdamW {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            step: 0,
+            exp_avg: zeros(),
+            exp_avg_sq: zeros(),
+        }
     }
 }
 

@@ -25,7 +25,8 @@ pub fn golden(name: &str) -> TensorFile {
 /// The golden model: `UNet(in_ch=1, base=16, t_dim=32)` with the weights of `weights.safetensors`.
 pub fn golden_model() -> (UNet, Params) {
     let mut params = Params::new();
-    let model = UNet::new(UNetConfig { in_ch: 1, base: 16, t_dim: 32 }, &mut params, &mut StdRng::seed_from_u64(0)).unwrap();
+    let model =
+        UNet::new(UNetConfig { in_ch: 1, base: 16, t_dim: 32 }, &mut params, &mut StdRng::seed_from_u64(0)).unwrap();
     let w = golden("weights.safetensors");
     params.load_from(&w.f32_with_prefix(""), "weights.safetensors").unwrap();
     (model, params)
@@ -46,7 +47,10 @@ pub fn golden_step<B: Backend>(model: &UNet, params: &Params<B>) -> (Vec<(String
     let target = tape.input(io.f32("noise").unwrap().to_backend(be).unwrap());
     let mut traced = Vec::new();
     let eps = model.forward_traced(&mut tape, x, &timesteps(&io), &mut |name, v| traced.push((name, v))).unwrap();
-    let acts = traced.into_iter().map(|(n, v)| (n.to_string(), tape.value(v).to_backend(&ddpm::backend::Cpu).unwrap())).collect();
+    let acts = traced
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), tape.value(v).to_backend(&ddpm::backend::Cpu).unwrap()))
+        .collect();
     let loss = tape.mse(eps, target).unwrap();
     let loss_value = tape.value(loss).to_vec().unwrap()[0];
     let grads = tape.backward(loss).unwrap().0.into_iter().map(|g| g.to_host().unwrap()).collect();
@@ -71,7 +75,13 @@ pub fn compare(ours: &[f32], reference: &[f32], atol: f32, rtol: f32) -> Cmp {
     for (&a, &r) in ours.iter().zip(reference) {
         let d = (a - r).abs();
         let tol = atol + rtol * r.abs();
-        let ratio = if tol > 0.0 { d / tol } else if d == 0.0 { 0.0 } else { f32::INFINITY };
+        let ratio = if tol > 0.0 {
+            d / tol
+        } else if d == 0.0 {
+            0.0
+        } else {
+            f32::INFINITY
+        };
         c.max_abs = c.max_abs.max(d);
         c.worst_ratio = c.worst_ratio.max(if d.is_nan() { f32::INFINITY } else { ratio });
         if !(d <= tol) {
@@ -87,7 +97,10 @@ pub fn assert_close(what: &str, ours: &[f32], reference: &[f32], atol: f32, rtol
     assert!(
         c.failures == 0,
         "{what}: {} of {} elements exceed {atol} + {rtol}*|ref| (max abs diff {:.3e}, worst {:.1}x the threshold)",
-        c.failures, ours.len(), c.max_abs, c.worst_ratio
+        c.failures,
+        ours.len(),
+        c.max_abs,
+        c.worst_ratio
     );
     c
 }
@@ -95,5 +108,9 @@ pub fn assert_close(what: &str, ours: &[f32], reference: &[f32], atol: f32, rtol
 /// The largest distance in units in the last place between `ours` and `reference` (same-sign finite f32s).
 pub fn max_ulp(ours: &[f32], reference: &[f32]) -> u32 {
     assert_eq!(ours.len(), reference.len());
-    ours.iter().zip(reference).map(|(a, r)| (a.to_bits() as i64 - r.to_bits() as i64).unsigned_abs() as u32).max().unwrap_or(0)
+    ours.iter()
+        .zip(reference)
+        .map(|(a, r)| (a.to_bits() as i64 - r.to_bits() as i64).unsigned_abs() as u32)
+        .max()
+        .unwrap_or(0)
 }

@@ -6,15 +6,15 @@
 //!
 //! FLOPs of a conv: `2·n·c_out·oh·ow·c_in·k²` forward (a multiply and an add per weight tap and output pixel); the
 //! backward computes dx and dW, each the same count. The 3x3 stride-1 convs run as Winograd F(2x2, 3x3)
-//! (`ddpm::cpu::winograd`), which does 2.25x fewer multiply-adds than that count: their rate is an effective one,
+//! (`src/ops/conv/winograd.rs`), which does 2.25x fewer multiply-adds than that count: their rate is an effective one,
 //! the direct conv's FLOPs per second, and can exceed the FMA peak. Bytes of an elementwise kernel: every tensor
 //! it reads or writes, once (the minimum any implementation must move).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ddpm::backend::{Backend, Cpu};
-use ddpm::cpu::conv::ConvGeom;
-use ddpm::cpu::norm::NormDims;
+use ddpm::backend::*;
+use ddpm::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, NormDesc};
 use ddpm::nn::{UNet, UNetConfig};
+use ddpm::ops::unary::UnaryKind;
 use ddpm::optim::AdamWScalars;
 use ddpm::rng;
 use rand::{rngs::StdRng, SeedableRng};
@@ -75,6 +75,7 @@ fn bench_conv(c: &mut Criterion) {
     group.sample_size(10);
     for (name, ci, co, side, k, stride, pad) in CONVS {
         let g = ConvGeom::new(ci, side, side, k, stride, pad).unwrap();
+        let d = ConvDesc { n: N, geom: g, channels: co };
         let flops = 2 * N * co * g.oh * g.ow * ci * k * k;
         let x = random(N * ci * side * side, 1);
         let w = random(co * ci * k * k, 2);
@@ -82,25 +83,28 @@ fn bench_conv(c: &mut Criterion) {
         let mut out = be.alloc(N * co * g.oh * g.ow).unwrap();
         group.throughput(Throughput::Elements(flops as u64));
         group.bench_function(BenchmarkId::new("forward", name), |b| {
-            b.iter(|| be.conv2d_forward(&g, N, &x, &w, co, None, None, None, &mut out).unwrap())
+            b.iter(|| be.conv2d_forward(&d, &x, &w, Epilogue::none(), &mut out).unwrap())
         });
         let (mut dx, mut dw) = (be.alloc(x.len()).unwrap(), be.alloc(w.len()).unwrap());
         group.throughput(Throughput::Elements(2 * flops as u64));
         group.bench_function(BenchmarkId::new("backward", name), |b| {
-            b.iter(|| be.conv2d_backward(&g, N, &x, &w, co, &gout, Some(&mut dx), Some(&mut dw)).unwrap())
+            b.iter(|| {
+                be.conv2d_backward(&d, &x, &w, &gout, LayerGrads { dx: Some(&mut dx), dw: Some(&mut dw) }).unwrap()
+            })
         });
     }
     // ConvTranspose2d(4x4, stride 2) from 8x8 to 16x16, 256 -> 128 channels (the UNet's `up2`): the adjoint of a
     // 16x16 -> 8x8 conv with the same FLOP count.
     let g = ConvGeom::new(128, 16, 16, 4, 2, 1).unwrap();
     let (ci, co) = (256, 128);
+    let d = ConvDesc { n: N, geom: g, channels: ci };
     let flops = 2 * N * ci * g.oh * g.ow * co * 16;
     let x = random(N * ci * g.oh * g.ow, 4);
     let w = random(ci * co * 16, 5);
     let mut out = be.alloc(N * co * 16 * 16).unwrap();
     group.throughput(Throughput::Elements(flops as u64));
     group.bench_function(BenchmarkId::new("transpose_forward", "4x4s2_256to128_8to16px"), |b| {
-        b.iter(|| be.conv_transpose2d_forward(&g, N, &x, &w, ci, None, &mut out).unwrap())
+        b.iter(|| be.conv_transpose2d_forward(&d, &x, &w, None, &mut out).unwrap())
     });
     group.finish();
 }
@@ -110,25 +114,27 @@ fn bench_memory_bound(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory_bound");
     group.sample_size(20);
     // GroupNorm(8) + SiLU on the 64-channel 32x32 activations: reads x, writes y (4 bytes each per element).
-    let d = NormDims { n: N, c: 64, plane: 32 * 32, groups: 8 };
+    let d = NormDesc { n: N, c: 64, plane: 32 * 32, groups: 8, eps: 1e-5, silu: true };
     let len = d.n * d.c * d.plane;
     let x = random(len, 6);
     let (gamma, beta) = (vec![1.0f32; 64], vec![0.0f32; 64]);
     let mut y = be.alloc(len).unwrap();
     group.throughput(Throughput::Bytes((2 * 4 * len) as u64));
     group.bench_function("group_norm_silu_forward_64ch_32px", |b| {
-        b.iter(|| be.group_norm_forward(d, &x, &gamma, &beta, 1e-5, true, &mut y).unwrap())
+        b.iter(|| be.group_norm_forward(d, &x, (&gamma, &beta), &mut y).unwrap())
     });
     let gy = random(len, 7);
-    let (mean, rstd) = be.group_norm_forward(d, &x, &gamma, &beta, 1e-5, true, &mut y).unwrap();
+    let (mean, rstd) = be.group_norm_forward(d, &x, (&gamma, &beta), &mut y).unwrap();
     let mut dx = be.alloc(len).unwrap();
     // Reads x and gy, writes dx.
     group.throughput(Throughput::Bytes((3 * 4 * len) as u64));
     group.bench_function("group_norm_silu_backward_64ch_32px", |b| {
-        b.iter(|| be.group_norm_backward(d, &x, &gamma, &beta, &mean, &rstd, true, &gy, Some(&mut dx)).unwrap())
+        b.iter(|| be.group_norm_backward(d, (&x, &gamma, &beta), (&mean, &rstd), &gy, Some(&mut dx)).unwrap())
     });
     group.throughput(Throughput::Bytes((2 * 4 * len) as u64));
-    group.bench_function("silu_forward_64ch_32px", |b| b.iter(|| be.silu_forward(&x, &mut y).unwrap()));
+    group.bench_function("silu_forward_64ch_32px", |b| {
+        b.iter(|| be.unary_forward(UnaryKind::Silu, &x, &mut y).unwrap())
+    });
     // AdamW over the base-64 UNet's parameter count: reads p, m, v, g and writes p, m, v.
     let mut store = ddpm::params::Params::new();
     UNet::new(UNetConfig::default(), &mut store, &mut StdRng::seed_from_u64(0)).unwrap();

@@ -172,7 +172,7 @@ impl<B: Backend> TrainState<B> {
             (0..b).map(|i| rng::uniform_below(seed, STREAM_T | k, i as u64, sched.t as u32) as usize).collect();
         let be = self.params.backend().clone();
         let x0 = x0.to_backend(&be)?;
-        let (noise, x_t) = be.q_sample(sched, x0.buf(), &t, seed, STREAM_NOISE | k)?;
+        let (noise, x_t) = be.q_sample(sched, x0.buf(), &t, (seed, STREAM_NOISE | k))?;
         let (loss, mut grads) = {
             let mut tape = Tape::new(&self.params);
             let xv = tape.input(Tensor::from_buf(be.clone(), x0.shape(), x_t)?);

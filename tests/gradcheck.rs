@@ -17,8 +17,10 @@
 
 mod common;
 
-use ddpm::autograd::{ConvExtra, Tape, Var};
-use ddpm::backend::{Backend, Cpu};
+use ddpm::autograd::{Tape, Var};
+use ddpm::backend::{Cpu, PoolOps};
+use ddpm::desc::PoolDesc;
+use ddpm::ops::conv::ConvExtra;
 use ddpm::params::{ParamId, Params};
 use ddpm::{Result, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
@@ -240,10 +242,11 @@ fn cross_entropy_against_integer_labels() {
 fn max_pool2d_routes_ties_to_the_first_maximum_and_propagates_nan() {
     // Windows (row-major): [5, 5, 3, 5] → offset 0; [1, 7, 7, 7] → offset 1 (row 0, column 3); [NaN, 2, 1, 0] → NaN.
     let x = vec![5.0, 5.0, 1.0, 7.0, f32::NAN, 2.0, 3.0, 5.0, 7.0, 7.0, 1.0, 0.0];
-    let (mut y, mut dx) = (vec![0.0; 3], vec![0.0; 12]);
-    let argmax = Cpu.max_pool2d_forward(1, 2, 6, &x, &mut y).unwrap();
-    assert_eq!((&y[..2], &argmax[..]), (&[5.0, 7.0][..], &[0.0, 1.0, 0.0][..]));
+    let (mut y, mut dx) = (vec![0.0f32; 3], vec![0.0; 12]);
+    let d = PoolDesc { planes: 1, h: 2, w: 6 };
+    let argmax = Cpu.max_pool2d_forward(d, &x, &mut y).unwrap();
+    assert_eq!((&y[..2], &argmax[..]), (&[5.0, 7.0][..], &[0, 1, 0][..]));
     assert!(y[2].is_nan());
-    Cpu.max_pool2d_backward(1, 2, 6, &argmax, &vec![1.0, 2.0, 3.0], &mut dx).unwrap();
+    Cpu.max_pool2d_backward(d, &argmax, &vec![1.0, 2.0, 3.0], &mut dx).unwrap();
     assert_eq!(dx, [1.0, 0.0, 0.0, 2.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
 }

@@ -1,7 +1,8 @@
 //! Wrong shapes at the public API are `Err`s with a message, not panics.
 
-use ddpm::autograd::{ConvExtra, Tape};
+use ddpm::autograd::Tape;
 use ddpm::nn::{Classifier, UNet, UNetConfig};
+use ddpm::ops::conv::ConvExtra;
 use ddpm::params::Params;
 use ddpm::{Error, Tensor};
 use rand::{rngs::StdRng, SeedableRng};

@@ -1,19 +1,19 @@
 //! A tape-based reverse-mode autograd.
 //!
-//! Every op appends a [`Node`] holding an explicit, printable [`Op`] (its inputs and attributes) and its output
-//! value. [`Tape::backward`] walks the tape from the end, asks each op for the gradients of its inputs
-//! (`ops.rs` keeps each op's forward and backward side by side) and frees the node's value and saved statistics
-//! as soon as it has been processed, so memory falls as the tape unwinds. Gradients are only computed for inputs
-//! that lead back to a parameter.
+//! Every op appends a [`Node`] holding an explicit, printable [`Op`] (its inputs and attributes, as a [`Rule`])
+//! and its output value. [`Tape::backward`] walks the tape from the end, asks each op's rule for the gradients of
+//! its inputs and frees the node's value and saved statistics as soon as it has been processed, so memory falls as
+//! the tape unwinds. Gradients are only computed for inputs that lead back to a parameter.
+//!
+//! The ops themselves live with their kernels, one folder per family under `src/ops/`: each family's `mod.rs`
+//! holds its `Tape` methods (shape checks, the forward launch) and, right below each, the rule whose `backward`
+//! turns `dL/d(output)` into the inputs' gradients.
 //!
 //! The tape runs on the backend of its [`Params`]: `Tape<Cpu>` (the default) on the CPU kernels, `Tape<Gpu<E>>`
 //! on the emulator or a CUDA device. The ops dispatch to that [`Backend`] below the op, so a model written
 //! against `Tape<B>` runs unchanged on every backend.
 
-mod ops;
 pub mod profile;
-
-pub use ops::{ConvExtra, Op};
 
 use crate::backend::{Backend, Cpu};
 use crate::error::Result;
@@ -25,6 +25,51 @@ use std::fmt;
 /// A handle to a value on a [`Tape`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Var(pub(crate) usize);
+
+/// An op as the tape records it: what it read, and how to send a gradient back through it.
+pub trait Rule<B: Backend>: fmt::Display {
+    /// The op's kind, as printed and profiled.
+    fn name(&self) -> &'static str;
+    /// The values this op reads.
+    fn inputs(&self) -> Vec<Var>;
+    /// Gradients of this op's inputs, given `gout = dL/d(output)`. Inputs that need no gradient may be left out
+    /// (and are dropped if returned).
+    fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>>;
+}
+
+/// One recorded operation.
+pub enum Op<B: Backend> {
+    /// A constant fed into the graph.
+    Input,
+    /// A trainable parameter.
+    Param(ParamId),
+    /// A computed value: the rule of the op that made it.
+    Computed(Box<dyn Rule<B>>),
+}
+
+impl<B: Backend> Op<B> {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Input => "input",
+            Op::Param(_) => "param",
+            Op::Computed(rule) => rule.name(),
+        }
+    }
+}
+
+impl<B: Backend> fmt::Display for Op<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Computed(rule) => rule.fmt(f),
+            op => f.write_str(op.name()),
+        }
+    }
+}
+
+/// `%i, %j, ...`: how a rule prints its inputs.
+pub fn list_vars(vars: &[Var]) -> String {
+    vars.iter().map(|v| format!("%{}", v.0)).collect::<Vec<_>>().join(", ")
+}
 
 /// One recorded operation and its output.
 struct Node<B: Backend> {
@@ -90,16 +135,29 @@ impl<'p, B: Backend> Tape<'p, B> {
     }
 
     /// Whether a gradient must flow into `v`.
-    fn needs_grad(&self, v: Var) -> bool {
+    pub fn needs_grad(&self, v: Var) -> bool {
         self.nodes[v.0].needs_grad
     }
 
-    /// Appends `op` with its computed `value`; `started` is when the op began (for the profile).
-    fn push(&mut self, op: Op<B>, value: Tensor<B>, started: Option<std::time::Instant>) -> Var {
-        profile::record(op.name(), false, started);
-        let needs_grad = op.inputs().iter().any(|&v| self.needs_grad(v));
-        self.nodes.push(Node { op, value: Some(value), needs_grad });
+    /// Appends the op `rule` with its computed `value`; `started` is when the op began (for the profile).
+    pub fn push(&mut self, rule: impl Rule<B> + 'static, value: Tensor<B>, started: Option<std::time::Instant>) -> Var {
+        profile::record(rule.name(), false, started);
+        let needs_grad = rule.inputs().iter().any(|&v| self.needs_grad(v));
+        self.nodes.push(Node { op: Op::Computed(Box::new(rule)), value: Some(value), needs_grad });
         Var(self.nodes.len() - 1)
+    }
+
+    /// `Some(tensor shaped like v)` for a backward kernel to fill when `v` needs a gradient.
+    pub fn grad_for(&self, v: Var) -> Result<Option<Tensor<B>>> {
+        self.needs_grad(v).then(|| Tensor::alloc(self.backend(), self.value(v).shape())).transpose()
+    }
+
+    /// `Err` naming `what` when the optional input `v` is not exactly `shape`.
+    pub fn check_shape(&self, v: Option<Var>, shape: &[usize], what: &str) -> Result<()> {
+        match v.map(|v| self.value(v).shape()) {
+            Some(s) if s != shape => shape_err!("{what}: expected shape {shape:?}, got {s:?}"),
+            _ => Ok(()),
+        }
     }
 
     /// Reverse-mode differentiation of the scalar `loss`: the gradient of every parameter (zero for those
@@ -119,9 +177,11 @@ impl<'p, B: Backend> Tape<'p, B> {
                 accumulate(self.backend(), &mut param_grads[id.0], gout)?;
                 continue;
             }
+            let Op::Computed(rule) = &node.op else { continue };
             let timer = profile::start();
-            let input_grads = node.op.backward(&self, gout)?;
-            profile::record(node.op.name(), true, timer);
+            let mut input_grads = rule.backward(&self, gout)?;
+            profile::record(rule.name(), true, timer);
+            input_grads.retain(|(v, _)| self.needs_grad(*v));
             for (v, g) in input_grads {
                 debug_assert_eq!(g.shape(), self.value(v).shape(), "gradient shape of {v:?}");
                 accumulate(self.backend(), &mut grads[v.0], g)?;

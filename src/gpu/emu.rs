@@ -34,8 +34,10 @@ pub struct EmuBuf {
     len: usize,
 }
 
-// SAFETY: kernels write through raw pointers only inside `Executor::launch`, which is unsafe and whose caller
-// guarantees the accesses are in bounds; between launches the buffer is plain memory.
+// SAFETY: the words are written through raw pointers only inside the unsafe `Executor::launch`, whose caller
+// guarantees in-bounds accesses, and whose only caller in the crate (`launch::run`) is reached from launchers that
+// take every buffer their kernel writes as `&mut`; so no thread reads a buffer while a launch writes it. Between
+// launches the buffer is plain memory, read only through `download`.
 unsafe impl Send for EmuBuf {}
 unsafe impl Sync for EmuBuf {}
 
@@ -114,14 +116,16 @@ impl Executor for Emulator {
         let mut slots = Vec::with_capacity(args.len());
         for (i, a) in args.iter().enumerate() {
             slots.push(match *a {
-                Arg::Buf(b) => b.ptr(0) as u64,
-                Arg::BufAt(b, off) if off <= b.len => b.ptr(off) as u64,
-                Arg::BufAt(b, off) => {
-                    return Err(Error::Device(format!(
-                        "{}: argument {i} offset {off} past the end of a {}-word buffer",
-                        kernel.name(),
-                        b.len
-                    )))
+                Arg::Buf(_) | Arg::BufAt(..) | Arg::Ints(_) => {
+                    let (b, off) = a.buffer().expect("a pointer argument");
+                    if off > b.len {
+                        return Err(Error::Device(format!(
+                            "{}: argument {i} offset {off} past the end of a {}-word buffer",
+                            kernel.name(),
+                            b.len
+                        )));
+                    }
+                    b.ptr(off) as u64
                 }
                 Arg::Null => 0,
                 Arg::I32(v) => v as u32 as u64,
@@ -148,7 +152,7 @@ impl Executor for Emulator {
             return Err(Error::Device(format!("{}: {}", kernel.name(), String::from_utf8_lossy(&err[..end]))));
         }
         for ((name, _), a) in kernel.params().iter().zip(args) {
-            if let Arg::Buf(b) | Arg::BufAt(b, _) = a {
+            if let Some((b, _)) = a.buffer() {
                 if !b.guard_intact() {
                     return Err(Error::Device(format!("{}: wrote past the end of `{name}`", kernel.name())));
                 }

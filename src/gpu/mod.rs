@@ -1,4 +1,5 @@
-//! The GPU side: CUDA C kernels (`kernels/*.cu`) and two executors that run them.
+//! The GPU side: the executors that run the CUDA C kernels (each op family's `.cu` file) and what their launchers
+//! share.
 //!
 //! - [`emu::Emulator`] runs the kernels on the CPU: build.rs compiles the same `.cu` files as host C++ and the
 //!   emulator runs each grid with a fiber per CUDA thread, checking launch limits, barriers and buffer bounds. It
@@ -6,13 +7,14 @@
 //! - [`cuda::Cuda`] runs them on an NVIDIA GPU through the driver API (cudarc, loaded at run time), from PTX that
 //!   build.rs compiled with NVRTC, or from the embedded sources compiled at run time.
 //!
-//! Every op in [`ops`] is written once, as launches (kernel, grid, block, shared memory, arguments) against the
-//! [`Executor`] trait, so the launch code tested on the emulator is the launch code that runs on the GPU.
+//! Every family's launchers (its `gpu.rs`) are written once, as launches (kernel, grid, block, shared memory,
+//! arguments) against the [`Executor`] trait, so the launch code tested on the emulator is the launch code that runs
+//! on the GPU.
 
 pub mod cuda;
 pub mod emu;
 pub mod kernels;
-pub mod ops;
+pub(crate) mod launch;
 
 use crate::error::{Error, Result};
 pub use kernels::{Kernel, ParamKind};
@@ -35,10 +37,37 @@ impl LaunchCfg {
     }
 }
 
-/// One kernel argument. Buffers are arrays of 4-byte words (f32, or i32 where the kernel says `int*`).
+/// A device buffer of `int` words: indices a kernel addresses memory with. Only the executors make one, so a
+/// kernel's `int*` parameter never sees float bits, nor a float parameter an index. An uploaded buffer knows a
+/// bound on its values, which launchers check against what the kernel indexes before they launch it.
+#[derive(Debug)]
+pub struct IntBuf<B> {
+    buf: B,
+    /// Every value lies in `0..bound`; `None` when a kernel wrote them (no bound known to the host).
+    bound: Option<u64>,
+}
+
+impl<B: DeviceBuf> IntBuf<B> {
+    /// Length in words.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+    /// Every value lies in `0..bound`, when the host knows such a bound (it uploaded the values).
+    pub fn bound(&self) -> Option<u64> {
+        self.bound
+    }
+    /// Whether the buffer holds no words.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+/// One kernel argument. `float*` parameters take [`Arg::Buf`] / [`Arg::BufAt`], `int*` ones [`Arg::Ints`].
 pub enum Arg<'a, B> {
     /// A buffer, from its start.
     Buf(&'a B),
+    /// An index buffer.
+    Ints(&'a IntBuf<B>),
     /// A buffer from word `offset` on.
     BufAt(&'a B, usize),
     /// A null pointer (kernels treat it as "absent", e.g. no bias).
@@ -57,7 +86,8 @@ impl<'a, B> Arg<'a, B> {
     /// What kind of argument this is, for error messages.
     pub fn kind(&self) -> &'static str {
         match self {
-            Arg::Buf(_) | Arg::BufAt(..) => "a buffer",
+            Arg::Buf(_) | Arg::BufAt(..) => "a float buffer",
+            Arg::Ints(_) => "an int buffer",
             Arg::Null => "null",
             Arg::I32(_) => "I32",
             Arg::I64(_) => "I64",
@@ -69,6 +99,16 @@ impl<'a, B> Arg<'a, B> {
     /// `Buf(b)` or `Null`.
     pub fn opt(b: Option<&'a B>) -> Self {
         b.map_or(Arg::Null, Arg::Buf)
+    }
+
+    /// The device buffer behind a pointer argument, and the word offset into it.
+    pub fn buffer(&self) -> Option<(&'a B, usize)> {
+        match *self {
+            Arg::Buf(b) => Some((b, 0)),
+            Arg::BufAt(b, off) => Some((b, off)),
+            Arg::Ints(b) => Some((&b.buf, 0)),
+            _ => None,
+        }
     }
 }
 
@@ -93,9 +133,23 @@ pub trait Executor: Send + Sync + 'static {
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     /// A buffer holding a copy of `data`.
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
-    /// A buffer holding a copy of `data`, for kernels' `int*` parameters.
-    fn upload_i32(&self, data: &[i32]) -> Result<Self::Buf> {
-        self.upload(&data.iter().map(|&v| f32::from_bits(v as u32)).collect::<Vec<_>>())
+    /// An index buffer holding a copy of `data` (non-negative values), for kernels' `int*` parameters.
+    fn upload_i32(&self, data: &[u32]) -> Result<IntBuf<Self::Buf>> {
+        if let Some(bad) = data.iter().find(|&&v| v > i32::MAX as u32) {
+            return Err(Error::Arg(format!("index {bad} exceeds the kernels' int range")));
+        }
+        let bound = data.iter().max().map_or(0, |&m| m as u64 + 1);
+        // Both executors move 4-byte words; the bits travel unchanged through an f32 view.
+        let buf = self.upload(&data.iter().map(|&v| f32::from_bits(v)).collect::<Vec<_>>())?;
+        Ok(IntBuf { buf, bound: Some(bound) })
+    }
+    /// An index buffer of `len` words for a kernel to fill.
+    fn alloc_i32(&self, len: usize) -> Result<IntBuf<Self::Buf>> {
+        Ok(IntBuf { buf: self.alloc(len)?, bound: None })
+    }
+    /// Copies an index buffer back, after all launches before it have finished.
+    fn download_i32(&self, buf: &IntBuf<Self::Buf>) -> Result<Vec<u32>> {
+        Ok(self.download(&buf.buf)?.into_iter().map(f32::to_bits).collect())
     }
     /// Copies the buffer back, after all launches before it have finished.
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
@@ -104,7 +158,7 @@ pub trait Executor: Send + Sync + 'static {
     /// # Safety
     /// The arguments must describe the buffers truthfully: every index the kernel derives from them must lie
     /// inside the buffer it addresses. The argument kinds are checked against the kernel's C signature, but
-    /// lengths cannot be, so [`ops`] checks them before launching.
+    /// lengths cannot be, so the launchers check them first (`launch::need`).
     unsafe fn launch(&self, kernel: Kernel, cfg: LaunchCfg, args: &[Arg<Self::Buf>]) -> Result<()>;
 }
 
@@ -124,6 +178,7 @@ pub fn check_args<B>(kernel: Kernel, args: &[Arg<B>]) -> Result<()> {
         let ok = matches!(
             (kind, arg),
             (ParamKind::ConstPtr | ParamKind::MutPtr, Arg::Buf(_) | Arg::BufAt(..) | Arg::Null)
+                | (ParamKind::ConstIntPtr | ParamKind::MutIntPtr, Arg::Ints(_) | Arg::Null)
                 | (ParamKind::I32, Arg::I32(_))
                 | (ParamKind::I64, Arg::I64(_))
                 | (ParamKind::U64, Arg::U64(_))

@@ -4,10 +4,14 @@
 /// The kind of one kernel parameter, from its C type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParamKind {
-    /// `const float*` / `const int*`.
+    /// `const float*`.
     ConstPtr,
-    /// `float*` / `int*`.
+    /// `float*`.
     MutPtr,
+    /// `const int*`.
+    ConstIntPtr,
+    /// `int*`.
+    MutIntPtr,
     /// `int`.
     I32,
     /// `long long`.

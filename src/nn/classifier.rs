@@ -11,11 +11,12 @@
 //! the 10,000 MNIST test digits, 7.6 minutes of wall time on the 2-core CPU (shared with other jobs at the time).
 
 use super::layers::{Conv2d, Linear};
-use crate::autograd::{ConvExtra, Tape, Var};
+use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
-use crate::cpu::classify::log_sum_exp;
 use crate::data::IMAGE_SIDE;
 use crate::error::{Error, Result};
+use crate::ops::conv::ConvExtra;
+use crate::ops::loss::log_sum_exp;
 use crate::params::Params;
 use crate::shape_err;
 use crate::tensor::Tensor;

@@ -4,9 +4,10 @@
 //! `kaiming_uniform_(a=√5)` reduces to), where `fan_in = weight.size(1)·k·k`; for ConvTranspose2d the weight is
 //! `[c_in, c_out, k, k]`, so its fan_in is `c_out·k·k`. GroupNorm starts at γ = 1, β = 0.
 
-use crate::autograd::{ConvExtra, Tape, Var};
+use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::error::Result;
+use crate::ops::conv::ConvExtra;
 use crate::params::{ParamId, Params};
 use crate::tensor::Tensor;
 use rand::Rng;

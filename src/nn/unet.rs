@@ -2,10 +2,11 @@
 //! at the bottleneck, one per level on the way up, skips joined by channel concatenation.
 
 use super::layers::{Conv2d, ConvTranspose2d, GroupNorm, Linear, TimeEmbedding};
-use crate::autograd::{ConvExtra, Tape, Var};
+use crate::autograd::{Tape, Var};
 use crate::backend::{Backend, Cpu};
 use crate::diffusion::Denoiser;
 use crate::error::{Error, Result};
+use crate::ops::conv::ConvExtra;
 use crate::params::Params;
 use rand::Rng;
 

@@ -88,7 +88,7 @@ impl<B: Backend> AdamW<B> {
     /// One update, step `k = step + 1`, in PyTorch's f32 order:
     /// `p ← p·(1 - lr·wd)`; `m ← m + (1-β₁)(g - m)`; `v ← β₂v + (1-β₂)g²`;
     /// `p ← p - (lr/(1-β₁ᵏ))·m / (√v/√(1-β₂ᵏ) + eps)`. Scalars are formed in f64, as Python does, then rounded;
-    /// the update runs as one fused [`Backend::adamw_step`] per tensor.
+    /// the update runs as one fused [`OptimOps::adamw_step`](super::OptimOps::adamw_step) per tensor.
     pub fn step(&mut self, params: &mut Params<B>, grads: &Grads<B>) -> Result<()> {
         self.step += 1;
         let s = self.scalars(self.step);

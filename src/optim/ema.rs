@@ -50,7 +50,7 @@ impl<B: Backend> Ema<B> {
     }
 
     /// `shadow ← shadow·d + p·(1-d)`, in PyTorch's f32 order (`mul_(d)` then `add_(p, alpha=1-d)`), one fused
-    /// [`Backend::ema_update`] per tensor.
+    /// [`OptimOps::ema_update`](super::OptimOps::ema_update) per tensor.
     pub fn update(&mut self, params: &Params<B>) -> Result<()> {
         let (d, alpha) = self.scalars();
         for (s, p) in self.shadow.iter_mut().zip(params.tensors()) {

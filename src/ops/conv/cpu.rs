@@ -11,46 +11,64 @@
 //! backward passes are written as forward convs where they can be (`dx` of a stride-1 conv, all of a transposed
 //! conv's backward), so they get the same banding and no `col2im` scatter.
 
-use super::gemm::{sgemm, sgemm_into_transposed, Mat};
-use super::{batch_chunks, wide, winograd, BATCH_CHUNKS};
+use super::{winograd, ConvOps};
+use crate::backend::Cpu;
+use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads};
+use crate::error::Result;
+use crate::ops::cpu::{batch_chunks, wide, BATCH_CHUNKS};
+use crate::ops::linear::gemm::{sgemm, sgemm_into_transposed, Mat};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
 
-/// The geometry of one conv between an image `[c, h, w]` and its output grid `[oh, ow]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvGeom {
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub k: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub oh: usize,
-    pub ow: usize,
+impl ConvOps for Cpu {
+    fn conv2d_forward(
+        &self,
+        d: &ConvDesc,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        epi: Epilogue<Vec<f32>>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        conv2d_forward(&d.geom, d.n, x, w, d.channels, epi.map(|v| &v[..]), out);
+        Ok(())
+    }
+    fn conv2d_backward(
+        &self,
+        d: &ConvDesc,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        gout: &Vec<f32>,
+        grads: LayerGrads<Vec<f32>>,
+    ) -> Result<()> {
+        conv2d_backward(&d.geom, d.n, x, w, d.channels, gout, grads.map(|v| &mut v[..]));
+        Ok(())
+    }
+    fn conv_transpose2d_forward(
+        &self,
+        d: &ConvDesc,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        bias: Option<&Vec<f32>>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        conv_transpose2d_forward(&d.geom, d.n, x, w, d.channels, bias.map(|v| &v[..]), out);
+        Ok(())
+    }
+    fn conv_transpose2d_backward(
+        &self,
+        d: &ConvDesc,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        gout: &Vec<f32>,
+        grads: LayerGrads<Vec<f32>>,
+    ) -> Result<()> {
+        conv_transpose2d_backward(&d.geom, d.n, x, w, d.channels, gout, grads.map(|v| &mut v[..]));
+        Ok(())
+    }
 }
 
 impl ConvGeom {
-    /// The geometry for an input `[c, h, w]`; `None` when the kernel does not fit the padded input.
-    pub fn new(c: usize, h: usize, w: usize, k: usize, stride: usize, pad: usize) -> Option<Self> {
-        if stride == 0 || k == 0 || h + 2 * pad < k || w + 2 * pad < k {
-            return None;
-        }
-        let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
-        Some(ConvGeom { c, h, w, k, stride, pad, oh, ow })
-    }
-    /// Rows of the column matrix: `c·k·k`.
-    pub fn col_rows(&self) -> usize {
-        self.c * self.k * self.k
-    }
-    /// Columns of the column matrix: `oh·ow`.
-    pub fn col_cols(&self) -> usize {
-        self.oh * self.ow
-    }
-    /// A 1x1, stride-1, unpadded conv, whose column matrix is the image itself.
-    fn is_pointwise(&self) -> bool {
-        self.k == 1 && self.stride == 1 && self.pad == 0
-    }
     /// For kernel offset `kx` and output width `ow`, the range of output columns whose input column
     /// `ox·s - p + kx` lies inside `[0, w)`.
     fn valid_range(&self, kx: usize, in_len: usize, out_len: usize) -> (usize, usize) {
@@ -63,12 +81,8 @@ impl ConvGeom {
     }
 }
 
+/// im2col for the output rows `rows`: the `[c·k·k, rows.len()·ow]` matrix of those rows' columns,
 /// `col[(c·k + ky)·k + kx, oy·ow + ox] = x[c, oy·s - p + ky, ox·s - p + kx]` (zero outside the image).
-pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
-    im2col_rows(g, x, 0..g.oh, col);
-}
-
-/// [`im2col`] for the output rows `rows` only: the `[c·k·k, rows.len()·ow]` matrix of those rows' columns.
 pub fn im2col_rows(g: &ConvGeom, x: &[f32], rows: Range<usize>, col: &mut [f32]) {
     // Compiled for AVX2 where present (wider copies); the lone column a 3x3 tap reads past the image's edge is
     // zeroed with a store (`zero`), where `fill` made a `memset` call per output row and tap.
@@ -215,15 +229,6 @@ pub(super) fn inner_threads(n: usize) -> usize {
     }
 }
 
-/// Extra terms a conv adds to its output: `out[n,c,:] += bias[c] + chan_bias[n,c] + residual[n,c,:]`.
-/// Fusing them into the conv saves a pass over memory and a saved activation per term.
-#[derive(Clone, Copy, Default)]
-pub struct Epilogue<'a> {
-    pub bias: Option<&'a [f32]>,
-    pub chan_bias: Option<&'a [f32]>,
-    pub residual: Option<&'a [f32]>,
-}
-
 /// Conv2d forward: `out[n] = W · im2col(x[n]) + epilogue`, `x: [n, g.c, g.h, g.w]`, `w: [co, g.c, k, k]`,
 /// `out: [n, co, g.oh, g.ow]`, one band of [`BAND_PIXELS`] output pixels at a time.
 ///
@@ -284,31 +289,23 @@ pub(super) fn add_channel_terms(
     }
 }
 
-/// Gradients a conv backward may produce; `None` fields are not computed.
-pub struct ConvGrads<'a> {
-    /// dL/dx, same shape as x.
-    pub dx: Option<&'a mut [f32]>,
-    /// dL/dW, same shape as W (overwritten).
-    pub dw: Option<&'a mut [f32]>,
-}
-
 /// Conv2d backward for `gout = dL/dout [n, co, oh, ow]`: `dW = Σ_n gout[n] · im2col(x[n])ᵀ` and
-/// `dx[n] = col2im(Wᵀ · gout[n])`. Bias gradients are plain sums of `gout` and live in [`channel_sums`].
+/// `dx[n] = col2im(Wᵀ · gout[n])`. Bias gradients are plain sums of `gout` (`ReduceOps::channel_sums`).
 ///
 /// For stride 1, `dx` is itself a stride-1 conv of `gout`, with the kernel flipped in space and its channel axes
 /// swapped, and padding `k - 1 - p`:
 /// `dx[c, y, x] = Σ_{o, ky, kx} W[o, c, k-1-ky, k-1-kx] · gout[o, y - (k-1-p) + ky, x - (k-1-p) + kx]`.
 /// It runs as [`conv2d_forward`] (banded im2col + GEMM, written once) instead of a GEMM into a full column
 /// matrix that `col2im` then scatter-adds. Where `winograd::applies`, that forward and dW run through Winograd.
-pub fn conv2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, gout: &[f32], grads: ConvGrads) {
+pub fn conv2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, gout: &[f32], grads: LayerGrads) {
     let (kk, plane, in_len) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
     let threads = inner_threads(n);
-    let ConvGrads { dx, dw } = grads;
+    let LayerGrads { dx, dw } = grads;
     let dx = match dx {
         Some(dx) if g.stride == 1 && g.pad < g.k => {
             let gt =
                 ConvGeom::new(co, g.oh, g.ow, g.k, 1, g.k - 1 - g.pad).expect("the adjoint of a stride-1 conv fits");
-            conv2d_forward(&gt, n, gout, &flip_kernel(w, co, g.c, g.k), g.c, Epilogue::default(), dx);
+            conv2d_forward(&gt, n, gout, &flip_kernel(w, co, g.c, g.k), g.c, Epilogue::none(), dx);
             None
         }
         dx => dx,
@@ -325,7 +322,7 @@ pub fn conv2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, 
     }
     // dx still to do (other strides) needs a whole image's column matrix; dW only a band's.
     let scratch = kk * if dx.is_some() { plane } else { band_rows(g) * g.ow };
-    per_image_backward(n, in_len, (kk, co), scratch, ConvGrads { dx, dw }, |i, first, dx_i, dw_part, col| {
+    per_image_backward(n, in_len, (kk, co), scratch, LayerGrads { dx, dw }, |i, first, dx_i, dw_part, col| {
         let x_i = &x[i * in_len..(i + 1) * in_len];
         let g_i = &gout[i * co * plane..(i + 1) * co * plane];
         // dWᵀ[K, co] += col[K, P] · g_iᵀ[P, co]: twice as fast as dW = g_i · colᵀ for these shapes; the partials
@@ -377,7 +374,7 @@ fn per_image_backward<F>(
     in_len: usize,
     dw_t_dims: (usize, usize),
     scratch_len: usize,
-    grads: ConvGrads,
+    grads: LayerGrads,
     body: F,
 ) where
     F: Fn(usize, bool, Option<&mut [f32]>, Option<&mut [f32]>, &mut [f32]) + Sync,
@@ -441,45 +438,14 @@ pub fn conv_transpose2d_backward(
     w: &[f32],
     ci: usize,
     gout: &[f32],
-    grads: ConvGrads,
+    grads: LayerGrads,
 ) {
     if let Some(dx) = grads.dx {
-        conv2d_forward(g, n, gout, w, ci, Epilogue::default(), dx);
+        conv2d_forward(g, n, gout, w, ci, Epilogue::none(), dx);
     }
     if grads.dw.is_some() {
-        conv2d_backward(g, n, gout, w, ci, x, ConvGrads { dx: None, dw: grads.dw });
+        conv2d_backward(g, n, gout, w, ci, x, LayerGrads { dx: None, dw: grads.dw });
     }
-}
-
-/// Per-channel sums of an `[n, c, plane]` tensor, as `[c]` (`per_image = false`) or `[n, c]` (`true`):
-/// the gradient of a broadcast bias.
-pub fn channel_sums(t: &[f32], n: usize, c: usize, plane: usize, per_image: bool) -> Vec<f32> {
-    let sums: Vec<f32> = t
-        .par_chunks(plane)
-        .map(|row| {
-            wide(
-                #[inline(always)]
-                || sum_f64(row),
-            ) as f32
-        })
-        .collect();
-    if per_image {
-        return sums;
-    }
-    (0..c).map(|ch| (0..n).map(|i| sums[i * c + ch] as f64).sum::<f64>() as f32).collect()
-}
-
-/// `Σ row` in f64, in 8 lanes (lane `l` adds the elements `≡ l mod 8`): one running sum would make every add wait
-/// for the previous one (4 cycles each); independent lanes pipeline and vectorise.
-#[inline(always)]
-fn sum_f64(row: &[f32]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let chunks = row.chunks_exact(8);
-    let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
-    for ch in chunks {
-        acc.iter_mut().zip(ch).for_each(|(a, &v)| *a += v as f64);
-    }
-    acc.iter().sum::<f64>() + tail
 }
 
 /// Splits `buf` into the sub-slices of whole items named by `ranges` (items of `item_len` floats).
@@ -512,7 +478,7 @@ fn sum_partials_transposed(partials: &[Vec<f32>], (rows, cols): (usize, usize), 
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// `out[n, o, oy, ox] = Σ_{c, ky, kx} w[o, c, ky, kx]·x[n, c, oy·s - p + ky, ox·s - p + kx]`, straight from the
@@ -593,7 +559,7 @@ pub(super) mod tests {
             let w = values(co * c * k * k, 53, 89);
             let gout = values(n * co * g.oh * g.ow, 29, 97);
             let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![f32::NAN; w.len()]);
-            conv2d_backward(&g, n, &x, &w, co, &gout, ConvGrads { dx: Some(&mut dx), dw: Some(&mut dw) });
+            conv2d_backward(&g, n, &x, &w, co, &gout, LayerGrads { dx: Some(&mut dx), dw: Some(&mut dw) });
             let (want_dx, want_dw) = direct_conv_grads(&g, n, &x, &w, co, &gout);
             for (a, b) in dx.iter().zip(&want_dx) {
                 assert!((a - b).abs() < 1e-5, "dx h={h} k={k} s={stride}: {a} vs {b}");
@@ -606,21 +572,6 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn channel_sums_match_f64_sums() {
-        // Planes of 13 values: one 8-lane chunk and a tail.
-        let (n, c, plane) = (2, 3, 13);
-        let t = values(n * c * plane, 37, 101);
-        let row_sum = |i: usize| t[i * plane..(i + 1) * plane].iter().map(|&v| v as f64).sum::<f64>();
-        for (i, got) in channel_sums(&t, n, c, plane, true).into_iter().enumerate() {
-            assert!((got as f64 - row_sum(i)).abs() < 1e-6, "image-channel {i}: {got}");
-        }
-        for (ch, got) in channel_sums(&t, n, c, plane, false).into_iter().enumerate() {
-            let want: f64 = (0..n).map(|i| row_sum(i * c + ch)).sum();
-            assert!((got as f64 - want).abs() < 1e-5, "channel {ch}: {got} vs {want}");
-        }
-    }
-
-    #[test]
     fn forward_in_bands_matches_the_definition() {
         // 40x40 outputs: several bands of BAND_PIXELS / 40 rows and a shorter last band; also stride 2.
         for (h, stride, n) in [(40, 1, 2), (40, 2, 1), (7, 1, 3)] {
@@ -629,7 +580,7 @@ pub(super) mod tests {
             let x: Vec<f32> = (0..n * c * h * h).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
             let w: Vec<f32> = (0..co * c * 9).map(|i| ((i * 53 % 89) as f32 / 44.0) - 1.0).collect();
             let mut out = vec![f32::NAN; n * co * g.oh * g.ow];
-            conv2d_forward(&g, n, &x, &w, co, Epilogue::default(), &mut out);
+            conv2d_forward(&g, n, &x, &w, co, Epilogue::none(), &mut out);
             for (a, b) in out.iter().zip(direct_conv(&g, n, &x, &w, co)) {
                 assert!((a - b).abs() < 1e-5, "h={h} s={stride}: {a} vs {b}");
             }

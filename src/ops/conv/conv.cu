@@ -1,6 +1,5 @@
-// conv.cu: the data movement around the GEMMs of conv2d and conv_transpose2d (im2col and its adjoint col2im),
-// the per-channel bias epilogue, and the per-channel sums that are a broadcast bias's gradient.
-// Geometry as src/cpu/conv.rs ConvGeom: image [C, H, W], kernel KxK, stride S, padding P, output grid [OH, OW];
+// conv.cu: the data movement around the GEMMs of conv2d and conv_transpose2d (im2col and its adjoint col2im) and
+// the per-channel bias epilogue. Geometry as ConvGeom (src/desc.rs): image [C, H, W], kernel KxK, stride S, padding P, output grid [OH, OW];
 // the column matrix of one image is [C*K*K, OH*OW].
 #include "common.cuh"
 
@@ -52,26 +51,4 @@ extern "C" __global__ void add_channel_bias(float* __restrict__ y, const float* 
     const int c = ic % C;
     y[e] += (bias ? bias[c] : 0.0f) + (chan_bias ? chan_bias[ic] : 0.0f);
   }
-}
-
-// out[r] = sum of row r of x ([rows, len]): per-(image, channel) sums of an [n, C, plane] tensor.
-// Launch: grid rows (<= 2^31-1), block 256.
-extern "C" __global__ void __launch_bounds__(256) row_sums(const float* __restrict__ x, float* __restrict__ out,
-                                                           int len) {
-  __shared__ float scratch[32];
-  const float* row = x + (long long)blockIdx.x * len;
-  float s = 0.0f;
-  for (int p = threadIdx.x; p < len; p += blockDim.x) s += row[p];
-  s = block_sum(s, scratch);
-  if (threadIdx.x == 0) out[blockIdx.x] = s;
-}
-
-// out[c] = sum_i parts[i][c] over the n rows of parts [n, C], in row order: reduces per-image partial
-// gradients (bias, GroupNorm gamma/beta, linear bias) deterministically. Launch: grid CEIL_DIV(C, 256), block 256.
-extern "C" __global__ void sum_rows(const float* __restrict__ parts, float* __restrict__ out, int n, int C) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  float s = 0.0f;
-  for (int i = 0; i < n; i++) s += parts[(long long)i * C + c];
-  out[c] = s;
 }

@@ -1,16 +1,8 @@
-//! CPU kernels: the reference every other backend is tested against, and the fast path on machines without a GPU.
+//! What the CPU kernels of every family share: a fixed batch split and a switch to AVX2 code.
 //!
-//! Kernels work on plain slices with explicit dimensions; the autograd layer (`crate::autograd`) checks shapes
-//! and calls them. Convolutions are per-image im2col + GEMM in cache-sized bands of output rows, or Winograd
-//! F(2x2, 3x3) for the 3x3 stride-1 ones, the batch split across threads in a fixed number of chunks so that
-//! results never depend on the thread count.
-
-pub mod classify;
-pub mod conv;
-pub mod elementwise;
-pub mod gemm;
-pub mod norm;
-pub mod winograd;
+//! CPU kernels work on plain slices with the dimensions of a [`crate::desc`] descriptor. The CPU kernels are the
+//! reference every other backend is tested against, and the fast path on machines without a GPU: parallel work is
+//! split into a fixed number of chunks so that results never depend on the thread count.
 
 /// The number of batch chunks the parallel kernels split work into. Fixed (not the thread count) so that
 /// per-chunk partial sums, and therefore results, are the same on every machine.

@@ -8,22 +8,33 @@
 //! Sums run in 8 f32 lanes over one channel plane (≤ 1024 values, so a lane adds ≤ 128 terms and loses < 1e-5
 //! relative) and are combined across planes in f64; the inner loops are branch-free so they vectorise.
 
-use super::elementwise::sigmoid;
-use super::wide;
+use super::NormOps;
+use crate::backend::Cpu;
+use crate::desc::NormDesc;
+use crate::error::Result;
+use crate::ops::cpu::wide;
+use crate::ops::unary::sigmoid;
 use rayon::prelude::*;
 
-/// Dimensions of a group norm: `n` images, `c` channels in `groups` groups, `plane = H·W`.
-#[derive(Clone, Copy, Debug)]
-pub struct NormDims {
-    pub n: usize,
-    pub c: usize,
-    pub plane: usize,
-    pub groups: usize,
-}
-
-impl NormDims {
-    fn group_len(&self) -> usize {
-        self.c / self.groups * self.plane
+impl NormOps for Cpu {
+    fn group_norm_forward(
+        &self,
+        d: NormDesc,
+        x: &Vec<f32>,
+        (gamma, beta): (&Vec<f32>, &Vec<f32>),
+        y: &mut Vec<f32>,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok(group_norm_forward(d, x, gamma, beta, y))
+    }
+    fn group_norm_backward(
+        &self,
+        d: NormDesc,
+        (x, gamma, beta): (&Vec<f32>, &Vec<f32>, &Vec<f32>),
+        (mean, rstd): (&Vec<f32>, &Vec<f32>),
+        gy: &Vec<f32>,
+        dx: Option<&mut Vec<f32>>,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok(group_norm_backward(d, (x, gamma, beta), (mean, rstd), gy, dx.map(|v| &mut v[..])))
     }
 }
 
@@ -45,16 +56,8 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
 }
 
 /// Forward: writes `y` and returns the per-(image, group) statistics `(mean, rstd)`, each `[n·groups]`.
-pub fn group_norm_forward(
-    d: NormDims,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    silu: bool,
-    y: &mut [f32],
-) -> (Vec<f32>, Vec<f32>) {
-    let (glen, cg) = (d.group_len(), d.c / d.groups);
+pub fn group_norm_forward(d: NormDesc, x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32]) -> (Vec<f32>, Vec<f32>) {
+    let (glen, cg, eps, silu) = (d.group_len(), d.c / d.groups, d.eps, d.silu);
     let stats: Vec<(f32, f32)> = y
         .par_chunks_mut(glen)
         .zip(x.par_chunks(glen))
@@ -91,19 +94,14 @@ pub fn group_norm_forward(
 ///
 /// With `gz = gy·silu'(z)` (or `gy`), `dγ_c = Σ gz·x̂`, `dβ_c = Σ gz`, and per group
 /// `dx = r·(gz·γ - mean(gz·γ) - x̂·mean(gz·γ·x̂))`.
-#[allow(clippy::too_many_arguments)]
 pub fn group_norm_backward(
-    d: NormDims,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
-    silu: bool,
+    d: NormDesc,
+    (x, gamma, beta): (&[f32], &[f32], &[f32]),
+    (mean, rstd): (&[f32], &[f32]),
     gy: &[f32],
     dx: Option<&mut [f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
-    let (glen, cg) = (d.group_len(), d.c / d.groups);
+    let (glen, cg, silu) = (d.group_len(), d.c / d.groups, d.silu);
     // Per (image, group): the partial dγ, dβ of its channels, then reduced over images in order. `gz` is kept in
     // the dx buffer between the two passes so the sigmoid is evaluated once per element.
     let per_group = |ng: usize, buf: &mut [f32], want_dx: bool| -> Vec<(f32, f32)> {

@@ -44,15 +44,3 @@ extern "C" __global__ void ddim_step(const float* __restrict__ x, const float* _
     out[e] = noisy ? det + sigma * philox_normal(seed, stream, (u64)e) : det;
   }
 }
-
-// out[b][j] = sin(t_b*freqs[j]) for j < half, cos(t_b*freqs[j-half]) after, with freqs from the host
-// (TimeEmbedding::freqs). Accurate sinf/cosf: arguments reach ~1000, where __sinf is off by ~1e-4.
-// Launch: grid CEIL_DIV(batch*2*half, 256), block 256.
-extern "C" __global__ void time_embedding(const int* __restrict__ t, const float* __restrict__ freqs,
-                                          float* __restrict__ out, int batch, int half) {
-  GRID_STRIDE(e, (long long)batch * 2 * half) {
-    const int j = e % (2 * half), b = e / (2 * half);
-    const float arg = (float)t[b] * freqs[j % half];
-    out[e] = j < half ? sinf(arg) : cosf(arg);
-  }
-}

@@ -18,9 +18,10 @@
 //! of [`BAND_TILES`] so that `V` and `M` stay in the L2 cache between the transforms and the GEMMs; small images
 //! are grouped so that each band still has enough tiles to keep the GEMMs efficient.
 
-use super::conv::{add_channel_terms, inner_threads, with_scratch, ConvGeom, Epilogue};
-use super::gemm::{sgemm, sgemm_into_transposed, Mat};
-use super::{batch_chunks, wide};
+use super::cpu::{add_channel_terms, inner_threads, with_scratch};
+use crate::desc::{ConvGeom, Epilogue};
+use crate::ops::cpu::{batch_chunks, wide};
+use crate::ops::linear::gemm::{sgemm, sgemm_into_transposed, Mat};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -332,7 +333,7 @@ fn groups(range: Range<usize>, tl: &Tiling) -> Vec<Range<usize>> {
 }
 
 /// Conv2d forward through Winograd F(2x2, 3x3) (see the module docs); same contract as
-/// [`super::conv::conv2d_forward`], for convs where [`applies`] holds.
+/// [`super::cpu::conv2d_forward`], for convs where [`applies`] holds.
 pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, epi: Epilogue, out: &mut [f32]) {
     let tl = Tiling::new(g);
     let u = transform_weights(w, co, g.c);
@@ -428,8 +429,9 @@ pub fn conv2d_weight_grad(g: &ConvGeom, n: usize, x: &[f32], co: usize, gout: &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::conv::tests::{direct_conv, direct_conv_grads, values};
-    use crate::cpu::conv::{conv2d_backward, conv2d_forward, ConvGrads};
+    use crate::desc::LayerGrads;
+    use crate::ops::conv::cpu::tests::{direct_conv, direct_conv_grads, values};
+    use crate::ops::conv::cpu::{conv2d_backward, conv2d_forward};
 
     /// Tolerance against the f64 definition: the transformed operands are larger than the raw ones
     /// (`|Bᵀ d B| ≤ 4·max|d|`, `|G g Gᵀ| ≤ 2.25·max|g|`) and the output transform adds 9 of the products'
@@ -450,7 +452,8 @@ mod tests {
             let wt = values(co * c * 9, 53, 89);
             let (bias, chan_bias, residual) =
                 (values(co, 7, 13), values(n * co, 11, 17), values(n * co * h * w, 29, 97));
-            let epi = Epilogue { bias: Some(&bias), chan_bias: Some(&chan_bias), residual: Some(&residual) };
+            let epi =
+                Epilogue { bias: Some(&bias[..]), chan_bias: Some(&chan_bias[..]), residual: Some(&residual[..]) };
             let mut out = vec![f32::NAN; n * co * h * w];
             conv2d_forward(&g, n, &x, &wt, co, epi, &mut out);
             let want = direct_conv(&g, n, &x, &wt, co);
@@ -472,7 +475,7 @@ mod tests {
             let w = values(co * c * 9, 53, 89);
             let gout = values(n * co * h * h, 29, 97);
             let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![f32::NAN; w.len()]);
-            conv2d_backward(&g, n, &x, &w, co, &gout, ConvGrads { dx: Some(&mut dx), dw: Some(&mut dw) });
+            conv2d_backward(&g, n, &x, &w, co, &gout, LayerGrads { dx: Some(&mut dx), dw: Some(&mut dw) });
             let (want_dx, want_dw) = direct_conv_grads(&g, n, &x, &w, co, &gout);
             for (a, b) in dx.iter().zip(&want_dx) {
                 assert!(close(*a, *b), "dx {h}x{h} n={n}: {a} vs {b}");

@@ -1,0 +1,106 @@
+//! The diffusion kernels' launches: q_sample and the sampler steps, each one elementwise pass with its Philox noise
+//! drawn on the device.
+
+use super::{DdimCoefs, DdpmCoefs, DiffusionOps, Schedule};
+use crate::backend::Gpu;
+use crate::error::{Error, Result};
+use crate::gpu::launch::{elementwise, need, run};
+use crate::gpu::{Arg, DeviceBuf, Executor, Kernel};
+
+impl<E: Executor> DiffusionOps for Gpu<E> {
+    fn q_sample(
+        &self,
+        sched: &Schedule,
+        x0: &E::Buf,
+        t: &[usize],
+        (seed, stream): (u64, u64),
+    ) -> Result<(E::Buf, E::Buf)> {
+        // The kernel indexes the schedule tables with t, so t is checked here, on the host, where it is made.
+        if let Some(bad) = t.iter().find(|&&ti| ti >= sched.t) {
+            return Err(Error::Arg(format!("q_sample: timestep {bad} out of range 0..{}", sched.t)));
+        }
+        let e = self.executor();
+        let t_dev = e.upload_i32(&t.iter().map(|&v| v as u32).collect::<Vec<_>>())?;
+        let (sqrt_ab, sqrt_1m_ab) = (e.upload(&sched.sqrt_alphas_bar)?, e.upload(&sched.sqrt_one_minus_alphas_bar)?);
+        need("q_sample sqrt_alphas_bar", &sqrt_ab, sched.t)?;
+        need("q_sample sqrt_one_minus_alphas_bar", &sqrt_1m_ab, sched.t)?;
+        let n = x0.len();
+        let per_item = n / t.len().max(1);
+        // Fresh buffers that only this launch writes.
+        let (noise, xt) = (e.alloc(n)?, e.alloc(n)?);
+        let args = [
+            Arg::Buf(x0),
+            Arg::Ints(&t_dev),
+            Arg::Buf(&sqrt_ab),
+            Arg::Buf(&sqrt_1m_ab),
+            Arg::Buf(&noise),
+            Arg::Buf(&xt),
+            Arg::I64(n as i64),
+            Arg::I64(per_item.max(1) as i64),
+            Arg::U64(seed),
+            Arg::U64(stream),
+        ];
+        run(e, Kernel::QSample, elementwise(n), &args)?;
+        Ok((noise, xt))
+    }
+
+    fn ddpm_step(
+        &self,
+        c: &DdpmCoefs,
+        x: &E::Buf,
+        eps: &E::Buf,
+        noise: Option<(u64, u64)>,
+        out: &mut E::Buf,
+    ) -> Result<()> {
+        let n = check_step(x, eps, out)?;
+        let (seed, stream) = noise.unwrap_or((0, 0));
+        let args = [
+            Arg::Buf(x),
+            Arg::Buf(eps),
+            Arg::Buf(out),
+            Arg::I64(n as i64),
+            Arg::F32(c.sqrt_recip_alpha),
+            Arg::F32(c.eps_coef),
+            Arg::F32(c.sigma),
+            Arg::U64(seed),
+            Arg::U64(stream),
+            Arg::I32(noise.is_some() as i32),
+        ];
+        run(self.executor(), Kernel::DdpmStep, elementwise(n), &args)
+    }
+
+    fn ddim_step(
+        &self,
+        c: &DdimCoefs,
+        x: &E::Buf,
+        eps: &E::Buf,
+        noise: Option<(u64, u64)>,
+        out: &mut E::Buf,
+    ) -> Result<()> {
+        let n = check_step(x, eps, out)?;
+        let (seed, stream) = noise.unwrap_or((0, 0));
+        let args = [
+            Arg::Buf(x),
+            Arg::Buf(eps),
+            Arg::Buf(out),
+            Arg::I64(n as i64),
+            Arg::F32(c.sqrt_one_minus_ab),
+            Arg::F32(c.sqrt_ab),
+            Arg::F32(c.sqrt_ab_prev),
+            Arg::F32(c.dir_coef),
+            Arg::F32(c.sigma),
+            Arg::U64(seed),
+            Arg::U64(stream),
+            Arg::I32(noise.is_some() as i32),
+        ];
+        run(self.executor(), Kernel::DdimStep, elementwise(n), &args)
+    }
+}
+
+/// The step's length `n = x.len()`, after checking `eps` and `out` cover it.
+fn check_step<B: DeviceBuf>(x: &B, eps: &B, out: &B) -> Result<usize> {
+    let n = x.len();
+    need("sampler step eps", eps, n)?;
+    need("sampler step out", out, n)?;
+    Ok(n)
+}

@@ -1,0 +1,185 @@
+//! The convolutions' launches: a materialised column matrix (`im2col`, or `col2im` for the adjoint) and the GEMM
+//! of `crate::ops::linear::gpu`, then the bias epilogue. The weight gradient sums over the batch inside the GEMM
+//! (a fixed order), not with atomics.
+
+use super::ConvOps;
+use crate::backend::Gpu;
+use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads};
+use crate::error::Result;
+use crate::gpu::launch::{elementwise, i32_arg, need, run};
+use crate::gpu::{Arg, Executor, Kernel};
+use crate::ops::linear::gpu::{sgemm, Gemm};
+use crate::ops::reduce::gpu::copy;
+
+impl<E: Executor> ConvOps for Gpu<E> {
+    /// `out[i] = W·im2col(x[i]) + bias + chan_bias[i] + residual[i]`: the residual is copied into `out` first and
+    /// the GEMM accumulates onto it, as on the CPU.
+    fn conv2d_forward(
+        &self,
+        d: &ConvDesc,
+        x: &E::Buf,
+        w: &E::Buf,
+        epi: Epilogue<E::Buf>,
+        out: &mut E::Buf,
+    ) -> Result<()> {
+        let (e, g, n, co) = (self.executor(), &d.geom, d.n, d.channels);
+        let (kk, plane) = (g.col_rows(), g.col_cols());
+        if let Some(r) = epi.residual {
+            need("conv2d residual", r, n * co * plane)?;
+            copy(e, r, out)?;
+        }
+        let gemm = Gemm {
+            stride_b: kk * plane,
+            stride_c: co * plane,
+            batches: n,
+            accumulate: epi.residual.is_some(),
+            ..Gemm::plain(co, plane, kk, false, false)
+        };
+        with_columns(e, g, n, x, |col| sgemm(e, &gemm, w, col, out))?;
+        add_channel_bias(e, out, (epi.bias, epi.chan_bias), n, co, plane)
+    }
+
+    /// `dx[i] = col2im(Wᵀ·gout[i])` and `dW = Σ_i gout[i]·im2col(x[i])ᵀ` (summed over images inside the GEMM, in
+    /// order).
+    fn conv2d_backward(
+        &self,
+        d: &ConvDesc,
+        x: &E::Buf,
+        w: &E::Buf,
+        gout: &E::Buf,
+        grads: LayerGrads<E::Buf>,
+    ) -> Result<()> {
+        let (e, g, n, co) = (self.executor(), &d.geom, d.n, d.channels);
+        let (kk, plane) = (g.col_rows(), g.col_cols());
+        if let Some(dw) = grads.dw {
+            let gemm =
+                Gemm { stride_a: co * plane, stride_b: kk * plane, nsum: n, ..Gemm::plain(co, kk, plane, false, true) };
+            with_columns(e, g, n, x, |col| sgemm(e, &gemm, gout, col, dw))?;
+        }
+        if let Some(dx) = grads.dx {
+            let gemm = Gemm {
+                stride_b: co * plane,
+                stride_c: kk * plane,
+                batches: n,
+                ..Gemm::plain(kk, plane, co, true, false)
+            };
+            if g.is_pointwise() {
+                return sgemm(e, &gemm, w, gout, dx);
+            }
+            let mut col = e.alloc(n * kk * plane)?;
+            sgemm(e, &gemm, w, gout, &mut col)?;
+            col2im(e, g, n, &col, dx)?;
+        }
+        Ok(())
+    }
+
+    /// The adjoint of the conv with geometry `d.geom`: `out[i] = col2im(Wᵀ·x[i]) + bias`.
+    fn conv_transpose2d_forward(
+        &self,
+        d: &ConvDesc,
+        x: &E::Buf,
+        w: &E::Buf,
+        bias: Option<&E::Buf>,
+        out: &mut E::Buf,
+    ) -> Result<()> {
+        let (e, g, n, ci) = (self.executor(), &d.geom, d.n, d.channels);
+        let (kk, plane) = (g.col_rows(), g.col_cols());
+        let mut col = e.alloc(n * kk * plane)?;
+        let gemm =
+            Gemm { stride_b: ci * plane, stride_c: kk * plane, batches: n, ..Gemm::plain(kk, plane, ci, true, false) };
+        sgemm(e, &gemm, w, x, &mut col)?;
+        col2im(e, g, n, &col, out)?;
+        add_channel_bias(e, out, (bias, None), n, g.c, g.h * g.w)
+    }
+
+    /// With `col[i] = im2col(gout[i])`: `dx[i] = W·col[i]` and `dW = Σ_i x[i]·col[i]ᵀ`.
+    fn conv_transpose2d_backward(
+        &self,
+        d: &ConvDesc,
+        x: &E::Buf,
+        w: &E::Buf,
+        gout: &E::Buf,
+        grads: LayerGrads<E::Buf>,
+    ) -> Result<()> {
+        let (e, g, n, ci) = (self.executor(), &d.geom, d.n, d.channels);
+        let (kk, plane) = (g.col_rows(), g.col_cols());
+        let mut col = e.alloc(n * kk * plane)?;
+        im2col(e, g, n, gout, &mut col)?;
+        if let Some(dw) = grads.dw {
+            let gemm =
+                Gemm { stride_a: ci * plane, stride_b: kk * plane, nsum: n, ..Gemm::plain(ci, kk, plane, false, true) };
+            sgemm(e, &gemm, x, &col, dw)?;
+        }
+        if let Some(dx) = grads.dx {
+            let gemm = Gemm {
+                stride_b: kk * plane,
+                stride_c: ci * plane,
+                batches: n,
+                ..Gemm::plain(ci, plane, kk, false, false)
+            };
+            sgemm(e, &gemm, w, &col, dx)?;
+        }
+        Ok(())
+    }
+}
+
+/// The geometry arguments shared by `im2col` and `col2im`, after `n`.
+fn geom_args<'a, B>(g: &ConvGeom, n: usize) -> Result<Vec<Arg<'a, B>>> {
+    [n, g.c, g.h, g.w, g.k, g.stride, g.pad, g.oh, g.ow].into_iter().map(i32_arg).collect()
+}
+
+/// `col[i] = im2col(x[i])` for `n` images (`x: [n, g.c, g.h, g.w]`, `col: [n, g.c·k·k, g.oh·g.ow]`).
+fn im2col<E: Executor>(e: &E, g: &ConvGeom, n: usize, x: &E::Buf, col: &mut E::Buf) -> Result<()> {
+    need("im2col x", x, n * g.c * g.h * g.w)?;
+    let total = n * g.col_rows() * g.col_cols();
+    need("im2col col", col, total)?;
+    let mut args = vec![Arg::Buf(x), Arg::Buf(col)];
+    args.extend(geom_args(g, n)?);
+    run(e, Kernel::Im2col, elementwise(total), &args)
+}
+
+/// `x[i] = col2im(col[i])`, the adjoint of [`im2col`] (overwrites x; a gather, so deterministic).
+fn col2im<E: Executor>(e: &E, g: &ConvGeom, n: usize, col: &E::Buf, x: &mut E::Buf) -> Result<()> {
+    let total = n * g.c * g.h * g.w;
+    need("col2im col", col, n * g.col_rows() * g.col_cols())?;
+    need("col2im x", x, total)?;
+    let mut args = vec![Arg::Buf(col), Arg::Buf(x)];
+    args.extend(geom_args(g, n)?);
+    run(e, Kernel::Col2im, elementwise(total), &args)
+}
+
+/// Runs `f` on the column matrices of `x` (x itself for a 1×1 stride-1 unpadded conv, whose columns it is).
+fn with_columns<E: Executor>(
+    e: &E,
+    g: &ConvGeom,
+    n: usize,
+    x: &E::Buf,
+    f: impl FnOnce(&E::Buf) -> Result<()>,
+) -> Result<()> {
+    if g.is_pointwise() {
+        return f(x);
+    }
+    let mut col = e.alloc(n * g.col_rows() * g.col_cols())?;
+    im2col(e, g, n, x, &mut col)?;
+    f(&col)
+}
+
+/// `y[i, c, :] += bias[c] + chan_bias[i, c]` for `y: [n, c, plane]`; either term may be absent. The broadcast add
+/// of conv and linear biases and of the time embedding into a ResBlock.
+pub(crate) fn add_channel_bias<E: Executor>(
+    e: &E,
+    y: &mut E::Buf,
+    (bias, chan_bias): (Option<&E::Buf>, Option<&E::Buf>),
+    n: usize,
+    c: usize,
+    plane: usize,
+) -> Result<()> {
+    if bias.is_none() && chan_bias.is_none() {
+        return Ok(());
+    }
+    need("add_channel_bias y", y, n * c * plane)?;
+    bias.map_or(Ok(()), |b| need("add_channel_bias bias", b, c))?;
+    chan_bias.map_or(Ok(()), |b| need("add_channel_bias chan_bias", b, n * c))?;
+    let args = [Arg::Buf(y), Arg::opt(bias), Arg::opt(chan_bias), i32_arg(n)?, i32_arg(c)?, i32_arg(plane)?];
+    run(e, Kernel::AddChannelBias, elementwise(n * c * plane), &args)
+}

@@ -1,0 +1,131 @@
+//! The GPU's GEMM (`gemm.cu`: 64x64 tiles, optionally batched and summed over a batch in a fixed order) and the
+//! linear layers on it.
+
+use super::LinearOps;
+use crate::backend::Gpu;
+use crate::desc::{LayerGrads, LinearDesc};
+use crate::error::{Error, Result};
+use crate::gpu::launch::{i32_arg, int, need, run};
+use crate::gpu::{Arg, Executor, Kernel, LaunchCfg};
+use crate::ops::conv::gpu::add_channel_bias;
+
+impl<E: Executor> LinearOps for Gpu<E> {
+    fn linear_forward(
+        &self,
+        d: LinearDesc,
+        x: &E::Buf,
+        w: &E::Buf,
+        bias: Option<&E::Buf>,
+        y: &mut E::Buf,
+    ) -> Result<()> {
+        let e = self.executor();
+        sgemm(e, &Gemm::plain(d.batch, d.fout, d.fin, false, true), x, w, y)?;
+        add_channel_bias(e, y, (bias, None), d.batch, d.fout, 1)
+    }
+    fn linear_backward(
+        &self,
+        d: LinearDesc,
+        x: &E::Buf,
+        w: &E::Buf,
+        gy: &E::Buf,
+        grads: LayerGrads<E::Buf>,
+    ) -> Result<()> {
+        let e = self.executor();
+        if let Some(dx) = grads.dx {
+            sgemm(e, &Gemm::plain(d.batch, d.fin, d.fout, false, false), gy, w, dx)?;
+        }
+        if let Some(dw) = grads.dw {
+            sgemm(e, &Gemm::plain(d.fout, d.fin, d.batch, true, false), gy, x, dw)?;
+        }
+        Ok(())
+    }
+}
+
+/// One (batched) matrix product for [`sgemm`]: `C_z (+)= Σ_{s<nsum} op(A_{z·nsum+s})·op(B_{z·nsum+s})`
+/// for `z < batches`, with `op(A)` `m×k` (stored `k×m` when `trans_a`) and `op(B)` `k×n` (stored `n×k` when
+/// `trans_b`). Batch item `i` of A starts `i·stride_a` words in (0 repeats one matrix); likewise B and C.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Gemm {
+    /// Rows of `op(A)` and C.
+    pub m: usize,
+    /// Columns of `op(B)` and C.
+    pub n: usize,
+    /// The summed dimension.
+    pub k: usize,
+    /// A is stored `k×m`.
+    pub trans_a: bool,
+    /// B is stored `n×k`.
+    pub trans_b: bool,
+    /// Words between consecutive A matrices (0: one A for all).
+    pub stride_a: usize,
+    /// Words between consecutive B matrices (0: one B for all).
+    pub stride_b: usize,
+    /// Words between consecutive C matrices (non-zero when `batches > 1`).
+    pub stride_c: usize,
+    /// Independent products, each to its own C (grid z).
+    pub batches: usize,
+    /// Products summed into each C, in order.
+    pub nsum: usize,
+    /// Add to C instead of overwriting it.
+    pub accumulate: bool,
+}
+
+impl Gemm {
+    /// A single `C = op(A)·op(B)`.
+    pub(crate) fn plain(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Self {
+        Gemm {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            stride_a: 0,
+            stride_b: 0,
+            stride_c: 0,
+            batches: 1,
+            nsum: 1,
+            accumulate: false,
+        }
+    }
+}
+
+/// `C (+)= op(A)·op(B)`, batched and/or summed over a batch, as described by [`Gemm`] (kernel `sgemm`, 64×64
+/// tiles). Summing over a batch in-kernel replaces atomics: the order is fixed.
+pub(crate) fn sgemm<E: Executor>(e: &E, g: &Gemm, a: &E::Buf, b: &E::Buf, c: &mut E::Buf) -> Result<()> {
+    let items = g.batches * g.nsum;
+    if g.m == 0 || g.n == 0 || items == 0 {
+        return Ok(());
+    }
+    if g.batches > 1 && g.stride_c == 0 {
+        return Err(Error::Arg("sgemm: batches writing one C would race; sum them with nsum".into()));
+    }
+    need("sgemm A", a, (items - 1) * g.stride_a + g.m * g.k)?;
+    need("sgemm B", b, (items - 1) * g.stride_b + g.k * g.n)?;
+    need("sgemm C", c, (g.batches - 1) * g.stride_c + g.m * g.n)?;
+    let cfg = LaunchCfg {
+        grid: [g.n.div_ceil(64) as u32, g.m.div_ceil(64) as u32, int(g.batches)? as u32],
+        block: [256, 1, 1],
+        shared_bytes: 0,
+    };
+    let s = |v: usize| Arg::I64(v as i64);
+    run(
+        e,
+        Kernel::Sgemm,
+        cfg,
+        &[
+            Arg::Buf(a),
+            Arg::Buf(b),
+            Arg::Buf(c),
+            i32_arg(g.m)?,
+            i32_arg(g.n)?,
+            i32_arg(g.k)?,
+            Arg::I32(g.trans_a as i32),
+            Arg::I32(g.trans_b as i32),
+            s(g.stride_a),
+            s(g.stride_b),
+            s(g.stride_c),
+            i32_arg(g.nsum)?,
+            Arg::I32(g.accumulate as i32),
+        ],
+    )
+}

@@ -1,0 +1,80 @@
+//! The GEMM and the linear layers' GPU kernels against the CPU's.
+
+use super::gemm::{self, Mat};
+use super::gpu::{self, Gemm};
+use super::LinearOps;
+use crate::backend::{Cpu, Gpu, ReduceOps};
+use crate::desc::{LayerGrads, LinearDesc};
+use crate::gpu::Executor;
+use crate::ops::testing::{close, down, gpu_test, out, rand, up};
+
+// GEMM: every transpose combination, accumulate, a batch, and a batch sum. Sums of up to 70 products of values in
+// [-1, 1): different order than the CPU's GEMM, so rel 1e-5 plus abs 1e-5 for cancellation.
+fn sgemm<E: Executor>(dev: &Gpu<E>) {
+    let e = dev.executor();
+    let (m, n, k) = (67, 5, 70);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (a, b, c0) = (rand(1, m * k), rand(2, k * n), rand(3, m * n));
+        for acc in [false, true] {
+            let mut want = c0.clone();
+            gemm::sgemm(
+                m,
+                n,
+                k,
+                Mat { data: &a, transposed: ta, ld: None },
+                Mat { data: &b, transposed: tb, ld: None },
+                &mut want,
+                acc,
+                1,
+            );
+            let mut c = up(dev, &c0);
+            let g = Gemm { accumulate: acc, ..Gemm::plain(m, n, k, ta, tb) };
+            gpu::sgemm(e, &g, &up(dev, &a), &up(dev, &b), &mut c).unwrap();
+            close(&down(dev, &c), &want, 1e-5, 1e-5, &format!("sgemm ta={ta} tb={tb} acc={acc}"));
+        }
+    }
+    // Batch of 3 with a shared A, and the same three summed into one C.
+    let (a, b) = (rand(4, m * k), rand(5, 3 * k * n));
+    let mut want = vec![0.0; 3 * m * n];
+    let mut sum = vec![0.0; m * n];
+    for i in 0..3 {
+        let bi = &b[i * k * n..(i + 1) * k * n];
+        gemm::sgemm(m, n, k, Mat::n(&a), Mat::n(bi), &mut want[i * m * n..(i + 1) * m * n], false, 1);
+        gemm::sgemm(m, n, k, Mat::n(&a), Mat::n(bi), &mut sum, i > 0, 1);
+    }
+    let (ab, bb, mut c, mut s) = (up(dev, &a), up(dev, &b), out(dev, 3 * m * n), out(dev, m * n));
+    gpu::sgemm(
+        e,
+        &Gemm { stride_b: k * n, stride_c: m * n, batches: 3, ..Gemm::plain(m, n, k, false, false) },
+        &ab,
+        &bb,
+        &mut c,
+    )
+    .unwrap();
+    gpu::sgemm(e, &Gemm { stride_b: k * n, nsum: 3, ..Gemm::plain(m, n, k, false, false) }, &ab, &bb, &mut s).unwrap();
+    close(&down(dev, &c), &want, 1e-5, 1e-5, "sgemm batched");
+    close(&down(dev, &s), &sum, 3e-5, 1e-5, "sgemm batch sum");
+}
+gpu_test!(sgemm);
+
+// Linear forward and backward (dx, dW, db); GEMM tolerances.
+fn linear<E: Executor>(g: &Gpu<E>) {
+    let d = LinearDesc { batch: 3, fin: 37, fout: 29 };
+    let (x, w, b) = (rand(50, d.batch * d.fin), rand(51, d.fout * d.fin), rand(52, d.fout));
+    let gy = rand(53, d.batch * d.fout);
+    let mut y = vec![0.0; d.batch * d.fout];
+    Cpu.linear_forward(d, &x, &w, Some(&b), &mut y).unwrap();
+    let (xb, wb, mut yb) = (up(g, &x), up(g, &w), out(g, d.batch * d.fout));
+    g.linear_forward(d, &xb, &wb, Some(&up(g, &b)), &mut yb).unwrap();
+    close(&down(g, &yb), &y, 1e-5, 1e-5, "linear forward");
+    let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+    Cpu.linear_backward(d, &x, &w, &gy, LayerGrads { dx: Some(&mut dx), dw: Some(&mut dw) }).unwrap();
+    let db = Cpu.column_sums(&gy, d.batch, d.fout).unwrap();
+    let (gyb, mut dxb, mut dwb) = (up(g, &gy), out(g, x.len()), out(g, w.len()));
+    g.linear_backward(d, &xb, &wb, &gyb, LayerGrads { dx: Some(&mut dxb), dw: Some(&mut dwb) }).unwrap();
+    let dbb = g.column_sums(&gyb, d.batch, d.fout).unwrap();
+    close(&down(g, &dxb), &dx, 1e-5, 1e-5, "linear dx");
+    close(&down(g, &dwb), &dw, 1e-5, 1e-5, "linear dW");
+    close(&down(g, &dbb), &db, 1e-5, 1e-5, "linear db");
+}
+gpu_test!(linear);

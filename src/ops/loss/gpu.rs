@@ -1,0 +1,77 @@
+//! The losses' launches: the MSE as a two-pass sum of squares, its gradient elementwise; cross-entropy as one
+//! thread per row, its mean by the two-pass sum's second pass, and its gradient elementwise.
+
+use super::LossOps;
+use crate::backend::Gpu;
+use crate::desc::LogitsDesc;
+use crate::error::{Error, Result};
+use crate::gpu::launch::{elementwise, i32_arg, need, run};
+use crate::gpu::{Arg, DeviceBuf, Executor, IntBuf, Kernel};
+use crate::ops::reduce::gpu::{finish_sum, sumsq_partials, Finish};
+
+impl<E: Executor> LossOps for Gpu<E> {
+    fn mse(&self, p: &E::Buf, t: &E::Buf) -> Result<E::Buf> {
+        let (e, n) = (self.executor(), p.len());
+        let mut parts = e.alloc(crate::gpu::launch::partials(n))?;
+        let np = sumsq_partials(e, p, Some(t), n, (&mut parts, 0))?;
+        let mut out = e.alloc(1)?;
+        finish_sum(e, &parts, np, &mut out, Finish::Mean { divisor: n as f32 })?;
+        Ok(out)
+    }
+    fn mse_backward(&self, p: &E::Buf, t: &E::Buf, gloss: f32, dp: &mut E::Buf) -> Result<()> {
+        let n = p.len();
+        need("mse t", t, n)?;
+        need("mse dp", dp, n)?;
+        // 2·dL/N formed on the host, as the CPU does.
+        let scale = 2.0 * gloss / n as f32;
+        let args = [Arg::Buf(p), Arg::Buf(t), Arg::Buf(dp), Arg::F32(scale), Arg::I64(n as i64)];
+        run(self.executor(), Kernel::MseBwd, elementwise(n), &args)
+    }
+    fn cross_entropy(&self, d: LogitsDesc, z: &E::Buf, labels: &IntBuf<E::Buf>) -> Result<(E::Buf, E::Buf)> {
+        let e = self.executor();
+        check(d, z, labels)?;
+        // `lse` and `rows` are fresh buffers that only this launch writes.
+        let (lse, rows, mut loss) = (e.alloc(d.n)?, e.alloc(d.n)?, e.alloc(1)?);
+        let args =
+            [Arg::Buf(z), Arg::Ints(labels), Arg::Buf(&lse), Arg::Buf(&rows), i32_arg(d.n)?, i32_arg(d.classes)?];
+        run(e, Kernel::CrossEntropyRows, elementwise(d.n), &args)?;
+        finish_sum(e, &rows, d.n, &mut loss, Finish::Mean { divisor: d.n as f32 })?;
+        Ok((loss, lse))
+    }
+    fn cross_entropy_backward(
+        &self,
+        d: LogitsDesc,
+        z: &E::Buf,
+        (labels, lse): (&IntBuf<E::Buf>, &E::Buf),
+        gloss: f32,
+        dz: &mut E::Buf,
+    ) -> Result<()> {
+        check(d, z, labels)?;
+        need("cross_entropy lse", lse, d.n)?;
+        need("cross_entropy dz", dz, d.n * d.classes)?;
+        // dL/n formed on the host, as the CPU does.
+        let scale = gloss / d.n as f32;
+        let args = [
+            Arg::Buf(z),
+            Arg::Ints(labels),
+            Arg::Buf(lse),
+            Arg::Buf(dz),
+            Arg::F32(scale),
+            i32_arg(d.n)?,
+            i32_arg(d.classes)?,
+        ];
+        run(self.executor(), Kernel::CrossEntropyBwd, elementwise(d.n * d.classes), &args)
+    }
+}
+
+/// The logits and labels cover `d`, and every label is a class: the kernels index each row with its label.
+fn check<B: DeviceBuf>(d: LogitsDesc, z: &B, labels: &IntBuf<B>) -> Result<()> {
+    need("cross_entropy z", z, d.n * d.classes)?;
+    if labels.len() < d.n {
+        return Err(Error::Shape(format!("cross_entropy: {} labels for {} rows", labels.len(), d.n)));
+    }
+    match labels.bound() {
+        Some(b) if b <= d.classes as u64 => Ok(()),
+        _ => Err(Error::Arg(format!("cross_entropy: labels not known to lie in 0..{}", d.classes))),
+    }
+}

@@ -1,0 +1,39 @@
+// loss.cu: the losses' kernels, as src/ops/loss/cpu.rs: the mean-squared error's gradient (its value is a
+// reduction, reduce.cu's sumsq_partials) and the softmax cross-entropy.
+// All launch with grid CEIL_DIV(elements, 256) (capped; grid-stride loops) and block 256.
+#include "common.cuh"
+
+// dp = scale * (p - t), scale = 2*dL/N formed on the host as the CPU does.
+extern "C" __global__ void mse_bwd(const float* __restrict__ p, const float* __restrict__ t, float* __restrict__ dp,
+                                   float scale, long long n) {
+  GRID_STRIDE(e, n) dp[e] = scale * (p[e] - t[e]);
+}
+
+// Per row i of z [n, classes]: lse[i] = m + logf(sum_j expf(z_ij - m)) with m = max_j z_ij (no term overflows),
+// and loss_rows[i] = lse[i] - z_i[label_i] (labels are class indices, checked on the host). One thread per row, the
+// classes in order as on the CPU; the caller averages loss_rows with finish_sum.
+extern "C" __global__ void cross_entropy_rows(const float* __restrict__ z, const int* __restrict__ labels,
+                                              float* __restrict__ lse, float* __restrict__ loss_rows, int n,
+                                              int classes) {
+  GRID_STRIDE(i, n) {
+    const float* row = z + i * classes;
+    float m = row[0];
+    for (int j = 1; j < classes; j++) m = fmaxf(m, row[j]);
+    float s = 0.0f;
+    for (int j = 0; j < classes; j++) s += expf(row[j] - m);
+    const float l = m + logf(s);
+    lse[i] = l;
+    loss_rows[i] = l - row[labels[i]];
+  }
+}
+
+// dz[i][j] = (expf(z_ij - lse_i) - [j == label_i]) * scale, scale = dL/n formed on the host as the CPU does.
+extern "C" __global__ void cross_entropy_bwd(const float* __restrict__ z, const int* __restrict__ labels,
+                                             const float* __restrict__ lse, float* __restrict__ dz, float scale,
+                                             int n, int classes) {
+  GRID_STRIDE(e, (long long)n * classes) {
+    const long long i = e / classes;
+    const float onehot = labels[i] == (int)(e % classes) ? 1.0f : 0.0f;
+    dz[e] = (expf(z[e] - lse[i]) - onehot) * scale;
+  }
+}

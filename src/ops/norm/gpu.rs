@@ -1,0 +1,94 @@
+//! Group norm's launches: one block per (group, image) each way; the affine parameters' gradients are written as
+//! per-image partials and reduced over images in order (no atomics).
+
+use super::NormOps;
+use crate::backend::Gpu;
+use crate::desc::NormDesc;
+use crate::error::{Error, Result};
+use crate::gpu::launch::{i32_arg, int, need, run, BLOCK};
+use crate::gpu::{Arg, Executor, Kernel, LaunchCfg};
+use crate::ops::reduce::gpu::sum_rows;
+
+impl<E: Executor> NormOps for Gpu<E> {
+    fn group_norm_forward(
+        &self,
+        d: NormDesc,
+        x: &E::Buf,
+        (gamma, beta): (&E::Buf, &E::Buf),
+        y: &mut E::Buf,
+    ) -> Result<(E::Buf, E::Buf)> {
+        let e = self.executor();
+        check(d, x, gamma, beta)?;
+        need("group_norm y", y, d.n * d.c * d.plane)?;
+        // Fresh buffers that only this launch writes.
+        let (mean, rstd) = (e.alloc(d.n * d.groups)?, e.alloc(d.n * d.groups)?);
+        let args = [
+            Arg::Buf(x),
+            Arg::Buf(gamma),
+            Arg::Buf(beta),
+            Arg::Buf(y),
+            Arg::Buf(&mean),
+            Arg::Buf(&rstd),
+            i32_arg(d.c)?,
+            i32_arg(d.plane)?,
+            i32_arg(d.groups)?,
+            Arg::F32(d.eps),
+            Arg::I32(d.silu as i32),
+        ];
+        run(e, Kernel::GroupNormFwd, grid(d)?, &args)?;
+        Ok((mean, rstd))
+    }
+    fn group_norm_backward(
+        &self,
+        d: NormDesc,
+        (x, gamma, beta): (&E::Buf, &E::Buf, &E::Buf),
+        (mean, rstd): (&E::Buf, &E::Buf),
+        gy: &E::Buf,
+        dx: Option<&mut E::Buf>,
+    ) -> Result<(E::Buf, E::Buf)> {
+        let e = self.executor();
+        check(d, x, gamma, beta)?;
+        need("group_norm mean", mean, d.n * d.groups)?;
+        need("group_norm rstd", rstd, d.n * d.groups)?;
+        need("group_norm gy", gy, d.n * d.c * d.plane)?;
+        if let Some(dx) = &dx {
+            need("group_norm dx", *dx, d.n * d.c * d.plane)?;
+        }
+        let nc = d.n * d.c;
+        let parts = e.alloc(2 * nc)?;
+        let args = [
+            Arg::Buf(x),
+            Arg::Buf(gamma),
+            Arg::Buf(beta),
+            Arg::Buf(mean),
+            Arg::Buf(rstd),
+            Arg::Buf(gy),
+            Arg::opt(dx.map(|b| &*b)),
+            Arg::BufAt(&parts, 0),
+            Arg::BufAt(&parts, nc),
+            i32_arg(d.c)?,
+            i32_arg(d.plane)?,
+            i32_arg(d.groups)?,
+            Arg::I32(d.silu as i32),
+        ];
+        run(e, Kernel::GroupNormBwd, grid(d)?, &args)?;
+        let (mut dgamma, mut dbeta) = (e.alloc(d.c)?, e.alloc(d.c)?);
+        sum_rows(e, &parts, 0, d.n, d.c, &mut dgamma)?;
+        sum_rows(e, &parts, nc, d.n, d.c, &mut dbeta)?;
+        Ok((dgamma, dbeta))
+    }
+}
+
+/// One block per (group, image).
+fn grid(d: NormDesc) -> Result<LaunchCfg> {
+    Ok(LaunchCfg { grid: [int(d.groups)? as u32, int(d.n)? as u32, 1], block: [BLOCK, 1, 1], shared_bytes: 0 })
+}
+
+fn check<B: crate::gpu::DeviceBuf>(d: NormDesc, x: &B, gamma: &B, beta: &B) -> Result<()> {
+    if d.groups == 0 || !d.c.is_multiple_of(d.groups) {
+        return Err(Error::Shape(format!("group_norm: {} channels in {} groups", d.c, d.groups)));
+    }
+    need("group_norm x", x, d.n * d.c * d.plane)?;
+    need("group_norm gamma", gamma, d.c)?;
+    need("group_norm beta", beta, d.c)
+}

@@ -1,0 +1,100 @@
+//! Group normalisation (Wu & He 2018), optionally fused with the SiLU that follows it in every ResBlock.
+
+mod cpu;
+mod gpu;
+#[cfg(test)]
+mod tests;
+
+use crate::autograd::{list_vars, profile, Rule, Tape, Var};
+use crate::backend::{Backend, Memory};
+use crate::desc::NormDesc;
+use crate::error::Result;
+use crate::shape_err;
+use crate::tensor::Tensor;
+use std::fmt;
+
+/// GroupNorm's `eps`, as PyTorch's default.
+pub const GROUP_NORM_EPS: f32 = 1e-5;
+
+/// What a backend offers for group norms.
+pub trait NormOps: Memory {
+    /// `y = γ·(x-μ)/σ + β` per group (then SiLU when `d.silu`); returns the saved `(μ, 1/σ)`, `[n·groups]` each.
+    fn group_norm_forward(
+        &self,
+        d: NormDesc,
+        x: &Self::Buf,
+        affine: (&Self::Buf, &Self::Buf),
+        y: &mut Self::Buf,
+    ) -> Result<(Self::Buf, Self::Buf)>;
+    /// The backward from `(x, γ, β)` and the saved `(μ, 1/σ)`: `dx` when asked for; returns `(dγ, dβ)`.
+    fn group_norm_backward(
+        &self,
+        d: NormDesc,
+        inputs: (&Self::Buf, &Self::Buf, &Self::Buf),
+        stats: (&Self::Buf, &Self::Buf),
+        gy: &Self::Buf,
+        dx: Option<&mut Self::Buf>,
+    ) -> Result<(Self::Buf, Self::Buf)>;
+}
+
+impl<B: Backend> Tape<'_, B> {
+    /// GroupNorm over `groups` groups of `x: [n, c, h, w]` with affine `gamma, beta: [c]`, eps 1e-5; followed by
+    /// SiLU when `silu` (fused: one pass, and the pre-SiLU value is not kept).
+    pub fn group_norm(&mut self, x: Var, gamma: Var, beta: Var, groups: usize, silu: bool) -> Result<Var> {
+        let started = profile::start();
+        let (n, c, h, w) = self.value(x).dims4("group_norm input")?;
+        if groups == 0 || c % groups != 0 {
+            return shape_err!("group_norm: {c} channels do not split into {groups} groups");
+        }
+        self.check_shape(Some(gamma), &[c], "group_norm weight")?;
+        self.check_shape(Some(beta), &[c], "group_norm bias")?;
+        let d = NormDesc { n, c, plane: h * w, groups, eps: GROUP_NORM_EPS, silu };
+        let mut y = Tensor::alloc(self.backend(), &[n, c, h, w])?;
+        let affine = (self.value(gamma).buf(), self.value(beta).buf());
+        let (mean, rstd) = self.backend().group_norm_forward(d, self.value(x).buf(), affine, y.buf_mut())?;
+        Ok(self.push(GroupNorm { x, gamma, beta, d, mean, rstd }, y, started))
+    }
+}
+
+/// `y = γ·(x-μ)/σ + β` per group, then SiLU if `d.silu`. Saves `(μ, 1/σ)` per (image, group); the backward
+/// recomputes the pre-SiLU value from them.
+struct GroupNorm<B: Backend> {
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    d: NormDesc,
+    mean: B::Buf,
+    rstd: B::Buf,
+}
+
+impl<B: Backend> Rule<B> for GroupNorm<B> {
+    fn name(&self) -> &'static str {
+        if self.d.silu {
+            "group_norm_silu"
+        } else {
+            "group_norm"
+        }
+    }
+    fn inputs(&self) -> Vec<Var> {
+        vec![self.x, self.gamma, self.beta]
+    }
+    fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
+        let be = tape.backend();
+        let mut dx = tape.grad_for(self.x)?;
+        let inputs = (tape.value(self.x).buf(), tape.value(self.gamma).buf(), tape.value(self.beta).buf());
+        let stats = (&self.mean, &self.rstd);
+        let dxb = dx.as_mut().map(Tensor::buf_mut);
+        let (dg, db) = be.group_norm_backward(self.d, inputs, stats, gout.buf(), dxb)?;
+        let mut out: Vec<_> = dx.map(|d| (self.x, d)).into_iter().collect();
+        out.push((self.gamma, Tensor::from_buf(be.clone(), &[self.d.c], dg)?));
+        out.push((self.beta, Tensor::from_buf(be.clone(), &[self.d.c], db)?));
+        Ok(out)
+    }
+}
+
+impl<B: Backend> fmt::Display for GroupNorm<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inputs = list_vars(&[self.x, self.gamma, self.beta]);
+        write!(f, "{}({inputs}; groups={})", Rule::<B>::name(self), self.d.groups)
+    }
+}

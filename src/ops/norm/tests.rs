@@ -1,0 +1,40 @@
+//! Group norm's GPU kernels against the CPU's.
+
+use super::NormOps;
+use crate::backend::{Cpu, Gpu};
+use crate::desc::NormDesc;
+use crate::gpu::Executor;
+use crate::ops::testing::{close, down, gpu_test, out, rand, up};
+
+// Forward with and without the fused SiLU, and the backward from the CPU's statistics. The statistics sum up to
+// 70 values in f32 blocks where the CPU uses f32 lanes and f64: rel 1e-5; y adds the normalisation's rounding (abs
+// 2e-5); the gradients sum over a group: abs 1e-4 for dγ/dβ, rel 1e-4 for dx.
+fn group_norm<E: Executor>(g: &Gpu<E>) {
+    for (n, c, groups, plane) in [(2, 6, 3, 35), (1, 5, 5, 9)] {
+        let len = n * c * plane;
+        let x: Vec<f32> = rand(30, len).iter().map(|v| 3.0 * v + 0.5).collect();
+        let (gamma, beta, gy) = (rand(31, c), rand(32, c), rand(33, len));
+        for silu in [false, true] {
+            let d = NormDesc { n, c, plane, groups, eps: 1e-5, silu };
+            let what = format!("group_norm n{n} c{c} g{groups} plane{plane} silu={silu}");
+            let mut y = vec![0.0; len];
+            let (mean, rstd) = Cpu.group_norm_forward(d, &x, (&gamma, &beta), &mut y).unwrap();
+            let (xb, gb, bb, mut yb) = (up(g, &x), up(g, &gamma), up(g, &beta), out(g, len));
+            let (mb, rb) = g.group_norm_forward(d, &xb, (&gb, &bb), &mut yb).unwrap();
+            close(&down(g, &yb), &y, 2e-5, 1e-5, &format!("{what} y"));
+            close(&down(g, &mb), &mean, 1e-6, 1e-5, &format!("{what} mean"));
+            close(&down(g, &rb), &rstd, 1e-6, 1e-5, &format!("{what} rstd"));
+
+            let mut dx = vec![0.0; len];
+            let (dg, db) = Cpu.group_norm_backward(d, (&x, &gamma, &beta), (&mean, &rstd), &gy, Some(&mut dx)).unwrap();
+            // The CPU's statistics as input, so the backward is compared on its own.
+            let (mb, rb, mut dxb) = (up(g, &mean), up(g, &rstd), out(g, len));
+            let (dgb, dbb) =
+                g.group_norm_backward(d, (&xb, &gb, &bb), (&mb, &rb), &up(g, &gy), Some(&mut dxb)).unwrap();
+            close(&down(g, &dxb), &dx, 1e-5, 1e-4, &format!("{what} dx"));
+            close(&down(g, &dgb), &dg, 1e-4, 1e-5, &format!("{what} dgamma"));
+            close(&down(g, &dbb), &db, 1e-4, 1e-5, &format!("{what} dbeta"));
+        }
+    }
+}
+gpu_test!(group_norm);

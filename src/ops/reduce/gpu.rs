@@ -1,0 +1,143 @@
+//! The sums' and copies' launches, and the two-pass sum (`sumsq_partials` + `finish_sum`) that the MSE loss and
+//! gradient clipping build on.
+
+use super::ReduceOps;
+use crate::backend::Gpu;
+use crate::desc::{ConcatDesc, Planes};
+use crate::error::{Error, Result};
+use crate::gpu::launch::{elementwise, i32_arg, int, need, partials, run, BLOCK};
+use crate::gpu::{Arg, DeviceBuf, Executor, Kernel, LaunchCfg};
+
+impl<E: Executor> ReduceOps for Gpu<E> {
+    fn add_assign(&self, acc: &mut E::Buf, g: &E::Buf) -> Result<()> {
+        let n = acc.len();
+        need("add_assign g", g, n)?;
+        run(self.executor(), Kernel::AddAssign, elementwise(n), &[Arg::Buf(acc), Arg::Buf(g), Arg::I64(n as i64)])
+    }
+    fn channel_sums(&self, d: Planes, t: &E::Buf, per_image: bool) -> Result<E::Buf> {
+        let e = self.executor();
+        let mut out = e.alloc(if per_image { d.n * d.c } else { d.c })?;
+        if per_image {
+            row_sums(e, t, d.n * d.c, d.plane, &mut out)?;
+        } else {
+            let mut parts = e.alloc(d.n * d.c)?;
+            row_sums(e, t, d.n * d.c, d.plane, &mut parts)?;
+            sum_rows(e, &parts, 0, d.n, d.c, &mut out)?;
+        }
+        Ok(out)
+    }
+    fn column_sums(&self, m: &E::Buf, rows: usize, cols: usize) -> Result<E::Buf> {
+        let mut out = self.executor().alloc(cols)?;
+        sum_rows(self.executor(), m, 0, rows, cols, &mut out)?;
+        Ok(out)
+    }
+    fn concat(&self, d: ConcatDesc, a: &E::Buf, b: &E::Buf, out: &mut E::Buf) -> Result<()> {
+        let (e, c) = (self.executor(), d.ca + d.cb);
+        copy_channels(e, (a, d.ca, 0), (out, c, 0), d.ca, d.n, d.plane)?;
+        copy_channels(e, (b, d.cb, 0), (out, c, d.ca), d.cb, d.n, d.plane)
+    }
+    fn split(&self, d: ConcatDesc, g: &E::Buf) -> Result<(E::Buf, E::Buf)> {
+        let (e, c) = (self.executor(), d.ca + d.cb);
+        let (mut a, mut b) = (e.alloc(d.n * d.ca * d.plane)?, e.alloc(d.n * d.cb * d.plane)?);
+        copy_channels(e, (g, c, 0), (&mut a, d.ca, 0), d.ca, d.n, d.plane)?;
+        copy_channels(e, (g, c, d.ca), (&mut b, d.cb, 0), d.cb, d.n, d.plane)?;
+        Ok((a, b))
+    }
+}
+
+/// `out[r] = Σ_p t[r, p]` over `rows` rows of `len` (kernel `row_sums`, one block per row).
+pub(crate) fn row_sums<E: Executor>(e: &E, t: &E::Buf, rows: usize, len: usize, out: &mut E::Buf) -> Result<()> {
+    need("row_sums t", t, rows * len)?;
+    need("row_sums out", out, rows)?;
+    let cfg = LaunchCfg::linear(int(rows)? as u32, BLOCK);
+    run(e, Kernel::RowSums, cfg, &[Arg::Buf(t), Arg::Buf(out), i32_arg(len)?])
+}
+
+/// `out[c] = Σ_i parts[offset + i·c_len + c]` over `n` rows of `c_len` columns, in row order: per-image partial
+/// gradients reduced deterministically.
+pub(crate) fn sum_rows<E: Executor>(
+    e: &E,
+    parts: &E::Buf,
+    offset: usize,
+    n: usize,
+    c_len: usize,
+    out: &mut E::Buf,
+) -> Result<()> {
+    need("sum_rows parts", parts, offset + n * c_len)?;
+    need("sum_rows out", out, c_len)?;
+    let cfg = LaunchCfg::linear(c_len.div_ceil(256).max(1) as u32, BLOCK);
+    run(e, Kernel::SumRows, cfg, &[Arg::BufAt(parts, offset), Arg::Buf(out), i32_arg(n)?, i32_arg(c_len)?])
+}
+
+/// `dst[i, dst_off..dst_off+count, :] = src[i, src_off..src_off+count, :]` for `n` images of `plane` pixels, where
+/// `src` is `(buffer, channels, first channel)` and `dst` likewise.
+fn copy_channels<E: Executor>(
+    e: &E,
+    (src, src_c, src_off): (&E::Buf, usize, usize),
+    (dst, dst_c, dst_off): (&mut E::Buf, usize, usize),
+    count: usize,
+    n: usize,
+    plane: usize,
+) -> Result<()> {
+    need("copy_channels src", src, n * src_c * plane)?;
+    need("copy_channels dst", dst, n * dst_c * plane)?;
+    if src_off + count > src_c || dst_off + count > dst_c {
+        return Err(Error::Shape("copy_channels: channel block out of range".into()));
+    }
+    let args = [
+        Arg::Buf(src),
+        i32_arg(src_c)?,
+        i32_arg(src_off)?,
+        Arg::Buf(dst),
+        i32_arg(dst_c)?,
+        i32_arg(dst_off)?,
+        i32_arg(count)?,
+        i32_arg(n)?,
+        i32_arg(plane)?,
+    ];
+    run(e, Kernel::CopyChannels, elementwise(n * count * plane), &args)
+}
+
+/// `dst = src` (a device-side copy; `dst` at least as long).
+pub(crate) fn copy<E: Executor>(e: &E, src: &E::Buf, dst: &mut E::Buf) -> Result<()> {
+    copy_channels(e, (src, 1, 0), (dst, 1, 0), 1, 1, src.len())
+}
+
+/// First pass of a deterministic sum of squares: `parts[offset + b]` = block `b`'s share of `Σ (x - y)²` (of
+/// `Σ x²` without `y`) over `n` words, for `partials(n)` blocks. Returns that block count.
+pub(crate) fn sumsq_partials<E: Executor>(
+    e: &E,
+    x: &E::Buf,
+    y: Option<&E::Buf>,
+    n: usize,
+    (parts, offset): (&mut E::Buf, usize),
+) -> Result<usize> {
+    let np = partials(n);
+    need("sumsq x", x, n)?;
+    y.map_or(Ok(()), |y| need("sumsq y", y, n))?;
+    need("sumsq parts", parts, offset + np)?;
+    let args = [Arg::Buf(x), Arg::opt(y), Arg::BufAt(parts, offset), Arg::I64(n as i64)];
+    run(e, Kernel::SumsqPartials, LaunchCfg::linear(np as u32, BLOCK), &args)?;
+    Ok(np)
+}
+
+/// What [`finish_sum`] makes of the sum of the partials.
+#[derive(Clone, Copy)]
+pub(crate) enum Finish {
+    /// `out[0] = sum / divisor`.
+    Mean { divisor: f32 },
+    /// `out[0] = total = √sum`, `out[1] = min(1, max_norm / (total + 1e-6))` (`clip_grad_norm_`).
+    ClipNorm { max_norm: f32 },
+}
+
+/// Second pass: one block adds the first `np` partials in a fixed order into `out`, as `how` says.
+pub(crate) fn finish_sum<E: Executor>(e: &E, parts: &E::Buf, np: usize, out: &mut E::Buf, how: Finish) -> Result<()> {
+    need("finish_sum parts", parts, np)?;
+    let (mode, divisor, max_norm, out_len) = match how {
+        Finish::Mean { divisor } => (0, divisor, 0.0, 1),
+        Finish::ClipNorm { max_norm } => (1, 1.0, max_norm, 2),
+    };
+    need("finish_sum out", out, out_len)?;
+    let args = [Arg::Buf(parts), i32_arg(np)?, Arg::Buf(out), Arg::I32(mode), Arg::F32(divisor), Arg::F32(max_norm)];
+    run(e, Kernel::FinishSum, LaunchCfg::linear(1, 1024), &args)
+}

@@ -1,0 +1,75 @@
+//! Sums and copies: gradient accumulation where a value fans out, the gradients of broadcast biases (sums over
+//! pixels and images), and the channel concat of the UNet's skip connections with its inverse.
+
+pub(crate) mod cpu;
+pub(crate) mod gpu;
+#[cfg(test)]
+mod tests;
+
+use crate::autograd::{list_vars, profile, Rule, Tape, Var};
+use crate::backend::{Backend, Memory};
+use crate::desc::{ConcatDesc, Planes};
+use crate::error::Result;
+use crate::shape_err;
+use crate::tensor::Tensor;
+use std::fmt;
+
+/// What a backend offers for sums and copies.
+pub trait ReduceOps: Memory {
+    /// `acc += g` elementwise (gradient accumulation where a value fans out).
+    fn add_assign(&self, acc: &mut Self::Buf, g: &Self::Buf) -> Result<()>;
+    /// Per-channel sums of `t: [n, c, plane]`: `[n, c]` when `per_image`, else `[c]` (a broadcast bias's gradient).
+    fn channel_sums(&self, d: Planes, t: &Self::Buf, per_image: bool) -> Result<Self::Buf>;
+    /// Column sums of `m: [rows, cols]` (a linear bias's gradient).
+    fn column_sums(&self, m: &Self::Buf, rows: usize, cols: usize) -> Result<Self::Buf>;
+    /// `out = [a, b]` along channels.
+    fn concat(&self, d: ConcatDesc, a: &Self::Buf, b: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
+    /// The inverse of [`ReduceOps::concat`]: `g` split into its two channel blocks.
+    fn split(&self, d: ConcatDesc, g: &Self::Buf) -> Result<(Self::Buf, Self::Buf)>;
+}
+
+impl<B: Backend> Tape<'_, B> {
+    /// `y = [a, b]` concatenated along channels (`[n, ca, h, w]`, `[n, cb, h, w]` → `[n, ca+cb, h, w]`).
+    pub fn concat(&mut self, a: Var, b: Var) -> Result<Var> {
+        let started = profile::start();
+        let (n, ca, h, w) = self.value(a).dims4("concat first input")?;
+        let (nb, cb, hb, wb) = self.value(b).dims4("concat second input")?;
+        if (n, h, w) != (nb, hb, wb) {
+            let (sa, sb) = (self.value(a).shape(), self.value(b).shape());
+            return shape_err!("concat: {sa:?} and {sb:?} differ outside the channel dim");
+        }
+        let d = ConcatDesc { n, ca, cb, plane: h * w };
+        let mut y = Tensor::alloc(self.backend(), &[n, ca + cb, h, w])?;
+        self.backend().concat(d, self.value(a).buf(), self.value(b).buf(), y.buf_mut())?;
+        Ok(self.push(Concat { a, b, d }, y, started))
+    }
+}
+
+/// `y = [a, b]`: each input's gradient is its channel block of `gout`.
+struct Concat {
+    a: Var,
+    b: Var,
+    d: ConcatDesc,
+}
+
+impl<B: Backend> Rule<B> for Concat {
+    fn name(&self) -> &'static str {
+        "concat"
+    }
+    fn inputs(&self) -> Vec<Var> {
+        vec![self.a, self.b]
+    }
+    fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
+        let be = tape.backend();
+        let (ga, gb) = be.split(self.d, gout.buf())?;
+        let ga = Tensor::from_buf(be.clone(), tape.value(self.a).shape(), ga)?;
+        let gb = Tensor::from_buf(be.clone(), tape.value(self.b).shape(), gb)?;
+        Ok(vec![(self.a, ga), (self.b, gb)])
+    }
+}
+
+impl fmt::Display for Concat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "concat({})", list_vars(&[self.a, self.b]))
+    }
+}

@@ -1,0 +1,83 @@
+// reduce.cu: sums and copies. Global sums run in two passes (no float atomics): each block of the first pass
+// writes one partial sum, and a single block adds the partials in a fixed order, so for a given length and grid the
+// result is the same on every run and every GPU (the MSE loss and the global gradient norm). Row sums give the bias
+// gradients; channel-block copies make concat and split; add_assign accumulates gradients.
+#include "common.cuh"
+
+// parts[blockIdx.x] = sum over this block's grid-stride share of (x - y)^2 (y may be null: sum of x^2).
+// Launch: grid = number of partials (<= 1024, fixed by the caller), block 256.
+extern "C" __global__ void __launch_bounds__(256)
+sumsq_partials(const float* __restrict__ x, const float* __restrict__ y, float* __restrict__ parts, long long n) {
+  __shared__ float scratch[32];
+  float s = 0.0f;
+  GRID_STRIDE(e, n) { const float d = y ? x[e] - y[e] : x[e]; s += d * d; }
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) parts[blockIdx.x] = s;
+}
+
+// Sum of the `nparts` partials, by one block in a fixed order. mode 0: out[0] = sum / divisor (a mean).
+// mode 1 (gradient clipping, torch.nn.utils.clip_grad_norm_): out[0] = total = sqrt(sum),
+// out[1] = min(1, max_norm / (total + 1e-6)). Launch: grid 1, block 1024.
+extern "C" __global__ void __launch_bounds__(1024)
+finish_sum(const float* __restrict__ parts, int nparts, float* __restrict__ out, int mode, float divisor,
+           float max_norm) {
+  __shared__ float scratch[32];
+  float s = 0.0f;
+  for (int i = threadIdx.x; i < nparts; i += blockDim.x) s += parts[i];
+  s = block_sum(s, scratch);
+  if (threadIdx.x != 0) return;
+  if (mode == 0) {
+    out[0] = s / divisor;
+  } else {
+    const float total = sqrtf(s);
+    out[0] = total;
+    out[1] = fminf(1.0f, max_norm / (total + 1e-6f));
+  }
+}
+
+// x *= coef[0] when coef[0] < 1 (the clip scale stays on the device: no round trip to the host).
+// Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
+extern "C" __global__ void scale_by(float* __restrict__ x, const float* __restrict__ coef, long long n) {
+  const float c = coef[0];
+  if (c >= 1.0f) return;
+  GRID_STRIDE(e, n) x[e] *= c;
+}
+
+// out[r] = sum of row r of x ([rows, len]): per-(image, channel) sums of an [n, C, plane] tensor.
+// Launch: grid rows (<= 2^31-1), block 256.
+extern "C" __global__ void __launch_bounds__(256) row_sums(const float* __restrict__ x, float* __restrict__ out,
+                                                           int len) {
+  __shared__ float scratch[32];
+  const float* row = x + (long long)blockIdx.x * len;
+  float s = 0.0f;
+  for (int p = threadIdx.x; p < len; p += blockDim.x) s += row[p];
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) out[blockIdx.x] = s;
+}
+
+// out[c] = sum_i parts[i][c] over the n rows of parts [n, C], in row order: reduces per-image partial
+// gradients (bias, GroupNorm gamma/beta, linear bias) deterministically. Launch: grid CEIL_DIV(C, 256), block 256.
+extern "C" __global__ void sum_rows(const float* __restrict__ parts, float* __restrict__ out, int n, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float s = 0.0f;
+  for (int i = 0; i < n; i++) s += parts[(long long)i * C + c];
+  out[c] = s;
+}
+
+// dst[i][dst_off + c][p] = src[i][src_off + c][p] for c < count, images i < n, p < plane; src has src_c channels
+// and dst dst_c. Concat is two of these into one dst, split two out of one src.
+extern "C" __global__ void copy_channels(const float* __restrict__ src, int src_c, int src_off,
+                                         float* __restrict__ dst, int dst_c, int dst_off, int count, int n,
+                                         int plane) {
+  GRID_STRIDE(e, (long long)n * count * plane) {
+    const int p = e % plane, c = e / plane % count;
+    const long long i = e / ((long long)plane * count);
+    dst[(i * dst_c + dst_off + c) * plane + p] = src[(i * src_c + src_off + c) * plane + p];
+  }
+}
+
+// acc += g (gradient accumulation; one rounding per element, as the CPU's `+=`).
+extern "C" __global__ void add_assign(float* __restrict__ acc, const float* __restrict__ g, long long n) {
+  GRID_STRIDE(e, n) acc[e] += g[e];
+}

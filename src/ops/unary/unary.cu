@@ -1,0 +1,37 @@
+// unary.cu: the elementwise activations, forward and backward, one `case` per UnaryKind (src/ops/unary/mod.rs;
+// the codes are its discriminants). Launch with grid CEIL_DIV(n, 256) (capped; grid-stride loops) and block 256.
+#include "common.cuh"
+
+#define UNARY_SILU 0
+#define UNARY_RELU 1
+
+static __device__ __forceinline__ float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+// f(x).
+static __device__ __forceinline__ float unary_apply(int kind, float x) {
+  switch (kind) {
+    case UNARY_SILU: return x * sigmoidf_(x);
+    case UNARY_RELU: return x < 0.0f ? 0.0f : x;  // a NaN stays NaN, as in torch.relu
+  }
+  return nanf("");  // an unknown kind: NaN, which every test notices
+}
+
+// gy * f'(x).
+static __device__ __forceinline__ float unary_grad(int kind, float x, float gy) {
+  switch (kind) {
+    case UNARY_SILU: { const float s = sigmoidf_(x); return gy * (s * (1.0f + x * (1.0f - s))); }
+    case UNARY_RELU: return x > 0.0f ? gy : 0.0f;
+  }
+  return nanf("");
+}
+
+// y = f(x). The kind is uniform across the grid, so the switch costs no divergence.
+extern "C" __global__ void unary_fwd(int kind, const float* __restrict__ x, float* __restrict__ y, long long n) {
+  GRID_STRIDE(e, n) y[e] = unary_apply(kind, x[e]);
+}
+
+// dx = gy * f'(x).
+extern "C" __global__ void unary_bwd(int kind, const float* __restrict__ x, const float* __restrict__ gy,
+                                     float* __restrict__ dx, long long n) {
+  GRID_STRIDE(e, n) dx[e] = unary_grad(kind, x[e], gy[e]);
+}

@@ -1,0 +1,83 @@
+//! The optimiser's GPU kernels against the CPU's.
+
+use super::{clip_grad_norm, AdamW, Ema, OptimOps};
+use crate::backend::{Gpu, Memory};
+use crate::gpu::Executor;
+use crate::ops::testing::{close, down, gpu_test, rand, up};
+use crate::params::{Grads, Params};
+use crate::tensor::Tensor;
+
+/// Two parameter tensors of awkward sizes, and gradients for them.
+fn params_and_grads(scale: f32) -> (Params, Grads) {
+    let mut p = Params::new();
+    p.add("a", Tensor::new(&[3, 37], rand(100, 111)).unwrap());
+    p.add("b", Tensor::new(&[1001], rand(101, 1001)).unwrap());
+    let g = Grads(vec![
+        Tensor::new(&[3, 37], rand(102, 111).iter().map(|v| v * scale).collect()).unwrap(),
+        Tensor::new(&[1001], rand(103, 1001).iter().map(|v| v * scale).collect()).unwrap(),
+    ]);
+    (p, g)
+}
+
+// AdamW, three steps: the same f32 operations in the same order (no FMA contraction), so the emulator is exact;
+// sqrtf and division are correctly rounded on a GPU too, so abs 0 + rel 1e-6 is slack for the GPU only.
+fn adamw<E: Executor>(dev: &Gpu<E>) {
+    let (mut params, grads) = params_and_grads(1.0);
+    let mut opt = AdamW::new(&params, 1e-3);
+    let zeros = |t: &Tensor| dev.upload(vec![0.0; t.numel()]).unwrap();
+    let mut bufs: Vec<_> = params.tensors().iter().map(|t| (up(dev, t.data()), zeros(t), zeros(t))).collect();
+    let gbufs: Vec<_> = grads.0.iter().map(|g| up(dev, g.data())).collect();
+    for step in 1..=3 {
+        let s = opt.scalars(step);
+        for ((p, m, v), g) in bufs.iter_mut().zip(&gbufs) {
+            dev.adamw_step(&s, p, m, v, g).unwrap();
+        }
+        opt.step(&mut params, &grads).unwrap();
+    }
+    for (i, (p, m, v)) in bufs.iter().enumerate() {
+        close(&down(dev, p), params.tensors()[i].data(), 0.0, 1e-6, "adamw p");
+        close(&down(dev, m), opt.exp_avg[i].data(), 0.0, 1e-6, "adamw m");
+        close(&down(dev, v), opt.exp_avg_sq[i].data(), 0.0, 1e-6, "adamw v");
+    }
+}
+gpu_test!(adamw);
+
+// EMA with warm-up over two updates: same f32 order, exact on the emulator.
+fn ema<E: Executor>(dev: &Gpu<E>) {
+    let (params, grads) = params_and_grads(1.0);
+    let mut ema = Ema::new(&params, 0.999, true);
+    let mut shadows: Vec<_> = params.tensors().iter().map(|t| up(dev, t.data())).collect();
+    // Move the "live" weights so the average has something to do.
+    let live: Vec<_> = grads.0.iter().map(|g| up(dev, g.data())).collect();
+    let mut moved = Params::new();
+    moved.add("a", grads.0[0].clone());
+    moved.add("b", grads.0[1].clone());
+    for _ in 0..2 {
+        let (d, alpha) = ema.scalars();
+        for (s, p) in shadows.iter_mut().zip(&live) {
+            dev.ema_update(d, alpha, s, p).unwrap();
+        }
+        ema.update(&moved).unwrap();
+    }
+    for (s, want) in shadows.iter().zip(&ema.shadow) {
+        close(&down(dev, s), want.data(), 0.0, 1e-6, "ema");
+    }
+}
+gpu_test!(ema);
+
+// Global gradient-norm clipping, clipped (norm ~33 > 1) and not (max_norm 1e3). The norm is summed in f32
+// blocks vs f64: rel 1e-5 on the norm, the coefficient and the scaled gradients.
+fn clip<E: Executor>(dev: &Gpu<E>) {
+    for max_norm in [1.0f32, 1e3] {
+        let (_, mut grads) = params_and_grads(2.0);
+        let mut bufs: Vec<_> = grads.0.iter().map(|g| up(dev, g.data())).collect();
+        let mut list: Vec<_> = bufs.iter_mut().collect();
+        let got = dev.clip_grad_norm(&mut list, max_norm).unwrap();
+        let (total, coef) = clip_grad_norm(&mut grads, max_norm).unwrap();
+        close(&[got.0, got.1], &[total, coef], 0.0, 1e-5, "clip total, coef");
+        for (b, g) in bufs.iter().zip(&grads.0) {
+            close(&down(dev, b), g.data(), 1e-7, 1e-5, "clipped grads");
+        }
+    }
+}
+gpu_test!(clip);

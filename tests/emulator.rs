@@ -1,0 +1,87 @@
+//! The launch checks every executor shares, and the emulator's own: argument kinds (float and int buffers kept
+//! apart), the 1024-thread limit, writes past a buffer's end, divergent barriers, deadlocks and unwritten shared
+//! memory. Each family's kernels are tested against the CPU in its own `tests.rs` (`src/ops/*/tests.rs`).
+
+use ddpm::backend::{Gpu, Memory, UnaryOps};
+use ddpm::gpu::{cuda::Cuda, emu::Emulator, Arg, Executor, Kernel, LaunchCfg};
+use ddpm::ops::unary::UnaryKind;
+
+#[test]
+fn emulator_catches_bad_launches() {
+    let gpu = Gpu::new(Emulator::new());
+    let (a, mut c) = (gpu.upload(vec![1.0; 64]).unwrap(), gpu.alloc(4).unwrap());
+    // A launcher checks lengths before it launches.
+    let err = gpu.unary_forward(UnaryKind::Silu, &a, &mut c).unwrap_err().to_string();
+    assert!(err.contains("unary y"), "{err}");
+    let e = gpu.executor();
+    let silu = |n: Arg<'_, _>, threads: u32| {
+        let args = [Arg::I32(UnaryKind::Silu as i32), Arg::Buf(&a), Arg::Buf(&c), n];
+        // SAFETY: the launches below are wrong on purpose; the executor must refuse them or catch their writes
+        // in its guard words (the emulator's buffers carry them), never corrupt memory.
+        unsafe { e.launch(Kernel::UnaryFwd, LaunchCfg::linear(1, threads), &args) }.unwrap_err().to_string()
+    };
+    let err = silu(Arg::I32(4), 256);
+    assert!(err.contains("parameter `n` is I64"), "{err}");
+    let err = silu(Arg::I64(4), 1025);
+    assert!(err.contains("invalid block shape"), "{err}");
+    // A lying length: silu over 64 elements into a 4-word buffer lands in the guard words.
+    let err = silu(Arg::I64(64), 256);
+    assert!(err.contains("wrote past the end of `y`"), "{err}");
+    // A float buffer where the kernel takes indices is refused by kind.
+    let args = [Arg::Buf(&a), Arg::Buf(&a), Arg::Buf(&c), Arg::I32(1), Arg::I32(2), Arg::I32(2)];
+    // SAFETY: refused before anything runs (the argument kinds are checked first).
+    let err = unsafe { e.launch(Kernel::MaxPool2dBwd, LaunchCfg::linear(1, 32), &args) }.unwrap_err().to_string();
+    assert!(err.contains("parameter `argmax` is ConstIntPtr, got a float buffer"), "{err}");
+}
+
+// Without libcuda, opening a device is an error that says why, never a panic.
+#[test]
+fn cuda_absence_is_an_error() {
+    match Cuda::new(0) {
+        Err(why) => {
+            assert!(!why.to_string().is_empty());
+            eprintln!("skipped: no CUDA device ({why}); the `::cuda` kernel tests are ignored");
+        }
+        Ok(dev) => eprintln!("CUDA device: {}", dev.describe()),
+    }
+}
+
+/// Runs one of the `selftest_*` kernels on 64 threads and returns the emulator's verdict.
+fn selftest(kernel: Kernel, cfg: LaunchCfg) -> (Result<(), ddpm::Error>, Vec<f32>) {
+    let e = Emulator::new();
+    let y = e.alloc(64).unwrap();
+    // SAFETY: each self-test kernel writes at most 64 words of `y`.
+    let r = unsafe { e.launch(kernel, cfg, &[Arg::Buf(&y)]) };
+    (r, e.download(&y).unwrap())
+}
+
+#[test]
+fn emulator_reports_divergent_barrier_with_lines() {
+    let err = selftest(Kernel::SelftestDivergentBarrier, LaunchCfg::linear(1, 64)).0.unwrap_err().to_string();
+    assert!(
+        err.contains("divergent __syncthreads()") && err.contains("selftest.cu:9") && err.contains("selftest.cu:11"),
+        "{err}"
+    );
+}
+
+#[test]
+fn emulator_reports_deadlock_with_lines() {
+    let err = selftest(Kernel::SelftestDeadlock, LaunchCfg::linear(1, 64)).0.unwrap_err().to_string();
+    assert!(err.contains("deadlock") && err.contains("selftest.cu:21") && err.contains("common.cuh:31"), "{err}");
+}
+
+#[test]
+fn emulator_poisons_dynamic_shared_memory() {
+    let (r, y) =
+        selftest(Kernel::SelftestUnwrittenSmem, LaunchCfg { grid: [1, 1, 1], block: [32, 1, 1], shared_bytes: 128 });
+    r.unwrap();
+    assert!(y[..32].iter().all(|v| v.is_nan()));
+    let err = selftest(
+        Kernel::SelftestUnwrittenSmem,
+        LaunchCfg { grid: [1, 1, 1], block: [32, 1, 1], shared_bytes: 49 * 1024 },
+    )
+    .0
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("48 KiB"), "{err}");
+}

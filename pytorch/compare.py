@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: the blog post's PyTorch reference (`ddpm_ddim.py`) against our `ddpm` binary.
 
-usage: python3 bench/compare_pytorch.py [--rounds 5] [--threads 2] [--workloads train,sample64,sample16,ddim50]
-                                        [--ddpm-bin target/release/ddpm] [--iters K] [--quick] [--json]
+usage: python3 pytorch/compare.py [--rounds 5] [--threads 2] [--workloads train,sample64,sample16,ddim50]
+                                  [--ddpm-bin target/release/ddpm] [--iters K] [--quick] [--json]
+
+The PyTorch side is the reference itself: ddpm_ddim.py beside this file (model, schedule, training step, EMA and
+samplers, imported, not copied).
 
 Needs PyTorch, which this script never installs:  pip install torch numpy safetensors
 (into a private folder if you like: pip install --target DIR torch numpy safetensors, then PYTHONPATH=DIR).
@@ -21,11 +24,11 @@ Workloads (the defaults are the issue's four):
                ours (`ddpm bench --what sample`) times the UNet forward alone: the update is a few
                elementwise ops over N*1024 floats
   ddimS[-nN][-eta1]
-               a full DDIM-S run (the seed's make_ddim_timesteps grid: S+1 network calls when T % S leaves
+               a full DDIM-S run (the reference's make_ddim_timesteps grid: S+1 network calls when T % S leaves
                a remainder) at n = N (default 16), eta 0 (or 1); timed inside each process, weights exported
                once from the reference model's initialisation (seed 0) so both sides run the same network
   ddpm[-nN]    a full ancestral DDPM run (T = 1000 network calls) at n = N (default 64)
-  ddim50 is DDIM-50 at n = 16.  The seed's wall-clock table is: ddpm-n64,ddim100-n64-eta1,ddim50-n64,ddim20-n64,ddim10-n64
+  ddim50 is DDIM-50 at n = 16.  The blog post's wall-clock table is: ddpm-n64,ddim100-n64-eta1,ddim50-n64,ddim20-n64,ddim10-n64
 
 --quick shrinks everything (base 16, t_dim 32, batch 4, n <= 4, DDIM 5 steps, 2 iterations) for a smoke test;
 its numbers mean nothing.
@@ -48,7 +51,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))  # ddpm_ddim.py and sampler_steps.py, imported by the PyTorch workers only
 T_SAMPLE_STEP = 500  # the timestep `ddpm bench --what sample` evaluates the UNet at
 
 
@@ -103,249 +108,27 @@ def parse_workloads(spec, quick, iters):
 
 
 # =====================================================================================================
-# Side A: the PyTorch reference, run as `compare_pytorch.py --torch-worker ...` in its own process
+# Side A: the PyTorch reference, run as `compare.py --torch-worker ...` in its own process
 # =====================================================================================================
 
-def reference_namespace(device):
-    """The blog post's ddpm_ddim.py, model and step code reproduced verbatim (the data loader, train loop,
-    sample_with_ema and __main__ left out; type hints kept). `device` is the reference's module-level global."""
-    import math
-    from dataclasses import dataclass
+def load_reference(device):
+    """The reference module (ddpm_ddim.py beside this file), its samplers pointed at `device`: the reference reads
+    its module-level global `device` when sampling."""
+    import ddpm_ddim
+    ddpm_ddim.device = device
+    return ddpm_ddim
 
+
+def ddim_sampler_step(ref, model, sched, x, i, ts, eta):
+    """One iteration of the reference's sample_ddim loop at index i of ts: its network call and noise draw, then
+    its update (sampler_steps.ddim_step, checked against sample_ddim by make_golden.py). Call under no_grad."""
     import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    # ---------------------------------------------------------------------------------------------
-    # BEGIN REFERENCE: ddpm_ddim.py (from the blog post, /work/shared/seed/ddpm-ddim-blog-post.txt)
-    # ---------------------------------------------------------------------------------------------
-
-    # ---------------------------------------------------------------------------
-    # Schedule
-    # ---------------------------------------------------------------------------
-
-    @dataclass
-    class Schedule:
-        T: int
-        betas: torch.Tensor
-        alphas: torch.Tensor
-        alphas_bar: torch.Tensor
-        sqrt_alphas_bar: torch.Tensor
-        sqrt_one_minus_alphas_bar: torch.Tensor
-        sqrt_recip_alphas: torch.Tensor
-        posterior_variance: torch.Tensor
-
-    def make_schedule(T: int = 1000, beta_start: float = 1e-4,
-                      beta_end: float = 2e-2, device: str = "cpu") -> Schedule:
-        betas = torch.linspace(beta_start, beta_end, T, device=device)
-        alphas = 1.0 - betas
-        alphas_bar = torch.cumprod(alphas, dim=0)
-        alphas_bar_prev = F.pad(alphas_bar[:-1], (1, 0), value=1.0)
-        posterior_variance = betas * (1.0 - alphas_bar_prev) / (1.0 - alphas_bar)
-        return Schedule(
-            T=T,
-            betas=betas,
-            alphas=alphas,
-            alphas_bar=alphas_bar,
-            sqrt_alphas_bar=torch.sqrt(alphas_bar),
-            sqrt_one_minus_alphas_bar=torch.sqrt(1.0 - alphas_bar),
-            sqrt_recip_alphas=torch.sqrt(1.0 / alphas),
-            posterior_variance=posterior_variance,
-        )
-
-    def gather(buf: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return buf.gather(0, t).view(-1, 1, 1, 1)
-
-    def q_sample(x0: torch.Tensor, t: torch.Tensor,
-                 noise: torch.Tensor, sched: Schedule) -> torch.Tensor:
-        """x_t from q(x_t | x_0) in closed form. [Part 1 eq. (41)]"""
-        return gather(sched.sqrt_alphas_bar, t) * x0 + \
-            gather(sched.sqrt_one_minus_alphas_bar, t) * noise
-
-    # ---------------------------------------------------------------------------
-    # UNet
-    # ---------------------------------------------------------------------------
-
-    class TimeEmbedding(nn.Module):
-        def __init__(self, dim: int, hidden: int):
-            super().__init__()
-            assert dim % 2 == 0
-            self.dim = dim
-            self.mlp = nn.Sequential(
-                nn.Linear(dim, hidden),
-                nn.SiLU(),
-                nn.Linear(hidden, hidden),
-            )
-
-        def forward(self, t: torch.Tensor) -> torch.Tensor:
-            half = self.dim // 2
-            freqs = torch.exp(
-                -math.log(10000) * torch.arange(half, device=t.device) / half
-            )
-            args = t[:, None].float() * freqs[None]
-            emb = torch.cat([args.sin(), args.cos()], dim=-1)
-            return self.mlp(emb)
-
-    class ResBlock(nn.Module):
-        def __init__(self, in_ch: int, out_ch: int, t_dim: int):
-            super().__init__()
-            self.norm1 = nn.GroupNorm(8, in_ch)
-            self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-            self.t_proj = nn.Linear(t_dim, out_ch)
-            self.norm2 = nn.GroupNorm(8, out_ch)
-            self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-            self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-
-        def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
-            h = self.conv1(F.silu(self.norm1(x)))
-            h = h + self.t_proj(F.silu(t_emb))[:, :, None, None]
-            h = self.conv2(F.silu(self.norm2(h)))
-            return h + self.skip(x)
-
-    class UNet(nn.Module):
-        def __init__(self, in_ch: int = 1, base: int = 64, t_dim: int = 128):
-            super().__init__()
-            self.time = TimeEmbedding(dim=t_dim, hidden=t_dim * 4)
-            t_out = t_dim * 4
-            self.in_conv = nn.Conv2d(in_ch, base, 3, padding=1)
-            self.down1 = ResBlock(base, base, t_out)
-            self.pool1 = nn.Conv2d(base, base * 2, 3, stride=2, padding=1)
-            self.down2 = ResBlock(base * 2, base * 2, t_out)
-            self.pool2 = nn.Conv2d(base * 2, base * 4, 3, stride=2, padding=1)
-            self.mid = ResBlock(base * 4, base * 4, t_out)
-            self.up2 = nn.ConvTranspose2d(base * 4, base * 2, 4, stride=2, padding=1)
-            self.dec2 = ResBlock(base * 4, base * 2, t_out)
-            self.up1 = nn.ConvTranspose2d(base * 2, base, 4, stride=2, padding=1)
-            self.dec1 = ResBlock(base * 2, base, t_out)
-            self.out_norm = nn.GroupNorm(8, base)
-            self.out_conv = nn.Conv2d(base, in_ch, 3, padding=1)
-
-        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            t_emb = self.time(t)
-            h0 = self.in_conv(x)
-            h1 = self.down1(h0, t_emb)
-            h2 = self.down2(self.pool1(h1), t_emb)
-            hb = self.mid(self.pool2(h2), t_emb)
-            u2 = self.up2(hb)
-            u2 = self.dec2(torch.cat([u2, h2], dim=1), t_emb)
-            u1 = self.up1(u2)
-            u1 = self.dec1(torch.cat([u1, h1], dim=1), t_emb)
-            return self.out_conv(F.silu(self.out_norm(u1)))
-
-    # ---------------------------------------------------------------------------
-    # Training
-    # ---------------------------------------------------------------------------
-
-    def train_step(model: UNet, x0: torch.Tensor, sched: Schedule,
-                   optimizer: torch.optim.Optimizer) -> float:
-        B = x0.size(0)
-        t = torch.randint(0, sched.T, (B,), device=x0.device)
-        noise = torch.randn_like(x0)
-        x_t = q_sample(x0, t, noise, sched)
-        noise_pred = model(x_t, t)
-        loss = F.mse_loss(noise_pred, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
-        optimizer.step()
-        return loss.item()
-
-    class EMA:
-        def __init__(self, model: nn.Module, decay: float = 0.9999):
-            self.decay = decay
-            self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-        @torch.no_grad()
-        def update(self, model: nn.Module) -> None:
-            for k, v in model.state_dict().items():
-                if v.dtype.is_floating_point:
-                    self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1.0 - self.decay)
-                else:
-                    self.shadow[k].copy_(v)
-
-        def copy_to(self, model: nn.Module) -> None:
-            model.load_state_dict(self.shadow)
-
-    # ---------------------------------------------------------------------------
-    # Samplers
-    # ---------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def sample(model: UNet, sched: Schedule, n: int = 16,
-               img_size: int = 32, channels: int = 1) -> torch.Tensor:
-        """DDPM ancestral sampler (Ho et al. 2020, Algorithm 2). [Part 1 eq. (51)]"""
-        model.eval()
-        x = torch.randn(n, channels, img_size, img_size, device=device)
-        for t in reversed(range(sched.T)):
-            t_batch = torch.full((n,), t, device=device, dtype=torch.long)
-            eps = model(x, t_batch)
-            coef = sched.betas[t] / sched.sqrt_one_minus_alphas_bar[t]
-            mean = sched.sqrt_recip_alphas[t] * (x - coef * eps)
-            if t > 0:
-                noise = torch.randn_like(x)
-                x = mean + torch.sqrt(sched.posterior_variance[t]) * noise
-            else:
-                x = mean
-        model.train()
-        return x.clamp(-1, 1)
-
-    def make_ddim_timesteps(T: int, num_steps: int) -> list[int]:
-        """Ascending sub-sequence of timestep indices 0..T-1."""
-        stride = max(1, T // num_steps)
-        ts = list(range(0, T, stride))
-        if ts[-1] != T - 1:
-            ts.append(T - 1)
-        return ts
-
-    @torch.no_grad()
-    def sample_ddim(model: UNet, sched: Schedule, n: int = 16,
-                    img_size: int = 32, channels: int = 1,
-                    num_steps: int = 50, eta: float = 0.0) -> torch.Tensor:
-        """DDIM sampler (Song, Meng, Ermon 2021). [Part 2 eq. (6), (7), (11)]
-        eta=0.0 is deterministic (probability-flow ODE); eta=1.0 recovers DDPM
-        on the sub-sampled grid."""
-        model.eval()
-        x = torch.randn(n, channels, img_size, img_size, device=device)
-        ts = make_ddim_timesteps(sched.T, num_steps)
-        for i in reversed(range(len(ts))):
-            t = ts[i]
-            t_prev = ts[i - 1] if i > 0 else -1
-            t_batch = torch.full((n,), t, device=device, dtype=torch.long)
-            eps = model(x, t_batch)
-            ab_t = sched.alphas_bar[t]
-            ab_prev = sched.alphas_bar[t_prev] if t_prev >= 0 else torch.tensor(1.0, device=device)
-            x0_pred = ((x - torch.sqrt(1.0 - ab_t) * eps) / torch.sqrt(ab_t)).clamp(-1, 1)
-            sigma_sq = (eta ** 2) * ((1.0 - ab_prev) / (1.0 - ab_t)) * (1.0 - ab_t / ab_prev)
-            sigma = torch.sqrt(sigma_sq.clamp(min=0.0))
-            dir_coef = torch.sqrt((1.0 - ab_prev - sigma_sq).clamp(min=0.0))
-            z = torch.randn_like(x) if i > 0 else torch.zeros_like(x)
-            x = torch.sqrt(ab_prev) * x0_pred + dir_coef * eps + sigma * z
-        model.train()
-        return x.clamp(-1, 1)
-
-    # ---------------------------------------------------------------------------------------------
-    # END REFERENCE
-    # ---------------------------------------------------------------------------------------------
-
-    return dict(locals())
-
-
-def ddim_step_as_in_reference(model, sched, x, i, ts, n, eta, device):
-    """One iteration of the loop body of the reference's sample_ddim, verbatim (under the caller's no_grad)."""
-    import torch
-    t = ts[i]
-    t_prev = ts[i - 1] if i > 0 else -1
-    t_batch = torch.full((n,), t, device=device, dtype=torch.long)
+    from sampler_steps import ddim_step
+    n = x.shape[0]
+    t_batch = torch.full((n,), ts[i], device=ref.device, dtype=torch.long)
     eps = model(x, t_batch)
-    ab_t = sched.alphas_bar[t]
-    ab_prev = sched.alphas_bar[t_prev] if t_prev >= 0 else torch.tensor(1.0, device=device)
-    x0_pred = ((x - torch.sqrt(1.0 - ab_t) * eps) / torch.sqrt(ab_t)).clamp(-1, 1)
-    sigma_sq = (eta ** 2) * ((1.0 - ab_prev) / (1.0 - ab_t)) * (1.0 - ab_t / ab_prev)
-    sigma = torch.sqrt(sigma_sq.clamp(min=0.0))
-    dir_coef = torch.sqrt((1.0 - ab_prev - sigma_sq).clamp(min=0.0))
     z = torch.randn_like(x) if i > 0 else torch.zeros_like(x)
-    x = torch.sqrt(ab_prev) * x0_pred + dir_coef * eps + sigma * z
-    return x
+    return ddim_step(x, eps, z, i, ts, sched, eta)
 
 
 def save_state_dict(state_dict, path):
@@ -377,13 +160,13 @@ def torch_worker(a):
     rss_import_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     torch.set_num_threads(a.threads)
     device = a.device
-    ref = reference_namespace(device)
+    ref = load_reference(device)
     torch.manual_seed(0)
-    model = ref["UNet"](in_ch=1, base=a.base, t_dim=a.t_dim).to(device)
+    model = ref.UNet(in_ch=1, base=a.base, t_dim=a.t_dim).to(device)
     if a.torch_worker == "export":
         save_state_dict(model.state_dict(), a.out)
         return
-    sched = ref["make_schedule"](T=1000, device=device)
+    sched = ref.make_schedule(T=1000, device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times = []
 
@@ -398,27 +181,27 @@ def torch_worker(a):
 
     if a.torch_worker == "train":
         x0 = torch.randn(a.n, 1, 32, 32, device=device).clamp(-1, 1)
-        ema = ref["EMA"](model, decay=0.9999)
+        ema = ref.EMA(model, decay=0.9999)
         opt = torch.optim.AdamW(model.parameters(), lr=2e-4)
 
         def step():  # one iteration of the reference's train() loop body
-            ref["train_step"](model, x0, sched, opt)
+            ref.train_step(model, x0, sched, opt)
             ema.update(model)
         timed(step, a.iters)
     elif a.torch_worker == "step":
         x = torch.randn(a.n, 1, 32, 32, device=device)
-        ts = ref["make_ddim_timesteps"](sched.T, 50)
+        ts = ref.make_ddim_timesteps(sched.T, 50)
         i = ts.index(T_SAMPLE_STEP)
         model.eval()
 
         @torch.no_grad()
         def step():
-            ddim_step_as_in_reference(model, sched, x, i, ts, a.n, 0.0, device)
+            ddim_sampler_step(ref, model, sched, x, i, ts, 0.0)
         timed(step, a.iters)
     elif a.torch_worker == "ddim":
-        timed(lambda: ref["sample_ddim"](model, sched, n=a.n, num_steps=a.steps, eta=a.eta), 1, warmup=False)
+        timed(lambda: ref.sample_ddim(model, sched, n=a.n, num_steps=a.steps, eta=a.eta), 1, warmup=False)
     elif a.torch_worker == "ddpm":
-        timed(lambda: ref["sample"](model, sched, n=a.n), 1, warmup=False)
+        timed(lambda: ref.sample(model, sched, n=a.n), 1, warmup=False)
     else:
         sys.exit(f"unknown worker {a.torch_worker}")
     times.sort()
@@ -577,7 +360,7 @@ def summarise(results):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                usage="python3 bench/compare_pytorch.py [options]   "
+                                usage="python3 pytorch/compare.py [options]   "
                                       "(needs: pip install torch numpy safetensors; cargo build --release)")
     p.add_argument("--rounds", type=int, default=5, help="A B rounds per workload (default 5)")
     p.add_argument("--threads", type=int, default=2, help="threads for both sides (default 2)")

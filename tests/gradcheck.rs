@@ -88,6 +88,100 @@ fn gradcheck(name: &str, inputs: Vec<Tensor>, build: &Build<'_>) {
         }
     }
     eprintln!("{name}: largest |analytic - numeric| {worst:.2e}");
+    tight_check(name, &params, &ids, build);
+}
+
+/// Step of the tight check's difference quotients (and half of it): below half the 0.03 spacing of [`spread`]
+/// inputs, so ReLU and max pooling stay on one linear piece.
+const TIGHT_H: f32 = 1e-2;
+/// The tight check's tolerance `|analytic - numeric| <= TIGHT_ATOL + TIGHT_RTOL·|numeric|`; see [`tight_check`].
+const TIGHT_ATOL: f64 = 4e-4;
+const TIGHT_RTOL: f64 = 2e-3;
+
+/// The gradient check tightened until a backward off by 10% fails it.
+///
+/// The loss is `L = mse(y, t)` with `t = y₀ - (N/2)·r` for r uniform in [-1, 1): at the unperturbed inputs
+/// `dL/dy = (2/N)(y₀ - t) = r` (formed in f64 from the f32 y₀ and t, as `w`), so every output carries a weight of
+/// order 1 and the gradients are O(1), not O(1/N) as with a random target. The numerical derivative of the
+/// linear functional `Σ_i w_i·y_i(x)` (summed in f64 from the f32 outputs) is the Richardson extrapolation
+/// `(4·D(h/2) - D(h))/3` of central differences `D(h)`, whose truncation error is O(h⁴) (≈ 1e-8·|y⁽⁵⁾|) and
+/// which is exact for ops linear in the perturbed input; each step is the actual f32 perturbation
+/// `fl(x ± h) - x`.
+///
+/// What remains is the f32 rounding of the outputs: each y_i(x ± h) is off by ≲ c·u·|y| (u = 6e-8, c ≲ 10 for the
+/// sums here, |y| ≲ 5), the ≲ 100 outputs a single input reaches add these with weights |w| < 1 and random signs
+/// (√100·c·u·|y| ≈ 3e-4 at worst, ~3e-6 typically), and Richardson divides by about h/1.5: up to ~5e-4 for the
+/// convs (Winograd's transforms round more; measured: 3.5e-4 there, ≤ 2.4e-4 elsewhere, ≤ 6e-5 for the other ops;
+/// `--nocapture` prints them). Hence `4e-4 + 2e-3·|numeric|`; the old bound was `2e-3 + 2e-2·|numeric|` on
+/// gradients about N times smaller. The check then asserts that a 10% error in the largest gradient checked
+/// would be at least 3x over this threshold, so a backward scaled by 0.9 cannot pass.
+fn tight_check(name: &str, params: &Params, ids: &[ParamId], build: &Build<'_>) {
+    let mut rng = StdRng::seed_from_u64(17);
+    let forward = |p: &Params| -> Vec<f32> {
+        let mut tape = Tape::inference(p);
+        let vars: Vec<Var> = ids.iter().map(|&id| tape.param(id)).collect();
+        let y = build(&mut tape, &vars).unwrap();
+        tape.value(y).data().to_vec()
+    };
+    let y0 = forward(params);
+    let (n, shape) = (y0.len(), {
+        let mut tape = Tape::inference(params);
+        let vars: Vec<Var> = ids.iter().map(|&id| tape.param(id)).collect();
+        let y = build(&mut tape, &vars).unwrap();
+        tape.value(y).shape().to_vec()
+    });
+    // A one-element output (mse, cross-entropy) has gradients of order 1/(its inputs) inside; weight it by ~20.
+    let scale = if n == 1 { 20.0 } else { 1.0 };
+    let r: Vec<f32> = (0..n).map(|_| scale * rng.random_range(-1.0f32..1.0)).collect();
+    let target: Vec<f32> = y0.iter().zip(&r).map(|(&y, &r)| y - n as f32 / 2.0 * r).collect();
+    let w: Vec<f64> = y0.iter().zip(&target).map(|(&y, &t)| 2.0 * (y as f64 - t as f64) / n as f64).collect();
+    let grads = {
+        let mut tape = Tape::new(params);
+        let vars: Vec<Var> = ids.iter().map(|&id| tape.param(id)).collect();
+        let y = build(&mut tape, &vars).unwrap();
+        let t = tape.input(Tensor::new(&shape, target.clone()).unwrap());
+        let l = tape.mse(y, t).unwrap();
+        tape.backward(l).unwrap()
+    };
+    let proj = |p: &Params| -> f64 { forward(p).iter().zip(&w).map(|(&y, &w)| y as f64 * w).sum() };
+    let (mut worst, mut largest, mut max_err, mut failures) = (0.0f64, 0.0f64, 0.0f64, Vec::new());
+    for (k, &id) in ids.iter().enumerate() {
+        let numel = params.get(id).numel();
+        let mut idx: Vec<usize> =
+            if numel <= 24 { (0..numel).collect() } else { (0..22).map(|_| rng.random_range(0..numel)).collect() };
+        idx.extend([0, numel - 1]);
+        let mut q = params.clone();
+        for i in idx {
+            let x0 = params.get(id).data()[i];
+            let mut quotient = |h: f32| {
+                let (xp, xm) = (x0 + h, x0 - h);
+                q.tensors_mut()[id.0].data_mut()[i] = xp;
+                let fp = proj(&q);
+                q.tensors_mut()[id.0].data_mut()[i] = xm;
+                let fm = proj(&q);
+                q.tensors_mut()[id.0].data_mut()[i] = x0;
+                (fp - fm) / (xp as f64 - xm as f64)
+            };
+            let numeric = (4.0 * quotient(TIGHT_H / 2.0) - quotient(TIGHT_H)) / 3.0;
+            let analytic = grads.get(id).data()[i] as f64;
+            let err = (analytic - numeric).abs();
+            if err.is_nan() || err > TIGHT_ATOL + TIGHT_RTOL * numeric.abs() {
+                failures.push(format!("d/d input{k}[{i}]: analytic {analytic:.6}, numeric {numeric:.6}"));
+            }
+            worst = worst.max(err / (TIGHT_ATOL + TIGHT_RTOL * numeric.abs()));
+            largest = largest.max(numeric.abs());
+            max_err = max_err.max(err);
+        }
+    }
+    eprintln!(
+        "{name}: tight check: largest error {max_err:.1e}, {:.0}% of threshold; largest |gradient| {largest:.3}",
+        100.0 * worst
+    );
+    assert!(failures.is_empty(), "{name}: {} gradients off (tight check):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        0.1 * largest >= 3.0 * (TIGHT_ATOL + TIGHT_RTOL * largest),
+        "{name}: gradients too small ({largest:.2e}) for the tight check to see a 10% error"
+    );
 }
 
 #[test]
@@ -99,6 +193,15 @@ fn conv2d_3x3_pad1_with_bias_odd_sizes() {
             t.conv2d(v[0], v[1], Some(v[2]), 1, 1, ConvExtra::default())
         });
     }
+}
+
+#[test]
+fn conv2d_3x3_winograd_eligible() {
+    // 8 -> 9 channels, even sides, 3x3 stride 1 pad 1: the CPU runs the forward, the dx (a conv of gout with the
+    // flipped kernel, 9 -> 8 channels) and dW through Winograd F(2x2, 3x3).
+    let mut rng = StdRng::seed_from_u64(11);
+    let inputs = vec![random(&mut rng, &[2, 8, 4, 6]), random(&mut rng, &[9, 8, 3, 3]), random(&mut rng, &[9])];
+    gradcheck("conv2d winograd", inputs, &|t, v| t.conv2d(v[0], v[1], Some(v[2]), 1, 1, ConvExtra::default()));
 }
 
 #[test]

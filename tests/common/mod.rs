@@ -84,7 +84,7 @@ pub fn compare(ours: &[f32], reference: &[f32], atol: f32, rtol: f32) -> Cmp {
         };
         c.max_abs = c.max_abs.max(d);
         c.worst_ratio = c.worst_ratio.max(if d.is_nan() { f32::INFINITY } else { ratio });
-        if !(d <= tol) {
+        if d.is_nan() || d > tol {
             c.failures += 1;
         }
     }
@@ -113,4 +113,38 @@ pub fn max_ulp(ours: &[f32], reference: &[f32]) -> u32 {
         .map(|(a, r)| (a.to_bits() as i64 - r.to_bits() as i64).unsigned_abs() as u32)
         .max()
         .unwrap_or(0)
+}
+
+/// `n` values uniform in `[lo, hi)`.
+pub fn uniform(rng: &mut impl rand::Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+/// A host tensor of `shape` with values uniform in `[lo, hi)`.
+pub fn uniform_tensor(rng: &mut impl rand::Rng, shape: &[usize], lo: f32, hi: f32) -> Tensor {
+    Tensor::new(shape, uniform(rng, shape.iter().product(), lo, hi)).unwrap()
+}
+
+/// Asserts `|ours - want| <= atol + rtol·|want|` elementwise against an f64 reference, naming `what` and the first
+/// failing index; prints (with `--nocapture`) the largest error and the fraction of the threshold used.
+pub fn assert_formula(what: &str, ours: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    assert_within(what, ours, want, &|i| atol + rtol * want[i].abs());
+}
+
+/// [`assert_formula`] with a tolerance per element, `tol(i)`.
+pub fn assert_within(what: &str, ours: &[f32], want: &[f64], tol: &dyn Fn(usize) -> f64) {
+    assert_eq!(ours.len(), want.len(), "{what}: length");
+    let (mut worst, mut max_abs, mut first_bad) = (0.0f64, 0.0f64, None);
+    for (i, (&a, &r)) in ours.iter().zip(want).enumerate() {
+        let d = (a as f64 - r).abs();
+        if (d.is_nan() || d > tol(i)) && first_bad.is_none() {
+            first_bad = Some((i, a, r));
+        }
+        max_abs = max_abs.max(d);
+        worst = worst.max(if d.is_nan() { f64::INFINITY } else { d / tol(i) });
+    }
+    eprintln!("{what}: max |ours - f64| {max_abs:.2e}, {:.1}% of the threshold", 100.0 * worst);
+    if let Some((i, a, r)) = first_bad {
+        panic!("{what}: [{i}] = {a:e}, formula {r:e} (tolerance {:e}; worst {worst:.1}x the threshold)", tol(i));
+    }
 }

@@ -10,8 +10,9 @@
 mod common;
 
 use common::{assert_formula, uniform_tensor};
-use ddpm::autograd::{ConvExtra, Tape, Var};
+use ddpm::autograd::{Tape, Var};
 use ddpm::backend::Backend;
+use ddpm::ops::conv::ConvExtra;
 use ddpm::params::Params;
 use ddpm::{Result, Tensor};
 use rand::{rngs::StdRng, SeedableRng};

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{assert_formula, assert_within, uniform, uniform_tensor};
-use ddpm::backend::Backend;
+use ddpm::backend::{Backend, DiffusionOps};
 use ddpm::diffusion::sampler::{DdimCoefs, DdpmCoefs};
 use ddpm::diffusion::Schedule;
 use ddpm::optim::{clip_grad_norm, AdamW, Ema};
@@ -216,7 +216,7 @@ fn q_sample<B: Backend>(be: &B) {
     let mut rng = StdRng::seed_from_u64(14);
     let (ts, per) = ([0usize, 1, 500, 999], 3 * 5 * 4);
     let x0 = uniform(&mut rng, ts.len() * per, -1.0, 1.0);
-    let (noise, xt) = be.q_sample(&sched, &be.upload(x0.clone()).unwrap(), &ts, 21, 3).unwrap();
+    let (noise, xt) = be.q_sample(&sched, &be.upload(x0.clone()).unwrap(), &ts, (21, 3)).unwrap();
     let (noise, xt) = (be.download(&noise).unwrap(), be.download(&xt).unwrap());
     assert_formula("q_sample noise", &noise, &normals(21, 3, x0.len()), 4e-7, 0.0);
     let want: Vec<f64> = (0..x0.len())

@@ -75,17 +75,17 @@ fn train_state_from(f: &TensorFile) -> Result<TrainState> {
             "not a ddpm training checkpoint (a plain state dict can be sampled from, not resumed)",
         ));
     }
-    let max_steps: String = field(&f, "max_steps")?;
+    let max_steps: String = field(f, "max_steps")?;
     let config = RunConfig {
-        model: UNetConfig { in_ch: field(&f, "in_ch")?, base: field(&f, "base")?, t_dim: field(&f, "t_dim")? },
-        timesteps: field(&f, "timesteps")?,
-        epochs: field(&f, "epochs")?,
-        batch: field(&f, "batch")?,
-        lr: field(&f, "lr")?,
-        ema_decay: field(&f, "ema_decay")?,
-        ema_warmup: field(&f, "ema_warmup")?,
-        seed: field(&f, "seed")?,
-        max_steps: if max_steps == "none" { None } else { Some(field(&f, "max_steps")?) },
+        model: UNetConfig { in_ch: field(f, "in_ch")?, base: field(f, "base")?, t_dim: field(f, "t_dim")? },
+        timesteps: field(f, "timesteps")?,
+        epochs: field(f, "epochs")?,
+        batch: field(f, "batch")?,
+        lr: field(f, "lr")?,
+        ema_decay: field(f, "ema_decay")?,
+        ema_warmup: field(f, "ema_warmup")?,
+        seed: field(f, "seed")?,
+        max_steps: if max_steps == "none" { None } else { Some(field(f, "max_steps")?) },
     };
     let what = path.display().to_string();
     let mut state = TrainState::new(config).map_err(|e| Error::file(path, format!("bad configuration: {e}")))?;
@@ -99,9 +99,9 @@ fn train_state_from(f: &TensorFile) -> Result<TrainState> {
     load_into("ema.", &mut state.ema.shadow)?;
     load_into("adam.exp_avg.", &mut state.opt.exp_avg)?;
     load_into("adam.exp_avg_sq.", &mut state.opt.exp_avg_sq)?;
-    state.step = field(&f, "step")?;
-    state.opt.step = field(&f, "adam_step")?;
-    state.ema.updates = field(&f, "ema_updates")?;
+    state.step = field(f, "step")?;
+    state.opt.step = field(f, "adam_step")?;
+    state.ema.updates = field(f, "ema_updates")?;
     Ok(state)
 }
 

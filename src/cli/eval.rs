@@ -64,7 +64,7 @@ fn read_samples(path: &Path, n: Option<usize>) -> Result<Tensor> {
         s => bail!("{}: tensor `samples` has shape {s:?}, expected [n, 1, 32, 32]", path.display()),
     };
     // Samples are clamped to [-1, 1]; a file in [0, 1] or [0, 255] would be scored as garbage without this check.
-    if let Some(bad) = samples.data().iter().find(|v| !(v.abs() <= 1.0 + 1e-4)) {
+    if let Some(bad) = samples.data().iter().find(|v| v.is_nan() || v.abs() > 1.0 + 1e-4) {
         bail!("{}: tensor `samples` holds {bad}, outside the model's pixel range [-1, 1]", path.display());
     }
     let n = n.unwrap_or(m);
@@ -95,7 +95,7 @@ fn draw(device: &Device, m: &SamplingModel, kind: SamplerKind, n: usize, seed: u
 fn sampler_name(kind: SamplerKind, timesteps: usize) -> String {
     match kind {
         SamplerKind::Ddpm => format!("DDPM-{timesteps}"),
-        SamplerKind::Ddim { steps, eta } if eta == 0.0 => format!("DDIM-{steps}"),
+        SamplerKind::Ddim { steps, eta: 0.0 } => format!("DDIM-{steps}"),
         SamplerKind::Ddim { steps, eta } => format!("DDIM-{steps} (η={eta})"),
     }
 }

@@ -26,7 +26,7 @@ pub struct GaussianStats {
 impl GaussianStats {
     /// The statistics of `features`, row-major `[n, dim]`; needs `n ≥ 2`.
     pub fn from_features(features: &[f32], dim: usize) -> Result<Self> {
-        if dim == 0 || features.len() % dim != 0 {
+        if dim == 0 || !features.len().is_multiple_of(dim) {
             return Err(Error::Shape(format!("{} feature values do not split into vectors of {dim}", features.len())));
         }
         let n = features.len() / dim;

@@ -37,7 +37,7 @@ pub struct ClassStats {
 impl ClassStats {
     /// The statistics of softmax outputs `probs`, row-major `[n, 10]`.
     pub fn from_probs(probs: &[f32]) -> Result<Self> {
-        if probs.is_empty() || probs.len() % CLASSES != 0 {
+        if probs.is_empty() || !probs.len().is_multiple_of(CLASSES) {
             return Err(Error::Shape(format!("{} probabilities do not split into rows of {CLASSES}", probs.len())));
         }
         let n = probs.len() / CLASSES;
@@ -100,7 +100,7 @@ pub fn real_order(len: usize) -> Vec<usize> {
 }
 
 /// The Philox seed of [`real_order`].
-const REAL_ORDER_SEED: u64 = 0x4d4e_4953_54; // "MNIST"
+const REAL_ORDER_SEED: u64 = 0x4d_4e49_5354; // "MNIST"
 
 /// The images `images[order[k]]`, in that order: `[len, ...]` in, `[order.len(), ...]` out.
 pub fn gather(images: &Tensor, order: &[usize]) -> Result<Tensor> {

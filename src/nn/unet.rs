@@ -32,13 +32,13 @@ impl Default for UNetConfig {
 impl UNetConfig {
     /// `Err` unless every GroupNorm can split its channels into 8 groups and the sinusoid has even width.
     pub fn validate(&self) -> Result<()> {
-        if self.in_ch == 0 || self.base == 0 || self.base % GROUPS != 0 {
+        if self.in_ch == 0 || self.base == 0 || !self.base.is_multiple_of(GROUPS) {
             return Err(Error::Arg(format!(
                 "base must be a positive multiple of {GROUPS} (GroupNorm({GROUPS})), got {}",
                 self.base
             )));
         }
-        if self.t_dim == 0 || self.t_dim % 2 != 0 {
+        if self.t_dim == 0 || !self.t_dim.is_multiple_of(2) {
             return Err(Error::Arg(format!("t_dim must be positive and even, got {}", self.t_dim)));
         }
         Ok(())

@@ -1,11 +1,11 @@
 //! Training determinism: the same seed gives the same run, and a run resumed from a checkpoint at step k has, at
 //! step k+m, the same parameters, EMA and optimiser state bit for bit as the run that was never interrupted; and
-//! the number of CPU threads does not change a run.
+//! the number of CPU threads does not change a run. Every run here is driven by the library's `Trainer`, which
+//! also writes and resumes a run folder the way `ddpm train` does.
 
 use ddpm::checkpoint::{load_train_state, save};
-use ddpm::diffusion::Schedule;
 use ddpm::nn::UNetConfig;
-use ddpm::train::{Batcher, RunConfig, TrainState};
+use ddpm::train::{Batcher, EpochSummary, LogRow, Observer, RunConfig, RunDir, TrainState, Trainer};
 use ddpm::Tensor;
 
 fn tiny_config() -> RunConfig {
@@ -24,11 +24,15 @@ fn images() -> Tensor {
     Tensor::new(&[18, 1, 8, 8], data).unwrap()
 }
 
-fn run_steps(state: &mut TrainState, batcher: &mut Batcher, sched: &Schedule, imgs: &Tensor, upto: u64) -> Vec<f32> {
+/// A trainer without an output folder: it only trains.
+fn trainer(config: RunConfig, imgs: &Tensor) -> Trainer {
+    Trainer::new(TrainState::new(config).unwrap(), imgs.clone()).unwrap()
+}
+
+fn run_steps(trainer: &mut Trainer, upto: u64) -> Vec<f32> {
     let mut losses = Vec::new();
-    while state.step < upto {
-        let x0 = batcher.batch(imgs, state.step);
-        losses.push(state.train_step(sched, &x0).unwrap().loss);
+    while trainer.state().step < upto {
+        losses.push(trainer.step(&mut ()).unwrap().stats.loss);
     }
     losses
 }
@@ -47,37 +51,33 @@ fn assert_same(a: &TrainState, b: &TrainState) {
 
 #[test]
 fn resume_continues_bit_for_bit_across_an_epoch_boundary() {
-    let (imgs, sched) = (images(), Schedule::linear(1000, 1e-4, 2e-2).unwrap());
-    let mut straight = TrainState::new(tiny_config()).unwrap();
-    let mut b1 = Batcher::new(18, 4, 11).unwrap();
-    let losses = run_steps(&mut straight, &mut b1, &sched, &imgs, 7);
+    let imgs = images();
+    let mut straight = trainer(tiny_config(), &imgs);
+    let losses = run_steps(&mut straight, 7);
 
-    let mut first = TrainState::new(tiny_config()).unwrap();
-    let mut b2 = Batcher::new(18, 4, 11).unwrap();
-    let mut resumed_losses = run_steps(&mut first, &mut b2, &sched, &imgs, 3);
+    let mut first = trainer(tiny_config(), &imgs);
+    let mut resumed_losses = run_steps(&mut first, 3);
     let dir = std::env::temp_dir().join(format!("ddpm-resume-{}", std::process::id()));
     let path = dir.join("ckpt.safetensors");
-    save(&first, &path).unwrap();
+    save(first.state(), &path).unwrap();
     drop(first);
-    let mut resumed = load_train_state(&path).unwrap();
-    let mut b3 = Batcher::new(18, 4, 11).unwrap(); // a fresh batcher, as after a restart
-    resumed_losses.extend(run_steps(&mut resumed, &mut b3, &sched, &imgs, 7));
+    // A fresh trainer (and so a fresh batcher), as after a restart.
+    let mut resumed = Trainer::new(load_train_state(&path).unwrap(), imgs.clone()).unwrap();
+    resumed_losses.extend(run_steps(&mut resumed, 7));
     std::fs::remove_dir_all(&dir).ok();
 
     assert_eq!(losses, resumed_losses, "per-step losses");
-    assert_same(&straight, &resumed);
-    assert_eq!(resumed.config, tiny_config());
+    assert_same(straight.state(), resumed.state());
+    assert_eq!(resumed.state().config, tiny_config());
 }
 
 #[test]
 fn different_seeds_differ_and_training_reduces_the_loss() {
-    let (imgs, sched) = (images(), Schedule::linear(1000, 1e-4, 2e-2).unwrap());
-    let mut a = TrainState::new(RunConfig { lr: 3e-3, ..tiny_config() }).unwrap();
-    let mut b = TrainState::new(RunConfig { seed: 12, ..tiny_config() }).unwrap();
-    let mut ba = Batcher::new(18, 4, 11).unwrap();
-    let mut bb = Batcher::new(18, 4, 12).unwrap();
-    let la = run_steps(&mut a, &mut ba, &sched, &imgs, 60);
-    let lb = run_steps(&mut b, &mut bb, &sched, &imgs, 2);
+    let imgs = images();
+    let mut a = trainer(RunConfig { lr: 3e-3, ..tiny_config() }, &imgs);
+    let mut b = trainer(RunConfig { seed: 12, ..tiny_config() }, &imgs);
+    let la = run_steps(&mut a, 60);
+    let lb = run_steps(&mut b, 2);
     assert_ne!(la[..2], lb[..], "seeds 11 and 12 gave the same losses");
     // The loss is noisy per step (t and the noise are random); compare means of the first and last 15 steps.
     let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
@@ -109,15 +109,82 @@ fn training_is_bit_identical_across_thread_counts() {
     // 32x32 images, so that the convs have several pixel bands and GEMMs to share out between threads.
     let data = (0..8 * 1024).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
     let imgs = Tensor::new(&[8, 1, 32, 32], data).unwrap();
-    let sched = Schedule::linear(1000, 1e-4, 2e-2).unwrap();
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
-            let mut state = TrainState::new(tiny_config()).unwrap();
-            let mut batcher = Batcher::new(8, 4, 11).unwrap();
-            run_steps(&mut state, &mut batcher, &sched, &imgs, 3);
-            state
+            let mut trainer = trainer(tiny_config(), &imgs);
+            run_steps(&mut trainer, 3);
+            trainer.into_state()
         })
     };
     assert_same(&run(1), &run(3));
+}
+
+/// Records what a run reports, one line per event.
+#[derive(Default)]
+struct Recorder(Vec<String>);
+
+impl Observer for Recorder {
+    fn step_done(&mut self, row: &LogRow) {
+        self.0.push(format!("step {} of epoch {}", row.step, row.epoch));
+    }
+    fn epoch_done(&mut self, e: &EpochSummary) {
+        self.0.push(format!("epoch {} ends at {}/{} after {} steps", e.epoch, e.step, e.total, e.steps));
+    }
+    fn final_ddpm_grid(&mut self, timesteps: usize) {
+        self.0.push(format!("DDPM-{timesteps}"));
+    }
+}
+
+#[test]
+fn trainer_writes_a_run_folder_and_resumes_it_exactly() {
+    // 8 images of 32x32 (what the samplers draw), batch 4: 2 steps per epoch; T = 10 keeps the grids cheap.
+    let data = (0..8 * 1024).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let imgs = Tensor::new(&[8, 1, 32, 32], data).unwrap();
+    let config = RunConfig { timesteps: 10, max_steps: Some(3), ..tiny_config() };
+    let root = std::env::temp_dir().join(format!("ddpm-trainer-{}", std::process::id()));
+    let (a, b) = (root.join("a"), root.join("b"));
+
+    let mut straight = trainer(config.clone(), &imgs);
+    straight.write_into(RunDir::create(&a).unwrap(), 4).unwrap();
+    let mut events = Recorder::default();
+    straight.run(&mut events).unwrap();
+    assert_eq!(
+        events.0,
+        [
+            "step 1 of epoch 0",
+            "epoch 0 ends at 2/3 after 2 steps",
+            "step 2 of epoch 0",
+            "epoch 1 ends at 3/3 after 1 steps",
+            "step 3 of epoch 1",
+            "DDPM-10"
+        ]
+    );
+    for f in ["checkpoint.safetensors", "log.csv", "samples_epoch000.png", "samples_ddim.png", "samples_ddpm.png"] {
+        assert!(a.join(f).exists(), "{f} missing");
+    }
+    assert!(!a.join("samples_epoch001.png").exists(), "epoch 1 did not end");
+
+    // The same run stopped after epoch 0, then continued from its checkpoint in its own folder.
+    let mut first = trainer(RunConfig { max_steps: Some(2), ..config.clone() }, &imgs);
+    let dir = RunDir::create(&b).unwrap();
+    assert!(!dir.holds_run());
+    first.write_into(dir.clone(), 4).unwrap();
+    first.run(&mut ()).unwrap();
+    assert!(dir.holds_run());
+    let mut state = load_train_state(&dir.checkpoint()).unwrap();
+    state.config.max_steps = Some(3);
+    let mut resumed = Trainer::new(state, imgs.clone()).unwrap();
+    resumed.write_into(dir, 4).unwrap();
+    resumed.run(&mut ()).unwrap();
+
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let log = String::from_utf8(read(&a.join("log.csv"))).unwrap();
+    assert!(log.starts_with("step,epoch,loss,grad_norm,lr,fid\n") && log.lines().count() == 4, "{log}");
+    assert_eq!(log, String::from_utf8(read(&b.join("log.csv"))).unwrap(), "the resumed run's log");
+    assert_same(&load_train_state(&a.join("checkpoint.safetensors")).unwrap(), resumed.state());
+    for f in ["samples_epoch000.png", "samples_ddim.png", "samples_ddpm.png", "loss_curve.png"] {
+        assert_eq!(read(&a.join(f)), read(&b.join(f)), "{f}");
+    }
+    std::fs::remove_dir_all(&root).ok();
 }

@@ -5,9 +5,9 @@ use super::{on_backend, resolve_device};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use ddpm::backend::Backend;
-use ddpm::diffusion::{Denoiser, Schedule};
+use ddpm::diffusion::Denoiser;
 use ddpm::nn::{UNetConfig, UNetDenoiser};
-use ddpm::train::{RunConfig, TrainState};
+use ddpm::train::{RunConfig, TrainState, Trainer};
 use ddpm::{rng, Tensor};
 use std::time::Instant;
 
@@ -66,22 +66,24 @@ fn time_on<B: Backend>(a: &BenchArgs, backend: &B) -> Result<Vec<f64>> {
     let config = RunConfig {
         model: UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim },
         batch: a.batch,
+        epochs: 1 << 30,
         ..RunConfig::seed_recipe()
     };
-    let mut state = TrainState::new(config)?.to_backend(backend)?;
-    let sched = Schedule::linear(1000, 1e-4, 2e-2)?;
     let mut x = Tensor::zeros(&[a.batch, 1, 32, 32]);
     rng::fill_normal(1, 0, x.data_mut());
     x.data_mut().iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
     let x_dev = x.to_backend(backend)?;
+    // The synthetic batch is the whole data set: one step per epoch.
+    let mut trainer = Trainer::new(TrainState::new(config)?.to_backend(backend)?, x)?;
     let mut times = Vec::with_capacity(a.iters);
     for i in 0..=a.iters {
         let start = Instant::now();
         match a.what {
             Workload::Train => {
-                state.train_step(&sched, &x)?;
+                trainer.step(&mut ())?;
             }
             Workload::Sample => {
+                let state = trainer.state();
                 let mut den = UNetDenoiser { model: &state.model, params: &state.params };
                 den.predict_eps(&x_dev, &vec![500; a.batch])?.to_vec()?;
             }

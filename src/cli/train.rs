@@ -1,21 +1,18 @@
-//! `ddpm train`: the seed's training loop with a progress bar, a CSV log, a checkpoint and a DDIM-50 sample grid
-//! every epoch, and at the end DDPM and DDIM sample grids and a loss curve.
+//! `ddpm train`: the flags, the run they describe, and its progress on the terminal. The loop itself (checkpoints,
+//! sample grids, FID checks, the CSV log and the loss curve) is [`ddpm::train::Trainer`].
 
 use super::{on_backend, progress_bar, resolve_device, say, DeviceArg};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use ddpm::backend::{Backend, Cpu};
-use ddpm::checkpoint::{self, load_train_state};
+use ddpm::backend::Backend;
+use ddpm::checkpoint::load_train_state;
 use ddpm::data::{load_dataset, Split};
-use ddpm::diffusion::{initial_noise, sample, Denoiser, SamplerKind, Schedule};
-use ddpm::eval::Evaluator;
-use ddpm::image::save_grid_png;
-use ddpm::nn::UNetDenoiser;
+use ddpm::eval::{Evaluator, Quality};
 use ddpm::nn::DEFAULT_WEIGHTS;
-use ddpm::plot::save_curve_png;
-use ddpm::train::{Batcher, RunConfig, TrainState};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use ddpm::train::{EpochSummary, LogRow, Observer, RunConfig, RunDir, TrainState, Trainer};
+use indicatif::ProgressBar;
+use std::path::PathBuf;
+use std::time::Instant;
 
 /// Starting points for the flags below; any flag given overrides its recipe value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -127,54 +124,13 @@ impl TrainArgs {
     }
 }
 
-/// Samples `n` images from the EMA weights of `state` with `kind`, from the noise of sampling seed 0.
-fn sample_ema<B: Backend>(
-    state: &TrainState<B>,
-    sched: &ddpm::diffusion::Schedule,
-    kind: SamplerKind,
-    n: usize,
-) -> Result<ddpm::Tensor> {
-    let ema_params = state.ema_params()?;
-    let mut den = UNetDenoiser { model: &state.model, params: &ema_params };
-    let x_t = initial_noise(0, n, state.config.model.in_ch, 32, 32).into_backend(ema_params.backend())?;
-    Ok(sample(&mut den as &mut dyn Denoiser<B>, sched, kind, x_t, 0, &mut |_, _| {})?)
-}
-
-/// The CSV log: appended to as training goes, with a header when new.
-fn open_log(path: &Path, resuming: bool) -> Result<std::fs::File> {
-    let fresh = !resuming || !path.exists();
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?;
-    if fresh {
-        writeln!(f, "step,epoch,loss,grad_norm,lr,fid")?;
-    }
-    Ok(f)
-}
-
-/// Reads `(step, loss)` back from the CSV log for the loss curve.
-fn read_losses(path: &Path) -> Vec<(f64, f64)> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut it = l.split(',');
-            let step = it.next()?.parse().ok()?;
-            let _epoch = it.next()?;
-            Some((step, it.next()?.parse().ok()?))
-        })
-        .collect()
-}
-
 pub fn run(a: TrainArgs) -> Result<()> {
     let device = resolve_device(a.device)?;
     let recipe = a.recipe.unwrap_or(if device.name() == "cpu" { Recipe::Cpu } else { Recipe::Seed });
     on_backend!(device, |b| train_on(&a, recipe, b))
 }
 
-/// The training run of `a` with `recipe`, on `backend` (checkpoints go through a host copy).
+/// The training run of `a` with `recipe`, on `backend`.
 fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()> {
     let state = match &a.resume {
         Some(path) => {
@@ -193,8 +149,7 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
         }
         None => TrainState::new(a.config(recipe))?,
     };
-    let mut state = state.to_backend(backend)?;
-    let c = state.config.clone();
+    let state = state.to_backend(backend)?;
     if a.resume.is_none() && a.recipe.is_none() && recipe == Recipe::Cpu {
         let changed = a.recipe_overrides();
         if changed.is_empty() {
@@ -210,110 +165,85 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
         bail!("--sample-n must be at least 1");
     }
     let data = load_dataset(&a.data, Split::Train)?;
-    let n_images = data.labels.len();
-    let mut batcher = Batcher::new(n_images, c.batch, c.seed)?;
-    let sched = Schedule::linear(c.timesteps, 1e-4, 2e-2)?;
-    let total = c.total_steps(n_images);
+    let mut trainer = Trainer::new(state, data.images)?;
     let out = a.out.clone().unwrap_or_else(|| {
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         PathBuf::from(format!("runs/run-{secs}"))
     });
-    std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create the output folder", out.display()))?;
-    let ckpt = out.join("checkpoint.safetensors");
-    if a.resume.is_none() && ckpt.exists() {
+    let dir = RunDir::create(&out)?;
+    if a.resume.is_none() && dir.holds_run() {
         bail!(
             "{} already holds a run; pass --resume {} to continue it, or choose another --out",
             out.display(),
-            ckpt.display()
+            dir.checkpoint().display()
         );
     }
-    let log_path = out.join("log.csv");
-    let mut log = open_log(&log_path, a.resume.is_some())?;
+    trainer.write_into(dir, a.sample_n)?;
+    let (c, total) = (&trainer.state().config, trainer.total_steps());
     println!(
         "training UNet(base {}, t_dim {}) with {} parameters on {}: {} images, batch {}, {} steps/epoch, steps {}..{total}; output in {}",
-        c.model.base, c.model.t_dim, state.params.numel(), backend.describe(), n_images, c.batch, batcher.steps_per_epoch(), state.step, out.display()
+        c.model.base, c.model.t_dim, trainer.state().params.numel(), backend.describe(), trainer.n_images(), c.batch, trainer.steps_per_epoch(), trainer.state().step, out.display()
     );
     let bar = progress_bar(total, "train");
-    bar.set_position(state.step.min(total));
-    let grid = |state: &TrainState<B>, kind, name: &str| -> Result<()> {
-        let images = sample_ema(state, &sched, kind, a.sample_n)?;
-        Ok(save_grid_png(&out.join(name), &images, 8)?)
-    };
-    let ddim50 = SamplerKind::Ddim { steps: 50.min(c.timesteps), eta: 0.0 };
-    let evaluator = match a.eval_n {
-        0 => None,
-        n => Some(
-            Evaluator::load(backend, &a.classifier, &a.data, n)
-                .context("FID during training (--eval-n 0 turns it off)")?,
-        ),
-    };
-    let started = std::time::Instant::now();
-    let (mut epoch_loss, mut epoch_steps) = (0.0f64, 0u64);
-    let mut final_ddim_done = false;
-    while state.step < total {
-        let x0 = batcher.batch(&data.images, state.step);
-        let epoch = state.epoch(n_images);
-        let stats = state.train_step(&sched, &x0)?;
-        let epoch_done = state.step % batcher.steps_per_epoch() == 0;
-        epoch_loss += stats.loss as f64;
-        epoch_steps += 1;
-        if epoch_done || state.step == total {
-            let (secs, mean) = (started.elapsed().as_secs(), epoch_loss / epoch_steps as f64);
-            say(
-                &bar,
-                format!(
-                    "epoch {epoch}: step {}/{total}, mean loss {mean:.4} over {epoch_steps} steps, {}m{:02}s",
-                    state.step,
-                    secs / 60,
-                    secs % 60
-                ),
-            );
-            (epoch_loss, epoch_steps) = (0.0, 0);
-        }
-        let mut fid = String::new();
-        let last = state.step == total;
-        if epoch_done || last {
-            checkpoint::save(&state.to_backend(&Cpu)?, &ckpt)?;
-            // One DDIM-50 batch serves the epoch's grid and the final grid (its first images) and the FID (all of
-            // them): image k of the initial noise does not depend on how many are drawn.
-            let n = if evaluator.is_some() { a.sample_n.max(a.eval_n) } else { a.sample_n };
-            let images = bar.suspend(|| sample_ema(&state, &sched, ddim50, n))?;
-            if epoch_done {
-                save_grid_png(&out.join(format!("samples_epoch{epoch:03}.png")), &images.head(a.sample_n)?, 8)?;
-            }
-            if last {
-                save_grid_png(&out.join("samples_ddim.png"), &images.head(a.sample_n)?, 8)?;
-                final_ddim_done = true;
-            }
-            if let Some(ev) = &evaluator {
-                let q = ev.score(&images.head(ev.n())?)?;
-                say(
-                    &bar,
-                    format!(
-                        "step {}: FID {:.2} at n = {} (real-vs-real floor {:.2})",
-                        state.step, q.fid, q.n, q.fid_floor
-                    ),
-                );
-                fid = format!("{:.4}", q.fid);
-            }
-        }
-        writeln!(log, "{},{},{},{},{},{fid}", state.step, epoch, stats.loss, stats.grad_norm, c.lr)?;
-        bar.set_position(state.step);
-        bar.set_message(format!("epoch {epoch} loss {:.4}", stats.loss));
+    bar.set_position(trainer.state().step.min(total));
+    if a.eval_n > 0 {
+        let evaluator = Evaluator::load(backend, &a.classifier, &a.data, a.eval_n)
+            .context("FID during training (--eval-n 0 turns it off)")?;
+        trainer.evaluate_with(evaluator);
     }
-    bar.finish();
-    log.flush()?;
-    save_curve_png(&out.join("loss_curve.png"), &read_losses(&log_path), "training loss", "step", "loss")?;
-    if !final_ddim_done {
-        // Resumed from the final checkpoint: the loop above made no steps, so no last DDIM-50 batch either.
-        grid(&state, ddim50, "samples_ddim.png")?;
-    }
-    println!("sampling the final DDPM-{} grid from the EMA weights", c.timesteps);
-    grid(&state, SamplerKind::Ddpm, "samples_ddpm.png")?;
+    trainer.run(&mut Progress { bar, started: Instant::now() })?;
     println!(
         "done: {} steps; checkpoint, samples_ddim.png, samples_ddpm.png, loss_curve.png and log.csv in {}",
-        state.step,
+        trainer.state().step,
         out.display()
     );
     Ok(())
+}
+
+/// The run's progress on the terminal: a progress bar, and a line at the end of every epoch and after every FID
+/// check (on stderr when the bar is hidden).
+struct Progress {
+    bar: ProgressBar,
+    /// When training started, for the epoch lines.
+    started: Instant,
+}
+
+impl Observer for Progress {
+    fn step_done(&mut self, row: &LogRow) {
+        self.bar.set_position(row.step);
+        self.bar.set_message(format!("epoch {} loss {:.4}", row.epoch, row.stats.loss));
+    }
+
+    fn epoch_done(&mut self, e: &EpochSummary) {
+        let secs = self.started.elapsed().as_secs();
+        say(
+            &self.bar,
+            format!(
+                "epoch {}: step {}/{}, mean loss {:.4} over {} steps, {}m{:02}s",
+                e.epoch,
+                e.step,
+                e.total,
+                e.mean_loss,
+                e.steps,
+                secs / 60,
+                secs % 60
+            ),
+        );
+    }
+
+    fn evaluated(&mut self, step: u64, q: &Quality) {
+        say(&self.bar, format!("step {step}: FID {:.2} at n = {} (real-vs-real floor {:.2})", q.fid, q.n, q.fid_floor));
+    }
+
+    fn sampling(&mut self, work: &mut dyn FnMut()) {
+        self.bar.suspend(work)
+    }
+
+    fn training_done(&mut self) {
+        self.bar.finish();
+    }
+
+    fn final_ddpm_grid(&mut self, timesteps: usize) {
+        println!("sampling the final DDPM-{timesteps} grid from the EMA weights");
+    }
 }

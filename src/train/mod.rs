@@ -4,12 +4,24 @@
 //! All randomness is counter-based (Philox, [`crate::rng`]) and keyed by the run's seed and the global step, so
 //! the state needed to continue a run exactly is just the parameters, the optimiser and EMA state and the step
 //! number: a run resumed at step k reproduces the uninterrupted run bit for bit.
+//!
+//! [`TrainState`] is the run itself and its step; [`Batcher`] picks each step's images; [`Trainer`] drives a run
+//! from end to end (checkpoints, sample grids, FID checks, the CSV log and the loss curve) and reports progress to
+//! an [`Observer`], so that the command line, the benchmarks and the tests share one loop.
+
+mod batcher;
+mod output;
+mod trainer;
+
+pub use batcher::Batcher;
+pub use output::{LogRow, RunDir, RunLog};
+pub use trainer::{EpochSummary, Milestone, Observer, Trainer};
 
 use crate::autograd::Tape;
 use crate::backend::{Backend, Cpu};
-use crate::diffusion::Schedule;
+use crate::diffusion::{initial_noise, sample, Denoiser, SamplerKind, Schedule};
 use crate::error::{Error, Result};
-use crate::nn::{UNet, UNetConfig};
+use crate::nn::{UNet, UNetConfig, UNetDenoiser};
 use crate::optim::{clip_grad_norm, AdamW, Ema};
 use crate::params::Params;
 use crate::rng;
@@ -157,6 +169,15 @@ impl<B: Backend> TrainState<B> {
         Ok(p)
     }
 
+    /// `n` images sampled with `kind` from the EMA weights, from the initial noise and step noise of sampling seed
+    /// 0 (image k does not depend on `n`), on the host.
+    pub fn sample_ema(&self, sched: &Schedule, kind: SamplerKind, n: usize) -> Result<Tensor> {
+        let ema_params = self.ema_params()?;
+        let mut den = UNetDenoiser { model: &self.model, params: &ema_params };
+        let x_t = initial_noise(0, n, self.config.model.in_ch, 32, 32).into_backend(ema_params.backend())?;
+        sample(&mut den as &mut dyn Denoiser<B>, sched, kind, x_t, 0, &mut |_, _| {})
+    }
+
     /// The epoch the next step belongs to, for a data set of `n_images`.
     pub fn epoch(&self, n_images: usize) -> u64 {
         self.step / (n_images / self.config.batch).max(1) as u64
@@ -187,55 +208,5 @@ impl<B: Backend> TrainState<B> {
         self.ema.update(&self.params)?;
         self.step += 1;
         Ok(StepStats { loss, grad_norm })
-    }
-}
-
-/// Which images make up each batch: a fresh seeded permutation every epoch, full batches only (`drop_last`).
-pub struct Batcher {
-    n_images: usize,
-    batch: usize,
-    seed: u64,
-    /// The epoch whose permutation is cached, and the permutation.
-    cached: Option<(u64, Vec<usize>)>,
-}
-
-impl Batcher {
-    /// Batches of `batch` out of `n_images` (which must hold at least one full batch).
-    pub fn new(n_images: usize, batch: usize, seed: u64) -> Result<Self> {
-        if batch == 0 || n_images < batch {
-            return Err(Error::Arg(format!(
-                "batch size {batch} needs at least that many images, the data has {n_images}"
-            )));
-        }
-        Ok(Batcher { n_images, batch, seed, cached: None })
-    }
-
-    /// Full batches per epoch.
-    pub fn steps_per_epoch(&self) -> u64 {
-        (self.n_images / self.batch) as u64
-    }
-
-    /// The image indices of global step `step`.
-    pub fn indices(&mut self, step: u64) -> &[usize] {
-        let (epoch, j) = (step / self.steps_per_epoch(), (step % self.steps_per_epoch()) as usize);
-        if self.cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let mut perm: Vec<usize> = (0..self.n_images).collect();
-            rng::shuffle(self.seed, STREAM_SHUFFLE | epoch, &mut perm);
-            self.cached = Some((epoch, perm));
-        }
-        let perm = &self.cached.as_ref().expect("just filled").1;
-        &perm[j * self.batch..(j + 1) * self.batch]
-    }
-
-    /// The batch of step `step` gathered from `images` (`[N, C, H, W]`).
-    pub fn batch(&mut self, images: &Tensor, step: u64) -> Tensor {
-        let per: usize = images.shape()[1..].iter().product();
-        let mut data = Vec::with_capacity(self.batch * per);
-        for &i in self.indices(step) {
-            data.extend_from_slice(&images.data()[i * per..(i + 1) * per]);
-        }
-        let mut shape = images.shape().to_vec();
-        shape[0] = self.batch;
-        Tensor::new(&shape, data).expect("batch shape")
     }
 }

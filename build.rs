@@ -192,6 +192,7 @@ fn build_emulator(root: &Path, out: &Path, files: &[PathBuf], modules: &[Module]
 /// NVRTC to PTX for every module when libnvrtc loads; false (and one warning) when it does not.
 fn build_ptx(out: &Path, modules: &[Module]) -> bool {
     // cudarc panics on first use when the library is missing, so probe first.
+    // SAFETY: only probes whether the shared library can be opened.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         println!(
             "cargo:warning=libnvrtc not found: embedding CUDA sources for run-time compilation instead of PTX \

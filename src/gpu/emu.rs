@@ -39,6 +39,7 @@ pub struct EmuBuf {
 // take every buffer their kernel writes as `&mut`; so no thread reads a buffer while a launch writes it. Between
 // launches the buffer is plain memory, read only through `download`.
 unsafe impl Send for EmuBuf {}
+// SAFETY: as for `Send`: shared references only read, and only between launches.
 unsafe impl Sync for EmuBuf {}
 
 impl EmuBuf {
@@ -47,10 +48,12 @@ impl EmuBuf {
         EmuBuf { data: words.map(std::cell::UnsafeCell::new).collect(), len }
     }
     fn ptr(&self, offset: usize) -> *mut f32 {
-        // UnsafeCell<f32> has f32's layout; the slice is one allocation.
+        // SAFETY: UnsafeCell<f32> has f32's layout, the slice is one allocation, and callers pass
+        // `offset <= len` (checked in `launch`), so the pointer stays inside it or one past a word of it.
         unsafe { (self.data.as_ptr() as *mut f32).add(offset) }
     }
     fn guard_intact(&self) -> bool {
+        // SAFETY: called after a launch has finished, so nothing writes the words while they are read.
         self.data[self.len..].iter().all(|w| unsafe { (*w.get()).to_bits() } == CANARY)
     }
 }
@@ -106,6 +109,7 @@ impl Executor for Emulator {
     }
 
     fn download(&self, buf: &EmuBuf) -> Result<Vec<f32>> {
+        // SAFETY: launches run to completion inside `launch`, so no kernel writes the words while they are read.
         Ok(buf.data[..buf.len].iter().map(|w| unsafe { *w.get() }).collect())
     }
 

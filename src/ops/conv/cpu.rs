@@ -248,20 +248,17 @@ pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, e
         // out_iᵀ[P, co] = colᵀ[P, K] · Wᵀ[K, co], written transposed, i.e. as out_i[co, P] (see
         // `sgemm_into_transposed` for why this orientation).
         if g.is_pointwise() {
-            sgemm_into_transposed(plane, co, kk, Mat::t(x_i), Mat::t(w), out_i, plane, acc, threads);
+            sgemm_into_transposed((plane, co, kk), Mat::t(x_i), Mat::t(w), (out_i, plane), acc, threads);
         } else {
             with_scratch(kk * band_rows(g) * g.ow, |col| {
                 for rows in bands(g) {
                     let (p0, band) = (rows.start * g.ow, rows.len() * g.ow);
                     im2col_rows(g, x_i, rows, &mut col[..kk * band]);
                     sgemm_into_transposed(
-                        band,
-                        co,
-                        kk,
+                        (band, co, kk),
                         Mat::t(&col[..kk * band]),
                         Mat::t(w),
-                        &mut out_i[p0..],
-                        plane,
+                        (&mut out_i[p0..], plane),
                         acc,
                         threads,
                     );
@@ -329,21 +326,21 @@ pub fn conv2d_backward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, 
         // are transposed back once, when summed.
         if let Some(dw_part) = dw_part {
             if g.is_pointwise() {
-                sgemm(kk, co, plane, Mat::n(x_i), Mat::t(g_i), dw_part, !first, threads);
+                sgemm((kk, co, plane), Mat::n(x_i), Mat::t(g_i), dw_part, !first, threads);
             } else {
                 for (b, rows) in bands(g).enumerate() {
                     let (p0, band) = (rows.start * g.ow, rows.len() * g.ow);
                     im2col_rows(g, x_i, rows, &mut col[..kk * band]);
                     let g_band = Mat::t(&g_i[p0..]).ld(plane);
-                    sgemm(kk, co, band, Mat::n(&col[..kk * band]), g_band, dw_part, !first || b > 0, threads);
+                    sgemm((kk, co, band), Mat::n(&col[..kk * band]), g_band, dw_part, !first || b > 0, threads);
                 }
             }
         }
         if let Some(dx_i) = dx_i {
             if g.is_pointwise() {
-                sgemm(kk, plane, co, Mat::t(w), Mat::n(g_i), dx_i, false, threads);
+                sgemm((kk, plane, co), Mat::t(w), Mat::n(g_i), dx_i, false, threads);
             } else {
-                sgemm(kk, plane, co, Mat::t(w), Mat::n(g_i), col, false, threads);
+                sgemm((kk, plane, co), Mat::t(w), Mat::n(g_i), col, false, threads);
                 col2im(g, col, dx_i);
             }
         }
@@ -421,7 +418,7 @@ pub fn conv_transpose2d_forward(
     out.par_chunks_mut(out_len).enumerate().for_each(|(i, out_i)| {
         let x_i = &x[i * ci * plane..(i + 1) * ci * plane];
         with_scratch(kk * plane, |col| {
-            sgemm(kk, plane, ci, Mat::t(w), Mat::n(x_i), col, false, threads);
+            sgemm((kk, plane, ci), Mat::t(w), Mat::n(x_i), col, false, threads);
             col2im(g, col, out_i);
         });
         add_channel_terms(out_i, g.c, g.h * g.w, bias, None);

@@ -159,6 +159,13 @@ struct Conv2d {
     d: ConvDesc,
 }
 
+impl Conv2d {
+    /// The values this op reads.
+    fn vars(&self) -> Vec<Var> {
+        [Some(self.x), Some(self.w), self.b, self.extra.chan_bias, self.extra.residual].into_iter().flatten().collect()
+    }
+}
+
 impl<B: Backend> Rule<B> for Conv2d {
     fn name(&self) -> &'static str {
         match self.d.geom {
@@ -168,7 +175,7 @@ impl<B: Backend> Rule<B> for Conv2d {
         }
     }
     fn inputs(&self) -> Vec<Var> {
-        [Some(self.x), Some(self.w), self.b, self.extra.chan_bias, self.extra.residual].into_iter().flatten().collect()
+        self.vars()
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
@@ -191,7 +198,7 @@ impl<B: Backend> Rule<B> for Conv2d {
 
 impl fmt::Display for Conv2d {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (g, inputs) = (self.d.geom, list_vars(&Rule::<crate::backend::Cpu>::inputs(self)));
+        let (g, inputs) = (self.d.geom, list_vars(&self.vars()));
         write!(f, "conv2d({inputs}; k={} s={} p={})", g.k, g.stride, g.pad)
     }
 }
@@ -204,12 +211,19 @@ struct ConvTranspose2d {
     d: ConvDesc,
 }
 
+impl ConvTranspose2d {
+    /// The values this op reads.
+    fn vars(&self) -> Vec<Var> {
+        [Some(self.x), Some(self.w), self.b].into_iter().flatten().collect()
+    }
+}
+
 impl<B: Backend> Rule<B> for ConvTranspose2d {
     fn name(&self) -> &'static str {
         "conv_transpose2d"
     }
     fn inputs(&self) -> Vec<Var> {
-        [Some(self.x), Some(self.w), self.b].into_iter().flatten().collect()
+        self.vars()
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
@@ -226,7 +240,7 @@ impl<B: Backend> Rule<B> for ConvTranspose2d {
 
 impl fmt::Display for ConvTranspose2d {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (g, inputs) = (self.d.geom, list_vars(&Rule::<crate::backend::Cpu>::inputs(self)));
+        let (g, inputs) = (self.d.geom, list_vars(&self.vars()));
         write!(f, "conv_transpose2d({inputs}; k={} s={} p={})", g.k, g.stride, g.pad)
     }
 }

@@ -356,13 +356,10 @@ pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, e
                     let v_xi = Mat::t(&v[xi * g.c * nt..][..g.c * nt]);
                     let u_xi = Mat::t(&u[xi * co * g.c..][..co * g.c]);
                     sgemm_into_transposed(
-                        nt,
-                        co,
-                        g.c,
+                        (nt, co, g.c),
                         v_xi,
                         u_xi,
-                        &mut m[xi * co * nt..][..co * nt],
-                        nt,
+                        (&mut m[xi * co * nt..][..co * nt], nt),
                         false,
                         threads,
                     );
@@ -409,7 +406,7 @@ pub fn conv2d_weight_grad(g: &ConvGeom, n: usize, x: &[f32], co: usize, gout: &[
                         for xi in 0..16 {
                             let v_xi = Mat::n(&v[xi * g.c * nt..][..g.c * nt]);
                             let dm_xi = Mat::t(&dm[xi * co * nt..][..co * nt]);
-                            sgemm(g.c, co, nt, v_xi, dm_xi, &mut du[xi * g.c * co..][..g.c * co], !first, threads);
+                            sgemm((g.c, co, nt), v_xi, dm_xi, &mut du[xi * g.c * co..][..g.c * co], !first, threads);
                         }
                         first = false;
                     }

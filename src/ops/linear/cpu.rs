@@ -34,7 +34,7 @@ impl LinearOps for Cpu {
 /// Linear layer `y[b, o] = Σ_i x[b, i]·W[o, i] + bias[o]` (PyTorch's `x Wᵀ + b`).
 pub fn linear_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, d: LinearDesc, y: &mut [f32]) {
     let LinearDesc { batch, fin, fout } = d;
-    sgemm(batch, fout, fin, Mat::n(x), Mat::t(w), y, false, rayon::current_num_threads());
+    sgemm((batch, fout, fin), Mat::n(x), Mat::t(w), y, false, rayon::current_num_threads());
     if let Some(b) = bias {
         y.chunks_mut(fout).for_each(|row| row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb));
     }
@@ -46,9 +46,9 @@ pub fn linear_backward(x: &[f32], w: &[f32], gy: &[f32], d: LinearDesc, grads: L
     let LinearDesc { batch, fin, fout } = d;
     let threads = rayon::current_num_threads();
     if let Some(dx) = grads.dx {
-        sgemm(batch, fin, fout, Mat::n(gy), Mat::n(w), dx, false, threads);
+        sgemm((batch, fin, fout), Mat::n(gy), Mat::n(w), dx, false, threads);
     }
     if let Some(dw) = grads.dw {
-        sgemm(fout, fin, batch, Mat::t(gy), Mat::n(x), dw, false, threads);
+        sgemm((fout, fin, batch), Mat::t(gy), Mat::n(x), dw, false, threads);
     }
 }

@@ -37,14 +37,14 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `C[m,n] = A[m,k] · B[k,n]` (or `C += A·B` when `accumulate`), all row-major.
+/// `C[m,n] = A[m,k] · B[k,n]` for `mnk = (m, n, k)` (or `C += A·B` when `accumulate`), all row-major.
 ///
 /// A stored untransposed is `m x k`, transposed it is stored `k x m`; likewise B is `k x n` or stored `n x k`
 /// (each with rows `ld` apart when set).
 /// `threads > 1` lets the GEMM itself use rayon (for single-image work); batch-parallel callers pass 1.
-#[allow(clippy::too_many_arguments)]
-pub fn sgemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumulate: bool, threads: usize) {
-    sgemm_strided(m, n, k, a, b, c, (n as isize, 1), accumulate, threads)
+pub fn sgemm(mnk: (usize, usize, usize), a: Mat, b: Mat, c: &mut [f32], accumulate: bool, threads: usize) {
+    let (m, n, k) = mnk;
+    sgemm_strided((m, n, k), a, b, (c, (n as isize, 1)), accumulate, threads)
 }
 
 /// [`sgemm`] writing `C` transposed: `c` holds `Cᵀ`, an `n x m` row-major matrix whose rows are `ldc ≥ m`
@@ -53,31 +53,23 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumu
 /// The same product with the roles of the dimensions swapped can be much faster in the `gemm` crate: for the
 /// convolutions' shapes (m = channels ≤ 128, n = pixels, k = channels·9) asking for `(col)ᵀ·Wᵀ` into a
 /// transposed destination ran 1.3x faster than `W·col` on an AVX2 machine.
-#[allow(clippy::too_many_arguments)]
 pub fn sgemm_into_transposed(
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     a: Mat,
     b: Mat,
-    c: &mut [f32],
-    ldc: usize,
+    (c, ldc): (&mut [f32], usize),
     accumulate: bool,
     threads: usize,
 ) {
-    sgemm_strided(m, n, k, a, b, c, (1, ldc as isize), accumulate, threads)
+    sgemm_strided((m, n, k), a, b, (c, (1, ldc as isize)), accumulate, threads)
 }
 
 /// The shared body: `c_strides` are C's (row, column) strides.
-#[allow(clippy::too_many_arguments)]
 fn sgemm_strided(
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     a: Mat,
     b: Mat,
-    c: &mut [f32],
-    c_strides: (isize, isize),
+    (c, c_strides): (&mut [f32], (isize, isize)),
     accumulate: bool,
     threads: usize,
 ) {

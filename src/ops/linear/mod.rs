@@ -64,12 +64,19 @@ struct Linear {
     d: LinearDesc,
 }
 
+impl Linear {
+    /// The values this op reads.
+    fn vars(&self) -> Vec<Var> {
+        [Some(self.x), Some(self.w), self.b].into_iter().flatten().collect()
+    }
+}
+
 impl<B: Backend> Rule<B> for Linear {
     fn name(&self) -> &'static str {
         "linear"
     }
     fn inputs(&self) -> Vec<Var> {
-        [Some(self.x), Some(self.w), self.b].into_iter().flatten().collect()
+        self.vars()
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
@@ -87,6 +94,6 @@ impl<B: Backend> Rule<B> for Linear {
 
 impl fmt::Display for Linear {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "linear({})", list_vars(&Rule::<crate::backend::Cpu>::inputs(self)))
+        write!(f, "linear({})", list_vars(&self.vars()))
     }
 }

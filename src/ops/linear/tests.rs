@@ -18,9 +18,7 @@ fn sgemm<E: Executor>(dev: &Gpu<E>) {
         for acc in [false, true] {
             let mut want = c0.clone();
             gemm::sgemm(
-                m,
-                n,
-                k,
+                (m, n, k),
                 Mat { data: &a, transposed: ta, ld: None },
                 Mat { data: &b, transposed: tb, ld: None },
                 &mut want,
@@ -39,8 +37,8 @@ fn sgemm<E: Executor>(dev: &Gpu<E>) {
     let mut sum = vec![0.0; m * n];
     for i in 0..3 {
         let bi = &b[i * k * n..(i + 1) * k * n];
-        gemm::sgemm(m, n, k, Mat::n(&a), Mat::n(bi), &mut want[i * m * n..(i + 1) * m * n], false, 1);
-        gemm::sgemm(m, n, k, Mat::n(&a), Mat::n(bi), &mut sum, i > 0, 1);
+        gemm::sgemm((m, n, k), Mat::n(&a), Mat::n(bi), &mut want[i * m * n..(i + 1) * m * n], false, 1);
+        gemm::sgemm((m, n, k), Mat::n(&a), Mat::n(bi), &mut sum, i > 0, 1);
     }
     let (ab, bb, mut c, mut s) = (up(dev, &a), up(dev, &b), out(dev, 3 * m * n), out(dev, m * n));
     gpu::sgemm(

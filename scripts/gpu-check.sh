@@ -11,7 +11,7 @@
 # folder with its sample grids is copied there too), else to runs/gpu-check/.
 #
 # Steps: ddpm info; the kernel tests (tests/gpu_kernels.rs) and the model tests (tests/emu_model.rs) on the device
-# (their `--ignored` CUDA variants) and the classifier's; one epoch of the seed's recipe (with its FID at the end);
+# (their `--ignored` CUDA variants) and the classifier's; one epoch of the reference's recipe (with its FID at the end);
 # DDPM and DDIM-50 sampling from its checkpoint; `ddpm eval` of DDIM-50 at n = 1000; `ddpm bench` train-step and sampler-step times. A failing step is reported and the others still
 # run; the exit status is non-zero if any failed.
 set -uo pipefail
@@ -43,7 +43,7 @@ for f in ddpm gpu_kernels emu_model classifier COMMIT; do
   [ -e "$bin_dir/$f" ] || { echo "missing $bin_dir/$f: run scripts/gpu-check.sh --prepare on the build machine first" >&2; exit 2; }
 done
 out="${OUT:-$root/runs/gpu-check}"
-run="$root/runs/gpu-check/seed-epoch1"
+run="$root/runs/gpu-check/reference-epoch1"
 mkdir -p "$out" "$(dirname "$run")"
 rm -rf "$run"
 log="$out/gpu-check.log"
@@ -75,7 +75,7 @@ fi
 step "kernel tests on CUDA" 120 "$bin_dir/gpu_kernels" --ignored
 step "model tests on CUDA" 120 "$bin_dir/emu_model" --ignored --nocapture
 step "classifier tests on CUDA" 60 "$bin_dir/classifier" --ignored
-step "train: one epoch of the seed recipe" 300 "$bin_dir/ddpm" train --device cuda --recipe seed --epochs 1 --out "$run"
+step "train: one epoch of the reference recipe" 300 "$bin_dir/ddpm" train --device cuda --recipe reference --epochs 1 --out "$run"
 ckpt="$run/checkpoint.safetensors"
 step "sample DDIM-50" 60 "$bin_dir/ddpm" sample --device cuda --checkpoint "$ckpt" --sampler ddim --steps 50 --out "$run/sample_ddim50.png"
 step "sample DDPM-1000" 120 "$bin_dir/ddpm" sample --device cuda --checkpoint "$ckpt" --sampler ddpm --out "$run/sample_ddpm.png"

@@ -104,7 +104,7 @@ pub fn write_tensors(
         .collect::<Result<Vec<_>>>()?;
     let buf =
         safetensors::serialize(views, metadata).map_err(|e| Error::file(path, format!("cannot serialise: {e}")))?;
-    crate::atomic::write_atomic(path, |w| {
+    crate::atomic_write::write_atomic(path, |w| {
         w.write_all(&buf).map_err(|e| Error::file(path, format!("write failed: {e}")))
     })
 }

@@ -14,7 +14,7 @@ fn tiny_config() -> RunConfig {
         batch: 4,
         ema_warmup: true,
         seed: 11,
-        ..RunConfig::seed_recipe()
+        ..RunConfig::reference_recipe()
     }
 }
 

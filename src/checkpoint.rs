@@ -11,7 +11,7 @@ use crate::tensor::Tensor;
 use crate::tensor_file::{read_tensors, write_tensors, TensorFile};
 use crate::train::{RunConfig, TrainState};
 use rand::{rngs::StdRng, SeedableRng};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The `format` metadata value of this project's checkpoints.
@@ -29,8 +29,9 @@ pub fn save(state: &TrainState, path: &Path) -> Result<()> {
     write_tensors(path, &named, Some(metadata(state)))
 }
 
-/// The header metadata: the run's configuration and counters, as strings.
-fn metadata(s: &TrainState) -> HashMap<String, String> {
+/// The header metadata: the run's configuration and counters, as strings, in key order (so that the same state
+/// always writes the same bytes).
+fn metadata(s: &TrainState) -> BTreeMap<String, String> {
     let c = &s.config;
     [
         ("format", FORMAT.to_string()),

@@ -193,7 +193,8 @@ mod tests {
     #[test]
     fn metadata_is_written_in_key_order() {
         let t = Tensor::zeros(&[1]);
-        let meta: BTreeMap<String, String> = ["b", "c", "a"].iter().map(|k| (k.to_string(), k.to_uppercase())).collect();
+        let meta: BTreeMap<String, String> =
+            ["b", "c", "a"].iter().map(|k| (k.to_string(), k.to_uppercase())).collect();
         let buf = serialize(&[("t".to_string(), &t)], Some(&meta)).unwrap();
         let header = std::str::from_utf8(&buf[8..]).unwrap();
         assert!(header.starts_with(r#"{"__metadata__":{"a":"A","b":"B","c":"C"},"t":"#), "{header}");

@@ -1,4 +1,4 @@
-//! Each CPU kernel family alone, at the shapes the seed's UNet (base 64) gives it at batch 32, with its work
+//! Each CPU kernel family alone, at the shapes the reference's UNet (base 64) gives it at batch 32, with its work
 //! counted so criterion prints a rate: FLOP/s for the convolutions (as "elem/s": one element = one FLOP), bytes/s
 //! for the memory-bound kernels. Before the benchmarks it prints the napkin peaks those rates compare with
 //! (llm.c's habit): FMA throughput of the cores, and the bandwidth of a plain copy on this machine.

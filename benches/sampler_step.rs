@@ -1,5 +1,5 @@
 //! Per-step sampler latency: one UNet evaluation plus the DDPM or DDIM update, at n = 1, 16 and 64 images, base
-//! 64 (the seed's model), on the CPU: `cargo bench --bench sampler_step`.
+//! 64 (the reference's model), on the CPU: `cargo bench --bench sampler_step`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ddpm::diffusion::sampler::{ddim_step, ddpm_step};

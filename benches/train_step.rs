@@ -1,4 +1,4 @@
-//! One training step of the seed's UNet on the CPU (batch gather, q_sample, forward, backward, clip, AdamW, EMA)
+//! One training step of the reference's UNet on the CPU (batch gather, q_sample, forward, backward, clip, AdamW, EMA)
 //! through the library's `Trainer`, base 64, at batch 32 and 128: `cargo bench --bench train_step`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -17,7 +17,7 @@ fn bench_train_step(c: &mut Criterion) {
         let mut images = Tensor::zeros(&[batch, 1, 32, 32]);
         rng::fill_normal(1, 0, images.data_mut());
         images.data_mut().iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
-        let config = RunConfig { batch, epochs: 1 << 30, ..RunConfig::seed_recipe() };
+        let config = RunConfig { batch, epochs: 1 << 30, ..RunConfig::reference_recipe() };
         let mut trainer = Trainer::new(TrainState::new(config).unwrap(), images).unwrap();
         group.bench_function(format!("batch{batch}"), |b| b.iter(|| trainer.step(&mut ()).unwrap()));
     }

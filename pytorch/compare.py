@@ -17,7 +17,7 @@ median of --iters timed repetitions, measured inside the process), on the same s
 thread count (torch.set_num_threads(N) plus OMP/MKL_NUM_THREADS=N for PyTorch, RAYON_NUM_THREADS=N for ours).
 The peak memory of each side is the max RSS of its own process, read with os.wait4 when it exits.
 
-Workloads (the defaults are the issue's four):
+Workloads (the defaults are train, sample64, sample16 and ddim50):
   train        one training step (forward, backward, clip_grad_norm_, AdamW, EMA) at batch 128, base 64
   trainB       the same at batch B
   sampleN      one sampler step at n = N (UNet forward at t = 500 under no_grad + the DDIM update);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 4: on a machine with a CUDA GPU, run the prebuilt binaries on the real device and print
+# The GPU check: on a machine with a CUDA GPU, run the prebuilt binaries on the real device and print
 # everything docs/gpu-runs.md records. Nothing is compiled on the GPU machine (it may have no Rust toolchain).
 #
 # Here, on the build machine (NVRTC installed, so the kernels are embedded as PTX and the GPU needs no NVRTC):
@@ -10,8 +10,8 @@
 # Output goes to stdout and to $OUT/gpu-check.log ($OUT, when set, is what the device runner brings back; the run
 # folder with its sample grids is copied there too), else to runs/gpu-check/.
 #
-# Steps: ddpm info; the kernel tests (tests/gpu_kernels.rs) and the model tests (tests/emu_model.rs) on the device
-# (their `--ignored` CUDA variants) and the classifier's; one epoch of the seed's recipe (with its FID at the end);
+# Steps: ddpm info; the kernel tests (each op family's tests.rs, in the library's unit-test binary) and the model
+# tests (tests/emu_model.rs) on the device (their `--ignored` CUDA variants) and the classifier's; one epoch of the reference's recipe (with its FID at the end);
 # DDPM and DDIM-50 sampling from its checkpoint; `ddpm eval` of DDIM-50 at n = 1000; `ddpm bench` train-step and sampler-step times. A failing step is reported and the others still
 # run; the exit status is non-zero if any failed.
 set -uo pipefail
@@ -22,11 +22,14 @@ bin_dir="$root/.gpu"
 if [ "${1:-}" = "--prepare" ]; then
   set -e
   cargo build --release
-  # `cargo test --no-run` prints "Executable tests/NAME.rs (target/release/deps/NAME-hash)" for each test binary.
-  listing=$(cargo test --release --no-run --test gpu_kernels --test emu_model --test classifier 2>&1)
+  # `cargo test --no-run` prints "Executable tests/NAME.rs (target/release/deps/NAME-hash)" for each test binary,
+  # and "Executable unittests src/lib.rs (...)" for the library's, which holds the kernel tests (lib_tests here).
+  listing=$(cargo test --release --no-run --lib --test emu_model --test classifier 2>&1)
   mkdir -p "$bin_dir"
-  for t in gpu_kernels emu_model classifier; do
-    path=$(echo "$listing" | sed -n "s|.*Executable tests/$t.rs (\(.*\))|\1|p")
+  for t in lib_tests emu_model classifier; do
+    src="tests/$t.rs"
+    [ "$t" = lib_tests ] && src="unittests src/lib.rs"
+    path=$(echo "$listing" | sed -n "s|.*Executable $src (\(.*\))|\1|p")
     [ -n "$path" ] || { echo "no test binary for $t in:"; echo "$listing"; exit 1; } >&2
     cp "$path" "$bin_dir/$t"
   done
@@ -39,11 +42,11 @@ if [ "${1:-}" = "--prepare" ]; then
   exit 0
 fi
 
-for f in ddpm gpu_kernels emu_model classifier COMMIT; do
+for f in ddpm lib_tests emu_model classifier COMMIT; do
   [ -e "$bin_dir/$f" ] || { echo "missing $bin_dir/$f: run scripts/gpu-check.sh --prepare on the build machine first" >&2; exit 2; }
 done
 out="${OUT:-$root/runs/gpu-check}"
-run="$root/runs/gpu-check/seed-epoch1"
+run="$root/runs/gpu-check/reference-epoch1"
 mkdir -p "$out" "$(dirname "$run")"
 rm -rf "$run"
 log="$out/gpu-check.log"
@@ -72,10 +75,10 @@ if ! "$bin_dir/ddpm" info 2>/dev/null | grep -q "^--device auto uses CUDA"; then
   echo "=== no usable CUDA device (see ddpm info above): nothing else to check here"
   exit 1
 fi
-step "kernel tests on CUDA" 120 "$bin_dir/gpu_kernels" --ignored
+step "kernel tests on CUDA" 120 "$bin_dir/lib_tests" --ignored ::cuda
 step "model tests on CUDA" 120 "$bin_dir/emu_model" --ignored --nocapture
 step "classifier tests on CUDA" 60 "$bin_dir/classifier" --ignored
-step "train: one epoch of the seed recipe" 300 "$bin_dir/ddpm" train --device cuda --recipe seed --epochs 1 --out "$run"
+step "train: one epoch of the reference recipe" 300 "$bin_dir/ddpm" train --device cuda --recipe reference --epochs 1 --out "$run"
 ckpt="$run/checkpoint.safetensors"
 step "sample DDIM-50" 60 "$bin_dir/ddpm" sample --device cuda --checkpoint "$ckpt" --sampler ddim --steps 50 --out "$run/sample_ddim50.png"
 step "sample DDPM-1000" 120 "$bin_dir/ddpm" sample --device cuda --checkpoint "$ckpt" --sampler ddpm --out "$run/sample_ddpm.png"

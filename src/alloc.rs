@@ -2,9 +2,10 @@
 //!
 //! Why: glibc's malloc serves every block above its mmap threshold (at most 32 MiB; a training step's
 //! activations are 16–64 MiB) with a fresh `mmap` and gives it back to the kernel on free. The next tensor of the
-//! same size then page-faults in, and the kernel zero-fills, every 4 KiB page again: 11–15% of a training or
-//! sampler step on the CPU (perf: `exc_page_fault`, `clear_page_erms`). A step allocates the same sizes in the
-//! same order every time, so an exact-size cache of freed blocks serves nearly all of them.
+//! same size then page-faults in, and the kernel zero-fills, every 4 KiB page again, in every training and sampler
+//! step (perf shows it as `exc_page_fault` and `clear_page_erms`; docs/history.md has the numbers). A step
+//! allocates the same sizes in the same order every time, so an exact-size cache of freed blocks serves nearly all
+//! of them.
 //!
 //! The cache holds at most [`MAX_CACHED_BYTES`], which bounds how much it can add to the peak memory; when it is
 //! full the oldest blocks go back to the system first.

@@ -1,7 +1,7 @@
 //! Checkpoints as safetensors: the model (`model.<name>`), its EMA (`ema.<name>`), AdamW's moments
 //! (`adam.exp_avg.<name>`, `adam.exp_avg_sq.<name>`), and the run's configuration and counters in the header's
 //! metadata. Parameter names are PyTorch's, so `model.*` is a PyTorch state dict under a prefix. A plain PyTorch
-//! state dict saved as safetensors (the seed's names, no prefix) is also accepted for sampling, its sizes inferred
+//! state dict saved as safetensors (the reference's names, no prefix) is also accepted for sampling, its sizes inferred
 //! from the tensor shapes. Files are written to a temporary name and renamed, never left half-written.
 
 use crate::error::{Error, Result};
@@ -11,7 +11,7 @@ use crate::tensor::Tensor;
 use crate::tensor_file::{read_tensors, write_tensors, TensorFile};
 use crate::train::{RunConfig, TrainState};
 use rand::{rngs::StdRng, SeedableRng};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The `format` metadata value of this project's checkpoints.
@@ -29,8 +29,9 @@ pub fn save(state: &TrainState, path: &Path) -> Result<()> {
     write_tensors(path, &named, Some(metadata(state)))
 }
 
-/// The header metadata: the run's configuration and counters, as strings.
-fn metadata(s: &TrainState) -> HashMap<String, String> {
+/// The header metadata: the run's configuration and counters, as strings, in key order (so that the same state
+/// always writes the same bytes).
+fn metadata(s: &TrainState) -> BTreeMap<String, String> {
     let c = &s.config;
     [
         ("format", FORMAT.to_string()),
@@ -116,7 +117,7 @@ pub struct SamplingModel {
 }
 
 /// Loads a model to sample from: a checkpoint of ours (its EMA weights unless `use_ema` is false) or a plain
-/// PyTorch state dict under the seed's names (its only weights; T = 1000 as in the seed).
+/// PyTorch state dict under the reference's names (its only weights; T = 1000 as in the reference).
 pub fn load_for_sampling(path: &Path, use_ema: bool) -> Result<SamplingModel> {
     let f = read_tensors(path)?;
     let what = path.display().to_string();

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::atomic::write_atomic;
+use crate::atomic_write::write_atomic;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 

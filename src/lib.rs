@@ -7,11 +7,11 @@
 //! [`params`] (named parameters), [`nn`] (layers and the UNet), [`optim`] (AdamW, clipping, EMA),
 //! [`diffusion`] (schedule, q_sample, samplers), [`eval`] (FID and class statistics from an MNIST classifier),
 //! [`rng`] (counter-based Philox noise), [`data`] (MNIST from IDX), [`gpu`] (CUDA kernels, run on a GPU or on the
-//! CPU emulator), [`image`] and [`plot`] (PNG output), [`tensor_file`] and [`atomic`] (files), [`alloc`] (the caching allocator
-//! the binaries install).
+//! CPU emulator), [`image`] and [`plot`] (PNG output), [`tensor_file`] and [`atomic_write`] (files), [`alloc`]
+//! (the caching allocator the binaries install).
 
 pub mod alloc;
-pub mod atomic;
+pub mod atomic_write;
 pub mod autograd;
 pub mod backend;
 pub mod checkpoint;

@@ -102,7 +102,7 @@ fn train_resume_and_sample_tiny_run() {
 }
 
 #[test]
-fn sampling_a_pytorch_state_dict_reproduces_the_seed_trajectory() {
+fn sampling_a_pytorch_state_dict_reproduces_the_reference_trajectory() {
     let dir = scratch("torch");
     let steps = common::golden("steps.safetensors");
     let noise_file = dir.join("noise.safetensors");
@@ -123,6 +123,21 @@ fn sampling_a_pytorch_state_dict_reproduces_the_seed_trajectory() {
         0.0,
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn recipe_reference_is_also_accepted_as_seed() {
+    // Both spellings parse: the run then stops at the resume check, which refuses any --recipe, before it reads
+    // the (missing) checkpoint. An unknown recipe is refused by the parser instead.
+    let missing = std::env::temp_dir().join(format!("ddpm-cli-{}-no-such-checkpoint", std::process::id()));
+    for recipe in ["reference", "seed", "cpu"] {
+        let r = ddpm(&["train", "--device", "cpu", "--recipe", recipe, "--resume", s(&missing)]);
+        fails_with(&r, "--recipe cannot change when resuming");
+    }
+    fails_with(&ddpm(&["train", "--device", "cpu", "--recipe", "bogus"]), "invalid value 'bogus'");
+    // --help names the recipe `reference` only; `seed` stays a hidden alias.
+    let help = String::from_utf8_lossy(&ddpm(&["train", "-h"]).stdout).into_owned();
+    assert!(help.contains("[possible values: reference, cpu]"), "{help}");
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ddpm::atomic::write_atomic;
+use ddpm::atomic_write::write_atomic;
 use ddpm::data::{load_dataset, load_split, resize_bilinear, to_model_range, Split};
 use ddpm::image::save_grid_png;
 use ddpm::plot::save_curve_png;

@@ -9,14 +9,14 @@ use ddpm::diffusion::{ddim_timesteps, initial_noise, sample, SamplerKind, Schedu
 use ddpm::tensor_file::TensorFile;
 use ddpm::{rng, Error, Result, Tensor};
 
-fn seed_schedule() -> Schedule {
+fn reference_schedule() -> Schedule {
     Schedule::linear(1000, 1e-4, 2e-2).unwrap()
 }
 
 #[test]
 fn schedule_matches_golden() {
     let g = golden("io.safetensors");
-    let s = seed_schedule();
+    let s = reference_schedule();
     let buffers: [(&str, &Vec<f32>, u32); 8] = [
         // The README's recipe reproduces these bit for bit: 0 mismatches out of 1000.
         ("betas", &s.betas, 0),
@@ -61,7 +61,7 @@ fn q_sample_matches_golden() {
     let g = golden("io.safetensors");
     let t: Vec<usize> = g.i64("t").unwrap().iter().map(|&v| v as usize).collect();
     let tensor = |name: &str| g.f32(name).unwrap().clone();
-    let xt = seed_schedule().q_sample(&tensor("q.x0"), &t, &tensor("noise")).unwrap();
+    let xt = reference_schedule().q_sample(&tensor("q.x0"), &t, &tensor("noise")).unwrap();
     assert_eq!(xt.shape(), &[4, 1, 32, 32]);
     // README: atol 1e-5, rtol 1e-6. With the same buffers and op order this is two f32 products and a sum, so any
     // difference comes only from 1-ulp sqrt buffer differences (|x| <= ~3).
@@ -71,7 +71,7 @@ fn q_sample_matches_golden() {
 
 #[test]
 fn q_sample_rejects_bad_inputs() {
-    let s = seed_schedule();
+    let s = reference_schedule();
     let x = Tensor::zeros(&[2, 1, 4, 4]);
     assert!(matches!(s.q_sample(&x, &[0], &x), Err(Error::Shape(_))));
     assert!(matches!(s.q_sample(&x, &[0, 1], &Tensor::zeros(&[2, 1, 4, 5])), Err(Error::Shape(_))));
@@ -89,12 +89,12 @@ fn step_inputs() -> (TensorFile, Vec<f32>, Vec<f32>, Vec<f32>) {
 #[test]
 fn ddpm_steps_match_golden() {
     let (g, x, eps, z) = step_inputs();
-    let s = seed_schedule();
+    let s = reference_schedule();
     let mut out = vec![0.0; x.len()];
     let mut worst = 0.0f32;
     for t in [999, 500, 10, 1, 0] {
         ddpm_step(&s, t, &x, &eps, Some(&z), &mut out).unwrap();
-        // README: atol 1e-5, rtol 1e-5 for single steps (measured <= 3.6e-6 against f64). With the seed's f32
+        // README: atol 1e-5, rtol 1e-5 for single steps (measured <= 3.6e-6 against f64). With the reference's f32
         // op order and bit-exact betas, only the 1-ulp sqrt buffers can move the result, by ~1e-7 * |x|.
         worst = worst.max(
             assert_close(&format!("ddpm.t{t}"), &out, g.f32(&format!("ddpm.t{t}")).unwrap().data(), 1e-5, 1e-5).max_abs,
@@ -106,7 +106,7 @@ fn ddpm_steps_match_golden() {
 #[test]
 fn ddim_steps_match_golden() {
     let (g, x, eps, z) = step_inputs();
-    let s = seed_schedule();
+    let s = reference_schedule();
     let ts = ddim_timesteps(1000, 50);
     let mut out = vec![0.0; x.len()];
     let mut worst = 0.0f32;
@@ -136,7 +136,7 @@ fn ddim_timesteps_match_golden() {
 
 #[test]
 fn ddim_eta1_full_grid_is_ddpm_variance() {
-    let s = seed_schedule();
+    let s = reference_schedule();
     let mut worst = 0.0f32;
     // The full DDIM grid (steps = T) is 0, 1, ..., T-1, so each step goes from t to t-1.
     let grid = ddim_timesteps(s.t, s.t);
@@ -166,7 +166,7 @@ fn sampler_kind_validation() {
     ] {
         assert!(matches!(bad.validate(1000), Err(Error::Arg(_))), "{bad:?}");
         let mut den = |x: &Tensor, _: &[usize]| Ok(x.clone());
-        let r = sample(&mut den, &seed_schedule(), bad, Tensor::zeros(&[1, 1, 2, 2]), 0, &mut |_, _| {});
+        let r = sample(&mut den, &reference_schedule(), bad, Tensor::zeros(&[1, 1, 2, 2]), 0, &mut |_, _| {});
         assert!(matches!(r, Err(Error::Arg(_))), "sample with {bad:?}");
     }
     for good in
@@ -178,7 +178,7 @@ fn sampler_kind_validation() {
 
 #[test]
 fn step_functions_reject_bad_inputs() {
-    let s = seed_schedule();
+    let s = reference_schedule();
     let v = vec![0.0f32; 8];
     let mut out = vec![0.0f32; 8];
     assert!(matches!(ddpm_step(&s, 1000, &v, &v, None, &mut out), Err(Error::Arg(_))));
@@ -203,8 +203,8 @@ fn run(kind: SamplerKind, sched: &Schedule, seed: u64, xt: &Tensor, calls: &mut 
 }
 
 #[test]
-fn sample_visits_the_seed_timesteps() {
-    let s = seed_schedule();
+fn sample_visits_the_reference_timesteps() {
+    let s = reference_schedule();
     let xt = initial_noise(1, 2, 1, 4, 4);
     let mut calls = Vec::new();
     run(SamplerKind::Ddpm, &s, 0, &xt, &mut calls).unwrap();

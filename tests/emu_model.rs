@@ -84,7 +84,7 @@ fn tiny_config() -> RunConfig {
         lr: 5e-4,
         ema_warmup: true,
         seed: 5,
-        ..RunConfig::seed_recipe()
+        ..RunConfig::reference_recipe()
     }
 }
 

@@ -112,9 +112,8 @@ const TIGHT_RTOL: f64 = 2e-3;
 /// sums here, |y| ≲ 5), the ≲ 100 outputs a single input reaches add these with weights |w| < 1 and random signs
 /// (√100·c·u·|y| ≈ 3e-4 at worst, ~3e-6 typically), and Richardson divides by about h/1.5: up to ~5e-4 for the
 /// convs (Winograd's transforms round more; measured: 3.5e-4 there, ≤ 2.4e-4 elsewhere, ≤ 6e-5 for the other ops;
-/// `--nocapture` prints them). Hence `4e-4 + 2e-3·|numeric|`; the old bound was `2e-3 + 2e-2·|numeric|` on
-/// gradients about N times smaller. The check then asserts that a 10% error in the largest gradient checked
-/// would be at least 3x over this threshold, so a backward scaled by 0.9 cannot pass.
+/// `--nocapture` prints them). Hence `4e-4 + 2e-3·|numeric|`. The check then asserts that a 10% error in the
+/// largest gradient checked would be at least 3x over this threshold, so a backward scaled by 0.9 cannot pass.
 fn tight_check(name: &str, params: &Params, ids: &[ParamId], build: &Build<'_>) {
     let mut rng = StdRng::seed_from_u64(17);
     let forward = |p: &Params| -> Vec<f32> {

@@ -1,4 +1,4 @@
-//! The full sampler loop with the real UNet against the reference: the seed's `sample_ddim(n=2, num_steps=10,
+//! The full sampler loop with the real UNet against the reference: the reference's `sample_ddim(n=2, num_steps=10,
 //! eta=0)` with the initial weights (golden `traj.ddim10`).
 
 mod common;

@@ -110,7 +110,7 @@ fn adamw<B: Backend>(be: &B) {
 on_both!(adamw);
 
 /// EMA `s ← d·s + (1-d)·p` with the warm-up decay `min(d, (1+k)/(10+k))` at updates k = 0, 1, 2 and then, without
-/// warm-up, the seed's d = 0.9999. Tolerance 1.2e-7 abs (|s|, |p| < 1): two products and a sum, each rounded
+/// warm-up, the reference's d = 0.9999. Tolerance 1.2e-7 abs (|s|, |p| < 1): two products and a sum, each rounded
 /// (≤ 1.5u·1 each), plus d and 1-d rounded to f32; swapping d and 1-d or a wrong warm-up is ≥ 1e-2 off.
 fn ema<B: Backend>(be: &B) {
     let mut rng = StdRng::seed_from_u64(12);
@@ -178,7 +178,7 @@ fn schedule_f64(t: usize) -> (Vec<f64>, Vec<f64>) {
 
 /// The schedule's own buffers, derived as in Ho et al. Tolerance: β_t is torch's f32 linspace (the step
 /// `(end-start)/(T-1)` rounded, then one FMA: ≤ 3 roundings, rel 2.4e-7); ᾱ_t multiplies t+1 f32-rounded α_s (each off by ≤ u/2, random in sign) in f64: ≈ √t·u/2 ≲ 1e-6
-/// relative, hence 2e-6. β̃_t = β_t(1-ᾱ_{t-1})/(1-ᾱ_t) forms 1 - ᾱ_{t-1} in f32 (the seed's order), which turns
+/// relative, hence 2e-6. β̃_t = β_t(1-ᾱ_{t-1})/(1-ᾱ_t) forms 1 - ᾱ_{t-1} in f32 (the reference's order), which turns
 /// that error into ≈ (2+√t)·u/(1 - ᾱ_{t-1}) relative: 3e-4 at t = 2, below 1e-5 from t = 100 on.
 #[test]
 fn schedule_buffers() {
@@ -262,7 +262,7 @@ fn ddpm_step<B: Backend>(be: &B) {
 }
 on_both!(ddpm_step);
 
-/// One DDIM step (Song et al., eq. 12 with the seed's clamp of x̂₀): `x̂₀ = clamp((x_t - √(1-ᾱ_t)ε)/√ᾱ_t, ±1)`,
+/// One DDIM step (Song et al., eq. 12 with the reference's clamp of x̂₀): `x̂₀ = clamp((x_t - √(1-ᾱ_t)ε)/√ᾱ_t, ±1)`,
 /// `σ = η√((1-ᾱ_p)/(1-ᾱ_t))·√(1-ᾱ_t/ᾱ_p)`, `x_p = √ᾱ_p·x̂₀ + √(1-ᾱ_p-σ²)·ε + σz`, for η = 0, 0.5, 1 on the steps
 /// 999 → 979, 500 → 480 and 20 → none (ᾱ_p = 1, the last step, no noise). x_t is built from an x₀ in ±1.5, so
 /// about a third of the x̂₀ are clamped. Tolerance 6e-6 abs + 2e-5 rel: as for DDPM, the coefficients are within

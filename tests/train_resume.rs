@@ -14,7 +14,7 @@ fn tiny_config() -> RunConfig {
         batch: 4,
         ema_warmup: true,
         seed: 11,
-        ..RunConfig::seed_recipe()
+        ..RunConfig::reference_recipe()
     }
 }
 
@@ -69,6 +69,28 @@ fn resume_continues_bit_for_bit_across_an_epoch_boundary() {
     assert_eq!(losses, resumed_losses, "per-step losses");
     assert_same(straight.state(), resumed.state());
     assert_eq!(resumed.state().config, tiny_config());
+}
+
+#[test]
+fn checkpoints_of_the_same_state_are_byte_identical() {
+    let imgs = images();
+    let mut a = trainer(tiny_config(), &imgs);
+    run_steps(&mut a, 2);
+    let mut b = trainer(tiny_config(), &imgs);
+    run_steps(&mut b, 2);
+    let dir = std::env::temp_dir().join(format!("ddpm-ckpt-bytes-{}", std::process::id()));
+    let paths = [dir.join("a1.safetensors"), dir.join("a2.safetensors"), dir.join("b.safetensors")];
+    save(a.state(), &paths[0]).unwrap();
+    save(a.state(), &paths[1]).unwrap();
+    save(b.state(), &paths[2]).unwrap();
+    let bytes: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(bytes[0] == bytes[1], "two saves of one state differ");
+    assert!(bytes[0] == bytes[2], "saves of two identical runs differ");
+    // The metadata comes first in the header, in key order.
+    let header_len = u64::from_le_bytes(bytes[0][..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[0][8..8 + header_len]).unwrap();
+    assert!(header.starts_with(r#"{"__metadata__":{"adam_step":"2","base":"8","batch":"4","#), "{header}");
 }
 
 #[test]

@@ -67,7 +67,7 @@ fn time_on<B: Backend>(a: &BenchArgs, backend: &B) -> Result<Vec<f64>> {
         model: UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim },
         batch: a.batch,
         epochs: 1 << 30,
-        ..RunConfig::seed_recipe()
+        ..RunConfig::reference_recipe()
     };
     let mut x = Tensor::zeros(&[a.batch, 1, 32, 32]);
     rng::fill_normal(1, 0, x.data_mut());

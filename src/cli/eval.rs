@@ -4,7 +4,7 @@ use super::sample::{generate, SamplerArgs};
 use super::{on_backend, resolve_device, Device, DeviceArg};
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
-use ddpm::atomic::write_atomic;
+use ddpm::atomic_write::write_atomic;
 use ddpm::backend::Backend;
 use ddpm::checkpoint::{load_for_sampling, SamplingModel};
 use ddpm::diffusion::{initial_noise, SamplerKind};
@@ -223,7 +223,7 @@ pub struct TableArgs {
     device: DeviceArg,
 }
 
-/// The seed's sampler table, in its order: DDPM-1000, DDIM-100/50/20/10 (η = 0), DDIM-50 with η = 1.
+/// The blog post's sampler table, in its order: DDPM-1000, DDIM-100/50/20/10 (η = 0), DDIM-50 with η = 1.
 const TABLE: [SamplerKind; 6] = [
     SamplerKind::Ddpm,
     SamplerKind::Ddim { steps: 100, eta: 0.0 },
@@ -338,7 +338,7 @@ fn write_table(a: &TableArgs, m: &SamplingModel, device: &str, rows: &[Option<Ro
         }
     }
     let header = format!(
-        "# Sample quality: the seed's sampler table, measured\n\n\
+        "# Sample quality: the blog post's sampler table, measured\n\n\
          <!-- written by `ddpm sampler-table`; rerun it rather than editing the table -->\n\
          Command: `ddpm sampler-table --checkpoint {ckpt} --n {n}{ddpm_n}` (seed {seed} for every sampler).\n\
          Checkpoint: {desc}.\n\n\

@@ -31,7 +31,7 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Score samples (a file, or drawn from a checkpoint) with FID and class statistics from the MNIST classifier.
     Eval(eval::EvalArgs),
-    /// Score one checkpoint with the seed's samplers (DDPM-1000, DDIM-100/50/20/10, DDIM-50 with η = 1) into a
+    /// Score one checkpoint with the blog post's samplers (DDPM-1000, DDIM-100/50/20/10, DDIM-50 with η = 1) into a
     /// Markdown table with sample grids.
     SamplerTable(eval::TableArgs),
     /// Time a training step or a sampler step on synthetic data; prints one JSON line.

@@ -26,7 +26,7 @@ pub struct SamplerArgs {
     /// The reverse process.
     #[arg(long, value_enum, default_value = "ddim")]
     pub sampler: SamplerArg,
-    /// DDIM: number of network evaluations (1..=T); the grid is the seed's make_ddim_timesteps.
+    /// DDIM: number of network evaluations (1..=T); the grid is the reference's make_ddim_timesteps.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
     /// DDIM: noise scale η (0 = deterministic, 1 = DDPM-like on the sub-grid); must be >= 0.
@@ -52,7 +52,7 @@ impl SamplerArgs {
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
-    /// A checkpoint written by `ddpm train`, or a PyTorch state dict of the seed's UNet saved as safetensors.
+    /// A checkpoint written by `ddpm train`, or a PyTorch state dict of the reference's UNet saved as safetensors.
     #[arg(long)]
     checkpoint: PathBuf,
     #[command(flatten)]

@@ -3,7 +3,7 @@
 //! Every sampler has one shape: a list of steps `(t, t_prev)`, one network call per step, and a pure elementwise
 //! update `x_t -> x_{t_prev}`. The per-step scalars are computed once on the host ([`DdpmCoefs`], [`DdimCoefs`]), so a
 //! fused CUDA kernel takes the same scalars and mirrors the elementwise functions here. The scalar arithmetic follows
-//! the seed's f32 operation order, because torch evaluates those scalars as 0-d f32 tensors.
+//! the reference's f32 operation order, because torch evaluates those scalars as 0-d f32 tensors.
 
 use super::schedule::Schedule;
 use crate::backend::{Backend, Cpu};
@@ -49,9 +49,9 @@ impl SamplerKind {
     }
 }
 
-/// The seed's `make_ddim_timesteps`: `stride = max(1, T / steps)` and the grid is `range(0, T, stride)`, with `T-1`
-/// appended if it is missing. The result is ascending and starts at 0. `steps = 0` is treated as 1. That case is
-/// unreachable through a validated [`SamplerKind`], and in the seed it would divide by zero.
+/// The reference's `make_ddim_timesteps`: `stride = max(1, T / steps)` and the grid is `range(0, T, stride)`, with
+/// `T-1` appended if it is missing. The result is ascending and starts at 0. `steps = 0` is treated as 1. That case is
+/// unreachable through a validated [`SamplerKind`], and in the reference it would divide by zero.
 pub fn ddim_timesteps(t_total: usize, steps: usize) -> Vec<usize> {
     let stride = (t_total / steps.max(1)).max(1);
     let mut ts: Vec<usize> = (0..t_total).step_by(stride).collect();
@@ -97,7 +97,7 @@ pub fn ddpm_step(sched: &Schedule, t: usize, x: &[f32], eps: &[f32], z: Option<&
 /// `out = sra·(x - eps_coef·eps) + sigma·z`, the noise term only when `z` is given.
 pub fn ddpm_update(c: &DdpmCoefs, x: &[f32], eps: &[f32], z: Option<&[f32]>, out: &mut [f32]) {
     for (i, o) in out.iter_mut().enumerate() {
-        // Seed order: mean = sra * (x - coef*eps), then x = mean + sigma*z, each op rounded separately.
+        // Reference order: mean = sra * (x - coef*eps), then x = mean + sigma*z, each op rounded separately.
         let mean = c.sqrt_recip_alpha * (x[i] - c.eps_coef * eps[i]);
         *o = match z {
             Some(z) => mean + c.sigma * z[i],
@@ -134,7 +134,7 @@ impl DdimCoefs {
         }
         let ab = sched.alphas_bar[t];
         let ab_prev = t_prev.map_or(1.0, |p| sched.alphas_bar[p]);
-        // Seed: (eta ** 2) * ((1.0 - ab_prev) / (1.0 - ab_t)) * (1.0 - ab_t / ab_prev), left to right in f32.
+        // Reference: (eta ** 2) * ((1.0 - ab_prev) / (1.0 - ab_t)) * (1.0 - ab_t / ab_prev), left to right in f32.
         let sigma_sq = (eta * eta) * ((1.0 - ab_prev) / (1.0 - ab)) * (1.0 - ab / ab_prev);
         Ok(DdimCoefs {
             sqrt_one_minus_ab: (1.0 - ab).sqrt(),
@@ -150,7 +150,8 @@ impl DdimCoefs {
 /// One DDIM step:
 /// `x0 = clamp((x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), -1, 1)`, then
 /// `x_{t_prev} = sqrt(alpha_bar_prev) x0 + dir_coef eps + sigma z`, with the scalars of [`DdimCoefs`].
-/// `z = None` means `z = 0`. The seed uses `z = 0` at the final step and whenever `eta = 0`. There is no final clamp.
+/// `z = None` means `z = 0`. The reference uses `z = 0` at the final step and whenever `eta = 0`. There is no final
+/// clamp.
 #[allow(clippy::too_many_arguments)] // mirrors the fused kernel's argument list
 pub fn ddim_step(
     sched: &Schedule,
@@ -170,7 +171,8 @@ pub fn ddim_step(
 /// The elementwise body of [`ddim_step`] with its scalars given (lengths checked by the caller).
 pub fn ddim_update(c: &DdimCoefs, x: &[f32], eps: &[f32], z: Option<&[f32]>, out: &mut [f32]) {
     for (i, o) in out.iter_mut().enumerate() {
-        // Seed order: a true division by sqrt(ab_t), not a multiply by its reciprocal (they differ in the last bit).
+        // Reference order: a true division by sqrt(ab_t), not a multiply by its reciprocal (they differ in the last
+        // bit).
         let x0 = ((x[i] - c.sqrt_one_minus_ab * eps[i]) / c.sqrt_ab).clamp(-1.0, 1.0);
         let det = c.sqrt_ab_prev * x0 + c.dir_coef * eps[i];
         *o = match z {

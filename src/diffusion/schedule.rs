@@ -1,7 +1,7 @@
 //! The linear-beta noise schedule of DDPM and the closed-form forward process `q(x_t | x_0)`.
 //!
-//! The buffers are bit-exact with the seed's `make_schedule` in torch f32 (see tests/golden/README.md). Only the sqrt
-//! buffers can differ by 1 ulp, because torch's vectorised sqrt is not always correctly rounded.
+//! The buffers are bit-exact with the reference's `make_schedule` in torch f32 (see tests/golden/README.md). Only the
+//! sqrt buffers can differ by 1 ulp, because torch's vectorised sqrt is not always correctly rounded.
 
 use crate::error::{Error, Result};
 use crate::shape_err;
@@ -34,12 +34,12 @@ pub struct Schedule {
 impl Schedule {
     /// The schedule with `beta_t` linear from `beta_start` to `beta_end` over `t` steps.
     ///
-    /// It follows torch's f32 arithmetic, so the buffers match the seed's bit for bit:
+    /// It follows torch's f32 arithmetic, so the buffers match the reference's bit for bit:
     /// - `linspace` uses `step = (end - start) / (T - 1)` in f32. Entries `i < T/2` are `start + step*i` and the
     ///   rest are `end - step*(T-1-i)`, each rounded once (an FMA).
     /// - `cumprod` keeps an f64 running product and rounds each output to f32. With an f32 accumulator, 869 of
     ///   1000 entries differ.
-    /// - The other buffers are plain f32, evaluated in the seed's order.
+    /// - The other buffers are plain f32, evaluated in the reference's order.
     ///
     /// `Err` if `t < 2` or a beta falls outside (0, 1).
     pub fn linear(t: usize, beta_start: f32, beta_end: f32) -> Result<Schedule> {

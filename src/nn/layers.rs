@@ -135,7 +135,7 @@ impl Linear {
     }
 }
 
-/// The seed's `TimeEmbedding(dim, hidden)`: a sinusoid of `t` (all sines, then all cosines), then
+/// The reference's `TimeEmbedding(dim, hidden)`: a sinusoid of `t` (all sines, then all cosines), then
 /// `Linear(dim, hidden) → SiLU → Linear(hidden, hidden)` (PyTorch names `time.mlp.0`, `time.mlp.2`).
 #[derive(Clone, Debug)]
 pub struct TimeEmbedding {
@@ -152,7 +152,7 @@ impl TimeEmbedding {
         TimeEmbedding { dim, lin0, lin2 }
     }
 
-    /// `freqs[i] = exp(-ln(10000)·i / half)`, `half = dim/2`, in f32 in the seed's order (the product, then the
+    /// `freqs[i] = exp(-ln(10000)·i / half)`, `half = dim/2`, in f32 in the reference's order (the product, then the
     /// division, then exp).
     pub fn freqs(dim: usize) -> Vec<f32> {
         let half = dim / 2;
@@ -160,7 +160,7 @@ impl TimeEmbedding {
         (0..half).map(|i| ((c * i as f32) / half as f32).exp()).collect()
     }
 
-    /// The sinusoid `[sin(t·f_0..), cos(t·f_0..)]`, `[len(t), dim]`, with `t·f` formed in f32 as the seed does.
+    /// The sinusoid `[sin(t·f_0..), cos(t·f_0..)]`, `[len(t), dim]`, with `t·f` formed in f32 as the reference does.
     pub fn sinusoid(t: &[usize], dim: usize) -> Tensor {
         let freqs = Self::freqs(dim);
         let mut out = Vec::with_capacity(t.len() * dim);

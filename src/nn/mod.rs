@@ -1,4 +1,4 @@
-//! Layers with parameters, named and initialised as PyTorch names and initialises them, the seed's UNet, and the
+//! Layers with parameters, named and initialised as PyTorch names and initialises them, the reference's UNet, and the
 //! MNIST classifier that scores its samples.
 
 mod classifier;

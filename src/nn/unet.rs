@@ -1,4 +1,4 @@
-//! The seed's UNet: three resolutions (32, 16, 8 for a 32x32 input), one ResBlock per level on the way down, one
+//! The reference's UNet: three resolutions (32, 16, 8 for a 32x32 input), one ResBlock per level on the way down, one
 //! at the bottleneck, one per level on the way up, skips joined by channel concatenation.
 
 use super::layers::{Conv2d, ConvTranspose2d, GroupNorm, Linear, TimeEmbedding};
@@ -10,7 +10,7 @@ use crate::ops::conv::ConvExtra;
 use crate::params::Params;
 use rand::Rng;
 
-/// Groups of every GroupNorm, as in the seed.
+/// Groups of every GroupNorm, as in the reference.
 pub const GROUPS: usize = 8;
 
 /// The UNet's sizes: `in_ch` image channels, `base` channels at full resolution, `t_dim` sinusoid width (the
@@ -23,7 +23,7 @@ pub struct UNetConfig {
 }
 
 impl Default for UNetConfig {
-    /// The seed's recipe: `UNet(in_ch=1, base=64, t_dim=128)`.
+    /// The reference's recipe: `UNet(in_ch=1, base=64, t_dim=128)`.
     fn default() -> Self {
         UNetConfig { in_ch: 1, base: 64, t_dim: 128 }
     }
@@ -45,7 +45,7 @@ impl UNetConfig {
     }
 }
 
-/// The seed's ResBlock:
+/// The reference's ResBlock:
 /// `h = conv1(silu(norm1(x))) + t_proj(silu(t_emb))[:, :, None, None]`; `out = conv2(silu(norm2(h))) + skip(x)`,
 /// with `skip` a 1x1 conv when the channel count changes, else the identity.
 #[derive(Clone, Debug)]
@@ -85,7 +85,7 @@ impl ResBlock {
     }
 }
 
-/// The seed's `UNet(in_ch, base, t_dim)`, predicting the noise ε in x_t.
+/// The reference's `UNet(in_ch, base, t_dim)`, predicting the noise ε in x_t.
 #[derive(Clone, Debug)]
 pub struct UNet {
     pub config: UNetConfig,

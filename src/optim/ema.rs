@@ -8,10 +8,10 @@ use crate::tensor::Tensor;
 /// The EMA shadow: `shadow ← d·shadow + (1-d)·p` after every optimiser step, on the parameters' backend.
 #[derive(Clone, Debug)]
 pub struct Ema<B: Backend = Cpu> {
-    /// The target decay `d` (the seed's 0.9999); f64 like the seed's Python float, so `1 - d` is exact.
+    /// The target decay `d` (the reference's 0.9999); f64 like the reference's Python float, so `1 - d` is exact.
     pub decay: f64,
     /// With warm-up the decay at update `k` (from 0) is `min(d, (1+k)/(10+k))`, so that a short run's EMA is not
-    /// still mostly the random initialisation; without it, always `d` (the seed).
+    /// still mostly the random initialisation; without it, always `d` (the reference).
     pub warmup: bool,
     /// Updates applied so far.
     pub updates: u64,

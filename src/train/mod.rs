@@ -1,4 +1,4 @@
-//! The seed's training procedure: `t ~ U{0..T-1}`, `ε ~ N(0, I)`, `x_t = q_sample(x_0, t, ε)`,
+//! The reference's training procedure: `t ~ U{0..T-1}`, `ε ~ N(0, I)`, `x_t = q_sample(x_0, t, ε)`,
 //! `L = mse(ε_θ(x_t, t), ε)`, then global-norm clipping at 1.0, AdamW, and an EMA update after every step.
 //!
 //! All randomness is counter-based (Philox, [`crate::rng`]) and keyed by the run's seed and the global step, so
@@ -43,7 +43,7 @@ pub struct RunConfig {
     pub batch: usize,
     pub lr: f64,
     pub ema_decay: f64,
-    /// EMA warm-up `d_k = min(d, (1+k)/(10+k))`; off in the seed's recipe.
+    /// EMA warm-up `d_k = min(d, (1+k)/(10+k))`; off in the reference's recipe.
     pub ema_warmup: bool,
     pub seed: u64,
     /// Stop after this many optimiser steps in total, if set.
@@ -51,8 +51,8 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// The seed's recipe: base 64, t_dim 128, T = 1000, 30 epochs of batch 128, AdamW lr 2e-4, EMA 0.9999.
-    pub fn seed_recipe() -> Self {
+    /// The reference's recipe: base 64, t_dim 128, T = 1000, 30 epochs of batch 128, AdamW lr 2e-4, EMA 0.9999.
+    pub fn reference_recipe() -> Self {
         RunConfig {
             model: UNetConfig::default(),
             timesteps: 1000,
@@ -66,12 +66,11 @@ impl RunConfig {
         }
     }
 
-    /// The CPU default, chosen on FID (README, "Choosing the CPU recipe"): an eighth of the seed's model (base 16,
+    /// The CPU default, chosen on FID (README, "Choosing the CPU recipe"): an eighth of the reference's model (base 16,
     /// t_dim 64, 323 k parameters), batch 32, a higher learning rate (1e-3), and an EMA with warm-up and a shorter
     /// horizon (0.999), since 0.9999 averages over ~10k steps, as many as the run takes; 11250 steps (6 epochs).
-    /// About 27 minutes of training on 2 cores (0.14 s/step on an AVX2 EPYC), 37 with its FID checks and final
-    /// grids. Base 32 for 5000 steps took about 37 minutes of training alone and scored FID 111.9 against this
-    /// recipe's 97.4 (n = 500, DDIM-50).
+    /// The README's "The two commands" gives its run time (about 35 minutes on 2 cores) and "Choosing the CPU
+    /// recipe" the wider models it beat at equal time.
     pub fn cpu_default() -> Self {
         RunConfig {
             model: UNetConfig { in_ch: 1, base: 16, t_dim: 64 },
@@ -80,7 +79,7 @@ impl RunConfig {
             ema_decay: 0.999,
             ema_warmup: true,
             max_steps: Some(11250),
-            ..Self::seed_recipe()
+            ..Self::reference_recipe()
         }
     }
 
@@ -136,7 +135,7 @@ pub struct TrainState<B: Backend = Cpu> {
 }
 
 impl TrainState {
-    /// A fresh run: parameters initialised from the seed as PyTorch initialises them (with our own RNG).
+    /// A fresh run: parameters initialised from the run's seed as PyTorch initialises them (with our own RNG).
     pub fn new(config: RunConfig) -> Result<Self> {
         config.validate()?;
         let mut params = Params::new();

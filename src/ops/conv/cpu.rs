@@ -203,9 +203,8 @@ pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
 }
 
 /// Output pixels per band of the conv forward's column matrix. A 32x32 image's whole column matrix (2.4–4.7 MB)
-/// outgrows the L2 cache between `im2col` writing it and the GEMM reading it; in bands of 256 pixels
-/// (0.6–1.2 MB) the 32x32 layers ran ~10% faster on an AVX2 EPYC (512 KiB L2), and 16x16 and smaller images are
-/// still one band.
+/// outgrows the L2 cache between `im2col` writing it and the GEMM reading it; a band of 256 pixels (0.6–1.2 MB)
+/// stays near it (measurements in docs/history.md), and 16x16 and smaller images are still one band.
 const BAND_PIXELS: usize = 256;
 
 /// Output rows per band: as many whole rows as fit in [`BAND_PIXELS`], at least one.

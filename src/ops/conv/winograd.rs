@@ -31,9 +31,7 @@ const BAND_TILES: usize = 128;
 
 /// Whether the conv `g` with `co` output channels runs here: 3x3, stride 1, padding 1 and even sides (whole 2x2
 /// tiles), with at least 8 channels on each side. At 1 channel (the UNet's first and last convs) the 16 GEMMs
-/// would have nothing to multiply. Measured at batch 32 on 2 AVX2 cores, forward + backward: 64-256 channels
-/// (the base-64 UNet) gain 1.2-1.7x over im2col; at 16-64 channels (the base-16 CPU recipe) the two paths are
-/// within 10% of each other per conv and 3% over all its convs.
+/// would have nothing to multiply; from 8 channels on, Winograd is at least as fast as im2col (docs/history.md).
 pub fn applies(g: &ConvGeom, co: usize) -> bool {
     g.k == 3 && g.stride == 1 && g.pad == 1 && g.h.is_multiple_of(2) && g.w.is_multiple_of(2) && g.c >= 8 && co >= 8
 }

@@ -51,8 +51,8 @@ pub fn sgemm(mnk: (usize, usize, usize), a: Mat, b: Mat, c: &mut [f32], accumula
 /// floats apart (so `Cᵀ` can be a block of columns of a wider matrix).
 ///
 /// The same product with the roles of the dimensions swapped can be much faster in the `gemm` crate: for the
-/// convolutions' shapes (m = channels ≤ 128, n = pixels, k = channels·9) asking for `(col)ᵀ·Wᵀ` into a
-/// transposed destination ran 1.3x faster than `W·col` on an AVX2 machine.
+/// convolutions' shapes (m = channels ≤ 128, n = pixels, k = channels·9), `(col)ᵀ·Wᵀ` into a transposed
+/// destination beats `W·col` (docs/history.md).
 pub fn sgemm_into_transposed(
     (m, n, k): (usize, usize, usize),
     a: Mat,

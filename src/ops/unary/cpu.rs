@@ -6,14 +6,14 @@ use crate::backend::Cpu;
 use crate::error::Result;
 use rayon::prelude::*;
 
-/// `e^x` to within ~2 ulp, branch-free so that loops over slices vectorise (libm's `expf` is a call per element,
-/// and was 5-10% of a training step). Cody–Waite reduction `x = n·ln2 + r`, `|r| <= ln2/2`, then the degree-7
+/// `e^x` to within ~2 ulp, branch-free so that loops over slices vectorise (libm's `expf` is a call per
+/// element). Cody–Waite reduction `x = n·ln2 + r`, `|r| <= ln2/2`, then the degree-7
 /// Taylor polynomial of `e^r` (truncation error `r^8/8! < 6e-9` relative), scaled by `2^n` through the exponent
 /// bits. Inputs are clamped to [-87.3, 88.7], where `e^x` stays a normal f32.
 ///
 /// `2^n` is built from the bits of `t = x·log2(e) + 1.5·2^23`, whose low mantissa bits hold `n` in two's
 /// complement: `(bits(t) + 127) << 23` keeps just the 9 bits `n + 127` in the exponent field. (`n as i32` would be
-/// a saturating float-to-int conversion, which the compiler cannot vectorise: it made the SiLU loops scalar.)
+/// a saturating float-to-int conversion, which the compiler cannot vectorise.)
 #[inline(always)]
 pub fn exp_fast(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;

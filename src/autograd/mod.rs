@@ -1,6 +1,6 @@
 //! A tape-based reverse-mode autograd.
 //!
-//! Every op appends a [`Node`] holding an explicit, printable [`Op`] (its inputs and attributes, as a [`Rule`])
+//! Every op appends a node holding an explicit, printable [`Op`] (its inputs and attributes, as a [`Rule`])
 //! and its output value. [`Tape::backward`] walks the tape from the end, asks each op's rule for the gradients of
 //! its inputs and frees the node's value and saved statistics as soon as it has been processed, so memory falls as
 //! the tape unwinds. Gradients are only computed for inputs that lead back to a parameter.

@@ -5,15 +5,15 @@
 //!
 //! | trait | family |
 //! |---|---|
-//! | [`ConvOps`](crate::ops::conv::ConvOps) | `src/ops/conv/`: conv2d and conv_transpose2d |
-//! | [`NormOps`](crate::ops::norm::NormOps) | `src/ops/norm/`: group norm (+ fused SiLU) |
-//! | [`UnaryOps`](crate::ops::unary::UnaryOps) | `src/ops/unary/`: elementwise activations, by [`UnaryKind`](crate::ops::unary::UnaryKind) |
-//! | [`LinearOps`](crate::ops::linear::LinearOps) | `src/ops/linear/`: linear layers (and the GEMMs under the convs) |
-//! | [`ReduceOps`](crate::ops::reduce::ReduceOps) | `src/ops/reduce/`: gradient sums, bias gradients, concat |
-//! | [`PoolOps`](crate::ops::pool::PoolOps) | `src/ops/pool/`: 2x2 max pooling |
-//! | [`LossOps`](crate::ops::loss::LossOps) | `src/ops/loss/`: MSE and softmax cross-entropy |
-//! | [`OptimOps`](crate::optim::OptimOps) | `src/optim/`: AdamW, EMA, gradient clipping |
-//! | [`DiffusionOps`](crate::diffusion::DiffusionOps) | `src/diffusion/`: q_sample and the sampler steps |
+//! | [`ConvOps`] | `src/ops/conv/`: conv2d and conv_transpose2d |
+//! | [`NormOps`] | `src/ops/norm/`: group norm (+ fused SiLU) |
+//! | [`UnaryOps`] | `src/ops/unary/`: elementwise activations, by [`UnaryKind`](crate::ops::unary::UnaryKind) |
+//! | [`LinearOps`] | `src/ops/linear/`: linear layers (and the GEMMs under the convs) |
+//! | [`ReduceOps`] | `src/ops/reduce/`: gradient sums, bias gradients, concat |
+//! | [`PoolOps`] | `src/ops/pool/`: 2x2 max pooling |
+//! | [`LossOps`] | `src/ops/loss/`: MSE and softmax cross-entropy |
+//! | [`OptimOps`] | `src/optim/`: AdamW, EMA, gradient clipping |
+//! | [`DiffusionOps`] | `src/diffusion/`: q_sample and the sampler steps |
 //!
 //! [`Backend`] is all of them together; model code is written once against `Tape<B: Backend>`. The two backends:
 //! [`Cpu`] (`Vec<f32>` buffers, the kernels in each family's `cpu.rs`) and [`Gpu<E>`] (buffers on an

@@ -28,7 +28,7 @@ extern "C" {
 const GUARD: usize = 64;
 const CANARY: u32 = 0x7fc0_dead;
 
-/// A host allocation standing in for device memory: `len` words plus [`GUARD`] canary words.
+/// A host allocation standing in for device memory: `len` words plus `GUARD` canary words.
 pub struct EmuBuf {
     data: Box<[std::cell::UnsafeCell<f32>]>,
     len: usize,

@@ -32,7 +32,7 @@ fn bench_sampler_step(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("ddim", n), &n, |b, &n| {
             b.iter(|| {
                 let eps = den.predict_eps(&x, &vec![500; n]).unwrap();
-                ddim_step(&sched, 500, Some(480), 0.0, x.data(), eps.data(), None, &mut out).unwrap();
+                ddim_step(&sched, (500, Some(480), 0.0), x.data(), eps.data(), None, &mut out).unwrap();
             })
         });
     }

@@ -115,7 +115,7 @@ fn ddim_steps_match_golden() {
             let t_prev = i.checked_sub(1).map(|p| ts[p]);
             // The seed replaces z by zeros at i = 0; passing None is the same.
             let zi = (i > 0).then_some(&z[..]);
-            ddim_step(&s, ts[i], t_prev, eta, &x, &eps, zi, &mut out).unwrap();
+            ddim_step(&s, (ts[i], t_prev, eta), &x, &eps, zi, &mut out).unwrap();
             let name = format!("ddim.eta{eta}.i{i}");
             // README: atol 1e-5, rtol 1e-5. The division by sqrt(ab_t) amplifies the 1-ulp sqrt differences by up to
             // 1/sqrt(ab_999) ≈ 160 before the clamp, which is still far below 1e-5.
@@ -184,9 +184,9 @@ fn step_functions_reject_bad_inputs() {
     assert!(matches!(ddpm_step(&s, 1000, &v, &v, None, &mut out), Err(Error::Arg(_))));
     assert!(matches!(ddpm_step(&s, 5, &v, &v[..7], None, &mut out), Err(Error::Shape(_))));
     assert!(matches!(ddpm_step(&s, 5, &v, &v, Some(&v[..4]), &mut out), Err(Error::Shape(_))));
-    assert!(matches!(ddim_step(&s, 5, Some(5), 0.0, &v, &v, None, &mut out), Err(Error::Arg(_))));
-    assert!(matches!(ddim_step(&s, 1000, None, 0.0, &v, &v, None, &mut out), Err(Error::Arg(_))));
-    assert!(matches!(ddim_step(&s, 5, None, 0.0, &v, &v, None, &mut out[..3]), Err(Error::Shape(_))));
+    assert!(matches!(ddim_step(&s, (5, Some(5), 0.0), &v, &v, None, &mut out), Err(Error::Arg(_))));
+    assert!(matches!(ddim_step(&s, (1000, None, 0.0), &v, &v, None, &mut out), Err(Error::Arg(_))));
+    assert!(matches!(ddim_step(&s, (5, None, 0.0), &v, &v, None, &mut out[..3]), Err(Error::Shape(_))));
 }
 
 /// A stub network `eps = 0.5 x` that records the timesteps it is called with.

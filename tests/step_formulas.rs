@@ -313,7 +313,7 @@ fn host_step_functions_match_backend() {
     ddpm::diffusion::sampler::ddpm_step(&sched, 300, &x, &eps, Some(&z), &mut a).unwrap();
     Cpu.ddpm_step(&DdpmCoefs::new(&sched, 300).unwrap(), &x, &eps, Some((3, 4)), &mut b).unwrap();
     assert_eq!(a, b);
-    ddpm::diffusion::sampler::ddim_step(&sched, 300, Some(280), 0.7, &x, &eps, Some(&z), &mut a).unwrap();
+    ddpm::diffusion::sampler::ddim_step(&sched, (300, Some(280), 0.7), &x, &eps, Some(&z), &mut a).unwrap();
     Cpu.ddim_step(&DdimCoefs::new(&sched, 300, Some(280), 0.7).unwrap(), &x, &eps, Some((3, 4)), &mut b).unwrap();
     assert_eq!(a, b);
 }

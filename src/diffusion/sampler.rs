@@ -147,17 +147,14 @@ impl DdimCoefs {
     }
 }
 
-/// One DDIM step:
+/// One DDIM step from `t` to `t_prev` with noise scale `eta`:
 /// `x0 = clamp((x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), -1, 1)`, then
 /// `x_{t_prev} = sqrt(alpha_bar_prev) x0 + dir_coef eps + sigma z`, with the scalars of [`DdimCoefs`].
 /// `z = None` means `z = 0`. The reference uses `z = 0` at the final step and whenever `eta = 0`. There is no final
 /// clamp.
-#[allow(clippy::too_many_arguments)] // mirrors the fused kernel's argument list
 pub fn ddim_step(
     sched: &Schedule,
-    t: usize,
-    t_prev: Option<usize>,
-    eta: f32,
+    (t, t_prev, eta): (usize, Option<usize>, f32),
     x: &[f32],
     eps: &[f32],
     z: Option<&[f32]>,

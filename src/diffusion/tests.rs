@@ -51,7 +51,7 @@ fn sampler_steps<E: Executor>(dev: &Gpu<E>) {
         let c = DdimCoefs::new(&sched, t, t_prev, eta).unwrap();
         for noisy in [false, true] {
             let mut want = vec![0.0; n];
-            ddim_step(&sched, t, t_prev, eta, &x, &eps, noisy.then_some(&z[..]), &mut want).unwrap();
+            ddim_step(&sched, (t, t_prev, eta), &x, &eps, noisy.then_some(&z[..]), &mut want).unwrap();
             dev.ddim_step(&c, &xb, &eb, noisy.then_some((seed, stream)), &mut got).unwrap();
             close(&down(dev, &got), &want, 1e-6, 1e-6, &format!("ddim t={t} noisy={noisy}"));
         }

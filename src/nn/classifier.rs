@@ -77,7 +77,7 @@ impl Classifier {
     /// Registers `conv1..conv3` and `fc1`, `fc2` in `params`, initialised from `rng`.
     pub fn new(params: &mut Params, rng: &mut impl Rng) -> Self {
         let convs = std::array::from_fn(|i| {
-            Conv2d::new(params, rng, &format!("conv{}", i + 1), CHANNELS[i], CHANNELS[i + 1], 3, 1, 1)
+            Conv2d::new(params, rng, &format!("conv{}", i + 1), (CHANNELS[i], CHANNELS[i + 1]), (3, 1, 1))
         });
         let fc1 = Linear::new(params, rng, "fc1", CHANNELS[3] * FINAL_SIDE * FINAL_SIDE, FEATURE_DIM);
         let fc2 = Linear::new(params, rng, "fc2", FEATURE_DIM, CLASSES);

@@ -29,17 +29,14 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    /// Registers `{name}.weight [c_out, c_in, k, k]` and `{name}.bias [c_out]`.
-    #[allow(clippy::too_many_arguments)]
+    /// Registers `{name}.weight [c_out, c_in, k, k]` and `{name}.bias [c_out]` for `(c_in, c_out)` channels and a
+    /// `(k, stride, pad)` kernel.
     pub fn new(
         p: &mut Params,
         rng: &mut impl Rng,
         name: &str,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
+        (cin, cout): (usize, usize),
+        (k, stride, pad): (usize, usize, usize),
     ) -> Self {
         let bound = 1.0 / ((cin * k * k) as f32).sqrt();
         let weight = p.add(&format!("{name}.weight"), uniform(rng, &[cout, cin, k, k], bound));
@@ -64,17 +61,14 @@ pub struct ConvTranspose2d {
 }
 
 impl ConvTranspose2d {
-    /// Registers `{name}.weight [c_in, c_out, k, k]` and `{name}.bias [c_out]`.
-    #[allow(clippy::too_many_arguments)]
+    /// Registers `{name}.weight [c_in, c_out, k, k]` and `{name}.bias [c_out]` for `(c_in, c_out)` channels and a
+    /// `(k, stride, pad)` kernel.
     pub fn new(
         p: &mut Params,
         rng: &mut impl Rng,
         name: &str,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
+        (cin, cout): (usize, usize),
+        (k, stride, pad): (usize, usize, usize),
     ) -> Self {
         let bound = 1.0 / ((cout * k * k) as f32).sqrt();
         let weight = p.add(&format!("{name}.weight"), uniform(rng, &[cin, cout, k, k], bound));

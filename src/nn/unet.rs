@@ -62,11 +62,11 @@ impl ResBlock {
     /// Registers the block's parameters under `name` in PyTorch's order.
     pub fn new(p: &mut Params, rng: &mut impl Rng, name: &str, cin: usize, cout: usize, t_out: usize) -> Self {
         let norm1 = GroupNorm::new(p, &format!("{name}.norm1"), GROUPS, cin);
-        let conv1 = Conv2d::new(p, rng, &format!("{name}.conv1"), cin, cout, 3, 1, 1);
+        let conv1 = Conv2d::new(p, rng, &format!("{name}.conv1"), (cin, cout), (3, 1, 1));
         let t_proj = Linear::new(p, rng, &format!("{name}.t_proj"), t_out, cout);
         let norm2 = GroupNorm::new(p, &format!("{name}.norm2"), GROUPS, cout);
-        let conv2 = Conv2d::new(p, rng, &format!("{name}.conv2"), cout, cout, 3, 1, 1);
-        let skip = (cin != cout).then(|| Conv2d::new(p, rng, &format!("{name}.skip"), cin, cout, 1, 1, 0));
+        let conv2 = Conv2d::new(p, rng, &format!("{name}.conv2"), (cout, cout), (3, 1, 1));
+        let skip = (cin != cout).then(|| Conv2d::new(p, rng, &format!("{name}.skip"), (cin, cout), (1, 1, 0)));
         ResBlock { norm1, conv1, t_proj, norm2, conv2, skip }
     }
 
@@ -113,18 +113,18 @@ impl UNet {
         Ok(UNet {
             config,
             time: TimeEmbedding::new(p, rng, "time", t_dim, t_out),
-            in_conv: Conv2d::new(p, rng, "in_conv", in_ch, b, 3, 1, 1),
+            in_conv: Conv2d::new(p, rng, "in_conv", (in_ch, b), (3, 1, 1)),
             down1: ResBlock::new(p, rng, "down1", b, b, t_out),
-            pool1: Conv2d::new(p, rng, "pool1", b, 2 * b, 3, 2, 1),
+            pool1: Conv2d::new(p, rng, "pool1", (b, 2 * b), (3, 2, 1)),
             down2: ResBlock::new(p, rng, "down2", 2 * b, 2 * b, t_out),
-            pool2: Conv2d::new(p, rng, "pool2", 2 * b, 4 * b, 3, 2, 1),
+            pool2: Conv2d::new(p, rng, "pool2", (2 * b, 4 * b), (3, 2, 1)),
             mid: ResBlock::new(p, rng, "mid", 4 * b, 4 * b, t_out),
-            up2: ConvTranspose2d::new(p, rng, "up2", 4 * b, 2 * b, 4, 2, 1),
+            up2: ConvTranspose2d::new(p, rng, "up2", (4 * b, 2 * b), (4, 2, 1)),
             dec2: ResBlock::new(p, rng, "dec2", 4 * b, 2 * b, t_out),
-            up1: ConvTranspose2d::new(p, rng, "up1", 2 * b, b, 4, 2, 1),
+            up1: ConvTranspose2d::new(p, rng, "up1", (2 * b, b), (4, 2, 1)),
             dec1: ResBlock::new(p, rng, "dec1", 2 * b, b, t_out),
             out_norm: GroupNorm::new(p, "out_norm", GROUPS, b),
-            out_conv: Conv2d::new(p, rng, "out_conv", b, in_ch, 3, 1, 1),
+            out_conv: Conv2d::new(p, rng, "out_conv", (b, in_ch), (3, 1, 1)),
         })
     }
 

@@ -136,7 +136,7 @@ fn sampler_name(kind: SamplerKind, timesteps: usize) -> String {
 /// Where the images to score come from: read already, or a checkpoint loaded and checked, not yet sampled.
 enum Source {
     File(Tensor),
-    Model(SamplingModel, SamplerKind, usize),
+    Model(Box<SamplingModel>, SamplerKind, usize),
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -163,7 +163,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             kind.validate(m.timesteps).context("bad sampler settings")?;
             let n = a.n.unwrap_or(1000);
             check_memory(&device, &format!("--n {n}"), n, &m.model.config)?;
-            Source::Model(m, kind, n)
+            Source::Model(Box::new(m), kind, n)
         }
         (None, None) => unreachable!("clap requires --samples or --checkpoint"),
     };

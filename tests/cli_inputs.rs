@@ -269,6 +269,14 @@ fn negative_numbers_parse_as_values_and_are_refused_by_their_flag() {
     parse_error(&r, &["invalid value '-5' for '--n <N>'"]);
     let r = ddpm(&["sample", "--checkpoint", "x.safetensors", "--seed", "-1"]);
     parse_error(&r, &["invalid value '-1' for '--seed <SEED>'"]);
+    // train-classifier checks its folder and its output before reading the data.
+    let tc = |out: &Path| ddpm(&["train-classifier", "--device", "cpu", "--data", s(&dir), "--out", s(out)]);
+    refused(&tc(&dir.join("weights.bin")), &["--out", "must end in .safetensors"]);
+    let folder = dir.join("folder.safetensors");
+    std::fs::create_dir_all(&folder).unwrap();
+    refused(&tc(&folder), &["--out", "is a folder"]);
+    let r = ddpm(&["train-classifier", "--data", s(&dir.join("none")), "--out", s(&dir.join("c.safetensors"))]);
+    refused(&r, &["--data", "none"]);
     // A flag's name still is one.
     parse_error(&ddpm(&["sample", "--checkpoint", "x.safetensors", "--n", "--out"]), &["--n"]);
     std::fs::remove_dir_all(&dir).ok();

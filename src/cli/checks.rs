@@ -126,7 +126,8 @@ fn writable_folder(flag: &str, path: &Path, target: &Path) -> Result<()> {
     while !dir.exists() {
         match dir.parent() {
             Some(d) if !d.as_os_str().is_empty() => dir = d.to_path_buf(),
-            _ => dir = PathBuf::from("."),
+            _ if dir != Path::new(".") => dir = PathBuf::from("."),
+            _ => bail!("{flag} {shown}: the current folder no longer exists"),
         }
     }
     if !dir.is_dir() {

@@ -2,14 +2,12 @@
 
 mod cli;
 
-use clap::Parser;
-
 /// Reuses freed tensor-sized blocks instead of page-faulting fresh ones in (see `ddpm::alloc`).
 #[global_allocator]
 static ALLOC: ddpm::alloc::CachingAlloc = ddpm::alloc::CachingAlloc;
 
 fn main() {
-    let args = cli::Cli::parse();
+    let args = cli::parse();
     if let Err(e) = cli::run(args) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -1,7 +1,7 @@
 //! `ddpm bench`: times a training step or a sampler step on synthetic data and prints one JSON line per workload
 //! (for comparison scripts). Peak memory is the process's (measure it with `/usr/bin/time -v`).
 
-use super::{on_backend, resolve_device};
+use super::{checks, on_backend, resolve_device, Device};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use ddpm::backend::Backend;
@@ -46,6 +46,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let device = resolve_device(a.device)?;
     if a.iters == 0 || a.batch == 0 {
         bail!("--iters and --batch must be at least 1");
+    }
+    let config = UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim };
+    config.validate()?;
+    if matches!(device, Device::Cpu) {
+        // A training step also keeps the gradients and the backward pass's buffers (about three forward passes),
+        // and the weights five times over (parameters, gradients, two AdamW moments, the EMA).
+        let passes = if a.what == Workload::Train { 3 } else { 1 };
+        let bytes = passes * checks::sampling_bytes(a.batch, &config) + 5 * checks::model_bytes(&config);
+        checks::fits_in_memory(&format!("--batch {} --base {} --t-dim {}", a.batch, a.base, a.t_dim), bytes)?;
     }
     let name = device.name();
     let mut times = on_backend!(device, |b| time_on(&a, b))?;

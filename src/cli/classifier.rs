@@ -3,7 +3,7 @@
 //! epoch and the accuracy on the 10,000 test images, and writes the weights. A run is a function of its flags:
 //! the initialisation and the batches come from `--seed`, and the kernels sum in a fixed order.
 
-use super::{on_backend, progress_bar, resolve_device, DeviceArg};
+use super::{checks, on_backend, progress_bar, resolve_device, DeviceArg};
 use anyhow::{bail, Result};
 use clap::Args;
 use ddpm::autograd::Tape;
@@ -53,6 +53,9 @@ pub fn run(a: TrainClassifierArgs) -> Result<()> {
     if !(a.lr.is_finite() && a.lr > 0.0) {
         bail!("--lr must be positive, got {}", a.lr);
     }
+    checks::readable_dir("--data", &a.data)?;
+    checks::extension("--out", &a.out, &["safetensors"])?;
+    checks::writable("--out", &a.out)?;
     let device = resolve_device(a.device)?;
     on_backend!(device, |b| train_on(&a, b))
 }

@@ -1,12 +1,13 @@
 //! `ddpm eval` and `ddpm sampler-table`: sample quality in numbers (see `ddpm::eval`).
 
-use super::sample::{generate, SamplerArgs};
+use super::checks::{self, Kind};
+use super::sample::{check_memory, generate, load_model, SamplerArgs};
 use super::{on_backend, resolve_device, Device, DeviceArg};
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
 use ddpm::atomic_write::write_atomic;
 use ddpm::backend::Backend;
-use ddpm::checkpoint::{load_for_sampling, SamplingModel};
+use ddpm::checkpoint::SamplingModel;
 use ddpm::diffusion::{initial_noise, SamplerKind};
 use ddpm::eval::{Evaluator, Quality};
 use ddpm::image::save_grid_png;
@@ -25,6 +26,35 @@ pub struct ScoringArgs {
     /// Folder with the MNIST IDX files; the test set is the real reference.
     #[arg(long, default_value = "data/mnist")]
     pub data: PathBuf,
+}
+
+/// Images in the MNIST test set, the real reference: FID at n compares with n of them and needs n more for the
+/// floor.
+const MNIST_TEST: usize = 10_000;
+
+impl ScoringArgs {
+    /// Checks that the classifier and the data can be read; also returns the classifier as an input no output
+    /// may replace.
+    fn check(&self) -> Result<(&'static str, &Path)> {
+        checks::readable_file("--classifier", &self.classifier)?;
+        checks::readable_dir("--data", &self.data)?;
+        Ok(("--classifier", self.classifier.as_path()))
+    }
+}
+
+/// `Err` naming `flag` unless FID can be measured at `n`.
+fn check_n(flag: &str, n: usize) -> Result<()> {
+    if n < 2 {
+        bail!("{flag} must be at least 2");
+    }
+    if n > MNIST_TEST / 2 {
+        bail!(
+            "{flag} {n}: FID at n needs 2n real test images (the reference and the real-vs-real floor) and MNIST's \
+             test set has {MNIST_TEST}; use {flag} <= {}",
+            MNIST_TEST / 2
+        );
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -53,6 +83,9 @@ pub struct EvalArgs {
     /// Where to run the sampler and the classifier.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// Replace --grid even when it is a file this command reads or one that is not a PNG.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Reads the tensor `samples` of `path`, checks it holds images in [-1, 1], and keeps the first `n` (all if `None`).
@@ -100,28 +133,66 @@ fn sampler_name(kind: SamplerKind, timesteps: usize) -> String {
     }
 }
 
+/// Where the images to score come from: read already, or a checkpoint loaded and checked, not yet sampled.
+enum Source {
+    File(Tensor),
+    Model(Box<SamplingModel>, SamplerKind, usize),
+}
+
 pub fn run(a: EvalArgs) -> Result<()> {
-    if a.n == Some(0) {
-        bail!("--n must be at least 2");
+    if let Some(n) = a.n {
+        check_n("--n", n)?;
+    }
+    let mut inputs = vec![a.scoring.check()?];
+    for (flag, path) in [("--samples", &a.samples), ("--checkpoint", &a.checkpoint)] {
+        if let Some(p) = path {
+            checks::readable_file(flag, p)?;
+            inputs.push((flag, p.as_path()));
+        }
+    }
+    if let Some(grid) = &a.grid {
+        checks::extension("--grid", grid, &["png"])?;
+        checks::output("--grid", grid, Kind::Png, &inputs, a.force)?;
     }
     let device = resolve_device(a.device)?;
-    let scored = match (&a.samples, &a.checkpoint) {
-        (Some(path), _) => {
-            let images = read_samples(path, a.n)?;
-            Scored { images, source: path.display().to_string(), sampler: "file".into(), calls: 0, seconds: 0.0 }
-        }
+    let source = match (&a.samples, &a.checkpoint) {
+        (Some(path), _) => Source::File(read_samples(path, a.n)?),
         (None, Some(ckpt)) => {
-            let m = load_for_sampling(ckpt, !a.sampling.no_ema)?;
+            let m = load_model(ckpt, !a.sampling.no_ema)?;
             let kind = a.sampling.kind();
             kind.validate(m.timesteps).context("bad sampler settings")?;
             let n = a.n.unwrap_or(1000);
+            check_memory(&device, &format!("--n {n}"), n, &m.model.config)?;
+            Source::Model(Box::new(m), kind, n)
+        }
+        (None, None) => unreachable!("clap requires --samples or --checkpoint"),
+    };
+    on_backend!(device, |b| eval_on(b, &a, &device, source))
+}
+
+/// Scores `source` with the classifier on `b`: the classifier and the real images are loaded before any sampling,
+/// so that a problem with them costs no sampling time.
+fn eval_on<B: Backend>(b: &B, a: &EvalArgs, device: &Device, source: Source) -> Result<()> {
+    let n = match &source {
+        Source::File(images) => images.shape()[0],
+        Source::Model(.., n) => *n,
+    };
+    check_n("--n", n)?;
+    let evaluator = Evaluator::load(b, &a.scoring.classifier, &a.scoring.data, n)?;
+    let scored = match source {
+        Source::File(images) => {
+            let path = a.samples.as_ref().expect("a file source comes from --samples");
+            Scored { images, source: path.display().to_string(), sampler: "file".into(), calls: 0, seconds: 0.0 }
+        }
+        Source::Model(m, kind, n) => {
+            let ckpt = a.checkpoint.as_ref().expect("a model source comes from --checkpoint");
             eprintln!(
                 "sampling {n} images with {} from {} ({})",
                 sampler_name(kind, m.timesteps),
                 ckpt.display(),
                 m.description
             );
-            let (images, calls, seconds) = draw(&device, &m, kind, n, a.sampling.seed)?;
+            let (images, calls, seconds) = draw(device, &m, kind, n, a.sampling.seed)?;
             Scored {
                 images,
                 source: ckpt.display().to_string(),
@@ -130,14 +201,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 seconds,
             }
         }
-        (None, None) => unreachable!("clap requires --samples or --checkpoint"),
     };
     if let Some(grid) = &a.grid {
         save_grid_png(grid, &scored.images.head(64)?, 8)?;
     }
-    let n = scored.images.shape()[0];
-    let q =
-        on_backend!(device, |b| Evaluator::load(b, &a.scoring.classifier, &a.scoring.data, n)?.score(&scored.images))?;
+    let q = evaluator.score(&scored.images)?;
     if a.json {
         println!("{}", json_line(&q, &scored));
     } else {
@@ -214,13 +282,17 @@ pub struct TableArgs {
     seed: u64,
     #[command(flatten)]
     scoring: ScoringArgs,
-    /// The Markdown file to write; the grids go into a folder beside it named after it (docs/quality.md ->
-    /// docs/quality/). Rewritten after every row, so a stopped run keeps the rows it finished.
-    #[arg(long, default_value = "docs/quality.md")]
-    out: PathBuf,
+    /// The Markdown file to write [default: quality.md in the checkpoint's folder]; the grids go into a folder
+    /// beside it named after it (DIR/quality.md -> DIR/quality/). Rewritten after every row, so a stopped run keeps
+    /// the rows it finished. An existing file is replaced only if this command wrote it.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// Replace --out and the grids even when they are files this command did not write.
+    #[arg(long)]
+    force: bool,
 }
 
 /// The blog post's sampler table, in its order: DDPM-1000, DDIM-100/50/20/10 (η = 0), DDIM-50 with η = 1.
@@ -242,10 +314,41 @@ struct Row {
     grid: String,
 }
 
-pub fn run_table(a: TableArgs) -> Result<()> {
-    let device = resolve_device(a.device)?;
-    let m = load_for_sampling(&a.checkpoint, true)?;
+/// The grid file of a row: `ddim-50.png`, `ddim-50eta1.png`, `ddpm-1000.png`.
+fn grid_file(name: &str) -> String {
+    format!("{}.png", name.to_lowercase().replace([' ', '(', ')', '='], "").replace('η', "eta"))
+}
+
+pub fn run_table(mut a: TableArgs) -> Result<()> {
+    check_n("--n", a.n)?;
     let ddpm_n = a.ddpm_n.unwrap_or(a.n);
+    check_n("--ddpm-n", ddpm_n)?;
+    checks::readable_file("--checkpoint", &a.checkpoint)?;
+    let inputs = [a.scoring.check()?, ("--checkpoint", a.checkpoint.as_path())];
+    let out = match &a.out {
+        Some(out) => out.clone(),
+        None => a.checkpoint.with_file_name("quality.md"),
+    };
+    checks::extension("--out", &out, &["md"])?;
+    checks::output("--out", &out, Kind::Table, &inputs, a.force)?;
+    let device = resolve_device(a.device)?;
+    let m = load_model(&a.checkpoint, true)?;
+    let (flag, most) = if ddpm_n > a.n { ("--ddpm-n", ddpm_n) } else { ("--n", a.n) };
+    check_memory(&device, &format!("{flag} {most}"), most, &m.model.config)?;
+    for kind in TABLE {
+        kind.validate(m.timesteps).with_context(|| {
+            format!("{}: the table's {} needs more timesteps", a.checkpoint.display(), sampler_name(kind, m.timesteps))
+        })?;
+    }
+    let grid_dir = out.with_extension("");
+    if grid_dir.exists() && !grid_dir.is_dir() {
+        bail!("--out {}: the grids go into {}, which is not a folder", out.display(), grid_dir.display());
+    }
+    for kind in TABLE {
+        let grid = grid_dir.join(grid_file(&sampler_name(kind, m.timesteps)));
+        checks::output("--out (its grids)", &grid, Kind::Png, &inputs, a.force)?;
+    }
+    a.out = Some(out);
     // Cheapest first, so that a run stopped early has the most rows.
     let mut order: Vec<usize> = (0..TABLE.len()).collect();
     order.sort_by_key(|&i| match TABLE[i] {
@@ -253,8 +356,15 @@ pub fn run_table(a: TableArgs) -> Result<()> {
         SamplerKind::Ddim { steps, .. } => steps * a.n,
     });
     on_backend!(device, |b| table_on(b, &a, &device, &m, ddpm_n, order))?;
-    eprintln!("wrote {}", a.out.display());
+    eprintln!("wrote {}", a.out_path().display());
     Ok(())
+}
+
+impl TableArgs {
+    /// `--out`, resolved to its default by [`run_table`].
+    fn out_path(&self) -> &Path {
+        self.out.as_deref().expect("run_table sets --out")
+    }
 }
 
 /// Runs the rows of [`TABLE`] in `order`, with the classifier on `b`, rewriting the table after each.
@@ -266,7 +376,7 @@ fn table_on<B: Backend>(
     ddpm_n: usize,
     order: Vec<usize>,
 ) -> Result<()> {
-    let grid_dir = a.out.with_extension("");
+    let grid_dir = a.out_path().with_extension("");
     std::fs::create_dir_all(&grid_dir)
         .with_context(|| format!("{}: cannot create the grid folder", grid_dir.display()))?;
     let mut rows: Vec<Option<Row>> = (0..TABLE.len()).map(|_| None).collect();
@@ -281,7 +391,7 @@ fn table_on<B: Backend>(
         eprintln!("{name}: sampling {n} images");
         let (images, calls, seconds) = draw(device, m, kind, n, a.seed)?;
         let q = ev.score(&images)?;
-        let file = format!("{}.png", name.to_lowercase().replace([' ', '(', ')', '='], "").replace('η', "eta"));
+        let file = grid_file(&name);
         save_grid_png(&grid_dir.join(&file), &images.head(64)?, 8)?;
         eprintln!("{name}: FID {:.2} (floor {:.2} at n = {n}), {seconds:.1} s", q.fid, q.fid_floor);
         let grid =
@@ -339,7 +449,7 @@ fn write_table(a: &TableArgs, m: &SamplingModel, device: &str, rows: &[Option<Ro
     }
     let header = format!(
         "# Sample quality: the blog post's sampler table, measured\n\n\
-         <!-- written by `ddpm sampler-table`; rerun it rather than editing the table -->\n\
+         {mark}; rerun it rather than editing the table -->\n\
          Command: `ddpm sampler-table --checkpoint {ckpt} --n {n}{ddpm_n}` (seed {seed} for every sampler).\n\
          Checkpoint: {desc}.\n\n\
          - **FID** is the Fréchet distance between the samples and as many real MNIST test images, in the 128\n\
@@ -357,10 +467,12 @@ fn write_table(a: &TableArgs, m: &SamplingModel, device: &str, rows: &[Option<Ro
         seed = a.seed,
         desc = m.description,
         classifier = a.scoring.classifier.display(),
+        mark = checks::TABLE_MARK,
     );
     let text = format!("{header}{md}");
-    write_atomic(&a.out, |w| {
-        w.write_all(text.as_bytes()).map_err(|e| ddpm::Error::file(&a.out, format!("write failed: {e}")))
+    let out = a.out_path();
+    write_atomic(out, |w| {
+        w.write_all(text.as_bytes()).map_err(|e| ddpm::Error::file(out, format!("write failed: {e}")))
     })?;
     Ok(())
 }

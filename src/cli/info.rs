@@ -1,5 +1,5 @@
-//! `ddpm info`: what this build and this machine offer for running the kernels, and why CUDA is not used when
-//! it is not.
+//! `ddpm info`: what this build and this machine offer for running the kernels, where the commands run by
+//! default and with how many threads, and why CUDA is not used when it is not.
 
 use anyhow::Result;
 use ddpm::gpu::cuda::{self, Cuda};
@@ -21,8 +21,13 @@ pub fn run() -> Result<()> {
     println!("CUDA driver: {}", or_why(cuda::driver_version()));
     println!("NVRTC (run time): {}", or_why(cuda::nvrtc_version()));
     println!("emulator: {}", Emulator::new().describe());
-    match cuda::device_count() {
-        Err(why) => println!("CUDA devices: none; CUDA is not used: {why}"),
+    let threads = rayon::current_num_threads();
+    let cpu = format!("the CPU with {threads} threads (RAYON_NUM_THREADS sets the number)");
+    let auto = match cuda::device_count() {
+        Err(why) => {
+            println!("CUDA devices: none; CUDA is not used: {why}");
+            cpu.clone()
+        }
         Ok(n) => {
             println!("CUDA devices: {n}");
             for i in 0..n {
@@ -32,10 +37,18 @@ pub fn run() -> Result<()> {
                 }
             }
             match Cuda::new(0) {
-                Ok(_) => println!("--device auto uses CUDA device 0"),
-                Err(why) => println!("CUDA is not used: device 0 cannot be opened: {why}"),
+                Ok(dev) => format!("CUDA device 0 ({})", dev.describe()),
+                Err(why) => {
+                    println!("CUDA is not used: device 0 cannot be opened: {why}");
+                    cpu.clone()
+                }
             }
         }
-    }
+    };
+    println!("CPU threads: {threads}");
+    // What `train`, `sample`, `eval`, `sampler-table` and `train-classifier` do with their default `--device auto`.
+    println!("train and sample (--device auto) run on {auto}");
+    let recipe = if auto == cpu { "cpu" } else { "reference" };
+    println!("train's default recipe there: {recipe}; --device cpu runs on {cpu}");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Argument parsing and the subcommands.
 
 mod bench;
+mod checks;
 mod classifier;
 mod eval;
 mod info;
@@ -8,7 +9,7 @@ mod sample;
 mod train;
 
 use anyhow::{anyhow, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ddpm::backend::Gpu;
 use ddpm::gpu::cuda::Cuda;
 
@@ -110,6 +111,18 @@ fn resolve_device(d: DeviceArg) -> Result<Device> {
             Err(_) => Ok(Device::Cpu),
         },
     }
+}
+
+/// Parses the command line (exiting with clap's message on an error). Every subcommand takes negative numbers
+/// as flag values (`--lr -1`), so that a command refuses an out-of-range value with a message about its flag
+/// instead of the parser calling the number an unknown argument.
+pub fn parse() -> Cli {
+    let mut cmd = Cli::command();
+    let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(name, |s| s.allow_negative_numbers(true));
+    }
+    Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit())
 }
 
 /// Runs the parsed command.

@@ -1,5 +1,6 @@
 //! `ddpm sample`: load weights, run DDPM or DDIM, write a PNG grid or a safetensors tensor.
 
+use super::checks::{self, Kind};
 use super::{on_backend, progress_bar, resolve_device, Device, DeviceArg};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -7,7 +8,7 @@ use ddpm::backend::Backend;
 use ddpm::checkpoint::{load_for_sampling, SamplingModel};
 use ddpm::diffusion::{initial_noise, sample, SamplerKind, Schedule};
 use ddpm::image::save_grid_png;
-use ddpm::nn::UNetDenoiser;
+use ddpm::nn::{UNetConfig, UNetDenoiser};
 use ddpm::tensor_file::{read_tensors, write_tensors};
 use ddpm::Tensor;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,9 @@ pub struct SampleArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// Replace --out even when it is a file this command reads or did not write (a checkpoint, say).
+    #[arg(long)]
+    force: bool,
 }
 
 /// What the output file is.
@@ -78,11 +82,87 @@ enum OutKind {
 }
 
 fn out_kind(path: &Path) -> Result<OutKind> {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("png") => Ok(OutKind::Png),
-        Some("safetensors") => Ok(OutKind::Safetensors),
-        _ => bail!("--out {}: the file name must end in .png or .safetensors", path.display()),
+    checks::extension("--out", path, &["png", "safetensors"])?;
+    Ok(if path.extension().is_some_and(|e| e == "png") { OutKind::Png } else { OutKind::Safetensors })
+}
+
+/// Largest T a checkpoint may declare: the schedule holds a few numbers per step, and DDPM makes T network calls.
+const MAX_TIMESTEPS: usize = 1_000_000;
+
+/// Checks, before any model is built from it, that the sizes the checkpoint at `path` implies are backed by the
+/// weights in it: the UNet's width `base`, `in_ch` and `t_dim` (from our metadata, or inferred from the shapes of
+/// a state dict) must agree with the shapes of three of its weights that grow with them, so that no size in a
+/// damaged or hostile file can make the model's allocation exceed the file's own.
+fn check_sizes(path: &Path) -> Result<()> {
+    let f = read_tensors(path)?;
+    let ours = f.metadata.get("format").is_some_and(|v| v == "ddpm-checkpoint-v1");
+    let prefix = if ours { "model." } else { "" };
+    let shape = |name: &str| -> Result<Vec<usize>> { Ok(f.f32(&format!("{prefix}{name}"))?.shape().to_vec()) };
+    let (conv, time) = (shape("in_conv.weight")?, shape("time.mlp.0.weight")?);
+    let config = if ours {
+        let field = |key: &str| -> Result<usize> {
+            let raw = f.metadata.get(key).with_context(|| format!("{}: metadata lacks `{key}`", path.display()))?;
+            raw.parse().with_context(|| format!("{}: metadata `{key}` = {raw:?} is not a size", path.display()))
+        };
+        let timesteps = field("timesteps")?;
+        if !(2..=MAX_TIMESTEPS).contains(&timesteps) {
+            bail!("{}: metadata says timesteps = {timesteps}; a model needs 2..={MAX_TIMESTEPS}", path.display());
+        }
+        UNetConfig { in_ch: field("in_ch")?, base: field("base")?, t_dim: field("t_dim")? }
+    } else {
+        match (&conv[..], &time[..]) {
+            (&[base, in_ch, 3, 3], &[_, t_dim]) => UNetConfig { in_ch, base, t_dim },
+            _ => bail!(
+                "{}: cannot infer the UNet's sizes from in_conv.weight {conv:?} and time.mlp.0.weight {time:?}",
+                path.display()
+            ),
+        }
+    };
+    let UNetConfig { in_ch, base, t_dim } = config;
+    let expect = [
+        ("in_conv.weight", conv, vec![base, in_ch, 3, 3]),
+        ("time.mlp.0.weight", time, vec![t_dim.saturating_mul(4), t_dim]),
+        ("mid.conv1.weight", shape("mid.conv1.weight")?, vec![base.saturating_mul(4), base.saturating_mul(4), 3, 3]),
+    ];
+    for (name, got, want) in expect {
+        if got != want {
+            bail!(
+                "{}: the model's sizes (base {base}, in_ch {in_ch}, t_dim {t_dim}) call for {prefix}{name} of shape \
+                 {want:?}, but the file holds {got:?}; the checkpoint is damaged",
+                path.display()
+            );
+        }
     }
+    config.validate().with_context(|| format!("{}: bad model sizes", path.display()))?;
+    Ok(())
+}
+
+/// Loads the weights to sample from (see [`load_for_sampling`]) after checking their sizes, and refuses weights
+/// that are not all finite: a diverged run would only make noise.
+pub fn load_model(path: &Path, use_ema: bool) -> Result<SamplingModel> {
+    check_sizes(path)?;
+    let m = load_for_sampling(path, use_ema)?;
+    for (name, t) in m.params.iter() {
+        if let Some(v) = t.data().iter().find(|v| !v.is_finite()) {
+            bail!(
+                "{}: weight `{name}` holds {v} ({}): a diverged run cannot be sampled from",
+                path.display(),
+                m.description
+            );
+        }
+    }
+    Ok(m)
+}
+
+/// Refuses, before any compute, a request (`what`, naming its flag) to sample `n` images from `config` on
+/// `device` that would not fit in memory. On a GPU only the host's share is checked: a GPU allocation that fails
+/// is an error, not an abort.
+pub fn check_memory(device: &Device, what: &str, n: usize, config: &UNetConfig) -> Result<()> {
+    let bytes = match device {
+        Device::Cpu => checks::sampling_bytes(n, config),
+        Device::Cuda(_) => checks::host_image_bytes(n),
+    };
+    checks::fits_in_memory(what, bytes)
 }
 
 /// Reads x_T from a `--noise` file: the tensor `noise`, `[n, 1, 32, 32]`.
@@ -133,13 +213,24 @@ pub fn generate(
 }
 
 pub fn run(a: SampleArgs) -> Result<()> {
-    let device = resolve_device(a.device)?;
-    let kind = a.sampling.kind();
     if a.n == Some(0) {
         bail!("--n must be at least 1");
     }
     let out = out_kind(&a.out)?;
-    let m = load_for_sampling(&a.checkpoint, !a.sampling.no_ema)?;
+    checks::readable_file("--checkpoint", &a.checkpoint)?;
+    let mut inputs = vec![("--checkpoint", a.checkpoint.as_path())];
+    if let Some(p) = &a.noise {
+        checks::readable_file("--noise", p)?;
+        inputs.push(("--noise", p.as_path()));
+    }
+    let kind_of_out = match out {
+        OutKind::Png => Kind::Png,
+        OutKind::Safetensors => Kind::Samples,
+    };
+    checks::output("--out", &a.out, kind_of_out, &inputs, a.force)?;
+    let device = resolve_device(a.device)?;
+    let kind = a.sampling.kind();
+    let m = load_model(&a.checkpoint, !a.sampling.no_ema)?;
     kind.validate(m.timesteps).context("bad sampler settings")?;
     let in_ch = m.model.config.in_ch;
     let x_t = match &a.noise {
@@ -148,9 +239,15 @@ pub fn run(a: SampleArgs) -> Result<()> {
             if a.n.is_some_and(|n| n != noise.shape()[0]) {
                 bail!("--n {} disagrees with the {} images in {}", a.n.unwrap(), noise.shape()[0], p.display());
             }
+            let n = noise.shape()[0];
+            check_memory(&device, &format!("--noise {} ({n} images)", p.display()), n, &m.model.config)?;
             noise
         }
-        None => initial_noise(a.sampling.seed, a.n.unwrap_or(64), in_ch, 32, 32),
+        None => {
+            let n = a.n.unwrap_or(64);
+            check_memory(&device, &format!("--n {n}"), n, &m.model.config)?;
+            initial_noise(a.sampling.seed, n, in_ch, 32, 32)
+        }
     };
     let n = x_t.shape()[0];
     eprintln!(

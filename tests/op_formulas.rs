@@ -7,6 +7,7 @@
 //! f32 unit roundoff, and is argued where it is set. `--nocapture` prints each check's largest error and the
 //! fraction of its threshold used.
 
+#[macro_use]
 mod common;
 
 use common::{assert_formula, uniform_tensor};
@@ -16,22 +17,6 @@ use ddpm::ops::conv::ConvExtra;
 use ddpm::params::Params;
 use ddpm::{Result, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
-
-/// Runs each test on the CPU kernels and on the CUDA kernels in the emulator.
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn cpu() {
-                super::$name(&ddpm::backend::Cpu);
-            }
-            #[test]
-            fn emu() {
-                super::$name(&ddpm::backend::Gpu::new(ddpm::gpu::emu::Emulator::new()));
-            }
-        }
-    };
-}
 
 /// The value and shape of `build(inputs)` on backend `be` (an inference tape; inputs copied to the device).
 fn run<B: Backend>(

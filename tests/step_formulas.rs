@@ -6,6 +6,7 @@
 //! (`linspace`, `cumprod`), so a wrong constant shared by the CPU and the CUDA code fails here. Tolerances are
 //! `abs + rel·|ref|`, u = 2⁻²⁴ ≈ 6e-8 the f32 unit roundoff, each argued where it is set.
 
+#[macro_use]
 mod common;
 
 use common::{assert_formula, assert_within, uniform, uniform_tensor};
@@ -16,22 +17,6 @@ use ddpm::optim::{clip_grad_norm, AdamW, Ema};
 use ddpm::params::{Grads, Params};
 use ddpm::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
-
-/// Runs each test on the CPU kernels and on the CUDA kernels in the emulator.
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn cpu() {
-                super::$name(&ddpm::backend::Cpu);
-            }
-            #[test]
-            fn emu() {
-                super::$name(&ddpm::backend::Gpu::new(ddpm::gpu::emu::Emulator::new()));
-            }
-        }
-    };
-}
 
 /// Three parameter tensors (sizes 1, 37 and 300) of values uniform in [-1, 1).
 fn params(rng: &mut StdRng) -> Params {

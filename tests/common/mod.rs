@@ -148,3 +148,20 @@ pub fn assert_within(what: &str, ours: &[f32], want: &[f64], tol: &dyn Fn(usize)
         panic!("{what}: [{i}] = {a:e}, formula {r:e} (tolerance {:e}; worst {worst:.1}x the threshold)", tol(i));
     }
 }
+
+/// Runs each test on the CPU kernels and on the CUDA kernels in the emulator.
+#[allow(unused_macros)] // used by the formula tests, not by every test binary that includes this module
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn cpu() {
+                super::$name(&ddpm::backend::Cpu);
+            }
+            #[test]
+            fn emu() {
+                super::$name(&ddpm::backend::Gpu::new(ddpm::gpu::emu::Emulator::new()));
+            }
+        }
+    };
+}

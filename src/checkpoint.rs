@@ -34,7 +34,7 @@ pub fn save(state: &TrainState, path: &Path) -> Result<()> {
 /// or trained on.
 pub fn check_finite<B: Backend>(params: &Params<B>) -> Result<()> {
     for (name, t) in params.iter() {
-        check_tensor(&name.to_string(), t)?;
+        check_tensor(name, t)?;
     }
     Ok(())
 }
@@ -42,7 +42,7 @@ pub fn check_finite<B: Backend>(params: &Params<B>) -> Result<()> {
 /// [`check_finite`] for everything a checkpoint holds: the weights, their EMA and AdamW's moments.
 pub fn check_state_finite(state: &TrainState) -> Result<()> {
     for (i, (name, t)) in state.params.iter().enumerate() {
-        check_tensor(&name.to_string(), t)?;
+        check_tensor(name, t)?;
         check_tensor(&format!("ema.{name}"), &state.ema.shadow[i])?;
         check_tensor(&format!("adam.exp_avg.{name}"), &state.opt.exp_avg[i])?;
         check_tensor(&format!("adam.exp_avg_sq.{name}"), &state.opt.exp_avg_sq[i])?;

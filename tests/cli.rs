@@ -293,7 +293,10 @@ fn a_resumed_run_in_place_or_in_a_new_folder_logs_what_the_uninterrupted_run_log
     for f in ["checkpoint-3.safetensors", "checkpoint-6.safetensors", "checkpoint-best.safetensors"] {
         assert!(c.join(f).exists(), "{f} missing");
     }
-    assert_eq!(std::fs::read(a.join("checkpoint.safetensors")).unwrap(), std::fs::read(c.join("checkpoint.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(a.join("checkpoint.safetensors")).unwrap(),
+        std::fs::read(c.join("checkpoint.safetensors")).unwrap()
+    );
     // A folder holding another run is refused, with the commands that work.
     let r = ddpm(&[&resume[..], &[s(&ckpt3), "--out", s(&a)]].concat());
     fails_with(&r, "holds another run");
@@ -313,7 +316,8 @@ fn a_resumed_run_in_place_or_in_a_new_folder_logs_what_the_uninterrupted_run_log
 fn a_diverging_run_names_the_step_and_leaves_only_finite_checkpoints() {
     let dir = scratch("diverge");
     let out = dir.join("run");
-    let r = tiny_train(&out, &["--lr", "1e30", "--max-steps", "50", "--save-every", "1", "--keep", "100", "--eval-n", "0"]);
+    let r =
+        tiny_train(&out, &["--lr", "1e30", "--max-steps", "50", "--save-every", "1", "--keep", "100", "--eval-n", "0"]);
     fails_with(&r, "training diverged at step");
     fails_with(&r, "lower learning rate");
     for e in std::fs::read_dir(&out).unwrap() {

@@ -10,9 +10,7 @@ use ddpm::checkpoint::load_train_state;
 use ddpm::data::{load_dataset, Split};
 use ddpm::eval::{Evaluator, Quality};
 use ddpm::nn::DEFAULT_WEIGHTS;
-use ddpm::train::{
-    CheckpointPolicy, EpochSummary, LogRow, Observer, RunConfig, RunDir, RunEnd, TrainState, Trainer,
-};
+use ddpm::train::{CheckpointPolicy, EpochSummary, LogRow, Observer, RunConfig, RunDir, RunEnd, TrainState, Trainer};
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -190,15 +188,12 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
     let data = load_dataset(&a.data, Split::Train)?;
     let mut trainer = Trainer::new(state, data.images)?;
     trainer.checkpoint_policy(CheckpointPolicy { every: a.save_every, keep: a.keep })?;
-    let (dir, adopted) = match &a.resume {
+    let dir = match &a.resume {
         Some(ckpt) => resume_dir(a, ckpt)?,
-        None => (RunDir::for_new_run(a.out.clone().unwrap_or_else(default_out))?, false),
+        None => RunDir::for_new_run(a.out.clone().unwrap_or_else(default_out))?,
     };
     let out = dir.path().to_path_buf();
     trainer.write_into(dir, a.sample_n)?;
-    if adopted {
-        trainer.save_checkpoint()?;
-    }
     let stop = stop_on_signals()?;
     trainer.stop_when(Arc::clone(&stop));
     let (c, total) = (&trainer.state().config, trainer.total_steps());
@@ -232,17 +227,17 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
     }
 }
 
-/// The folder a resumed run writes, and whether it is a new one that still needs the checkpoint: the checkpoint's
-/// own folder, or `--out` if that is a new or empty folder (it gets the log up to the checkpoint's step here, and
-/// the checkpoint once the trainer writes into it). A folder with another run's files is refused.
-fn resume_dir(a: &TrainArgs, ckpt: &Path) -> Result<(RunDir, bool)> {
+/// The folder a resumed run writes: the checkpoint's own folder, or `--out` if that is a new or empty folder (it
+/// gets the log here, and the checkpoint once the trainer writes into it). A folder with another run's files is
+/// refused.
+fn resume_dir(a: &TrainArgs, ckpt: &Path) -> Result<RunDir> {
     let own = match ckpt.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let out = match &a.out {
         Some(out) if !same_folder(out, &own) => out,
-        _ => return Ok((RunDir::create(own)?, false)),
+        _ => return Ok(RunDir::create(own)?),
     };
     let dir = RunDir::create(out)?;
     let files = dir.run_files();
@@ -263,7 +258,7 @@ fn resume_dir(a: &TrainArgs, ckpt: &Path) -> Result<(RunDir, bool)> {
     if log.exists() {
         std::fs::copy(&log, dir.log()).with_context(|| format!("copying {} into {}", log.display(), out.display()))?;
     }
-    Ok((dir, true))
+    Ok(dir)
 }
 
 /// Whether `a` and `b` name the same existing folder.
@@ -306,7 +301,8 @@ fn resume_command(a: &TrainArgs, ckpt: &Path) -> String {
         cmd += &format!(" --data {}", quote(&a.data));
     }
     if a.device != DeviceArg::Auto {
-        cmd += &format!(" --device {}", a.device.to_possible_value().map_or("auto".into(), |v| v.get_name().to_string()));
+        cmd +=
+            &format!(" --device {}", a.device.to_possible_value().map_or("auto".into(), |v| v.get_name().to_string()));
     }
     let numbers = [
         ("--sample-n", a.sample_n as u64, 64),

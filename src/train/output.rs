@@ -1,8 +1,8 @@
 //! What a training run writes: the layout of its output folder, and its CSV log.
 
 use super::StepStats;
-use crate::error::{Error, Result};
 use crate::atomic_write::write_atomic;
+use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -208,11 +208,11 @@ impl RunLog {
 
     /// Writes `text` to `path` (atomically), then opens it for appending.
     fn with_text(path: &Path, text: String) -> Result<Self> {
-        write_atomic(path, |w| w.write_all(text.as_bytes()).map_err(|e| Error::file(path, format!("cannot write: {e}"))))?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
+        write_atomic(path, |w| {
+            w.write_all(text.as_bytes()).map_err(|e| Error::file(path, format!("cannot write: {e}")))
+        })?;
+        let file =
+            OpenOptions::new().append(true).open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
         Ok(RunLog { path: path.to_path_buf(), file })
     }
 

@@ -9,10 +9,10 @@
 
 use super::output::link_or_copy;
 use super::{Batcher, LogRow, RunDir, RunLog, StepStats, TrainState};
+use crate::atomic_write::write_atomic;
 use crate::backend::{Backend, Cpu};
 use crate::checkpoint;
 use crate::diffusion::{SamplerKind, Schedule};
-use crate::atomic_write::write_atomic;
 use crate::error::{Error, Result};
 use crate::eval::{Evaluator, Quality};
 use crate::image::save_grid_png;
@@ -178,7 +178,8 @@ impl<B: Backend> Trainer<B> {
     /// Writes the run into `dir`: checkpoints, grids of `sample_n` images, the log, `config.json` and the loss
     /// curve. A fresh run starts the log anew (see [`RunDir::for_new_run`] for a folder it may use); a run that has
     /// taken steps (a resumed one) keeps the log's rows up to its step and appends to them, so that the log ends up
-    /// as the uninterrupted run's.
+    /// as the uninterrupted run's, and writes its state as the folder's latest checkpoint (refusing a state that is
+    /// not finite).
     pub fn write_into(&mut self, dir: RunDir, sample_n: usize) -> Result<()> {
         if sample_n == 0 {
             return Err(Error::Arg("sample grids need at least 1 image".into()));
@@ -192,11 +193,15 @@ impl<B: Backend> Trainer<B> {
             RunLog::resume(&dir.log(), step, keep_fid)?
         };
         self.best_fid = if dir.best_checkpoint().exists() { log.best_fid() } else { None };
-        self.last_saved = dir.holds_run().then_some(step);
         let config = dir.config();
         let json = self.state.config.to_json();
         write_atomic(&config, |w| w.write_all(json.as_bytes()).map_err(|e| Error::file(&config, e.to_string())))?;
         self.output = Some(Output { dir, log, sample_n });
+        if step > 0 {
+            // The folder's latest checkpoint becomes the one the log was cut back to (a resume from an older
+            // checkpoint, or into a new folder), so that a crash before the next checkpoint resumes from there.
+            self.save_checkpoint()?;
+        }
         Ok(())
     }
 
@@ -335,7 +340,7 @@ impl<B: Backend> Trainer<B> {
             (None, _) => "nothing was saved".to_string(),
         };
         Error::Diverged(format!(
-            "training diverged at step {step}: {what}; {kept}. Start again with a lower learning rate than {} \
+            "training diverged at step {step}: {what}; {kept}. Start again with a lower learning rate than {:?} \
              (--lr)",
             self.state.config.lr
         ))

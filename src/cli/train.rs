@@ -266,10 +266,19 @@ fn same_folder(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
-/// `runs/YYYY-MM-DD-HHMMSS`, now in UTC.
+/// `runs/YYYY-MM-DD-HHMMSS`, now in UTC, with `-2`, `-3`, ... after it if that exists (runs started in the same
+/// second).
 fn default_out() -> PathBuf {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    PathBuf::from(format!("runs/{}", utc_stamp(secs)))
+    let stamp = format!("runs/{}", utc_stamp(secs));
+    let mut out = PathBuf::from(&stamp);
+    for i in 2.. {
+        if !out.exists() {
+            break;
+        }
+        out = PathBuf::from(format!("{stamp}-{i}"));
+    }
+    out
 }
 
 /// `YYYY-MM-DD-HHMMSS` of `secs` since the Unix epoch, in UTC (the civil-from-days algorithm of H. Hinnant's
@@ -396,5 +405,27 @@ impl Observer for Progress {
 
     fn final_ddpm_grid(&mut self, timesteps: usize) {
         println!("sampling the final DDPM-{timesteps} grid from the EMA weights");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_folder_names_are_utc_dates() {
+        assert_eq!(utc_stamp(0), "1970-01-01-000000");
+        assert_eq!(utc_stamp(951_782_400), "2000-02-29-000000");
+        assert_eq!(utc_stamp(1_796_211_000), "2026-12-02-113000");
+        assert_eq!(utc_stamp(4_107_542_399), "2100-02-28-235959");
+    }
+
+    #[test]
+    fn odd_paths_are_quoted_for_the_shell() {
+        assert_eq!(
+            quote(Path::new("runs/2026-12-02-113000/checkpoint.safetensors")),
+            "runs/2026-12-02-113000/checkpoint.safetensors"
+        );
+        assert_eq!(quote(Path::new("my runs/it's")), r"'my runs/it'\''s'");
     }
 }

@@ -341,9 +341,10 @@ fn wait_for_rows(log: &Path, rows: usize, child: &mut std::process::Child) {
     }
 }
 
+/// Sends `signal` ("INT", "TERM") to `child`.
 #[cfg(unix)]
-fn interrupt(child: &std::process::Child) {
-    let r = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+fn signal(child: &std::process::Child, signal: &str) {
+    let r = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
     assert!(r.success());
 }
 
@@ -363,7 +364,7 @@ fn ctrl_c_writes_a_checkpoint_and_prints_the_resume_command_and_a_second_one_exi
         .spawn()
         .unwrap();
     wait_for_rows(&out.join("log.csv"), 2, &mut child);
-    interrupt(&child);
+    signal(&child, "INT");
     let r = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&r.stdout).into_owned();
     fails_with(&r, "interrupted after step");
@@ -380,6 +381,20 @@ fn ctrl_c_writes_a_checkpoint_and_prints_the_resume_command_and_a_second_one_exi
     succeeds(&ddpm(&[&command.split(' ').skip(1).collect::<Vec<_>>()[..], &["--max-steps", &more]].concat()));
     assert_eq!(read(&out.join("log.csv")).lines().count() as u64, step + 3);
 
+    // SIGTERM stops a run the same way.
+    let out = dir.join("term");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args([&args[..], &["--timesteps", "50", "--sample-n", "4", "--eval-n", "0", "--out", s(&out)]].concat())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_rows(&out.join("log.csv"), 1, &mut child);
+    signal(&child, "TERM");
+    fails_with(&child.wait_with_output().unwrap(), "interrupted after step");
+    assert!(out.join("checkpoint.safetensors").exists());
+
     // A second Ctrl-C during the step (about a second at base 32, batch 64) exits at once, writing nothing.
     let out = dir.join("twice");
     let args = ["train", "--device", "cpu", "--base", "32", "--batch", "64", "--eval-n", "0", "--out", s(&out)];
@@ -391,9 +406,9 @@ fn ctrl_c_writes_a_checkpoint_and_prints_the_resume_command_and_a_second_one_exi
         .spawn()
         .unwrap();
     wait_for_rows(&out.join("log.csv"), 1, &mut child);
-    interrupt(&child);
+    signal(&child, "INT");
     std::thread::sleep(std::time::Duration::from_millis(20));
-    interrupt(&child);
+    signal(&child, "INT");
     let r = child.wait_with_output().unwrap();
     assert_eq!(r.status.code(), Some(130), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(!out.join("checkpoint.safetensors").exists(), "a checkpoint was written");

@@ -4,6 +4,7 @@
 //! state dict saved as safetensors (the reference's names, no prefix) is also accepted for sampling, its sizes inferred
 //! from the tensor shapes. Files are written to a temporary name and renamed, never left half-written.
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::nn::{UNet, UNetConfig};
 use crate::params::Params;
@@ -27,6 +28,34 @@ pub fn save(state: &TrainState, path: &Path) -> Result<()> {
         named.push((format!("adam.exp_avg_sq.{name}"), &state.opt.exp_avg_sq[i]));
     }
     write_tensors(path, &named, Some(metadata(state)))
+}
+
+/// `Err` naming the first tensor of `params` that holds a NaN or an infinity: weights that cannot be sampled from
+/// or trained on.
+pub fn check_finite<B: Backend>(params: &Params<B>) -> Result<()> {
+    for (name, t) in params.iter() {
+        check_tensor(name, t)?;
+    }
+    Ok(())
+}
+
+/// [`check_finite`] for everything a checkpoint holds: the weights, their EMA and AdamW's moments.
+pub fn check_state_finite(state: &TrainState) -> Result<()> {
+    for (i, (name, t)) in state.params.iter().enumerate() {
+        check_tensor(name, t)?;
+        check_tensor(&format!("ema.{name}"), &state.ema.shadow[i])?;
+        check_tensor(&format!("adam.exp_avg.{name}"), &state.opt.exp_avg[i])?;
+        check_tensor(&format!("adam.exp_avg_sq.{name}"), &state.opt.exp_avg_sq[i])?;
+    }
+    Ok(())
+}
+
+fn check_tensor<B: Backend>(name: &str, t: &Tensor<B>) -> Result<()> {
+    let data = t.to_vec()?;
+    match data.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::Diverged(format!("`{name}` holds a non-finite value ({} at index {i})", data[i]))),
+        None => Ok(()),
+    }
 }
 
 /// The header metadata: the run's configuration and counters, as strings, in key order (so that the same state

@@ -19,6 +19,9 @@ pub enum Error {
     /// the emulator refuses, a kernel fault the emulator caught.
     #[error("device error: {0}")]
     Device(String),
+    /// Training produced a non-finite loss, gradient norm or weight; the message names the step.
+    #[error("{0}")]
+    Diverged(String),
 }
 
 impl Error {

@@ -256,3 +256,161 @@ fn train_classifier_is_deterministic_and_checks_its_flags() {
     assert!(!c.exists(), "no weights from a failed run");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `ddpm train` of a tiny model (base 8, T = 50, grids of 4) on data/mnist into `out`, with `extra` flags.
+fn tiny_train(out: &Path, extra: &[&str]) -> Output {
+    let base = ["train", "--device", "cpu", "--base", "8", "--t-dim", "4", "--batch", "8", "--timesteps", "50"];
+    ddpm(&[&base[..], &["--sample-n", "4", "--out", s(out)], extra].concat())
+}
+
+fn succeeds(out: &Output) -> String {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn a_resumed_run_in_place_or_in_a_new_folder_logs_what_the_uninterrupted_run_logs() {
+    let dir = scratch("inplace");
+    let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
+    succeeds(&tiny_train(&a, &["--max-steps", "6", "--eval-n", "16"]));
+    // Stopped at step 3 by --max-steps (which measures FID there), then continued in its own folder.
+    succeeds(&tiny_train(&b, &["--max-steps", "3", "--eval-n", "16"]));
+    let ckpt3 = b.join("checkpoint-3.safetensors");
+    let resume = ["train", "--device", "cpu", "--sample-n", "4", "--eval-n", "16", "--max-steps", "6", "--resume"];
+    let stdout = succeeds(&ddpm(&[&resume[..], &[s(&b.join("checkpoint.safetensors"))]].concat()));
+    assert!(stdout.contains(&format!("output in {}", b.display())), "{stdout}");
+    let log = read(&a.join("log.csv"));
+    assert_eq!(log.lines().count(), 7, "{log}");
+    assert_eq!(log, read(&b.join("log.csv")), "resumed in place");
+    assert_eq!(read(&a.join("config.json")), read(&b.join("config.json")));
+    // From step 3 again, into a new folder: it gets the checkpoint and the log up to step 3.
+    succeeds(&ddpm(&[&resume[..], &[s(&ckpt3), "--out", s(&c)]].concat()));
+    assert_eq!(log, read(&c.join("log.csv")), "resumed into a new folder");
+    for f in ["checkpoint-3.safetensors", "checkpoint-6.safetensors", "checkpoint-best.safetensors"] {
+        assert!(c.join(f).exists(), "{f} missing");
+    }
+    assert_eq!(
+        std::fs::read(a.join("checkpoint.safetensors")).unwrap(),
+        std::fs::read(c.join("checkpoint.safetensors")).unwrap()
+    );
+    // A folder holding another run is refused, with the commands that work.
+    let r = ddpm(&[&resume[..], &[s(&ckpt3), "--out", s(&a)]].concat());
+    fails_with(&r, "holds another run");
+    fails_with(&r, &format!("`ddpm train --resume {}", a.join("checkpoint.safetensors").display()));
+    fails_with(&r, &format!("`ddpm train --resume {} --device cpu --sample-n 4 --eval-n 16`", ckpt3.display()));
+    // A folder with a run's leftovers but no checkpoint is refused, for a new run too.
+    let d = dir.join("d");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("log.csv"), "step,epoch,loss,grad_norm,lr,fid\n").unwrap();
+    fails_with(&tiny_train(&d, &["--max-steps", "1"]), "no checkpoint");
+    fails_with(&ddpm(&[&resume[..], &[s(&ckpt3), "--out", s(&d)]].concat()), "files of another run");
+    assert_eq!(read(&d.join("log.csv")), "step,epoch,loss,grad_norm,lr,fid\n");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_diverging_run_names_the_step_and_leaves_only_finite_checkpoints() {
+    let dir = scratch("diverge");
+    let out = dir.join("run");
+    let r =
+        tiny_train(&out, &["--lr", "1e30", "--max-steps", "50", "--save-every", "1", "--keep", "100", "--eval-n", "0"]);
+    fails_with(&r, "training diverged at step");
+    fails_with(&r, "lower learning rate");
+    for e in std::fs::read_dir(&out).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            let state = ddpm::checkpoint::load_train_state(&p).unwrap();
+            ddpm::checkpoint::check_state_finite(&state).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Waits until the run's log has `rows` rows (the run is then past its setup, signal handlers included).
+#[cfg(unix)]
+fn wait_for_rows(log: &Path, rows: usize, child: &mut std::process::Child) {
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(log).map_or(0, |t| t.lines().count()) < rows + 1 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(start.elapsed().as_secs() < 120, "no log rows after 2 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Sends `signal` ("INT", "TERM") to `child`.
+#[cfg(unix)]
+fn signal(child: &std::process::Child, signal: &str) {
+    let r = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+    assert!(r.success());
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_prints_the_resume_command_and_a_second_one_exits_at_once() {
+    use std::process::Stdio;
+    let dir = scratch("signal");
+    let out = dir.join("run");
+    // Explicit --epochs replace the CPU recipe's 11250 steps: 2 epochs of 7500 steps.
+    let args = ["train", "--device", "cpu", "--epochs", "2", "--batch", "8", "--base", "8", "--t-dim", "4"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args([&args[..], &["--timesteps", "50", "--sample-n", "4", "--eval-n", "0", "--out", s(&out)]].concat())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_rows(&out.join("log.csv"), 2, &mut child);
+    signal(&child, "INT");
+    let r = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&r.stdout).into_owned();
+    fails_with(&r, "interrupted after step");
+    assert!(stdout.contains("steps 0..15000"), "{stdout}");
+    assert!(read(&out.join("config.json")).contains("\"max_steps\": null"));
+    let ckpt = out.join("checkpoint.safetensors");
+    let command = format!("ddpm train --resume {} --device cpu --sample-n 4 --eval-n 0", ckpt.display());
+    assert!(stdout.contains(&command), "{stdout}");
+    let step = ddpm::checkpoint::load_train_state(&ckpt).unwrap().step;
+    let log = read(&out.join("log.csv"));
+    assert!(log.lines().last().unwrap().starts_with(&format!("{step},")), "checkpoint of step {step}; log:\n{log}");
+    // The printed command continues it (here only 2 more steps).
+    let more = (step + 2).to_string();
+    succeeds(&ddpm(&[&command.split(' ').skip(1).collect::<Vec<_>>()[..], &["--max-steps", &more]].concat()));
+    assert_eq!(read(&out.join("log.csv")).lines().count() as u64, step + 3);
+
+    // SIGTERM stops a run the same way.
+    let out = dir.join("term");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args([&args[..], &["--timesteps", "50", "--sample-n", "4", "--eval-n", "0", "--out", s(&out)]].concat())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_rows(&out.join("log.csv"), 1, &mut child);
+    signal(&child, "TERM");
+    fails_with(&child.wait_with_output().unwrap(), "interrupted after step");
+    assert!(out.join("checkpoint.safetensors").exists());
+
+    // A second Ctrl-C during the step (about a second at base 32, batch 64) exits at once, writing nothing.
+    let out = dir.join("twice");
+    let args = ["train", "--device", "cpu", "--base", "32", "--batch", "64", "--eval-n", "0", "--out", s(&out)];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_rows(&out.join("log.csv"), 1, &mut child);
+    signal(&child, "INT");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    signal(&child, "INT");
+    let r = child.wait_with_output().unwrap();
+    assert_eq!(r.status.code(), Some(130), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(!out.join("checkpoint.safetensors").exists(), "a checkpoint was written");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -5,8 +5,12 @@
 
 use ddpm::checkpoint::{load_train_state, save};
 use ddpm::nn::UNetConfig;
-use ddpm::train::{Batcher, EpochSummary, LogRow, Observer, RunConfig, RunDir, TrainState, Trainer};
+use ddpm::train::{
+    Batcher, CheckpointPolicy, EpochSummary, LogRow, Observer, RunConfig, RunDir, RunEnd, RunLog, TrainState, Trainer,
+};
 use ddpm::Tensor;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 fn tiny_config() -> RunConfig {
     RunConfig {
@@ -208,5 +212,129 @@ fn trainer_writes_a_run_folder_and_resumes_it_exactly() {
     for f in ["samples_epoch000.png", "samples_ddim.png", "samples_ddpm.png", "loss_curve.png"] {
         assert_eq!(read(&a.join(f)), read(&b.join(f)), "{f}");
     }
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// 8 images of 32x32 (what the samplers draw); at batch 4, 2 steps per epoch.
+fn images32() -> Tensor {
+    let data = (0..8 * 1024).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    Tensor::new(&[8, 1, 32, 32], data).unwrap()
+}
+
+/// A fresh scratch folder for test `name`.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ddpm-trainer-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    d
+}
+
+/// A trainer of `config` writing grids of 2 images into `dir`, a checkpoint every `every` steps, keeping `keep`.
+fn writing_trainer(state: TrainState, dir: &std::path::Path, every: u64, keep: usize) -> Trainer {
+    let mut t = Trainer::new(state, images32()).unwrap();
+    t.checkpoint_policy(CheckpointPolicy { every, keep }).unwrap();
+    t.write_into(RunDir::create(dir).unwrap(), 2).unwrap();
+    t
+}
+
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn checkpoints_come_every_few_steps_and_only_the_newest_are_kept() {
+    let root = scratch("keep");
+    let config = RunConfig { timesteps: 10, max_steps: Some(7), epochs: 100, ..tiny_config() };
+    let mut t = writing_trainer(TrainState::new(config.clone()).unwrap(), &root, 3, 2);
+    assert_eq!(t.run(&mut ()).unwrap(), RunEnd::Finished);
+    // Every 3 steps and at every epoch end (2 steps) and the run's end: 2, 3, 4, 6, 7; the newest 2 are kept.
+    let ckpts: Vec<String> = names(&root).into_iter().filter(|n| n.starts_with("checkpoint")).collect();
+    assert_eq!(ckpts, ["checkpoint-6.safetensors", "checkpoint-7.safetensors", "checkpoint.safetensors"]);
+    let read = |n: &str| std::fs::read(root.join(n)).unwrap();
+    assert_eq!(read("checkpoint.safetensors"), read("checkpoint-7.safetensors"));
+    let json = String::from_utf8(read("config.json")).unwrap();
+    assert!(json.contains("\"lr\": 0.0002,") && json.contains("\"max_steps\": 7\n"), "{json}");
+    // A checkpoint-STEP of the same run's future (left by a resume from an older one) does not count against
+    // `keep` until the run passes it.
+    let mut state = load_train_state(&root.join("checkpoint-6.safetensors")).unwrap();
+    state.config.max_steps = Some(8);
+    let mut t = writing_trainer(state, &root, 100, 2);
+    t.run(&mut ()).unwrap();
+    let ckpts: Vec<String> = names(&root).into_iter().filter(|n| n.starts_with("checkpoint")).collect();
+    assert_eq!(ckpts, ["checkpoint-7.safetensors", "checkpoint-8.safetensors", "checkpoint.safetensors"]);
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// Sets its flag once step `at` is done, as a signal handler would.
+struct StopAt(u64, Arc<AtomicBool>);
+
+impl Observer for StopAt {
+    fn step_done(&mut self, row: &LogRow) {
+        if row.step == self.0 {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn a_stop_request_writes_a_checkpoint_and_the_resumed_run_ends_as_the_uninterrupted_one() {
+    let (a, b) = (scratch("stop-a"), scratch("stop-b"));
+    let config = RunConfig { timesteps: 10, max_steps: Some(5), ..tiny_config() };
+    let mut straight = writing_trainer(TrainState::new(config.clone()).unwrap(), &a, 100, 3);
+    straight.run(&mut ()).unwrap();
+
+    // Stopped after step 3 (mid-epoch, between checkpoints): it writes checkpoint 3 and nothing more.
+    let mut first = writing_trainer(TrainState::new(config.clone()).unwrap(), &b, 100, 3);
+    let flag = Arc::new(AtomicBool::new(false));
+    first.stop_when(flag.clone());
+    assert_eq!(first.run(&mut StopAt(3, flag)).unwrap(), RunEnd::Stopped { step: 3 });
+    assert!(!b.join("samples_ddpm.png").exists());
+    let state = load_train_state(&b.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(state.step, 3);
+    // Rows written after the checkpoint (a run killed later) are cut off on resume.
+    let mut log = std::fs::read_to_string(b.join("log.csv")).unwrap();
+    log.push_str("4,1,9,9,0.0002,\n");
+    std::fs::write(b.join("log.csv"), log).unwrap();
+    let mut resumed = writing_trainer(state, &b, 100, 3);
+    assert_eq!(resumed.run(&mut ()).unwrap(), RunEnd::Finished);
+    let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
+    assert_eq!(read(a.join("log.csv")), read(b.join("log.csv")), "the resumed run's log");
+    assert_eq!(read(a.join("checkpoint.safetensors")), read(b.join("checkpoint.safetensors")));
+    assert_eq!(read(a.join("samples_ddpm.png")), read(b.join("samples_ddpm.png")));
+    std::fs::remove_dir_all(&a).ok();
+    std::fs::remove_dir_all(&b).ok();
+}
+
+#[test]
+fn a_diverging_run_stops_with_an_error_and_writes_no_non_finite_checkpoint() {
+    let root = scratch("nan");
+    let config = RunConfig { timesteps: 10, lr: 1e30, max_steps: Some(20), epochs: 100, ..tiny_config() };
+    let mut t = writing_trainer(TrainState::new(config).unwrap(), &root, 1, 100);
+    let err = t.run(&mut ()).unwrap_err().to_string();
+    assert!(err.contains("training diverged at step") && err.contains("lower learning rate"), "{err}");
+    let ckpts: Vec<_> = names(&root).into_iter().filter(|n| n.starts_with("checkpoint-")).collect();
+    for name in &ckpts {
+        let state = load_train_state(&root.join(name)).unwrap();
+        ddpm::checkpoint::check_state_finite(&state).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let last = load_train_state(&root.join("checkpoint.safetensors")).map(|s| s.step).unwrap_or(0);
+    assert!(err.contains(&format!("step {}", last + 1)) || err.contains(&format!("of step {last}")), "{err}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn a_new_run_refuses_a_folder_with_a_run_or_its_leftovers() {
+    let root = scratch("leftovers");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("notes.txt"), "mine").unwrap();
+    assert!(RunDir::for_new_run(&root).is_ok(), "other files are no run");
+    std::fs::write(root.join("log.csv"), RunLog::HEADER).unwrap();
+    let err = RunDir::for_new_run(&root).unwrap_err().to_string();
+    assert!(err.contains("log.csv") && err.contains("no checkpoint"), "{err}");
+    std::fs::write(root.join("checkpoint.safetensors"), "").unwrap();
+    let err = RunDir::for_new_run(&root).unwrap_err().to_string();
+    assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
     std::fs::remove_dir_all(&root).ok();
 }

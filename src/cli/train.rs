@@ -1,5 +1,6 @@
-//! `ddpm train`: the flags, the run they describe, and its progress on the terminal. The loop itself (checkpoints,
-//! sample grids, FID checks, the CSV log and the loss curve) is [`ddpm::train::Trainer`].
+//! `ddpm train`: the flags, the run they describe, the folder it writes, Ctrl-C, and its progress on the terminal.
+//! The loop itself (checkpoints, sample grids, FID checks, the CSV log and the loss curve) is
+//! [`ddpm::train::Trainer`].
 
 use super::{on_backend, progress_bar, resolve_device, say, DeviceArg};
 use anyhow::{bail, Context, Result};
@@ -9,9 +10,11 @@ use ddpm::checkpoint::load_train_state;
 use ddpm::data::{load_dataset, Split};
 use ddpm::eval::{Evaluator, Quality};
 use ddpm::nn::DEFAULT_WEIGHTS;
-use ddpm::train::{EpochSummary, LogRow, Observer, RunConfig, RunDir, TrainState, Trainer};
+use ddpm::train::{CheckpointPolicy, EpochSummary, LogRow, Observer, RunConfig, RunDir, RunEnd, TrainState, Trainer};
 use indicatif::ProgressBar;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Starting points for the flags below; any flag given overrides its recipe value.
@@ -27,18 +30,21 @@ pub enum Recipe {
     Cpu,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct TrainArgs {
     /// Folder with the MNIST IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], ...).
     #[arg(long, default_value = "data/mnist")]
     data: PathBuf,
-    /// Output folder for checkpoints, samples and logs [default: runs/run-<unix time>].
+    /// Output folder for checkpoints, samples, log.csv and config.json; a new run needs a new or empty one
+    /// [default: runs/YYYY-MM-DD-HHMMSS, the start time in UTC]. With --resume: the checkpoint's own folder unless
+    /// --out names a new or empty one, which then gets the checkpoint and the log up to its step.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Recipe the other flags start from [default: reference on a GPU, cpu on the CPU].
     #[arg(long, value_enum)]
     recipe: Option<Recipe>,
-    /// Passes over the training set.
+    /// Passes over the training set. Given explicitly, the run takes all of them: it replaces the recipe's step
+    /// count (the CPU recipe stops at 11250 steps otherwise); --max-steps still caps it.
     #[arg(long)]
     epochs: Option<u64>,
     /// Images per step.
@@ -68,9 +74,18 @@ pub struct TrainArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
-    /// Continue a run from one of its checkpoints; it continues exactly as if never interrupted.
+    /// Continue a run from one of its checkpoints (DIR/checkpoint.safetensors, the latest, or any
+    /// checkpoint-STEP.safetensors); it continues exactly as if never interrupted, its log cut back to that step.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Write a checkpoint every this many steps, besides those at the end of every epoch and of the run (1000:
+    /// about 2.5 minutes of the CPU recipe on 2 cores).
+    #[arg(long, default_value_t = CheckpointPolicy::DEFAULT_EVERY)]
+    save_every: u64,
+    /// Keep the newest this many checkpoint-STEP.safetensors (checkpoint.safetensors is the latest of them, and
+    /// checkpoint-best.safetensors the one with the lowest FID).
+    #[arg(long, default_value_t = CheckpointPolicy::DEFAULT_KEEP)]
+    keep: usize,
     /// Images in each sample grid.
     #[arg(long, default_value_t = 64)]
     sample_n: usize,
@@ -98,7 +113,8 @@ impl TrainArgs {
         c.timesteps = self.timesteps.unwrap_or(c.timesteps);
         c.ema_decay = self.ema_decay.unwrap_or(c.ema_decay);
         c.seed = self.seed.unwrap_or(c.seed);
-        c.max_steps = self.max_steps.or(c.max_steps);
+        // Explicit epochs replace the recipe's step count; only an explicit --max-steps caps them.
+        c.max_steps = if self.epochs.is_some() { self.max_steps } else { self.max_steps.or(c.max_steps) };
         c
     }
 
@@ -127,6 +143,9 @@ impl TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    if a.save_every == 0 || a.keep == 0 {
+        bail!("--save-every and --keep must be at least 1");
+    }
     let device = resolve_device(a.device)?;
     let recipe = a.recipe.unwrap_or(if device.name() == "cpu" { Recipe::Cpu } else { Recipe::Reference });
     on_backend!(device, |b| train_on(&a, recipe, b))
@@ -145,7 +164,7 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
                 );
             }
             let mut s = load_train_state(path)?;
-            s.config.max_steps = a.max_steps.or(s.config.max_steps);
+            s.config.max_steps = if a.epochs.is_some() { a.max_steps } else { a.max_steps.or(s.config.max_steps) };
             s.config.epochs = a.epochs.unwrap_or(s.config.epochs);
             s
         }
@@ -168,19 +187,15 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
     }
     let data = load_dataset(&a.data, Split::Train)?;
     let mut trainer = Trainer::new(state, data.images)?;
-    let out = a.out.clone().unwrap_or_else(|| {
-        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        PathBuf::from(format!("runs/run-{secs}"))
-    });
-    let dir = RunDir::create(&out)?;
-    if a.resume.is_none() && dir.holds_run() {
-        bail!(
-            "{} already holds a run; pass --resume {} to continue it, or choose another --out",
-            out.display(),
-            dir.checkpoint().display()
-        );
-    }
+    trainer.checkpoint_policy(CheckpointPolicy { every: a.save_every, keep: a.keep })?;
+    let dir = match &a.resume {
+        Some(ckpt) => resume_dir(a, ckpt)?,
+        None => RunDir::for_new_run(a.out.clone().unwrap_or_else(default_out))?,
+    };
+    let out = dir.path().to_path_buf();
     trainer.write_into(dir, a.sample_n)?;
+    let stop = stop_on_signals()?;
+    trainer.stop_when(Arc::clone(&stop));
     let (c, total) = (&trainer.state().config, trainer.total_steps());
     println!(
         "training UNet(base {}, t_dim {}) with {} parameters on {}: {} images, batch {}, {} steps/epoch, steps {}..{total}; output in {}",
@@ -193,13 +208,149 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
             .context("FID during training (--eval-n 0 turns it off)")?;
         trainer.evaluate_with(evaluator);
     }
-    trainer.run(&mut Progress { bar, started: Instant::now() })?;
-    println!(
-        "done: {} steps; checkpoint, samples_ddim.png, samples_ddpm.png, loss_curve.png and log.csv in {}",
-        trainer.state().step,
-        out.display()
-    );
-    Ok(())
+    let progress = &mut Progress { bar, started: Instant::now(), stop, stop_announced: false };
+    match trainer.run(progress)? {
+        RunEnd::Finished => {
+            println!(
+                "done: {} steps; checkpoints, samples_ddim.png, samples_ddpm.png, loss_curve.png and log.csv in {}",
+                trainer.state().step,
+                out.display()
+            );
+            Ok(())
+        }
+        RunEnd::Stopped { step } => {
+            let ckpt = out.join("checkpoint.safetensors");
+            println!("stopped after step {step}; its checkpoint is {}. Continue with:", ckpt.display());
+            println!("  {}", resume_command(a, &ckpt));
+            bail!("interrupted after step {step} (checkpoint written; resume with the command above)")
+        }
+    }
+}
+
+/// The folder a resumed run writes: the checkpoint's own folder, or `--out` if that is a new or empty folder (it
+/// gets the log here, and the checkpoint once the trainer writes into it). A folder with another run's files is
+/// refused.
+fn resume_dir(a: &TrainArgs, ckpt: &Path) -> Result<RunDir> {
+    let own = match ckpt.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let out = match &a.out {
+        Some(out) if !same_folder(out, &own) => out,
+        _ => return Ok(RunDir::create(own)?),
+    };
+    let dir = RunDir::create(out)?;
+    let files = dir.run_files();
+    if !files.is_empty() {
+        let what = if dir.holds_run() {
+            format!("another run; to continue that one: `ddpm train --resume {}`", quote(&dir.checkpoint()))
+        } else {
+            format!("files of another run ({} files, no checkpoint)", files.len())
+        };
+        bail!(
+            "{} holds {what}. To continue {} in its own folder, leave out --out: `{}`; or give --out a new or empty folder",
+            out.display(),
+            ckpt.display(),
+            resume_command(&TrainArgs { out: None, ..a.clone() }, ckpt)
+        );
+    }
+    let log = own.join("log.csv");
+    if log.exists() {
+        std::fs::copy(&log, dir.log()).with_context(|| format!("copying {} into {}", log.display(), out.display()))?;
+    }
+    Ok(dir)
+}
+
+/// Whether `a` and `b` name the same existing folder.
+fn same_folder(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}
+
+/// `runs/YYYY-MM-DD-HHMMSS`, now in UTC, with `-2`, `-3`, ... after it if that exists (runs started in the same
+/// second).
+fn default_out() -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let stamp = format!("runs/{}", utc_stamp(secs));
+    let mut out = PathBuf::from(&stamp);
+    for i in 2.. {
+        if !out.exists() {
+            break;
+        }
+        out = PathBuf::from(format!("{stamp}-{i}"));
+    }
+    out
+}
+
+/// `YYYY-MM-DD-HHMMSS` of `secs` since the Unix epoch, in UTC (the civil-from-days algorithm of H. Hinnant's
+/// "chrono-Compatible Low-Level Date Algorithms").
+fn utc_stamp(secs: u64) -> String {
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// The command that continues the run from `ckpt`: `--resume` and the flags given that the checkpoint does not
+/// hold (the run's settings and length are in it).
+fn resume_command(a: &TrainArgs, ckpt: &Path) -> String {
+    let mut cmd = format!("ddpm train --resume {}", quote(ckpt));
+    if let Some(out) = &a.out {
+        if !same_folder(out, ckpt.parent().unwrap_or(Path::new("."))) {
+            cmd += &format!(" --out {}", quote(out));
+        }
+    }
+    if a.data != Path::new("data/mnist") {
+        cmd += &format!(" --data {}", quote(&a.data));
+    }
+    if a.device != DeviceArg::Auto {
+        cmd +=
+            &format!(" --device {}", a.device.to_possible_value().map_or("auto".into(), |v| v.get_name().to_string()));
+    }
+    let numbers = [
+        ("--sample-n", a.sample_n as u64, 64),
+        ("--eval-n", a.eval_n as u64, 500),
+        ("--save-every", a.save_every, CheckpointPolicy::DEFAULT_EVERY),
+        ("--keep", a.keep as u64, CheckpointPolicy::DEFAULT_KEEP as u64),
+    ];
+    for (flag, v, default) in numbers {
+        if v != default {
+            cmd += &format!(" {flag} {v}");
+        }
+    }
+    if a.classifier != Path::new(DEFAULT_WEIGHTS) {
+        cmd += &format!(" --classifier {}", quote(&a.classifier));
+    }
+    cmd
+}
+
+/// `p` as one shell word: as is when it is plain, in single quotes otherwise.
+fn quote(p: &Path) -> String {
+    let s = p.display().to_string();
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c)) {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// A flag that SIGINT and SIGTERM set, so that the run stops after its current step with a checkpoint; a second
+/// signal, with the flag already set, exits at once (status 130) without writing anything.
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Registered first, so that it sees the flag as it was before this signal set it.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&flag))
+            .context("installing the Ctrl-C handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&flag)).context("installing the Ctrl-C handler")?;
+    }
+    Ok(flag)
 }
 
 /// The run's progress on the terminal: a progress bar, and a line at the end of every epoch and after every FID
@@ -208,12 +359,19 @@ struct Progress {
     bar: ProgressBar,
     /// When training started, for the epoch lines.
     started: Instant,
+    /// Set by Ctrl-C; announced once.
+    stop: Arc<AtomicBool>,
+    stop_announced: bool,
 }
 
 impl Observer for Progress {
     fn step_done(&mut self, row: &LogRow) {
         self.bar.set_position(row.step);
         self.bar.set_message(format!("epoch {} loss {:.4}", row.epoch, row.stats.loss));
+        if !self.stop_announced && self.stop.load(Ordering::SeqCst) {
+            self.stop_announced = true;
+            say(&self.bar, "stopping: writing a checkpoint (interrupt again to exit at once without it)");
+        }
     }
 
     fn epoch_done(&mut self, e: &EpochSummary) {
@@ -247,5 +405,27 @@ impl Observer for Progress {
 
     fn final_ddpm_grid(&mut self, timesteps: usize) {
         println!("sampling the final DDPM-{timesteps} grid from the EMA weights");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_folder_names_are_utc_dates() {
+        assert_eq!(utc_stamp(0), "1970-01-01-000000");
+        assert_eq!(utc_stamp(951_782_400), "2000-02-29-000000");
+        assert_eq!(utc_stamp(1_796_211_000), "2026-12-02-113000");
+        assert_eq!(utc_stamp(4_107_542_399), "2100-02-28-235959");
+    }
+
+    #[test]
+    fn odd_paths_are_quoted_for_the_shell() {
+        assert_eq!(
+            quote(Path::new("runs/2026-12-02-113000/checkpoint.safetensors")),
+            "runs/2026-12-02-113000/checkpoint.safetensors"
+        );
+        assert_eq!(quote(Path::new("my runs/it's")), r"'my runs/it'\''s'");
     }
 }

@@ -15,7 +15,7 @@ mod trainer;
 
 pub use batcher::Batcher;
 pub use output::{LogRow, RunDir, RunLog};
-pub use trainer::{EpochSummary, Milestone, Observer, Trainer};
+pub use trainer::{CheckpointPolicy, EpochSummary, Milestone, Observer, RunEnd, Trainer};
 
 use crate::autograd::Tape;
 use crate::backend::{Backend, Cpu};
@@ -103,6 +103,28 @@ impl RunConfig {
             return bad("epochs and max-steps must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The configuration as JSON, one field per line, for people to read (`config.json` of a run folder).
+    pub fn to_json(&self) -> String {
+        let m = &self.model;
+        // `{:?}` prints the shortest string that parses back to the same f64 (a valid JSON number when finite).
+        format!(
+            "{{\n  \"model\": {{ \"in_ch\": {}, \"base\": {}, \"t_dim\": {} }},\n  \"timesteps\": {},\n  \"epochs\": {},\n  \
+             \"batch\": {},\n  \"lr\": {:?},\n  \"ema_decay\": {:?},\n  \"ema_warmup\": {},\n  \"seed\": {},\n  \
+             \"max_steps\": {}\n}}\n",
+            m.in_ch,
+            m.base,
+            m.t_dim,
+            self.timesteps,
+            self.epochs,
+            self.batch,
+            self.lr,
+            self.ema_decay,
+            self.ema_warmup,
+            self.seed,
+            self.max_steps.map_or("null".to_string(), |s| s.to_string())
+        )
     }
 
     /// The total number of optimiser steps for a data set of `n_images`: epochs × ⌊n/batch⌋ (drop_last), capped

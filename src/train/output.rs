@@ -1,12 +1,15 @@
 //! What a training run writes: the layout of its output folder, and its CSV log.
 
 use super::StepStats;
+use crate::atomic_write::write_atomic;
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// A run's output folder and the names of the files in it.
+/// A run's output folder and the names of the files in it. Checkpoints are kept as `checkpoint-STEP.safetensors`
+/// (the last few), `checkpoint.safetensors` (the latest, a hard link to or copy of the newest of those) and
+/// `checkpoint-best.safetensors` (the one with the lowest FID, when FID is checked).
 #[derive(Clone, Debug)]
 pub struct RunDir {
     root: PathBuf,
@@ -21,18 +24,94 @@ impl RunDir {
         Ok(RunDir { root })
     }
 
+    /// The folder `root` for a run that starts afresh, created if missing. Refused when it holds a run (a
+    /// checkpoint), which the new run would overwrite, or a run's leftovers without a checkpoint (a log, grids),
+    /// which it would mix with its own.
+    pub fn for_new_run(root: impl Into<PathBuf>) -> Result<Self> {
+        let dir = RunDir::create(root)?;
+        if dir.holds_run() {
+            return Err(Error::file(
+                &dir.root,
+                format!(
+                    "already holds a run; continue it with `ddpm train --resume {}`, or choose another --out",
+                    dir.checkpoint().display()
+                ),
+            ));
+        }
+        let leftovers = dir.run_files();
+        if !leftovers.is_empty() {
+            return Err(Error::file(
+                &dir.root,
+                format!(
+                    "holds files of an earlier run ({}) but no checkpoint to continue it from; choose another --out, \
+                     or remove them",
+                    file_names(&leftovers)
+                ),
+            ));
+        }
+        Ok(dir)
+    }
+
     pub fn path(&self) -> &Path {
         &self.root
     }
 
-    /// The run's checkpoint, rewritten at every checkpoint.
+    /// The latest checkpoint.
     pub fn checkpoint(&self) -> PathBuf {
         self.root.join("checkpoint.safetensors")
+    }
+
+    /// The checkpoint of step `step`, kept until newer ones replace it.
+    pub fn step_checkpoint(&self, step: u64) -> PathBuf {
+        self.root.join(format!("checkpoint-{step}.safetensors"))
+    }
+
+    /// The checkpoint with the lowest FID so far.
+    pub fn best_checkpoint(&self) -> PathBuf {
+        self.root.join("checkpoint-best.safetensors")
+    }
+
+    /// The run's configuration, as JSON for people to read (the checkpoints hold it too).
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.json")
     }
 
     /// Whether the folder already holds a run (a checkpoint), which a fresh run must not overwrite.
     pub fn holds_run(&self) -> bool {
         self.checkpoint().exists()
+    }
+
+    /// `(step, path)` of every `checkpoint-STEP.safetensors` in the folder, by step.
+    pub fn step_checkpoints(&self) -> Vec<(u64, PathBuf)> {
+        let mut found: Vec<(u64, PathBuf)> = self
+            .entries()
+            .into_iter()
+            .filter_map(|name| {
+                let step = name.strip_prefix("checkpoint-")?.strip_suffix(".safetensors")?.parse().ok()?;
+                Some((step, self.root.join(name)))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// The files in the folder that a run writes (checkpoints, log, configuration, grids, loss curve).
+    pub fn run_files(&self) -> Vec<PathBuf> {
+        let ours = |n: &str| {
+            matches!(n, "log.csv" | "config.json" | "loss_curve.png")
+                || (n.starts_with("checkpoint") && n.ends_with(".safetensors"))
+                || (n.starts_with("samples_") && n.ends_with(".png"))
+        };
+        let mut files: Vec<PathBuf> =
+            self.entries().into_iter().filter(|n| ours(n)).map(|n| self.root.join(n)).collect();
+        files.sort();
+        files
+    }
+
+    /// The names of the folder's entries (none if it cannot be read).
+    fn entries(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(&self.root) else { return Vec::new() };
+        rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()
     }
 
     /// The CSV log.
@@ -61,6 +140,30 @@ impl RunDir {
     }
 }
 
+/// `a, b, c` of the files' names, at most four of them.
+fn file_names(files: &[PathBuf]) -> String {
+    let mut names: Vec<String> =
+        files.iter().take(4).map(|f| f.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+    if files.len() > 4 {
+        names.push("...".into());
+    }
+    names.join(", ")
+}
+
+/// Makes `link` name the same contents as `target` (in the same folder), atomically: a hard link, or a copy where
+/// the file system has none. `link` is never half written.
+pub fn link_or_copy(target: &Path, link: &Path) -> Result<()> {
+    let name = link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = link.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let made = std::fs::hard_link(target, &tmp).or_else(|_| std::fs::copy(target, &tmp).map(|_| ()));
+    let result = made.and_then(|_| std::fs::rename(&tmp, link));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|e| Error::file(link, format!("cannot write from {}: {e}", target.display())))
+}
+
 /// One row of the log: a step's numbers, and the FID when the step ended with a check.
 #[derive(Clone, Copy, Debug)]
 pub struct LogRow {
@@ -85,18 +188,31 @@ impl RunLog {
     /// The column names, the log's first line.
     pub const HEADER: &str = "step,epoch,loss,grad_norm,lr,fid";
 
-    /// Opens the log at `path` for appending. A run that continues (`continuing`) appends to the rows already
-    /// there; the header is written when the run starts afresh or the file is new.
-    pub fn open(path: &Path, continuing: bool) -> Result<Self> {
-        let fresh = !continuing || !path.exists();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
-        if fresh {
-            writeln!(file, "{}", Self::HEADER).map_err(|e| Error::file(path, format!("cannot write: {e}")))?;
-        }
+    /// Starts a new log at `path` (the header alone), replacing any file there.
+    pub fn create(path: &Path) -> Result<Self> {
+        Self::with_text(path, format!("{}\n", Self::HEADER))
+    }
+
+    /// Opens the log at `path` to continue a run from its checkpoint of step `step`: the rows after that step
+    /// (written after the checkpoint, by a run that went on or was interrupted) are dropped, so that the log ends
+    /// up as the uninterrupted run's. `keep_last_fid` false blanks the FID of the row of step `step`, which a run
+    /// that ended there measured but the longer run does not. A missing log starts anew.
+    pub fn resume(path: &Path, step: u64, keep_last_fid: bool) -> Result<Self> {
+        let old = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(Error::file(path, format!("cannot read: {e}"))),
+        };
+        Self::with_text(path, truncated(&old, step, keep_last_fid))
+    }
+
+    /// Writes `text` to `path` (atomically), then opens it for appending.
+    fn with_text(path: &Path, text: String) -> Result<Self> {
+        write_atomic(path, |w| {
+            w.write_all(text.as_bytes()).map_err(|e| Error::file(path, format!("cannot write: {e}")))
+        })?;
+        let file =
+            OpenOptions::new().append(true).open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
         Ok(RunLog { path: path.to_path_buf(), file })
     }
 
@@ -106,6 +222,12 @@ impl RunLog {
         let LogRow { step, epoch, stats, lr, .. } = row;
         writeln!(self.file, "{step},{epoch},{},{},{lr},{fid}", stats.loss, stats.grad_norm)
             .map_err(|e| Error::file(&self.path, format!("cannot write: {e}")))
+    }
+
+    /// The lowest FID in the file, if any row has one.
+    pub fn best_fid(&self) -> Option<f64> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        text.lines().skip(1).filter_map(|l| l.rsplit(',').next()?.parse::<f64>().ok()).min_by(f64::total_cmp)
     }
 
     /// `(step, loss)` of every row in the file, for the loss curve (rows that do not parse are skipped).
@@ -120,5 +242,37 @@ impl RunLog {
                 Some((step, it.next()?.parse().ok()?))
             })
             .collect()
+    }
+}
+
+/// The log `text` with the header and the rows up to step `step` only; the FID of that step's row blanked unless
+/// `keep_last_fid`.
+fn truncated(text: &str, step: u64, keep_last_fid: bool) -> String {
+    let mut out = format!("{}\n", RunLog::HEADER);
+    for line in text.lines().skip(1) {
+        let Some(s) = line.split(',').next().and_then(|s| s.parse::<u64>().ok()) else { continue };
+        if s > step {
+            break;
+        }
+        match line.rfind(',') {
+            Some(i) if s == step && !keep_last_fid => out.push_str(&line[..=i]),
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_keeps_the_rows_up_to_the_step() {
+        let log = "step,epoch,loss,grad_norm,lr,fid\n1,0,1,2,0.1,\n2,0,1,2,0.1,55.5000\n3,1,1,2,0.1,\n";
+        assert_eq!(truncated(log, 2, true), "step,epoch,loss,grad_norm,lr,fid\n1,0,1,2,0.1,\n2,0,1,2,0.1,55.5000\n");
+        assert_eq!(truncated(log, 2, false), "step,epoch,loss,grad_norm,lr,fid\n1,0,1,2,0.1,\n2,0,1,2,0.1,\n");
+        assert_eq!(truncated(log, 9, true), log);
+        assert_eq!(truncated("", 3, true), "step,epoch,loss,grad_norm,lr,fid\n");
     }
 }

@@ -1,8 +1,15 @@
-//! The training loop: a step at a time, with at the end of every epoch and of the run a checkpoint, a DDIM-50
-//! sample grid and a FID check, and after the last step the final DDIM and DDPM grids and the loss curve. The
-//! loop prints nothing: it reports to an [`Observer`], which the command line turns into a progress bar and lines.
+//! The training loop: a step at a time, with at the end of every epoch and of the run a DDIM-50 sample grid and a
+//! FID check, a checkpoint then and every few steps, and after the last step the final DDIM and DDPM grids and the
+//! loss curve. The loop prints nothing: it reports to an [`Observer`], which the command line turns into a
+//! progress bar and lines.
+//!
+//! A run is never lost: checkpoints come often and are written atomically, the log is cut back to the checkpoint a
+//! run continues from, a stop requested between steps (Ctrl-C) writes a checkpoint first, and a run whose loss or
+//! gradient norm stops being finite ends with an error before it can write a checkpoint.
 
+use super::output::link_or_copy;
 use super::{Batcher, LogRow, RunDir, RunLog, StepStats, TrainState};
+use crate::atomic_write::write_atomic;
 use crate::backend::{Backend, Cpu};
 use crate::checkpoint;
 use crate::diffusion::{SamplerKind, Schedule};
@@ -11,6 +18,8 @@ use crate::eval::{Evaluator, Quality};
 use crate::image::save_grid_png;
 use crate::plot::save_curve_png;
 use crate::tensor::Tensor;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Images per row of the sample grids.
 const GRID_ROW: usize = 8;
@@ -57,18 +66,52 @@ pub struct Milestone {
     pub epoch_end: bool,
     /// The step was the run's last.
     pub run_end: bool,
+    /// The step is a multiple of the checkpoint interval ([`CheckpointPolicy::every`]).
+    pub periodic: bool,
 }
 
 impl Milestone {
-    /// A checkpoint is written at the end of every epoch and of the run.
+    /// A checkpoint is written every [`CheckpointPolicy::every`] steps and at the end of every epoch and of the run.
     pub fn checkpoint_due(self) -> bool {
-        self.epoch_end || self.run_end
+        self.epoch_end || self.run_end || self.periodic
     }
 
     /// Sample grids and the FID check come with the checkpoint: at the end of every epoch and of the run.
     pub fn evaluation_due(self) -> bool {
         self.epoch_end || self.run_end
     }
+}
+
+/// How often a run writes a checkpoint, and how many `checkpoint-STEP.safetensors` it keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// A checkpoint every this many steps (besides those at the end of every epoch and of the run).
+    pub every: u64,
+    /// The newest this many step checkpoints are kept; older ones are deleted.
+    pub keep: usize,
+}
+
+impl CheckpointPolicy {
+    /// 1000 steps: about 2.5 minutes of the CPU recipe on 2 cores (and about 2 of its 6 epochs), so that a crash
+    /// costs minutes, not an epoch.
+    pub const DEFAULT_EVERY: u64 = 1000;
+    pub const DEFAULT_KEEP: usize = 3;
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy { every: Self::DEFAULT_EVERY, keep: Self::DEFAULT_KEEP }
+    }
+}
+
+/// How [`Trainer::run`] ended without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every step taken, and the final grids written.
+    Finished,
+    /// Stopped on request (the flag of [`Trainer::stop_when`]) after step `step`, whose checkpoint it wrote (when
+    /// the run has an output folder).
+    Stopped { step: u64 },
 }
 
 /// Where a run writes: its folder, its log, and the size of its sample grids.
@@ -96,6 +139,13 @@ pub struct Trainer<B: Backend = Cpu> {
     epoch_steps: u64,
     /// Whether `samples_ddim.png` was written from the last step's evaluation batch.
     final_ddim_done: bool,
+    policy: CheckpointPolicy,
+    /// Set from outside (a signal handler) to stop the run after the current step.
+    stop: Option<Arc<AtomicBool>>,
+    /// The step of the newest checkpoint in the output folder.
+    last_saved: Option<u64>,
+    /// The FID of `checkpoint-best.safetensors`, as logged (4 decimals).
+    best_fid: Option<f64>,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -118,18 +168,60 @@ impl<B: Backend> Trainer<B> {
             epoch_loss: 0.0,
             epoch_steps: 0,
             final_ddim_done: false,
+            policy: CheckpointPolicy::default(),
+            stop: None,
+            last_saved: None,
+            best_fid: None,
         })
     }
 
-    /// Writes the run into `dir`: checkpoints, grids of `sample_n` images, the log and the loss curve. Opens the
-    /// log now; a run that has taken steps (a resumed one) appends to the rows already there.
+    /// Writes the run into `dir`: checkpoints, grids of `sample_n` images, the log, `config.json` and the loss
+    /// curve. A fresh run starts the log anew (see [`RunDir::for_new_run`] for a folder it may use); a run that has
+    /// taken steps (a resumed one) keeps the log's rows up to its step and appends to them, so that the log ends up
+    /// as the uninterrupted run's, and writes its state as the folder's latest checkpoint (refusing a state that is
+    /// not finite).
     pub fn write_into(&mut self, dir: RunDir, sample_n: usize) -> Result<()> {
         if sample_n == 0 {
             return Err(Error::Arg("sample grids need at least 1 image".into()));
         }
-        let log = RunLog::open(&dir.log(), self.state.step > 0)?;
+        let step = self.state.step;
+        let log = if step == 0 {
+            RunLog::create(&dir.log())?
+        } else {
+            // A run that ended at `step` checked FID there; the longer run checks it only at epoch ends.
+            let keep_fid = step.is_multiple_of(self.steps_per_epoch()) || step >= self.total;
+            RunLog::resume(&dir.log(), step, keep_fid)?
+        };
+        self.best_fid = if dir.best_checkpoint().exists() { log.best_fid() } else { None };
+        let config = dir.config();
+        let json = self.state.config.to_json();
+        write_atomic(&config, |w| w.write_all(json.as_bytes()).map_err(|e| Error::file(&config, e.to_string())))?;
         self.output = Some(Output { dir, log, sample_n });
+        if step > 0 {
+            // The folder's latest checkpoint becomes the one the log was cut back to (a resume from an older
+            // checkpoint, or into a new folder), so that a crash before the next checkpoint resumes from there.
+            self.save_checkpoint()?;
+        }
         Ok(())
+    }
+
+    /// Writes checkpoints as `policy` says (the default: [`CheckpointPolicy::default`]).
+    pub fn checkpoint_policy(&mut self, policy: CheckpointPolicy) -> Result<()> {
+        if policy.every == 0 || policy.keep == 0 {
+            return Err(Error::Arg("checkpoints need an interval and a number to keep of at least 1".into()));
+        }
+        self.policy = policy;
+        Ok(())
+    }
+
+    /// Stops the run after the step in progress once `flag` is set: [`Trainer::run`] then writes a checkpoint and
+    /// returns [`RunEnd::Stopped`].
+    pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
+        self.stop = Some(flag);
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
     }
 
     /// Checks FID with `evaluator` at every evaluation (DDIM-50 samples from the EMA weights), logged in the last
@@ -173,23 +265,49 @@ impl<B: Backend> Trainer<B> {
         self.state.step >= self.total
     }
 
-    /// Runs the remaining steps, then [`Trainer::finish`].
-    pub fn run(&mut self, obs: &mut dyn Observer) -> Result<()> {
+    /// Runs the remaining steps, then [`Trainer::finish`]; or, when a stop is requested, writes a checkpoint after
+    /// the step in progress and returns [`RunEnd::Stopped`].
+    pub fn run(&mut self, obs: &mut dyn Observer) -> Result<RunEnd> {
         while !self.done() {
+            if self.stop_requested() {
+                return self.stop_here();
+            }
             self.step(obs)?;
         }
         self.finish(obs)
     }
 
-    /// One training step on the next batch, then what it completes: the epoch summary, the checkpoint, the grids
-    /// and the FID check, and the log row, which it returns. Past the run's end it keeps training (for
-    /// benchmarks); [`Trainer::run`] stops there.
+    /// Writes a checkpoint of the current step, for a stop on request.
+    fn stop_here(&mut self) -> Result<RunEnd> {
+        if self.last_saved != Some(self.state.step) {
+            self.save_checkpoint()?;
+        }
+        Ok(RunEnd::Stopped { step: self.state.step })
+    }
+
+    /// One training step on the next batch, then what it completes: the epoch summary, the grids and the FID
+    /// check, the log row (which it returns), and the checkpoint. The row comes before the checkpoint, so a
+    /// checkpoint's log always reaches its step. Past the run's end it keeps training (for benchmarks);
+    /// [`Trainer::run`] stops there. A non-finite loss or gradient norm is an [`Error::Diverged`] (after its log
+    /// row), and the state is not saved.
     pub fn step(&mut self, obs: &mut dyn Observer) -> Result<LogRow> {
         let x0 = self.batcher.batch(&self.images, self.state.step);
         let epoch = self.state.epoch(self.n_images());
         let stats: StepStats = self.state.train_step(&self.sched, &x0)?;
         let step = self.state.step;
-        let m = Milestone { epoch_end: step.is_multiple_of(self.steps_per_epoch()), run_end: step == self.total };
+        if !(stats.loss.is_finite() && stats.grad_norm.is_finite()) {
+            let row = LogRow { step, epoch, stats, lr: self.state.config.lr, fid: None };
+            if let Some(out) = &mut self.output {
+                out.log.append(&row)?;
+            }
+            let what = format!("the loss is {} and the gradient norm {}", stats.loss, stats.grad_norm);
+            return Err(self.diverged(step, &what));
+        }
+        let m = Milestone {
+            epoch_end: step.is_multiple_of(self.steps_per_epoch()),
+            run_end: step == self.total,
+            periodic: step.is_multiple_of(self.policy.every),
+        };
         self.epoch_loss += stats.loss as f64;
         self.epoch_steps += 1;
         if m.epoch_end || m.run_end {
@@ -197,40 +315,93 @@ impl<B: Backend> Trainer<B> {
             obs.epoch_done(&EpochSummary { epoch, step, total: self.total, mean_loss, steps: self.epoch_steps });
             (self.epoch_loss, self.epoch_steps) = (0.0, 0);
         }
-        if m.checkpoint_due() {
-            self.save_checkpoint()?;
-        }
         let fid = if m.evaluation_due() { self.sample_and_score(epoch, m, obs)? } else { None };
         let row = LogRow { step, epoch, stats, lr: self.state.config.lr, fid };
         if let Some(out) = &mut self.output {
             out.log.append(&row)?;
         }
+        if m.checkpoint_due() {
+            self.save_checkpoint()?;
+            if let Some(fid) = fid {
+                self.keep_if_best(fid)?;
+            }
+        }
         obs.step_done(&row);
         Ok(row)
     }
 
-    /// Writes the state to the output folder's checkpoint (through a host copy); nothing without an output folder.
-    pub fn save_checkpoint(&self) -> Result<()> {
-        match &self.output {
-            Some(out) => checkpoint::save(&self.state.to_backend(&Cpu)?, &out.dir.checkpoint()),
-            None => Ok(()),
+    /// The error for a run that diverged at `step` (`what` says how): which checkpoint is left, and what to try.
+    fn diverged(&self, step: u64, what: &str) -> Error {
+        let kept = match (&self.output, self.last_saved) {
+            (Some(out), Some(s)) => {
+                format!("the last checkpoint, of step {s} ({}), is untouched", out.dir.checkpoint().display())
+            }
+            (Some(_), None) => "no checkpoint was written".to_string(),
+            (None, _) => "nothing was saved".to_string(),
+        };
+        Error::Diverged(format!(
+            "training diverged at step {step}: {what}; {kept}. Start again with a lower learning rate than {:?} \
+             (--lr)",
+            self.state.config.lr
+        ))
+    }
+
+    /// Writes the state (through a host copy) as the output folder's `checkpoint-STEP.safetensors` and its latest
+    /// `checkpoint.safetensors`, and deletes step checkpoints beyond the newest [`CheckpointPolicy::keep`]; nothing
+    /// without an output folder. A state with a non-finite value is never written: [`Error::Diverged`].
+    pub fn save_checkpoint(&mut self) -> Result<()> {
+        let Some(out) = &self.output else { return Ok(()) };
+        let host = self.state.to_backend(&Cpu)?;
+        let step = host.step;
+        if let Err(e) = checkpoint::check_state_finite(&host) {
+            return Err(self.diverged(step, &e.to_string()));
         }
+        let path = out.dir.step_checkpoint(step);
+        checkpoint::save(&host, &path)?;
+        link_or_copy(&path, &out.dir.checkpoint())?;
+        // Step checkpoints past this step (left by a run resumed from an older one) are the same run's future,
+        // rewritten when the run gets there; only older ones count against `keep`.
+        let older: Vec<_> = out.dir.step_checkpoints().into_iter().filter(|(s, _)| *s <= step).collect();
+        for (_, old) in older.iter().rev().skip(self.policy.keep) {
+            std::fs::remove_file(old).map_err(|e| Error::file(old, format!("cannot delete an old checkpoint: {e}")))?;
+        }
+        self.last_saved = Some(step);
+        Ok(())
+    }
+
+    /// Makes the checkpoint just written `checkpoint-best.safetensors` if `fid` (as logged) beats the best so far.
+    fn keep_if_best(&mut self, fid: f64) -> Result<()> {
+        let Some(out) = &self.output else { return Ok(()) };
+        let logged: f64 = format!("{fid:.4}").parse().unwrap_or(fid);
+        if self.best_fid.is_none_or(|best| logged < best) {
+            link_or_copy(&out.dir.step_checkpoint(self.state.step), &out.dir.best_checkpoint())?;
+            self.best_fid = Some(logged);
+        }
+        Ok(())
     }
 
     /// After the last step: the loss curve, the final DDIM-50 grid if the last step did not write it (a run resumed
-    /// from its final checkpoint takes no step), and the final DDPM grid, all from the EMA weights.
-    pub fn finish(&mut self, obs: &mut dyn Observer) -> Result<()> {
+    /// from its final checkpoint takes no step), and the final DDPM grid, all from the EMA weights. A stop requested
+    /// before the DDPM grid (minutes of sampling) skips it: [`RunEnd::Stopped`], the final checkpoint written.
+    pub fn finish(&mut self, obs: &mut dyn Observer) -> Result<RunEnd> {
         obs.training_done();
-        let Some(out) = &self.output else { return Ok(()) };
+        if self.stop_requested() {
+            return self.stop_here();
+        }
+        let Some(out) = &self.output else { return Ok(RunEnd::Finished) };
         save_curve_png(&out.dir.loss_curve(), &out.log.losses(), "training loss", "step", "loss")?;
         if !self.final_ddim_done {
             let images = self.state.sample_ema(&self.sched, self.ddim50(), out.sample_n)?;
             save_grid_png(&out.dir.ddim_grid(), &images, GRID_ROW)?;
             self.final_ddim_done = true;
         }
+        if self.stop_requested() {
+            return self.stop_here();
+        }
         obs.final_ddpm_grid(self.sched.t);
         let images = self.state.sample_ema(&self.sched, SamplerKind::Ddpm, out.sample_n)?;
-        save_grid_png(&out.dir.ddpm_grid(), &images, GRID_ROW)
+        save_grid_png(&out.dir.ddpm_grid(), &images, GRID_ROW)?;
+        Ok(RunEnd::Finished)
     }
 
     /// DDIM-50 (η = 0), or DDIM over every step when T < 50: the evaluation sampler.

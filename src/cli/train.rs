@@ -15,7 +15,7 @@ use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Starting points for the flags below; any flag given overrides its recipe value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -208,7 +208,8 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
             .context("FID during training (--eval-n 0 turns it off)")?;
         trainer.evaluate_with(evaluator);
     }
-    let progress = &mut Progress { bar, started: Instant::now(), stop, stop_announced: false };
+    let progress =
+        &mut Progress { bar, started: Instant::now(), last_line: Instant::now(), stop, stop_announced: false };
     match trainer.run(progress)? {
         RunEnd::Finished => {
             println!(
@@ -353,12 +354,17 @@ fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+/// How often a run without a terminal prints a progress line.
+const LINE_EVERY: Duration = Duration::from_secs(30);
+
 /// The run's progress on the terminal: a progress bar, and a line at the end of every epoch and after every FID
 /// check (on stderr when the bar is hidden).
 struct Progress {
     bar: ProgressBar,
     /// When training started, for the epoch lines.
     started: Instant,
+    /// When the last progress line was printed (without a terminal).
+    last_line: Instant,
     /// Set by Ctrl-C; announced once.
     stop: Arc<AtomicBool>,
     stop_announced: bool,
@@ -368,6 +374,19 @@ impl Observer for Progress {
     fn step_done(&mut self, row: &LogRow) {
         self.bar.set_position(row.step);
         self.bar.set_message(format!("epoch {} loss {:.4}", row.epoch, row.stats.loss));
+        // Without a terminal the bar is hidden: a line every half minute instead, so a logged run shows progress.
+        if self.bar.is_hidden() && self.last_line.elapsed() >= LINE_EVERY {
+            self.last_line = Instant::now();
+            let (secs, total) = (self.started.elapsed().as_secs(), self.bar.length().unwrap_or(0));
+            let loss = row.stats.loss;
+            eprintln!(
+                "step {}/{total} (epoch {}), loss {loss:.4}, {}m{:02}s",
+                row.step,
+                row.epoch,
+                secs / 60,
+                secs % 60
+            );
+        }
         if !self.stop_announced && self.stop.load(Ordering::SeqCst) {
             self.stop_announced = true;
             say(&self.bar, "stopping: writing a checkpoint (interrupt again to exit at once without it)");
@@ -395,8 +414,24 @@ impl Observer for Progress {
         say(&self.bar, format!("step {step}: FID {:.2} at n = {} (real-vs-real floor {:.2})", q.fid, q.n, q.fid_floor));
     }
 
-    fn sampling(&mut self, work: &mut dyn FnMut()) {
-        self.bar.suspend(work)
+    /// A spinner with the elapsed time while `work` samples (the step bar is hidden meanwhile); without a
+    /// terminal, a line before and after it.
+    fn sampling(&mut self, what: &str, work: &mut dyn FnMut()) {
+        let started = Instant::now();
+        if self.bar.is_hidden() {
+            eprintln!("{what}");
+            work();
+            eprintln!("{what}: done in {}s", started.elapsed().as_secs());
+            return;
+        }
+        let spinner = ProgressBar::new_spinner().with_message(what.to_string());
+        spinner.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"),
+        );
+        spinner.enable_steady_tick(Duration::from_millis(250));
+        self.bar.suspend(work);
+        spinner.finish_and_clear();
+        self.bar.println(format!("{what}: done in {}s", started.elapsed().as_secs()));
     }
 
     fn training_done(&mut self) {

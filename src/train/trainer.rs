@@ -32,9 +32,9 @@ pub trait Observer {
     fn epoch_done(&mut self, _summary: &EpochSummary) {}
     /// After a FID check, at step `step`.
     fn evaluated(&mut self, _step: u64, _quality: &Quality) {}
-    /// Runs `work`, the sampling for a grid and a FID check (seconds to minutes without a report), exactly once;
-    /// a progress bar can hide meanwhile.
-    fn sampling(&mut self, work: &mut dyn FnMut()) {
+    /// Runs `work`, the sampling for a grid or a FID check (seconds to minutes without a report; `what` says
+    /// which), exactly once; a progress bar can hide meanwhile and something else show that work goes on.
+    fn sampling(&mut self, _what: &str, work: &mut dyn FnMut()) {
         work()
     }
     /// After the last step, before the final grids.
@@ -399,7 +399,10 @@ impl<B: Backend> Trainer<B> {
             return self.stop_here();
         }
         obs.final_ddpm_grid(self.sched.t);
-        let images = self.state.sample_ema(&self.sched, SamplerKind::Ddpm, out.sample_n)?;
+        let (state, sched, mut drawn) = (&self.state, &self.sched, None);
+        let what = format!("sampling the DDPM-{} grid ({} images)", sched.t, out.sample_n);
+        obs.sampling(&what, &mut || drawn = Some(state.sample_ema(sched, SamplerKind::Ddpm, out.sample_n)));
+        let images = drawn.expect("Observer::sampling must run its work")?;
         save_grid_png(&out.dir.ddpm_grid(), &images, GRID_ROW)?;
         Ok(RunEnd::Finished)
     }
@@ -419,8 +422,12 @@ impl<B: Backend> Trainer<B> {
             return Ok(None);
         }
         let (state, sched, kind) = (&self.state, &self.sched, self.ddim50());
+        let what = match &self.evaluator {
+            Some(ev) => format!("sampling {n} DDIM-50 images for the grid and the FID check (n = {})", ev.n()),
+            None => format!("sampling the DDIM-50 grid ({n} images)"),
+        };
         let mut drawn = None;
-        obs.sampling(&mut || drawn = Some(state.sample_ema(sched, kind, n)));
+        obs.sampling(&what, &mut || drawn = Some(state.sample_ema(sched, kind, n)));
         let images = drawn.expect("Observer::sampling must run its work")?;
         if let Some(out) = &self.output {
             if m.epoch_end {

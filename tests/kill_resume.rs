@@ -5,6 +5,8 @@
 //! The moments come from a fixed-seed RNG, so the test is the same on every run; they are spread over the part of
 //! the run that has checkpoints (a kill before the first one leaves nothing to resume, by design).
 
+mod common;
+
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -62,7 +64,7 @@ fn sigkill_at_random_moments_never_loses_the_run() {
     succeeds(child.wait_with_output().unwrap(), "reference run");
     let window = first_checkpoint.elapsed();
     let want = std::fs::read(&ckpt).unwrap();
-    let want_log = std::fs::read_to_string(reference.join("log.csv")).unwrap();
+    let want_log = common::without_times(&std::fs::read_to_string(reference.join("log.csv")).unwrap());
 
     let mut rng = StdRng::seed_from_u64(20);
     let (mut mid_run, mut mid_write) = (0, 0);
@@ -89,7 +91,8 @@ fn sigkill_at_random_moments_never_loses_the_run() {
         ddpm::checkpoint::check_state_finite(&state).unwrap();
         succeeds(train(&run, Some(&ckpt)).output().unwrap(), &format!("kill {k}: resume"));
         assert!(std::fs::read(&ckpt).unwrap() == want, "kill {k} (at step {}): final checkpoint differs", state.step);
-        assert_eq!(std::fs::read_to_string(run.join("log.csv")).unwrap(), want_log, "kill {k}: log.csv differs");
+        let log = common::without_times(&std::fs::read_to_string(run.join("log.csv")).unwrap());
+        assert_eq!(log, want_log, "kill {k}: log.csv differs");
         let leftovers = temps(&run);
         assert!(leftovers.is_empty(), "kill {k}: temporary files left behind: {leftovers:?}");
     }

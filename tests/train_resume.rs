@@ -3,6 +3,8 @@
 //! the number of CPU threads does not change a run. Every run here is driven by the library's `Trainer`, which
 //! also writes and resumes a run folder the way `ddpm train` does.
 
+mod common;
+
 use ddpm::checkpoint::{load_train_state, save};
 use ddpm::nn::UNetConfig;
 use ddpm::train::{
@@ -206,8 +208,9 @@ fn trainer_writes_a_run_folder_and_resumes_it_exactly() {
 
     let read = |p: &std::path::Path| std::fs::read(p).unwrap();
     let log = String::from_utf8(read(&a.join("log.csv"))).unwrap();
-    assert!(log.starts_with("step,epoch,loss,grad_norm,lr,fid\n") && log.lines().count() == 4, "{log}");
-    assert_eq!(log, String::from_utf8(read(&b.join("log.csv"))).unwrap(), "the resumed run's log");
+    assert!(log.starts_with("step,epoch,loss,grad_norm,lr,unix_time,fid\n") && log.lines().count() == 4, "{log}");
+    let log_b = String::from_utf8(read(&b.join("log.csv"))).unwrap();
+    assert_eq!(common::without_times(&log), common::without_times(&log_b), "the resumed run's log");
     assert_same(&load_train_state(&a.join("checkpoint.safetensors")).unwrap(), resumed.state());
     for f in ["samples_epoch000.png", "samples_ddim.png", "samples_ddpm.png", "loss_curve.png"] {
         assert_eq!(read(&a.join(f)), read(&b.join(f)), "{f}");
@@ -295,12 +298,13 @@ fn a_stop_request_writes_a_checkpoint_and_the_resumed_run_ends_as_the_uninterrup
     assert_eq!(state.step, 3);
     // Rows written after the checkpoint (a run killed later) are cut off on resume.
     let mut log = std::fs::read_to_string(b.join("log.csv")).unwrap();
-    log.push_str("4,1,9,9,0.0002,\n");
+    log.push_str("4,1,9,9,0.0002,0.0,\n");
     std::fs::write(b.join("log.csv"), log).unwrap();
     let mut resumed = writing_trainer(state, &b, 100, 3);
     assert_eq!(resumed.run(&mut ()).unwrap(), RunEnd::Finished);
     let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
-    assert_eq!(read(a.join("log.csv")), read(b.join("log.csv")), "the resumed run's log");
+    let log = |p: std::path::PathBuf| common::without_times(&String::from_utf8(read(p)).unwrap());
+    assert_eq!(log(a.join("log.csv")), log(b.join("log.csv")), "the resumed run's log");
     assert_eq!(read(a.join("checkpoint.safetensors")), read(b.join("checkpoint.safetensors")));
     assert_eq!(read(a.join("samples_ddpm.png")), read(b.join("samples_ddpm.png")));
     std::fs::remove_dir_all(&a).ok();

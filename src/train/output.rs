@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A run's output folder and the names of the files in it. Checkpoints are kept as `checkpoint-STEP.safetensors`
 /// (the last few), `checkpoint.safetensors` (the latest, a hard link to or copy of the newest of those) and
@@ -186,7 +187,7 @@ pub struct RunLog {
 
 impl RunLog {
     /// The column names, the log's first line.
-    pub const HEADER: &str = "step,epoch,loss,grad_norm,lr,fid";
+    pub const HEADER: &str = "step,epoch,loss,grad_norm,lr,unix_time,fid";
 
     /// Starts a new log at `path` (the header alone), replacing any file there.
     pub fn create(path: &Path) -> Result<Self> {
@@ -216,11 +217,13 @@ impl RunLog {
         Ok(RunLog { path: path.to_path_buf(), file })
     }
 
-    /// Appends `row`; the FID with 4 decimals, or an empty field.
+    /// Appends `row`, stamped with the wall-clock time it is written (seconds since 1970, UTC, to 0.1 s: the one
+    /// column that differs between identical runs); the FID with 4 decimals, or an empty field.
     pub fn append(&mut self, row: &LogRow) -> Result<()> {
         let fid = row.fid.map_or(String::new(), |f| format!("{f:.4}"));
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let LogRow { step, epoch, stats, lr, .. } = row;
-        writeln!(self.file, "{step},{epoch},{},{},{lr},{fid}", stats.loss, stats.grad_norm)
+        writeln!(self.file, "{step},{epoch},{},{},{lr},{now:.1},{fid}", stats.loss, stats.grad_norm)
             .map_err(|e| Error::file(&self.path, format!("cannot write: {e}")))
     }
 
@@ -254,9 +257,14 @@ fn truncated(text: &str, step: u64, keep_last_fid: bool) -> String {
         if s > step {
             break;
         }
+        // A row of a log from before the time column gets an empty one, before the FID.
+        let line = match line.rfind(',') {
+            Some(i) if line.matches(',').count() == 5 => format!("{},{}", &line[..i], &line[i..]),
+            _ => line.to_string(),
+        };
         match line.rfind(',') {
             Some(i) if s == step && !keep_last_fid => out.push_str(&line[..=i]),
-            _ => out.push_str(line),
+            _ => out.push_str(&line),
         }
         out.push('\n');
     }
@@ -269,10 +277,14 @@ mod tests {
 
     #[test]
     fn truncation_keeps_the_rows_up_to_the_step() {
-        let log = "step,epoch,loss,grad_norm,lr,fid\n1,0,1,2,0.1,\n2,0,1,2,0.1,55.5000\n3,1,1,2,0.1,\n";
-        assert_eq!(truncated(log, 2, true), "step,epoch,loss,grad_norm,lr,fid\n1,0,1,2,0.1,\n2,0,1,2,0.1,55.5000\n");
-        assert_eq!(truncated(log, 2, false), "step,epoch,loss,grad_norm,lr,fid\n1,0,1,2,0.1,\n2,0,1,2,0.1,\n");
-        assert_eq!(truncated(log, 9, true), log);
-        assert_eq!(truncated("", 3, true), "step,epoch,loss,grad_norm,lr,fid\n");
+        let h = "step,epoch,loss,grad_norm,lr,unix_time,fid\n";
+        let log = format!("{h}1,0,1,2,0.1,7.5,\n2,0,1,2,0.1,8.5,55.5000\n3,1,1,2,0.1,9.5,\n");
+        assert_eq!(truncated(&log, 2, true), format!("{h}1,0,1,2,0.1,7.5,\n2,0,1,2,0.1,8.5,55.5000\n"));
+        assert_eq!(truncated(&log, 2, false), format!("{h}1,0,1,2,0.1,7.5,\n2,0,1,2,0.1,8.5,\n"));
+        assert_eq!(truncated(&log, 9, true), log);
+        assert_eq!(truncated("", 3, true), h);
+        // A log from before the time column: its rows get an empty one.
+        let old = "step,epoch,loss,grad_norm,lr,fid\n1,0,1,2,0.1,\n2,0,1,2,0.1,55.5000\n";
+        assert_eq!(truncated(old, 2, true), format!("{h}1,0,1,2,0.1,,\n2,0,1,2,0.1,,55.5000\n"));
     }
 }

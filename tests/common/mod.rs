@@ -165,3 +165,16 @@ macro_rules! on_both {
         }
     };
 }
+
+/// A `log.csv` without its `unix_time` column (the wall-clock time of each row, the one column that differs
+/// between identical runs), for comparing runs.
+#[allow(dead_code)] // used by the training tests, not by every test binary that includes this module
+pub fn without_times(log: &str) -> String {
+    log.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), 7, "a log row of 7 columns: {l}");
+            [&f[..5], &f[6..]].concat().join(",") + "\n"
+        })
+        .collect()
+}

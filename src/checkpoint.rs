@@ -53,7 +53,7 @@ pub fn check_state_finite(state: &TrainState) -> Result<()> {
 fn check_tensor<B: Backend>(name: &str, t: &Tensor<B>) -> Result<()> {
     let data = t.to_vec()?;
     match data.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(Error::Diverged(format!("`{name}` holds a non-finite value ({} at index {i})", data[i]))),
+        Some(i) => Err(Error::Diverged(format!("`{name}` holds {} at index {i}, a non-finite value", data[i]))),
         None => Ok(()),
     }
 }
@@ -118,6 +118,8 @@ fn train_state_from(f: &TensorFile) -> Result<TrainState> {
         max_steps: if max_steps == "none" { None } else { Some(field(f, "max_steps")?) },
     };
     let what = path.display().to_string();
+    config.validate().map_err(|e| Error::file(path, format!("bad configuration: {e}")))?;
+    check_sizes(f, &config.model, "model.")?;
     let mut state = TrainState::new(config).map_err(|e| Error::file(path, format!("bad configuration: {e}")))?;
     state.params.load_from(&f.f32_with_prefix("model."), &what)?;
     let load_into = |prefix: &str, dst: &mut Vec<Tensor>| -> Result<()> {
@@ -133,6 +135,33 @@ fn train_state_from(f: &TensorFile) -> Result<TrainState> {
     state.opt.step = field(f, "adam_step")?;
     state.ema.updates = field(f, "ema_updates")?;
     Ok(state)
+}
+
+/// Checks that the file's tensors have the shapes `config` gives them, before a model of that size is built: the
+/// sizes come from metadata or from one tensor's shape, and a damaged or hostile file must not make the model's
+/// allocation exceed the file's own. Three weights pin the sizes: the input conv (base, in_ch), the time MLP
+/// (t_dim) and a middle conv (base², the bulk of the model).
+fn check_sizes(f: &TensorFile, config: &UNetConfig, prefix: &str) -> Result<()> {
+    let UNetConfig { in_ch, base, t_dim } = *config;
+    let expect = [
+        ("in_conv.weight", vec![base, in_ch, 3, 3]),
+        ("time.mlp.0.weight", vec![t_dim.saturating_mul(4), t_dim]),
+        ("mid.conv1.weight", vec![base.saturating_mul(4), base.saturating_mul(4), 3, 3]),
+    ];
+    for (name, want) in expect {
+        let name = format!("{prefix}{name}");
+        let got = f.f32(&name)?.shape().to_vec();
+        if got != want {
+            return Err(Error::file(
+                &f.path,
+                format!(
+                    "the model's sizes (base {base}, in_ch {in_ch}, t_dim {t_dim}) call for {name} of shape {want:?}, \
+                     but the file holds {got:?}; the file is damaged"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Weights to sample from.
@@ -170,6 +199,8 @@ pub fn load_for_sampling(path: &Path, use_ema: bool) -> Result<SamplingModel> {
             ))
         }
     };
+    config.validate().map_err(|e| Error::file(path, e.to_string()))?;
+    check_sizes(&f, &config, "")?;
     let mut params = Params::new();
     let model =
         UNet::new(config, &mut params, &mut StdRng::seed_from_u64(0)).map_err(|e| Error::file(path, e.to_string()))?;

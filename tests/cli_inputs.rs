@@ -239,6 +239,8 @@ fn sizes_that_cannot_be_allocated_are_refused_not_aborted() {
         set_metadata(&bad, key, value);
         refused(&sample(s(&bad), &[]), &["bad-", needle]);
         refused(&ddpm(&["eval", "--device", "cpu", "--checkpoint", s(&bad), "--n", "4"]), &[needle]);
+        // Resuming reads the same sizes through the same checks.
+        refused(&ddpm(&["train", "--device", "cpu", "--resume", s(&bad), "--out", s(&dir.join("resumed"))]), &[needle]);
     }
     // A plain state dict whose time MLP is declared [0, 2^40]: no data, but a t_dim no model could hold.
     let golden = read_tensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/weights.safetensors")).unwrap();

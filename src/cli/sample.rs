@@ -5,7 +5,7 @@ use super::{on_backend, progress_bar, resolve_device, Device, DeviceArg};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use ddpm::backend::Backend;
-use ddpm::checkpoint::{load_for_sampling, SamplingModel};
+use ddpm::checkpoint::{check_finite, load_for_sampling, SamplingModel};
 use ddpm::diffusion::{initial_noise, sample, SamplerKind, Schedule};
 use ddpm::image::save_grid_png;
 use ddpm::nn::{UNetConfig, UNetDenoiser};
@@ -86,71 +86,12 @@ fn out_kind(path: &Path) -> Result<OutKind> {
     Ok(if path.extension().is_some_and(|e| e == "png") { OutKind::Png } else { OutKind::Safetensors })
 }
 
-/// Largest T a checkpoint may declare: the schedule holds a few numbers per step, and DDPM makes T network calls.
-const MAX_TIMESTEPS: usize = 1_000_000;
-
-/// Checks, before any model is built from it, that the sizes the checkpoint at `path` implies are backed by the
-/// weights in it: the UNet's width `base`, `in_ch` and `t_dim` (from our metadata, or inferred from the shapes of
-/// a state dict) must agree with the shapes of three of its weights that grow with them, so that no size in a
-/// damaged or hostile file can make the model's allocation exceed the file's own.
-fn check_sizes(path: &Path) -> Result<()> {
-    let f = read_tensors(path)?;
-    let ours = f.metadata.get("format").is_some_and(|v| v == "ddpm-checkpoint-v1");
-    let prefix = if ours { "model." } else { "" };
-    let shape = |name: &str| -> Result<Vec<usize>> { Ok(f.f32(&format!("{prefix}{name}"))?.shape().to_vec()) };
-    let (conv, time) = (shape("in_conv.weight")?, shape("time.mlp.0.weight")?);
-    let config = if ours {
-        let field = |key: &str| -> Result<usize> {
-            let raw = f.metadata.get(key).with_context(|| format!("{}: metadata lacks `{key}`", path.display()))?;
-            raw.parse().with_context(|| format!("{}: metadata `{key}` = {raw:?} is not a size", path.display()))
-        };
-        let timesteps = field("timesteps")?;
-        if !(2..=MAX_TIMESTEPS).contains(&timesteps) {
-            bail!("{}: metadata says timesteps = {timesteps}; a model needs 2..={MAX_TIMESTEPS}", path.display());
-        }
-        UNetConfig { in_ch: field("in_ch")?, base: field("base")?, t_dim: field("t_dim")? }
-    } else {
-        match (&conv[..], &time[..]) {
-            (&[base, in_ch, 3, 3], &[_, t_dim]) => UNetConfig { in_ch, base, t_dim },
-            _ => bail!(
-                "{}: cannot infer the UNet's sizes from in_conv.weight {conv:?} and time.mlp.0.weight {time:?}",
-                path.display()
-            ),
-        }
-    };
-    let UNetConfig { in_ch, base, t_dim } = config;
-    let expect = [
-        ("in_conv.weight", conv, vec![base, in_ch, 3, 3]),
-        ("time.mlp.0.weight", time, vec![t_dim.saturating_mul(4), t_dim]),
-        ("mid.conv1.weight", shape("mid.conv1.weight")?, vec![base.saturating_mul(4), base.saturating_mul(4), 3, 3]),
-    ];
-    for (name, got, want) in expect {
-        if got != want {
-            bail!(
-                "{}: the model's sizes (base {base}, in_ch {in_ch}, t_dim {t_dim}) call for {prefix}{name} of shape \
-                 {want:?}, but the file holds {got:?}; the checkpoint is damaged",
-                path.display()
-            );
-        }
-    }
-    config.validate().with_context(|| format!("{}: bad model sizes", path.display()))?;
-    Ok(())
-}
-
-/// Loads the weights to sample from (see [`load_for_sampling`]) after checking their sizes, and refuses weights
+/// Loads the weights to sample from (see [`load_for_sampling`], which checks their sizes), and refuses weights
 /// that are not all finite: a diverged run would only make noise.
 pub fn load_model(path: &Path, use_ema: bool) -> Result<SamplingModel> {
-    check_sizes(path)?;
     let m = load_for_sampling(path, use_ema)?;
-    for (name, t) in m.params.iter() {
-        if let Some(v) = t.data().iter().find(|v| !v.is_finite()) {
-            bail!(
-                "{}: weight `{name}` holds {v} ({}): a diverged run cannot be sampled from",
-                path.display(),
-                m.description
-            );
-        }
-    }
+    check_finite(&m.params)
+        .with_context(|| format!("{} ({}): a diverged run cannot be sampled from", path.display(), m.description))?;
     Ok(m)
 }
 

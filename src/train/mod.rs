@@ -28,6 +28,10 @@ use crate::rng;
 use crate::tensor::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
 
+/// The most diffusion steps a schedule may have: far beyond any use (the reference's T is 1000), small enough that
+/// its tables (a few words per step) always fit.
+pub const MAX_TIMESTEPS: usize = 1_000_000;
+
 /// Philox stream domains (the top bits of the stream id), so no two uses of the run's seed share a stream.
 const STREAM_SHUFFLE: u64 = 1 << 60;
 const STREAM_T: u64 = 2 << 60;
@@ -87,8 +91,8 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         let bad = |m: String| Err(Error::Arg(m));
-        if self.timesteps < 2 {
-            return bad(format!("timesteps must be at least 2, got {}", self.timesteps));
+        if !(2..=MAX_TIMESTEPS).contains(&self.timesteps) {
+            return bad(format!("timesteps = {} is outside 2..={MAX_TIMESTEPS}", self.timesteps));
         }
         if self.batch == 0 {
             return bad("batch must be at least 1".into());

@@ -330,6 +330,17 @@ fn a_diverging_run_names_the_step_and_leaves_only_finite_checkpoints() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `ddpm ARGS` started in the background, its output captured.
+fn spawn(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits until the run's log has `rows` rows (the run is then past its setup, signal handlers included).
 #[cfg(unix)]
 fn wait_for_rows(log: &Path, rows: usize, child: &mut std::process::Child) {
@@ -351,18 +362,12 @@ fn signal(child: &std::process::Child, signal: &str) {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_prints_the_resume_command_and_a_second_one_exits_at_once() {
-    use std::process::Stdio;
     let dir = scratch("signal");
     let out = dir.join("run");
     // Explicit --epochs replace the CPU recipe's 11250 steps: 2 epochs of 7500 steps.
     let args = ["train", "--device", "cpu", "--epochs", "2", "--batch", "8", "--base", "8", "--t-dim", "4"];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ddpm"))
-        .args([&args[..], &["--timesteps", "50", "--sample-n", "4", "--eval-n", "0", "--out", s(&out)]].concat())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        spawn(&[&args[..], &["--timesteps", "50", "--sample-n", "4", "--eval-n", "0", "--out", s(&out)]].concat());
     wait_for_rows(&out.join("log.csv"), 2, &mut child);
     signal(&child, "INT");
     let r = child.wait_with_output().unwrap();
@@ -383,13 +388,8 @@ fn ctrl_c_writes_a_checkpoint_and_prints_the_resume_command_and_a_second_one_exi
 
     // SIGTERM stops a run the same way.
     let out = dir.join("term");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ddpm"))
-        .args([&args[..], &["--timesteps", "50", "--sample-n", "4", "--eval-n", "0", "--out", s(&out)]].concat())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        spawn(&[&args[..], &["--timesteps", "50", "--sample-n", "4", "--eval-n", "0", "--out", s(&out)]].concat());
     wait_for_rows(&out.join("log.csv"), 1, &mut child);
     signal(&child, "TERM");
     fails_with(&child.wait_with_output().unwrap(), "interrupted after step");
@@ -398,13 +398,7 @@ fn ctrl_c_writes_a_checkpoint_and_prints_the_resume_command_and_a_second_one_exi
     // A second Ctrl-C during the step (about a second at base 32, batch 64) exits at once, writing nothing.
     let out = dir.join("twice");
     let args = ["train", "--device", "cpu", "--base", "32", "--batch", "64", "--eval-n", "0", "--out", s(&out)];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ddpm"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&args);
     wait_for_rows(&out.join("log.csv"), 1, &mut child);
     signal(&child, "INT");
     std::thread::sleep(std::time::Duration::from_millis(20));

@@ -34,24 +34,24 @@ pub fn save(state: &TrainState, path: &Path) -> Result<()> {
 /// or trained on.
 pub fn check_finite<B: Backend>(params: &Params<B>) -> Result<()> {
     for (name, t) in params.iter() {
-        check_tensor(name, t)?;
+        check_values(name, &t.to_vec()?)?;
     }
     Ok(())
 }
 
-/// [`check_finite`] for everything a checkpoint holds: the weights, their EMA and AdamW's moments.
+/// [`check_finite`] for everything a checkpoint holds: the weights, their EMA and AdamW's moments (on the host, so
+/// read in place).
 pub fn check_state_finite(state: &TrainState) -> Result<()> {
     for (i, (name, t)) in state.params.iter().enumerate() {
-        check_tensor(name, t)?;
-        check_tensor(&format!("ema.{name}"), &state.ema.shadow[i])?;
-        check_tensor(&format!("adam.exp_avg.{name}"), &state.opt.exp_avg[i])?;
-        check_tensor(&format!("adam.exp_avg_sq.{name}"), &state.opt.exp_avg_sq[i])?;
+        check_values(name, t.data())?;
+        check_values(&format!("ema.{name}"), state.ema.shadow[i].data())?;
+        check_values(&format!("adam.exp_avg.{name}"), state.opt.exp_avg[i].data())?;
+        check_values(&format!("adam.exp_avg_sq.{name}"), state.opt.exp_avg_sq[i].data())?;
     }
     Ok(())
 }
 
-fn check_tensor<B: Backend>(name: &str, t: &Tensor<B>) -> Result<()> {
-    let data = t.to_vec()?;
+fn check_values(name: &str, data: &[f32]) -> Result<()> {
     match data.iter().position(|v| !v.is_finite()) {
         Some(i) => Err(Error::Diverged(format!("`{name}` holds {} at index {i}, a non-finite value", data[i]))),
         None => Ok(()),

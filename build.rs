@@ -31,6 +31,8 @@ fn parse_kind(ty: &str) -> Option<(ParamKind, &'static str)> {
             ("float", false) => Some((ParamKind::MutPtr, "float*")),
             ("int", true) => Some((ParamKind::ConstIntPtr, "int*")),
             ("int", false) => Some((ParamKind::MutIntPtr, "int*")),
+            ("bf16", true) => Some((ParamKind::ConstBf16Ptr, "bf16*")),
+            ("bf16", false) => Some((ParamKind::MutBf16Ptr, "bf16*")),
             _ => None,
         };
     }

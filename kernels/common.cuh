@@ -70,3 +70,93 @@ static __device__ __forceinline__ float philox_normal(u64 seed, u64 stream, u64 
   // 2*pi rounded to f32, as Rust's std::f32::consts::TAU.
   return sqrtf(-2.0f * logf(u1)) * cosf(6.28318530717958647692f * u2);
 }
+
+// ---- bfloat16 and the tensor-core instructions ----------------------------------------------------------------
+// Each PTX instruction the tensor-core kernels use sits behind one helper here. On the GPU it is inline PTX; under
+// CUDA_EMU the emulator (emu/shim.h, emu/runtime.cpp) implements it with the PTX ISA's semantics, so a kernel
+// tested on the emulator issues exactly these operations on the GPU.
+
+// A bfloat16 value as stored: the upper 16 bits of an f32.
+typedef unsigned short bf16;
+
+// f32 -> bf16, round to nearest even (NaN stays a quiet NaN). Integer arithmetic, so the GPU and the emulator
+// round every value to the same bits.
+static __device__ __forceinline__ bf16 f32_to_bf16(float x) {
+  unsigned u = __float_as_uint(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (bf16)(u >> 16);
+}
+
+static __device__ __forceinline__ float bf16_to_f32(bf16 h) { return __uint_as_float((unsigned)h << 16); }
+
+// Two bf16 in one 32-bit register, `lo` in the low half (the lower column or row index of a fragment pair).
+static __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+  return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
+}
+
+#ifndef CUDA_EMU
+// d = a·b + c for one warp: A 16x16 (row-major), B 16x8 (column-major), bf16 operands, f32 accumulators. Fragment
+// layout (PTX ISA, mma.m16n8k16), with g = lane >> 2 and t = lane & 3, each register holding a pair of
+// consecutive columns (A, C) or rows (B):
+//   a[0]: A[g][2t..2t+1]   a[1]: A[g+8][2t..2t+1]   a[2]: A[g][2t+8..2t+9]   a[3]: A[g+8][2t+8..2t+9]
+//   b[0]: B[2t..2t+1][g]   b[1]: B[2t+8..2t+9][g]
+//   c[0..1]: C[g][2t..2t+1]   c[2..3]: C[g+8][2t..2t+1]
+static __device__ __forceinline__ void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2],
+                                                      const float c[4]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%11,%12,%13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+        "f"(c[3]));
+}
+
+static __device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return (unsigned)__cvta_generic_to_shared(p);
+}
+
+// ldmatrix .m8n8 .b16: 8x8 matrices of 16-bit values from shared memory, each row 16 contiguous bytes (16-byte
+// aligned). Lane l supplies the address of row l & 7 of matrix l >> 3 (lanes beyond the matrix count are
+// ignored). Lane l receives, for each matrix i, r[i] = (M_i[l>>2][2(l&3)], M_i[l>>2][2(l&3)+1]); with `.trans`,
+// r[i] = (M_i[2(l&3)][l>>2], M_i[2(l&3)+1][l>>2]).
+static __device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const bf16* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row)));
+}
+static __device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const bf16* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row)));
+}
+static __device__ __forceinline__ void ldmatrix_x2(unsigned r[2], const bf16* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_addr(row)));
+}
+static __device__ __forceinline__ void ldmatrix_x2_trans(unsigned r[2], const bf16* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_addr(row)));
+}
+static __device__ __forceinline__ void ldmatrix_x1(unsigned r[1], const bf16* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(smem_addr(row)));
+}
+static __device__ __forceinline__ void ldmatrix_x1_trans(unsigned r[1], const bf16* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(smem_addr(row)));
+}
+
+// cp.async: copies 16 bytes from global to shared memory (both 16-byte aligned) without passing through
+// registers; the first `src_bytes` (0 or 16) are read and the rest zero-filled, so a tile's padding and its
+// out-of-range rows cost no branch. The copies a thread issued become visible to it after cp_async_wait<N>
+// leaves at most N of its committed groups pending, and to the rest of the block after a barrier that follows.
+static __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
+               "r"(src_bytes));
+}
+static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> static __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+#endif

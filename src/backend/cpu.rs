@@ -1,6 +1,6 @@
 //! The CPU backend's memory: host `Vec`s. Its kernels are each family's `cpu.rs`.
 
-use super::Memory;
+use super::{Memory, Precision};
 use crate::error::Result;
 
 /// The CPU: multi-threaded kernels over host memory.
@@ -16,6 +16,10 @@ impl Memory for Cpu {
             1 => "CPU (1 thread)".to_string(),
             n => format!("CPU ({n} threads)"),
         }
+    }
+    /// The CPU has an f32 path only.
+    fn precision(&self) -> Precision {
+        Precision::Fp32
     }
     fn buf_len(buf: &Vec<f32>) -> usize {
         buf.len()

@@ -1,7 +1,7 @@
 //! The GPU backend's memory: buffers on an [`Executor`]. Its launches are each family's `gpu.rs`. Generic over
 //! the executor, so `Gpu<Emulator>` (every test run) and `Gpu<Cuda>` (a real device) run the same launch code.
 
-use super::Memory;
+use super::{Memory, Precision};
 use crate::error::Result;
 use crate::gpu::{DeviceBuf, Executor, IntBuf};
 use std::fmt;
@@ -10,12 +10,18 @@ use std::sync::Arc;
 /// A GPU backend: a shared handle to one executor (the emulator or a CUDA device).
 pub struct Gpu<E: Executor> {
     exec: Arc<E>,
+    precision: Precision,
 }
 
 impl<E: Executor> Gpu<E> {
-    /// A backend running on `exec`.
+    /// A backend running on `exec` in f32.
     pub fn new(exec: E) -> Self {
-        Gpu { exec: Arc::new(exec) }
+        Gpu { exec: Arc::new(exec), precision: Precision::Fp32 }
+    }
+
+    /// A backend running on `exec`, its convolutions and linear layers in `precision`.
+    pub fn with_precision(exec: E, precision: Precision) -> Self {
+        Gpu { exec: Arc::new(exec), precision }
     }
 
     /// The executor the kernels run on.
@@ -26,13 +32,13 @@ impl<E: Executor> Gpu<E> {
 
 impl<E: Executor> Clone for Gpu<E> {
     fn clone(&self) -> Self {
-        Gpu { exec: self.exec.clone() }
+        Gpu { exec: self.exec.clone(), precision: self.precision }
     }
 }
 
 impl<E: Executor> fmt::Debug for Gpu<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Gpu({})", self.exec.describe())
+        write!(f, "Gpu({}, {})", self.exec.describe(), self.precision.name())
     }
 }
 
@@ -42,6 +48,9 @@ impl<E: Executor> Memory for Gpu<E> {
 
     fn describe(&self) -> String {
         self.exec.describe()
+    }
+    fn precision(&self) -> Precision {
+        self.precision
     }
     fn buf_len(buf: &E::Buf) -> usize {
         buf.len()

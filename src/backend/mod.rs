@@ -42,6 +42,28 @@ pub use crate::optim::OptimOps;
 use crate::error::Result;
 use std::fmt;
 
+/// The arithmetic of the convolutions and linear layers. Everything else (normalisation statistics, the loss, the
+/// optimiser, the sampler updates, master weights and checkpoints) is f32 under either, as under
+/// `torch.autocast(dtype=torch.bfloat16)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 operands, f32 accumulation.
+    Fp32,
+    /// Operands rounded to bfloat16 (8 significant bits, round to nearest even), products accumulated in f32, on
+    /// the GPU's tensor cores.
+    Bf16,
+}
+
+impl Precision {
+    /// "fp32" or "bf16", as `--precision` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
 /// Where tensors live: buffer types and the copies between them and the host. A value of this type is a cheap
 /// handle (a unit struct for the CPU, a shared pointer to the device for the GPU) that every tensor carries.
 pub trait Memory: Clone + fmt::Debug + Send + Sync + 'static {
@@ -52,6 +74,8 @@ pub trait Memory: Clone + fmt::Debug + Send + Sync + 'static {
 
     /// What runs the kernels, e.g. "CPU (2 threads)" or "CUDA device 0: NVIDIA H200 (...)".
     fn describe(&self) -> String;
+    /// The arithmetic of the convolutions and linear layers.
+    fn precision(&self) -> Precision;
     /// Length of `buf` in words.
     fn buf_len(buf: &Self::Buf) -> usize;
     /// A buffer of `len` words for a kernel to overwrite completely (zeros on the CPU; unspecified on a device).

@@ -231,7 +231,7 @@ impl Executor for Cuda {
         let mut vals = Vec::with_capacity(args.len());
         for a in args {
             vals.push(match *a {
-                Arg::Buf(_) | Arg::BufAt(..) | Arg::Ints(_) => {
+                Arg::Buf(_) | Arg::BufAt(..) | Arg::Ints(_) | Arg::Bf16(_) => {
                     let (b, off) = a.buffer().expect("a pointer argument");
                     if off > b.len {
                         return Err(Error::Device(format!("{}: buffer offset {off} past {}", kernel.name(), b.len)));

@@ -120,7 +120,7 @@ impl Executor for Emulator {
         let mut slots = Vec::with_capacity(args.len());
         for (i, a) in args.iter().enumerate() {
             slots.push(match *a {
-                Arg::Buf(_) | Arg::BufAt(..) | Arg::Ints(_) => {
+                Arg::Buf(_) | Arg::BufAt(..) | Arg::Ints(_) | Arg::Bf16(_) => {
                     let (b, off) = a.buffer().expect("a pointer argument");
                     if off > b.len {
                         return Err(Error::Device(format!(

@@ -62,12 +62,34 @@ impl<B: DeviceBuf> IntBuf<B> {
     }
 }
 
+/// A device buffer of bfloat16 values, two to a 4-byte word (the lower-indexed value in the low half, as a GPU
+/// reads a `bf16*` on a little-endian device). The tensor-core kernels' operands: kernels convert f32 tensors into
+/// these and read them with 16-byte copies, so only kernels write them.
+#[derive(Debug)]
+pub struct Bf16Buf<B> {
+    buf: B,
+    len: usize,
+}
+
+impl<B: DeviceBuf> Bf16Buf<B> {
+    /// Length in bf16 values.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether the buffer holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// One kernel argument. `float*` parameters take [`Arg::Buf`] / [`Arg::BufAt`], `int*` ones [`Arg::Ints`].
 pub enum Arg<'a, B> {
     /// A buffer, from its start.
     Buf(&'a B),
     /// An index buffer.
     Ints(&'a IntBuf<B>),
+    /// A bfloat16 buffer.
+    Bf16(&'a Bf16Buf<B>),
     /// A buffer from word `offset` on.
     BufAt(&'a B, usize),
     /// A null pointer (kernels treat it as "absent", e.g. no bias).
@@ -88,6 +110,7 @@ impl<'a, B> Arg<'a, B> {
         match self {
             Arg::Buf(_) | Arg::BufAt(..) => "a float buffer",
             Arg::Ints(_) => "an int buffer",
+            Arg::Bf16(_) => "a bf16 buffer",
             Arg::Null => "null",
             Arg::I32(_) => "I32",
             Arg::I64(_) => "I64",
@@ -107,6 +130,7 @@ impl<'a, B> Arg<'a, B> {
             Arg::Buf(b) => Some((b, 0)),
             Arg::BufAt(b, off) => Some((b, off)),
             Arg::Ints(b) => Some((&b.buf, 0)),
+            Arg::Bf16(b) => Some((&b.buf, 0)),
             _ => None,
         }
     }
@@ -147,6 +171,10 @@ pub trait Executor: Send + Sync + 'static {
     fn alloc_i32(&self, len: usize) -> Result<IntBuf<Self::Buf>> {
         Ok(IntBuf { buf: self.alloc(len)?, bound: None })
     }
+    /// A bfloat16 buffer of `len` values for a kernel to fill (whole words, so an odd length has a spare half).
+    fn alloc_bf16(&self, len: usize) -> Result<Bf16Buf<Self::Buf>> {
+        Ok(Bf16Buf { buf: self.alloc(len.div_ceil(2))?, len })
+    }
     /// Copies an index buffer back, after all launches before it have finished.
     fn download_i32(&self, buf: &IntBuf<Self::Buf>) -> Result<Vec<u32>> {
         Ok(self.download(&buf.buf)?.into_iter().map(f32::to_bits).collect())
@@ -179,6 +207,7 @@ pub fn check_args<B>(kernel: Kernel, args: &[Arg<B>]) -> Result<()> {
             (kind, arg),
             (ParamKind::ConstPtr | ParamKind::MutPtr, Arg::Buf(_) | Arg::BufAt(..) | Arg::Null)
                 | (ParamKind::ConstIntPtr | ParamKind::MutIntPtr, Arg::Ints(_) | Arg::Null)
+                | (ParamKind::ConstBf16Ptr | ParamKind::MutBf16Ptr, Arg::Bf16(_))
                 | (ParamKind::I32, Arg::I32(_))
                 | (ParamKind::I64, Arg::I64(_))
                 | (ParamKind::U64, Arg::U64(_))

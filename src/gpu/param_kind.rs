@@ -12,6 +12,10 @@ pub enum ParamKind {
     ConstIntPtr,
     /// `int*`.
     MutIntPtr,
+    /// `const bf16*`: bfloat16 values, two to a 4-byte word.
+    ConstBf16Ptr,
+    /// `bf16*`.
+    MutBf16Ptr,
     /// `int`.
     I32,
     /// `long long`.

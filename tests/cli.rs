@@ -125,6 +125,65 @@ fn sampling_a_pytorch_state_dict_reproduces_the_reference_trajectory() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `ddpm sample --device emu` (the GPU path on the CPU emulator) on the PyTorch state dict and the reference's
+/// starting noise, against PyTorch's f32 DDIM-10 output (golden `traj.ddim10`): in f32 as closely as the CPU
+/// (5e-4, tests/sampling.rs), and in bf16 within what bf16 arithmetic allows: PyTorch's own bf16 autocast differs
+/// from its f32 output by about 0.06 at most and 0.004 on average on such a trajectory, so the bound is 0.1 per
+/// pixel and 0.01 on average.
+#[test]
+fn sampling_on_the_emulator_follows_the_reference_trajectory_in_f32_and_bf16() {
+    let dir = scratch("emu-sample");
+    let steps = common::golden("steps.safetensors");
+    let noise_file = dir.join("noise.safetensors");
+    ddpm::tensor_file::write_tensors(&noise_file, &[("noise".into(), steps.f32("traj.ddim10.xT").unwrap())], None)
+        .unwrap();
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/weights.safetensors");
+    let reference = steps.f32("traj.ddim10.out").unwrap();
+    for (precision, max_abs, mean_abs) in [("fp32", 5e-4, 5e-4), ("bf16", 0.1, 0.01)] {
+        let out = dir.join(format!("{precision}.safetensors"));
+        let r = ddpm(&[
+            "sample",
+            "--device",
+            "emu",
+            "--precision",
+            precision,
+            "--checkpoint",
+            s(&weights),
+            "--steps",
+            "10",
+            "--noise",
+            s(&noise_file),
+            "--out",
+            s(&out),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let ours = ddpm::tensor_file::read_tensors(&out).unwrap();
+        let c = common::assert_close(
+            &format!("traj.ddim10.out on the emulator in {precision}"),
+            ours.f32("samples").unwrap().data(),
+            reference.data(),
+            max_abs,
+            0.0,
+        );
+        eprintln!("emulator {precision}: max abs {:.2e}, mean abs {:.2e}", c.max_abs, c.mean_abs);
+        assert!(c.mean_abs <= mean_abs, "{precision}: mean abs error {:.3e} over {mean_abs:e}", c.mean_abs);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bf16_on_the_cpu_is_refused_before_any_work() {
+    let dir = scratch("cpu-bf16");
+    let out = dir.join("s.png");
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/weights.safetensors");
+    let r = ddpm(&["sample", "--device", "cpu", "--precision", "bf16", "--checkpoint", s(&weights), "--out", s(&out)]);
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("--precision bf16") && err.contains("no bf16 path"), "{err}");
+    assert!(!out.exists(), "nothing is written");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn recipe_reference_is_also_accepted_as_seed() {
     // Both spellings parse: the run then stops at the resume check, which refuses any --recipe, before it reads

@@ -19,9 +19,9 @@ impl<E: Executor> Gpu<E> {
         Gpu { exec: Arc::new(exec), precision: Precision::Fp32 }
     }
 
-    /// A backend running on `exec`, its convolutions and linear layers in `precision`.
-    pub fn with_precision(exec: E, precision: Precision) -> Self {
-        Gpu { exec: Arc::new(exec), precision }
+    /// This backend's executor with its convolutions and linear layers in `precision`.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Gpu { precision, ..self }
     }
 
     /// The executor the kernels run on.

@@ -40,23 +40,27 @@ pub struct BenchArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     device: super::DeviceArg,
+    /// Convolutions and linear layers in bf16 (tensor cores; default on a GPU) or fp32 (default, and the only
+    /// path, on the CPU).
+    #[arg(long, value_enum)]
+    precision: Option<super::PrecisionArg>,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let device = resolve_device(a.device)?;
+    let device = resolve_device(a.device, a.precision)?;
     if a.iters == 0 || a.batch == 0 {
         bail!("--iters and --batch must be at least 1");
     }
     let config = UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim };
     config.validate()?;
-    if matches!(device, Device::Cpu) {
+    if matches!(device, Device::Cpu | Device::Emu(_)) {
         // A training step also keeps the gradients and the backward pass's buffers (about three forward passes),
         // and the weights five times over (parameters, gradients, two AdamW moments, the EMA).
         let passes = if a.what == Workload::Train { 3 } else { 1 };
         let bytes = passes * checks::sampling_bytes(a.batch, &config) + 5 * checks::model_bytes(&config);
         checks::fits_in_memory(&format!("--batch {} --base {} --t-dim {}", a.batch, a.base, a.t_dim), bytes)?;
     }
-    let name = device.name();
+    let (name, precision) = (device.name(), device.precision().name());
     let mut times = on_backend!(device, |b| time_on(&a, b))?;
     if ddpm::autograd::profile::enabled() {
         eprint!("{}", ddpm::autograd::profile::report());
@@ -64,7 +68,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(
-        "{{\"workload\":\"{:?}\",\"device\":\"{name}\",\"batch\":{},\"base\":{},\"threads\":{},\"iters\":{},\"median_s\":{median:.4},\"min_s\":{:.4},\"max_s\":{:.4}}}",
+        "{{\"workload\":\"{:?}\",\"device\":\"{name}\",\"precision\":\"{precision}\",\"batch\":{},\"base\":{},\"threads\":{},\"iters\":{},\"median_s\":{median:.4},\"min_s\":{:.4},\"max_s\":{:.4}}}",
         a.what, a.batch, a.base, rayon::current_num_threads(), a.iters, times[0], times[times.len() - 1]
     );
     Ok(())

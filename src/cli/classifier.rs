@@ -56,7 +56,7 @@ pub fn run(a: TrainClassifierArgs) -> Result<()> {
     checks::readable_dir("--data", &a.data)?;
     checks::extension("--out", &a.out, &["safetensors"])?;
     checks::writable("--out", &a.out)?;
-    let device = resolve_device(a.device)?;
+    let device = resolve_device(a.device, None)?;
     on_backend!(device, |b| train_on(&a, b))
 }
 

@@ -83,6 +83,10 @@ pub struct EvalArgs {
     /// Where to run the sampler and the classifier.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// Convolutions and linear layers in bf16 (tensor cores; default on a GPU) or fp32 (default, and the only
+    /// path, on the CPU).
+    #[arg(long, value_enum)]
+    precision: Option<super::PrecisionArg>,
     /// Replace --grid even when it is a file this command reads or one that is not a PNG.
     #[arg(long)]
     force: bool,
@@ -154,7 +158,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         checks::extension("--grid", grid, &["png"])?;
         checks::output("--grid", grid, Kind::Png, &inputs, a.force)?;
     }
-    let device = resolve_device(a.device)?;
+    let device = resolve_device(a.device, a.precision)?;
     let source = match (&a.samples, &a.checkpoint) {
         (Some(path), _) => Source::File(read_samples(path, a.n)?),
         (None, Some(ckpt)) => {
@@ -290,6 +294,10 @@ pub struct TableArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// Convolutions and linear layers in bf16 (tensor cores; default on a GPU) or fp32 (default, and the only
+    /// path, on the CPU).
+    #[arg(long, value_enum)]
+    precision: Option<super::PrecisionArg>,
     /// Replace --out and the grids even when they are files this command did not write.
     #[arg(long)]
     force: bool,
@@ -331,7 +339,7 @@ pub fn run_table(mut a: TableArgs) -> Result<()> {
     };
     checks::extension("--out", &out, &["md"])?;
     checks::output("--out", &out, Kind::Table, &inputs, a.force)?;
-    let device = resolve_device(a.device)?;
+    let device = resolve_device(a.device, a.precision)?;
     let m = load_model(&a.checkpoint, true)?;
     let (flag, most) = if ddpm_n > a.n { ("--ddpm-n", ddpm_n) } else { ("--n", a.n) };
     check_memory(&device, &format!("{flag} {most}"), most, &m.model.config)?;

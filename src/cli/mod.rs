@@ -8,10 +8,11 @@ mod info;
 mod sample;
 mod train;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use ddpm::backend::Gpu;
+use ddpm::backend::{Gpu, Memory, Precision};
 use ddpm::gpu::cuda::Cuda;
+use ddpm::gpu::emu::Emulator;
 
 /// Train a denoising diffusion model (DDPM) on MNIST and sample from it with DDPM or DDIM.
 ///
@@ -52,20 +53,44 @@ pub enum DeviceArg {
     Cpu,
     /// An NVIDIA GPU through CUDA.
     Cuda,
+    /// The GPU's kernels and launch code on the CPU emulator of CUDA: slow (minutes for what a GPU does in a
+    /// second), for checking the GPU path end to end on a machine without one.
+    Emu,
+}
+
+/// The arithmetic of the convolutions and linear layers (`--precision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 throughout (the only path on the CPU, and its default).
+    Fp32,
+    /// bf16 operands with f32 accumulation on the tensor cores, as torch.autocast(dtype=torch.bfloat16) does; the
+    /// weights, optimiser, normalisation statistics, loss and sampler updates stay f32 (the default on a GPU).
+    Bf16,
 }
 
 /// The backend a command runs on.
 enum Device {
     Cpu,
     Cuda(Gpu<Cuda>),
+    Emu(Gpu<Emulator>),
 }
 
 impl Device {
-    /// "cpu" or "cuda", as `--device` spells it.
+    /// "cpu", "cuda" or "emu", as `--device` spells it.
     fn name(&self) -> &'static str {
         match self {
             Device::Cpu => "cpu",
             Device::Cuda(_) => "cuda",
+            Device::Emu(_) => "emu",
+        }
+    }
+
+    /// The precision the device runs the convolutions and linear layers in.
+    fn precision(&self) -> Precision {
+        match self {
+            Device::Cpu => Precision::Fp32,
+            Device::Cuda(g) => g.precision(),
+            Device::Emu(g) => g.precision(),
         }
     }
 }
@@ -84,31 +109,63 @@ macro_rules! on_backend {
                 let $b = gpu;
                 $body
             }
+            $crate::cli::Device::Emu(gpu) => {
+                let $b = gpu;
+                $body
+            }
         }
     };
 }
 use on_backend;
 
-/// The device a run uses: with `auto` CUDA device 0 when it can be opened (the choice is printed), else the CPU;
-/// `Err` saying why when `cuda` is asked for and cannot be used.
-fn resolve_device(d: DeviceArg) -> Result<Device> {
+/// The device a run uses, in `precision` (default: bf16 on a GPU or the emulator, fp32 on the CPU): with `auto`
+/// CUDA device 0 when it can be opened (the choice is printed), else the CPU, saying why; `Err` saying why when
+/// `cuda` is asked for and cannot be used, or when the device has no path for the precision asked for. Decided
+/// before any work.
+fn resolve_device(d: DeviceArg, precision: Option<PrecisionArg>) -> Result<Device> {
+    let gpu_precision = match precision {
+        Some(PrecisionArg::Fp32) => Precision::Fp32,
+        Some(PrecisionArg::Bf16) | None => Precision::Bf16,
+    };
+    let cpu = |why: Option<String>| {
+        if precision == Some(PrecisionArg::Bf16) {
+            let on = why.map_or("--device cpu".to_string(), |w| format!("--device auto found no usable GPU ({w}) and"));
+            bail!(
+                "--precision bf16: {on} the CPU has no bf16 path (its convolutions are f32); use --precision fp32, \
+                 or --device emu to run the GPU's bf16 kernels on the CPU emulator"
+            );
+        }
+        if let Some(why) = why {
+            eprintln!("no usable CUDA device ({why}): running on the CPU");
+        }
+        Ok(Device::Cpu)
+    };
+    let cuda = |dev: Cuda| {
+        eprintln!("using {} in {}", ddpm::gpu::Executor::describe(&dev), gpu_precision.name());
+        Device::Cuda(Gpu::new(dev).with_precision(gpu_precision))
+    };
     match d {
-        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cpu => cpu(None),
         DeviceArg::Cuda => {
             let dev = Cuda::new(0).map_err(|e| {
                 anyhow!(
                     "--device cuda: no usable CUDA device: {e} (`ddpm info` says more; --device cpu runs on the CPU)"
                 )
             })?;
-            eprintln!("using {}", ddpm::gpu::Executor::describe(&dev));
-            Ok(Device::Cuda(Gpu::new(dev)))
+            Ok(cuda(dev))
+        }
+        DeviceArg::Emu => {
+            let emu = Emulator::new();
+            eprintln!(
+                "using the {} in {} (the GPU's kernels on the CPU: slow, for checking the GPU path)",
+                ddpm::gpu::Executor::describe(&emu),
+                gpu_precision.name()
+            );
+            Ok(Device::Emu(Gpu::new(emu).with_precision(gpu_precision)))
         }
         DeviceArg::Auto => match Cuda::new(0) {
-            Ok(dev) => {
-                eprintln!("using {}", ddpm::gpu::Executor::describe(&dev));
-                Ok(Device::Cuda(Gpu::new(dev)))
-            }
-            Err(_) => Ok(Device::Cpu),
+            Ok(dev) => Ok(cuda(dev)),
+            Err(e) => cpu(Some(e.to_string())),
         },
     }
 }

@@ -70,6 +70,10 @@ pub struct SampleArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// Convolutions and linear layers in bf16 (tensor cores; default on a GPU) or fp32 (default, and the only
+    /// path, on the CPU).
+    #[arg(long, value_enum)]
+    precision: Option<super::PrecisionArg>,
     /// Replace --out even when it is a file this command reads or did not write (a checkpoint, say).
     #[arg(long)]
     force: bool,
@@ -100,7 +104,8 @@ pub fn load_model(path: &Path, use_ema: bool) -> Result<SamplingModel> {
 /// is an error, not an abort.
 pub fn check_memory(device: &Device, what: &str, n: usize, config: &UNetConfig) -> Result<()> {
     let bytes = match device {
-        Device::Cpu => checks::sampling_bytes(n, config),
+        // The emulator's device memory is host memory.
+        Device::Cpu | Device::Emu(_) => checks::sampling_bytes(n, config),
         Device::Cuda(_) => checks::host_image_bytes(n),
     };
     checks::fits_in_memory(what, bytes)
@@ -169,7 +174,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
         OutKind::Safetensors => Kind::Samples,
     };
     checks::output("--out", &a.out, kind_of_out, &inputs, a.force)?;
-    let device = resolve_device(a.device)?;
+    let device = resolve_device(a.device, a.precision)?;
     let kind = a.sampling.kind();
     let m = load_model(&a.checkpoint, !a.sampling.no_ema)?;
     kind.validate(m.timesteps).context("bad sampler settings")?;

@@ -74,6 +74,10 @@ pub struct TrainArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// Convolutions and linear layers in bf16 (tensor cores; default on a GPU) or fp32 (default, and the only
+    /// path, on the CPU).
+    #[arg(long, value_enum)]
+    precision: Option<super::PrecisionArg>,
     /// Continue a run from one of its checkpoints (DIR/checkpoint.safetensors, the latest, or any
     /// checkpoint-STEP.safetensors); it continues exactly as if never interrupted, its log cut back to that step.
     #[arg(long)]
@@ -146,7 +150,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.save_every == 0 || a.keep == 0 {
         bail!("--save-every and --keep must be at least 1");
     }
-    let device = resolve_device(a.device)?;
+    let device = resolve_device(a.device, a.precision)?;
     let recipe = a.recipe.unwrap_or(if device.name() == "cpu" { Recipe::Cpu } else { Recipe::Reference });
     on_backend!(device, |b| train_on(&a, recipe, b))
 }
@@ -313,6 +317,9 @@ fn resume_command(a: &TrainArgs, ckpt: &Path) -> String {
     if a.device != DeviceArg::Auto {
         cmd +=
             &format!(" --device {}", a.device.to_possible_value().map_or("auto".into(), |v| v.get_name().to_string()));
+    }
+    if let Some(p) = a.precision {
+        cmd += &format!(" --precision {}", p.to_possible_value().map_or("bf16".into(), |v| v.get_name().to_string()));
     }
     let numbers = [
         ("--sample-n", a.sample_n as u64, 64),

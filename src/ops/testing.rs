@@ -20,13 +20,17 @@ pub(crate) fn cuda() -> &'static Result<Gpu<Cuda>, String> {
     DEV.get_or_init(|| Cuda::new(0).map(Gpu::new).map_err(|e| e.to_string()))
 }
 
-/// `mod $name { fn emu(); fn cuda() }` running the check `$name` on the emulator and on CUDA.
+/// `mod $name { fn emu(); fn cuda() }` running the check `$name` on the emulator and on CUDA, in f32 or in the
+/// precision given.
 macro_rules! gpu_test {
     ($name:ident) => {
+        $crate::ops::testing::gpu_test!($name, $crate::backend::Precision::Fp32);
+    };
+    ($name:ident, $precision:expr) => {
         mod $name {
             #[test]
             fn emu() {
-                super::$name(&$crate::backend::Gpu::new($crate::gpu::emu::Emulator::new()));
+                super::$name(&$crate::backend::Gpu::new($crate::gpu::emu::Emulator::new()).with_precision($precision));
             }
             // Counted as ignored, not passed, where there is no GPU; `--ignored` (scripts/gpu-check.sh) runs it,
             // and there a missing device is a failure.
@@ -34,7 +38,7 @@ macro_rules! gpu_test {
             #[ignore = "needs a CUDA device: run with --ignored on a GPU machine"]
             fn cuda() {
                 match $crate::ops::testing::cuda() {
-                    Ok(dev) => super::$name(dev),
+                    Ok(dev) => super::$name(&dev.clone().with_precision($precision)),
                     Err(why) => panic!("no CUDA device: {why}"),
                 }
             }

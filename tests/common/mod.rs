@@ -66,14 +66,18 @@ pub struct Cmp {
     pub worst_ratio: f32,
     /// Elements over the threshold.
     pub failures: usize,
+    /// Mean `|ours - ref|`.
+    pub mean_abs: f32,
 }
 
 /// Compares elementwise; see [`Cmp`].
 pub fn compare(ours: &[f32], reference: &[f32], atol: f32, rtol: f32) -> Cmp {
     assert_eq!(ours.len(), reference.len(), "length mismatch");
-    let mut c = Cmp { max_abs: 0.0, worst_ratio: 0.0, failures: 0 };
+    let mut c = Cmp { max_abs: 0.0, worst_ratio: 0.0, failures: 0, mean_abs: 0.0 };
+    let mut sum = 0.0f64;
     for (&a, &r) in ours.iter().zip(reference) {
         let d = (a - r).abs();
+        sum += d as f64;
         let tol = atol + rtol * r.abs();
         let ratio = if tol > 0.0 {
             d / tol
@@ -88,6 +92,7 @@ pub fn compare(ours: &[f32], reference: &[f32], atol: f32, rtol: f32) -> Cmp {
             c.failures += 1;
         }
     }
+    c.mean_abs = (sum / ours.len().max(1) as f64) as f32;
     c
 }
 

@@ -1,15 +1,24 @@
-//! The convolutions' launches: a materialised column matrix (`im2col`, or `col2im` for the adjoint) and the GEMM
+//! The convolutions' launches. Under [`Precision::Bf16`], every GEMM whose channel counts allow it runs on the
+//! tensor cores (`mma.rs`); the rest, and everything under [`Precision::Fp32`], is a materialised column matrix (`im2col`, or `col2im` for the adjoint) and the GEMM
 //! of `crate::ops::linear::gpu`, then the bias epilogue. The weight gradient sums over the batch inside the GEMM
 //! (a fixed order), not with atomics.
 
+use super::mma::{self, Gather, Wgrad};
 use super::ConvOps;
-use crate::backend::Gpu;
+use crate::backend::{Gpu, Memory, Precision};
 use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads};
 use crate::error::Result;
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
 use crate::gpu::{Arg, Executor, Kernel};
 use crate::ops::linear::gpu::{sgemm, Gemm};
 use crate::ops::reduce::gpu::copy;
+
+impl<E: Executor> Gpu<E> {
+    /// Whether this backend runs a GEMM reading channel counts `channels` on the tensor cores.
+    fn tensor_cores(&self, channels: &[usize]) -> bool {
+        self.precision() == Precision::Bf16 && mma::tensor_cores_fit(channels)
+    }
+}
 
 impl<E: Executor> ConvOps for Gpu<E> {
     /// `out[i] = W·im2col(x[i]) + bias + chan_bias[i] + residual[i]`: the residual is copied into `out` first and
@@ -27,6 +36,12 @@ impl<E: Executor> ConvOps for Gpu<E> {
         if let Some(r) = epi.residual {
             need("conv2d residual", r, n * co * plane)?;
             copy(e, r, out)?;
+        }
+        if self.tensor_cores(&[g.c]) {
+            let xb = mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w)?;
+            let wp = mma::pack_weight(e, w, (co, g.c, g.k * g.k), false)?;
+            let terms = (epi.bias, epi.chan_bias);
+            return mma::gather(e, &Gather::of(g, n, co, false), &xb, &wp, terms, epi.residual.is_some(), out);
         }
         let gemm = Gemm {
             stride_b: kk * plane,
@@ -51,12 +66,38 @@ impl<E: Executor> ConvOps for Gpu<E> {
     ) -> Result<()> {
         let (e, g, n, co) = (self.executor(), &d.geom, d.n, d.channels);
         let (kk, plane) = (g.col_rows(), g.col_cols());
+        let (tc_dw, tc_dx) = (grads.dw.is_some() && self.tensor_cores(&[co, g.c]), self.tensor_cores(&[co]));
+        let gout_bf16 =
+            if tc_dw || (tc_dx && grads.dx.is_some()) { Some(mma::to_nhwc_bf16(e, gout, n, co, plane)?) } else { None };
         if let Some(dw) = grads.dw {
-            let gemm =
-                Gemm { stride_a: co * plane, stride_b: kk * plane, nsum: n, ..Gemm::plain(co, kk, plane, false, true) };
-            with_columns(e, g, n, x, |col| sgemm(e, &gemm, gout, col, dw))?;
+            if let (true, Some(gb)) = (tc_dw, &gout_bf16) {
+                let xb = mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w)?;
+                let wd = Wgrad {
+                    n,
+                    m: co,
+                    c: g.c,
+                    input: (g.h, g.w),
+                    grid: (g.oh, g.ow),
+                    k: g.k,
+                    stride: g.stride,
+                    pad: g.pad,
+                };
+                mma::wgrad(e, &wd, gb, &xb, dw)?;
+            } else {
+                let gemm = Gemm {
+                    stride_a: co * plane,
+                    stride_b: kk * plane,
+                    nsum: n,
+                    ..Gemm::plain(co, kk, plane, false, true)
+                };
+                with_columns(e, g, n, x, |col| sgemm(e, &gemm, gout, col, dw))?;
+            }
         }
         if let Some(dx) = grads.dx {
+            if let (true, Some(gb)) = (tc_dx, &gout_bf16) {
+                let wp = mma::pack_weight(e, w, (co, g.c, g.k * g.k), true)?;
+                return mma::gather(e, &Gather::of(g, n, co, true), gb, &wp, (None, None), false, dx);
+            }
             let gemm = Gemm {
                 stride_b: co * plane,
                 stride_c: kk * plane,
@@ -84,6 +125,11 @@ impl<E: Executor> ConvOps for Gpu<E> {
     ) -> Result<()> {
         let (e, g, n, ci) = (self.executor(), &d.geom, d.n, d.channels);
         let (kk, plane) = (g.col_rows(), g.col_cols());
+        if self.tensor_cores(&[ci]) {
+            let xb = mma::to_nhwc_bf16(e, x, n, ci, plane)?;
+            let wp = mma::pack_weight(e, w, (ci, g.c, g.k * g.k), true)?;
+            return mma::gather(e, &Gather::of(g, n, ci, true), &xb, &wp, (bias, None), false, out);
+        }
         let mut col = e.alloc(n * kk * plane)?;
         let gemm =
             Gemm { stride_b: ci * plane, stride_c: kk * plane, batches: n, ..Gemm::plain(kk, plane, ci, true, false) };
@@ -103,14 +149,41 @@ impl<E: Executor> ConvOps for Gpu<E> {
     ) -> Result<()> {
         let (e, g, n, ci) = (self.executor(), &d.geom, d.n, d.channels);
         let (kk, plane) = (g.col_rows(), g.col_cols());
+        let LayerGrads { mut dx, mut dw } = grads;
+        let tc_dw = dw.is_some() && self.tensor_cores(&[ci, g.c]);
+        let tc_dx = dx.is_some() && self.tensor_cores(&[g.c]);
+        if tc_dw || tc_dx {
+            let gb = mma::to_nhwc_bf16(e, gout, n, g.c, g.h * g.w)?;
+            if let (true, Some(dw)) = (tc_dw, dw.take()) {
+                let xb = mma::to_nhwc_bf16(e, x, n, ci, plane)?;
+                let wd = Wgrad {
+                    n,
+                    m: ci,
+                    c: g.c,
+                    input: (g.h, g.w),
+                    grid: (g.oh, g.ow),
+                    k: g.k,
+                    stride: g.stride,
+                    pad: g.pad,
+                };
+                mma::wgrad(e, &wd, &xb, &gb, dw)?;
+            }
+            if let (true, Some(dx)) = (tc_dx, dx.take()) {
+                let wp = mma::pack_weight(e, w, (ci, g.c, g.k * g.k), false)?;
+                mma::gather(e, &Gather::of(g, n, ci, false), &gb, &wp, (None, None), false, dx)?;
+            }
+        }
+        if dw.is_none() && dx.is_none() {
+            return Ok(());
+        }
         let mut col = e.alloc(n * kk * plane)?;
         im2col(e, g, n, gout, &mut col)?;
-        if let Some(dw) = grads.dw {
+        if let Some(dw) = dw {
             let gemm =
                 Gemm { stride_a: ci * plane, stride_b: kk * plane, nsum: n, ..Gemm::plain(ci, kk, plane, false, true) };
             sgemm(e, &gemm, x, &col, dw)?;
         }
-        if let Some(dx) = grads.dx {
+        if let Some(dx) = dx {
             let gemm = Gemm {
                 stride_b: kk * plane,
                 stride_c: ci * plane,

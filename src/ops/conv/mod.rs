@@ -9,6 +9,7 @@
 
 pub(crate) mod cpu;
 pub(crate) mod gpu;
+mod mma;
 #[cfg(test)]
 mod tests;
 mod winograd;

@@ -63,3 +63,163 @@ fn conv_transpose2d<E: Executor>(g: &Gpu<E>) {
     }
 }
 gpu_test!(conv_transpose2d);
+
+// ---- bf16 on the tensor cores ----------------------------------------------------------------------------------
+// Each conv of the UNet (base 64, batch 2, its real channel counts and resolutions) in Precision::Bf16, against a
+// float64 reference, with two bounds derived from the arithmetic, per output element, with S = Σ|terms|:
+// - against the exact sums of the bf16-rounded inputs: only the f32 accumulation differs, and any order of
+//   summing `terms` values errs by at most terms·u·S (u = 2⁻²⁴);
+// - against the exact sums of the unrounded inputs: rounding each operand to bf16 (8 significant bits, relative
+//   error at most 2⁻⁹) moves each product by at most (2·2⁻⁹ + 2⁻¹⁸)·|product|, so the sum by that times S.
+// Both also allow 1e-6·(1 + |want|) for the f32 epilogue (bias adds and the residual).
+
+/// `v` rounded to bf16 (to nearest, ties to even) and back.
+fn bf16_round(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
+}
+
+/// The three products of the conv `g` between `p` on its output grid (`[n, a, oh, ow]`), `q` on its input grid
+/// (`[n, g.c, h, w]`) and `w: [a, g.c, k, k]`, in f64, each with Σ|terms| per element, from the scatter form of
+/// the definition: `fwd[i, a, o] = Σ q[i, b, src]·w[a, b, tap]` (conv forward, transposed-conv dx),
+/// `adj[i, b, s] = Σ p[i, a, o]·w[a, b, tap]` (conv dx, transposed-conv forward) and
+/// `wgrad[a, b, tap] = Σ p[i, a, o]·q[i, b, s]` (both weight gradients).
+struct Products {
+    fwd: (Vec<f64>, Vec<f64>),
+    adj: (Vec<f64>, Vec<f64>),
+    wgrad: (Vec<f64>, Vec<f64>),
+}
+
+fn products(g: &ConvGeom, n: usize, a: usize, p: &[f32], q: &[f32], w: &[f32]) -> Products {
+    let (b, kk, oq, iq) = (g.c, g.k * g.k, g.oh * g.ow, g.h * g.w);
+    let z = |len| (vec![0.0f64; len], vec![0.0f64; len]);
+    let (mut fwd, mut adj, mut wgrad) = (z(n * a * oq), z(n * b * iq), z(a * b * kk));
+    let add = |acc: &mut (Vec<f64>, Vec<f64>), at: usize, x: f32, y: f32| {
+        let t = x as f64 * y as f64;
+        acc.0[at] += t;
+        acc.1[at] += t.abs();
+    };
+    for i in 0..n {
+        for (oy, ox) in (0..g.oh).flat_map(|oy| (0..g.ow).map(move |ox| (oy, ox))) {
+            for (ky, kx) in (0..g.k).flat_map(|ky| (0..g.k).map(move |kx| (ky, kx))) {
+                let (iy, ix) =
+                    ((oy * g.stride + ky) as isize - g.pad as isize, (ox * g.stride + kx) as isize - g.pad as isize);
+                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                    continue;
+                }
+                let (s, o, tap) = (iy as usize * g.w + ix as usize, oy * g.ow + ox, ky * g.k + kx);
+                for ca in 0..a {
+                    for cb in 0..b {
+                        let (po, qs, wt) = ((i * a + ca) * oq + o, (i * b + cb) * iq + s, (ca * b + cb) * kk + tap);
+                        add(&mut fwd, po, q[qs], w[wt]);
+                        add(&mut adj, qs, p[po], w[wt]);
+                        add(&mut wgrad, wt, p[po], q[qs]);
+                    }
+                }
+            }
+        }
+    }
+    Products { fwd, adj, wgrad }
+}
+
+/// `got` against both bounds of the section comment; `exact` and `rounded` are `(sums, Σ|terms|)` of the
+/// unrounded and the bf16-rounded inputs, `extra` what the epilogue adds to every sum.
+#[track_caller]
+fn check_bf16(
+    got: &[f32],
+    exact: &(Vec<f64>, Vec<f64>),
+    rounded: &(Vec<f64>, Vec<f64>),
+    terms: usize,
+    extra: &[f64],
+    what: &str,
+) {
+    let u = 2f64.powi(-24);
+    assert_eq!(got.len(), exact.0.len(), "{what}: length");
+    for (i, &g) in got.iter().enumerate() {
+        let g = g as f64;
+        let (want_r, s_r) = (rounded.0[i] + extra[i], rounded.1[i]);
+        let tol_r = terms as f64 * u * s_r + 1e-6 * (1.0 + want_r.abs());
+        assert!((g - want_r).abs() <= tol_r, "{what}[{i}]: got {g}, bf16-input sum {want_r} (tol {tol_r:.3e})");
+        let (want, s) = (exact.0[i] + extra[i], exact.1[i]);
+        let tol = (2.0 * 2f64.powi(-9) + 2f64.powi(-18) + terms as f64 * u) * s + 1e-6 * (1.0 + want.abs());
+        assert!((g - want).abs() <= tol, "{what}[{i}]: got {g}, f32-input sum {want} (tol {tol:.3e})");
+    }
+}
+
+/// Each conv shape of the UNet at base 64 (the reference recipe) with batch 2: the 3x3 convs at 32x32 and 8x8, a
+/// stride-2 one, a 1x1 skip, in Precision::Bf16, forward (with bias, channel bias and residual) and both
+/// gradients, with the bounds above.
+fn conv2d_bf16<E: Executor>(g: &Gpu<E>) {
+    let n = 2;
+    for (c, hw, k, s, p, co) in
+        [(64, 32, 3, 1, 1, 64), (256, 8, 3, 1, 1, 256), (64, 32, 3, 2, 1, 128), (256, 16, 1, 1, 0, 128)]
+    {
+        let geom = ConvGeom::new(c, hw, hw, k, s, p).unwrap();
+        let d = ConvDesc { n, geom, channels: co };
+        let what = format!("bf16 conv2d c{c} {hw}x{hw} k{k} s{s} co{co}");
+        let (oq, kk) = (geom.oh * geom.ow, k * k);
+        let (x, wt, gout) = (rand(30, n * c * hw * hw), rand(31, co * c * kk), rand(32, n * co * oq));
+        let (b, cb, res) = (rand(33, co), rand(34, n * co), rand(35, n * co * oq));
+        let exact = products(&geom, n, co, &gout, &x, &wt);
+        let rounded = products(&geom, n, co, &bf16_round(&gout), &bf16_round(&x), &bf16_round(&wt));
+
+        let (xb, wb) = (up(g, &x), up(g, &wt));
+        let mut got = out(g, n * co * oq);
+        let epi = Epilogue { bias: Some(&up(g, &b)), chan_bias: Some(&up(g, &cb)), residual: Some(&up(g, &res)) };
+        g.conv2d_forward(&d, &xb, &wb, epi, &mut got).unwrap();
+        let extra: Vec<f64> =
+            (0..n * co * oq).map(|e| res[e] as f64 + (b[e / oq % co] as f64 + cb[e / oq] as f64)).collect();
+        check_bf16(&down(g, &got), &exact.fwd, &rounded.fwd, c * kk, &extra, &format!("{what} forward"));
+
+        let (mut dxb, mut dwb) = (out(g, x.len()), out(g, wt.len()));
+        g.conv2d_backward(&d, &xb, &wb, &up(g, &gout), LayerGrads { dx: Some(&mut dxb), dw: Some(&mut dwb) }).unwrap();
+        check_bf16(&down(g, &dxb), &exact.adj, &rounded.adj, co * kk, &vec![0.0; x.len()], &format!("{what} dx"));
+        check_bf16(&down(g, &dwb), &exact.wgrad, &rounded.wgrad, n * oq, &vec![0.0; wt.len()], &format!("{what} dW"));
+    }
+}
+gpu_test!(conv2d_bf16, crate::backend::Precision::Bf16);
+
+/// The UNet's two upsamplers (4x4 stride-2 transposed convs, base 64, batch 2) in Precision::Bf16, forward with
+/// bias and both gradients, with the bounds above.
+fn conv_transpose2d_bf16<E: Executor>(g: &Gpu<E>) {
+    let n = 2;
+    for (ch, c, hw) in [(256, 128, 16), (128, 64, 32)] {
+        let geom = ConvGeom::new(c, hw, hw, 4, 2, 1).unwrap();
+        let d = ConvDesc { n, geom, channels: ch };
+        let what = format!("bf16 conv_transpose2d {ch}->{c} out {hw}x{hw}");
+        let (oq, iq) = (geom.oh * geom.ow, hw * hw);
+        let (x, wt, gout, b) = (rand(40, n * ch * oq), rand(41, ch * c * 16), rand(42, n * c * iq), rand(43, c));
+        let exact = products(&geom, n, ch, &x, &gout, &wt);
+        let rounded = products(&geom, n, ch, &bf16_round(&x), &bf16_round(&gout), &bf16_round(&wt));
+
+        let (xb, wb) = (up(g, &x), up(g, &wt));
+        let mut got = out(g, n * c * iq);
+        g.conv_transpose2d_forward(&d, &xb, &wb, Some(&up(g, &b)), &mut got).unwrap();
+        let extra: Vec<f64> = (0..n * c * iq).map(|e| b[e / iq % c] as f64).collect();
+        check_bf16(&down(g, &got), &exact.adj, &rounded.adj, ch * 16, &extra, &format!("{what} forward"));
+
+        let (mut dxb, mut dwb) = (out(g, x.len()), out(g, wt.len()));
+        let grads = LayerGrads { dx: Some(&mut dxb), dw: Some(&mut dwb) };
+        g.conv_transpose2d_backward(&d, &xb, &wb, &up(g, &gout), grads).unwrap();
+        check_bf16(&down(g, &dxb), &exact.fwd, &rounded.fwd, c * 16, &vec![0.0; x.len()], &format!("{what} dx"));
+        check_bf16(&down(g, &dwb), &exact.wgrad, &rounded.wgrad, n * oq, &vec![0.0; wt.len()], &format!("{what} dW"));
+    }
+}
+gpu_test!(conv_transpose2d_bf16, crate::backend::Precision::Bf16);
+
+/// The bf16 weight gradient (split-K with a fixed partition and a fixed-order reduction) is the same bits in two
+/// runs.
+fn wgrad_bf16_deterministic<E: Executor>(g: &Gpu<E>) {
+    let (n, c, hw, co) = (2, 64, 32, 64);
+    let d = ConvDesc { n, geom: ConvGeom::new(c, hw, hw, 3, 1, 1).unwrap(), channels: co };
+    let (x, wt, gout) =
+        (up(g, &rand(50, n * c * hw * hw)), up(g, &rand(51, co * c * 9)), up(g, &rand(52, n * co * hw * hw)));
+    let runs: Vec<Vec<u32>> = (0..2)
+        .map(|_| {
+            let mut dw = out(g, co * c * 9);
+            g.conv2d_backward(&d, &x, &wt, &gout, LayerGrads { dx: None, dw: Some(&mut dw) }).unwrap();
+            down(g, &dw).iter().map(|v| v.to_bits()).collect()
+        })
+        .collect();
+    assert!(runs[0] == runs[1], "the bf16 weight gradient differs between two runs");
+}
+gpu_test!(wgrad_bf16_deterministic, crate::backend::Precision::Bf16);

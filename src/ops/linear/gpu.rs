@@ -1,9 +1,9 @@
-//! The GPU's GEMM (`gemm.cu`: 64x64 tiles, optionally batched and summed over a batch in a fixed order) and the
-//! linear layers on it.
+//! The GPU's f32 GEMM (`gemm.cu`: 64x64 tiles, optionally batched and summed over a batch in a fixed order) and
+//! the linear layers on it; under bf16 the linear layers run as 1x1 convs on the tensor cores.
 
 use super::LinearOps;
-use crate::backend::Gpu;
-use crate::desc::{LayerGrads, LinearDesc};
+use crate::backend::{ConvOps, Gpu, Memory, Precision};
+use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, LinearDesc};
 use crate::error::{Error, Result};
 use crate::gpu::launch::{i32_arg, int, need, run};
 use crate::gpu::{Arg, Executor, Kernel, LaunchCfg};
@@ -18,6 +18,9 @@ impl<E: Executor> LinearOps for Gpu<E> {
         bias: Option<&E::Buf>,
         y: &mut E::Buf,
     ) -> Result<()> {
+        if self.precision() == Precision::Bf16 {
+            return self.conv2d_forward(&as_conv(d), x, w, Epilogue { bias, ..Epilogue::none() }, y);
+        }
         let e = self.executor();
         sgemm(e, &Gemm::plain(d.batch, d.fout, d.fin, false, true), x, w, y)?;
         add_channel_bias(e, y, (bias, None), d.batch, d.fout, 1)
@@ -30,6 +33,9 @@ impl<E: Executor> LinearOps for Gpu<E> {
         gy: &E::Buf,
         grads: LayerGrads<E::Buf>,
     ) -> Result<()> {
+        if self.precision() == Precision::Bf16 {
+            return self.conv2d_backward(&as_conv(d), x, w, gy, grads);
+        }
         let e = self.executor();
         if let Some(dx) = grads.dx {
             sgemm(e, &Gemm::plain(d.batch, d.fin, d.fout, false, false), gy, w, dx)?;
@@ -39,6 +45,13 @@ impl<E: Executor> LinearOps for Gpu<E> {
         }
         Ok(())
     }
+}
+
+/// A linear layer as the 1x1 conv on 1x1 images that it is (`x: [batch, fin, 1, 1]`, `W: [fout, fin, 1, 1]`), so
+/// that under bf16 it runs on the convolutions' tensor-core GEMMs.
+fn as_conv(d: LinearDesc) -> ConvDesc {
+    let geom = ConvGeom::new(d.fin, 1, 1, 1, 1, 0).expect("a 1x1 kernel fits a 1x1 image");
+    ConvDesc { n: d.batch, geom, channels: d.fout }
 }
 
 /// One (batched) matrix product for [`sgemm`]: `C_z (+)= Σ_{s<nsum} op(A_{z·nsum+s})·op(B_{z·nsum+s})`

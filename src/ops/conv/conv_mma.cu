@@ -1,0 +1,320 @@
+// conv_mma.cu: convolutions as implicit GEMMs on the tensor cores (mma.sync m16n8k16, bf16 operands, f32
+// accumulators), for Precision::Bf16. No column matrix is ever stored: each block gathers its tile of the im2col
+// matrix straight from a channels-last (NHWC) bf16 copy of the activation, 16 bytes (8 channels) per cp.async.
+//
+// Two GEMM kernels cover conv2d, conv_transpose2d (its adjoint) and both of their gradients:
+// - conv_gather_mma: out[i, q, o] = sum over taps (ky, kx) and channels c of in[i, src(q, tap), c] * wp[o][tap][c],
+//   where src is the conv's own map (iy = qy*S - P + ky) or its adjoint's (qy = iy*S - P + ky, solved for iy, so
+//   only taps with S | qy + P - ky contribute). conv forward and transposed-conv dgrad use the first, conv dgrad
+//   and transposed-conv forward the second; only the packed weight differs.
+// - conv_wgrad_mma: part[s][m][tap][c] = sum over the pixels r of split s of a[r][m] * b[src(r, tap)][c], the
+//   weight gradient as a split-K over the batch's pixels (fixed partition), then wgrad_reduce sums the splits in
+//   order: no atomics, the same bits every run.
+// The GEMMs need every channel count they gather along to be a multiple of 8 (one 16-byte copy); the launchers
+// send other shapes (the 1-channel input and output convs, a few thousand FLOPs per pixel) to the f32 path.
+#include "common.cuh"
+
+// Block tile: BM x BN outputs, BK-deep stages, STAGES-deep cp.async pipeline, 4 warps in a 2 x 2 grid, each
+// warp a 32 x 32 tile (2 x 4 mma tiles). Shared-memory rows are padded by 8 bf16 (16 bytes) so that the 8 rows an
+// ldmatrix reads fall in distinct banks (row stride 80 bytes = 20 words: rows start at banks 0, 20, 8, 28, ...).
+#define BM 64
+#define BN 64
+#define BK 32
+#define STAGES 3
+#define PAD 8
+#define MMA_THREADS 128
+
+// One stage of one operand: 64 rows of BK (+PAD) bf16, or BK rows of 64 (+PAD).
+#define ROW_TILE (BM * (BK + PAD))
+#define COL_TILE (BK * (BM + PAD))
+
+// The pixel of the gathered tensor that output pixel (qy, qx) reads through tap (ky, kx); false when it lies in
+// the zero padding or (adjoint) between the strided positions.
+static __device__ __forceinline__ bool conv_source(int adjoint, int qy, int qx, int ky, int kx, int S, int P,
+                                                   int IH, int IW, int* iy, int* ix) {
+  if (!adjoint) {
+    *iy = qy * S - P + ky;
+    *ix = qx * S - P + kx;
+  } else {
+    const int ty = qy + P - ky, tx = qx + P - kx;
+    if (ty < 0 || tx < 0 || ty % S != 0 || tx % S != 0) return false;
+    *iy = ty / S;
+    *ix = tx / S;
+  }
+  return *iy >= 0 && *iy < IH && *ix >= 0 && *ix < IW;
+}
+
+// y[i][p][c] = bf16(x[i][c][p]) for x: [n, C, HW] f32. A 32 x 32 tile transposed through shared memory, so both
+// the reads (along p) and the writes (along c) are coalesced. Also converts a row-major [n, C] matrix (HW = 1).
+// Launch: grid (CEIL_DIV(HW, 32), CEIL_DIV(C, 32), n), block (32, 8).
+extern "C" __global__ void __launch_bounds__(256)
+nchw_to_nhwc_bf16(const float* __restrict__ x, bf16* __restrict__ y, int C, int HW) {
+  __shared__ float tile[32][33];
+  const long long img = blockIdx.z;
+  const int p0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
+  for (int r = threadIdx.y; r < 32; r += 8) {
+    const int c = c0 + r, p = p0 + threadIdx.x;
+    if (c < C && p < HW) tile[r][threadIdx.x] = x[(img * C + c) * HW + p];
+  }
+  __syncthreads();
+  for (int r = threadIdx.y; r < 32; r += 8) {
+    const int p = p0 + r, c = c0 + threadIdx.x;
+    if (c < C && p < HW) y[(img * HW + p) * C + c] = f32_to_bf16(tile[threadIdx.x][r]);
+  }
+}
+
+// The weight w: [A, B, KK] (a conv's [out, in, k*k], a transposed conv's [in, out, k*k]) as the bf16 GEMM operand
+// wp[o][tap][c]: o = a, c = b when `swap` is 0, o = b, c = a when it is 1. Launch: grid-stride over A*B*KK.
+extern "C" __global__ void pack_weight_bf16(const float* __restrict__ w, bf16* __restrict__ wp, int A, int B,
+                                            int KK, int swap) {
+  GRID_STRIDE(e, (long long)A * B * KK) {
+    const int tap = e % KK, b = e / KK % B, a = e / KK / B;
+    const long long dst = swap ? ((long long)b * KK + tap) * A + a : ((long long)a * KK + tap) * B + b;
+    wp[dst] = f32_to_bf16(w[e]);
+  }
+}
+
+// out[i][o][q] (=, or += when `accumulate`) sum_{tap, c} in[i][src(q, tap)][c] * wp[o][tap][c], plus bias[o] and
+// chan_bias[i][o] when given. in: [n, IH, IW, C] bf16 (NHWC), wp: [N, K*K, C] bf16, out: [n, N, QH*QW] f32
+// (NCHW). C % 8 == 0. The GEMM: rows = the n*QH*QW output pixels, columns = the N output channels, depth K*K*C.
+// Launch: grid (CEIL_DIV(N, 64), CEIL_DIV(n*QH*QW, 64)), block 128, dynamic shared memory
+// STAGES * 2 * ROW_TILE * 2 bytes (30 KiB).
+extern "C" __global__ void __launch_bounds__(MMA_THREADS)
+conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float* __restrict__ out,
+                const float* __restrict__ bias, const float* __restrict__ chan_bias, int n, int C, int IH, int IW,
+                int N, int QH, int QW, int K, int S, int P, int adjoint, int accumulate) {
+  DYN_SHARED(bf16, smem);
+  bf16* As = smem;                     // [STAGES][BM][BK + PAD]: rows = output pixels
+  bf16* Bs = smem + STAGES * ROW_TILE;  // [STAGES][BN][BK + PAD]: rows = output channels
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+  const long long Q = (long long)QH * QW, rows = n * Q;
+  const int depth = K * K * C;
+  const long long m0 = (long long)blockIdx.y * BM;
+  const int n0 = blockIdx.x * BN;
+  const int ktiles = CEIL_DIV(depth, BK);
+
+  // Stage `st` <- k-tile `kt`: 64 rows x 4 chunks of 8 bf16 per operand, two chunks of each per thread.
+  auto load = [&](int st, int kt) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int chunk = tid + h * MMA_THREADS, r = chunk >> 2, kc = (chunk & 3) * 8;
+      const int k = kt * BK + kc;
+      const int tap = k / C, c = k - tap * C;
+      // A: output pixel m0 + r through tap `tap`.
+      const long long m = m0 + r;
+      const bf16* src = in;
+      int bytes = 0;
+      if (m < rows && k < depth) {
+        const long long i = m / Q;
+        const int q = (int)(m - i * Q), qy = q / QW, qx = q - qy * QW;
+        int iy, ix;
+        if (conv_source(adjoint, qy, qx, tap / K, tap % K, S, P, IH, IW, &iy, &ix)) {
+          src = in + ((i * IH + iy) * IW + ix) * C + c;
+          bytes = 16;
+        }
+      }
+      cp_async_16(As + st * ROW_TILE + r * (BK + PAD) + kc, src, bytes);
+      // B: output channel n0 + r.
+      const int o = n0 + r;
+      const bool ok = o < N && k < depth;
+      cp_async_16(Bs + st * ROW_TILE + r * (BK + PAD) + kc, ok ? wp + (long long)o * depth + k : wp, ok ? 16 : 0);
+    }
+  };
+
+  float acc[2][4][4];
+#pragma unroll
+  for (int a = 0; a < 2; a++)
+#pragma unroll
+    for (int b = 0; b < 4; b++)
+#pragma unroll
+      for (int v = 0; v < 4; v++) acc[a][b][v] = 0.0f;
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; s++) {
+    if (s < ktiles) load(s, s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < ktiles; kt++) {
+    // Tile kt has landed (at most STAGES-2 newer groups in flight) and every thread is done with tile kt-1,
+    // whose stage the prefetch below overwrites.
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    if (kt + STAGES - 1 < ktiles) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
+    cp_async_commit();
+    const bf16* at = As + (kt % STAGES) * ROW_TILE;
+    const bf16* bt = Bs + (kt % STAGES) * ROW_TILE;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      unsigned af[2][4], bfr[4][2];
+      // A 16x16 block as four 8x8 matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15), in a0..a3 order.
+#pragma unroll
+      for (int a = 0; a < 2; a++) {
+        const int j = lane >> 3, row = wm * 32 + a * 16 + (j & 1) * 8 + (lane & 7), col = kk + (j >> 1) * 8;
+        ldmatrix_x4(af[a], at + row * (BK + PAD) + col);
+      }
+      // Two n8 tiles per ldmatrix_x4: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
+#pragma unroll
+      for (int b = 0; b < 4; b += 2) {
+        const int j = lane >> 3, row = wn * 32 + b * 8 + (j >> 1) * 8 + (lane & 7), col = kk + (j & 1) * 8;
+        unsigned r[4];
+        ldmatrix_x4(r, bt + row * (BK + PAD) + col);
+        bfr[b][0] = r[0];
+        bfr[b][1] = r[1];
+        bfr[b + 1][0] = r[2];
+        bfr[b + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) mma_bf16_16816(acc[a][b], af[a], bfr[b], acc[a][b]);
+    }
+  }
+  cp_async_wait<0>();
+
+  // Epilogue: accumulator (a, b, v) holds row g (+8 for v >= 2), column 2t (+1 for odd v) of mma tile (a, b).
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int a = 0; a < 2; a++)
+#pragma unroll
+    for (int v = 0; v < 4; v++) {
+      const long long m = m0 + wm * 32 + a * 16 + g + (v >= 2 ? 8 : 0);
+      if (m >= rows) continue;
+      const long long i = m / Q, q = m - i * Q;
+#pragma unroll
+      for (int b = 0; b < 4; b++) {
+        const int o = n0 + wn * 32 + b * 8 + 2 * t + (v & 1);
+        if (o >= N) continue;
+        float* dst = out + (i * N + o) * Q + q;
+        const float extra = (bias ? bias[o] : 0.0f) + (chan_bias ? chan_bias[i * N + o] : 0.0f);
+        const float val = acc[a][b][v] + extra;
+        *dst = accumulate ? *dst + val : val;
+      }
+    }
+}
+
+// part[s][m][tap][c] = sum over the pixels r of split s of a[r][m] * b[i(r)][src(q(r), tap)][c], the conv's own
+// map src (iy = qy*S - P + ky). a: [n, QH, QW, M] bf16, b: [n, IH, IW, C] bf16, part: [splits, M, K*K*C] f32.
+// M % 8 == 0, C % 8 == 0. Split s covers pixels [s*per, min((s+1)*per, n*QH*QW)), per a multiple of BK. The GEMM:
+// rows = M, columns = K*K*C, depth = the split's pixels; both operands are stored depth-major, so their
+// fragments come through ldmatrix .trans. Launch: grid (CEIL_DIV(K*K*C, 64), CEIL_DIV(M, 64), splits), block 128,
+// dynamic shared memory STAGES * 2 * COL_TILE * 2 bytes (27 KiB).
+extern "C" __global__ void __launch_bounds__(MMA_THREADS)
+conv_wgrad_mma(const bf16* __restrict__ a, const bf16* __restrict__ b, float* __restrict__ part, int n, int M,
+               int C, int IH, int IW, int QH, int QW, int K, int S, int P, int per) {
+  DYN_SHARED(bf16, smem);
+  bf16* As = smem;                     // [STAGES][BK][BM + PAD]: rows = pixels, columns = m
+  bf16* Bs = smem + STAGES * COL_TILE;  // [STAGES][BK][BN + PAD]: rows = pixels, columns = (tap, c)
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+  const long long Q = (long long)QH * QW, pixels = n * Q;
+  const int width = K * K * C;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const long long r0 = (long long)blockIdx.z * per;
+  const long long r1 = r0 + per < pixels ? r0 + per : pixels;
+  const int ktiles = r1 > r0 ? (int)CEIL_DIV(r1 - r0, BK) : 0;
+
+  // Stage `st` <- pixels r0 + kt*BK ..: 32 rows x 8 chunks of 8 bf16 per operand, two chunks of each per thread.
+  auto load = [&](int st, int kt) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int chunk = tid + h * MMA_THREADS, rr = chunk >> 3, cc = (chunk & 7) * 8;
+      const long long r = r0 + (long long)kt * BK + rr;
+      const bool pix = r < r1;
+      const int m = m0 + cc;
+      const bool oka = pix && m < M;
+      cp_async_16(As + st * COL_TILE + rr * (BM + PAD) + cc, oka ? a + r * M + m : a, oka ? 16 : 0);
+      const int col = n0 + cc;
+      const bf16* src = b;
+      int bytes = 0;
+      if (pix && col < width) {
+        const int tap = col / C, c = col - tap * C;
+        const long long i = r / Q;
+        const int q = (int)(r - i * Q), qy = q / QW, qx = q - qy * QW;
+        int iy, ix;
+        if (conv_source(0, qy, qx, tap / K, tap % K, S, P, IH, IW, &iy, &ix)) {
+          src = b + ((i * IH + iy) * IW + ix) * C + c;
+          bytes = 16;
+        }
+      }
+      cp_async_16(Bs + st * COL_TILE + rr * (BN + PAD) + cc, src, bytes);
+    }
+  };
+
+  float acc[2][4][4];
+#pragma unroll
+  for (int x = 0; x < 2; x++)
+#pragma unroll
+    for (int y = 0; y < 4; y++)
+#pragma unroll
+      for (int v = 0; v < 4; v++) acc[x][y][v] = 0.0f;
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; s++) {
+    if (s < ktiles) load(s, s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < ktiles; kt++) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    if (kt + STAGES - 1 < ktiles) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
+    cp_async_commit();
+    const bf16* at = As + (kt % STAGES) * COL_TILE;
+    const bf16* bt = Bs + (kt % STAGES) * COL_TILE;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      unsigned af[2][4], bfr[4][2];
+      // A (m x k) from storage [k][m]: matrices (k 0-7, m 0-7), (k 0-7, m 8-15), (k 8-15, m 0-7), (k 8-15, m 8-15)
+      // transposed give a0..a3.
+#pragma unroll
+      for (int x = 0; x < 2; x++) {
+        const int j = lane >> 3, krow = kk + (j >> 1) * 8 + (lane & 7), mcol = wm * 32 + x * 16 + (j & 1) * 8;
+        ldmatrix_x4_trans(af[x], at + krow * (BM + PAD) + mcol);
+      }
+      // B (k x n) from storage [k][n]: (k 0-7, n 0-7), (k 8-15, n 0-7) transposed are b0, b1 of one n8 tile.
+#pragma unroll
+      for (int y = 0; y < 4; y += 2) {
+        const int j = lane >> 3, krow = kk + (j & 1) * 8 + (lane & 7), ncol = wn * 32 + y * 8 + (j >> 1) * 8;
+        unsigned r[4];
+        ldmatrix_x4_trans(r, bt + krow * (BN + PAD) + ncol);
+        bfr[y][0] = r[0];
+        bfr[y][1] = r[1];
+        bfr[y + 1][0] = r[2];
+        bfr[y + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int x = 0; x < 2; x++)
+#pragma unroll
+        for (int y = 0; y < 4; y++) mma_bf16_16816(acc[x][y], af[x], bfr[y], acc[x][y]);
+    }
+  }
+  cp_async_wait<0>();
+
+  const int g = lane >> 2, t = lane & 3;
+  float* p = part + (long long)blockIdx.z * M * width;
+#pragma unroll
+  for (int x = 0; x < 2; x++)
+#pragma unroll
+    for (int v = 0; v < 4; v++) {
+      const int m = m0 + wm * 32 + x * 16 + g + (v >= 2 ? 8 : 0);
+      if (m >= M) continue;
+#pragma unroll
+      for (int y = 0; y < 4; y++) {
+        const int col = n0 + wn * 32 + y * 8 + 2 * t + (v & 1);
+        if (col < width) p[(long long)m * width + col] = acc[x][y][v];
+      }
+    }
+}
+
+// dw[m][c][tap] = sum_{s < splits} part[s][m][tap][c], the splits added in order (so the same bits every run).
+// dw is a conv's [out, in, k*k] weight gradient (m = out) or a transposed conv's [in, out, k*k] (m = in).
+// Launch: grid-stride over M*C*KK.
+extern "C" __global__ void wgrad_reduce(const float* __restrict__ part, float* __restrict__ dw, int splits, int M,
+                                        int C, int KK) {
+  const long long width = (long long)KK * C, total = M * width;
+  GRID_STRIDE(e, total) {
+    const int tap = e % KK, c = e / KK % C, m = e / KK / C;
+    const long long src = m * width + (long long)tap * C + c;
+    float s = 0.0f;
+    for (int k = 0; k < splits; k++) s += part[k * total + src];
+    dw[e] = s;
+  }
+}

@@ -1,0 +1,194 @@
+//! The convolutions' tensor-core launches (`conv_mma.cu`), for [`Precision::Bf16`](crate::backend::Precision):
+//! each f32 NCHW activation a GEMM gathers from is converted once into a bf16 NHWC copy, each weight into the bf16
+//! operand layout, and the implicit GEMMs write f32 NCHW results, so the rest of the GPU backend is unchanged.
+//!
+//! | op | gathers (NHWC bf16) | map | weight packing | output |
+//! |---|---|---|---|---|
+//! | conv forward | x | conv | `[co][tap][ci]` | `[n, co, oh, ow]` |
+//! | conv dx | dy | adjoint | `[ci][tap][co]` | `[n, ci, h, w]` |
+//! | conv dW | dy (rows), x (gathered) | conv | — | `[co, ci, k, k]` |
+//! | transposed conv forward | x | adjoint | `[c][tap][ch]` | `[n, c, h, w]` |
+//! | transposed conv dx | dy | conv | `[ch][tap][c]` | `[n, ch, oh, ow]` |
+//! | transposed conv dW | x (rows), dy (gathered) | conv | — | `[ch, c, k, k]` |
+//!
+//! A GEMM needs the channel counts it reads 16 bytes at a time (the gathered tensor's, and for dW also the row
+//! tensor's) to be multiples of 8; [`tensor_cores_fit`] says so, and the launchers in `gpu.rs` send other shapes
+//! (the UNet's 1-channel input and output convs) to the f32 path.
+
+use crate::desc::ConvGeom;
+use crate::error::{Error, Result};
+use crate::gpu::launch::{elementwise, i32_arg, need, run};
+use crate::gpu::{Arg, Bf16Buf, DeviceBuf, Executor, Kernel, LaunchCfg};
+
+/// Block tile of both GEMM kernels (`BM`, `BN` in conv_mma.cu), threads per block, and pixels per k-tile.
+const TILE: usize = 64;
+const THREADS: u32 = 128;
+const BK: usize = 32;
+/// Dynamic shared memory of the two GEMMs: 3 stages of two bf16 tiles, rows padded by 8 values.
+const GATHER_SMEM: u32 = 3 * 2 * (TILE * (BK + 8)) as u32 * 2;
+const WGRAD_SMEM: u32 = 3 * 2 * (BK * (TILE + 8)) as u32 * 2;
+/// Blocks the weight gradient aims for: two waves of a 132-multiprocessor H200. A function of the shapes only,
+/// so the partition, and with it every bit of the result, is the same on every device and every run.
+const WGRAD_TARGET_BLOCKS: usize = 264;
+const MAX_SPLITS: usize = 64;
+
+/// Whether the tensor-core GEMMs can read channel counts `channels` (each a multiple of 8, none 0).
+pub(crate) fn tensor_cores_fit(channels: &[usize]) -> bool {
+    channels.iter().all(|&c| c > 0 && c % 8 == 0)
+}
+
+fn need_bf16<B: DeviceBuf>(what: &str, b: &Bf16Buf<B>, len: usize) -> Result<()> {
+    if b.len() < len {
+        return Err(Error::Shape(format!("{what}: bf16 buffer of {} values, needs {len}", b.len())));
+    }
+    Ok(())
+}
+
+fn grid_u32(v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Shape(format!("grid of {v} blocks exceeds the launch limit")))
+}
+
+/// `x: [n, c, plane]` f32 as a new `[n, plane, c]` bf16 buffer (a row-major `[n, c]` matrix when `plane` is 1).
+pub(crate) fn to_nhwc_bf16<E: Executor>(
+    e: &E,
+    x: &E::Buf,
+    n: usize,
+    c: usize,
+    plane: usize,
+) -> Result<Bf16Buf<E::Buf>> {
+    need("nchw_to_nhwc_bf16 x", x, n * c * plane)?;
+    let y = e.alloc_bf16(n * c * plane)?;
+    let cfg = LaunchCfg {
+        grid: [grid_u32(plane.div_ceil(32))?, grid_u32(c.div_ceil(32))?, grid_u32(n)?],
+        block: [32, 8, 1],
+        shared_bytes: 0,
+    };
+    run(e, Kernel::NchwToNhwcBf16, cfg, &[Arg::Buf(x), Arg::Bf16(&y), i32_arg(c)?, i32_arg(plane)?])?;
+    Ok(y)
+}
+
+/// `w: [a, b, kk]` f32 as the bf16 GEMM operand `[a][kk][b]`, or `[b][kk][a]` when `swap`.
+pub(crate) fn pack_weight<E: Executor>(
+    e: &E,
+    w: &E::Buf,
+    (a, b, kk): (usize, usize, usize),
+    swap: bool,
+) -> Result<Bf16Buf<E::Buf>> {
+    need("pack_weight_bf16 w", w, a * b * kk)?;
+    let wp = e.alloc_bf16(a * b * kk)?;
+    let args = [Arg::Buf(w), Arg::Bf16(&wp), i32_arg(a)?, i32_arg(b)?, i32_arg(kk)?, Arg::I32(swap as i32)];
+    run(e, Kernel::PackWeightBf16, elementwise(a * b * kk), &args)?;
+    Ok(wp)
+}
+
+/// One implicit-GEMM convolution: `n` images of the gathered tensor `[n, ih, iw, c]` (NHWC bf16) through `k x k`
+/// taps with `stride` and `pad`, by the conv's map or (`adjoint`) its adjoint's, onto an `[n, outputs, qh, qw]`
+/// f32 output grid.
+pub(crate) struct Gather {
+    pub n: usize,
+    pub c: usize,
+    pub input: (usize, usize),
+    pub outputs: usize,
+    pub grid: (usize, usize),
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub adjoint: bool,
+}
+
+impl Gather {
+    /// The conv `g` (adjoint = false: x -> out) or its adjoint (x on the output grid -> image grid).
+    pub(crate) fn of(g: &ConvGeom, n: usize, channels: usize, adjoint: bool) -> Self {
+        let (image, cols) = ((g.h, g.w), (g.oh, g.ow));
+        let (c, outputs, input, grid) =
+            if adjoint { (channels, g.c, cols, image) } else { (g.c, channels, image, cols) };
+        Gather { n, c, input, outputs, grid, k: g.k, stride: g.stride, pad: g.pad, adjoint }
+    }
+}
+
+/// `out = gather(input) · wpᵀ + bias + chan_bias` (`+=` onto `out` when `accumulate`).
+pub(crate) fn gather<E: Executor>(
+    e: &E,
+    d: &Gather,
+    input: &Bf16Buf<E::Buf>,
+    wp: &Bf16Buf<E::Buf>,
+    (bias, chan_bias): (Option<&E::Buf>, Option<&E::Buf>),
+    accumulate: bool,
+    out: &mut E::Buf,
+) -> Result<()> {
+    let (q, depth) = (d.grid.0 * d.grid.1, d.k * d.k * d.c);
+    if !tensor_cores_fit(&[d.c]) {
+        return Err(Error::Shape(format!("conv_gather_mma: {} gathered channels, not a multiple of 8", d.c)));
+    }
+    need_bf16("conv_gather_mma input", input, d.n * d.input.0 * d.input.1 * d.c)?;
+    need_bf16("conv_gather_mma weight", wp, d.outputs * depth)?;
+    need("conv_gather_mma out", out, d.n * d.outputs * q)?;
+    bias.map_or(Ok(()), |b| need("conv_gather_mma bias", b, d.outputs))?;
+    chan_bias.map_or(Ok(()), |b| need("conv_gather_mma chan_bias", b, d.n * d.outputs))?;
+    let cfg = LaunchCfg {
+        grid: [grid_u32(d.outputs.div_ceil(TILE))?, grid_u32((d.n * q).div_ceil(TILE))?, 1],
+        block: [THREADS, 1, 1],
+        shared_bytes: GATHER_SMEM,
+    };
+    let mut args = vec![Arg::Bf16(input), Arg::Bf16(wp), Arg::Buf(out), Arg::opt(bias), Arg::opt(chan_bias)];
+    for v in [d.n, d.c, d.input.0, d.input.1, d.outputs, d.grid.0, d.grid.1, d.k, d.stride, d.pad] {
+        args.push(i32_arg(v)?);
+    }
+    args.extend([Arg::I32(d.adjoint as i32), Arg::I32(accumulate as i32)]);
+    run(e, Kernel::ConvGatherMma, cfg, &args)
+}
+
+/// A weight gradient `dw[m, c, k, k] = Σ_pixels rows[pixel, m] · gathered[src(pixel, tap), c]`, `rows` on the
+/// conv's output grid `[n, qh, qw, m]`, `gathered` on its input grid `[n, ih, iw, c]` (both NHWC bf16).
+pub(crate) struct Wgrad {
+    pub n: usize,
+    pub m: usize,
+    pub c: usize,
+    pub input: (usize, usize),
+    pub grid: (usize, usize),
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+/// The split-K partition of [`wgrad`]: `(splits, pixels per split)`, from the shapes alone.
+fn partition(d: &Wgrad) -> (usize, usize) {
+    let pixels = d.n * d.grid.0 * d.grid.1;
+    let tiles = d.m.div_ceil(TILE) * (d.k * d.k * d.c).div_ceil(TILE);
+    let ktiles = pixels.div_ceil(BK).max(1);
+    let want = WGRAD_TARGET_BLOCKS.div_ceil(tiles).clamp(1, MAX_SPLITS.min(ktiles));
+    let per = ktiles.div_ceil(want) * BK;
+    (pixels.div_ceil(per).max(1), per)
+}
+
+/// `dw` (overwritten) as [`Wgrad`] describes: per-split partial sums on the tensor cores, then the splits added in
+/// a fixed order.
+pub(crate) fn wgrad<E: Executor>(
+    e: &E,
+    d: &Wgrad,
+    rows: &Bf16Buf<E::Buf>,
+    gathered: &Bf16Buf<E::Buf>,
+    dw: &mut E::Buf,
+) -> Result<()> {
+    if !tensor_cores_fit(&[d.m, d.c]) {
+        return Err(Error::Shape(format!("conv_wgrad_mma: {} x {} channels, not multiples of 8", d.m, d.c)));
+    }
+    let (kk, width) = (d.k * d.k, d.k * d.k * d.c);
+    need_bf16("conv_wgrad_mma rows", rows, d.n * d.grid.0 * d.grid.1 * d.m)?;
+    need_bf16("conv_wgrad_mma gathered", gathered, d.n * d.input.0 * d.input.1 * d.c)?;
+    need("conv_wgrad_mma dw", dw, d.m * width)?;
+    let (splits, per) = partition(d);
+    let part = e.alloc(splits * d.m * width)?;
+    let cfg = LaunchCfg {
+        grid: [grid_u32(width.div_ceil(TILE))?, grid_u32(d.m.div_ceil(TILE))?, grid_u32(splits)?],
+        block: [THREADS, 1, 1],
+        shared_bytes: WGRAD_SMEM,
+    };
+    let mut args = vec![Arg::Bf16(rows), Arg::Bf16(gathered), Arg::Buf(&part)];
+    for v in [d.n, d.m, d.c, d.input.0, d.input.1, d.grid.0, d.grid.1, d.k, d.stride, d.pad, per] {
+        args.push(i32_arg(v)?);
+    }
+    run(e, Kernel::ConvWgradMma, cfg, &args)?;
+    let args = [Arg::Buf(&part), Arg::Buf(dw), i32_arg(splits)?, i32_arg(d.m)?, i32_arg(d.c)?, i32_arg(kk)?];
+    run(e, Kernel::WgradReduce, elementwise(d.m * width), &args)
+}

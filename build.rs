@@ -5,12 +5,22 @@
 //!    emulator runtime (`emu/runtime.cpp`) and generated glue that calls each kernel from a `void**` argument
 //!    array (the same convention as `cuLaunchKernel`). This always happens, so the kernels run in every test pass.
 //! 2. For the GPU: when libnvrtc can be loaded, every file goes through NVRTC to PTX for a virtual architecture
-//!    (`compute_70` unless `KERNELS_ARCH` says otherwise), and the PTX is embedded; a kernel that NVRTC rejects
-//!    fails the build. Without NVRTC one cargo warning is printed and only the sources are embedded, to be
+//!    (`compute_90` unless `KERNELS_ARCH` says otherwise), and the PTX is embedded; so is an `sm_90` cubin of
+//!    every file (a second NVRTC pass), which an sm_90 device (H100/H200) loads without JIT. A kernel that NVRTC
+//!    rejects fails the build. Without NVRTC one cargo warning is printed and only the sources are embedded, to be
 //!    compiled at run time on a machine that has a GPU and NVRTC.
 //!
 //! Both share one parse of the kernels' `extern "C" __global__` signatures, from which `$OUT_DIR/kernels.rs`
-//! declares the `Kernel` enum, each kernel's parameter list (checked at every launch) and the emulator's table.
+//! declares the `Kernel` enum, each kernel's parameter list (checked at every launch), its launch limits and the
+//! emulator's table. The launch limits come from the source:
+//!
+//! - `__launch_bounds__(N, ...)`: a block of more than `N` threads is refused. `N` is an integer literal or the
+//!   name of a `#define NAME <integer>` in the file or in `kernels/common.cuh`.
+//! - `// max-dynamic-shared: BYTES` in the comment lines directly above the kernel: the kernel may be launched
+//!   with up to `BYTES` of dynamic shared memory (at most 227 KiB, the sm_90 maximum) instead of the default
+//!   48 KiB, and the CUDA executor raises the function's limit to that when it loads it.
+use std::collections::HashMap;
+use std::ffi::CString;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::{env, fs};
@@ -45,9 +55,20 @@ fn parse_kind(ty: &str) -> Option<(ParamKind, &'static str)> {
     })
 }
 
+/// Dynamic shared memory a kernel may use without opting in: what every CUDA device allows.
+const DEFAULT_DYNAMIC_SHARED: u32 = 48 * 1024;
+/// The most an opt-in may ask for: sm_90's 227 KiB per block.
+const MAX_DYNAMIC_SHARED: u32 = 227 * 1024;
+/// The real architecture of the embedded cubins.
+const CUBIN_ARCH: &str = "sm_90";
+
 struct KernelSig {
     name: String,
     params: Vec<(String, ParamKind, &'static str)>,
+    /// The first argument of `__launch_bounds__`, when the kernel has one.
+    max_threads: Option<u32>,
+    /// Dynamic shared memory it may be launched with: its `// max-dynamic-shared:` opt-in, else 48 KiB.
+    max_dynamic_shared: u32,
 }
 
 struct Module {
@@ -58,23 +79,70 @@ struct Module {
     kernels: Vec<KernelSig>,
 }
 
-/// The `extern "C" __global__ void name(params)` declarations of one file, in order.
-fn parse_kernels(file: &str, src: &str) -> Vec<KernelSig> {
+/// The integer `#define`s of `text` (`#define NAME 256`, parentheses allowed), by name.
+fn integer_defines(text: &str, out: &mut HashMap<String, u32>) {
+    for line in text.lines() {
+        let mut words = line.trim().strip_prefix("#define").unwrap_or("").split_whitespace();
+        if let (Some(name), Some(value), None) = (words.next(), words.next(), words.next()) {
+            if let Ok(v) = value.trim_start_matches('(').trim_end_matches(')').parse() {
+                out.insert(name.to_string(), v);
+            }
+        }
+    }
+}
+
+/// The block-size bound of `__launch_bounds__(args)`: its first argument, a literal or a name in `defines`.
+fn launch_bound(file: &str, name: &str, args: &str, defines: &HashMap<String, u32>) -> u32 {
+    let first = args.split(',').next().unwrap_or("").trim();
+    let value = first.trim_end_matches(['u', 'U']).parse().ok().or_else(|| defines.get(first).copied());
+    match value {
+        Some(v) if (1..=1024).contains(&v) => v,
+        _ => panic!(
+            "{file}: kernel {name}: __launch_bounds__({args}): the first argument must be an integer literal or the \
+             name of a `#define NAME <integer>` in the file or common.cuh, from 1 to 1024"
+        ),
+    }
+}
+
+/// The `// max-dynamic-shared: BYTES` opt-in among the comment lines directly above byte `at` of `src`.
+fn dynamic_shared_opt_in(file: &str, src: &str, at: usize) -> u32 {
+    let comments = src[..at].lines().rev().map_while(|l| l.trim().strip_prefix("//"));
+    for c in comments {
+        if let Some(v) = c.trim().strip_prefix("max-dynamic-shared:") {
+            return match v.trim().parse() {
+                Ok(b) if (1..=MAX_DYNAMIC_SHARED).contains(&b) => b,
+                _ => panic!(
+                    "{file}: `// max-dynamic-shared: {}` above byte {at}: expected a byte count from 1 to \
+                     {MAX_DYNAMIC_SHARED} (227 KiB, sm_90's maximum per block)",
+                    v.trim()
+                ),
+            };
+        }
+    }
+    DEFAULT_DYNAMIC_SHARED
+}
+
+/// The `extern "C" __global__ void name(params)` declarations of one file, in order, with their launch limits.
+fn parse_kernels(file: &str, src: &str, defines: &HashMap<String, u32>) -> Vec<KernelSig> {
     let mut out = Vec::new();
     let mut rest = src;
     while let Some(at) = rest.find("extern \"C\" __global__") {
+        let max_dynamic_shared = dynamic_shared_opt_in(file, src, src.len() - rest.len() + at);
         rest = &rest[at..];
         let open = rest.find('(').unwrap();
         let mut head = &rest[..open];
-        // skip `__launch_bounds__(...)`, whose parenthesis comes before the name's
+        // skip `__launch_bounds__(...)`, whose parenthesis comes before the name's, keeping its arguments
         let mut body_from = open;
+        let mut bounds = None;
         if head.contains("__launch_bounds__") {
             let close = rest[open..].find(')').unwrap() + open;
             let open2 = rest[close..].find('(').unwrap() + close;
+            bounds = Some(&rest[open + 1..close]);
             head = &rest[close + 1..open2];
             body_from = open2;
         }
         let name = head.split_whitespace().last().unwrap().to_string();
+        let max_threads = bounds.map(|args| launch_bound(file, &name, args, defines));
         let close = rest[body_from..].find(')').unwrap() + body_from;
         let params = rest[body_from + 1..close]
             .split(',')
@@ -87,7 +155,7 @@ fn parse_kernels(file: &str, src: &str) -> Vec<KernelSig> {
                 (pname.to_string(), kind, c_ty)
             })
             .collect();
-        out.push(KernelSig { name, params });
+        out.push(KernelSig { name, params, max_threads, max_dynamic_shared });
         rest = &rest[close..];
     }
     out
@@ -140,14 +208,17 @@ fn main() {
                 .flat_map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
                 .collect();
             let source = text.replace("#include \"common.cuh\"", &common);
-            let kernels = parse_kernels(&file, &text);
+            let mut defines = HashMap::new();
+            integer_defines(&common, &mut defines);
+            integer_defines(&text, &mut defines);
+            let kernels = parse_kernels(&file, &text, &defines);
             Module { file, source, options, kernels }
         })
         .collect();
 
     build_emulator(&root, &out, &files, &modules);
-    let ptx_embedded = build_ptx(&out, &modules);
-    write_table(&out, &modules, ptx_embedded);
+    let nvrtc_version = build_gpu(&out, &modules);
+    write_table(&out, &modules, nvrtc_version.as_deref());
 }
 
 /// Compiles the kernels, the runtime and the glue into one static library for the emulator.
@@ -191,8 +262,9 @@ fn build_emulator(root: &Path, out: &Path, files: &[PathBuf], modules: &[Module]
     b.compile("cuda_emu");
 }
 
-/// NVRTC to PTX for every module when libnvrtc loads; false (and one warning) when it does not.
-fn build_ptx(out: &Path, modules: &[Module]) -> bool {
+/// NVRTC to PTX (for `KERNELS_ARCH`) and to an sm_90 cubin for every module when libnvrtc loads, returning its
+/// version; `None` (and one warning) when it does not.
+fn build_gpu(out: &Path, modules: &[Module]) -> Option<String> {
     // cudarc panics on first use when the library is missing, so probe first.
     // SAFETY: only probes whether the shared library can be opened.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
@@ -200,10 +272,10 @@ fn build_ptx(out: &Path, modules: &[Module]) -> bool {
             "cargo:warning=libnvrtc not found: embedding CUDA sources for run-time compilation instead of PTX \
              (scripts/install-nvrtc.sh installs it; put its lib dir on LD_LIBRARY_PATH)"
         );
-        return false;
+        return None;
     }
     let arch: &'static str =
-        Box::leak(env::var("KERNELS_ARCH").unwrap_or_else(|_| "compute_70".into()).into_boxed_str());
+        Box::leak(env::var("KERNELS_ARCH").unwrap_or_else(|_| "compute_90".into()).into_boxed_str());
     for m in modules {
         let opts = cudarc::nvrtc::CompileOptions {
             arch: Some(arch),
@@ -215,12 +287,59 @@ fn build_ptx(out: &Path, modules: &[Module]) -> bool {
             Ok(ptx) => fs::write(out.join(format!("{}.ptx", stem(&m.file))), ptx.to_src()).unwrap(),
             Err(e) => panic!("NVRTC failed to compile {} for {arch}:\n{e:?}", m.file),
         }
+        match cubin(m, CUBIN_ARCH) {
+            Ok(bin) => fs::write(out.join(format!("{}.cubin", stem(&m.file))), bin).unwrap(),
+            Err(e) => panic!("NVRTC failed to compile {} for {CUBIN_ARCH}:\n{e}", m.file),
+        }
     }
-    true
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present (probed above) and both outputs outlive the call.
+    let rc = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    assert_eq!(rc, cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS, "nvrtcVersion");
+    Some(format!("{major}.{minor}"))
+}
+
+/// One module compiled by NVRTC for a real architecture (`sm_XY`): the cubin's bytes, or NVRTC's log.
+fn cubin(m: &Module, arch: &str) -> Result<Vec<u8>, String> {
+    use cudarc::nvrtc::{result, sys};
+    let src = CString::new(m.source.as_str()).unwrap();
+    let name = CString::new(m.file.as_str()).unwrap();
+    let prog = result::create_program(&src, Some(&name)).map_err(|e| format!("{e:?}"))?;
+    let mut options = vec![format!("--gpu-architecture={arch}")];
+    options.extend(m.options.iter().cloned());
+    // SAFETY: `prog` is a live program (created above, destroyed below), and the buffers passed to NVRTC are as
+    // long as the sizes it reports.
+    let bin = unsafe {
+        match result::compile_program(prog, &options) {
+            Err(e) => {
+                let log = result::get_program_log(prog).unwrap_or_default();
+                let log: Vec<u8> = log.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+                Err(format!("{e:?}\n{}", String::from_utf8_lossy(&log)))
+            }
+            Ok(()) => {
+                let mut size = 0;
+                let mut bin = Vec::new();
+                let mut rc = sys::nvrtcGetCUBINSize(prog, &mut size);
+                if rc == sys::nvrtcResult::NVRTC_SUCCESS {
+                    bin = vec![0u8; size];
+                    rc = sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr().cast());
+                }
+                if rc == sys::nvrtcResult::NVRTC_SUCCESS {
+                    Ok(bin)
+                } else {
+                    Err(format!("nvrtcGetCUBIN: {rc:?}"))
+                }
+            }
+        }
+    };
+    // SAFETY: `prog` was created above and is not used after this.
+    unsafe { result::destroy_program(prog) }.map_err(|e| format!("{e:?}"))?;
+    bin
 }
 
 /// `$OUT_DIR/kernels.rs`: the kernel enum, parameter lists, modules (source, options, PTX) and emulator table.
-fn write_table(out: &Path, modules: &[Module], ptx_embedded: bool) {
+fn write_table(out: &Path, modules: &[Module], nvrtc_version: Option<&str>) {
+    let ptx_embedded = nvrtc_version.is_some();
     let mut s = String::from("// generated by build.rs from the kernels' .cu files\n\n");
     let kernels: Vec<(usize, &KernelSig)> =
         modules.iter().enumerate().flat_map(|(i, m)| m.kernels.iter().map(move |k| (i, k))).collect();
@@ -247,21 +366,38 @@ fn write_table(out: &Path, modules: &[Module], ptx_embedded: bool) {
         let ps: Vec<String> = k.params.iter().map(|(n, kind, _)| format!("(\"{n}\", ParamKind::{:?})", kind)).collect();
         writeln!(s, "            Kernel::{} => &[{}],", camel(&k.name), ps.join(", ")).unwrap();
     }
+    s += "        }\n    }\n    /// The most threads a block may have: the first argument of its `__launch_bounds__`, if any.\n";
+    s += "    pub fn max_threads(self) -> Option<u32> {\n        match self {\n";
+    for (_, k) in &kernels {
+        writeln!(s, "            Kernel::{} => {:?},", camel(&k.name), k.max_threads).unwrap();
+    }
+    s += "        }\n    }\n    /// The most dynamic shared memory (bytes) a launch may ask for: 48 KiB, or the kernel's\n";
+    s += "    /// `// max-dynamic-shared:` opt-in.\n    pub fn max_dynamic_shared(self) -> u32 {\n        match self {\n";
+    for (_, k) in &kernels {
+        writeln!(s, "            Kernel::{} => {},", camel(&k.name), k.max_dynamic_shared).unwrap();
+    }
     s += "        }\n    }\n}\n\n";
+    s += "/// The NVRTC version that compiled the embedded PTX and cubins; `None` when libnvrtc was absent at build time.\n";
+    writeln!(s, "pub const NVRTC_VERSION: Option<&str> = {nvrtc_version:?};\n").unwrap();
+    s += "/// The real architecture of the embedded cubins.\n";
+    writeln!(s, "pub const CUBIN_ARCH: &str = {CUBIN_ARCH:?};\n").unwrap();
     s += "/// Whether build.rs compiled the kernels to PTX (libnvrtc was present at build time).\n";
     writeln!(s, "pub const PTX_EMBEDDED: bool = {ptx_embedded};\n").unwrap();
     s += "/// One entry per kernel file, in [`Kernel::module`] order.\npub const MODULES: &[Module] = &[\n";
     for m in modules {
         let src_path = out.join(format!("{}.src", stem(&m.file)));
         fs::write(&src_path, &m.source).unwrap();
-        let ptx = if ptx_embedded {
-            format!("Some(include_str!({:?}))", out.join(format!("{}.ptx", stem(&m.file))))
+        let (ptx, cubin) = if ptx_embedded {
+            (
+                format!("Some(include_str!({:?}))", out.join(format!("{}.ptx", stem(&m.file)))),
+                format!("Some(include_bytes!({:?}))", out.join(format!("{}.cubin", stem(&m.file)))),
+            )
         } else {
-            "None".into()
+            ("None".into(), "None".into())
         };
         writeln!(
             s,
-            "    Module {{ file: {:?}, source: include_str!({:?}), options: &{:?}, ptx: {ptx} }},",
+            "    Module {{ file: {:?}, source: include_str!({:?}), options: &{:?}, ptx: {ptx}, cubin: {cubin} }},",
             m.file, src_path, m.options
         )
         .unwrap();

@@ -187,8 +187,9 @@ extern "C" void* emu_dynamic_smem() {
 }
 
 // Checks the launch as the GPU would, then runs every block. Returns 0, or 1 with a message in `err`.
+// `max_dyn_smem` is the kernel's limit: 48 KiB, or more when it opted in (the GPU's function attribute).
 extern "C" int emu_launch(void (*kernel)(void**), void** args, const unsigned* grid, const unsigned* block,
-                          size_t dyn_smem, unsigned workers, char* err, size_t err_len) {
+                          size_t dyn_smem, size_t max_dyn_smem, unsigned workers, char* err, size_t err_len) {
   const dim3 g(grid[0], grid[1], grid[2]), bd(block[0], block[1], block[2]);
   const unsigned long long threads = 1ull * bd.x * bd.y * bd.z;
   std::string bad;
@@ -196,8 +197,8 @@ extern "C" int emu_launch(void (*kernel)(void**), void** args, const unsigned* g
     bad = "invalid block shape (at most 1024 threads; x, y <= 1024, z <= 64)";
   else if (g.x == 0 || g.y == 0 || g.z == 0 || g.x > 2147483647u || g.y > 65535 || g.z > 65535)
     bad = "invalid grid shape (x < 2^31, y, z <= 65535, none 0)";
-  else if (dyn_smem > 48 * 1024)
-    bad = "more than 48 KiB of dynamic shared memory without an opt-in";
+  else if (dyn_smem > max_dyn_smem)
+    bad = "more dynamic shared memory than the kernel's limit of " + std::to_string(max_dyn_smem) + " bytes";
   if (!bad.empty()) {
     std::snprintf(err, err_len, "launch refused: %s: grid (%u,%u,%u) block (%u,%u,%u) smem %zu", bad.c_str(), g.x,
                   g.y, g.z, bd.x, bd.y, bd.z, dyn_smem);

@@ -23,7 +23,9 @@ extern "C" __global__ void selftest_deadlock(float* y) {
 }
 
 // Reads dynamic shared memory nobody wrote: NaN on the emulator, whatever was there on the GPU.
-// Launch: grid 1, block 32, 128 bytes of dynamic shared memory.
+// Launch: grid 1, block 32, 128 bytes of dynamic shared memory. Opts in to 64 KiB of it, so that the tests can
+// check that an opt-in raises the limit (and that the 48 KiB default holds for the kernels without one).
+// max-dynamic-shared: 65536
 extern "C" __global__ void selftest_unwritten_smem(float* y) {
   DYN_SHARED(float, s);
   y[threadIdx.x] = s[threadIdx.x];

@@ -71,7 +71,7 @@ step() {
 echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(cat "$bin_dir/COMMIT")"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "(nvidia-smi not available)"
 step "ddpm info" 60 "$bin_dir/ddpm" info
-if ! "$bin_dir/ddpm" info 2>/dev/null | grep -q "^--device auto uses CUDA"; then
+if ! "$bin_dir/ddpm" info 2>/dev/null | grep -q "(--device auto) run on CUDA"; then
   echo "=== no usable CUDA device (see ddpm info above): nothing else to check here"
   exit 1
 fi

@@ -467,3 +467,26 @@ fn ctrl_c_writes_a_checkpoint_and_prints_the_resume_command_and_a_second_one_exi
     assert!(!out.join("checkpoint.safetensors").exists(), "a checkpoint was written");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+// `ddpm info` reports what the build embedded (the PTX's ISA version when NVRTC was present, else that there is
+// none) and, on a machine without a driver (CI, this test's usual home), says so instead of failing.
+#[test]
+fn info_reports_the_embedded_ptx_and_the_driver() {
+    let out = ddpm(&["info"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let isa = text.lines().find(|l| l.starts_with("PTX ISA: ")).unwrap_or_else(|| panic!("no PTX ISA line: {text}"));
+    if ddpm::gpu::kernels::PTX_EMBEDDED {
+        assert!(isa.contains("; PTX target: sm_"), "{isa}");
+        assert!(text.contains("\ndriver can load PTX ISA "), "{text}");
+        assert!(text.contains(&format!("cubins: {}", ddpm::gpu::kernels::CUBIN_ARCH)), "{text}");
+    } else {
+        assert!(isa.contains("none embedded"), "{isa}");
+    }
+    if ddpm::gpu::cuda::driver_version().is_err() {
+        assert!(text.contains("CUDA driver: not available"), "{text}");
+        if ddpm::gpu::kernels::PTX_EMBEDDED {
+            assert!(text.contains("no driver here"), "{text}");
+        }
+    }
+}

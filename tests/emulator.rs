@@ -1,6 +1,6 @@
 //! The launch checks every executor shares, and the emulator's own: argument kinds (float and int buffers kept
-//! apart), the 1024-thread limit, writes past a buffer's end, divergent barriers, deadlocks and unwritten shared
-//! memory. Each family's kernels are tested against the CPU in its own `tests.rs` (`src/ops/*/tests.rs`).
+//! apart), the 1024-thread limit, each kernel's `__launch_bounds__` and dynamic shared memory limit, writes past a
+//! buffer's end, divergent barriers, deadlocks and unwritten shared memory. Each family's kernels are tested against the CPU in its own `tests.rs` (`src/ops/*/tests.rs`).
 
 use ddpm::backend::{Gpu, Memory, UnaryOps};
 use ddpm::gpu::{cuda::Cuda, emu::Emulator, Arg, Executor, Kernel, LaunchCfg};
@@ -76,12 +76,41 @@ fn emulator_poisons_dynamic_shared_memory() {
         selftest(Kernel::SelftestUnwrittenSmem, LaunchCfg { grid: [1, 1, 1], block: [32, 1, 1], shared_bytes: 128 });
     r.unwrap();
     assert!(y[..32].iter().all(|v| v.is_nan()));
-    let err = selftest(
-        Kernel::SelftestUnwrittenSmem,
-        LaunchCfg { grid: [1, 1, 1], block: [32, 1, 1], shared_bytes: 49 * 1024 },
-    )
-    .0
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("48 KiB"), "{err}");
+    // Its `// max-dynamic-shared: 65536` opt-in allows 64 KiB, and no more.
+    let smem = |shared_bytes| LaunchCfg { grid: [1, 1, 1], block: [32, 1, 1], shared_bytes };
+    let (r, y) = selftest(Kernel::SelftestUnwrittenSmem, smem(64 * 1024));
+    r.unwrap();
+    assert!(y[..32].iter().all(|v| v.is_nan()));
+    let err = selftest(Kernel::SelftestUnwrittenSmem, smem(64 * 1024 + 4)).0.unwrap_err().to_string();
+    assert!(err.contains("selftest_unwritten_smem") && err.contains("max-dynamic-shared"), "{err}");
+}
+
+#[test]
+fn launch_limits_of_the_kernel_are_enforced_with_its_name() {
+    assert_eq!(Kernel::SumsqPartials.max_threads(), Some(256));
+    assert_eq!(Kernel::FinishSum.max_threads(), Some(1024));
+    assert_eq!(Kernel::UnaryFwd.max_threads(), None);
+    assert_eq!(Kernel::SelftestDeadlock.max_dynamic_shared(), 48 * 1024);
+    assert_eq!(Kernel::SelftestUnwrittenSmem.max_dynamic_shared(), 64 * 1024);
+    let e = Emulator::new();
+    let (x, parts) = (e.upload(&[1.0; 512]).unwrap(), e.alloc(4).unwrap());
+    let args = [Arg::Buf(&x), Arg::Null, Arg::Buf(&parts), Arg::I64(512)];
+    // A block above the kernel's __launch_bounds__(256), which the GPU would refuse to launch.
+    // SAFETY: refused before anything runs (the launch limits are checked first).
+    let err = unsafe { e.launch(Kernel::SumsqPartials, LaunchCfg::linear(1, 512), &args) }.unwrap_err().to_string();
+    assert!(
+        err.contains("sumsq_partials") && err.contains("512 threads") && err.contains("__launch_bounds__(256)"),
+        "{err}"
+    );
+    // At the bound it runs: 512 ones squared, in one block.
+    // SAFETY: x holds the 512 words the kernel reads, parts the one word block 0 writes.
+    unsafe { e.launch(Kernel::SumsqPartials, LaunchCfg::linear(1, 256), &args) }.unwrap();
+    assert_eq!(e.download(&parts).unwrap()[0], 512.0);
+    // More than 48 KiB of dynamic shared memory for a kernel without an opt-in.
+    let err =
+        selftest(Kernel::SelftestDeadlock, LaunchCfg { grid: [1, 1, 1], block: [64, 1, 1], shared_bytes: 49 * 1024 })
+            .0
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("selftest_deadlock") && err.contains("48 KiB"), "{err}");
 }

@@ -1,12 +1,19 @@
-//! Real CUDA through cudarc: one context, one stream, every module loaded once at start-up (embedded PTX, or the
-//! embedded source compiled by NVRTC at run time), every kernel looked up once, and a caching allocator so that a
-//! training loop, which asks for the same sizes every step, allocates device memory only in its first step.
+//! Real CUDA through cudarc: one context, one stream, every module loaded once at start-up, every kernel looked up
+//! once, and a caching allocator so that a training loop, which asks for the same sizes every step, allocates device
+//! memory only in its first step.
+//!
+//! Each module is loaded from the sm_90 cubin build.rs embedded when the device is exactly sm_90 (no JIT at
+//! start-up); else, or when the driver refuses the cubin, from the embedded PTX (JIT-compiled by the driver); and
+//! without embedded PTX from the source, compiled by NVRTC at run time. The description says which.
+//!
+//! `DDPM_SYNC_LAUNCHES=1` (read once, when the device is opened) waits for every launch to finish, so that a fault
+//! inside a kernel is reported as an error naming that kernel instead of by some later call.
 //!
 //! Nothing here panics on a machine without CUDA: cudarc loads libcuda and libnvrtc on first use and panics when
 //! they are missing, so their presence is probed first and their absence is an [`Error::Device`] saying why.
 
-use super::kernels::{Kernel, MODULES};
-use super::{check_args, Arg, DeviceBuf, Executor, LaunchCfg};
+use super::kernels::{Kernel, CUBIN_ARCH, DEFAULT_MAX_DYNAMIC_SHARED, MODULES};
+use super::{check_launch, Arg, DeviceBuf, Executor, LaunchCfg};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use std::collections::HashMap;
@@ -66,6 +73,13 @@ pub struct Cuda {
     funcs: Vec<Option<CudaFunction>>,
     pool: Pool,
     description: String,
+    /// `DDPM_SYNC_LAUNCHES` was set: every launch is waited for and its fault reported with its kernel's name.
+    sync_launches: bool,
+}
+
+/// Whether `DDPM_SYNC_LAUNCHES` asks for synchronous launches: set to anything but empty or `0`.
+fn sync_launches_requested() -> bool {
+    std::env::var("DDPM_SYNC_LAUNCHES").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Why CUDA cannot be used here, or `Ok(count)` devices.
@@ -82,14 +96,14 @@ pub fn device_count() -> Result<usize> {
     Ok(n as usize)
 }
 
-/// A CUDA version number as the driver and NVRTC report it (`1000·major + 10·minor`) in `major.minor` form.
-fn version_string(v: i32) -> String {
-    format!("{}.{}", v / 1000, v % 1000 / 10)
-}
-
 /// The version of the CUDA driver API the installed driver supports, e.g. "13.0"; `Err` saying why when there is
 /// no driver.
 pub fn driver_version() -> Result<String> {
+    driver_cuda_version().map(|(major, minor)| format!("{major}.{minor}"))
+}
+
+/// [`driver_version`] as `(major, minor)`, from `cuDriverGetVersion`'s `1000·major + 10·minor`.
+pub fn driver_cuda_version() -> Result<(u32, u32)> {
     // SAFETY: only probes whether the shared library can be opened.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err(Error::Device("libcuda (the NVIDIA driver) is not installed or not on the library path".into()));
@@ -100,7 +114,8 @@ pub fn driver_version() -> Result<String> {
     if rc != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
         return Err(dev_err("cuDriverGetVersion", rc));
     }
-    Ok(version_string(v))
+    let v = v.max(0) as u32;
+    Ok((v / 1000, v % 1000 / 10))
 }
 
 /// The version of the NVRTC library found at run time, e.g. "12.9"; `Err` saying why when there is none.
@@ -130,35 +145,94 @@ impl Cuda {
         let name = ctx.name().map_err(|e| dev_err("querying the device name", e))?;
         let memory = ctx.total_mem().map_err(|e| dev_err("querying the device memory", e))?;
         let stream = ctx.default_stream();
+        let arch = format!("sm_{major}{minor}");
         // The emulator's self-test kernels exist to check the emulator; a device never loads them.
         let mut modules = Vec::with_capacity(MODULES.len());
+        let (mut from_cubin, mut from_ptx, mut from_source) = (0, 0, 0);
+        let mut cubin_refused = None;
         for m in MODULES {
             if m.file.ends_with("selftest.cu") {
                 modules.push(None);
                 continue;
             }
-            let ptx = match m.ptx {
-                Some(ptx) => cudarc::nvrtc::Ptx::from_src(ptx),
-                None => compile_at_run_time(m, major, minor)?,
+            let cubin = m.cubin.filter(|_| arch == CUBIN_ARCH);
+            let loaded = cubin.and_then(|bin| match ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin.to_vec())) {
+                Ok(module) => Some(module),
+                Err(e) => {
+                    cubin_refused.get_or_insert(format!("{}: {e:?}", m.file));
+                    None
+                }
+            });
+            let module = match (loaded, m.ptx) {
+                (Some(module), _) => {
+                    from_cubin += 1;
+                    module
+                }
+                (None, ptx) => {
+                    let ptx = match ptx {
+                        Some(ptx) => {
+                            from_ptx += 1;
+                            cudarc::nvrtc::Ptx::from_src(ptx)
+                        }
+                        None => {
+                            from_source += 1;
+                            compile_at_run_time(m, major, minor)?
+                        }
+                    };
+                    ctx.load_module(ptx).map_err(|e| dev_err(&format!("loading {}", m.file), e))?
+                }
             };
-            modules.push(Some(ctx.load_module(ptx).map_err(|e| dev_err(&format!("loading {}", m.file), e))?));
+            modules.push(Some(module));
         }
         let funcs = Kernel::ALL
             .iter()
-            .map(|k| {
+            .map(|&k| {
                 let Some(module) = &modules[k.module()] else { return Ok(None) };
-                module.load_function(k.name()).map(Some).map_err(|e| dev_err(&format!("kernel {}", k.name()), e))
+                let f = module.load_function(k.name()).map_err(|e| dev_err(&format!("kernel {}", k.name()), e))?;
+                // A kernel that opted in to more dynamic shared memory than the default gets it raised on the
+                // function, as the driver requires before such a launch.
+                if k.max_dynamic_shared() > DEFAULT_MAX_DYNAMIC_SHARED {
+                    let attr =
+                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+                    f.set_attribute(attr, k.max_dynamic_shared() as i32).map_err(|e| {
+                        dev_err(
+                            &format!(
+                                "kernel {}: raising its dynamic shared memory limit to {} bytes on {arch}",
+                                k.name(),
+                                k.max_dynamic_shared()
+                            ),
+                            e,
+                        )
+                    })?;
+                }
+                Ok(Some(f))
             })
             .collect::<Result<_>>()?;
-        let source = if MODULES.iter().all(|m| m.ptx.is_some()) { "PTX from build time" } else { "run-time NVRTC" };
+        let mut source = Vec::new();
+        if from_cubin > 0 {
+            source.push(format!("{CUBIN_ARCH} cubin from build time ({from_cubin} files)"));
+        }
+        if from_ptx > 0 {
+            source.push(format!("PTX from build time, JIT by the driver ({from_ptx} files)"));
+        }
+        if from_source > 0 {
+            source.push(format!("run-time NVRTC ({from_source} files)"));
+        }
+        let mut source = source.join(", ");
+        if let Some(why) = cubin_refused {
+            source += &format!("; the driver refused the cubin of {why}");
+        }
+        let sync_launches = sync_launches_requested();
         Ok(Cuda {
             stream,
             funcs,
             pool: Arc::default(),
             description: format!(
-                "CUDA device {ordinal}: {name} (sm_{major}{minor}, {:.1} GiB, kernels: {source})",
-                memory as f64 / (1u64 << 30) as f64
+                "CUDA device {ordinal}: {name} ({arch}, {:.1} GiB, kernels: {source}{})",
+                memory as f64 / (1u64 << 30) as f64,
+                if sync_launches { "; DDPM_SYNC_LAUNCHES: every launch waited for" } else { "" }
             ),
+            sync_launches,
         })
     }
 
@@ -226,7 +300,7 @@ impl Executor for Cuda {
     }
 
     unsafe fn launch(&self, kernel: Kernel, cfg: LaunchCfg, args: &[Arg<CudaBuf>]) -> Result<()> {
-        check_args(kernel, args)?;
+        check_launch(kernel, cfg, args)?;
         let mut guards = Vec::new();
         let mut vals = Vec::with_capacity(args.len());
         for a in args {
@@ -266,6 +340,12 @@ impl Executor for Cuda {
             shared_mem_bytes: cfg.shared_bytes,
         };
         builder.launch(cfg).map_err(|e| dev_err(&format!("launching {}", kernel.name()), e))?;
+        if self.sync_launches {
+            // A fault inside the kernel surfaces here, at the first wait after it, rather than in a later copy.
+            self.stream.synchronize().map_err(|e| {
+                dev_err(&format!("{} failed while running (DDPM_SYNC_LAUNCHES=1 waited for it)", kernel.name()), e)
+            })?;
+        }
         drop(guards);
         Ok(())
     }

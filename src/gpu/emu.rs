@@ -2,12 +2,13 @@
 //!
 //! A launch runs every block of the grid; the blocks are shared among a few OS threads, and inside a block each
 //! CUDA thread is a fiber that runs until its next barrier. The runtime refuses launches a GPU would refuse
-//! (more than 1024 threads, oversized grids, more than 48 KiB of dynamic shared memory), fills dynamic shared
+//! (more than 1024 threads, oversized grids, more dynamic shared memory than the kernel may use: 48 KiB unless it
+//! opts in to more), and [`check_launch`] those above a kernel's `__launch_bounds__`; it fills dynamic shared
 //! memory with NaN before each block, and reports divergent `__syncthreads()`, divergent or partial-warp shuffles
 //! and deadlocks with the source lines involved, as an [`Error::Device`]. Buffers carry guard words after their
 //! end that are checked after each launch, so an out-of-bounds write is an error naming the argument.
 
-use super::{check_args, Arg, DeviceBuf, Executor, Kernel, LaunchCfg};
+use super::{check_launch, Arg, DeviceBuf, Executor, Kernel, LaunchCfg};
 use crate::error::{Error, Result};
 use std::ffi::c_void;
 
@@ -18,6 +19,7 @@ extern "C" {
         grid: *const u32,
         block: *const u32,
         dyn_smem: usize,
+        max_dyn_smem: usize,
         workers: u32,
         err: *mut u8,
         err_len: usize,
@@ -114,7 +116,7 @@ impl Executor for Emulator {
     }
 
     unsafe fn launch(&self, kernel: Kernel, cfg: LaunchCfg, args: &[Arg<EmuBuf>]) -> Result<()> {
-        check_args(kernel, args)?;
+        check_launch(kernel, cfg, args)?;
         // Each argument's value in an 8-byte slot; the kernel entry reads slot i as its i-th parameter's type
         // (little-endian, so a 4-byte value sits at the slot's start).
         let mut slots = Vec::with_capacity(args.len());
@@ -147,6 +149,7 @@ impl Executor for Emulator {
             cfg.grid.as_ptr(),
             cfg.block.as_ptr(),
             cfg.shared_bytes as usize,
+            kernel.max_dynamic_shared() as usize,
             self.workers,
             err.as_mut_ptr(),
             err.len(),

@@ -15,6 +15,7 @@ pub mod cuda;
 pub mod emu;
 pub mod kernels;
 pub(crate) mod launch;
+pub mod ptx;
 
 use crate::error::{Error, Result};
 pub use kernels::{Kernel, ParamKind};
@@ -188,6 +189,41 @@ pub trait Executor: Send + Sync + 'static {
     /// inside the buffer it addresses. The argument kinds are checked against the kernel's C signature, but
     /// lengths cannot be, so the launchers check them first (`launch::need`).
     unsafe fn launch(&self, kernel: Kernel, cfg: LaunchCfg, args: &[Arg<Self::Buf>]) -> Result<()>;
+}
+
+/// Checks a launch before either executor runs it: the arguments (see [`check_args`]), and the block size and
+/// dynamic shared memory against the kernel's own limits (its `__launch_bounds__` and its
+/// `// max-dynamic-shared:` opt-in, 48 KiB without one), so that a launch the GPU would refuse, or run with fewer
+/// threads than asked, is an error naming the kernel on the emulator too.
+pub fn check_launch<B>(kernel: Kernel, cfg: LaunchCfg, args: &[Arg<B>]) -> Result<()> {
+    check_args(kernel, args)?;
+    let threads = cfg.block.iter().map(|&d| d as u64).product::<u64>();
+    if let Some(max) = kernel.max_threads() {
+        if threads > max as u64 {
+            return Err(Error::Device(format!(
+                "{}: launch refused: a block of {threads} threads ({}x{}x{}) exceeds the kernel's \
+                 __launch_bounds__({max})",
+                kernel.name(),
+                cfg.block[0],
+                cfg.block[1],
+                cfg.block[2]
+            )));
+        }
+    }
+    let max_shared = kernel.max_dynamic_shared();
+    if cfg.shared_bytes > max_shared {
+        let why = if max_shared == kernels::DEFAULT_MAX_DYNAMIC_SHARED {
+            "the 48 KiB a kernel may use without a `// max-dynamic-shared:` opt-in"
+        } else {
+            "its `// max-dynamic-shared:` opt-in"
+        };
+        return Err(Error::Device(format!(
+            "{}: launch refused: {} bytes of dynamic shared memory exceed {max_shared}, {why}",
+            kernel.name(),
+            cfg.shared_bytes
+        )));
+    }
+    Ok(())
 }
 
 /// Checks `args` against the kernel's parameter list (count and kind), so a mismatch is an error on both

@@ -5,9 +5,9 @@
 //!    emulator runtime (`emu/runtime.cpp`) and generated glue that calls each kernel from a `void**` argument
 //!    array (the same convention as `cuLaunchKernel`). This always happens, so the kernels run in every test pass.
 //! 2. For the GPU: when libnvrtc can be loaded, every file goes through NVRTC to PTX for a virtual architecture
-//!    (`compute_70` unless `KERNELS_ARCH` says otherwise), and the PTX is embedded; a kernel that NVRTC rejects
-//!    fails the build. Without NVRTC one cargo warning is printed and only the sources are embedded, to be
-//!    compiled at run time on a machine that has a GPU and NVRTC.
+//!    (`compute_90` unless `KERNELS_ARCH` says otherwise; the tensor-core helpers need sm_80 or newer), and the PTX
+//!    is embedded; a kernel that NVRTC rejects fails the build. Without NVRTC one cargo warning is printed and only
+//!    the sources are embedded, to be compiled at run time on a machine that has a GPU and NVRTC.
 //!
 //! Both share one parse of the kernels' `extern "C" __global__` signatures, from which `$OUT_DIR/kernels.rs`
 //! declares the `Kernel` enum, each kernel's parameter list (checked at every launch) and the emulator's table.
@@ -203,7 +203,7 @@ fn build_ptx(out: &Path, modules: &[Module]) -> bool {
         return false;
     }
     let arch: &'static str =
-        Box::leak(env::var("KERNELS_ARCH").unwrap_or_else(|_| "compute_70".into()).into_boxed_str());
+        Box::leak(env::var("KERNELS_ARCH").unwrap_or_else(|_| "compute_90".into()).into_boxed_str());
     for m in modules {
         let opts = cudarc::nvrtc::CompileOptions {
             arch: Some(arch),

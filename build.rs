@@ -5,7 +5,7 @@
 //!    emulator runtime (`emu/runtime.cpp`) and generated glue that calls each kernel from a `void**` argument
 //!    array (the same convention as `cuLaunchKernel`). This always happens, so the kernels run in every test pass.
 //! 2. For the GPU: when libnvrtc can be loaded, every file goes through NVRTC to PTX for a virtual architecture
-//!    (`compute_90` unless `KERNELS_ARCH` says otherwise), and the PTX is embedded; so is an `sm_90` cubin of
+//!    (`compute_90` unless `KERNELS_ARCH` says otherwise; the tensor-core helpers need sm_80 or newer), and the PTX is embedded; so is an `sm_90` cubin of
 //!    every file (a second NVRTC pass), which an sm_90 device (H100/H200) loads without JIT. A kernel that NVRTC
 //!    rejects fails the build. Without NVRTC one cargo warning is printed and only the sources are embedded, to be
 //!    compiled at run time on a machine that has a GPU and NVRTC.

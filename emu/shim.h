@@ -4,7 +4,9 @@
 //   `static thread_local` (one copy per OS thread, i.e. per block in flight);
 // - __syncthreads() is a block barrier that knows its call site (file:line), so divergent barriers and
 //   deadlocks are reported with a location instead of hanging;
-// - warp shuffles exchange values through 32 per-warp slots between two warp barriers.
+// - warp shuffles exchange values through 32 per-warp slots between two warp barriers;
+// - the tensor-core instructions (mma.sync, ldmatrix, cp.async) are runtime functions with the PTX ISA's
+//   semantics, declared below and wrapped by kernels/common.cuh's helpers.
 #pragma once
 // Standard headers first: libstdc++ itself uses attributes that the macros below would break.
 #include <cmath>
@@ -44,6 +46,15 @@ extern "C" void emu_syncwarp(const char* site);
 extern "C" uint64_t* emu_warp_slots();
 extern "C" void* emu_dynamic_smem();
 extern "C" [[noreturn]] void emu_fail(const char* what);
+// Tensor-core instructions (kernels/common.cuh calls them through helpers with the GPU's signatures). The warp
+// collectives (mma, ldmatrix) must be reached by all 32 lanes of a full warp, like a full-mask shuffle; `site`
+// names the call for divergence and deadlock reports.
+extern "C" void emu_mma_bf16_16816(float* d, const unsigned* a, const unsigned* b, const float* c,
+                                   const char* site);
+extern "C" void emu_ldmatrix(unsigned* r, const void* row, int count, int trans, const char* site);
+extern "C" void emu_cp_async_16(void* smem, const void* gmem, int src_bytes);
+extern "C" void emu_cp_async_commit();
+extern "C" void emu_cp_async_wait(int n);
 
 #define EMU_STR2(x) #x
 #define EMU_STR(x) EMU_STR2(x)

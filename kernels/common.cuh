@@ -9,7 +9,7 @@
 #define BLOCK 256
 
 // Dynamic shared memory. `extern __shared__` does not survive the emulator's `__shared__ -> static thread_local`,
-// so there it is a per-block buffer from the runtime, filled with NaN before each block.
+// so there it is a per-block buffer from the runtime, filled with 0x7fc07fc0 (NaN as f32 and bf16) per block.
 #ifdef CUDA_EMU
 #define DYN_SHARED(T, name) T* const name = static_cast<T*>(emu_dynamic_smem())
 #else
@@ -158,5 +158,40 @@ static __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem,
 static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> static __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+#else
+// The emulator's versions (emu/runtime.cpp), with the same signatures and the PTX ISA's semantics. Beyond what the
+// GPU checks, they fail the launch on a partial or divergent warp, on a misaligned address or one outside dynamic
+// shared memory (where the tensor-core kernels keep their tiles), and on cp.async copies a thread never waited for;
+// a cp.async destination reads as NaN (0x7fc07fc0) until the wait that completes it.
+static __device__ __forceinline__ void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2],
+                                                      const float c[4]) {
+  emu_mma_bf16_16816(d, a, b, c, EMU_SITE);
+}
+static __device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const bf16* row) {
+  emu_ldmatrix(r, row, 4, 0, EMU_SITE);
+}
+static __device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const bf16* row) {
+  emu_ldmatrix(r, row, 4, 1, EMU_SITE);
+}
+static __device__ __forceinline__ void ldmatrix_x2(unsigned r[2], const bf16* row) {
+  emu_ldmatrix(r, row, 2, 0, EMU_SITE);
+}
+static __device__ __forceinline__ void ldmatrix_x2_trans(unsigned r[2], const bf16* row) {
+  emu_ldmatrix(r, row, 2, 1, EMU_SITE);
+}
+static __device__ __forceinline__ void ldmatrix_x1(unsigned r[1], const bf16* row) {
+  emu_ldmatrix(r, row, 1, 0, EMU_SITE);
+}
+static __device__ __forceinline__ void ldmatrix_x1_trans(unsigned r[1], const bf16* row) {
+  emu_ldmatrix(r, row, 1, 1, EMU_SITE);
+}
+static __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
+  emu_cp_async_16(smem, gmem, src_bytes);
+}
+static __device__ __forceinline__ void cp_async_commit() { emu_cp_async_commit(); }
+template <int N> static __device__ __forceinline__ void cp_async_wait() {
+  static_assert(N >= 0, "cp.async.wait_group takes a non-negative count");
+  emu_cp_async_wait(N);
 }
 #endif

@@ -1,9 +1,12 @@
 //! The launch checks every executor shares, and the emulator's own: argument kinds (float and int buffers kept
 //! apart), the 1024-thread limit, each kernel's `__launch_bounds__` and dynamic shared memory limit, writes past a
-//! buffer's end, divergent barriers, deadlocks and unwritten shared memory. Each family's kernels are tested against the CPU in its own `tests.rs` (`src/ops/*/tests.rs`).
+//! buffer's end, divergent barriers, deadlocks and unwritten shared memory, misused tensor-core instructions and
+//! cp.async, and the thread orders. Each family's kernels are tested against the CPU in its own `tests.rs`
+//! (`src/ops/*/tests.rs`).
 
 use ddpm::backend::{Gpu, Memory, UnaryOps};
-use ddpm::gpu::{cuda::Cuda, emu::Emulator, Arg, Executor, Kernel, LaunchCfg};
+use ddpm::gpu::emu::{Emulator, ThreadOrder};
+use ddpm::gpu::{cuda::Cuda, emu::EmuBuf, Arg, Executor, Kernel, LaunchCfg};
 use ddpm::ops::unary::UnaryKind;
 
 #[test]
@@ -75,7 +78,8 @@ fn emulator_poisons_dynamic_shared_memory() {
     let (r, y) =
         selftest(Kernel::SelftestUnwrittenSmem, LaunchCfg { grid: [1, 1, 1], block: [32, 1, 1], shared_bytes: 128 });
     r.unwrap();
-    assert!(y[..32].iter().all(|v| v.is_nan()));
+    // The fill is 0x7fc07fc0: NaN as an f32 and as either bf16 half.
+    assert!(y[..32].iter().all(|v| v.to_bits() == 0x7fc0_7fc0), "{y:?}");
     // Its `// max-dynamic-shared: 65536` opt-in allows 64 KiB, and no more.
     let smem = |shared_bytes| LaunchCfg { grid: [1, 1, 1], block: [32, 1, 1], shared_bytes };
     let (r, y) = selftest(Kernel::SelftestUnwrittenSmem, smem(64 * 1024));
@@ -113,4 +117,93 @@ fn launch_limits_of_the_kernel_are_enforced_with_its_name() {
             .unwrap_err()
             .to_string();
     assert!(err.contains("selftest_deadlock") && err.contains("48 KiB"), "{err}");
+}
+
+/// One block of `threads` threads with `smem` bytes of dynamic shared memory.
+fn block(threads: u32, smem: u32) -> LaunchCfg {
+    LaunchCfg { grid: [1, 1, 1], block: [threads, 1, 1], shared_bytes: smem }
+}
+
+/// Launches a self-test kernel on `e`; the emulator's verdict as text.
+fn run_on(e: &Emulator, kernel: Kernel, cfg: LaunchCfg, args: &[Arg<'_, EmuBuf>]) -> Result<(), String> {
+    // SAFETY: each self-test kernel below reads at most 128 words of its input and writes at most 128 of its output,
+    // and every buffer passed has 128 words.
+    unsafe { e.launch(kernel, cfg, args) }.map_err(|e| e.to_string())
+}
+
+#[test]
+fn reversed_thread_order_exposes_a_missing_barrier() {
+    let missing_barrier = |order| {
+        let e = Emulator::new().with_thread_order(order);
+        let y = e.alloc(128).unwrap();
+        run_on(&e, Kernel::SelftestMissingBarrier, block(64, 4), &[Arg::Buf(&y)]).unwrap();
+        e.download(&y).unwrap()[..64].to_vec()
+    };
+    // Thread 0 writes before the others read in the default order: the race is invisible.
+    assert!(missing_barrier(ThreadOrder::Forward).iter().all(|&v| v == 42.0));
+    // Reversed, every reader runs before thread 0 and reads the NaN fill.
+    let y = missing_barrier(ThreadOrder::Reversed);
+    assert!(y[0] == 42.0 && y[1..].iter().all(|v| v.is_nan()), "{y:?}");
+    // A shuffled order puts thread 0 after some readers too (for this seed; the order is reproducible).
+    assert!(missing_barrier(ThreadOrder::Shuffled(1)).iter().any(|v| v.is_nan()));
+}
+
+#[test]
+fn emulator_catches_cp_async_misuse() {
+    let e = Emulator::new();
+    let (x, y) = (e.upload(&(0..128).map(|i| i as f32).collect::<Vec<_>>()).unwrap(), e.alloc(128).unwrap());
+    let misuse =
+        |mode| run_on(&e, Kernel::SelftestCpAsyncMisuse, block(32, 512), &[Arg::Buf(&x), Arg::Buf(&y), Arg::I32(mode)]);
+    // Read before the wait: the destination holds the poison, NaN as f32 and as bf16.
+    misuse(0).unwrap();
+    let got = e.download(&y).unwrap();
+    assert!(got.iter().all(|v| v.to_bits() == 0x7fc0_7fc0), "{got:?}");
+    // A wait without a commit completes nothing, and neither does a commit without a wait.
+    for mode in [1, 2] {
+        let err = misuse(mode).unwrap_err();
+        assert!(err.contains("cp.async copies still pending at thread exit"), "{err}");
+    }
+}
+
+#[test]
+fn cp_async_wait_completes_committed_groups_only() {
+    let e = Emulator::new();
+    let src: Vec<f32> = (0..128).map(|i| i as f32 + 0.25).collect();
+    let (x, y) = (e.upload(&src).unwrap(), e.alloc(128).unwrap());
+    run_on(&e, Kernel::SelftestCpAsyncGroups, block(32, 48), &[Arg::Buf(&x), Arg::Buf(&y)]).unwrap();
+    let y = e.download(&y).unwrap();
+    // wait<1> with groups {x[0..4]}, {x[4..8]} committed and x[8..12] not: only the older group lands.
+    assert_eq!(y[..4], src[..4]);
+    assert!(y[4..12].iter().all(|v| v.is_nan()), "{:?}", &y[..12]);
+    // After committing the last copy, wait<0> lands everything.
+    assert_eq!(y[12..24], src[..12]);
+}
+
+#[test]
+fn emulator_reports_bad_ldmatrix_addresses() {
+    let e = Emulator::new();
+    let y = e.alloc(128).unwrap();
+    let bad =
+        |mode| run_on(&e, Kernel::SelftestBadLdmatrix, block(32, 512), &[Arg::Buf(&y), Arg::I32(mode)]).unwrap_err();
+    let err = bad(0);
+    assert!(err.contains("ldmatrix") && err.contains("not 16-byte aligned"), "{err}");
+    let err = bad(1);
+    assert!(err.contains("ldmatrix") && err.contains("not inside the block's dynamic shared memory"), "{err}");
+}
+
+#[test]
+fn emulator_reports_partial_warp_mma() {
+    let e = Emulator::new();
+    let y = e.alloc(128).unwrap();
+    let mma =
+        |threads, half| run_on(&e, Kernel::SelftestPartialWarpMma, block(threads, 0), &[Arg::Buf(&y), Arg::I32(half)]);
+    // A whole warp is fine: D = 0·0 + 1.
+    mma(32, 0).unwrap();
+    assert!(e.download(&y).unwrap()[..32].iter().all(|&v| v == 1.0));
+    // Half the warp exits: reported when a lane exits while others wait in the mma (the default order), or when a
+    // lane reaches the mma after others exited (the reversed one).
+    let err = mma(32, 1).unwrap_err();
+    assert!(err.contains("exited"), "{err}");
+    let err = mma(16, 0).unwrap_err();
+    assert!(err.contains("mma.sync") && err.contains("needs a full warp of 32 threads"), "{err}");
 }

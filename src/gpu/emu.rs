@@ -4,9 +4,14 @@
 //! CUDA thread is a fiber that runs until its next barrier. The runtime refuses launches a GPU would refuse
 //! (more than 1024 threads, oversized grids, more dynamic shared memory than the kernel may use: 48 KiB unless it
 //! opts in to more), and [`check_launch`] those above a kernel's `__launch_bounds__`; it fills dynamic shared
-//! memory with NaN before each block, and reports divergent `__syncthreads()`, divergent or partial-warp shuffles
+//! memory before each block with the word `0x7fc07fc0` (a NaN read as f32 and as either bf16 half), and reports
+//! divergent `__syncthreads()`, divergent or partial-warp shuffles and tensor-core instructions, misused `cp.async`
 //! and deadlocks with the source lines involved, as an [`Error::Device`]. Buffers carry guard words after their
 //! end that are checked after each launch, so an out-of-bounds write is an error naming the argument.
+//!
+//! The fibers of a block run in a [`ThreadOrder`]; a correct kernel computes the same bits in every order, so
+//! running a test in another order (`EMU_THREAD_ORDER`) exposes a barrier missing between one thread's
+//! shared-memory write and another thread's read, which the default order may hide.
 
 use super::{check_launch, Arg, DeviceBuf, Executor, Kernel, LaunchCfg};
 use crate::error::{Error, Result};
@@ -21,6 +26,8 @@ extern "C" {
         dyn_smem: usize,
         max_dyn_smem: usize,
         workers: u32,
+        order: u32,
+        seed: u64,
         err: *mut u8,
         err_len: usize,
     ) -> i32;
@@ -73,19 +80,71 @@ impl DeviceBuf for EmuBuf {
     }
 }
 
+/// The order in which the emulator resumes the fibers (CUDA threads) of a block, each running until its next
+/// barrier. A GPU promises no order at all between threads that do not synchronise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadOrder {
+    /// Threads 0, 1, .., n-1 (linear index within the block), every round: the default.
+    Forward,
+    /// Threads n-1, .., 1, 0, every round.
+    Reversed,
+    /// A permutation drawn again every round from the seed and the block index: reproducible for one seed.
+    Shuffled(u64),
+}
+
+impl ThreadOrder {
+    /// The order `EMU_THREAD_ORDER` names: `forward` (or unset), `reverse`, `shuffle` (seed 0) or `shuffle:SEED`.
+    ///
+    /// # Panics
+    /// On any other value: a test run asked for an order it would silently not get.
+    pub fn from_env() -> Self {
+        let Ok(v) = std::env::var("EMU_THREAD_ORDER") else { return ThreadOrder::Forward };
+        match v.as_str() {
+            "" | "forward" => ThreadOrder::Forward,
+            "reverse" => ThreadOrder::Reversed,
+            "shuffle" => ThreadOrder::Shuffled(0),
+            _ => match v.strip_prefix("shuffle:").and_then(|s| s.parse().ok()) {
+                Some(seed) => ThreadOrder::Shuffled(seed),
+                None => panic!("EMU_THREAD_ORDER={v}: expected forward, reverse, shuffle or shuffle:SEED"),
+            },
+        }
+    }
+
+    /// `(order, seed)` as emu_launch takes them.
+    fn code(self) -> (u32, u64) {
+        match self {
+            ThreadOrder::Forward => (0, 0),
+            ThreadOrder::Reversed => (1, 0),
+            ThreadOrder::Shuffled(seed) => (2, seed),
+        }
+    }
+}
+
 /// The CPU emulator.
 pub struct Emulator {
     workers: u32,
+    order: ThreadOrder,
 }
 
 impl Emulator {
-    /// An emulator that spreads the blocks of a launch over `EMU_THREADS` OS threads (default: all cores).
+    /// An emulator that spreads the blocks of a launch over `EMU_THREADS` OS threads (default: all cores) and runs
+    /// the threads of a block in the order `EMU_THREAD_ORDER` names ([`ThreadOrder::from_env`]).
     pub fn new() -> Self {
         let workers = std::env::var("EMU_THREADS")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-        Emulator { workers: workers.max(1) }
+        Emulator { workers: workers.max(1), order: ThreadOrder::from_env() }
+    }
+
+    /// The same emulator, running the threads of each block in `order` instead.
+    pub fn with_thread_order(self, order: ThreadOrder) -> Self {
+        Emulator { order, ..self }
+    }
+
+    /// The order in which the threads of a block run.
+    pub fn thread_order(&self) -> ThreadOrder {
+        self.order
     }
 }
 
@@ -99,7 +158,10 @@ impl Executor for Emulator {
     type Buf = EmuBuf;
 
     fn describe(&self) -> String {
-        format!("CPU emulator ({} threads)", self.workers)
+        match self.order {
+            ThreadOrder::Forward => format!("CPU emulator ({} threads)", self.workers),
+            order => format!("CPU emulator ({} threads, thread order {order:?})", self.workers),
+        }
     }
 
     fn alloc(&self, len: usize) -> Result<EmuBuf> {
@@ -143,6 +205,7 @@ impl Executor for Emulator {
         let ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
         let mut err = [0u8; 1024];
         let entry = super::kernels::EMU_ENTRY[kernel as usize];
+        let (order, seed) = self.order.code();
         let rc = emu_launch(
             entry,
             ptrs.as_ptr(),
@@ -151,6 +214,8 @@ impl Executor for Emulator {
             cfg.shared_bytes as usize,
             kernel.max_dynamic_shared() as usize,
             self.workers,
+            order,
+            seed,
             err.as_mut_ptr(),
             err.len(),
         );

@@ -1,6 +1,7 @@
 //! The launch checks every executor shares, and the emulator's own: argument kinds (float and int buffers kept
 //! apart), the 1024-thread limit, writes past a buffer's end, divergent barriers, deadlocks and unwritten shared
-//! memory, misused tensor-core instructions and cp.async, and the thread orders. Each family's kernels are tested against the CPU in its own `tests.rs` (`src/ops/*/tests.rs`).
+//! memory, misused tensor-core instructions and cp.async, and the thread orders. Each family's kernels are tested
+//! against the CPU in its own `tests.rs` (`src/ops/*/tests.rs`).
 
 use ddpm::backend::{Gpu, Memory, UnaryOps};
 use ddpm::gpu::emu::{Emulator, ThreadOrder};

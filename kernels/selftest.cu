@@ -40,17 +40,20 @@ extern "C" __global__ void selftest_missing_barrier(float* y) {
   y[threadIdx.x] = s[0];
 }
 
-// Lane l copies x[4l..4l+3] into shared memory with cp.async, then, by `mode`: 0 reads its destination before
+// Lane l copies x[4l..4l+3] into slot l of shared memory with cp.async, then, by `mode`: 0 reads its slot before
 // cp_async_wait (NaN on the emulator, stale data on the GPU), then waits; 1 waits without committing (the copy
-// stays pending: a wait concerns committed groups only); 2 commits but never waits. 1 and 2 end the threads with
-// copies pending, an error. Launch: grid 1, block 32, 512 bytes of dynamic shared memory.
+// stays pending: a wait concerns committed groups only); 2 commits but never waits; 3 waits, then reads slot l - 1
+// (lane 0 its own) without the __syncthreads() that makes another thread's copy visible: the default thread order
+// hides it, the reversed one reads the NaN fill. 1 and 2 end the threads with copies pending, an error.
+// Launch: grid 1, block 32, 512 bytes of dynamic shared memory.
 extern "C" __global__ void selftest_cp_async_misuse(const float* x, float* y, int mode) {
   DYN_SHARED(float, s);
-  const int l = threadIdx.x;
+  const int l = threadIdx.x, from = mode == 3 && l > 0 ? l - 1 : l;
   cp_async_16(s + 4 * l, x + 4 * l, 16);
   if (mode != 1) cp_async_commit();
-  for (int j = 0; j < 4; j++) y[4 * l + j] = s[4 * l + j];
-  if (mode != 2) cp_async_wait<0>();
+  if (mode == 3) cp_async_wait<0>();
+  for (int j = 0; j < 4; j++) y[4 * l + j] = s[4 * from + j];
+  if (mode != 2 && mode != 3) cp_async_wait<0>();
 }
 
 // The commit-group semantics, on thread 0: copies of x[0..3] and x[4..7] in two groups, x[8..11] uncommitted;

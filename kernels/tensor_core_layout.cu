@@ -23,6 +23,21 @@ extern "C" __global__ void tc_layout_mma(const float* a, const float* b, const f
   for (int i = 0; i < 4; i++) d[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)] = fd[i];
 }
 
+// One mma_bf16_16816 on fragments the host packed: lane l takes a[0..3] = frag[6l..6l+3], b[0..1] =
+// frag[6l+4..6l+5] (register bits, passed as floats: an int buffer holds indices only) and c[0..3] = c[4l..4l+3],
+// and writes its d[0..3] to d[4l..4l+3]. The host places every element by the ISA's layout, so this checks the
+// instruction's layout without the packing code of tc_layout_mma.
+extern "C" __global__ void tc_layout_mma_fragments(const float* frag, const float* c, float* d) {
+  const int lane = threadIdx.x & 31;
+  unsigned fa[4], fb[2];
+  float fc[4], fd[4];
+  for (int i = 0; i < 4; i++) fa[i] = __float_as_uint(frag[6 * lane + i]);
+  for (int i = 0; i < 2; i++) fb[i] = __float_as_uint(frag[6 * lane + 4 + i]);
+  for (int i = 0; i < 4; i++) fc[i] = c[4 * lane + i];
+  mma_bf16_16816(fd, fa, fb, fc);
+  for (int i = 0; i < 4; i++) d[4 * lane + i] = fd[i];
+}
+
 // ldmatrix of `count` (1, 2 or 4) 8x8 bf16 matrices, transposed when `trans` != 0. `src` holds 4 matrices of 8x8
 // f32, matrix-major then row-major. They go to dynamic shared memory (1024 bytes) as bf16, row r of matrix i at
 // row 4r + i of a 32x16 tile, columns 8..15, so each lane's address matters. out[lane * 4 + i] gets register i of

@@ -10,7 +10,8 @@
 # Output goes to stdout and to $OUT/gpu-check.log ($OUT, when set, is what the device runner brings back; the run
 # folder with its sample grids is copied there too), else to runs/gpu-check/.
 #
-# Steps: ddpm info; the kernel tests (each op family's tests.rs, in the library's unit-test binary) and the model
+# Steps: ddpm info; the tensor-core layout tests (tests/tensor_core_layout.rs: mma.sync, ldmatrix and cp.async
+# against the PTX ISA's layouts); the kernel tests (each op family's tests.rs, in the library's unit-test binary) and the model
 # tests (tests/emu_model.rs) on the device (their `--ignored` CUDA variants) and the classifier's; one epoch of the reference's recipe (with its FID at the end);
 # DDPM and DDIM-50 sampling from its checkpoint; `ddpm eval` of DDIM-50 at n = 1000; `ddpm bench` train-step and sampler-step times. A failing step is reported and the others still
 # run; the exit status is non-zero if any failed.
@@ -24,9 +25,9 @@ if [ "${1:-}" = "--prepare" ]; then
   cargo build --release
   # `cargo test --no-run` prints "Executable tests/NAME.rs (target/release/deps/NAME-hash)" for each test binary,
   # and "Executable unittests src/lib.rs (...)" for the library's, which holds the kernel tests (lib_tests here).
-  listing=$(cargo test --release --no-run --lib --test emu_model --test classifier 2>&1)
+  listing=$(cargo test --release --no-run --lib --test emu_model --test classifier --test tensor_core_layout 2>&1)
   mkdir -p "$bin_dir"
-  for t in lib_tests emu_model classifier; do
+  for t in lib_tests emu_model classifier tensor_core_layout; do
     src="tests/$t.rs"
     [ "$t" = lib_tests ] && src="unittests src/lib.rs"
     path=$(echo "$listing" | sed -n "s|.*Executable $src (\(.*\))|\1|p")
@@ -42,7 +43,7 @@ if [ "${1:-}" = "--prepare" ]; then
   exit 0
 fi
 
-for f in ddpm lib_tests emu_model classifier COMMIT; do
+for f in ddpm lib_tests emu_model classifier tensor_core_layout COMMIT; do
   [ -e "$bin_dir/$f" ] || { echo "missing $bin_dir/$f: run scripts/gpu-check.sh --prepare on the build machine first" >&2; exit 2; }
 done
 out="${OUT:-$root/runs/gpu-check}"
@@ -75,6 +76,7 @@ if ! "$bin_dir/ddpm" info 2>/dev/null | grep -q "(--device auto) run on CUDA"; t
   echo "=== no usable CUDA device (see ddpm info above): nothing else to check here"
   exit 1
 fi
+step "tensor-core layout tests on CUDA" 60 "$bin_dir/tensor_core_layout" --ignored
 step "kernel tests on CUDA" 120 "$bin_dir/lib_tests" --ignored ::cuda
 step "model tests on CUDA" 120 "$bin_dir/emu_model" --ignored --nocapture
 step "classifier tests on CUDA" 60 "$bin_dir/classifier" --ignored

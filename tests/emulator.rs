@@ -166,6 +166,23 @@ fn emulator_catches_cp_async_misuse() {
 }
 
 #[test]
+fn reversed_thread_order_exposes_a_missing_barrier_after_cp_async_wait() {
+    let read_neighbour = |order| {
+        let e = Emulator::new().with_thread_order(order);
+        let (x, y) = (e.upload(&(0..128).map(|i| i as f32).collect::<Vec<_>>()).unwrap(), e.alloc(128).unwrap());
+        let args = [Arg::Buf(&x), Arg::Buf(&y), Arg::I32(3)];
+        run_on(&e, Kernel::SelftestCpAsyncMisuse, block(32, 512), &args).unwrap();
+        e.download(&y).unwrap()
+    };
+    // Forward, lane l - 1 has issued and waited for its copy before lane l reads it: the missing barrier is hidden.
+    let y = read_neighbour(ThreadOrder::Forward);
+    assert!((4..128).all(|i| y[i] == (i - 4) as f32), "{y:?}");
+    // Reversed, lane l reads slot l - 1 before lane l - 1 has run at all.
+    let y = read_neighbour(ThreadOrder::Reversed);
+    assert!(y[4..].iter().all(|v| v.is_nan()), "{y:?}");
+}
+
+#[test]
 fn cp_async_wait_completes_committed_groups_only() {
     let e = Emulator::new();
     let src: Vec<f32> = (0..128).map(|i| i as f32 + 0.25).collect();

@@ -67,7 +67,46 @@ fn mma<E: Executor>(e: &E) {
     let args = [Arg::Buf(&da), Arg::Buf(&db), Arg::Buf(&dc), Arg::Buf(&dd)];
     // SAFETY: the kernel reads 256, 128 and 128 floats and writes 128, the buffers' lengths.
     unsafe { e.launch(Kernel::TcLayoutMma, warp(0), &args) }.unwrap();
-    let d = e.download(&dd).unwrap();
+    check_mma(&a, &b, &c, &e.download(&dd).unwrap());
+
+    // The same product from fragments packed here, by the ISA's m16n8k16 layout (g = lane / 4, t = lane % 4; the
+    // lower column of A or row of B in a register's low half): a0 = A[g][2t..], a1 = A[g+8][2t..], a2 =
+    // A[g][2t+8..], a3 = A[g+8][2t+8..]; b0 = B[2t..][g], b1 = B[2t+8..][g]; c0, c1 = C[g][2t], C[g][2t+1] and c2,
+    // c3 = C[g+8][2t], C[g+8][2t+1], the same for D.
+    let pair = |lo: f32, hi: f32| bf16(lo) as u32 | (bf16(hi) as u32) << 16;
+    let (mut frag, mut cf) = (Vec::new(), Vec::new());
+    for lane in 0..32 {
+        let (g, t) = (lane / 4, lane % 4);
+        for (row, col) in [(g, 2 * t), (g + 8, 2 * t), (g, 2 * t + 8), (g + 8, 2 * t + 8)] {
+            frag.push(pair(a[row * 16 + col], a[row * 16 + col + 1]));
+        }
+        for k in [2 * t, 2 * t + 8] {
+            frag.push(pair(b[k * 8 + g], b[(k + 1) * 8 + g]));
+        }
+        cf.extend([c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t], c[(g + 8) * 8 + 2 * t + 1]]);
+    }
+    // The register bits travel as floats (an int buffer holds indices only): uploads and downloads copy bits.
+    let frag: Vec<f32> = frag.into_iter().map(f32::from_bits).collect();
+    let (dfrag, dcf, dd) = (e.upload(&frag).unwrap(), e.upload(&cf).unwrap(), e.alloc(128).unwrap());
+    let args = [Arg::Buf(&dfrag), Arg::Buf(&dcf), Arg::Buf(&dd)];
+    // SAFETY: the kernel reads 192 and 128 floats and writes 128, the buffers' lengths.
+    unsafe { e.launch(Kernel::TcLayoutMmaFragments, warp(0), &args) }.unwrap();
+    let df = e.download(&dd).unwrap();
+    let mut d = vec![0.0; 128];
+    for lane in 0..32 {
+        let (g, t) = (lane / 4, lane % 4);
+        for (i, (row, col)) in [(g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1)].into_iter().enumerate()
+        {
+            d[row * 8 + col] = df[4 * lane + i];
+        }
+    }
+    check_mma(&a, &b, &c, &d);
+}
+gpu_test!(mma);
+
+/// Checks D (16x8 row-major) against A·B + C, A and B rounded to bf16, within the tolerance above.
+#[track_caller]
+fn check_mma(a: &[f32], b: &[f32], c: &[f32], d: &[f32]) {
     for m in 0..16 {
         for n in 0..8 {
             let terms: Vec<f64> =
@@ -79,7 +118,6 @@ fn mma<E: Executor>(e: &E) {
         }
     }
 }
-gpu_test!(mma);
 
 /// ldmatrix x1, x2, x4, plain and transposed, from matrices whose elements are all different (integers 0..255,
 /// exact in bf16): each lane's registers must hold exactly the elements the ISA assigns it. For lane l, register i

@@ -44,6 +44,28 @@ static __device__ __forceinline__ bool conv_source(int adjoint, int qy, int qx, 
   return *iy >= 0 && *iy < IH && *ix >= 0 && *ix < IW;
 }
 
+// The multistage main loop of both GEMMs: k-tile after k-tile through STAGES shared-memory stages, STAGES-1 tiles
+// in flight. `load(stage, kt)` issues the cp.async copies of k-tile kt into a stage, `compute(stage)` multiplies
+// a stage that has landed. Before each prefetch, a wait leaves at most STAGES-2 newer groups in flight (so tile kt
+// has landed) and a barrier makes every thread's copies visible and ensures all are done with tile kt-1, whose
+// stage the prefetch overwrites. A group is committed every iteration, empty or not, so the count stays exact.
+template <class Load, class Compute>
+static __device__ __forceinline__ void mma_pipeline(int ktiles, Load load, Compute compute) {
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; s++) {
+    if (s < ktiles) load(s, s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < ktiles; kt++) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    if (kt + STAGES - 1 < ktiles) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
+    cp_async_commit();
+    compute(kt % STAGES);
+  }
+  cp_async_wait<0>();
+}
+
 // y[i][p][c] = bf16(x[i][c][p]) for x: [n, C, HW] f32. A 32 x 32 tile transposed through shared memory, so both
 // the reads (along p) and the writes (along c) are coalesced. Also converts a row-major [n, C] matrix (HW = 1).
 // Launch: grid (CEIL_DIV(HW, 32), CEIL_DIV(C, 32), n), block (32, 8).
@@ -121,28 +143,10 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
     }
   };
 
-  float acc[2][4][4];
-#pragma unroll
-  for (int a = 0; a < 2; a++)
-#pragma unroll
-    for (int b = 0; b < 4; b++)
-#pragma unroll
-      for (int v = 0; v < 4; v++) acc[a][b][v] = 0.0f;
-
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; s++) {
-    if (s < ktiles) load(s, s);
-    cp_async_commit();
-  }
-  for (int kt = 0; kt < ktiles; kt++) {
-    // Tile kt has landed (at most STAGES-2 newer groups in flight) and every thread is done with tile kt-1,
-    // whose stage the prefetch below overwrites.
-    cp_async_wait<STAGES - 2>();
-    __syncthreads();
-    if (kt + STAGES - 1 < ktiles) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
-    cp_async_commit();
-    const bf16* at = As + (kt % STAGES) * ROW_TILE;
-    const bf16* bt = Bs + (kt % STAGES) * ROW_TILE;
+  float acc[2][4][4] = {};
+  mma_pipeline(ktiles, load, [&](int st) {
+    const bf16* at = As + st * ROW_TILE;
+    const bf16* bt = Bs + st * ROW_TILE;
 #pragma unroll
     for (int kk = 0; kk < BK; kk += 16) {
       unsigned af[2][4], bfr[4][2];
@@ -168,8 +172,7 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
 #pragma unroll
         for (int b = 0; b < 4; b++) mma_bf16_16816(acc[a][b], af[a], bfr[b], acc[a][b]);
     }
-  }
-  cp_async_wait<0>();
+  });
 
   // Epilogue: accumulator (a, b, v) holds row g (+8 for v >= 2), column 2t (+1 for odd v) of mma tile (a, b).
   const int g = lane >> 2, t = lane & 3;
@@ -239,26 +242,10 @@ conv_wgrad_mma(const bf16* __restrict__ a, const bf16* __restrict__ b, float* __
     }
   };
 
-  float acc[2][4][4];
-#pragma unroll
-  for (int x = 0; x < 2; x++)
-#pragma unroll
-    for (int y = 0; y < 4; y++)
-#pragma unroll
-      for (int v = 0; v < 4; v++) acc[x][y][v] = 0.0f;
-
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; s++) {
-    if (s < ktiles) load(s, s);
-    cp_async_commit();
-  }
-  for (int kt = 0; kt < ktiles; kt++) {
-    cp_async_wait<STAGES - 2>();
-    __syncthreads();
-    if (kt + STAGES - 1 < ktiles) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
-    cp_async_commit();
-    const bf16* at = As + (kt % STAGES) * COL_TILE;
-    const bf16* bt = Bs + (kt % STAGES) * COL_TILE;
+  float acc[2][4][4] = {};
+  mma_pipeline(ktiles, load, [&](int st) {
+    const bf16* at = As + st * COL_TILE;
+    const bf16* bt = Bs + st * COL_TILE;
 #pragma unroll
     for (int kk = 0; kk < BK; kk += 16) {
       unsigned af[2][4], bfr[4][2];
@@ -285,8 +272,7 @@ conv_wgrad_mma(const bf16* __restrict__ a, const bf16* __restrict__ b, float* __
 #pragma unroll
         for (int y = 0; y < 4; y++) mma_bf16_16816(acc[x][y], af[x], bfr[y], acc[x][y]);
     }
-  }
-  cp_async_wait<0>();
+  });
 
   const int g = lane >> 2, t = lane & 3;
   float* p = part + (long long)blockIdx.z * M * width;

@@ -72,17 +72,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         if let Some(dw) = grads.dw {
             if let (true, Some(gb)) = (tc_dw, &gout_bf16) {
                 let xb = mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w)?;
-                let wd = Wgrad {
-                    n,
-                    m: co,
-                    c: g.c,
-                    input: (g.h, g.w),
-                    grid: (g.oh, g.ow),
-                    k: g.k,
-                    stride: g.stride,
-                    pad: g.pad,
-                };
-                mma::wgrad(e, &wd, gb, &xb, dw)?;
+                mma::wgrad(e, &Wgrad::of(g, n, co), gb, &xb, dw)?;
             } else {
                 let gemm = Gemm {
                     stride_a: co * plane,
@@ -156,17 +146,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
             let gb = mma::to_nhwc_bf16(e, gout, n, g.c, g.h * g.w)?;
             if let (true, Some(dw)) = (tc_dw, dw.take()) {
                 let xb = mma::to_nhwc_bf16(e, x, n, ci, plane)?;
-                let wd = Wgrad {
-                    n,
-                    m: ci,
-                    c: g.c,
-                    input: (g.h, g.w),
-                    grid: (g.oh, g.ow),
-                    k: g.k,
-                    stride: g.stride,
-                    pad: g.pad,
-                };
-                mma::wgrad(e, &wd, &xb, &gb, dw)?;
+                mma::wgrad(e, &Wgrad::of(g, n, ci), &xb, &gb, dw)?;
             }
             if let (true, Some(dx)) = (tc_dx, dx.take()) {
                 let wp = mma::pack_weight(e, w, (ci, g.c, g.k * g.k), false)?;

@@ -151,6 +151,14 @@ pub(crate) struct Wgrad {
     pub pad: usize,
 }
 
+impl Wgrad {
+    /// The weight gradient of the conv `g` with `m` channels on its output grid (a conv's outputs, a transposed
+    /// conv's inputs).
+    pub(crate) fn of(g: &ConvGeom, n: usize, m: usize) -> Self {
+        Wgrad { n, m, c: g.c, input: (g.h, g.w), grid: (g.oh, g.ow), k: g.k, stride: g.stride, pad: g.pad }
+    }
+}
+
 /// The split-K partition of [`wgrad`]: `(splits, pixels per split)`, from the shapes alone.
 fn partition(d: &Wgrad) -> (usize, usize) {
     let pixels = d.n * d.grid.0 * d.grid.1;

@@ -115,31 +115,48 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
   const int n0 = blockIdx.x * BN;
   const int ktiles = CEIL_DIV(depth, BK);
 
-  // Stage `st` <- k-tile `kt`: 64 rows x 4 chunks of 8 bf16 per operand, two chunks of each per thread.
-  auto load = [&](int st, int kt) {
+  // Stage `st` <- the next k-tile: 64 rows x 4 chunks of 8 bf16 per operand. Thread `tid` copies rows
+  // (tid >> 2) and (tid >> 2) + 32 of both tiles, at columns kc..kc+7 of every k-tile, so its rows' pixel
+  // coordinates are worked out once, and its column's (tap, channel) advance by BK per k-tile without a division
+  // (mma_pipeline loads the k-tiles in order, each once).
+  const int kc = (tid & 3) * 8;
+  const bf16* img[2];
+  int qy[2], qx[2];
+  bool row_ok[2];
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    const long long m = m0 + (tid >> 2) + 32 * h;
+    row_ok[h] = m < rows;
+    const long long i = row_ok[h] ? m / Q : 0;
+    const int q = row_ok[h] ? (int)(m - i * Q) : 0;
+    qy[h] = q / QW;
+    qx[h] = q - qy[h] * QW;
+    img[h] = in + i * IH * IW * C;
+  }
+  int k = kc, c = kc % C, ky = kc / C / K, kx = kc / C % K;
+  auto load = [&](int st, int) {
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-      const int chunk = tid + h * MMA_THREADS, r = chunk >> 2, kc = (chunk & 3) * 8;
-      const int k = kt * BK + kc;
-      const int tap = k / C, c = k - tap * C;
-      // A: output pixel m0 + r through tap `tap`.
-      const long long m = m0 + r;
+      const int r = (tid >> 2) + 32 * h;
+      // A: output pixel m0 + r through tap (ky, kx).
       const bf16* src = in;
-      int bytes = 0;
-      if (m < rows && k < depth) {
-        const long long i = m / Q;
-        const int q = (int)(m - i * Q), qy = q / QW, qx = q - qy * QW;
-        int iy, ix;
-        if (conv_source(adjoint, qy, qx, tap / K, tap % K, S, P, IH, IW, &iy, &ix)) {
-          src = in + ((i * IH + iy) * IW + ix) * C + c;
-          bytes = 16;
-        }
+      int bytes = 0, iy, ix;
+      if (row_ok[h] && k < depth && conv_source(adjoint, qy[h], qx[h], ky, kx, S, P, IH, IW, &iy, &ix)) {
+        src = img[h] + ((long long)iy * IW + ix) * C + c;
+        bytes = 16;
       }
       cp_async_16(As + st * ROW_TILE + r * (BK + PAD) + kc, src, bytes);
       // B: output channel n0 + r.
       const int o = n0 + r;
       const bool ok = o < N && k < depth;
       cp_async_16(Bs + st * ROW_TILE + r * (BK + PAD) + kc, ok ? wp + (long long)o * depth + k : wp, ok ? 16 : 0);
+    }
+    k += BK;
+    for (c += BK; c >= C; c -= C) {
+      if (++kx == K) {
+        kx = 0;
+        ky++;
+      }
     }
   };
 
@@ -215,25 +232,26 @@ conv_wgrad_mma(const bf16* __restrict__ a, const bf16* __restrict__ b, float* __
   const long long r1 = r0 + per < pixels ? r0 + per : pixels;
   const int ktiles = r1 > r0 ? (int)CEIL_DIV(r1 - r0, BK) : 0;
 
-  // Stage `st` <- pixels r0 + kt*BK ..: 32 rows x 8 chunks of 8 bf16 per operand, two chunks of each per thread.
+  // Stage `st` <- pixels r0 + kt*BK ..: 32 rows x 8 chunks of 8 bf16 per operand. Thread `tid` copies rows
+  // (tid >> 3) and (tid >> 3) + 16 at columns cc..cc+7, the same columns in every k-tile, so the column's m, tap
+  // and channel are worked out once.
+  const int cc = (tid & 7) * 8, m = m0 + cc, col = n0 + cc;
+  const bool m_ok = m < M, col_ok = col < width;
+  const int tap = col_ok ? col / C : 0, c = col - tap * C, ky = tap / K, kx = tap - ky * K;
   auto load = [&](int st, int kt) {
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-      const int chunk = tid + h * MMA_THREADS, rr = chunk >> 3, cc = (chunk & 7) * 8;
+      const int rr = (tid >> 3) + 16 * h;
       const long long r = r0 + (long long)kt * BK + rr;
       const bool pix = r < r1;
-      const int m = m0 + cc;
-      const bool oka = pix && m < M;
-      cp_async_16(As + st * COL_TILE + rr * (BM + PAD) + cc, oka ? a + r * M + m : a, oka ? 16 : 0);
-      const int col = n0 + cc;
+      cp_async_16(As + st * COL_TILE + rr * (BM + PAD) + cc, pix && m_ok ? a + r * M + m : a, pix && m_ok ? 16 : 0);
       const bf16* src = b;
       int bytes = 0;
-      if (pix && col < width) {
-        const int tap = col / C, c = col - tap * C;
+      if (pix && col_ok) {
         const long long i = r / Q;
         const int q = (int)(r - i * Q), qy = q / QW, qx = q - qy * QW;
         int iy, ix;
-        if (conv_source(0, qy, qx, tap / K, tap % K, S, P, IH, IW, &iy, &ix)) {
+        if (conv_source(0, qy, qx, ky, kx, S, P, IH, IW, &iy, &ix)) {
           src = b + ((i * IH + iy) * IW + ix) * C + c;
           bytes = 16;
         }

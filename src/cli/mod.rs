@@ -129,10 +129,12 @@ fn resolve_device(d: DeviceArg, precision: Option<PrecisionArg>) -> Result<Devic
     };
     let cpu = |why: Option<String>| {
         if precision == Some(PrecisionArg::Bf16) {
-            let on = why.map_or("--device cpu".to_string(), |w| format!("--device auto found no usable GPU ({w}) and"));
+            let on = why.map_or("--device cpu has".to_string(), |w| {
+                format!("--device auto found no usable GPU ({w}), and the CPU has")
+            });
             bail!(
-                "--precision bf16: {on} the CPU has no bf16 path (its convolutions are f32); use --precision fp32, \
-                 or --device emu to run the GPU's bf16 kernels on the CPU emulator"
+                "--precision bf16: {on} no bf16 path (the CPU's convolutions are f32); use --precision fp32, or \
+                 --device emu to run the GPU's bf16 kernels on the CPU emulator"
             );
         }
         if let Some(why) = why {

@@ -69,6 +69,8 @@ struct KernelSig {
     max_threads: Option<u32>,
     /// Dynamic shared memory it may be launched with: its `// max-dynamic-shared:` opt-in, else 48 KiB.
     max_dynamic_shared: u32,
+    /// Bytes of the `__shared__` arrays declared in its body.
+    static_shared: u32,
 }
 
 struct Module {
@@ -122,6 +124,35 @@ fn dynamic_shared_opt_in(file: &str, src: &str, at: usize) -> u32 {
     DEFAULT_DYNAMIC_SHARED
 }
 
+/// Bytes of the static `__shared__` arrays declared in a kernel's `body` (`__shared__ T name[D1][D2]..;`, each `D` a
+/// literal or a `#define`d name; `T` float, int, unsigned, bf16 or double). Shared memory of helpers the kernel
+/// calls is not counted: helpers here take their scratch arrays as arguments.
+fn static_shared_bytes(file: &str, kernel: &str, body: &str, defines: &HashMap<String, u32>) -> u32 {
+    let mut total = 0u32;
+    let code: String = body.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    for decl in code.split("__shared__").skip(1) {
+        let decl = &decl[..decl.find(';').unwrap_or(decl.len())];
+        if decl.contains("[]") {
+            continue; // `extern __shared__ T name[]`: dynamic shared memory, sized at launch
+        }
+        let bad =
+            || -> u32 { panic!("{file}: kernel {kernel}: cannot size `__shared__{decl};` (see static_shared_bytes)") };
+        let open = decl.find('[').unwrap_or_else(|| bad() as usize);
+        let words: Vec<&str> = decl[..open].split_whitespace().filter(|w| !w.starts_with("__align__")).collect();
+        let size = match words.first().copied() {
+            Some("float" | "int" | "unsigned") => 4,
+            Some("bf16") => 2,
+            Some("double") => 8,
+            _ => bad(),
+        };
+        let dims = decl[open..].split(['[', ']']).map(str::trim).filter(|d| !d.is_empty());
+        let count =
+            dims.fold(1u32, |acc, d| acc * d.parse().ok().or_else(|| defines.get(d).copied()).unwrap_or_else(&bad));
+        total += size * count;
+    }
+    total
+}
+
 /// The `extern "C" __global__ void name(params)` declarations of one file, in order, with their launch limits.
 fn parse_kernels(file: &str, src: &str, defines: &HashMap<String, u32>) -> Vec<KernelSig> {
     let mut out = Vec::new();
@@ -155,7 +186,27 @@ fn parse_kernels(file: &str, src: &str, defines: &HashMap<String, u32>) -> Vec<K
                 (pname.to_string(), kind, c_ty)
             })
             .collect();
-        out.push(KernelSig { name, params, max_threads, max_dynamic_shared });
+        // The body: from the first `{` after the parameters to its matching `}`.
+        let body_start = rest[close..].find('{').unwrap() + close;
+        let mut depth = 0;
+        let body_end = rest[body_start..]
+            .char_indices()
+            .find_map(|(i, ch)| {
+                depth += match ch {
+                    '{' => 1,
+                    '}' => -1,
+                    _ => 0,
+                };
+                (depth == 0).then_some(body_start + i)
+            })
+            .unwrap_or_else(|| panic!("{file}: kernel {name}: no closing brace"));
+        let static_shared = static_shared_bytes(file, &name, &rest[body_start..body_end], defines);
+        if static_shared > DEFAULT_DYNAMIC_SHARED {
+            panic!(
+                "{file}: kernel {name}: {static_shared} bytes of static shared memory, more than the 48 KiB allowed"
+            );
+        }
+        out.push(KernelSig { name, params, max_threads, max_dynamic_shared, static_shared });
         rest = &rest[close..];
     }
     out
@@ -375,6 +426,11 @@ fn write_table(out: &Path, modules: &[Module], nvrtc_version: Option<&str>) {
     s += "    /// `// max-dynamic-shared:` opt-in.\n    pub fn max_dynamic_shared(self) -> u32 {\n        match self {\n";
     for (_, k) in &kernels {
         writeln!(s, "            Kernel::{} => {},", camel(&k.name), k.max_dynamic_shared).unwrap();
+    }
+    s += "        }\n    }\n    /// Bytes of the static `__shared__` arrays declared in its body.\n";
+    s += "    pub fn static_shared(self) -> u32 {\n        match self {\n";
+    for (_, k) in &kernels {
+        writeln!(s, "            Kernel::{} => {},", camel(&k.name), k.static_shared).unwrap();
     }
     s += "        }\n    }\n}\n\n";
     s += "/// The NVRTC version that compiled the embedded PTX and cubins; `None` when libnvrtc was absent at build time.\n";

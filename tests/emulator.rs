@@ -224,3 +224,20 @@ fn emulator_reports_partial_warp_mma() {
     let err = mma(16, 0).unwrap_err();
     assert!(err.contains("mma.sync") && err.contains("needs a full warp of 32 threads"), "{err}");
 }
+
+/// Static shared memory counts too: build.rs sizes each kernel's `__shared__` arrays (the same bytes ptxas reports
+/// in docs/kernels.md), and a launch whose static plus dynamic shared memory exceeds 48 KiB is refused.
+#[test]
+fn static_shared_memory_counts_toward_the_limit() {
+    assert_eq!(Kernel::NchwToNhwcBf16.static_shared(), 32 * 33 * 4);
+    assert_eq!(Kernel::Sgemm.static_shared(), 2 * 16 * 64 * 4);
+    assert_eq!(Kernel::SumsqPartials.static_shared(), 32 * 4);
+    assert_eq!(Kernel::ConvGatherMma.static_shared(), 0);
+    let e = Emulator::new();
+    let (x, parts) = (e.upload(&[1.0; 512]).unwrap(), e.alloc(4).unwrap());
+    let args = [Arg::Buf(&x), Arg::Null, Arg::Buf(&parts), Arg::I64(512)];
+    let cfg = LaunchCfg { grid: [1, 1, 1], block: [256, 1, 1], shared_bytes: 48 * 1024 - 128 + 4 };
+    // SAFETY: refused before anything runs (the launch limits are checked first).
+    let err = unsafe { e.launch(Kernel::SumsqPartials, cfg, &args) }.unwrap_err().to_string();
+    assert!(err.contains("sumsq_partials") && err.contains("128 bytes of static"), "{err}");
+}

@@ -10,8 +10,9 @@
 // - conv_wgrad_mma: part[s][m][tap][c] = sum over the pixels r of split s of a[r][m] * b[src(r, tap)][c], the
 //   weight gradient as a split-K over the batch's pixels (fixed partition), then wgrad_reduce sums the splits in
 //   order: no atomics, the same bits every run.
-// The GEMMs need every channel count they gather along to be a multiple of 8 (one 16-byte copy); the launchers
-// send other shapes (the 1-channel input and output convs, a few thousand FLOPs per pixel) to the f32 path.
+// The GEMMs read channels 8 at a time (one 16-byte copy), so the NHWC copies and the packed weights pad every
+// channel count to a multiple of 8 with zeros: the 1-channel input and output convs then cost 8x their few
+// FLOPs, far less than the f32 path's column matrix would (scripts/conv-cost.py).
 #include "common.cuh"
 
 // Block tile: BM x BN outputs, BK-deep stages, STAGES-deep cp.async pipeline, 4 warps in a 2 x 2 grid, each
@@ -66,39 +67,41 @@ static __device__ __forceinline__ void mma_pipeline(int ktiles, Load load, Compu
   cp_async_wait<0>();
 }
 
-// y[i][p][c] = bf16(x[i][c][p]) for x: [n, C, HW] f32. A 32 x 32 tile transposed through shared memory, so both
-// the reads (along p) and the writes (along c) are coalesced. Also converts a row-major [n, C] matrix (HW = 1).
-// Launch: grid (CEIL_DIV(HW, 32), CEIL_DIV(C, 32), n), block (32, 8).
+// y[i][p][c] = bf16(x[i][c][p]) for c < C and 0 for C <= c < CP, for x: [n, C, HW] f32 and y: [n, HW, CP] bf16:
+// channels padded to CP (a multiple of 8) so that every pixel's channels are whole 16-byte copies. A 32 x 32 tile
+// transposed through shared memory, so both the reads (along p) and the writes (along c) are coalesced. Also
+// converts a row-major [n, C] matrix (HW = 1). Launch: grid (CEIL_DIV(HW, 32), CEIL_DIV(CP, 32), n), block (32, 8).
 extern "C" __global__ void __launch_bounds__(256)
-nchw_to_nhwc_bf16(const float* __restrict__ x, bf16* __restrict__ y, int C, int HW) {
+nchw_to_nhwc_bf16(const float* __restrict__ x, bf16* __restrict__ y, int C, int CP, int HW) {
   __shared__ float tile[32][33];
   const long long img = blockIdx.z;
   const int p0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
   for (int r = threadIdx.y; r < 32; r += 8) {
     const int c = c0 + r, p = p0 + threadIdx.x;
-    if (c < C && p < HW) tile[r][threadIdx.x] = x[(img * C + c) * HW + p];
+    if (c < CP && p < HW) tile[r][threadIdx.x] = c < C ? x[(img * C + c) * HW + p] : 0.0f;
   }
   __syncthreads();
   for (int r = threadIdx.y; r < 32; r += 8) {
     const int p = p0 + r, c = c0 + threadIdx.x;
-    if (c < C && p < HW) y[(img * HW + p) * C + c] = f32_to_bf16(tile[threadIdx.x][r]);
+    if (c < CP && p < HW) y[(img * HW + p) * CP + c] = f32_to_bf16(tile[threadIdx.x][r]);
   }
 }
 
-// The weight w: [A, B, KK] (a conv's [out, in, k*k], a transposed conv's [in, out, k*k]) as the bf16 GEMM operand
-// wp[o][tap][c]: o = a, c = b when `swap` is 0, o = b, c = a when it is 1. Launch: grid-stride over A*B*KK.
-extern "C" __global__ void pack_weight_bf16(const float* __restrict__ w, bf16* __restrict__ wp, int A, int B,
-                                            int KK, int swap) {
-  GRID_STRIDE(e, (long long)A * B * KK) {
-    const int tap = e % KK, b = e / KK % B, a = e / KK / B;
-    const long long dst = swap ? ((long long)b * KK + tap) * A + a : ((long long)a * KK + tap) * B + b;
-    wp[dst] = f32_to_bf16(w[e]);
+// The weight w (a conv's [out, in, k*k], a transposed conv's [in, out, k*k]) as the bf16 GEMM operand
+// wp[o][tap][c] for o < O, c < CP (channels padded with zeros to CP, as nchw_to_nhwc_bf16 pads the activation):
+// w is [O, C, KK] (o first) when `swap` is 0, [C, O, KK] when it is 1. Launch: grid-stride over O*KK*CP.
+extern "C" __global__ void pack_weight_bf16(const float* __restrict__ w, bf16* __restrict__ wp, int O, int C,
+                                            int CP, int KK, int swap) {
+  GRID_STRIDE(e, (long long)O * KK * CP) {
+    const int c = e % CP, tap = e / CP % KK, o = e / CP / KK;
+    const long long src = swap ? ((long long)c * O + o) * KK + tap : ((long long)o * C + c) * KK + tap;
+    wp[e] = c < C ? f32_to_bf16(w[src]) : (bf16)0;
   }
 }
 
 // out[i][o][q] (=, or += when `accumulate`) sum_{tap, c} in[i][src(q, tap)][c] * wp[o][tap][c], plus bias[o] and
 // chan_bias[i][o] when given. in: [n, IH, IW, C] bf16 (NHWC), wp: [N, K*K, C] bf16, out: [n, N, QH*QW] f32
-// (NCHW). C % 8 == 0. The GEMM: rows = the n*QH*QW output pixels, columns = the N output channels, depth K*K*C.
+// (NCHW). C % 8 == 0 (padded). The GEMM: rows = the n*QH*QW output pixels, columns = the N output channels, depth K*K*C.
 // Launch: grid (CEIL_DIV(N, 64), CEIL_DIV(n*QH*QW, 64)), block 128, dynamic shared memory
 // STAGES * 2 * ROW_TILE * 2 bytes (30 KiB).
 extern "C" __global__ void __launch_bounds__(MMA_THREADS)
@@ -214,7 +217,7 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
 
 // part[s][m][tap][c] = sum over the pixels r of split s of a[r][m] * b[i(r)][src(q(r), tap)][c], the conv's own
 // map src (iy = qy*S - P + ky). a: [n, QH, QW, M] bf16, b: [n, IH, IW, C] bf16, part: [splits, M, K*K*C] f32.
-// M % 8 == 0, C % 8 == 0. Split s covers pixels [s*per, min((s+1)*per, n*QH*QW)), per a multiple of BK. The GEMM:
+// M % 8 == 0, C % 8 == 0 (padded). Split s covers pixels [s*per, min((s+1)*per, n*QH*QW)), per a multiple of BK. The GEMM:
 // rows = M, columns = K*K*C, depth = the split's pixels; both operands are stored depth-major, so their
 // fragments come through ldmatrix .trans. Launch: grid (CEIL_DIV(K*K*C, 64), CEIL_DIV(M, 64), splits), block 128,
 // dynamic shared memory STAGES * 2 * COL_TILE * 2 bytes (27 KiB).
@@ -308,17 +311,17 @@ conv_wgrad_mma(const bf16* __restrict__ a, const bf16* __restrict__ b, float* __
     }
 }
 
-// dw[m][c][tap] = sum_{s < splits} part[s][m][tap][c], the splits added in order (so the same bits every run).
-// dw is a conv's [out, in, k*k] weight gradient (m = out) or a transposed conv's [in, out, k*k] (m = in).
-// Launch: grid-stride over M*C*KK.
+// dw[m][c][tap] = sum_{s < splits} part[s][m][tap][c] for m < M, c < C, the splits added in order (so the same bits
+// every run); part is laid out with the padded counts MP, CP. dw is a conv's [out, in, k*k] weight gradient
+// (m = out) or a transposed conv's [in, out, k*k] (m = in). Launch: grid-stride over M*C*KK.
 extern "C" __global__ void wgrad_reduce(const float* __restrict__ part, float* __restrict__ dw, int splits, int M,
-                                        int C, int KK) {
-  const long long width = (long long)KK * C, total = M * width;
-  GRID_STRIDE(e, total) {
+                                        int C, int MP, int CP, int KK) {
+  const long long width = (long long)KK * CP, split = MP * width;
+  GRID_STRIDE(e, (long long)M * C * KK) {
     const int tap = e % KK, c = e / KK % C, m = e / KK / C;
-    const long long src = m * width + (long long)tap * C + c;
+    const long long src = m * width + (long long)tap * CP + c;
     float s = 0.0f;
-    for (int k = 0; k < splits; k++) s += part[k * total + src];
+    for (int k = 0; k < splits; k++) s += part[k * split + src];
     dw[e] = s;
   }
 }

@@ -14,9 +14,9 @@ use crate::ops::linear::gpu::{sgemm, Gemm};
 use crate::ops::reduce::gpu::copy;
 
 impl<E: Executor> Gpu<E> {
-    /// Whether this backend runs a GEMM reading channel counts `channels` on the tensor cores.
-    fn tensor_cores(&self, channels: &[usize]) -> bool {
-        self.precision() == Precision::Bf16 && mma::tensor_cores_fit(channels)
+    /// Whether this backend's convolutions run on the tensor cores.
+    fn tensor_cores(&self) -> bool {
+        self.precision() == Precision::Bf16
     }
 }
 
@@ -37,7 +37,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
             need("conv2d residual", r, n * co * plane)?;
             copy(e, r, out)?;
         }
-        if self.tensor_cores(&[g.c]) {
+        if self.tensor_cores() {
             let xb = mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w)?;
             let wp = mma::pack_weight(e, w, (co, g.c, g.k * g.k), false)?;
             let terms = (epi.bias, epi.chan_bias);
@@ -66,28 +66,24 @@ impl<E: Executor> ConvOps for Gpu<E> {
     ) -> Result<()> {
         let (e, g, n, co) = (self.executor(), &d.geom, d.n, d.channels);
         let (kk, plane) = (g.col_rows(), g.col_cols());
-        let (tc_dw, tc_dx) = (grads.dw.is_some() && self.tensor_cores(&[co, g.c]), self.tensor_cores(&[co]));
-        let gout_bf16 =
-            if tc_dw || (tc_dx && grads.dx.is_some()) { Some(mma::to_nhwc_bf16(e, gout, n, co, plane)?) } else { None };
-        if let Some(dw) = grads.dw {
-            if let (true, Some(gb)) = (tc_dw, &gout_bf16) {
+        if self.tensor_cores() {
+            let gb = mma::to_nhwc_bf16(e, gout, n, co, plane)?;
+            if let Some(dw) = grads.dw {
                 let xb = mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w)?;
-                mma::wgrad(e, &Wgrad::of(g, n, co), gb, &xb, dw)?;
-            } else {
-                let gemm = Gemm {
-                    stride_a: co * plane,
-                    stride_b: kk * plane,
-                    nsum: n,
-                    ..Gemm::plain(co, kk, plane, false, true)
-                };
-                with_columns(e, g, n, x, |col| sgemm(e, &gemm, gout, col, dw))?;
+                mma::wgrad(e, &Wgrad::of(g, n, co), &gb, &xb, dw)?;
             }
+            if let Some(dx) = grads.dx {
+                let wp = mma::pack_weight(e, w, (g.c, co, g.k * g.k), true)?;
+                mma::gather(e, &Gather::of(g, n, co, true), &gb, &wp, (None, None), false, dx)?;
+            }
+            return Ok(());
+        }
+        if let Some(dw) = grads.dw {
+            let gemm =
+                Gemm { stride_a: co * plane, stride_b: kk * plane, nsum: n, ..Gemm::plain(co, kk, plane, false, true) };
+            with_columns(e, g, n, x, |col| sgemm(e, &gemm, gout, col, dw))?;
         }
         if let Some(dx) = grads.dx {
-            if let (true, Some(gb)) = (tc_dx, &gout_bf16) {
-                let wp = mma::pack_weight(e, w, (co, g.c, g.k * g.k), true)?;
-                return mma::gather(e, &Gather::of(g, n, co, true), gb, &wp, (None, None), false, dx);
-            }
             let gemm = Gemm {
                 stride_b: co * plane,
                 stride_c: kk * plane,
@@ -115,9 +111,9 @@ impl<E: Executor> ConvOps for Gpu<E> {
     ) -> Result<()> {
         let (e, g, n, ci) = (self.executor(), &d.geom, d.n, d.channels);
         let (kk, plane) = (g.col_rows(), g.col_cols());
-        if self.tensor_cores(&[ci]) {
+        if self.tensor_cores() {
             let xb = mma::to_nhwc_bf16(e, x, n, ci, plane)?;
-            let wp = mma::pack_weight(e, w, (ci, g.c, g.k * g.k), true)?;
+            let wp = mma::pack_weight(e, w, (g.c, ci, g.k * g.k), true)?;
             return mma::gather(e, &Gather::of(g, n, ci, true), &xb, &wp, (bias, None), false, out);
         }
         let mut col = e.alloc(n * kk * plane)?;
@@ -139,20 +135,19 @@ impl<E: Executor> ConvOps for Gpu<E> {
     ) -> Result<()> {
         let (e, g, n, ci) = (self.executor(), &d.geom, d.n, d.channels);
         let (kk, plane) = (g.col_rows(), g.col_cols());
-        let LayerGrads { mut dx, mut dw } = grads;
-        let tc_dw = dw.is_some() && self.tensor_cores(&[ci, g.c]);
-        let tc_dx = dx.is_some() && self.tensor_cores(&[g.c]);
-        if tc_dw || tc_dx {
+        if self.tensor_cores() {
             let gb = mma::to_nhwc_bf16(e, gout, n, g.c, g.h * g.w)?;
-            if let (true, Some(dw)) = (tc_dw, dw.take()) {
+            if let Some(dw) = grads.dw {
                 let xb = mma::to_nhwc_bf16(e, x, n, ci, plane)?;
                 mma::wgrad(e, &Wgrad::of(g, n, ci), &xb, &gb, dw)?;
             }
-            if let (true, Some(dx)) = (tc_dx, dx.take()) {
+            if let Some(dx) = grads.dx {
                 let wp = mma::pack_weight(e, w, (ci, g.c, g.k * g.k), false)?;
                 mma::gather(e, &Gather::of(g, n, ci, false), &gb, &wp, (None, None), false, dx)?;
             }
+            return Ok(());
         }
+        let (dx, dw) = (grads.dx, grads.dw);
         if dw.is_none() && dx.is_none() {
             return Ok(());
         }

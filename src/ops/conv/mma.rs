@@ -11,9 +11,9 @@
 //! | transposed conv dx | dy | conv | `[ch][tap][c]` | `[n, ch, oh, ow]` |
 //! | transposed conv dW | x (rows), dy (gathered) | conv | — | `[ch, c, k, k]` |
 //!
-//! A GEMM needs the channel counts it reads 16 bytes at a time (the gathered tensor's, and for dW also the row
-//! tensor's) to be multiples of 8; [`tensor_cores_fit`] says so, and the launchers in `gpu.rs` send other shapes
-//! (the UNet's 1-channel input and output convs) to the f32 path.
+//! The GEMMs read channels 16 bytes (8 bf16) at a time, so the NHWC copies ([`Nhwc`]) and the packed weights pad
+//! every channel count to a multiple of 8 with zeros ([`padded`]); the UNet's 1-channel input and output convs
+//! then do 8x their (few) FLOPs instead of falling back to the f32 path's column matrix.
 
 use crate::desc::ConvGeom;
 use crate::error::{Error, Result};
@@ -32,9 +32,15 @@ const WGRAD_SMEM: u32 = 3 * 2 * (BK * (TILE + 8)) as u32 * 2;
 const WGRAD_TARGET_BLOCKS: usize = 264;
 const MAX_SPLITS: usize = 64;
 
-/// Whether the tensor-core GEMMs can read channel counts `channels` (each a multiple of 8, none 0).
-pub(crate) fn tensor_cores_fit(channels: &[usize]) -> bool {
-    channels.iter().all(|&c| c > 0 && c % 8 == 0)
+/// `c` rounded up to a multiple of 8: the channel count of an NHWC copy and of a packed weight's last dimension.
+pub(crate) fn padded(c: usize) -> usize {
+    c.div_ceil(8) * 8
+}
+
+/// A channels-last bf16 copy of `n` images of `c` channels: `[n, plane, padded(c)]`, the padding zero.
+pub(crate) struct Nhwc<B> {
+    buf: Bf16Buf<B>,
+    c: usize,
 }
 
 fn need_bf16<B: DeviceBuf>(what: &str, b: &Bf16Buf<B>, len: usize) -> Result<()> {
@@ -48,36 +54,34 @@ fn grid_u32(v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::Shape(format!("grid of {v} blocks exceeds the launch limit")))
 }
 
-/// `x: [n, c, plane]` f32 as a new `[n, plane, c]` bf16 buffer (a row-major `[n, c]` matrix when `plane` is 1).
-pub(crate) fn to_nhwc_bf16<E: Executor>(
-    e: &E,
-    x: &E::Buf,
-    n: usize,
-    c: usize,
-    plane: usize,
-) -> Result<Bf16Buf<E::Buf>> {
+/// `x: [n, c, plane]` f32 as an [`Nhwc`] copy (a row-major `[n, c]` matrix when `plane` is 1).
+pub(crate) fn to_nhwc_bf16<E: Executor>(e: &E, x: &E::Buf, n: usize, c: usize, plane: usize) -> Result<Nhwc<E::Buf>> {
     need("nchw_to_nhwc_bf16 x", x, n * c * plane)?;
-    let y = e.alloc_bf16(n * c * plane)?;
+    let cp = padded(c);
+    let buf = e.alloc_bf16(n * cp * plane)?;
     let cfg = LaunchCfg {
-        grid: [grid_u32(plane.div_ceil(32))?, grid_u32(c.div_ceil(32))?, grid_u32(n)?],
+        grid: [grid_u32(plane.div_ceil(32))?, grid_u32(cp.div_ceil(32))?, grid_u32(n)?],
         block: [32, 8, 1],
         shared_bytes: 0,
     };
-    run(e, Kernel::NchwToNhwcBf16, cfg, &[Arg::Buf(x), Arg::Bf16(&y), i32_arg(c)?, i32_arg(plane)?])?;
-    Ok(y)
+    let args = [Arg::Buf(x), Arg::Bf16(&buf), i32_arg(c)?, i32_arg(cp)?, i32_arg(plane)?];
+    run(e, Kernel::NchwToNhwcBf16, cfg, &args)?;
+    Ok(Nhwc { buf, c })
 }
 
-/// `w: [a, b, kk]` f32 as the bf16 GEMM operand `[a][kk][b]`, or `[b][kk][a]` when `swap`.
+/// A weight as the bf16 GEMM operand `[o][kk][padded(c)]`: `w` is `[o, c, kk]`, or `[c, o, kk]` when `swap`.
 pub(crate) fn pack_weight<E: Executor>(
     e: &E,
     w: &E::Buf,
-    (a, b, kk): (usize, usize, usize),
+    (o, c, kk): (usize, usize, usize),
     swap: bool,
 ) -> Result<Bf16Buf<E::Buf>> {
-    need("pack_weight_bf16 w", w, a * b * kk)?;
-    let wp = e.alloc_bf16(a * b * kk)?;
-    let args = [Arg::Buf(w), Arg::Bf16(&wp), i32_arg(a)?, i32_arg(b)?, i32_arg(kk)?, Arg::I32(swap as i32)];
-    run(e, Kernel::PackWeightBf16, elementwise(a * b * kk), &args)?;
+    need("pack_weight_bf16 w", w, o * c * kk)?;
+    let cp = padded(c);
+    let wp = e.alloc_bf16(o * kk * cp)?;
+    let args =
+        [Arg::Buf(w), Arg::Bf16(&wp), i32_arg(o)?, i32_arg(c)?, i32_arg(cp)?, i32_arg(kk)?, Arg::I32(swap as i32)];
+    run(e, Kernel::PackWeightBf16, elementwise(o * kk * cp), &args)?;
     Ok(wp)
 }
 
@@ -110,17 +114,18 @@ impl Gather {
 pub(crate) fn gather<E: Executor>(
     e: &E,
     d: &Gather,
-    input: &Bf16Buf<E::Buf>,
+    input: &Nhwc<E::Buf>,
     wp: &Bf16Buf<E::Buf>,
     (bias, chan_bias): (Option<&E::Buf>, Option<&E::Buf>),
     accumulate: bool,
     out: &mut E::Buf,
 ) -> Result<()> {
-    let (q, depth) = (d.grid.0 * d.grid.1, d.k * d.k * d.c);
-    if !tensor_cores_fit(&[d.c]) {
-        return Err(Error::Shape(format!("conv_gather_mma: {} gathered channels, not a multiple of 8", d.c)));
+    if input.c != d.c {
+        return Err(Error::Shape(format!("conv_gather_mma: input of {} channels, expected {}", input.c, d.c)));
     }
-    need_bf16("conv_gather_mma input", input, d.n * d.input.0 * d.input.1 * d.c)?;
+    let (q, cp) = (d.grid.0 * d.grid.1, padded(d.c));
+    let depth = d.k * d.k * cp;
+    need_bf16("conv_gather_mma input", &input.buf, d.n * d.input.0 * d.input.1 * cp)?;
     need_bf16("conv_gather_mma weight", wp, d.outputs * depth)?;
     need("conv_gather_mma out", out, d.n * d.outputs * q)?;
     bias.map_or(Ok(()), |b| need("conv_gather_mma bias", b, d.outputs))?;
@@ -130,8 +135,8 @@ pub(crate) fn gather<E: Executor>(
         block: [THREADS, 1, 1],
         shared_bytes: GATHER_SMEM,
     };
-    let mut args = vec![Arg::Bf16(input), Arg::Bf16(wp), Arg::Buf(out), Arg::opt(bias), Arg::opt(chan_bias)];
-    for v in [d.n, d.c, d.input.0, d.input.1, d.outputs, d.grid.0, d.grid.1, d.k, d.stride, d.pad] {
+    let mut args = vec![Arg::Bf16(&input.buf), Arg::Bf16(wp), Arg::Buf(out), Arg::opt(bias), Arg::opt(chan_bias)];
+    for v in [d.n, cp, d.input.0, d.input.1, d.outputs, d.grid.0, d.grid.1, d.k, d.stride, d.pad] {
         args.push(i32_arg(v)?);
     }
     args.extend([Arg::I32(d.adjoint as i32), Arg::I32(accumulate as i32)]);
@@ -162,7 +167,7 @@ impl Wgrad {
 /// The split-K partition of [`wgrad`]: `(splits, pixels per split)`, from the shapes alone.
 fn partition(d: &Wgrad) -> (usize, usize) {
     let pixels = d.n * d.grid.0 * d.grid.1;
-    let tiles = d.m.div_ceil(TILE) * (d.k * d.k * d.c).div_ceil(TILE);
+    let tiles = padded(d.m).div_ceil(TILE) * (d.k * d.k * padded(d.c)).div_ceil(TILE);
     let ktiles = pixels.div_ceil(BK).max(1);
     let want = WGRAD_TARGET_BLOCKS.div_ceil(tiles).clamp(1, MAX_SPLITS.min(ktiles));
     let per = ktiles.div_ceil(want) * BK;
@@ -174,29 +179,36 @@ fn partition(d: &Wgrad) -> (usize, usize) {
 pub(crate) fn wgrad<E: Executor>(
     e: &E,
     d: &Wgrad,
-    rows: &Bf16Buf<E::Buf>,
-    gathered: &Bf16Buf<E::Buf>,
+    rows: &Nhwc<E::Buf>,
+    gathered: &Nhwc<E::Buf>,
     dw: &mut E::Buf,
 ) -> Result<()> {
-    if !tensor_cores_fit(&[d.m, d.c]) {
-        return Err(Error::Shape(format!("conv_wgrad_mma: {} x {} channels, not multiples of 8", d.m, d.c)));
+    if (rows.c, gathered.c) != (d.m, d.c) {
+        return Err(Error::Shape(format!(
+            "conv_wgrad_mma: operands of {} and {} channels, expected {} and {}",
+            rows.c, gathered.c, d.m, d.c
+        )));
     }
-    let (kk, width) = (d.k * d.k, d.k * d.k * d.c);
-    need_bf16("conv_wgrad_mma rows", rows, d.n * d.grid.0 * d.grid.1 * d.m)?;
-    need_bf16("conv_wgrad_mma gathered", gathered, d.n * d.input.0 * d.input.1 * d.c)?;
-    need("conv_wgrad_mma dw", dw, d.m * width)?;
+    let (kk, mp, cp) = (d.k * d.k, padded(d.m), padded(d.c));
+    let width = kk * cp;
+    need_bf16("conv_wgrad_mma rows", &rows.buf, d.n * d.grid.0 * d.grid.1 * mp)?;
+    need_bf16("conv_wgrad_mma gathered", &gathered.buf, d.n * d.input.0 * d.input.1 * cp)?;
+    need("conv_wgrad_mma dw", dw, d.m * d.c * kk)?;
     let (splits, per) = partition(d);
-    let part = e.alloc(splits * d.m * width)?;
+    let part = e.alloc(splits * mp * width)?;
     let cfg = LaunchCfg {
-        grid: [grid_u32(width.div_ceil(TILE))?, grid_u32(d.m.div_ceil(TILE))?, grid_u32(splits)?],
+        grid: [grid_u32(width.div_ceil(TILE))?, grid_u32(mp.div_ceil(TILE))?, grid_u32(splits)?],
         block: [THREADS, 1, 1],
         shared_bytes: WGRAD_SMEM,
     };
-    let mut args = vec![Arg::Bf16(rows), Arg::Bf16(gathered), Arg::Buf(&part)];
-    for v in [d.n, d.m, d.c, d.input.0, d.input.1, d.grid.0, d.grid.1, d.k, d.stride, d.pad, per] {
+    let mut args = vec![Arg::Bf16(&rows.buf), Arg::Bf16(&gathered.buf), Arg::Buf(&part)];
+    for v in [d.n, mp, cp, d.input.0, d.input.1, d.grid.0, d.grid.1, d.k, d.stride, d.pad, per] {
         args.push(i32_arg(v)?);
     }
     run(e, Kernel::ConvWgradMma, cfg, &args)?;
-    let args = [Arg::Buf(&part), Arg::Buf(dw), i32_arg(splits)?, i32_arg(d.m)?, i32_arg(d.c)?, i32_arg(kk)?];
-    run(e, Kernel::WgradReduce, elementwise(d.m * width), &args)
+    let mut args = vec![Arg::Buf(&part), Arg::Buf(dw)];
+    for v in [splits, d.m, d.c, mp, cp, kk] {
+        args.push(i32_arg(v)?);
+    }
+    run(e, Kernel::WgradReduce, elementwise(d.m * d.c * kk), &args)
 }

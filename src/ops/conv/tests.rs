@@ -148,7 +148,8 @@ fn check_bf16(
 
 /// Each conv shape of the UNet at base 64 (the reference recipe) with batch 2: the 3x3 convs at 32x32 and 8x8, a
 /// stride-2 one, a 1x1 skip; then 8 and 24 channels on odd grids (several taps per 32-deep k-tile, rows that end
-/// mid-tile) and a 1x1 grid (a linear layer's shape), in Precision::Bf16, forward (with bias, channel bias and
+/// mid-tile), a 1x1 grid (a linear layer's shape), and channel counts padded to 8 (the UNet's 1-channel input and
+/// output convs, 3 -> 5), in Precision::Bf16, forward (with bias, channel bias and
 /// residual) and both gradients, with the bounds above.
 fn conv2d_bf16<E: Executor>(g: &Gpu<E>) {
     let n = 2;
@@ -160,6 +161,9 @@ fn conv2d_bf16<E: Executor>(g: &Gpu<E>) {
         (8, 7, 3, 1, 1, 16),
         (24, 9, 3, 2, 1, 8),
         (40, 1, 1, 1, 0, 24),
+        (1, 12, 3, 1, 1, 16),
+        (16, 12, 3, 1, 1, 1),
+        (3, 5, 3, 2, 1, 5),
     ] {
         let geom = ConvGeom::new(c, hw, hw, k, s, p).unwrap();
         let d = ConvDesc { n, geom, channels: co };
@@ -186,11 +190,12 @@ fn conv2d_bf16<E: Executor>(g: &Gpu<E>) {
 }
 gpu_test!(conv2d_bf16, crate::backend::Precision::Bf16);
 
-/// The UNet's two upsamplers (4x4 stride-2 transposed convs, base 64, batch 2) in Precision::Bf16, forward with
+/// The UNet's two upsamplers (4x4 stride-2 transposed convs, base 64, batch 2) and a small one with channel counts
+/// padded to 8 (5 -> 3) in Precision::Bf16, forward with
 /// bias and both gradients, with the bounds above.
 fn conv_transpose2d_bf16<E: Executor>(g: &Gpu<E>) {
     let n = 2;
-    for (ch, c, hw) in [(256, 128, 16), (128, 64, 32)] {
+    for (ch, c, hw) in [(256, 128, 16), (128, 64, 32), (5, 3, 6)] {
         let geom = ConvGeom::new(c, hw, hw, 4, 2, 1).unwrap();
         let d = ConvDesc { n, geom, channels: ch };
         let what = format!("bf16 conv_transpose2d {ch}->{c} out {hw}x{hw}");

@@ -81,22 +81,81 @@ struct Module {
     kernels: Vec<KernelSig>,
 }
 
-/// The integer `#define`s of `text` (`#define NAME 256`, parentheses allowed), by name.
+/// The integer `#define`s of `text` (`#define NAME 256`, or an expression of integers, earlier names, `+ - * /`
+/// and parentheses without spaces inside, such as `(TM + SPAD)`), by name.
 fn integer_defines(text: &str, out: &mut HashMap<String, u32>) {
     for line in text.lines() {
-        let mut words = line.trim().strip_prefix("#define").unwrap_or("").split_whitespace();
-        if let (Some(name), Some(value), None) = (words.next(), words.next(), words.next()) {
-            if let Ok(v) = value.trim_start_matches('(').trim_end_matches(')').parse() {
-                out.insert(name.to_string(), v);
-            }
+        let Some(rest) = line.trim().strip_prefix("#define ") else { continue };
+        let (name, value) = rest.trim().split_once(char::is_whitespace).unwrap_or((rest.trim(), ""));
+        let value = value.split("//").next().unwrap_or("").trim();
+        if name.contains('(') || value.is_empty() {
+            continue; // a function-like macro, or a flag
+        }
+        if let Some(v) = eval_int(value, out) {
+            out.insert(name.to_string(), v);
         }
     }
+}
+
+/// The value of an integer expression of literals, names in `defines`, `+ - * /` and parentheses; `None` when it
+/// is anything else.
+fn eval_int(expr: &str, defines: &HashMap<String, u32>) -> Option<u32> {
+    fn sum(t: &[String], i: &mut usize, d: &HashMap<String, u32>) -> Option<i64> {
+        let mut v = product(t, i, d)?;
+        while let Some(op) = t.get(*i).filter(|o| *o == "+" || *o == "-").cloned() {
+            *i += 1;
+            let r = product(t, i, d)?;
+            v = if op == "+" { v + r } else { v - r };
+        }
+        Some(v)
+    }
+    fn product(t: &[String], i: &mut usize, d: &HashMap<String, u32>) -> Option<i64> {
+        let mut v = atom(t, i, d)?;
+        while let Some(op) = t.get(*i).filter(|o| *o == "*" || *o == "/").cloned() {
+            *i += 1;
+            let r = atom(t, i, d)?;
+            v = if op == "*" { v * r } else { v.checked_div(r)? };
+        }
+        Some(v)
+    }
+    fn atom(t: &[String], i: &mut usize, d: &HashMap<String, u32>) -> Option<i64> {
+        let tok = t.get(*i)?.clone();
+        *i += 1;
+        if tok == "(" {
+            let v = sum(t, i, d)?;
+            (t.get(*i)? == ")").then(|| *i += 1)?;
+            return Some(v);
+        }
+        tok.trim_end_matches(['u', 'U']).parse().ok().or_else(|| d.get(&tok).map(|&v| v as i64))
+    }
+    let mut tokens = Vec::new();
+    let mut word = String::new();
+    for ch in expr.chars() {
+        if ch.is_alphanumeric() || ch == '_' {
+            word.push(ch);
+            continue;
+        }
+        if !word.is_empty() {
+            tokens.push(std::mem::take(&mut word));
+        }
+        if "+-*/()".contains(ch) {
+            tokens.push(ch.to_string());
+        } else if !ch.is_whitespace() {
+            return None;
+        }
+    }
+    if !word.is_empty() {
+        tokens.push(word);
+    }
+    let mut i = 0;
+    let v = sum(&tokens, &mut i, defines)?;
+    (i == tokens.len()).then_some(v).and_then(|v| u32::try_from(v).ok())
 }
 
 /// The block-size bound of `__launch_bounds__(args)`: its first argument, a literal or a name in `defines`.
 fn launch_bound(file: &str, name: &str, args: &str, defines: &HashMap<String, u32>) -> u32 {
     let first = args.split(',').next().unwrap_or("").trim();
-    let value = first.trim_end_matches(['u', 'U']).parse().ok().or_else(|| defines.get(first).copied());
+    let value = eval_int(first, defines);
     match value {
         Some(v) if (1..=1024).contains(&v) => v,
         _ => panic!(
@@ -146,8 +205,7 @@ fn static_shared_bytes(file: &str, kernel: &str, body: &str, defines: &HashMap<S
             _ => bad(),
         };
         let dims = decl[open..].split(['[', ']']).map(str::trim).filter(|d| !d.is_empty());
-        let count =
-            dims.fold(1u32, |acc, d| acc * d.parse().ok().or_else(|| defines.get(d).copied()).unwrap_or_else(&bad));
+        let count = dims.fold(1u32, |acc, d| acc * eval_int(d, defines).unwrap_or_else(&bad));
         total += size * count;
     }
     total

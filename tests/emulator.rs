@@ -230,7 +230,7 @@ fn emulator_reports_partial_warp_mma() {
 #[test]
 fn static_shared_memory_counts_toward_the_limit() {
     assert_eq!(Kernel::NchwToNhwcBf16.static_shared(), 32 * 33 * 4);
-    assert_eq!(Kernel::Sgemm.static_shared(), 2 * 16 * 64 * 4);
+    assert_eq!(Kernel::Sgemm.static_shared(), 2 * 2 * 16 * 66 * 4);
     assert_eq!(Kernel::SumsqPartials.static_shared(), 32 * 4);
     assert_eq!(Kernel::ConvGatherMma.static_shared(), 0);
     let e = Emulator::new();

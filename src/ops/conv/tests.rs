@@ -5,6 +5,7 @@ use super::ConvOps;
 use crate::backend::{Cpu, Gpu};
 use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads};
 use crate::gpu::Executor;
+use crate::ops::linear::gpu::{split_count, Gemm};
 use crate::ops::testing::{close, down, gpu_test, out, rand, up};
 
 // Conv2d forward (bias, channel bias, with and without a residual) and both gradients, for a 3x3 stride-1 conv
@@ -236,3 +237,29 @@ fn wgrad_bf16_deterministic<E: Executor>(g: &Gpu<E>) {
     assert!(runs[0] == runs[1], "the bf16 weight gradient differs between two runs");
 }
 gpu_test!(wgrad_bf16_deterministic, crate::backend::Precision::Bf16);
+
+/// The f32 weight gradient (a batch-summed GEMM split over several blocks per C tile with a partition fixed by the
+/// shapes, partials added in a fixed order) is the same bits in two runs and matches the CPU. 4 images of 16x16
+/// make 4·16 stages of 16 per C tile, so the GEMM splits; the CPU comparison keeps conv2d's tolerances.
+fn wgrad_f32_deterministic<E: Executor>(g: &Gpu<E>) {
+    let (n, c, hw, co) = (4, 3, 16, 5);
+    let d = ConvDesc { n, geom: ConvGeom::new(c, hw, hw, 3, 1, 1).unwrap(), channels: co };
+    let (x, wt, gout) = (rand(60, n * c * hw * hw), rand(61, co * c * 9), rand(62, n * co * hw * hw));
+    let plane = hw * hw;
+    let gemm = Gemm { nsum: n, ..Gemm::plain(co, c * 9, plane, false, true) };
+    assert!(split_count(&gemm) > 1, "the test shape should split the batch sum");
+    let (xb, wb, gb) = (up(g, &x), up(g, &wt), up(g, &gout));
+    let runs: Vec<Vec<f32>> = (0..2)
+        .map(|_| {
+            let mut dw = out(g, co * c * 9);
+            g.conv2d_backward(&d, &xb, &wb, &gb, LayerGrads { dx: None, dw: Some(&mut dw) }).unwrap();
+            down(g, &dw)
+        })
+        .collect();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&runs[0]) == bits(&runs[1]), "the f32 weight gradient differs between two runs");
+    let mut dw = vec![0.0; wt.len()];
+    Cpu.conv2d_backward(&d, &x, &wt, &gout, LayerGrads { dx: None, dw: Some(&mut dw) }).unwrap();
+    close(&runs[0], &dw, 2e-5, 1e-5, "f32 split weight gradient");
+}
+gpu_test!(wgrad_f32_deterministic);

@@ -1,11 +1,12 @@
-//! The GPU's f32 GEMM (`gemm.cu`: 64x64 tiles, optionally batched and summed over a batch in a fixed order) and
-//! the linear layers on it; under bf16 the linear layers run as 1x1 convs on the tensor cores.
+//! The GPU's f32 GEMM (`gemm.cu`: 64x64 tiles, optionally batched and summed over a batch in a fixed order, a
+//! batch sum split over several blocks whose partials are added in a fixed order) and the linear layers on it;
+//! under bf16 the linear layers run as 1x1 convs on the tensor cores.
 
 use super::LinearOps;
 use crate::backend::{ConvOps, Gpu, Memory, Precision};
 use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, LinearDesc};
 use crate::error::{Error, Result};
-use crate::gpu::launch::{i32_arg, int, need, run};
+use crate::gpu::launch::{elementwise, i32_arg, int, need, run};
 use crate::gpu::{Arg, Executor, Kernel, LaunchCfg};
 use crate::ops::conv::gpu::add_channel_bias;
 
@@ -102,9 +103,43 @@ impl Gemm {
     }
 }
 
+/// Blocks that a batch-summed [`sgemm`] is split to fill, about two per multiprocessor of a 132-multiprocessor
+/// H100/H200. A constant, not the device's count, so that the partition, and with it the result's bits, depend only
+/// on the shapes.
+const SPLIT_TARGET_BLOCKS: usize = 264;
+/// The fewest 16-deep stages per split, so that each block's work outweighs writing and re-reading its partial C.
+const MIN_SPLIT_STAGES: usize = 16;
+
+/// How many runs [`sgemm`] cuts the summed stages of each C tile into: 1 unless the product sums over a batch
+/// (`nsum > 1`, the conv weight gradients), whose few C tiles would otherwise leave most of the GPU idle while
+/// each block walks the whole batch. A function of the shapes only.
+pub(crate) fn split_count(g: &Gemm) -> usize {
+    if g.nsum <= 1 {
+        return 1;
+    }
+    let tiles = g.m.div_ceil(64) * g.n.div_ceil(64) * g.batches;
+    let stages = g.nsum * g.k.div_ceil(16);
+    SPLIT_TARGET_BLOCKS.div_ceil(tiles).min(stages / MIN_SPLIT_STAGES).max(1)
+}
+
 /// `C (+)= op(A)·op(B)`, batched and/or summed over a batch, as described by [`Gemm`] (kernel `sgemm`, 64×64
-/// tiles). Summing over a batch in-kernel replaces atomics: the order is fixed.
+/// tiles). Summing over a batch in-kernel replaces atomics: the order is fixed. A batch sum is split over
+/// [`split_count`] blocks per C tile, whose partial sums a second kernel adds in order.
 pub(crate) fn sgemm<E: Executor>(e: &E, g: &Gemm, a: &E::Buf, b: &E::Buf, c: &mut E::Buf) -> Result<()> {
+    sgemm_split(e, g, split_count(g), a, b, c)
+}
+
+/// [`sgemm`] with the summed stages of each C tile cut into `splits` contiguous runs (1: one block sums them all).
+/// Each run writes its partial C to a workspace of `batches·splits·m·n` words; `sgemm_sum_splits` adds them in run
+/// order into C.
+pub(crate) fn sgemm_split<E: Executor>(
+    e: &E,
+    g: &Gemm,
+    splits: usize,
+    a: &E::Buf,
+    b: &E::Buf,
+    c: &mut E::Buf,
+) -> Result<()> {
     let items = g.batches * g.nsum;
     if g.m == 0 || g.n == 0 || items == 0 {
         return Ok(());
@@ -112,23 +147,23 @@ pub(crate) fn sgemm<E: Executor>(e: &E, g: &Gemm, a: &E::Buf, b: &E::Buf, c: &mu
     if g.batches > 1 && g.stride_c == 0 {
         return Err(Error::Arg("sgemm: batches writing one C would race; sum them with nsum".into()));
     }
+    if splits == 0 {
+        return Err(Error::Arg("sgemm: splits must be at least 1".into()));
+    }
     need("sgemm A", a, (items - 1) * g.stride_a + g.m * g.k)?;
     need("sgemm B", b, (items - 1) * g.stride_b + g.k * g.n)?;
     need("sgemm C", c, (g.batches - 1) * g.stride_c + g.m * g.n)?;
     let cfg = LaunchCfg {
-        grid: [g.n.div_ceil(64) as u32, g.m.div_ceil(64) as u32, int(g.batches)? as u32],
+        grid: [g.n.div_ceil(64) as u32, g.m.div_ceil(64) as u32, int(g.batches * splits)? as u32],
         block: [256, 1, 1],
         shared_bytes: 0,
     };
     let s = |v: usize| Arg::I64(v as i64);
-    run(
-        e,
-        Kernel::Sgemm,
-        cfg,
-        &[
+    let args = |c, stride_c, accumulate: bool| -> Result<Vec<Arg<E::Buf>>> {
+        Ok(vec![
             Arg::Buf(a),
             Arg::Buf(b),
-            Arg::Buf(c),
+            c,
             i32_arg(g.m)?,
             i32_arg(g.n)?,
             i32_arg(g.k)?,
@@ -136,9 +171,26 @@ pub(crate) fn sgemm<E: Executor>(e: &E, g: &Gemm, a: &E::Buf, b: &E::Buf, c: &mu
             Arg::I32(g.trans_b as i32),
             s(g.stride_a),
             s(g.stride_b),
-            s(g.stride_c),
+            s(stride_c),
             i32_arg(g.nsum)?,
-            Arg::I32(g.accumulate as i32),
-        ],
-    )
+            i32_arg(splits)?,
+            Arg::I32(accumulate as i32),
+        ])
+    };
+    if splits == 1 {
+        return run(e, Kernel::Sgemm, cfg, &args(Arg::Buf(c), g.stride_c, g.accumulate)?);
+    }
+    let mn = g.m * g.n;
+    let parts = e.alloc(g.batches * splits * mn)?;
+    run(e, Kernel::Sgemm, cfg, &args(Arg::Buf(&parts), mn, false)?)?;
+    let sum = [
+        Arg::Buf(&parts),
+        Arg::Buf(c),
+        s(mn),
+        i32_arg(g.batches)?,
+        i32_arg(splits)?,
+        s(g.stride_c),
+        Arg::I32(g.accumulate as i32),
+    ];
+    run(e, Kernel::SgemmSumSplits, elementwise(g.batches * mn), &sum)
 }

@@ -55,6 +55,45 @@ fn sgemm<E: Executor>(dev: &Gpu<E>) {
 }
 gpu_test!(sgemm);
 
+// A batch sum of 13 products (the conv weight gradient is A plain, B transposed, one C), for every transpose
+// combination and with C 67x5 (two tiles down) and 5x70 (two across), split over several blocks per C tile,
+// against the single-block sum and the CPU, with accumulate, for the automatic split count and for 7 runs (whose
+// boundaries fall inside items). Tolerances as the batch sum above.
+fn sgemm_split<E: Executor>(dev: &Gpu<E>) {
+    let e = dev.executor();
+    let items = 13;
+    for (m, n, k) in [(67, 5, 70), (5, 70, 37)] {
+        let (a, b, c0) = (rand(6, items * m * k), rand(7, items * n * k), rand(8, m * n));
+        let (ab, bb) = (up(dev, &a), up(dev, &b));
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let what = format!("sgemm {m}x{n}x{k} ta={ta} tb={tb} batch sum");
+            let mut want = c0.clone();
+            for i in 0..items {
+                let (ai, bi) = (&a[i * m * k..(i + 1) * m * k], &b[i * n * k..(i + 1) * n * k]);
+                let (am, bm) = (Mat { data: ai, transposed: ta, ld: None }, Mat { data: bi, transposed: tb, ld: None });
+                gemm::sgemm((m, n, k), am, bm, &mut want, true, 1);
+            }
+            let plain = Gemm::plain(m, n, k, ta, tb);
+            let g = Gemm { stride_a: m * k, stride_b: n * k, nsum: items, accumulate: true, ..plain };
+            let auto = gpu::split_count(&g);
+            assert!(auto > 1, "{what}: 13 items of several stages should split");
+            let run = |splits: usize| {
+                let mut c = up(dev, &c0);
+                gpu::sgemm_split(e, &g, splits, &ab, &bb, &mut c).unwrap();
+                down(dev, &c)
+            };
+            let single = run(1);
+            close(&single, &want, 3e-5, 1e-5, &format!("{what}, one block per tile"));
+            for splits in [auto, 7] {
+                let split = run(splits);
+                close(&split, &want, 3e-5, 1e-5, &format!("{what} in {splits} splits"));
+                close(&split, &single, 3e-5, 1e-5, &format!("{what} in {splits} splits against one block"));
+            }
+        }
+    }
+}
+gpu_test!(sgemm_split);
+
 // Linear forward and backward (dx, dW, db); GEMM tolerances.
 fn linear<E: Executor>(g: &Gpu<E>) {
     let d = LinearDesc { batch: 3, fin: 37, fout: 29 };

@@ -9,6 +9,11 @@ and listed in our order; a row either side lacks is listed with a dash. ratio = 
 slower). The model column is scripts/conv-cost.py's estimate of the same GEMM on an H200 (the path it expects under
 that precision), only meaningful for a GPU run at that script's sizes. The last rows sum each column weighted by
 the number of UNet layers with the shape: the convs of one training step.
+
+What each side's time covers: ours is the host clock from the call to the end of a device synchronisation, so it
+includes launch overhead (a few microseconds per launch) and, under bf16, the conversion of the f32 operands to
+channels-last bf16 that each of our convs does; PyTorch's is CUDA events around the call on tensors that are
+bf16 channels-last already (on the CPU both are the host clock).
 """
 import argparse
 import importlib.util

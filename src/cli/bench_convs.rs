@@ -138,7 +138,8 @@ pub struct Timing {
     pub median_ms: f64,
 }
 
-/// Runs the benchmark on `device` and prints one JSON line per (shape, pass), or a table.
+/// Runs the benchmark on `device` and prints one JSON line per (shape, pass), or a table, each line as soon as
+/// it is measured (so that a run cut short by a time limit still leaves what it measured).
 pub fn run(device: &Device, n: usize, base: usize, iters: usize, json: bool) -> Result<()> {
     let shapes = unet_convs(base);
     if matches!(device, Device::Cpu | Device::Emu(_)) {
@@ -147,10 +148,14 @@ pub fn run(device: &Device, n: usize, base: usize, iters: usize, json: bool) -> 
         checks::fits_in_memory(&format!("--what convs --batch {n} --base {base}"), bytes)?;
     }
     let (dev, precision) = (device.name(), device.precision().name());
-    let timings = on_backend!(device, |b| time_all(b, &shapes, n, iters))?;
-    if json {
-        for t in &timings {
-            let s = &t.shape;
+    if !json {
+        println!("convs of the UNet at batch {n} on {dev} in {precision}, median of {iters}:");
+        println!("{:<12} {:<11} {:>24} {:>11} {:>10}  layers", "name", "pass", "shape", "median ms", "GFLOP/s");
+    }
+    let mut step_ms = 0.0;
+    let mut report = |t: &Timing| {
+        let s = &t.shape;
+        if json {
             println!(
                 "{{\"name\":\"{}\",\"layers\":\"{}\",\"pass\":\"{}\",\"n\":{n},\"cin\":{},\"cout\":{},\"h\":{},\"w\":{},\
                  \"k\":{},\"stride\":{},\"pad\":{},\"transposed\":{},\"precision\":\"{precision}\",\"device\":\"{dev}\",\
@@ -169,9 +174,26 @@ pub fn run(device: &Device, n: usize, base: usize, iters: usize, json: bool) -> 
                 t.median_ms,
                 gflops(t)
             );
+        } else {
+            let shape = format!(
+                "{}{}x{}x{}->{} k{}s{}",
+                if s.transposed { "T " } else { "" },
+                s.cin,
+                s.h,
+                s.w,
+                s.cout,
+                s.k,
+                s.stride
+            );
+            let (name, pass, ms, layers) = (s.name(), t.pass.name(), t.median_ms, s.layers.join(" "));
+            println!("{name:<12} {pass:<11} {shape:>24} {ms:>11.4} {:>10.1}  {layers}", gflops(t));
         }
-    } else {
-        print_table(&timings, n, dev, precision, iters);
+        step_ms += t.median_ms * s.layers.len() as f64;
+    };
+    on_backend!(device, |b| time_all(b, &shapes, n, iters, &mut report))?;
+    if !json {
+        // Each shape's passes times the number of layers that have it.
+        println!("sum over the UNet's layers (the convs of one training step): {step_ms:.3} ms");
     }
     Ok(())
 }
@@ -189,41 +211,14 @@ fn buffer_words(s: &ConvShape, n: usize) -> usize {
     2 * x + 2 * y + col
 }
 
-/// A human table: one row per (shape, pass), then the conv time of one training step (each shape's passes times
-/// the number of layers that have it).
-fn print_table(timings: &[Timing], n: usize, dev: &str, precision: &str, iters: usize) {
-    println!("convs of the UNet at batch {n} on {dev} in {precision}, median of {iters}:");
-    println!("{:<12} {:<11} {:>24} {:>11} {:>10}  layers", "name", "pass", "shape", "median ms", "GFLOP/s");
-    let mut step_ms = 0.0;
-    for t in timings {
-        let s = &t.shape;
-        let shape = format!(
-            "{}{}x{}x{}->{} k{}s{}",
-            if s.transposed { "T " } else { "" },
-            s.cin,
-            s.h,
-            s.w,
-            s.cout,
-            s.k,
-            s.stride
-        );
-        println!(
-            "{:<12} {:<11} {:>24} {:>11.4} {:>10.1}  {}",
-            s.name(),
-            t.pass.name(),
-            shape,
-            t.median_ms,
-            gflops(t),
-            s.layers.join(" ")
-        );
-        step_ms += t.median_ms * s.layers.len() as f64;
-    }
-    println!("sum over the UNet's layers (the convs of one training step): {step_ms:.3} ms");
-}
-
-/// Times every (shape, pass) on `backend`.
-fn time_all<B: Backend>(backend: &B, shapes: &[ConvShape], n: usize, iters: usize) -> Result<Vec<Timing>> {
-    let mut out = Vec::new();
+/// Times every (shape, pass) on `backend`, handing each result to `report` as soon as it is measured.
+fn time_all<B: Backend>(
+    backend: &B,
+    shapes: &[ConvShape],
+    n: usize,
+    iters: usize,
+    report: &mut dyn FnMut(&Timing),
+) -> Result<()> {
     for (i, s) in shapes.iter().enumerate() {
         let bufs = Buffers::new(backend, s, n, i as u64)?;
         for pass in Pass::ALL {
@@ -232,10 +227,10 @@ fn time_all<B: Backend>(backend: &B, shapes: &[ConvShape], n: usize, iters: usiz
             }
             let median_ms = time_pass(backend, s, n, &bufs, pass, iters)
                 .with_context(|| format!("--what convs: {} {}", s.name(), pass.name()))?;
-            out.push(Timing { shape: s.clone(), pass, batch: n, median_ms });
+            report(&Timing { shape: s.clone(), pass, batch: n, median_ms });
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A shape's operands (random) on the backend, and the lengths of its outputs.

@@ -172,14 +172,15 @@ step "tensor-core layout tests on $dev" 60 "$bin_dir/tensor_core_layout" "${layo
 # The conv group: ours and PyTorch's per conv shape, then the two side by side.
 ours="$out/convs-ours.jsonl"
 theirs="$out/convs-torch.jsonl"
-rm -f "$ours" "$theirs"
+compared="$out/convs-compare.md"
+rm -f "$ours" "$theirs" "$compared"
 for p in bf16 fp32; do
   step_out=$ours step "bench convs ($p)" 60 "$bin_dir/ddpm" bench --what convs --device "$dev" --precision "$p" --json "${convs_size[@]}"
 done
 for p in bf16 fp32; do
   step_out=$theirs step "PyTorch convs ($p, $torch_dev)" 120 "$python" pytorch/conv_bench.py --device "$torch_dev" --precision "$p" "${convs_size[@]}"
 done
-step_out="$out/convs-compare.md" step "compare convs" 30 "$python" scripts/compare_convs.py "$ours" "$theirs"
+step_out=$compared step "compare convs" 30 "$python" scripts/compare_convs.py "$ours" "$theirs"
 for p in bf16 fp32; do
   step "bench train step ($p)" 60 "$bin_dir/ddpm" bench --device "$dev" --precision "$p" --what train "${train_bench[@]}"
 done

@@ -67,6 +67,9 @@ impl<E: Executor> Memory for Gpu<E> {
     fn download(&self, buf: &E::Buf) -> Result<Vec<f32>> {
         self.exec.download(buf)
     }
+    fn synchronize(&self) -> Result<()> {
+        self.exec.synchronize()
+    }
     fn copy(&self, buf: &E::Buf) -> Result<E::Buf> {
         let mut out = self.exec.alloc(buf.len())?;
         crate::ops::reduce::gpu::copy(&*self.exec, buf, &mut out)?;

@@ -97,6 +97,11 @@ pub trait Memory: Clone + fmt::Debug + Send + Sync + 'static {
     fn upload_indices(&self, data: &[u32]) -> Result<Self::Idx>;
     /// A host copy of an index buffer.
     fn download_indices(&self, idx: &Self::Idx) -> Result<Vec<u32>>;
+    /// Waits until all work queued so far has finished, so that a timer read after it covers that work. The CPU
+    /// runs every op to completion before it returns, so by default there is nothing to wait for.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Every op family: what the tape, the optimiser and the samplers need of a device.

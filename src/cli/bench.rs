@@ -1,5 +1,6 @@
 //! `ddpm bench`: times a training step or a sampler step on synthetic data and prints one JSON line per workload
-//! (for comparison scripts). Peak memory is the process's (measure it with `/usr/bin/time -v`).
+//! (for comparison scripts), or each of the UNet's conv shapes alone (`--what convs`, in `bench_convs.rs`). Peak
+//! memory is the process's (measure it with `/usr/bin/time -v`).
 
 use super::{checks, on_backend, resolve_device, Device};
 use anyhow::{bail, Result};
@@ -18,6 +19,9 @@ pub enum Workload {
     /// One sampler network evaluation (the UNet forward at one timestep, ε copied back to the host, which also
     /// waits for a GPU to finish), the cost of a DDPM/DDIM step.
     Sample,
+    /// Each distinct conv shape of the UNet alone: forward, input gradient and weight gradient timed separately
+    /// (one JSON line per shape and pass with --json, else a table).
+    Convs,
 }
 
 #[derive(Args, Debug)]
@@ -44,6 +48,10 @@ pub struct BenchArgs {
     /// path, on the CPU).
     #[arg(long, value_enum)]
     precision: Option<super::PrecisionArg>,
+    /// With --what convs: one JSON line per shape and pass instead of a table (the other workloads always print
+    /// JSON).
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -53,6 +61,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let config = UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim };
     config.validate()?;
+    if a.what == Workload::Convs {
+        return super::bench_convs::run(&device, a.batch, a.base, a.iters, a.json);
+    }
     if matches!(device, Device::Cpu | Device::Emu(_)) {
         // A training step also keeps the gradients and the backward pass's buffers (about three forward passes),
         // and the weights five times over (parameters, gradients, two AdamW moments, the EMA).
@@ -95,6 +106,7 @@ fn time_on<B: Backend>(a: &BenchArgs, backend: &B) -> Result<Vec<f64>> {
             Workload::Train => {
                 trainer.step(&mut ())?;
             }
+            Workload::Convs => bail!("--what convs is timed per conv, not as a step"),
             Workload::Sample => {
                 let state = trainer.state();
                 let mut den = UNetDenoiser { model: &state.model, params: &state.params };

@@ -1,6 +1,7 @@
 //! Argument parsing and the subcommands.
 
 mod bench;
+mod bench_convs;
 mod checks;
 mod classifier;
 mod eval;
@@ -36,7 +37,7 @@ enum Command {
     /// Score one checkpoint with the blog post's samplers (DDPM-1000, DDIM-100/50/20/10, DDIM-50 with η = 1) into a
     /// Markdown table with sample grids.
     SamplerTable(eval::TableArgs),
-    /// Time a training step or a sampler step on synthetic data; prints one JSON line.
+    /// Time a training step or a sampler step on synthetic data (one JSON line), or each conv shape of the UNet.
     Bench(bench::BenchArgs),
     /// Train the MNIST classifier whose features score samples; prints the test accuracy, writes the weights.
     TrainClassifier(classifier::TrainClassifierArgs),

@@ -235,11 +235,6 @@ impl Cuda {
             sync_launches,
         })
     }
-
-    /// Waits for all queued work.
-    pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| dev_err("synchronize", e))
-    }
 }
 
 /// NVRTC at run time, for the device's own architecture, with the options build.rs would have used.
@@ -297,6 +292,10 @@ impl Executor for Cuda {
 
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
         self.stream.clone_dtoh(&buf.slice().slice(..buf.len)).map_err(|e| dev_err("copy from device", e))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| dev_err("synchronize", e))
     }
 
     unsafe fn launch(&self, kernel: Kernel, cfg: LaunchCfg, args: &[Arg<CudaBuf>]) -> Result<()> {

@@ -177,6 +177,10 @@ impl Executor for Emulator {
         Ok(buf.data[..buf.len].iter().map(|w| unsafe { *w.get() }).collect())
     }
 
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
     unsafe fn launch(&self, kernel: Kernel, cfg: LaunchCfg, args: &[Arg<EmuBuf>]) -> Result<()> {
         check_launch(kernel, cfg, args)?;
         // Each argument's value in an 8-byte slot; the kernel entry reads slot i as its i-th parameter's type

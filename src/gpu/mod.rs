@@ -182,6 +182,9 @@ pub trait Executor: Send + Sync + 'static {
     }
     /// Copies the buffer back, after all launches before it have finished.
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    /// Waits until every launch queued so far has finished (a timer reads the clock after it). The emulator runs
+    /// each launch to completion inside `launch`, so there it has nothing to wait for.
+    fn synchronize(&self) -> Result<()>;
     /// Queues `kernel` on the executor's stream (the emulator runs it at once).
     ///
     /// # Safety

@@ -1,0 +1,130 @@
+//! `ddpm bench --what convs` end to end on the emulator at a tiny size: one JSON line per (shape, pass) with the
+//! fields pytorch/conv_bench.py prints and scripts/compare_convs.py joins on, and its refusals.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+fn ddpm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ddpm")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+}
+
+/// A JSON value of a flat object: a string, a number or a boolean.
+#[derive(Debug, PartialEq)]
+enum Value {
+    Str(String),
+    Num(f64),
+    Bool(bool),
+}
+
+/// Parses one flat JSON object (no nesting, no escapes beyond `\"` and `\\`), panicking on anything else.
+fn parse_flat_object(line: &str) -> BTreeMap<String, Value> {
+    let body =
+        line.strip_prefix('{').and_then(|l| l.strip_suffix('}')).unwrap_or_else(|| panic!("not an object: {line}"));
+    let mut out = BTreeMap::new();
+    let mut chars = body.chars().peekable();
+    let string = |chars: &mut std::iter::Peekable<std::str::Chars>| {
+        assert_eq!(chars.next(), Some('"'), "expected a string in {line}");
+        let mut s = String::new();
+        loop {
+            match chars.next().unwrap_or_else(|| panic!("unterminated string in {line}")) {
+                '"' => return s,
+                '\\' => s.push(chars.next().unwrap()),
+                c => s.push(c),
+            }
+        }
+    };
+    while chars.peek().is_some() {
+        let key = string(&mut chars);
+        assert_eq!(chars.next(), Some(':'), "expected ':' after {key:?} in {line}");
+        let value = if chars.peek() == Some(&'"') {
+            Value::Str(string(&mut chars))
+        } else {
+            let raw: String = std::iter::from_fn(|| chars.next_if(|&c| c != ',')).collect();
+            match raw.as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => Value::Num(raw.parse().unwrap_or_else(|_| panic!("bad value {raw:?} for {key:?} in {line}"))),
+            }
+        };
+        assert!(out.insert(key.clone(), value).is_none(), "{key:?} twice in {line}");
+        match chars.next() {
+            Some(',') | None => {}
+            Some(c) => panic!("unexpected {c:?} in {line}"),
+        }
+    }
+    out
+}
+
+#[test]
+fn bench_convs_prints_one_json_line_per_shape_and_pass_on_the_emulator() {
+    let r =
+        ddpm(&["bench", "--what", "convs", "--device", "emu", "--batch", "2", "--base", "8", "--iters", "1", "--json"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+    assert!(r.status.success(), "{stderr}");
+    // The UNet's distinct conv shapes at base 8 (cin, cout, side, k, stride, transposed), in forward order.
+    let shapes = [
+        ("in_conv", 1, 8, 32, 3, 1, false),
+        ("down1.conv1", 8, 8, 32, 3, 1, false),
+        ("pool1", 8, 16, 32, 3, 2, false),
+        ("down2.conv1", 16, 16, 16, 3, 1, false),
+        ("pool2", 16, 32, 16, 3, 2, false),
+        ("mid.conv1", 32, 32, 8, 3, 1, false),
+        ("up2", 32, 16, 8, 4, 2, true),
+        ("dec2.conv1", 32, 16, 16, 3, 1, false),
+        ("dec2.skip", 32, 16, 16, 1, 1, false),
+        ("up1", 16, 8, 16, 4, 2, true),
+        ("dec1.conv1", 16, 8, 32, 3, 1, false),
+        ("dec1.skip", 16, 8, 32, 1, 1, false),
+        ("out_conv", 8, 1, 32, 3, 1, false),
+    ];
+    let mut expected = Vec::new();
+    for s in shapes {
+        for pass in ["forward", "input_grad", "weight_grad"] {
+            // The image needs no gradient, so training never computes in_conv's input gradient.
+            if !(s.0 == "in_conv" && pass == "input_grad") {
+                expected.push((s, pass));
+            }
+        }
+    }
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), expected.len(), "one line per shape and pass:\n{stdout}");
+    let num = |v: &Value| match v {
+        Value::Num(x) => *x,
+        other => panic!("expected a number, got {other:?}"),
+    };
+    for (line, ((name, cin, cout, side, k, stride, transposed), pass)) in lines.iter().zip(expected) {
+        let o = parse_flat_object(line);
+        let get = |f: &str| o.get(f).unwrap_or_else(|| panic!("no field {f:?} in {line}"));
+        assert_eq!(get("name"), &Value::Str(name.into()), "{line}");
+        assert_eq!(get("pass"), &Value::Str(pass.into()), "{line}");
+        assert_eq!(get("precision"), &Value::Str("bf16".into()), "{line}");
+        assert_eq!(get("transposed"), &Value::Bool(transposed), "{line}");
+        for (field, want) in
+            [("n", 2), ("cin", cin), ("cout", cout), ("h", side), ("w", side), ("k", k), ("stride", stride)]
+        {
+            assert_eq!(num(get(field)), want as f64, "{field} in {line}");
+        }
+        let (ms, gflops) = (num(get("median_ms")), num(get("gflops")));
+        assert!(ms > 0.0 && ms.is_finite() && gflops >= 0.0 && gflops.is_finite(), "{line}");
+    }
+    // The merged layers of the 3x3 b->b shape.
+    let first_b = parse_flat_object(lines[2]);
+    assert_eq!(first_b["layers"], Value::Str("down1.conv1 down1.conv2 dec1.conv2".into()));
+}
+
+#[test]
+fn bench_convs_table_and_refusals() {
+    let r = ddpm(&["bench", "--what", "convs", "--device", "cpu", "--batch", "1", "--base", "8", "--iters", "1"]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(stdout.contains("median ms") && stdout.contains("up2") && stdout.contains("one training step"), "{stdout}");
+    for (args, needle) in [
+        (&["--iters", "0"][..], "--iters"),
+        (&["--base", "7"][..], "base must be a positive multiple"),
+        (&["--precision", "bf16"][..], "the CPU has no bf16 path"),
+    ] {
+        let r = ddpm(&[&["bench", "--what", "convs", "--device", "cpu", "--batch", "1"][..], args].concat());
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success() && !err.contains("panicked") && err.contains(needle), "{args:?}: {err}");
+    }
+}

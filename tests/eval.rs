@@ -133,3 +133,28 @@ fn eval_cli_scores_a_samples_file_and_rejects_bad_ones() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The classifier scores in f32 whatever the precision of the backend it is given, so the same images get the same
+/// FID, to the bit, from a bf16 GPU backend (on the emulator) as from an f32 one: FIDs of bf16 and f32 runs are
+/// measured by the same instrument.
+#[test]
+fn fid_does_not_depend_on_the_backends_precision() {
+    use ddpm::backend::{Gpu, Precision};
+    let n = 8;
+    let test = load_dataset(&root().join("data/mnist"), Split::Test).unwrap().images;
+    let len = test.shape()[0];
+    let images = gather(&test, &real_order(len)[len - n..]).unwrap();
+    let emu = Gpu::new(ddpm::gpu::emu::Emulator::new());
+    let fid = |p: Precision| {
+        let ev = Evaluator::load(
+            &emu.clone().with_precision(p),
+            &root().join(DEFAULT_WEIGHTS),
+            &root().join("data/mnist"),
+            n,
+        )
+        .unwrap();
+        ev.score(&images).unwrap().fid
+    };
+    let (bf16, fp32) = (fid(Precision::Bf16), fid(Precision::Fp32));
+    assert_eq!(bf16.to_bits(), fp32.to_bits(), "FID {bf16} under bf16, {fp32} under fp32");
+}

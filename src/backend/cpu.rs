@@ -21,6 +21,14 @@ impl Memory for Cpu {
     fn precision(&self) -> Precision {
         Precision::Fp32
     }
+    fn at_precision(&self, precision: Precision) -> Result<Self> {
+        match precision {
+            Precision::Fp32 => Ok(Cpu),
+            Precision::Bf16 => {
+                Err(crate::error::Error::Arg("the CPU has no bf16 path (its convolutions are f32)".into()))
+            }
+        }
+    }
     fn buf_len(buf: &Vec<f32>) -> usize {
         buf.len()
     }

@@ -52,6 +52,9 @@ impl<E: Executor> Memory for Gpu<E> {
     fn precision(&self) -> Precision {
         self.precision
     }
+    fn at_precision(&self, precision: Precision) -> Result<Self> {
+        Ok(self.clone().with_precision(precision))
+    }
     fn buf_len(buf: &E::Buf) -> usize {
         buf.len()
     }

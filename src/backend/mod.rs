@@ -76,6 +76,8 @@ pub trait Memory: Clone + fmt::Debug + Send + Sync + 'static {
     fn describe(&self) -> String;
     /// The arithmetic of the convolutions and linear layers.
     fn precision(&self) -> Precision;
+    /// The same device with its convolutions and linear layers in `precision`; `Err` where it has no such path.
+    fn at_precision(&self, precision: Precision) -> Result<Self>;
     /// Length of `buf` in words.
     fn buf_len(buf: &Self::Buf) -> usize;
     /// A buffer of `len` words for a kernel to overwrite completely (zeros on the CPU; unspecified on a device).

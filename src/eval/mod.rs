@@ -14,6 +14,7 @@ pub mod fid;
 pub mod linalg;
 
 use crate::backend::Backend;
+use crate::backend::Precision;
 use crate::data::{load_dataset, Split};
 use crate::error::{Error, Result};
 use crate::nn::{argmax, Classifier, CLASSES};
@@ -147,8 +148,10 @@ impl<B: Backend> Evaluator<B> {
     }
 
     /// [`Evaluator::new`] with the classifier weights at `classifier` and the MNIST test set in `mnist_dir`, for
-    /// each of `ns` (both files are read once).
+    /// each of `ns` (both files are read once). The classifier runs in f32 whatever `backend`'s precision, so that
+    /// FIDs of samples drawn in bf16 and in f32 are measured by the same instrument.
     pub fn load_many(backend: &B, classifier: &Path, mnist_dir: &Path, ns: &[usize]) -> Result<Vec<Self>> {
+        let backend = &backend.at_precision(Precision::Fp32)?;
         let (model, params) = Classifier::load(classifier)?;
         let test = load_dataset(mnist_dir, Split::Test)?;
         ns.iter().map(|&n| Self::new(model.clone(), params.to_backend(backend)?, &test.images, n)).collect()

@@ -67,6 +67,41 @@ static __device__ __forceinline__ void mma_pipeline(int ktiles, Load load, Compu
   cp_async_wait<0>();
 }
 
+// One BK-deep stage of a warp's 32 x 32 output tile at (wm, wn): acc += A·B over the stage. The tiles are stored
+// with rows `ld` bf16 apart, either row-major (A as [m][k], B as [n][k]; DEPTH_MAJOR false, read with ldmatrix) or
+// depth-major (A as [k][m], B as [k][n]; true, read with ldmatrix .trans, which transposes each 8x8 matrix). Lane
+// l addresses row l & 7 of 8x8 matrix l >> 3: for A, matrices (m 0-7 | 8-15) x (k 0-7 | 8-15) in a0..a3 order; for
+// B, two n8 tiles per ldmatrix_x4: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
+template <bool DEPTH_MAJOR>
+static __device__ __forceinline__ void warp_tile_mma(float acc[2][4][4], const bf16* at, const bf16* bt, int ld,
+                                                     int wm, int wn, int lane) {
+  const int j = lane >> 3, r = lane & 7;
+  // This lane's row of the 8x8 matrix whose top-left element is (mn, k) of a tile.
+  auto row = [&](const bf16* tile, int mn, int k) {
+    return DEPTH_MAJOR ? tile + (k + r) * ld + mn : tile + (mn + r) * ld + k;
+  };
+  auto ldsm = [](unsigned f[4], const bf16* p) { DEPTH_MAJOR ? ldmatrix_x4_trans(f, p) : ldmatrix_x4(f, p); };
+#pragma unroll
+  for (int kk = 0; kk < BK; kk += 16) {
+    unsigned af[2][4], bfr[4][2];
+#pragma unroll
+    for (int a = 0; a < 2; a++) ldsm(af[a], row(at, wm * 32 + a * 16 + (j & 1) * 8, kk + (j >> 1) * 8));
+#pragma unroll
+    for (int b = 0; b < 4; b += 2) {
+      unsigned f[4];
+      ldsm(f, row(bt, wn * 32 + b * 8 + (j >> 1) * 8, kk + (j & 1) * 8));
+      bfr[b][0] = f[0];
+      bfr[b][1] = f[1];
+      bfr[b + 1][0] = f[2];
+      bfr[b + 1][1] = f[3];
+    }
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+      for (int b = 0; b < 4; b++) mma_bf16_16816(acc[a][b], af[a], bfr[b], acc[a][b]);
+  }
+}
+
 // y[i][p][c] = bf16(x[i][c][p]) for c < C and 0 for C <= c < CP, for x: [n, C, HW] f32 and y: [n, HW, CP] bf16:
 // channels padded to CP (a multiple of 8) so that every pixel's channels are whole 16-byte copies. A 32 x 32 tile
 // transposed through shared memory, so both the reads (along p) and the writes (along c) are coalesced. Also
@@ -165,33 +200,7 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
 
   float acc[2][4][4] = {};
   mma_pipeline(ktiles, load, [&](int st) {
-    const bf16* at = As + st * ROW_TILE;
-    const bf16* bt = Bs + st * ROW_TILE;
-#pragma unroll
-    for (int kk = 0; kk < BK; kk += 16) {
-      unsigned af[2][4], bfr[4][2];
-      // A 16x16 block as four 8x8 matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15), in a0..a3 order.
-#pragma unroll
-      for (int a = 0; a < 2; a++) {
-        const int j = lane >> 3, row = wm * 32 + a * 16 + (j & 1) * 8 + (lane & 7), col = kk + (j >> 1) * 8;
-        ldmatrix_x4(af[a], at + row * (BK + PAD) + col);
-      }
-      // Two n8 tiles per ldmatrix_x4: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
-#pragma unroll
-      for (int b = 0; b < 4; b += 2) {
-        const int j = lane >> 3, row = wn * 32 + b * 8 + (j >> 1) * 8 + (lane & 7), col = kk + (j & 1) * 8;
-        unsigned r[4];
-        ldmatrix_x4(r, bt + row * (BK + PAD) + col);
-        bfr[b][0] = r[0];
-        bfr[b][1] = r[1];
-        bfr[b + 1][0] = r[2];
-        bfr[b + 1][1] = r[3];
-      }
-#pragma unroll
-      for (int a = 0; a < 2; a++)
-#pragma unroll
-        for (int b = 0; b < 4; b++) mma_bf16_16816(acc[a][b], af[a], bfr[b], acc[a][b]);
-    }
+    warp_tile_mma<false>(acc, As + st * ROW_TILE, Bs + st * ROW_TILE, BK + PAD, wm, wn, lane);
   });
 
   // Epilogue: accumulator (a, b, v) holds row g (+8 for v >= 2), column 2t (+1 for odd v) of mma tile (a, b).
@@ -265,34 +274,7 @@ conv_wgrad_mma(const bf16* __restrict__ a, const bf16* __restrict__ b, float* __
 
   float acc[2][4][4] = {};
   mma_pipeline(ktiles, load, [&](int st) {
-    const bf16* at = As + st * COL_TILE;
-    const bf16* bt = Bs + st * COL_TILE;
-#pragma unroll
-    for (int kk = 0; kk < BK; kk += 16) {
-      unsigned af[2][4], bfr[4][2];
-      // A (m x k) from storage [k][m]: matrices (k 0-7, m 0-7), (k 0-7, m 8-15), (k 8-15, m 0-7), (k 8-15, m 8-15)
-      // transposed give a0..a3.
-#pragma unroll
-      for (int x = 0; x < 2; x++) {
-        const int j = lane >> 3, krow = kk + (j >> 1) * 8 + (lane & 7), mcol = wm * 32 + x * 16 + (j & 1) * 8;
-        ldmatrix_x4_trans(af[x], at + krow * (BM + PAD) + mcol);
-      }
-      // B (k x n) from storage [k][n]: (k 0-7, n 0-7), (k 8-15, n 0-7) transposed are b0, b1 of one n8 tile.
-#pragma unroll
-      for (int y = 0; y < 4; y += 2) {
-        const int j = lane >> 3, krow = kk + (j & 1) * 8 + (lane & 7), ncol = wn * 32 + y * 8 + (j >> 1) * 8;
-        unsigned r[4];
-        ldmatrix_x4_trans(r, bt + krow * (BN + PAD) + ncol);
-        bfr[y][0] = r[0];
-        bfr[y][1] = r[1];
-        bfr[y + 1][0] = r[2];
-        bfr[y + 1][1] = r[3];
-      }
-#pragma unroll
-      for (int x = 0; x < 2; x++)
-#pragma unroll
-        for (int y = 0; y < 4; y++) mma_bf16_16816(acc[x][y], af[x], bfr[y], acc[x][y]);
-    }
+    warp_tile_mma<true>(acc, As + st * COL_TILE, Bs + st * COL_TILE, BM + PAD, wm, wn, lane);
   });
 
   const int g = lane >> 2, t = lane & 3;

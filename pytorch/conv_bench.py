@@ -18,39 +18,31 @@ Prints one JSON line per (shape, pass) with the fields of ours: name, layers, pa
 pad, transposed, precision, device, iters, median_ms, gflops.
 """
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 
+def unet_layers(b):
+    """(layer, cin, cout, side, k, stride, pad, transposed) of every conv of the UNet at width b, in forward order,
+    from scripts/conv-cost.py (the one Python copy of the list, kept beside src/cli/bench_convs.rs's)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "conv-cost.py"
+    spec = importlib.util.spec_from_file_location("conv_cost", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.convs(b)
+
+
 def unet_convs(b):
     """(layers, cin, cout, side, k, stride, pad, transposed, needs_dx) of each distinct conv shape at width b, in
     forward order: the list of src/cli/bench_convs.rs."""
-    c1, c2, c4 = b, 2 * b, 4 * b
-    every = [
-        ("in_conv", 1, c1, 32, 3, 1, 1, False),
-        ("down1.conv1", c1, c1, 32, 3, 1, 1, False),
-        ("down1.conv2", c1, c1, 32, 3, 1, 1, False),
-        ("pool1", c1, c2, 32, 3, 2, 1, False),
-        ("down2.conv1", c2, c2, 16, 3, 1, 1, False),
-        ("down2.conv2", c2, c2, 16, 3, 1, 1, False),
-        ("pool2", c2, c4, 16, 3, 2, 1, False),
-        ("mid.conv1", c4, c4, 8, 3, 1, 1, False),
-        ("mid.conv2", c4, c4, 8, 3, 1, 1, False),
-        ("up2", c4, c2, 8, 4, 2, 1, True),
-        ("dec2.conv1", c4, c2, 16, 3, 1, 1, False),
-        ("dec2.conv2", c2, c2, 16, 3, 1, 1, False),
-        ("dec2.skip", c4, c2, 16, 1, 1, 0, False),
-        ("up1", c2, c1, 16, 4, 2, 1, True),
-        ("dec1.conv1", c2, c1, 32, 3, 1, 1, False),
-        ("dec1.conv2", c1, c1, 32, 3, 1, 1, False),
-        ("dec1.skip", c2, c1, 32, 1, 1, 0, False),
-        ("out_conv", c1, 1, 32, 3, 1, 1, False),
-    ]
+    every = unet_layers(b)
     shapes = []
     for layer, *dims in every:
         key = tuple(dims) + (layer != "in_conv",)  # the image needs no gradient: in_conv has no input_grad

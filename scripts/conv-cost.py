@@ -27,7 +27,7 @@ DRAM = 4.3e12  # bytes/s, H200 HBM3e datasheet (4.8 TB/s) less the usual ~10%
 LAUNCH = 3e-6  # seconds per launch without CUDA graphs
 
 
-def convs(b, n):
+def convs(b):
     """(name, cin, cout, h_in, k, stride, pad, transposed) of every conv of the UNet at width b."""
     c1, c2, c4 = b, 2 * b, 4 * b
     return [
@@ -123,7 +123,7 @@ def main():
     n = a.batch
     rows = []
     tot_old = tot_new = 0.0
-    for name, cin, cout, h, k, s, p, tr in convs(a.base, n):
+    for name, cin, cout, h, k, s, p, tr in convs(a.base):
         for g in gemms(name, cin, cout, h, k, s, p, tr, n):
             fo, bo, to = old_time(g)
             gathered = g[5] if isinstance(g[5], tuple) else (g[5],)

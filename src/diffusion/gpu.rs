@@ -52,21 +52,8 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
         noise: Option<(u64, u64)>,
         out: &mut E::Buf,
     ) -> Result<()> {
-        let n = check_step(x, eps, out)?;
-        let (seed, stream) = noise.unwrap_or((0, 0));
-        let args = [
-            Arg::Buf(x),
-            Arg::Buf(eps),
-            Arg::Buf(out),
-            Arg::I64(n as i64),
-            Arg::F32(c.sqrt_recip_alpha),
-            Arg::F32(c.eps_coef),
-            Arg::F32(c.sigma),
-            Arg::U64(seed),
-            Arg::U64(stream),
-            Arg::I32(noise.is_some() as i32),
-        ];
-        run(self.executor(), Kernel::DdpmStep, elementwise(n), &args)
+        let coefs = [c.sqrt_recip_alpha, c.eps_coef, c.sigma];
+        sampler_step(self.executor(), Kernel::DdpmStep, (x, eps, out), &coefs, noise)
     }
 
     fn ddim_step(
@@ -77,24 +64,26 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
         noise: Option<(u64, u64)>,
         out: &mut E::Buf,
     ) -> Result<()> {
-        let n = check_step(x, eps, out)?;
-        let (seed, stream) = noise.unwrap_or((0, 0));
-        let args = [
-            Arg::Buf(x),
-            Arg::Buf(eps),
-            Arg::Buf(out),
-            Arg::I64(n as i64),
-            Arg::F32(c.sqrt_one_minus_ab),
-            Arg::F32(c.sqrt_ab),
-            Arg::F32(c.sqrt_ab_prev),
-            Arg::F32(c.dir_coef),
-            Arg::F32(c.sigma),
-            Arg::U64(seed),
-            Arg::U64(stream),
-            Arg::I32(noise.is_some() as i32),
-        ];
-        run(self.executor(), Kernel::DdimStep, elementwise(n), &args)
+        let coefs = [c.sqrt_one_minus_ab, c.sqrt_ab, c.sqrt_ab_prev, c.dir_coef, c.sigma];
+        sampler_step(self.executor(), Kernel::DdimStep, (x, eps, out), &coefs, noise)
     }
+}
+
+/// One sampler update `k(x, eps, out, n, coefs.., seed, stream, draw_noise)`: both steps' kernels take their
+/// coefficients between the length and the noise stream.
+fn sampler_step<E: Executor>(
+    e: &E,
+    k: Kernel,
+    (x, eps, out): (&E::Buf, &E::Buf, &mut E::Buf),
+    coefs: &[f32],
+    noise: Option<(u64, u64)>,
+) -> Result<()> {
+    let n = check_step(x, eps, out)?;
+    let (seed, stream) = noise.unwrap_or((0, 0));
+    let mut args = vec![Arg::Buf(x), Arg::Buf(eps), Arg::Buf(out), Arg::I64(n as i64)];
+    args.extend(coefs.iter().map(|&v| Arg::F32(v)));
+    args.extend([Arg::U64(seed), Arg::U64(stream), Arg::I32(noise.is_some() as i32)]);
+    run(e, k, elementwise(n), &args)
 }
 
 /// The step's length `n = x.len()`, after checking `eps` and `out` cover it.

@@ -23,5 +23,7 @@ pub struct Module {
 
 /// Dynamic shared memory every kernel may use without an opt-in (bytes): what every CUDA device allows.
 pub const DEFAULT_MAX_DYNAMIC_SHARED: u32 = 48 * 1024;
+/// Shared memory (static and dynamic) one block may use after opting in (bytes): sm_90's maximum.
+pub const MAX_SHARED_PER_BLOCK: u32 = 227 * 1024;
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));

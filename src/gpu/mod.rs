@@ -228,7 +228,8 @@ pub fn check_launch<B>(kernel: Kernel, cfg: LaunchCfg, args: &[Arg<B>]) -> Resul
     }
     // A block's static and dynamic shared memory together: 48 KiB without an opt-in, sm_90's 227 KiB with one.
     let total = cfg.shared_bytes as u64 + kernel.static_shared() as u64;
-    let block_max = if max_shared == kernels::DEFAULT_MAX_DYNAMIC_SHARED { max_shared } else { 227 * 1024 };
+    let opted_in = max_shared != kernels::DEFAULT_MAX_DYNAMIC_SHARED;
+    let block_max = if opted_in { kernels::MAX_SHARED_PER_BLOCK } else { max_shared };
     if total > block_max as u64 {
         return Err(Error::Device(format!(
             "{}: launch refused: {} bytes of static and {} of dynamic shared memory exceed the block's {block_max}",

@@ -7,13 +7,17 @@
 //! CPU's up to summation order (GEMMs and reductions sum in a different but fixed order, in f32 where the CPU
 //! sometimes uses f64); the purely elementwise kernels follow the CPU's f32 operation order.
 
-use super::{Arg, DeviceBuf, Executor, Kernel, LaunchCfg};
+use super::{Arg, Bf16Buf, DeviceBuf, Executor, Kernel, LaunchCfg};
 use crate::error::{Error, Result};
 
 /// Threads per block of the elementwise and reduction kernels (`BLOCK` in kernels/common.cuh).
 pub(crate) const BLOCK: u32 = 256;
 /// Grid cap of the grid-stride kernels: enough blocks to fill any current GPU several times over.
 const MAX_BLOCKS: usize = 4096;
+/// Blocks that a split-K launch (a weight gradient summed over the batch's pixels) is split to fill: two per
+/// multiprocessor of a 132-multiprocessor H100/H200. A constant, not the device's count, so that the partition, and
+/// with it every bit of the result, depends only on the shapes.
+pub(crate) const SPLIT_TARGET_BLOCKS: usize = 264;
 /// Partial sums per tensor in the two-pass reductions (at most; fewer for short tensors).
 const MAX_PARTIALS: usize = 1024;
 
@@ -31,6 +35,14 @@ pub(crate) fn partials(n: usize) -> usize {
 pub(crate) fn need<B: DeviceBuf>(what: &str, b: &B, len: usize) -> Result<()> {
     if b.len() < len {
         return Err(Error::Shape(format!("{what}: buffer of {} words, needs {len}", b.len())));
+    }
+    Ok(())
+}
+
+/// `Err` naming `what` unless `b` holds at least `len` bf16 values.
+pub(crate) fn need_bf16<B: DeviceBuf>(what: &str, b: &Bf16Buf<B>, len: usize) -> Result<()> {
+    if b.len() < len {
+        return Err(Error::Shape(format!("{what}: bf16 buffer of {} values, needs {len}", b.len())));
     }
     Ok(())
 }

@@ -17,8 +17,8 @@
 
 use crate::desc::ConvGeom;
 use crate::error::{Error, Result};
-use crate::gpu::launch::{elementwise, i32_arg, need, run};
-use crate::gpu::{Arg, Bf16Buf, DeviceBuf, Executor, Kernel, LaunchCfg};
+use crate::gpu::launch::{elementwise, i32_arg, need, need_bf16, run, SPLIT_TARGET_BLOCKS};
+use crate::gpu::{Arg, Bf16Buf, Executor, Kernel, LaunchCfg};
 
 /// Block tile of both GEMM kernels (`BM`, `BN` in conv_mma.cu), threads per block, and pixels per k-tile.
 const TILE: usize = 64;
@@ -27,9 +27,6 @@ const BK: usize = 32;
 /// Dynamic shared memory of the two GEMMs: 3 stages of two bf16 tiles, rows padded by 8 values.
 const GATHER_SMEM: u32 = 3 * 2 * (TILE * (BK + 8)) as u32 * 2;
 const WGRAD_SMEM: u32 = 3 * 2 * (BK * (TILE + 8)) as u32 * 2;
-/// Blocks the weight gradient aims for: two waves of a 132-multiprocessor H200. A function of the shapes only,
-/// so the partition, and with it every bit of the result, is the same on every device and every run.
-const WGRAD_TARGET_BLOCKS: usize = 264;
 const MAX_SPLITS: usize = 64;
 
 /// `c` rounded up to a multiple of 8: the channel count of an NHWC copy and of a packed weight's last dimension.
@@ -41,13 +38,6 @@ pub(crate) fn padded(c: usize) -> usize {
 pub(crate) struct Nhwc<B> {
     buf: Bf16Buf<B>,
     c: usize,
-}
-
-fn need_bf16<B: DeviceBuf>(what: &str, b: &Bf16Buf<B>, len: usize) -> Result<()> {
-    if b.len() < len {
-        return Err(Error::Shape(format!("{what}: bf16 buffer of {} values, needs {len}", b.len())));
-    }
-    Ok(())
 }
 
 fn grid_u32(v: usize) -> Result<u32> {
@@ -169,7 +159,7 @@ fn partition(d: &Wgrad) -> (usize, usize) {
     let pixels = d.n * d.grid.0 * d.grid.1;
     let tiles = padded(d.m).div_ceil(TILE) * (d.k * d.k * padded(d.c)).div_ceil(TILE);
     let ktiles = pixels.div_ceil(BK).max(1);
-    let want = WGRAD_TARGET_BLOCKS.div_ceil(tiles).clamp(1, MAX_SPLITS.min(ktiles));
+    let want = SPLIT_TARGET_BLOCKS.div_ceil(tiles).clamp(1, MAX_SPLITS.min(ktiles));
     let per = ktiles.div_ceil(want) * BK;
     (pixels.div_ceil(per).max(1), per)
 }

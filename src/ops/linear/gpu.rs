@@ -6,7 +6,7 @@ use super::LinearOps;
 use crate::backend::{ConvOps, Gpu, Memory, Precision};
 use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, LinearDesc};
 use crate::error::{Error, Result};
-use crate::gpu::launch::{elementwise, i32_arg, int, need, run};
+use crate::gpu::launch::{elementwise, i32_arg, int, need, run, SPLIT_TARGET_BLOCKS};
 use crate::gpu::{Arg, Executor, Kernel, LaunchCfg};
 use crate::ops::conv::gpu::add_channel_bias;
 
@@ -103,10 +103,6 @@ impl Gemm {
     }
 }
 
-/// Blocks that a batch-summed [`sgemm`] is split to fill, about two per multiprocessor of a 132-multiprocessor
-/// H100/H200. A constant, not the device's count, so that the partition, and with it the result's bits, depend only
-/// on the shapes.
-const SPLIT_TARGET_BLOCKS: usize = 264;
 /// The fewest 16-deep stages per split, so that each block's work outweighs writing and re-reading its partial C.
 const MIN_SPLIT_STAGES: usize = 16;
 

@@ -28,39 +28,54 @@ pub enum Workload {
 pub struct BenchArgs {
     /// What to time.
     #[arg(long, value_enum, default_value = "train")]
-    what: Workload,
-    /// Batch size (training) or number of images (sampling).
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
+    pub(super) what: Workload,
+    /// Batch size (training) or number of images (sampling; also spelled --n).
+    #[arg(long, alias = "n", default_value_t = 128)]
+    pub(super) batch: usize,
     /// UNet width.
     #[arg(long, default_value_t = 64)]
-    base: usize,
+    pub(super) base: usize,
     /// Time-embedding width.
     #[arg(long, default_value_t = 128)]
-    t_dim: usize,
+    pub(super) t_dim: usize,
     /// Timed repetitions (after one warm-up); the median is reported.
     #[arg(long, default_value_t = 5)]
-    iters: usize,
+    pub(super) iters: usize,
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
-    device: super::DeviceArg,
+    pub(super) device: super::DeviceArg,
     /// Convolutions and linear layers in bf16 (tensor cores; default on a GPU) or fp32 (default, and the only
     /// path, on the CPU).
     #[arg(long, value_enum)]
-    precision: Option<super::PrecisionArg>,
-    /// With --what convs: one JSON line per shape and pass instead of a table (the other workloads always print
-    /// JSON).
+    pub(super) precision: Option<super::PrecisionArg>,
+    /// With --what convs or --model: one JSON line per shape and pass, or per step kind, instead of a table (the
+    /// timed workloads always print JSON).
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
+    /// Predict instead of timing: run the step on the launch recorder (every launch checked and counted, no
+    /// kernel run, no GPU needed) and turn its FLOPs and bytes into a time on this device model (`h200`).
+    /// Prints launches, host syncs, bytes copied, device allocations and the predicted time of one step.
+    #[arg(long, value_name = "DEVICE")]
+    pub(super) model: Option<String>,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let device = resolve_device(a.device, a.precision)?;
     if a.iters == 0 || a.batch == 0 {
         bail!("--iters and --batch must be at least 1");
     }
     let config = UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim };
     config.validate()?;
+    if let Some(model) = &a.model {
+        if a.device != super::DeviceArg::Auto {
+            bail!("--model predicts from the launch recorder, which runs no kernel: --device does not apply to it");
+        }
+        let precision = match a.precision {
+            Some(super::PrecisionArg::Fp32) => ddpm::backend::Precision::Fp32,
+            _ => ddpm::backend::Precision::Bf16,
+        };
+        return super::bench_model::run(&a, model, precision);
+    }
+    let device = resolve_device(a.device, a.precision)?;
     if a.what == Workload::Convs {
         return super::bench_convs::run(&device, a.batch, a.base, a.iters, a.json);
     }

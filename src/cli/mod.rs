@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_convs;
+mod bench_model;
 mod checks;
 mod classifier;
 mod eval;

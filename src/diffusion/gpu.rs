@@ -5,7 +5,7 @@ use super::{DdimCoefs, DdpmCoefs, DiffusionOps, Schedule};
 use crate::backend::Gpu;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, need, run};
-use crate::gpu::{Arg, DeviceBuf, Executor, Kernel};
+use crate::gpu::{Arg, Cost, DeviceBuf, Executor, Kernel};
 
 impl<E: Executor> DiffusionOps for Gpu<E> {
     fn q_sample(
@@ -40,7 +40,8 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
             Arg::U64(seed),
             Arg::U64(stream),
         ];
-        run(e, Kernel::QSample, elementwise(n), &args)?;
+        // x0 read, noise and x_t written; the Philox draw and Box-Muller are ~40 operations per value.
+        run(e, Kernel::QSample, elementwise(n), Cost::pass(n, 2 * n, 40), &args)?;
         Ok((noise, xt))
     }
 
@@ -83,7 +84,9 @@ fn sampler_step<E: Executor>(
     let mut args = vec![Arg::Buf(x), Arg::Buf(eps), Arg::Buf(out), Arg::I64(n as i64)];
     args.extend(coefs.iter().map(|&v| Arg::F32(v)));
     args.extend([Arg::U64(seed), Arg::U64(stream), Arg::I32(noise.is_some() as i32)]);
-    run(e, k, elementwise(n), &args)
+    // x and eps read, out written; with noise the draw adds ~40 operations per value.
+    let flops = if noise.is_some() { 45 } else { 5 };
+    run(e, k, elementwise(n), Cost::pass(2 * n, n, flops), &args)
 }
 
 /// The step's length `n = x.len()`, after checking `eps` and `out` cover it.

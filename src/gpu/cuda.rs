@@ -12,6 +12,7 @@
 //! Nothing here panics on a machine without CUDA: cudarc loads libcuda and libnvrtc on first use and panics when
 //! they are missing, so their presence is probed first and their absence is an [`Error::Device`] saying why.
 
+use super::count::Counters;
 use super::kernels::{Kernel, CUBIN_ARCH, DEFAULT_MAX_DYNAMIC_SHARED, MODULES};
 use super::{check_launch, Arg, DeviceBuf, Executor, LaunchCfg};
 use crate::error::{Error, Result};
@@ -27,7 +28,7 @@ fn dev_err(what: &str, e: impl std::fmt::Debug) -> Error {
 type Pool = Arc<Mutex<HashMap<usize, Vec<CudaSlice<f32>>>>>;
 
 /// Allocations are rounded up to a whole number of 1024 words (4 KiB) so that near-equal sizes share a class.
-fn size_class(len: usize) -> usize {
+pub(crate) fn size_class(len: usize) -> usize {
     len.max(1).div_ceil(1024) * 1024
 }
 
@@ -75,6 +76,7 @@ pub struct Cuda {
     description: String,
     /// `DDPM_SYNC_LAUNCHES` was set: every launch is waited for and its fault reported with its kernel's name.
     sync_launches: bool,
+    counters: Counters,
 }
 
 /// Whether `DDPM_SYNC_LAUNCHES` asks for synchronous launches: set to anything but empty or `0`.
@@ -233,6 +235,7 @@ impl Cuda {
                 if sync_launches { "; DDPM_SYNC_LAUNCHES: every launch waited for" } else { "" }
             ),
             sync_launches,
+            counters: Counters::default(),
         })
     }
 }
@@ -271,13 +274,20 @@ impl Executor for Cuda {
         self.description.clone()
     }
 
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     fn alloc(&self, len: usize) -> Result<CudaBuf> {
         let class = size_class(len);
         let reused = self.pool.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&class).and_then(Vec::pop);
         let slice = match reused {
             Some(s) => s,
-            // SAFETY: the contents are unspecified by the trait's contract; kernels write before they read.
-            None => unsafe { self.stream.alloc::<f32>(class) }.map_err(|e| dev_err("cuMemAlloc", e))?,
+            None => {
+                self.counters.allocated();
+                // SAFETY: the contents are unspecified by the trait's contract; kernels write before they read.
+                unsafe { self.stream.alloc::<f32>(class) }.map_err(|e| dev_err("cuMemAlloc", e))?
+            }
         };
         Ok(CudaBuf { slice: Some(slice), len, pool: self.pool.clone() })
     }
@@ -287,14 +297,17 @@ impl Executor for Cuda {
         let slice = buf.slice.as_mut().expect("fresh buffer");
         let mut view = slice.slice_mut(..data.len());
         self.stream.memcpy_htod(data, &mut view).map_err(|e| dev_err("copy to device", e))?;
+        self.counters.uploaded(data.len());
         Ok(buf)
     }
 
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
+        self.counters.downloaded(buf.len);
         self.stream.clone_dtoh(&buf.slice().slice(..buf.len)).map_err(|e| dev_err("copy from device", e))
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.counters.synchronized();
         self.stream.synchronize().map_err(|e| dev_err("synchronize", e))
     }
 

@@ -13,6 +13,7 @@
 //! running a test in another order (`EMU_THREAD_ORDER`) exposes a barrier missing between one thread's
 //! shared-memory write and another thread's read, which the default order may hide.
 
+use super::count::Counters;
 use super::{check_launch, Arg, DeviceBuf, Executor, Kernel, LaunchCfg};
 use crate::error::{Error, Result};
 use std::ffi::c_void;
@@ -124,6 +125,7 @@ impl ThreadOrder {
 pub struct Emulator {
     workers: u32,
     order: ThreadOrder,
+    counters: Counters,
 }
 
 impl Emulator {
@@ -134,7 +136,7 @@ impl Emulator {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-        Emulator { workers: workers.max(1), order: ThreadOrder::from_env() }
+        Emulator { workers: workers.max(1), order: ThreadOrder::from_env(), counters: Counters::default() }
     }
 
     /// The same emulator, running the threads of each block in `order` instead.
@@ -164,20 +166,29 @@ impl Executor for Emulator {
         }
     }
 
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     fn alloc(&self, len: usize) -> Result<EmuBuf> {
+        self.counters.allocated();
         Ok(EmuBuf::new(std::iter::repeat_n(f32::NAN, len), len))
     }
 
     fn upload(&self, data: &[f32]) -> Result<EmuBuf> {
+        self.counters.allocated();
+        self.counters.uploaded(data.len());
         Ok(EmuBuf::new(data.iter().copied(), data.len()))
     }
 
     fn download(&self, buf: &EmuBuf) -> Result<Vec<f32>> {
+        self.counters.downloaded(buf.len);
         // SAFETY: launches run to completion inside `launch`, so no kernel writes the words while they are read.
         Ok(buf.data[..buf.len].iter().map(|w| unsafe { *w.get() }).collect())
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.counters.synchronized();
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 //! CPU's up to summation order (GEMMs and reductions sum in a different but fixed order, in f32 where the CPU
 //! sometimes uses f64); the purely elementwise kernels follow the CPU's f32 operation order.
 
-use super::{Arg, Bf16Buf, DeviceBuf, Executor, Kernel, LaunchCfg};
+use super::{Arg, Bf16Buf, Cost, DeviceBuf, Executor, Kernel, LaunchCfg};
 use crate::error::{Error, Result};
 
 /// Threads per block of the elementwise and reduction kernels (`BLOCK` in kernels/common.cuh).
@@ -57,9 +57,12 @@ pub(crate) fn i32_arg<'a, B>(v: usize) -> Result<Arg<'a, B>> {
     int(v).map(Arg::I32)
 }
 
-/// Launches `k` after the caller has checked the buffer lengths.
-pub(crate) fn run<E: Executor>(e: &E, k: Kernel, cfg: LaunchCfg, args: &[Arg<E::Buf>]) -> Result<()> {
+/// Launches `k` after the caller has checked the buffer lengths, and counts it with the `cost` the caller declares
+/// for it (see [`Cost`]).
+pub(crate) fn run<E: Executor>(e: &E, k: Kernel, cfg: LaunchCfg, cost: Cost, args: &[Arg<E::Buf>]) -> Result<()> {
     // SAFETY: every launcher checks with `need` that each buffer covers the indices its kernel derives from the
     // dimension arguments it passes, and index buffers hold values their makers checked (`Memory::upload_indices`).
-    unsafe { e.launch(k, cfg, args) }
+    unsafe { e.launch(k, cfg, args) }?;
+    e.counters().launched(k, cfg, cost);
+    Ok(())
 }

@@ -11,13 +11,17 @@
 //! arguments) against the [`Executor`] trait, so the launch code tested on the emulator is the launch code that runs
 //! on the GPU.
 
+pub mod count;
 pub mod cuda;
 pub mod emu;
 pub mod kernels;
 pub(crate) mod launch;
+pub mod model;
 pub mod ptx;
+pub mod record;
 
 use crate::error::{Error, Result};
+pub use count::{Cost, Counts};
 pub use kernels::{Kernel, ParamKind};
 
 /// Grid and block shape of one launch, with its dynamic shared memory in bytes.
@@ -153,6 +157,8 @@ pub trait Executor: Send + Sync + 'static {
     type Buf: DeviceBuf;
     /// What runs the kernels, e.g. "CUDA device 0: NVIDIA H200" or "CPU emulator (2 threads)".
     fn describe(&self) -> String;
+    /// What this executor has done so far: launches with their declared cost, host syncs, copies, allocations.
+    fn counters(&self) -> &count::Counters;
     /// A buffer of `len` words with unspecified contents (the emulator fills it with NaN, so a kernel that reads
     /// what nobody wrote shows up in the results).
     fn alloc(&self, len: usize) -> Result<Self::Buf>;

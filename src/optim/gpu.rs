@@ -5,7 +5,7 @@ use super::{AdamWScalars, OptimOps};
 use crate::backend::Gpu;
 use crate::error::Result;
 use crate::gpu::launch::{elementwise, need, partials, run};
-use crate::gpu::{Arg, DeviceBuf, Executor, Kernel};
+use crate::gpu::{Arg, Cost, DeviceBuf, Executor, Kernel};
 use crate::ops::reduce::gpu::{finish_sum, sumsq_partials, Finish};
 
 impl<E: Executor> OptimOps for Gpu<E> {
@@ -21,7 +21,8 @@ impl<E: Executor> OptimOps for Gpu<E> {
         finish_sum(e, &parts, offset, &mut out, Finish::ClipNorm { max_norm })?;
         for g in grads.iter_mut() {
             let n = g.len();
-            run(e, Kernel::ScaleBy, elementwise(n), &[Arg::Buf(g), Arg::BufAt(&out, 1), Arg::I64(n as i64)])?;
+            let args = [Arg::Buf(&**g), Arg::BufAt(&out, 1), Arg::I64(n as i64)];
+            run(e, Kernel::ScaleBy, elementwise(n), Cost::pass(n, n, 1), &args)?;
         }
         // The two scalars come back for the log; the scaling itself already ran on the device.
         let v = e.download(&out)?;
@@ -46,12 +47,13 @@ impl<E: Executor> OptimOps for Gpu<E> {
             Arg::F32(s.bc2_sqrt),
             Arg::F32(s.eps),
         ];
-        run(self.executor(), Kernel::Adamw, elementwise(n), &args)
+        // p, m, v read and written, g read: ~14 operations per parameter.
+        run(self.executor(), Kernel::Adamw, elementwise(n), Cost::pass(4 * n, 3 * n, 14), &args)
     }
     fn ema_update(&self, d: f32, alpha: f32, shadow: &mut E::Buf, p: &E::Buf) -> Result<()> {
         let n = shadow.len();
         need("ema p", p, n)?;
         let args = [Arg::Buf(shadow), Arg::Buf(p), Arg::I64(n as i64), Arg::F32(d), Arg::F32(alpha)];
-        run(self.executor(), Kernel::EmaUpdate, elementwise(n), &args)
+        run(self.executor(), Kernel::EmaUpdate, elementwise(n), Cost::pass(2 * n, n, 3), &args)
     }
 }

@@ -9,7 +9,7 @@ use crate::backend::{Gpu, Memory, Precision};
 use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads};
 use crate::error::Result;
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
-use crate::gpu::{Arg, Executor, Kernel};
+use crate::gpu::{Arg, Cost, Executor, Kernel};
 use crate::ops::linear::gpu::{sgemm, Gemm};
 use crate::ops::reduce::gpu::copy;
 
@@ -183,7 +183,7 @@ fn im2col<E: Executor>(e: &E, g: &ConvGeom, n: usize, x: &E::Buf, col: &mut E::B
     need("im2col col", col, total)?;
     let mut args = vec![Arg::Buf(x), Arg::Buf(col)];
     args.extend(geom_args(g, n)?);
-    run(e, Kernel::Im2col, elementwise(total), &args)
+    run(e, Kernel::Im2col, elementwise(total), Cost::pass(n * g.c * g.h * g.w, total, 0), &args)
 }
 
 /// `x[i] = col2im(col[i])`, the adjoint of [`im2col`] (overwrites x; a gather, so deterministic).
@@ -193,7 +193,8 @@ fn col2im<E: Executor>(e: &E, g: &ConvGeom, n: usize, col: &E::Buf, x: &mut E::B
     need("col2im x", x, total)?;
     let mut args = vec![Arg::Buf(col), Arg::Buf(x)];
     args.extend(geom_args(g, n)?);
-    run(e, Kernel::Col2im, elementwise(total), &args)
+    let cols = n * g.col_rows() * g.col_cols();
+    run(e, Kernel::Col2im, elementwise(total), Cost::pass(cols, total, cols / total.max(1)), &args)
 }
 
 /// Runs `f` on the column matrices of `x` (x itself for a 1×1 stride-1 unpadded conv, whose columns it is).
@@ -229,5 +230,6 @@ pub(crate) fn add_channel_bias<E: Executor>(
     bias.map_or(Ok(()), |b| need("add_channel_bias bias", b, c))?;
     chan_bias.map_or(Ok(()), |b| need("add_channel_bias chan_bias", b, n * c))?;
     let args = [Arg::Buf(y), Arg::opt(bias), Arg::opt(chan_bias), i32_arg(n)?, i32_arg(c)?, i32_arg(plane)?];
-    run(e, Kernel::AddChannelBias, elementwise(n * c * plane), &args)
+    let len = n * c * plane;
+    run(e, Kernel::AddChannelBias, elementwise(len), Cost::pass(len, len, 2), &args)
 }

@@ -18,7 +18,7 @@
 use crate::desc::ConvGeom;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, need_bf16, run, SPLIT_TARGET_BLOCKS};
-use crate::gpu::{Arg, Bf16Buf, Executor, Kernel, LaunchCfg};
+use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel, LaunchCfg};
 
 /// Block tile of both GEMM kernels (`BM`, `BN` in conv_mma.cu), threads per block, and pixels per k-tile.
 const TILE: usize = 64;
@@ -55,7 +55,9 @@ pub(crate) fn to_nhwc_bf16<E: Executor>(e: &E, x: &E::Buf, n: usize, c: usize, p
         shared_bytes: 0,
     };
     let args = [Arg::Buf(x), Arg::Bf16(&buf), i32_arg(c)?, i32_arg(cp)?, i32_arg(plane)?];
-    run(e, Kernel::NchwToNhwcBf16, cfg, &args)?;
+    // f32 read, bf16 written (the padding too).
+    let cost = Cost::bytes(4 * n * c * plane + 2 * n * cp * plane);
+    run(e, Kernel::NchwToNhwcBf16, cfg, cost, &args)?;
     Ok(Nhwc { buf, c })
 }
 
@@ -71,7 +73,8 @@ pub(crate) fn pack_weight<E: Executor>(
     let wp = e.alloc_bf16(o * kk * cp)?;
     let args =
         [Arg::Buf(w), Arg::Bf16(&wp), i32_arg(o)?, i32_arg(c)?, i32_arg(cp)?, i32_arg(kk)?, Arg::I32(swap as i32)];
-    run(e, Kernel::PackWeightBf16, elementwise(o * kk * cp), &args)?;
+    let cost = Cost::bytes(4 * o * c * kk + 2 * o * kk * cp);
+    run(e, Kernel::PackWeightBf16, elementwise(o * kk * cp), cost, &args)?;
     Ok(wp)
 }
 
@@ -130,7 +133,15 @@ pub(crate) fn gather<E: Executor>(
         args.push(i32_arg(v)?);
     }
     args.extend([Arg::I32(d.adjoint as i32), Arg::I32(accumulate as i32)]);
-    run(e, Kernel::ConvGatherMma, cfg, &args)
+    // Every tap executed (an adjoint's zero taps and the padded channels too); the gathered input and the weight
+    // read once, the output written (and read when accumulating) once.
+    let out_len = d.n * d.outputs * q;
+    let flops = 2 * d.n * q * d.outputs.div_ceil(8) * 8 * depth;
+    let extra = bias.map_or(0, |_| d.outputs) + chan_bias.map_or(0, |_| d.n * d.outputs);
+    let bytes = 2 * d.n * d.input.0 * d.input.1 * cp
+        + 2 * d.outputs * depth
+        + 4 * (out_len * (1 + accumulate as usize) + extra);
+    run(e, Kernel::ConvGatherMma, cfg, Cost::tensor(flops, bytes), &args)
 }
 
 /// A weight gradient `dw[m, c, k, k] = Σ_pixels rows[pixel, m] · gathered[src(pixel, tap), c]`, `rows` on the
@@ -195,10 +206,14 @@ pub(crate) fn wgrad<E: Executor>(
     for v in [d.n, mp, cp, d.input.0, d.input.1, d.grid.0, d.grid.1, d.k, d.stride, d.pad, per] {
         args.push(i32_arg(v)?);
     }
-    run(e, Kernel::ConvWgradMma, cfg, &args)?;
+    let pixels = d.n * d.grid.0 * d.grid.1;
+    let flops = 2 * mp * width * pixels;
+    let bytes = 2 * pixels * mp + 2 * d.n * d.input.0 * d.input.1 * cp + 4 * splits * mp * width;
+    run(e, Kernel::ConvWgradMma, cfg, Cost::tensor(flops, bytes), &args)?;
     let mut args = vec![Arg::Buf(&part), Arg::Buf(dw)];
     for v in [splits, d.m, d.c, mp, cp, kk] {
         args.push(i32_arg(v)?);
     }
-    run(e, Kernel::WgradReduce, elementwise(d.m * d.c * kk), &args)
+    let cost = Cost::pass(splits * mp * width, d.m * d.c * kk, splits);
+    run(e, Kernel::WgradReduce, elementwise(d.m * d.c * kk), cost, &args)
 }

@@ -7,7 +7,7 @@ use crate::backend::{ConvOps, Gpu, Memory, Precision};
 use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, LinearDesc};
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, int, need, run, SPLIT_TARGET_BLOCKS};
-use crate::gpu::{Arg, Executor, Kernel, LaunchCfg};
+use crate::gpu::{Arg, Cost, Executor, Kernel, LaunchCfg};
 use crate::ops::conv::gpu::add_channel_bias;
 
 impl<E: Executor> LinearOps for Gpu<E> {
@@ -173,12 +173,18 @@ pub(crate) fn sgemm_split<E: Executor>(
             Arg::I32(accumulate as i32),
         ])
     };
-    if splits == 1 {
-        return run(e, Kernel::Sgemm, cfg, &args(Arg::Buf(c), g.stride_c, g.accumulate)?);
-    }
+    // Every A and B read once and every C written once (and read when accumulating).
     let mn = g.m * g.n;
+    let flops = 2 * mn * g.k * items;
+    let operands = items * (g.m * g.k + g.k * g.n);
+    if splits == 1 {
+        let c_words = g.batches * mn * (1 + g.accumulate as usize);
+        let cost = Cost::simt(flops, 4 * (operands + c_words));
+        return run(e, Kernel::Sgemm, cfg, cost, &args(Arg::Buf(c), g.stride_c, g.accumulate)?);
+    }
     let parts = e.alloc(g.batches * splits * mn)?;
-    run(e, Kernel::Sgemm, cfg, &args(Arg::Buf(&parts), mn, false)?)?;
+    let cost = Cost::simt(flops, 4 * (operands + g.batches * splits * mn));
+    run(e, Kernel::Sgemm, cfg, cost, &args(Arg::Buf(&parts), mn, false)?)?;
     let sum = [
         Arg::Buf(&parts),
         Arg::Buf(c),
@@ -188,5 +194,7 @@ pub(crate) fn sgemm_split<E: Executor>(
         s(g.stride_c),
         Arg::I32(g.accumulate as i32),
     ];
-    run(e, Kernel::SgemmSumSplits, elementwise(g.batches * mn), &sum)
+    let c_words = g.batches * mn * (1 + g.accumulate as usize);
+    let cost = Cost::pass(g.batches * splits * mn + c_words, g.batches * mn, splits);
+    run(e, Kernel::SgemmSumSplits, elementwise(g.batches * mn), cost, &sum)
 }

@@ -6,7 +6,7 @@ use crate::backend::Gpu;
 use crate::desc::LogitsDesc;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
-use crate::gpu::{Arg, DeviceBuf, Executor, IntBuf, Kernel};
+use crate::gpu::{Arg, Cost, DeviceBuf, Executor, IntBuf, Kernel};
 use crate::ops::reduce::gpu::{finish_sum, sumsq_partials, Finish};
 
 impl<E: Executor> LossOps for Gpu<E> {
@@ -25,7 +25,7 @@ impl<E: Executor> LossOps for Gpu<E> {
         // 2·dL/N formed on the host, as the CPU does.
         let scale = 2.0 * gloss / n as f32;
         let args = [Arg::Buf(p), Arg::Buf(t), Arg::Buf(dp), Arg::F32(scale), Arg::I64(n as i64)];
-        run(self.executor(), Kernel::MseBwd, elementwise(n), &args)
+        run(self.executor(), Kernel::MseBwd, elementwise(n), Cost::pass(2 * n, n, 2), &args)
     }
     fn cross_entropy(&self, d: LogitsDesc, z: &E::Buf, labels: &IntBuf<E::Buf>) -> Result<(E::Buf, E::Buf)> {
         let e = self.executor();
@@ -34,7 +34,8 @@ impl<E: Executor> LossOps for Gpu<E> {
         let (lse, rows, mut loss) = (e.alloc(d.n)?, e.alloc(d.n)?, e.alloc(1)?);
         let args =
             [Arg::Buf(z), Arg::Ints(labels), Arg::Buf(&lse), Arg::Buf(&rows), i32_arg(d.n)?, i32_arg(d.classes)?];
-        run(e, Kernel::CrossEntropyRows, elementwise(d.n), &args)?;
+        let z_len = d.n * d.classes;
+        run(e, Kernel::CrossEntropyRows, elementwise(d.n), Cost::pass(z_len + d.n, 2 * d.n, 3 * d.classes), &args)?;
         finish_sum(e, &rows, d.n, &mut loss, Finish::Mean { divisor: d.n as f32 })?;
         Ok((loss, lse))
     }
@@ -60,7 +61,8 @@ impl<E: Executor> LossOps for Gpu<E> {
             i32_arg(d.n)?,
             i32_arg(d.classes)?,
         ];
-        run(self.executor(), Kernel::CrossEntropyBwd, elementwise(d.n * d.classes), &args)
+        let z_len = d.n * d.classes;
+        run(self.executor(), Kernel::CrossEntropyBwd, elementwise(z_len), Cost::pass(z_len + 2 * d.n, z_len, 3), &args)
     }
 }
 

@@ -6,7 +6,7 @@ use crate::backend::Gpu;
 use crate::desc::NormDesc;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{i32_arg, int, need, run, BLOCK};
-use crate::gpu::{Arg, Executor, Kernel, LaunchCfg};
+use crate::gpu::{Arg, Cost, Executor, Kernel, LaunchCfg};
 use crate::ops::reduce::gpu::sum_rows;
 
 impl<E: Executor> NormOps for Gpu<E> {
@@ -35,7 +35,9 @@ impl<E: Executor> NormOps for Gpu<E> {
             Arg::F32(d.eps),
             Arg::I32(d.silu as i32),
         ];
-        run(e, Kernel::GroupNormFwd, grid(d)?, &args)?;
+        // Statistics from one read, the normalised (and SiLU'd) output from a second: ~8 operations per value.
+        let len = d.n * d.c * d.plane;
+        run(e, Kernel::GroupNormFwd, grid(d)?, Cost::pass(2 * len, len, 8), &args)?;
         Ok((mean, rstd))
     }
     fn group_norm_backward(
@@ -71,7 +73,9 @@ impl<E: Executor> NormOps for Gpu<E> {
             i32_arg(d.groups)?,
             Arg::I32(d.silu as i32),
         ];
-        run(e, Kernel::GroupNormBwd, grid(d)?, &args)?;
+        // x and gy read for the group sums and again for dx: ~12 operations per value.
+        let len = d.n * d.c * d.plane;
+        run(e, Kernel::GroupNormBwd, grid(d)?, Cost::pass(4 * len, len, 12), &args)?;
         let (mut dgamma, mut dbeta) = (e.alloc(d.c)?, e.alloc(d.c)?);
         sum_rows(e, &parts, 0, d.n, d.c, &mut dgamma)?;
         sum_rows(e, &parts, nc, d.n, d.c, &mut dbeta)?;

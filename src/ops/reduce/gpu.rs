@@ -6,13 +6,14 @@ use crate::backend::Gpu;
 use crate::desc::{ConcatDesc, Planes};
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, int, need, partials, run, BLOCK};
-use crate::gpu::{Arg, DeviceBuf, Executor, Kernel, LaunchCfg};
+use crate::gpu::{Arg, Cost, DeviceBuf, Executor, Kernel, LaunchCfg};
 
 impl<E: Executor> ReduceOps for Gpu<E> {
     fn add_assign(&self, acc: &mut E::Buf, g: &E::Buf) -> Result<()> {
         let n = acc.len();
         need("add_assign g", g, n)?;
-        run(self.executor(), Kernel::AddAssign, elementwise(n), &[Arg::Buf(acc), Arg::Buf(g), Arg::I64(n as i64)])
+        let args = [Arg::Buf(acc), Arg::Buf(g), Arg::I64(n as i64)];
+        run(self.executor(), Kernel::AddAssign, elementwise(n), Cost::pass(2 * n, n, 1), &args)
     }
     fn channel_sums(&self, d: Planes, t: &E::Buf, per_image: bool) -> Result<E::Buf> {
         let e = self.executor();
@@ -50,7 +51,7 @@ pub(crate) fn row_sums<E: Executor>(e: &E, t: &E::Buf, rows: usize, len: usize, 
     need("row_sums t", t, rows * len)?;
     need("row_sums out", out, rows)?;
     let cfg = LaunchCfg::linear(int(rows)? as u32, BLOCK);
-    run(e, Kernel::RowSums, cfg, &[Arg::Buf(t), Arg::Buf(out), i32_arg(len)?])
+    run(e, Kernel::RowSums, cfg, Cost::pass(rows * len, rows, len), &[Arg::Buf(t), Arg::Buf(out), i32_arg(len)?])
 }
 
 /// `out[c] = Σ_i parts[offset + i·c_len + c]` over `n` rows of `c_len` columns, in row order: per-image partial
@@ -66,7 +67,8 @@ pub(crate) fn sum_rows<E: Executor>(
     need("sum_rows parts", parts, offset + n * c_len)?;
     need("sum_rows out", out, c_len)?;
     let cfg = LaunchCfg::linear(c_len.div_ceil(256).max(1) as u32, BLOCK);
-    run(e, Kernel::SumRows, cfg, &[Arg::BufAt(parts, offset), Arg::Buf(out), i32_arg(n)?, i32_arg(c_len)?])
+    let args = [Arg::BufAt(parts, offset), Arg::Buf(out), i32_arg(n)?, i32_arg(c_len)?];
+    run(e, Kernel::SumRows, cfg, Cost::pass(n * c_len, c_len, n), &args)
 }
 
 /// `dst[i, dst_off..dst_off+count, :] = src[i, src_off..src_off+count, :]` for `n` images of `plane` pixels, where
@@ -95,7 +97,8 @@ fn copy_channels<E: Executor>(
         i32_arg(n)?,
         i32_arg(plane)?,
     ];
-    run(e, Kernel::CopyChannels, elementwise(n * count * plane), &args)
+    let len = n * count * plane;
+    run(e, Kernel::CopyChannels, elementwise(len), Cost::pass(len, len, 0), &args)
 }
 
 /// `dst = src` (a device-side copy; `dst` at least as long).
@@ -117,7 +120,8 @@ pub(crate) fn sumsq_partials<E: Executor>(
     y.map_or(Ok(()), |y| need("sumsq y", y, n))?;
     need("sumsq parts", parts, offset + np)?;
     let args = [Arg::Buf(x), Arg::opt(y), Arg::BufAt(parts, offset), Arg::I64(n as i64)];
-    run(e, Kernel::SumsqPartials, LaunchCfg::linear(np as u32, BLOCK), &args)?;
+    let read = if y.is_some() { 2 * n } else { n };
+    run(e, Kernel::SumsqPartials, LaunchCfg::linear(np as u32, BLOCK), Cost::simt(3 * n, 4 * read), &args)?;
     Ok(np)
 }
 
@@ -139,5 +143,5 @@ pub(crate) fn finish_sum<E: Executor>(e: &E, parts: &E::Buf, np: usize, out: &mu
     };
     need("finish_sum out", out, out_len)?;
     let args = [Arg::Buf(parts), i32_arg(np)?, Arg::Buf(out), Arg::I32(mode), Arg::F32(divisor), Arg::F32(max_norm)];
-    run(e, Kernel::FinishSum, LaunchCfg::linear(1, 1024), &args)
+    run(e, Kernel::FinishSum, LaunchCfg::linear(1, 1024), Cost::pass(np, out_len, 1), &args)
 }

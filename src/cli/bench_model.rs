@@ -1,0 +1,188 @@
+//! `ddpm bench --model NAME`: runs a training step or a sampler step at full size on the launch recorder (no kernel
+//! runs, no GPU needed) and prints what one step asks of the device (launches, host syncs, bytes over the bus,
+//! allocations, FLOPs, DRAM bytes) with the time the device model predicts for it: one JSON object per step kind
+//! with `--json`, else a table per kernel. The step measured is the second, after a warm-up step has filled the
+//! allocator's cache.
+
+use super::bench::{BenchArgs, Workload};
+use anyhow::{bail, Result};
+use ddpm::backend::{Gpu, Precision};
+use ddpm::diffusion::{initial_noise, sample, Denoiser, SamplerKind, Schedule};
+use ddpm::gpu::count::Launch;
+use ddpm::gpu::model::DeviceModel;
+use ddpm::gpu::record::Recorder;
+use ddpm::gpu::{Counts, Executor};
+use ddpm::nn::{UNetConfig, UNetDenoiser};
+use ddpm::train::{RunConfig, TrainState, Trainer};
+use ddpm::Tensor;
+use std::collections::BTreeMap;
+
+/// One step kind's counts and launches.
+struct Step {
+    name: &'static str,
+    counts: Counts,
+    launches: Vec<Launch>,
+}
+
+pub fn run(a: &BenchArgs, model: &str, precision: Precision) -> Result<()> {
+    let Some(model) = DeviceModel::by_name(model) else {
+        let known: Vec<_> = DeviceModel::ALL.iter().map(|m| m.name).collect();
+        bail!("--model {model}: unknown device model (known: {})", known.join(", "));
+    };
+    let gpu = Gpu::new(Recorder::new()).with_precision(precision);
+    let config = RunConfig {
+        model: UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim },
+        batch: a.batch,
+        epochs: 1 << 30,
+        ..RunConfig::reference_recipe()
+    };
+    let steps = match a.what {
+        Workload::Train => vec![train_step(&gpu, config)?],
+        Workload::Sample => sampler_steps(&gpu, config, a.batch)?,
+        Workload::Convs => bail!("--model predicts whole steps (--what train or sample), not single convolutions"),
+    };
+    for s in &steps {
+        if a.json {
+            println!("{}", json(s, &model, precision, a));
+        } else {
+            print!("{}", table(s, &model, precision, a));
+        }
+    }
+    Ok(())
+}
+
+/// The second training step of a run on a synthetic data set of one batch.
+fn train_step(gpu: &Gpu<Recorder>, config: RunConfig) -> Result<Step> {
+    let images = Tensor::zeros(&[config.batch, 1, 32, 32]);
+    let mut trainer = Trainer::new(TrainState::new(config)?.to_backend(gpu)?, images)?;
+    trainer.step(&mut ())?;
+    let (counts, launches) = measure(gpu, || trainer.step(&mut ()).map(drop))?;
+    Ok(Step { name: "train", counts, launches })
+}
+
+/// The second network call and update of a DDIM sampler (eta 0, no noise) and of a DDPM sampler (with noise) on
+/// `n` images.
+fn sampler_steps(gpu: &Gpu<Recorder>, config: RunConfig, n: usize) -> Result<Vec<Step>> {
+    let state = TrainState::new(config)?.to_backend(gpu)?;
+    let sched = Schedule::linear(state.config.timesteps, 1e-4, 2e-2)?;
+    let mut out = Vec::new();
+    for (name, kind) in [("ddim", SamplerKind::Ddim { steps: 3, eta: 0.0 }), ("ddpm", SamplerKind::Ddpm)] {
+        let mut den = UNetDenoiser { model: &state.model, params: &state.params };
+        let x_t = initial_noise(0, n, 1, 32, 32).into_backend(gpu)?;
+        let counters = gpu.executor().counters();
+        let mut before = None;
+        let mut after = None;
+        // Step 1 warms the allocator; step 2 is the one measured.
+        let mut progress = |done: usize, _: usize| match done {
+            1 => {
+                counters.record();
+                before = Some(counters.snapshot());
+            }
+            2 => after = Some((counters.snapshot(), counters.take_log())),
+            _ => {}
+        };
+        sample(&mut den as &mut dyn Denoiser<_>, &sched, kind, x_t, 0, &mut progress)?;
+        let (Some(before), Some((end, launches))) = (before, after) else {
+            bail!("the sampler took fewer than 2 steps")
+        };
+        out.push(Step { name, counts: end.since(&before), launches });
+    }
+    Ok(out)
+}
+
+/// The counts and launches of `f`.
+fn measure(gpu: &Gpu<Recorder>, f: impl FnOnce() -> ddpm::Result<()>) -> Result<(Counts, Vec<Launch>)> {
+    let counters = gpu.executor().counters();
+    let before = counters.snapshot();
+    counters.record();
+    f()?;
+    let launches = counters.take_log();
+    Ok((counters.snapshot().since(&before), launches))
+}
+
+fn json(s: &Step, m: &DeviceModel, precision: Precision, a: &BenchArgs) -> String {
+    let c = &s.counts;
+    format!(
+        "{{\"step\":\"{}\",\"model\":\"{}\",\"precision\":\"{}\",\"batch\":{},\"base\":{},\"launches\":{},\
+         \"host_syncs\":{},\"h2d_bytes\":{},\"d2h_bytes\":{},\"allocs\":{},\"tc_flops\":{},\"fp32_flops\":{},\
+         \"dram_bytes\":{},\"predicted_ms\":{:.4},\"predicted_ms_graphs\":{:.4}}}",
+        s.name,
+        m.name,
+        precision.name(),
+        a.batch,
+        a.base,
+        c.launches,
+        c.host_syncs,
+        c.h2d_bytes,
+        c.d2h_bytes,
+        c.allocs,
+        c.cost.tc_flops,
+        c.cost.fp32_flops,
+        c.cost.dram_bytes,
+        1e3 * m.seconds(&s.launches, false),
+        1e3 * m.seconds(&s.launches, true),
+    )
+}
+
+/// Per kernel: launches, work and predicted time, the costliest first, then the step's totals.
+fn table(s: &Step, m: &DeviceModel, precision: Precision, a: &BenchArgs) -> String {
+    #[derive(Default)]
+    struct Row {
+        launches: u64,
+        tc: u64,
+        fp32: u64,
+        bytes: u64,
+        seconds: f64,
+    }
+    let mut rows: BTreeMap<&str, Row> = BTreeMap::new();
+    for l in &s.launches {
+        let r = rows.entry(l.kernel.name()).or_default();
+        r.launches += 1;
+        r.tc += l.cost.tc_flops;
+        r.fp32 += l.cost.fp32_flops;
+        r.bytes += l.cost.dram_bytes;
+        r.seconds += m.kernel_seconds(l) + m.launch_gap;
+    }
+    let mut rows: Vec<_> = rows.into_iter().collect();
+    rows.sort_by(|x, y| y.1.seconds.total_cmp(&x.1.seconds));
+    let total = m.seconds(&s.launches, false);
+    let mut out = format!(
+        "{} step, batch {}, base {}, {} on the {} model (no kernel ran; one launch's time is the longest of its \
+         FLOPs and bytes at the model's rates, plus {:.0} us between launches)\n\n",
+        s.name,
+        a.batch,
+        a.base,
+        precision.name(),
+        m.name,
+        m.launch_gap * 1e6
+    );
+    out += &format!(
+        "{:<24} {:>8} {:>10} {:>10} {:>10} {:>10} {:>6}\n",
+        "kernel", "launches", "TC GFLOP", "f32 GFLOP", "MB", "pred. us", "share"
+    );
+    for (name, r) in &rows {
+        out += &format!(
+            "{:<24} {:>8} {:>10.2} {:>10.3} {:>10.1} {:>10.1} {:>5.1}%\n",
+            name,
+            r.launches,
+            r.tc as f64 / 1e9,
+            r.fp32 as f64 / 1e9,
+            r.bytes as f64 / 1e6,
+            r.seconds * 1e6,
+            100.0 * r.seconds / total.max(1e-30)
+        );
+    }
+    let c = &s.counts;
+    out += &format!(
+        "\ntotal: {} launches, {:.3} ms predicted ({:.3} ms with CUDA graphs); {} host syncs, {} bytes uploaded, \
+         {} downloaded, {} device allocations\n\n",
+        c.launches,
+        total * 1e3,
+        m.seconds(&s.launches, true) * 1e3,
+        c.host_syncs,
+        c.h2d_bytes,
+        c.d2h_bytes,
+        c.allocs
+    );
+    out
+}

@@ -11,6 +11,7 @@
 //! (the caching allocator the binaries install).
 
 pub mod alloc;
+pub mod arena;
 pub mod atomic_write;
 pub mod autograd;
 pub mod backend;

@@ -1,5 +1,6 @@
 //! Named parameters (PyTorch `state_dict` names) and their gradients, on any [`Backend`].
 
+use crate::arena::{self, Arena};
 use crate::backend::{Backend, Cpu};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -18,6 +19,8 @@ pub struct Params<B: Backend = Cpu> {
     names: Vec<String>,
     tensors: Vec<Tensor<B>>,
     index: HashMap<String, usize>,
+    /// The tensors' arena, when they are views of one (on a GPU).
+    arena: Arena<B>,
 }
 
 impl Params {
@@ -33,10 +36,22 @@ impl<B: Backend> Params<B> {
         &self.backend
     }
 
-    /// A copy of every tensor on `backend` (the host is `&Cpu`), same names and order.
+    /// A copy of every tensor on `backend` (the host is `&Cpu`), same names and order; on a GPU the views of one
+    /// arena ([`crate::arena`]).
     pub fn to_backend<C: Backend>(&self, backend: &C) -> Result<Params<C>> {
-        let tensors = self.tensors.iter().map(|t| t.to_backend(backend)).collect::<Result<_>>()?;
-        Ok(Params { backend: backend.clone(), names: self.names.clone(), tensors, index: self.index.clone() })
+        let host = self.tensors.iter().map(|t| t.to_backend(&crate::backend::Cpu)).collect::<Result<Vec<_>>>()?;
+        let (arena, tensors) = arena::place(backend, &host)?;
+        Ok(Params { backend: backend.clone(), names: self.names.clone(), tensors, index: self.index.clone(), arena })
+    }
+
+    /// The tensors' arena, when they are views of one.
+    pub fn arena(&self) -> &Arena<B> {
+        &self.arena
+    }
+
+    /// The tensors' arena, mutable, when they are views of one.
+    pub fn arena_mut(&mut self) -> &mut Arena<B> {
+        &mut self.arena
     }
 
     /// Registers `tensor` under `name` (which must be new).
@@ -84,6 +99,9 @@ impl<B: Backend> Params<B> {
     }
 
     /// The tensors, mutable, in registration order.
+    ///
+    /// Writing through a tensor that is a view writes the arena too; replacing a tensor would detach it from the
+    /// arena, which the flat optimiser updates, so only copies (which have no arena) may have tensors replaced.
     pub fn tensors_mut(&mut self) -> &mut [Tensor<B>] {
         &mut self.tensors
     }
@@ -112,6 +130,54 @@ impl Params {
             return Err(Error::file(what, format!("unexpected tensor `{extra}`")));
         }
         Ok(())
+    }
+}
+
+/// A training run's gradients, kept from step to step: on a GPU the views of one arena laid out as the parameters'
+/// ([`crate::arena`]), which the backward pass writes in place ([`Tape::with_grad_store`]) and the flat optimiser
+/// reads in one launch; on the CPU separate tensors.
+///
+/// [`Tape::with_grad_store`]: crate::autograd::Tape::with_grad_store
+#[derive(Debug)]
+pub struct GradStore<B: Backend = Cpu> {
+    pub grads: Grads<B>,
+    pub(crate) arena: Arena<B>,
+    /// With an arena: the gradient norm's first pass over it, one row `(first word, length, block, blocks)` per
+    /// block, each block doing what block `block` of a per-tensor `sumsq_partials` launch of `blocks` blocks over
+    /// that tensor does, so the flat norm adds the same partials in the same order as the per-tensor one.
+    pub(crate) norm_table: Option<B::Idx>,
+}
+
+impl<B: Backend> GradStore<B> {
+    /// Zero gradients shaped like `params`, on their backend.
+    pub fn zeros_like(params: &Params<B>) -> Result<Self> {
+        let shapes: Vec<&[usize]> = params.tensors.iter().map(|t| t.shape()).collect();
+        let (arena, tensors) = arena::zeros(&params.backend, &shapes)?;
+        let norm_table = match arena.buf() {
+            Some(buf) => {
+                let layout = arena::Layout::of(shapes.iter().map(|s| s.iter().product()));
+                if layout.total() != B::buf_len(buf) || layout.total() > i32::MAX as usize {
+                    return Err(Error::Shape(format!("a gradient arena of {} words", layout.total())));
+                }
+                let mut rows = Vec::new();
+                for &(start, len) in layout.parts() {
+                    let blocks = crate::gpu::launch::partials(len);
+                    for b in 0..blocks {
+                        rows.extend([start, len, b, blocks].map(|v| v as u32));
+                    }
+                }
+                Some(params.backend.upload_indices(&rows)?)
+            }
+            None => None,
+        };
+        Ok(GradStore { grads: Grads(tensors), arena, norm_table })
+    }
+}
+
+impl<B: Backend> Clone for GradStore<B> {
+    /// A copy of the gradients, each in its own buffer (no arena).
+    fn clone(&self) -> Self {
+        GradStore { grads: self.grads.clone(), arena: Arena::none(), norm_table: None }
     }
 }
 

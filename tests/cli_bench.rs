@@ -128,3 +128,44 @@ fn bench_convs_table_and_refusals() {
         assert!(!r.status.success() && !err.contains("panicked") && err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn bench_model_prints_one_json_object_per_step_kind_and_refuses_what_it_cannot_predict() {
+    let small = ["--batch", "4", "--base", "8", "--t-dim", "16", "--model", "h200", "--json"];
+    let r = ddpm(&[&["bench", "--what", "train"][..], &small].concat());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let train = String::from_utf8_lossy(&r.stdout).to_string();
+    let r = ddpm(&[&["bench", "--what", "sample"][..], &small].concat());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let sample = String::from_utf8_lossy(&r.stdout).to_string();
+    let objects: Vec<_> = train.lines().chain(sample.lines()).map(parse_flat_object).collect();
+    let steps: Vec<_> = objects.iter().map(|o| &o["step"]).collect();
+    assert_eq!(steps, [&Value::Str("train".into()), &Value::Str("ddim".into()), &Value::Str("ddpm".into())]);
+    for o in &objects {
+        let num = |f: &str| match o.get(f) {
+            Some(Value::Num(x)) => *x,
+            other => panic!("field {f}: {other:?} in {o:?}"),
+        };
+        for f in ["launches", "tc_flops", "dram_bytes", "predicted_ms", "predicted_ms_graphs"] {
+            assert!(num(f) > 0.0, "{f} in {o:?}");
+        }
+        // A step after the first reuses every buffer, and nothing in it waits for the device.
+        assert_eq!((num("allocs"), num("host_syncs")), (0.0, 0.0), "{o:?}");
+        assert!(num("predicted_ms_graphs") < num("predicted_ms"), "{o:?}");
+        assert_eq!(num("batch"), 4.0);
+        assert_eq!(o["precision"], Value::Str("bf16".into()));
+    }
+    // The table names the kernels.
+    let r = ddpm(&["bench", "--what", "train", "--batch", "4", "--base", "8", "--t-dim", "16", "--model", "h200"]);
+    let table = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success() && table.contains("conv_gather_mma") && table.contains("adamw_ema"), "{table}");
+    for (args, needle) in [
+        (&["--model", "a100"][..], "unknown device model"),
+        (&["--model", "h200", "--device", "cpu"][..], "--device does not apply"),
+        (&["--model", "h200", "--what", "convs"][..], "whole steps"),
+    ] {
+        let r = ddpm(&[&["bench", "--batch", "2", "--base", "8"][..], args].concat());
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success() && !err.contains("panicked") && err.contains(needle), "{args:?}: {err}");
+    }
+}

@@ -17,9 +17,10 @@ pub mod profile;
 
 use crate::backend::{Backend, Cpu};
 use crate::error::Result;
-use crate::params::{Grads, ParamId, Params};
+use crate::params::{GradStore, Grads, ParamId, Params};
 use crate::shape_err;
 use crate::tensor::Tensor;
+use std::cell::RefCell;
 use std::fmt;
 
 /// A handle to a value on a [`Tape`].
@@ -85,17 +86,29 @@ pub struct Tape<'p, B: Backend = Cpu> {
     params: &'p Params<B>,
     nodes: Vec<Node<B>>,
     grad_enabled: bool,
+    /// Where the parameters' gradients go, when the backward pass writes them in place.
+    store: Option<&'p GradStore<B>>,
+    /// Per parameter: whether a backward kernel has been handed its gradient's place in `store` (once only, so that
+    /// a second use of the parameter accumulates instead of overwriting).
+    handed: RefCell<Vec<bool>>,
 }
 
 impl<'p, B: Backend> Tape<'p, B> {
     /// A tape that records for a backward pass.
     pub fn new(params: &'p Params<B>) -> Self {
-        Tape { params, nodes: Vec::new(), grad_enabled: true }
+        Tape { params, nodes: Vec::new(), grad_enabled: true, store: None, handed: RefCell::default() }
+    }
+
+    /// This tape with the parameters' gradients written into `store` (shaped like the parameters): backward
+    /// kernels write each parameter's gradient straight into its place there, so that on a GPU they land in the
+    /// arena the flat optimiser reads, without copies; [`Tape::backward`] then returns views of `store`.
+    pub fn with_grad_store(self, store: &'p GradStore<B>) -> Self {
+        Tape { store: Some(store), handed: RefCell::new(vec![false; self.params.len()]), ..self }
     }
 
     /// A tape for inference only: nothing needs a gradient, so ops save nothing for a backward pass.
     pub fn inference(params: &'p Params<B>) -> Self {
-        Tape { params, nodes: Vec::new(), grad_enabled: false }
+        Tape { params, nodes: Vec::new(), grad_enabled: false, store: None, handed: RefCell::default() }
     }
 
     /// The backend the ops run on (the parameters').
@@ -147,9 +160,29 @@ impl<'p, B: Backend> Tape<'p, B> {
         Var(self.nodes.len() - 1)
     }
 
-    /// `Some(tensor shaped like v)` for a backward kernel to fill when `v` needs a gradient.
+    /// `Some(tensor shaped like v)` for a backward kernel to overwrite when `v` needs a gradient: for a parameter
+    /// with a gradient store, the first time, its place in the store.
     pub fn grad_for(&self, v: Var) -> Result<Option<Tensor<B>>> {
-        self.needs_grad(v).then(|| Tensor::alloc(self.backend(), self.value(v).shape())).transpose()
+        if !self.needs_grad(v) {
+            return Ok(None);
+        }
+        if let Op::Param(id) = self.nodes[v.0].op {
+            let first = self.handed.borrow().get(id.0).is_some_and(|h| !h);
+            if let (true, Some(place)) = (first, self.store_place(id)?) {
+                self.handed.borrow_mut()[id.0] = true;
+                return Ok(Some(place));
+            }
+        }
+        Tensor::alloc(self.backend(), self.value(v).shape()).map(Some)
+    }
+
+    /// A view of parameter `id`'s gradient in the store, if there is one and it is an arena (on the CPU the
+    /// gradients are separate tensors, which the backward pass replaces).
+    fn store_place(&self, id: ParamId) -> Result<Option<Tensor<B>>> {
+        let Some(store) = self.store.filter(|s| s.arena.buf().is_some()) else { return Ok(None) };
+        let g = &store.grads.0[id.0];
+        let be = self.backend();
+        Tensor::from_buf(be.clone(), g.shape(), be.view(g.buf(), 0, g.numel())?).map(Some)
     }
 
     /// `Err` naming `what` when the optional input `v` is not exactly `shape`.
@@ -189,10 +222,30 @@ impl<'p, B: Backend> Tape<'p, B> {
         }
         let grads = param_grads
             .into_iter()
-            .zip(self.params.tensors())
-            .map(|(g, p)| g.map_or_else(|| Tensor::full_on(self.backend(), p.shape(), 0.0), Ok))
+            .enumerate()
+            .map(|(id, g)| self.finish_grad(ParamId(id), g))
             .collect::<Result<_>>()?;
         Ok(Grads(grads))
+    }
+
+    /// Parameter `id`'s gradient `g` (`None`: zero) where it belongs: in the store when there is one (copied there
+    /// when a kernel wrote it elsewhere; nothing to do when it was written in place).
+    fn finish_grad(&self, id: ParamId, g: Option<Tensor<B>>) -> Result<Tensor<B>> {
+        let be = self.backend();
+        let shape = self.params.get(id).shape();
+        match (self.store_place(id)?, g) {
+            (None, Some(g)) => Ok(g),
+            (None, None) => Tensor::full_on(be, shape, 0.0),
+            (Some(place), Some(g)) if be.same_words(place.buf(), g.buf()) => Ok(g),
+            (Some(mut place), g) => {
+                let g = match g {
+                    Some(g) => g,
+                    None => Tensor::full_on(be, shape, 0.0)?,
+                };
+                be.copy_into(g.buf(), place.buf_mut(), 0)?;
+                Ok(place)
+            }
+        }
     }
 }
 

@@ -50,6 +50,17 @@ impl Memory for Cpu {
     fn copy(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
         Ok(buf.clone())
     }
+    fn copy_into(&self, src: &Vec<f32>, dst: &mut Vec<f32>, at: usize) -> Result<()> {
+        let Some(dst) = dst.get_mut(at..at + src.len()) else {
+            return Err(crate::error::Error::Shape(format!(
+                "copy of {} words past the end of {}",
+                src.len(),
+                dst.len()
+            )));
+        };
+        dst.copy_from_slice(src);
+        Ok(())
+    }
     fn upload_indices(&self, data: &[u32]) -> Result<Vec<u32>> {
         Ok(data.to_vec())
     }

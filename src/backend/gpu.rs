@@ -75,8 +75,20 @@ impl<E: Executor> Memory for Gpu<E> {
     }
     fn copy(&self, buf: &E::Buf) -> Result<E::Buf> {
         let mut out = self.exec.alloc(buf.len())?;
-        crate::ops::reduce::gpu::copy(&*self.exec, buf, &mut out)?;
+        crate::ops::reduce::gpu::copy_at(&*self.exec, buf, &mut out, 0)?;
         Ok(out)
+    }
+    fn copy_into(&self, src: &E::Buf, dst: &mut E::Buf, at: usize) -> Result<()> {
+        crate::ops::reduce::gpu::copy_at(&*self.exec, src, dst, at)
+    }
+    fn has_views(&self) -> bool {
+        true
+    }
+    fn view(&self, arena: &E::Buf, offset: usize, len: usize) -> Result<E::Buf> {
+        self.exec.view(arena, offset, len)
+    }
+    fn same_words(&self, a: &E::Buf, b: &E::Buf) -> bool {
+        self.exec.same_words(a, b)
     }
     fn upload_indices(&self, data: &[u32]) -> Result<IntBuf<E::Buf>> {
         self.exec.upload_i32(data)

@@ -94,6 +94,24 @@ pub trait Memory: Clone + fmt::Debug + Send + Sync + 'static {
     }
     /// A copy of `buf` on the same backend.
     fn copy(&self, buf: &Self::Buf) -> Result<Self::Buf>;
+    /// `dst[at..at + src.len()] = src`.
+    fn copy_into(&self, src: &Self::Buf, dst: &mut Self::Buf, at: usize) -> Result<()>;
+    /// Whether tensors can be views of one arena ([`Memory::view`]): on a GPU, so that the optimiser updates every
+    /// parameter in one launch; not on the CPU, whose tensors are separate `Vec`s.
+    fn has_views(&self) -> bool {
+        false
+    }
+    /// `len` words of `arena` from word `offset`, aliasing it (see [`Executor::view`](crate::gpu::Executor::view));
+    /// only where [`Memory::has_views`].
+    fn view(&self, arena: &Self::Buf, offset: usize, len: usize) -> Result<Self::Buf> {
+        let _ = (arena, offset, len);
+        Err(crate::error::Error::Device(format!("{} has no views of buffers", self.describe())))
+    }
+    /// Whether `a` and `b` are the same words of one allocation (always false where there are no views).
+    fn same_words(&self, a: &Self::Buf, b: &Self::Buf) -> bool {
+        let _ = (a, b);
+        false
+    }
     /// An index buffer holding `data`. Kernels index memory with these values, so the caller (who made them)
     /// checks their range before they are uploaded.
     fn upload_indices(&self, data: &[u32]) -> Result<Self::Idx>;

@@ -32,16 +32,31 @@ pub(crate) fn size_class(len: usize) -> usize {
     len.max(1).div_ceil(1024) * 1024
 }
 
-/// Device memory from the pool; returns there when dropped.
-pub struct CudaBuf {
+/// One allocation from the pool; returns there when the last buffer using it is dropped.
+struct Storage {
     slice: Option<CudaSlice<f32>>,
-    len: usize,
     pool: Pool,
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Some(s) = self.slice.take() {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.entry(s.len()).or_default().push(s);
+        }
+    }
+}
+
+/// `len` words of device memory from word `offset` of an allocation (0 unless the buffer is a view).
+pub struct CudaBuf {
+    storage: Arc<Storage>,
+    offset: usize,
+    len: usize,
 }
 
 impl CudaBuf {
     fn slice(&self) -> &CudaSlice<f32> {
-        self.slice.as_ref().expect("present until drop")
+        self.storage.slice.as_ref().expect("present until drop")
     }
 }
 
@@ -55,15 +70,6 @@ impl std::fmt::Debug for CudaBuf {
 impl DeviceBuf for CudaBuf {
     fn len(&self) -> usize {
         self.len
-    }
-}
-
-impl Drop for CudaBuf {
-    fn drop(&mut self) {
-        if let Some(s) = self.slice.take() {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            pool.entry(s.len()).or_default().push(s);
-        }
     }
 }
 
@@ -258,6 +264,28 @@ fn compile_at_run_time(m: &super::kernels::Module, major: i32, minor: i32) -> Re
     cudarc::nvrtc::compile_ptx_with_opts(m.source, opts).map_err(|e| dev_err(&format!("NVRTC on {}", m.file), e))
 }
 
+impl Cuda {
+    /// An allocation of at least `len` words with unspecified contents: a cached one of the same size class, else a
+    /// new one (counted).
+    fn take_slice(&self, len: usize) -> Result<CudaSlice<f32>> {
+        let class = size_class(len);
+        let reused = self.pool.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&class).and_then(Vec::pop);
+        match reused {
+            Some(s) => Ok(s),
+            None => {
+                self.counters.allocated();
+                // SAFETY: the contents are unspecified by the trait's contract; kernels write before they read.
+                unsafe { self.stream.alloc::<f32>(class) }.map_err(|e| dev_err("cuMemAlloc", e))
+            }
+        }
+    }
+
+    /// `slice` as a buffer of `len` words that returns it to the pool when the last view of it is dropped.
+    fn wrap(&self, slice: CudaSlice<f32>, len: usize) -> CudaBuf {
+        CudaBuf { storage: Arc::new(Storage { slice: Some(slice), pool: self.pool.clone() }), offset: 0, len }
+    }
+}
+
 /// One argument's value, kept alive while the launch builder holds a reference to it.
 enum Val {
     Ptr(u64),
@@ -279,31 +307,37 @@ impl Executor for Cuda {
     }
 
     fn alloc(&self, len: usize) -> Result<CudaBuf> {
-        let class = size_class(len);
-        let reused = self.pool.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&class).and_then(Vec::pop);
-        let slice = match reused {
-            Some(s) => s,
-            None => {
-                self.counters.allocated();
-                // SAFETY: the contents are unspecified by the trait's contract; kernels write before they read.
-                unsafe { self.stream.alloc::<f32>(class) }.map_err(|e| dev_err("cuMemAlloc", e))?
-            }
-        };
-        Ok(CudaBuf { slice: Some(slice), len, pool: self.pool.clone() })
+        Ok(self.wrap(self.take_slice(len)?, len))
+    }
+
+    fn view(&self, buf: &CudaBuf, offset: usize, len: usize) -> Result<CudaBuf> {
+        if offset + len > buf.len {
+            return Err(Error::Device(format!(
+                "a view of words {offset}..{} of a {}-word buffer",
+                offset + len,
+                buf.len
+            )));
+        }
+        Ok(CudaBuf { storage: buf.storage.clone(), offset: buf.offset + offset, len })
+    }
+
+    fn same_words(&self, a: &CudaBuf, b: &CudaBuf) -> bool {
+        Arc::ptr_eq(&a.storage, &b.storage) && (a.offset, a.len) == (b.offset, b.len)
     }
 
     fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
-        let mut buf = self.alloc(data.len())?;
-        let slice = buf.slice.as_mut().expect("fresh buffer");
+        let mut slice = self.take_slice(data.len())?;
         let mut view = slice.slice_mut(..data.len());
         self.stream.memcpy_htod(data, &mut view).map_err(|e| dev_err("copy to device", e))?;
         self.counters.uploaded(data.len());
-        Ok(buf)
+        Ok(self.wrap(slice, data.len()))
     }
 
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
         self.counters.downloaded(buf.len);
-        self.stream.clone_dtoh(&buf.slice().slice(..buf.len)).map_err(|e| dev_err("copy from device", e))
+        self.stream
+            .clone_dtoh(&buf.slice().slice(buf.offset..buf.offset + buf.len))
+            .map_err(|e| dev_err("copy from device", e))
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -324,7 +358,7 @@ impl Executor for Cuda {
                     }
                     let (ptr, guard) = b.slice().device_ptr(&self.stream);
                     guards.push(guard);
-                    Val::Ptr(ptr + 4 * off as u64)
+                    Val::Ptr(ptr + 4 * (b.offset + off) as u64)
                 }
                 Arg::Null => Val::Ptr(0),
                 Arg::I32(v) => Val::I32(v),

@@ -38,16 +38,22 @@ extern "C" {
 const GUARD: usize = 64;
 const CANARY: u32 = 0x7fc0_dead;
 
-/// A host allocation standing in for device memory: `len` words plus `GUARD` canary words.
+/// A host allocation standing in for device memory: `len` words plus `GUARD` canary words, or a view of `len` words
+/// from word `offset` of another buffer's allocation. A view has no guard words of its own (the words after it
+/// belong to its neighbour), so only the allocation's end is checked for writes past it.
 pub struct EmuBuf {
-    data: Box<[std::cell::UnsafeCell<f32>]>,
+    data: std::sync::Arc<[std::cell::UnsafeCell<f32>]>,
+    offset: usize,
     len: usize,
 }
 
 // SAFETY: the words are written through raw pointers only inside the unsafe `Executor::launch`, whose caller
 // guarantees in-bounds accesses, and whose only caller in the crate (`launch::run`) is reached from launchers that
-// take every buffer their kernel writes as `&mut`; so no thread reads a buffer while a launch writes it. Between
-// launches the buffer is plain memory, read only through `download`.
+// take every buffer their kernel writes as `&mut`; so no thread reads a buffer while a launch writes it. A view
+// (`Executor::view`) shares its allocation with other buffers: the launchers that write an arena through its
+// whole-buffer handle (the flat optimiser) take the stores owning both the arena and its views as `&mut`, and no
+// launch is handed a view together with a buffer it aliases. Between launches the buffer is plain memory, read only
+// through `download`.
 unsafe impl Send for EmuBuf {}
 // SAFETY: as for `Send`: shared references only read, and only between launches.
 unsafe impl Sync for EmuBuf {}
@@ -55,16 +61,20 @@ unsafe impl Sync for EmuBuf {}
 impl EmuBuf {
     fn new(data: impl Iterator<Item = f32>, len: usize) -> Self {
         let words = data.chain(std::iter::repeat_n(f32::from_bits(CANARY), GUARD));
-        EmuBuf { data: words.map(std::cell::UnsafeCell::new).collect(), len }
+        EmuBuf { data: words.map(std::cell::UnsafeCell::new).collect(), offset: 0, len }
     }
     fn ptr(&self, offset: usize) -> *mut f32 {
-        // SAFETY: UnsafeCell<f32> has f32's layout, the slice is one allocation, and callers pass
-        // `offset <= len` (checked in `launch`), so the pointer stays inside it or one past a word of it.
-        unsafe { (self.data.as_ptr() as *mut f32).add(offset) }
+        // SAFETY: UnsafeCell<f32> has f32's layout, the slice is one allocation, a view lies inside it, and callers
+        // pass `offset <= len` (checked in `launch`), so the pointer stays inside it or one past a word of it.
+        unsafe { (self.data.as_ptr() as *mut f32).add(self.offset + offset) }
     }
     fn guard_intact(&self) -> bool {
         // SAFETY: called after a launch has finished, so nothing writes the words while they are read.
-        self.data[self.len..].iter().all(|w| unsafe { (*w.get()).to_bits() } == CANARY)
+        let guard = &self.data[self.data.len() - GUARD..];
+        guard.iter().all(|w| unsafe { (*w.get()).to_bits() } == CANARY)
+    }
+    fn words(&self) -> &[std::cell::UnsafeCell<f32>] {
+        &self.data[self.offset..self.offset + self.len]
     }
 }
 
@@ -175,6 +185,21 @@ impl Executor for Emulator {
         Ok(EmuBuf::new(std::iter::repeat_n(f32::NAN, len), len))
     }
 
+    fn view(&self, buf: &EmuBuf, offset: usize, len: usize) -> Result<EmuBuf> {
+        if offset + len > buf.len {
+            return Err(Error::Device(format!(
+                "a view of words {offset}..{} of a {}-word buffer",
+                offset + len,
+                buf.len
+            )));
+        }
+        Ok(EmuBuf { data: buf.data.clone(), offset: buf.offset + offset, len })
+    }
+
+    fn same_words(&self, a: &EmuBuf, b: &EmuBuf) -> bool {
+        std::sync::Arc::ptr_eq(&a.data, &b.data) && (a.offset, a.len) == (b.offset, b.len)
+    }
+
     fn upload(&self, data: &[f32]) -> Result<EmuBuf> {
         self.counters.allocated();
         self.counters.uploaded(data.len());
@@ -184,7 +209,7 @@ impl Executor for Emulator {
     fn download(&self, buf: &EmuBuf) -> Result<Vec<f32>> {
         self.counters.downloaded(buf.len);
         // SAFETY: launches run to completion inside `launch`, so no kernel writes the words while they are read.
-        Ok(buf.data[..buf.len].iter().map(|w| unsafe { *w.get() }).collect())
+        Ok(buf.words().iter().map(|w| unsafe { *w.get() }).collect())
     }
 
     fn synchronize(&self) -> Result<()> {

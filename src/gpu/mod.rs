@@ -164,6 +164,14 @@ pub trait Executor: Send + Sync + 'static {
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     /// A buffer holding a copy of `data`.
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// A buffer of `len` words aliasing `buf` from word `offset`: what a kernel writes through either, the other
+    /// reads. The memory stays allocated while any view of it lives. Views let a set of tensors (the parameters,
+    /// their gradients, the optimiser's moments) be one contiguous arena that a single launch updates. A launch
+    /// must not be handed a view and a buffer it aliases when it writes either; no launcher does.
+    fn view(&self, buf: &Self::Buf, offset: usize, len: usize) -> Result<Self::Buf>;
+    /// Whether `a` and `b` are the same words of the same allocation (e.g. a view and another view of it made
+    /// with the same offset and length).
+    fn same_words(&self, a: &Self::Buf, b: &Self::Buf) -> bool;
     /// An index buffer holding a copy of `data` (non-negative values), for kernels' `int*` parameters.
     fn upload_i32(&self, data: &[u32]) -> Result<IntBuf<Self::Buf>> {
         if let Some(bad) = data.iter().find(|&&v| v > i32::MAX as u32) {

@@ -12,17 +12,20 @@
 use super::count::Counters;
 use super::cuda::size_class;
 use super::{check_launch, Arg, DeviceBuf, Executor, Kernel, LaunchCfg};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Free buffers per size class.
 type FreeList = Arc<Mutex<HashMap<usize, usize>>>;
 
-/// A buffer without memory: a length, and its size class's free list to return to.
+/// A buffer without memory: a length, and its size class's free list to return to (none for a view, whose
+/// allocation belongs to the buffer it was made from).
 pub struct RecBuf {
     len: usize,
-    free: FreeList,
+    free: Option<FreeList>,
+    /// The allocation (a number unique to it) and the view's first word in it.
+    id: (u64, usize),
 }
 
 impl std::fmt::Debug for RecBuf {
@@ -39,7 +42,8 @@ impl DeviceBuf for RecBuf {
 
 impl Drop for RecBuf {
     fn drop(&mut self) {
-        *self.free.lock().unwrap_or_else(|e| e.into_inner()).entry(size_class(self.len)).or_default() += 1;
+        let Some(free) = &self.free else { return };
+        *free.lock().unwrap_or_else(|e| e.into_inner()).entry(size_class(self.len)).or_default() += 1;
     }
 }
 
@@ -48,6 +52,7 @@ impl Drop for RecBuf {
 pub struct Recorder {
     counters: Counters,
     free: FreeList,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Recorder {
@@ -62,7 +67,8 @@ impl Recorder {
             Some(n) if *n > 0 => *n -= 1,
             _ => self.counters.allocated(),
         }
-        RecBuf { len, free: self.free.clone() }
+        let id = (self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed), 0);
+        RecBuf { len, free: Some(self.free.clone()), id }
     }
 }
 
@@ -77,6 +83,19 @@ impl Executor for Recorder {
     }
     fn alloc(&self, len: usize) -> Result<RecBuf> {
         Ok(self.take(len))
+    }
+    fn view(&self, buf: &RecBuf, offset: usize, len: usize) -> Result<RecBuf> {
+        if offset + len > buf.len {
+            return Err(Error::Device(format!(
+                "a view of words {offset}..{} of a {}-word buffer",
+                offset + len,
+                buf.len
+            )));
+        }
+        Ok(RecBuf { len, free: None, id: (buf.id.0, buf.id.1 + offset) })
+    }
+    fn same_words(&self, a: &RecBuf, b: &RecBuf) -> bool {
+        (a.id, a.len) == (b.id, b.len)
     }
     fn upload(&self, data: &[f32]) -> Result<RecBuf> {
         self.counters.uploaded(data.len());

@@ -1,5 +1,6 @@
 //! `torch.optim.AdamW` (Loshchilov & Hutter 2019), single-tensor path, amsgrad off.
 
+use crate::arena::{self, Arena};
 use crate::backend::{Backend, Cpu};
 use crate::error::Result;
 use crate::params::{Grads, Params};
@@ -41,6 +42,8 @@ pub struct AdamW<B: Backend = Cpu> {
     pub exp_avg: Vec<Tensor<B>>,
     /// Second moments `v`, one per parameter.
     pub exp_avg_sq: Vec<Tensor<B>>,
+    /// The arenas of `exp_avg` and `exp_avg_sq` on a GPU, laid out as the parameters' ([`crate::arena`]).
+    pub(crate) arenas: (Arena<B>, Arena<B>),
 }
 
 impl AdamW {
@@ -56,6 +59,7 @@ impl AdamW {
             step: 0,
             exp_avg: zeros(),
             exp_avg_sq: zeros(),
+            arenas: Default::default(),
         }
     }
 }
@@ -63,10 +67,14 @@ impl AdamW {
 impl<B: Backend> AdamW<B> {
     /// A copy of this state with its moments on `backend` (the host is `&Cpu`).
     pub fn to_backend<C: Backend>(&self, backend: &C) -> Result<AdamW<C>> {
-        let copy = |ts: &[Tensor<B>]| ts.iter().map(|t| t.to_backend(backend)).collect::<Result<Vec<_>>>();
-        let (exp_avg, exp_avg_sq) = (copy(&self.exp_avg)?, copy(&self.exp_avg_sq)?);
+        let copy = |ts: &[Tensor<B>]| {
+            let host = ts.iter().map(|t| t.to_backend(&Cpu)).collect::<Result<Vec<_>>>()?;
+            arena::place(backend, &host)
+        };
+        let ((m_arena, exp_avg), (v_arena, exp_avg_sq)) = (copy(&self.exp_avg)?, copy(&self.exp_avg_sq)?);
         let AdamW { lr, beta1, beta2, eps, weight_decay, step, .. } = *self;
-        Ok(AdamW { lr, beta1, beta2, eps, weight_decay, step, exp_avg, exp_avg_sq })
+        let arenas = (m_arena, v_arena);
+        Ok(AdamW { lr, beta1, beta2, eps, weight_decay, step, exp_avg, exp_avg_sq, arenas })
     }
 
     /// The f32 scalars of update number `k` (from 1), formed in f64 as Python does and then rounded: shared by

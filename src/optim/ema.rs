@@ -1,5 +1,6 @@
 //! An exponential moving average of the weights, sampled from instead of the noisy live weights.
 
+use crate::arena::{self, Arena};
 use crate::backend::{Backend, Cpu};
 use crate::error::Result;
 use crate::params::Params;
@@ -17,20 +18,23 @@ pub struct Ema<B: Backend = Cpu> {
     pub updates: u64,
     /// The averaged parameters, in the store's order.
     pub shadow: Vec<Tensor<B>>,
+    /// The shadow's arena on a GPU, laid out as the parameters' ([`crate::arena`]).
+    pub(crate) arena: Arena<B>,
 }
 
 impl Ema {
     /// A shadow that starts as a copy of `params`.
     pub fn new(params: &Params, decay: f64, warmup: bool) -> Self {
-        Ema { decay, warmup, updates: 0, shadow: params.tensors().to_vec() }
+        Ema { decay, warmup, updates: 0, shadow: params.tensors().to_vec(), arena: Arena::none() }
     }
 }
 
 impl<B: Backend> Ema<B> {
     /// A copy of this state with its shadow on `backend` (the host is `&Cpu`).
     pub fn to_backend<C: Backend>(&self, backend: &C) -> Result<Ema<C>> {
-        let shadow = self.shadow.iter().map(|t| t.to_backend(backend)).collect::<Result<_>>()?;
-        Ok(Ema { decay: self.decay, warmup: self.warmup, updates: self.updates, shadow })
+        let host = self.shadow.iter().map(|t| t.to_backend(&Cpu)).collect::<Result<Vec<_>>>()?;
+        let (arena, shadow) = arena::place(backend, &host)?;
+        Ok(Ema { decay: self.decay, warmup: self.warmup, updates: self.updates, shadow, arena })
     }
 
     /// The decay the next update uses.

@@ -1,11 +1,12 @@
 //! The optimiser's launches: AdamW and the EMA elementwise per tensor, and gradient clipping on the device with no
-//! round trip for the scale (a two-pass norm, then `scale_by` reading the coefficient from device memory).
+//! round trip for the scale (a two-pass norm, then `scale_by` reading the coefficient from device memory); and the
+//! same step over arenas in three launches (the norm's two passes, then `adamw_ema`), with no round trip at all.
 
-use super::{AdamWScalars, OptimOps};
+use super::{AdamWScalars, FlatStep, OptimOps};
 use crate::backend::Gpu;
-use crate::error::Result;
-use crate::gpu::launch::{elementwise, need, partials, run};
-use crate::gpu::{Arg, Cost, DeviceBuf, Executor, Kernel};
+use crate::error::{Error, Result};
+use crate::gpu::launch::{elementwise, need, partials, run, BLOCK};
+use crate::gpu::{Arg, Cost, DeviceBuf, Executor, Kernel, LaunchCfg};
 use crate::ops::reduce::gpu::{finish_sum, sumsq_partials, Finish};
 
 impl<E: Executor> OptimOps for Gpu<E> {
@@ -49,6 +50,49 @@ impl<E: Executor> OptimOps for Gpu<E> {
         ];
         // p, m, v read and written, g read: ~14 operations per parameter.
         run(self.executor(), Kernel::Adamw, elementwise(n), Cost::pass(4 * n, 3 * n, 14), &args)
+    }
+    fn flat_step(&self, f: FlatStep<'_, Self>) -> Result<()> {
+        let (e, n) = (self.executor(), f.p.len());
+        for (what, b) in [("m", &*f.m), ("v", &*f.v), ("shadow", &*f.shadow), ("g", f.g)] {
+            if b.len() != n {
+                return Err(Error::Shape(format!("flat optimiser step: {what} arena of {} words, p of {n}", b.len())));
+            }
+        }
+        // The table's rows address the gradient arena; their maker checked them against its layout, whose length
+        // is the arena's (checked above).
+        let blocks = f.norm_table.len() / 4;
+        match f.norm_table.bound() {
+            Some(bound) if bound <= n as u64 + 1 && blocks > 0 => {}
+            _ => return Err(Error::Arg("flat optimiser step: the norm table does not fit the arena".into())),
+        }
+        let (stats, at) = f.stats;
+        need("flat optimiser step stats", stats, at + 2)?;
+        let parts = e.alloc(blocks)?;
+        let args = [Arg::Buf(f.g), Arg::Ints(f.norm_table), Arg::Buf(&parts)];
+        run(e, Kernel::SumsqSegments, LaunchCfg::linear(blocks as u32, BLOCK), Cost::simt(2 * n, 4 * n), &args)?;
+        let mut clip = e.view(stats, at, 2)?;
+        finish_sum(e, &parts, blocks, &mut clip, Finish::ClipNorm { max_norm: f.max_norm })?;
+        let s = &f.adam;
+        let args = [
+            Arg::Buf(f.p),
+            Arg::Buf(f.m),
+            Arg::Buf(f.v),
+            Arg::Buf(f.g),
+            Arg::Buf(f.shadow),
+            Arg::BufAt(&clip, 1),
+            Arg::I64(n as i64),
+            Arg::F32(s.decay),
+            Arg::F32(s.w1),
+            Arg::F32(s.b2),
+            Arg::F32(s.w2),
+            Arg::F32(s.neg_step_size),
+            Arg::F32(s.bc2_sqrt),
+            Arg::F32(s.eps),
+            Arg::F32(f.ema.0),
+            Arg::F32(f.ema.1),
+        ];
+        // p, m, v and the shadow read and written, g read: ~17 operations per parameter.
+        run(e, Kernel::AdamwEma, elementwise(n), Cost::pass(5 * n, 4 * n, 17), &args)
     }
     fn ema_update(&self, d: f32, alpha: f32, shadow: &mut E::Buf, p: &E::Buf) -> Result<()> {
         let n = shadow.len();

@@ -14,8 +14,43 @@ pub use adamw::{AdamW, AdamWScalars};
 pub use clip::clip_grad_norm;
 pub use ema::Ema;
 
-use crate::backend::Memory;
+use crate::backend::{Backend, Memory};
 use crate::error::Result;
+use crate::params::{GradStore, Params};
+
+/// One optimiser step of a training run: the gradients clipped to global norm `max_norm`, AdamW, then the EMA.
+/// Where the parameters, gradients, moments and shadow are arenas (a GPU), three launches that leave
+/// `[total norm, clip coefficient]` in `stats` from word `at`, and `None` comes back; else per tensor, returning
+/// `Some((total, coef))`. Both give the per-tensor kernels' bits.
+pub fn step<B: Backend>(
+    params: &mut Params<B>,
+    grads: &mut GradStore<B>,
+    (opt, ema): (&mut AdamW<B>, &mut Ema<B>),
+    max_norm: f32,
+    (stats, at): (&mut B::Buf, usize),
+) -> Result<Option<(f32, f32)>> {
+    let be = params.backend().clone();
+    // The scalars of the step the flat path takes (the per-tensor path forms the same ones itself).
+    let (adam, scalars) = (opt.scalars(opt.step + 1), ema.scalars());
+    let flat = (
+        params.arena_mut().buf_mut(),
+        opt.arenas.0.buf_mut(),
+        opt.arenas.1.buf_mut(),
+        ema.arena.buf_mut(),
+        grads.arena.buf(),
+        grads.norm_table.as_ref(),
+    );
+    if let (Some(p), Some(m), Some(v), Some(shadow), Some(g), Some(norm_table)) = flat {
+        be.flat_step(FlatStep { p, m, v, shadow, g, norm_table, adam, ema: scalars, max_norm, stats: (stats, at) })?;
+        opt.step += 1;
+        ema.updates += 1;
+        return Ok(None);
+    }
+    let clipped = clip_grad_norm(&mut grads.grads, max_norm)?;
+    opt.step(params, &grads.grads)?;
+    ema.update(params)?;
+    Ok(Some(clipped))
+}
 
 /// What a backend offers the optimiser.
 pub trait OptimOps: Memory {
@@ -33,4 +68,28 @@ pub trait OptimOps: Memory {
     ) -> Result<()>;
     /// `shadow = shadow·d + alpha·p` (`Ema::update`).
     fn ema_update(&self, d: f32, alpha: f32, shadow: &mut Self::Buf, p: &Self::Buf) -> Result<()>;
+    /// The whole step over arenas (backends with views, [`crate::arena`]): clipping, AdamW and the EMA of every
+    /// parameter in three launches, equal to the per-tensor kernels to the bit. Backends without views have no
+    /// arenas to run it on.
+    fn flat_step(&self, f: FlatStep<'_, Self>) -> Result<()> {
+        let _ = f;
+        Err(crate::error::Error::Device(format!("{} keeps no arenas for a flat optimiser step", self.describe())))
+    }
+}
+
+/// The buffers and scalars of [`OptimOps::flat_step`]: arenas of one layout, and where the norm goes.
+pub struct FlatStep<'a, B: Memory> {
+    pub p: &'a mut B::Buf,
+    pub m: &'a mut B::Buf,
+    pub v: &'a mut B::Buf,
+    pub shadow: &'a mut B::Buf,
+    pub g: &'a B::Buf,
+    /// The per-tensor partition of the gradient norm's first pass ([`GradStore`](crate::params::GradStore)).
+    pub norm_table: &'a B::Idx,
+    pub adam: AdamWScalars,
+    /// The EMA's `(d, 1 - d)`.
+    pub ema: (f32, f32),
+    pub max_norm: f32,
+    /// Receives `[total norm, clip coefficient]` at the given word.
+    pub stats: (&'a mut B::Buf, usize),
 }

@@ -3,25 +3,50 @@
 // nvrtc-options: --fmad=false
 #include "common.cuh"
 
-// One AdamW step over n elements, the scalars formed on the host in f64 then rounded (AdamW::step):
-// p *= decay; m += w1*(g - m); v = v*b2 + w2*g*g; p += neg_step*m / (sqrt(v)/bc2_sqrt + eps).
-// Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
+// One AdamW update of element e, the scalars formed on the host in f64 then rounded (AdamW::step):
+// p *= decay; m += w1*(g - m); v = v*b2 + w2*g*g; p += neg_step*m / (sqrt(v)/bc2_sqrt + eps). Returns the new p.
+static __device__ __forceinline__ float adamw_at(float* __restrict__ p, float* __restrict__ m,
+                                                 float* __restrict__ v, long long e, float ge, float decay, float w1,
+                                                 float b2, float w2, float neg_step, float bc2_sqrt, float eps) {
+  float pe = p[e] * decay;
+  const float me = m[e] + w1 * (ge - m[e]);
+  const float ve = v[e] * b2 + w2 * ge * ge;
+  pe += neg_step * me / (sqrtf(ve) / bc2_sqrt + eps);
+  p[e] = pe; m[e] = me; v[e] = ve;
+  return pe;
+}
+
+// shadow = shadow*d + alpha*p at element e (Ema::update: mul_(d) then add_(p, alpha = 1 - d)).
+static __device__ __forceinline__ void ema_at(float* __restrict__ shadow, long long e, float pe, float d,
+                                              float alpha) {
+  shadow[e] = shadow[e] * d + alpha * pe;
+}
+
+// One AdamW step over n elements (adamw_at). Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
 extern "C" __global__ void adamw(float* __restrict__ p, float* __restrict__ m, float* __restrict__ v,
                                  const float* __restrict__ g, long long n, float decay, float w1, float b2,
                                  float w2, float neg_step, float bc2_sqrt, float eps) {
+  GRID_STRIDE(e, n) adamw_at(p, m, v, e, g[e], decay, w1, b2, w2, neg_step, bc2_sqrt, eps);
+}
+
+// The whole optimiser step over arenas of n words laid out alike: the gradient scaled by the clip coefficient
+// coef[0] when it is below 1 (scale_by), AdamW (adamw), then the EMA of the new parameter (ema_update), each in
+// the same f32 operations as those kernels, so the result equals theirs run one after the other, to the bit.
+// Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
+extern "C" __global__ void adamw_ema(float* __restrict__ p, float* __restrict__ m, float* __restrict__ v,
+                                     const float* __restrict__ g, float* __restrict__ shadow,
+                                     const float* __restrict__ coef, long long n, float decay, float w1, float b2,
+                                     float w2, float neg_step, float bc2_sqrt, float eps, float d, float alpha) {
+  const float c = coef[0];
   GRID_STRIDE(e, n) {
-    const float ge = g[e];
-    float pe = p[e] * decay;
-    const float me = m[e] + w1 * (ge - m[e]);
-    const float ve = v[e] * b2 + w2 * ge * ge;
-    pe += neg_step * me / (sqrtf(ve) / bc2_sqrt + eps);
-    p[e] = pe; m[e] = me; v[e] = ve;
+    float ge = g[e];
+    if (c < 1.0f) ge *= c;
+    ema_at(shadow, e, adamw_at(p, m, v, e, ge, decay, w1, b2, w2, neg_step, bc2_sqrt, eps), d, alpha);
   }
 }
 
-// shadow = shadow*d + alpha*p (Ema::update: mul_(d) then add_(p, alpha = 1 - d)).
-// Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
+// The EMA over n elements (ema_at). Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
 extern "C" __global__ void ema_update(float* __restrict__ shadow, const float* __restrict__ p, long long n, float d,
                                       float alpha) {
-  GRID_STRIDE(e, n) shadow[e] = shadow[e] * d + alpha * p[e];
+  GRID_STRIDE(e, n) ema_at(shadow, e, p[e], d, alpha);
 }

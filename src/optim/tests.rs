@@ -1,10 +1,10 @@
 //! The optimiser's GPU kernels against the CPU's.
 
-use super::{clip_grad_norm, AdamW, Ema, OptimOps};
+use super::{clip_grad_norm, step as step_all, AdamW, Ema, OptimOps};
 use crate::backend::{Gpu, Memory};
 use crate::gpu::Executor;
 use crate::ops::testing::{close, down, gpu_test, rand, up};
-use crate::params::{Grads, Params};
+use crate::params::{GradStore, Grads, Params};
 use crate::tensor::Tensor;
 
 /// Two parameter tensors of awkward sizes, and gradients for them.
@@ -81,3 +81,42 @@ fn clip<E: Executor>(dev: &Gpu<E>) {
     }
 }
 gpu_test!(clip);
+
+// The whole step over arenas (clip, AdamW, EMA in three launches) against the per-tensor kernels it replaces, on
+// copies of the same state (a copy's tensors are separate buffers, so it takes the per-tensor path): the same f32
+// operations on the same partial sums, so every bit must agree, clipped (norm ~33 > 1) or not (max_norm 1e3).
+fn flat_step_equals_per_tensor<E: Executor>(dev: &Gpu<E>) {
+    for max_norm in [1.0f32, 1e3] {
+        let (params, grads) = params_and_grads(2.0);
+        let mut flat_p = params.to_backend(dev).unwrap();
+        let mut flat_opt = AdamW::new(&params, 1e-3).to_backend(dev).unwrap();
+        let mut flat_ema = Ema::new(&params, 0.999, true).to_backend(dev).unwrap();
+        let mut flat_g = GradStore::zeros_like(&flat_p).unwrap();
+        assert!(flat_p.arena().buf().is_some(), "a GPU's parameters are views of one arena");
+        let (mut p, mut opt, mut ema, mut g) = (flat_p.clone(), flat_opt.clone(), flat_ema.clone(), flat_g.clone());
+        let mut stats = up(dev, &[0.0; 4]);
+        for step in 0..3 {
+            // A different gradient each step, written into both stores.
+            for (i, host) in grads.0.iter().enumerate() {
+                let data: Vec<f32> = host.data().iter().map(|v| v * (1.0 + step as f32)).collect();
+                dev.copy_into(&up(dev, &data), flat_g.grads.0[i].buf_mut(), 0).unwrap();
+                dev.copy_into(&up(dev, &data), g.grads.0[i].buf_mut(), 0).unwrap();
+            }
+            let flat = step_all(&mut flat_p, &mut flat_g, (&mut flat_opt, &mut flat_ema), max_norm, (&mut stats, 1));
+            assert_eq!(flat.unwrap(), None, "the arenas take the flat path");
+            let (total, coef) = step_all(&mut p, &mut g, (&mut opt, &mut ema), max_norm, (&mut stats, 0))
+                .unwrap()
+                .expect("copies take the per-tensor path");
+            let s = down(dev, &stats);
+            assert_eq!([s[1].to_bits(), s[2].to_bits()], [total.to_bits(), coef.to_bits()], "norm and coefficient");
+        }
+        let bits =
+            |ts: &[Tensor<Gpu<E>>]| ts.iter().flat_map(|t| down(dev, t.buf())).map(f32::to_bits).collect::<Vec<_>>();
+        assert!(bits(flat_p.tensors()) == bits(p.tensors()), "parameters differ (max_norm {max_norm})");
+        assert!(bits(&flat_opt.exp_avg) == bits(&opt.exp_avg), "first moments differ");
+        assert!(bits(&flat_opt.exp_avg_sq) == bits(&opt.exp_avg_sq), "second moments differ");
+        assert!(bits(&flat_ema.shadow) == bits(&ema.shadow), "EMA differs");
+        assert_eq!((flat_opt.step, flat_ema.updates), (opt.step, ema.updates));
+    }
+}
+gpu_test!(flat_step_equals_per_tensor);

@@ -11,10 +11,13 @@
 
 mod batcher;
 mod output;
+mod stats;
 mod trainer;
 
 pub use batcher::Batcher;
 pub use output::{LogRow, RunDir, RunLog};
+use stats::StatsRing;
+pub use stats::RING_STEPS;
 pub use trainer::{CheckpointPolicy, EpochSummary, Milestone, Observer, RunEnd, Trainer};
 
 use crate::autograd::Tape;
@@ -22,8 +25,8 @@ use crate::backend::{Backend, Cpu};
 use crate::diffusion::{initial_noise, sample, Denoiser, SamplerKind, Schedule};
 use crate::error::{Error, Result};
 use crate::nn::{UNet, UNetConfig, UNetDenoiser};
-use crate::optim::{clip_grad_norm, AdamW, Ema};
-use crate::params::Params;
+use crate::optim::{self, AdamW, Ema};
+use crate::params::{GradStore, Params};
 use crate::rng;
 use crate::tensor::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
@@ -158,6 +161,10 @@ pub struct TrainState<B: Backend = Cpu> {
     pub ema: Ema<B>,
     /// Optimiser steps taken so far.
     pub step: u64,
+    /// The gradients, kept from step to step so that a step allocates nothing (made by the first step).
+    grads: Option<GradStore<B>>,
+    /// Loss and gradient norm of the steps not yet read ([`TrainState::take_stats`]).
+    stats: StatsRing<B>,
 }
 
 impl TrainState {
@@ -168,7 +175,7 @@ impl TrainState {
         let model = UNet::new(config.model, &mut params, &mut StdRng::seed_from_u64(config.seed))?;
         let opt = AdamW::new(&params, config.lr);
         let ema = Ema::new(&params, config.ema_decay, config.ema_warmup);
-        Ok(TrainState { config, model, params, opt, ema, step: 0 })
+        Ok(TrainState { config, model, params, opt, ema, step: 0, grads: None, stats: StatsRing::default() })
     }
 }
 
@@ -182,6 +189,8 @@ impl<B: Backend> TrainState<B> {
             opt: self.opt.to_backend(backend)?,
             ema: self.ema.to_backend(backend)?,
             step: self.step,
+            grads: None,
+            stats: StatsRing::default(),
         })
     }
 
@@ -208,10 +217,24 @@ impl<B: Backend> TrainState<B> {
         self.step / (n_images / self.config.batch).max(1) as u64
     }
 
+    /// [`TrainState::queue_step`], then its loss and gradient norm (with those of any steps queued before it
+    /// and not yet taken, which are dropped): a copy back from the device every step.
+    pub fn train_step(&mut self, sched: &Schedule, x0: &Tensor) -> Result<StepStats> {
+        self.queue_step(sched, x0)?;
+        self.take_stats()?.pop().ok_or_else(|| Error::Arg("a training step left no statistics".into()))
+    }
+
+    /// The loss and gradient norm of every step queued since the last call, oldest first (one copy from the
+    /// device).
+    pub fn take_stats(&mut self) -> Result<Vec<StepStats>> {
+        self.stats.take()
+    }
+
     /// One training step on the clean batch `x0` (`[B, C, H, W]` in [-1, 1], on the host), with the step's own t
     /// and noise. Everything after the upload of `x0` runs on the backend: q_sample drawing its Philox noise,
-    /// forward, backward, clipping, AdamW and the EMA; only the loss and the gradient norm come back.
-    pub fn train_step(&mut self, sched: &Schedule, x0: &Tensor) -> Result<StepStats> {
+    /// forward, backward, clipping, AdamW and the EMA. The loss and the gradient norm stay there until
+    /// [`TrainState::take_stats`] reads them, so on a GPU the step never waits for the device.
+    pub fn queue_step(&mut self, sched: &Schedule, x0: &Tensor) -> Result<()> {
         let (b, ..) = x0.dims4("training batch")?;
         let (seed, k) = (self.config.seed, self.step);
         let t: Vec<usize> =
@@ -219,19 +242,33 @@ impl<B: Backend> TrainState<B> {
         let be = self.params.backend().clone();
         let x0 = x0.to_backend(&be)?;
         let (noise, x_t) = be.q_sample(sched, x0.buf(), &t, (seed, STREAM_NOISE | k))?;
-        let (loss, mut grads) = {
-            let mut tape = Tape::new(&self.params);
-            let xv = tape.input(Tensor::from_buf(be.clone(), x0.shape(), x_t)?);
-            let nv = tape.input(Tensor::from_buf(be.clone(), x0.shape(), noise)?);
-            let eps = self.model.forward(&mut tape, xv, &t)?;
-            let loss = tape.mse(eps, nv)?;
-            let value = tape.value(loss).to_vec()?[0];
-            (value, tape.backward(loss)?)
+        let mut grads = match self.grads.take() {
+            Some(g) => g,
+            None => GradStore::zeros_like(&self.params)?,
         };
-        let (grad_norm, _) = clip_grad_norm(&mut grads, 1.0)?;
-        self.opt.step(&mut self.params, &grads)?;
-        self.ema.update(&self.params)?;
+        let (ring, at) = self.stats.slot(&be, self.step)?;
+        let taken = (|| {
+            grads.grads = {
+                let mut tape = Tape::new(&self.params).with_grad_store(&grads);
+                let xv = tape.input(Tensor::from_buf(be.clone(), x0.shape(), x_t)?);
+                let nv = tape.input(Tensor::from_buf(be.clone(), x0.shape(), noise)?);
+                let eps = self.model.forward(&mut tape, xv, &t)?;
+                let loss = tape.mse(eps, nv)?;
+                be.copy_into(tape.value(loss).buf(), ring, at)?;
+                tape.backward(loss)?
+            };
+            let opt = (&mut self.opt, &mut self.ema);
+            if let Some((total, coef)) = optim::step(&mut self.params, &mut grads, opt, 1.0, (&mut *ring, at + 1))? {
+                be.copy_into(&be.upload(vec![total, coef])?, ring, at + 1)?;
+            }
+            Ok(())
+        })();
+        if taken.is_err() {
+            self.stats.cancel();
+        }
+        taken?;
+        self.grads = Some(grads);
         self.step += 1;
-        Ok(StepStats { loss, grad_norm })
+        Ok(())
     }
 }

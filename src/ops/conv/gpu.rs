@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
 use crate::gpu::{Arg, Cost, Executor, Kernel};
 use crate::ops::linear::gpu::{sgemm, Gemm};
-use crate::ops::reduce::gpu::copy;
+use crate::ops::reduce::gpu::copy_at;
 
 impl<E: Executor> Gpu<E> {
     /// Whether this backend's convolutions run on the tensor cores.
@@ -35,7 +35,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let (kk, plane) = (g.col_rows(), g.col_cols());
         if let Some(r) = epi.residual {
             need("conv2d residual", r, n * co * plane)?;
-            copy(e, r, out)?;
+            copy_at(e, r, out, 0)?;
         }
         if self.tensor_cores() {
             let xb = mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w)?;

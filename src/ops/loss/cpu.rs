@@ -16,7 +16,8 @@ impl LossOps for Cpu {
     fn mse(&self, p: &Vec<f32>, t: &Vec<f32>) -> Result<Vec<f32>> {
         Ok(vec![mse(p, t)])
     }
-    fn mse_backward(&self, p: &Vec<f32>, t: &Vec<f32>, gloss: f32, dp: &mut Vec<f32>) -> Result<()> {
+    fn mse_backward(&self, p: &Vec<f32>, t: &Vec<f32>, gloss: &Vec<f32>, dp: &mut Vec<f32>) -> Result<()> {
+        let Some(&gloss) = gloss.first() else { return Err(Error::Shape("mse_backward: an empty gradient".into())) };
         mse_backward(p, t, gloss, dp);
         Ok(())
     }

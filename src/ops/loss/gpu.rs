@@ -18,13 +18,12 @@ impl<E: Executor> LossOps for Gpu<E> {
         finish_sum(e, &parts, np, &mut out, Finish::Mean { divisor: n as f32 })?;
         Ok(out)
     }
-    fn mse_backward(&self, p: &E::Buf, t: &E::Buf, gloss: f32, dp: &mut E::Buf) -> Result<()> {
+    fn mse_backward(&self, p: &E::Buf, t: &E::Buf, gloss: &E::Buf, dp: &mut E::Buf) -> Result<()> {
         let n = p.len();
         need("mse t", t, n)?;
         need("mse dp", dp, n)?;
-        // 2·dL/N formed on the host, as the CPU does.
-        let scale = 2.0 * gloss / n as f32;
-        let args = [Arg::Buf(p), Arg::Buf(t), Arg::Buf(dp), Arg::F32(scale), Arg::I64(n as i64)];
+        need("mse gloss", gloss, 1)?;
+        let args = [Arg::Buf(p), Arg::Buf(t), Arg::Buf(dp), Arg::Buf(gloss), Arg::I64(n as i64)];
         run(self.executor(), Kernel::MseBwd, elementwise(n), Cost::pass(2 * n, n, 2), &args)
     }
     fn cross_entropy(&self, d: LogitsDesc, z: &E::Buf, labels: &IntBuf<E::Buf>) -> Result<(E::Buf, E::Buf)> {

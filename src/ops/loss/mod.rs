@@ -19,8 +19,9 @@ use std::fmt;
 pub trait LossOps: Memory {
     /// `L = (1/N)·Σ (p - t)²`, a one-word buffer.
     fn mse(&self, p: &Self::Buf, t: &Self::Buf) -> Result<Self::Buf>;
-    /// `dp = (2/N)·(p - t)·gloss`.
-    fn mse_backward(&self, p: &Self::Buf, t: &Self::Buf, gloss: f32, dp: &mut Self::Buf) -> Result<()>;
+    /// `dp = (2/N)·(p - t)·gloss[0]`, `gloss` the loss's one-word gradient, read where it lives (on a GPU, without
+    /// a copy to the host).
+    fn mse_backward(&self, p: &Self::Buf, t: &Self::Buf, gloss: &Self::Buf, dp: &mut Self::Buf) -> Result<()>;
     /// `L = (1/n)·Σ_i (lse_i - z_i[y_i])` for logits `z` and `labels` (each below `d.classes`, checked by the
     /// caller); returns `(L, lse)`, a one-word buffer and the `[n]` row log-sum-exps for the backward.
     fn cross_entropy(&self, d: LogitsDesc, z: &Self::Buf, labels: &Self::Idx) -> Result<(Self::Buf, Self::Buf)>;
@@ -82,13 +83,11 @@ impl<B: Backend> Rule<B> for Mse {
         vec![self.pred, self.target]
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
-        // The same kernel with the roles swapped. dL/dL is a host scalar for the kernel (1 unless a caller scales
-        // the loss).
-        let gloss = gout.to_vec()?[0];
+        // The same kernel with the roles swapped; dL/dL (1 unless a caller scales the loss) stays on the device.
         let mut out = Vec::new();
         for (v, other) in [(self.pred, self.target), (self.target, self.pred)] {
             if let Some(mut g) = tape.grad_for(v)? {
-                tape.backend().mse_backward(tape.value(v).buf(), tape.value(other).buf(), gloss, g.buf_mut())?;
+                tape.backend().mse_backward(tape.value(v).buf(), tape.value(other).buf(), gout.buf(), g.buf_mut())?;
                 out.push((v, g));
             }
         }

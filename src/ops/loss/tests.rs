@@ -14,8 +14,8 @@ fn mse<E: Executor>(g: &Gpu<E>) {
     let (pb, tb, mut dp) = (up(g, &p), up(g, &t), out(g, n));
     close(&down(g, &g.mse(&pb, &tb).unwrap()), &Cpu.mse(&p, &t).unwrap(), 0.0, 1e-5, "mse");
     let mut want = vec![0.0; n];
-    Cpu.mse_backward(&p, &t, 0.7, &mut want).unwrap();
-    g.mse_backward(&pb, &tb, 0.7, &mut dp).unwrap();
+    Cpu.mse_backward(&p, &t, &vec![0.7], &mut want).unwrap();
+    g.mse_backward(&pb, &tb, &up(g, &[0.7]), &mut dp).unwrap();
     close(&down(g, &dp), &want, 0.0, 1e-6, "mse backward");
 }
 gpu_test!(mse);

@@ -101,9 +101,10 @@ fn copy_channels<E: Executor>(
     run(e, Kernel::CopyChannels, elementwise(len), Cost::pass(len, len, 0), &args)
 }
 
-/// `dst = src` (a device-side copy; `dst` at least as long).
-pub(crate) fn copy<E: Executor>(e: &E, src: &E::Buf, dst: &mut E::Buf) -> Result<()> {
-    copy_channels(e, (src, 1, 0), (dst, 1, 0), 1, 1, src.len())
+/// `dst[at..at + src.len()] = src`: a one-image copy of `src.len()` one-pixel channels into channel `at` on.
+pub(crate) fn copy_at<E: Executor>(e: &E, src: &E::Buf, dst: &mut E::Buf, at: usize) -> Result<()> {
+    let dst_c = dst.len();
+    copy_channels(e, (src, src.len(), 0), (dst, dst_c, at), src.len(), 1, 1)
 }
 
 /// First pass of a deterministic sum of squares: `parts[offset + b]` = block `b`'s share of `Σ (x - y)²` (of

@@ -4,14 +4,35 @@
 // gradients; channel-block copies make concat and split; add_assign accumulates gradients.
 #include "common.cuh"
 
+// Block `block` of `blocks`'s share of sum (x - y)^2 over n values (y may be null: sum of x^2), summed over a
+// grid-stride loop of `blocks` blocks; valid in thread 0.
+static __device__ float sumsq_share(const float* __restrict__ x, const float* __restrict__ y, long long n,
+                                    long long block, long long blocks, float* scratch) {
+  float s = 0.0f;
+  for (long long e = block * blockDim.x + threadIdx.x; e < n; e += blockDim.x * blocks) {
+    const float d = y ? x[e] - y[e] : x[e];
+    s += d * d;
+  }
+  return block_sum(s, scratch);
+}
+
 // parts[blockIdx.x] = sum over this block's grid-stride share of (x - y)^2 (y may be null: sum of x^2).
 // Launch: grid = number of partials (<= 1024, fixed by the caller), block 256.
 extern "C" __global__ void __launch_bounds__(256)
 sumsq_partials(const float* __restrict__ x, const float* __restrict__ y, float* __restrict__ parts, long long n) {
   __shared__ float scratch[32];
-  float s = 0.0f;
-  GRID_STRIDE(e, n) { const float d = y ? x[e] - y[e] : x[e]; s += d * d; }
-  s = block_sum(s, scratch);
+  const float s = sumsq_share(x, y, n, blockIdx.x, gridDim.x, scratch);
+  if (threadIdx.x == 0) parts[blockIdx.x] = s;
+}
+
+// sumsq_partials over many tensors of one arena in one launch, with the same partials: block b does what block
+// table[4b+2] of a sumsq_partials launch of table[4b+3] blocks over the table[4b+1] values from word table[4b] does,
+// and writes parts[b]. Launch: grid = rows of the table, block 256.
+extern "C" __global__ void __launch_bounds__(256)
+sumsq_segments(const float* __restrict__ x, const int* __restrict__ table, float* __restrict__ parts) {
+  __shared__ float scratch[32];
+  const int* row = table + 4 * (long long)blockIdx.x;
+  const float s = sumsq_share(x + row[0], nullptr, row[1], row[2], row[3], scratch);
   if (threadIdx.x == 0) parts[blockIdx.x] = s;
 }
 

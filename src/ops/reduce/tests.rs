@@ -1,6 +1,6 @@
 //! The sums' and copies' GPU kernels against the CPU's.
 
-use super::gpu::copy;
+use super::gpu::copy_at;
 use super::ReduceOps;
 use crate::backend::{Cpu, Gpu};
 use crate::desc::{ConcatDesc, Planes};
@@ -32,7 +32,7 @@ fn add_copy_column_sums<E: Executor>(g: &Gpu<E>) {
     g.add_assign(&mut acc, &up(g, &b)).unwrap();
     assert_eq!(down(g, &acc), want, "add_assign");
     let mut copied = out(g, a.len());
-    copy(g.executor(), &acc, &mut copied).unwrap();
+    copy_at(g.executor(), &acc, &mut copied, 0).unwrap();
     assert_eq!(down(g, &copied), want, "copy");
     let sums = g.column_sums(&copied, rows, cols).unwrap();
     close(&down(g, &sums), &Cpu.column_sums(&want, rows, cols).unwrap(), 1e-7, 1e-6, "column_sums");

@@ -1,0 +1,125 @@
+//! Sets of tensors kept as one contiguous buffer (an arena) on a backend with views (the GPU's), each tensor a view
+//! of its part: the parameters, their gradients, the two AdamW moments and the EMA all share one [`Layout`], so the
+//! optimiser clips, updates and averages every parameter in three launches instead of several per tensor. On the
+//! CPU (no views) the tensors stay separate and the optimiser runs per tensor.
+
+use crate::backend::{Backend, Memory};
+use crate::error::Result;
+use crate::tensor::Tensor;
+use std::fmt;
+
+/// Where each tensor of a set starts in its arena: offsets rounded up to 4 words (16 bytes, so a view is as aligned
+/// as an allocation for a kernel's vector loads). The gaps hold zeros, which every flat update leaves at zero.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    parts: Vec<(usize, usize)>,
+    total: usize,
+}
+
+impl Layout {
+    /// The layout of tensors of lengths `lens`, in order.
+    pub fn of(lens: impl IntoIterator<Item = usize>) -> Self {
+        let mut total = 0;
+        let parts = lens
+            .into_iter()
+            .map(|len| {
+                let start = total;
+                total = (start + len).div_ceil(4) * 4;
+                (start, len)
+            })
+            .collect();
+        Layout { parts, total }
+    }
+
+    /// Words in the arena, gaps included.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// `(first word, length)` of each tensor.
+    pub fn parts(&self) -> &[(usize, usize)] {
+        &self.parts
+    }
+}
+
+/// The arena behind a set of tensors, when they are its views. A copy of the set (`Clone`) has its tensors in
+/// separate buffers, so a cloned `Arena` is empty.
+pub struct Arena<B: Memory> {
+    buf: Option<B::Buf>,
+}
+
+impl<B: Memory> Arena<B> {
+    /// No arena: the set's tensors are separate buffers.
+    pub fn none() -> Self {
+        Arena { buf: None }
+    }
+
+    /// The whole arena, when the set has one.
+    pub fn buf(&self) -> Option<&B::Buf> {
+        self.buf.as_ref()
+    }
+
+    /// The whole arena, mutable (writing it writes every tensor of the set).
+    pub fn buf_mut(&mut self) -> Option<&mut B::Buf> {
+        self.buf.as_mut()
+    }
+}
+
+impl<B: Memory> Default for Arena<B> {
+    fn default() -> Self {
+        Self::none()
+    }
+}
+
+impl<B: Memory> Clone for Arena<B> {
+    fn clone(&self) -> Self {
+        Self::none()
+    }
+}
+
+impl<B: Memory> fmt::Debug for Arena<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.buf {
+            Some(b) => write!(f, "Arena[{} words]", B::buf_len(b)),
+            None => write!(f, "Arena[none]"),
+        }
+    }
+}
+
+/// The host tensors `tensors` on `backend`: views of one arena uploaded in a single copy where the backend has
+/// views, else one buffer each.
+pub fn place<B: Backend>(backend: &B, tensors: &[Tensor]) -> Result<(Arena<B>, Vec<Tensor<B>>)> {
+    if !backend.has_views() {
+        let placed = tensors.iter().map(|t| t.to_backend(backend)).collect::<Result<_>>()?;
+        return Ok((Arena::none(), placed));
+    }
+    let layout = Layout::of(tensors.iter().map(Tensor::numel));
+    let mut data = vec![0.0; layout.total()];
+    for (t, &(start, len)) in tensors.iter().zip(layout.parts()) {
+        data[start..start + len].copy_from_slice(t.data());
+    }
+    let arena = backend.upload(data)?;
+    let shapes: Vec<&[usize]> = tensors.iter().map(|t| t.shape()).collect();
+    views(backend, arena, &layout, &shapes)
+}
+
+/// Zeros shaped like `shapes`, as [`place`] lays them out.
+pub fn zeros<B: Backend>(backend: &B, shapes: &[&[usize]]) -> Result<(Arena<B>, Vec<Tensor<B>>)> {
+    let host: Vec<Tensor> = shapes.iter().map(|s| Tensor::zeros(s)).collect();
+    place(backend, &host)
+}
+
+fn views<B: Backend>(
+    backend: &B,
+    arena: B::Buf,
+    layout: &Layout,
+    shapes: &[&[usize]],
+) -> Result<(Arena<B>, Vec<Tensor<B>>)> {
+    let tensors = layout
+        .parts()
+        .iter()
+        .zip(shapes)
+        .map(|(&(start, len), shape)| Tensor::from_buf(backend.clone(), shape, backend.view(&arena, start, len)?))
+        .collect::<Result<_>>()?;
+    Ok((Arena { buf: Some(arena) }, tensors))
+}

@@ -13,7 +13,7 @@
 //! | [`PoolOps`] | `src/ops/pool/`: 2x2 max pooling |
 //! | [`LossOps`] | `src/ops/loss/`: MSE and softmax cross-entropy |
 //! | [`OptimOps`] | `src/optim/`: AdamW, EMA, gradient clipping |
-//! | [`DiffusionOps`] | `src/diffusion/`: q_sample and the sampler steps |
+//! | [`DiffusionOps`] | `src/diffusion/`: q_sample, the training batch's draw, the time sinusoid, the sampler steps |
 //!
 //! [`Backend`] is all of them together; model code is written once against `Tape<B: Backend>`. The two backends:
 //! [`Cpu`] (`Vec<f32>` buffers, the kernels in each family's `cpu.rs`) and [`Gpu<E>`] (buffers on an

@@ -8,7 +8,7 @@
 //! gradient norm stops being finite ends with an error before it can write a checkpoint.
 
 use super::output::link_or_copy;
-use super::{Batcher, LogRow, RunDir, RunLog, StepStats, TrainState};
+use super::{Batcher, LogRow, RunDir, RunLog, StepStats, TrainState, TrainingSet};
 use crate::atomic_write::write_atomic;
 use crate::backend::{Backend, Cpu};
 use crate::checkpoint;
@@ -126,8 +126,8 @@ struct Output {
 /// folder it only trains, as the benchmarks and tests want.
 pub struct Trainer<B: Backend = Cpu> {
     state: TrainState<B>,
-    /// The training images `[N, C, H, W]` in [-1, 1], on the host.
-    images: Tensor,
+    /// The training images `[N, C, H, W]` in [-1, 1], on the backend, from which it draws each batch.
+    data: TrainingSet<B>,
     batcher: Batcher,
     sched: Schedule,
     /// The step the run stops at.
@@ -150,16 +150,17 @@ pub struct Trainer<B: Backend = Cpu> {
 
 impl<B: Backend> Trainer<B> {
     /// A trainer continuing `state` (fresh or loaded from a checkpoint) on `images` (`[N, C, H, W]` in [-1, 1], on
-    /// the host), which must hold at least one full batch.
+    /// the host), which must hold at least one full batch. The images are put on the state's backend once.
     pub fn new(state: TrainState<B>, images: Tensor) -> Result<Self> {
         let c = &state.config;
         let n_images = images.shape().first().copied().unwrap_or(0);
         let batcher = Batcher::new(n_images, c.batch, c.seed)?;
         let sched = Schedule::linear(c.timesteps, 1e-4, 2e-2)?;
         let total = c.total_steps(n_images);
+        let data = TrainingSet::new(state.params.backend(), images, &sched)?;
         Ok(Trainer {
             state,
-            images,
+            data,
             batcher,
             sched,
             total,
@@ -248,7 +249,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     pub fn n_images(&self) -> usize {
-        self.images.shape()[0]
+        self.data.len()
     }
 
     pub fn steps_per_epoch(&self) -> u64 {
@@ -291,9 +292,9 @@ impl<B: Backend> Trainer<B> {
     /// [`Trainer::run`] stops there. A non-finite loss or gradient norm is an [`Error::Diverged`] (after its log
     /// row), and the state is not saved.
     pub fn step(&mut self, obs: &mut dyn Observer) -> Result<LogRow> {
-        let x0 = self.batcher.batch(&self.images, self.state.step);
         let epoch = self.state.epoch(self.n_images());
-        let stats: StepStats = self.state.train_step(&self.sched, &x0)?;
+        let batch = self.data.batch(&mut self.batcher, self.state.step)?;
+        let stats: StepStats = self.state.train_step_on(&self.sched, batch)?;
         let step = self.state.step;
         if !(stats.loss.is_finite() && stats.grad_norm.is_finite()) {
             let row = LogRow { step, epoch, stats, lr: self.state.config.lr, fid: None };

@@ -101,7 +101,8 @@ fn draw_batch<E: Executor>(dev: &Gpu<E>) {
     let cpu_perm = perm.to_vec();
     let d = BatchDraw { images: &images, per_item: per, perm: &cpu_perm, first, batch, seed, t_stream, noise_stream };
     let (cn, cx, ct) = Cpu.draw_batch(&cpu_tables, &d).unwrap();
-    assert_eq!((cn.as_slice(), cx.as_slice(), ct.as_slice()), (noise.data(), want.data(), want_t.as_slice()));
+    assert_eq!(ct, want_t, "cpu draw_batch t");
+    assert!(cn == noise.data() && cx == want.data(), "cpu draw_batch noise or x_t differ from the host's path");
 
     let tables = ScheduleTables::new(dev, &sched).unwrap();
     let (ib, pb) = (up(dev, &images), dev.upload_indices(&perm).unwrap());

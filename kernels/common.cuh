@@ -61,10 +61,19 @@ static __device__ __forceinline__ uint4_ philox4x32_10(uint4_ c, unsigned k0, un
   return c;
 }
 
+// The four words of element `index` (rng::uniform_u32x4).
+static __device__ __forceinline__ uint4_ philox_words(u64 seed, u64 stream, u64 index) {
+  return philox4x32_10(uint4_{(unsigned)index, (unsigned)(index >> 32), (unsigned)stream, (unsigned)(stream >> 32)},
+                       (unsigned)seed, (unsigned)(seed >> 32));
+}
+
+// An integer in [0, n) by Lemire's multiply-high on the first word, (w0 * n) >> 32: rng::uniform_below, bit-exact.
+static __device__ __forceinline__ unsigned philox_uniform_below(u64 seed, u64 stream, u64 index, unsigned n) {
+  return (unsigned)(((u64)philox_words(seed, stream, index).x * (u64)n) >> 32);
+}
+
 static __device__ __forceinline__ float philox_normal(u64 seed, u64 stream, u64 index) {
-  const uint4_ w = philox4x32_10(uint4_{(unsigned)index, (unsigned)(index >> 32), (unsigned)stream,
-                                        (unsigned)(stream >> 32)},
-                                 (unsigned)seed, (unsigned)(seed >> 32));
+  const uint4_ w = philox_words(seed, stream, index);
   const float two_pow_m24 = 1.0f / 16777216.0f;
   const float u1 = (float)((w.x >> 8) + 1) * two_pow_m24, u2 = (float)(w.y >> 8) * two_pow_m24;
   // 2*pi rounded to f32, as Rust's std::f32::consts::TAU.

@@ -6,7 +6,7 @@ use ddpm::diffusion::Schedule;
 use ddpm::gpu::record::Recorder;
 use ddpm::gpu::{Executor, Kernel};
 use ddpm::nn::UNetConfig;
-use ddpm::train::{RunConfig, TrainState};
+use ddpm::train::{Batch, RunConfig, TrainState};
 use ddpm::Tensor;
 
 #[test]
@@ -34,11 +34,11 @@ fn a_queued_training_step_runs_the_optimiser_in_one_launch_and_never_waits_for_t
     let mut state = TrainState::new(config).unwrap().to_backend(&gpu).unwrap();
     let sched = Schedule::linear(1000, 1e-4, 2e-2).unwrap();
     let x0 = Tensor::zeros(&[4, 1, 32, 32]);
-    state.queue_step(&sched, &x0).unwrap();
+    state.queue_step(&sched, Batch::Host(&x0)).unwrap();
     let counters = gpu.executor().counters();
     let before = counters.snapshot();
     counters.record();
-    state.queue_step(&sched, &x0).unwrap();
+    state.queue_step(&sched, Batch::Host(&x0)).unwrap();
     let launches = counters.take_log();
     let s = counters.snapshot().since(&before);
     assert_eq!((s.host_syncs, s.allocs, s.d2h_bytes), (0, 0, 0), "{s:?}");

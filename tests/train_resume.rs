@@ -38,7 +38,7 @@ fn trainer(config: RunConfig, imgs: &Tensor) -> Trainer {
 fn run_steps(trainer: &mut Trainer, upto: u64) -> Vec<f32> {
     let mut losses = Vec::new();
     while trainer.state().step < upto {
-        losses.push(trainer.step(&mut ()).unwrap().stats.loss);
+        losses.extend(trainer.step(&mut ()).unwrap().iter().map(|r| r.stats.loss));
     }
     losses
 }

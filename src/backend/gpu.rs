@@ -62,7 +62,10 @@ impl<E: Executor> Memory for Gpu<E> {
         self.exec.alloc(len)
     }
     fn full(&self, len: usize, v: f32) -> Result<E::Buf> {
-        self.exec.upload(&vec![v; len])
+        // Filled by a kernel, not uploaded: the loss's seed gradient would otherwise cross the bus every step.
+        let mut out = self.exec.alloc(len)?;
+        crate::ops::reduce::gpu::fill(&*self.exec, &mut out, v)?;
+        Ok(out)
     }
     fn upload(&self, data: Vec<f32>) -> Result<E::Buf> {
         self.exec.upload(&data)
@@ -80,6 +83,9 @@ impl<E: Executor> Memory for Gpu<E> {
     }
     fn copy_into(&self, src: &E::Buf, dst: &mut E::Buf, at: usize) -> Result<()> {
         crate::ops::reduce::gpu::copy_at(&*self.exec, src, dst, at)
+    }
+    fn reads_wait(&self) -> bool {
+        true
     }
     fn has_views(&self) -> bool {
         true

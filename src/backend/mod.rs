@@ -13,7 +13,7 @@
 //! | [`PoolOps`] | `src/ops/pool/`: 2x2 max pooling |
 //! | [`LossOps`] | `src/ops/loss/`: MSE and softmax cross-entropy |
 //! | [`OptimOps`] | `src/optim/`: AdamW, EMA, gradient clipping |
-//! | [`DiffusionOps`] | `src/diffusion/`: q_sample and the sampler steps |
+//! | [`DiffusionOps`] | `src/diffusion/`: q_sample, the training batch's draw, the time sinusoid, the sampler steps |
 //!
 //! [`Backend`] is all of them together; model code is written once against `Tape<B: Backend>`. The two backends:
 //! [`Cpu`] (`Vec<f32>` buffers, the kernels in each family's `cpu.rs`) and [`Gpu<E>`] (buffers on an
@@ -96,6 +96,11 @@ pub trait Memory: Clone + fmt::Debug + Send + Sync + 'static {
     fn copy(&self, buf: &Self::Buf) -> Result<Self::Buf>;
     /// `dst[at..at + src.len()] = src`.
     fn copy_into(&self, src: &Self::Buf, dst: &mut Self::Buf, at: usize) -> Result<()>;
+    /// Whether a copy to the host waits for the work queued before it (a GPU), so that callers read results in
+    /// batches; on the CPU every op has finished when it returns, and reading costs nothing.
+    fn reads_wait(&self) -> bool {
+        false
+    }
     /// Whether tensors can be views of one arena ([`Memory::view`]): on a GPU, so that the optimiser updates every
     /// parameter in one launch; not on the CPU, whose tensors are separate `Vec`s.
     fn has_views(&self) -> bool {

@@ -1,10 +1,11 @@
-//! The diffusion kernels on the CPU: the schedule's `q_sample` and the samplers' update loops, with the same Philox
-//! noise the GPU draws.
+//! The diffusion kernels on the CPU: the schedule's `q_sample`, the training batch's draw, the time embedding's
+//! sinusoid and the samplers' update loops, with the same Philox draws as the GPU.
 
 use super::sampler::{ddim_update, ddpm_update};
-use super::{DdimCoefs, DdpmCoefs, DiffusionOps, Schedule};
+use super::{BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, Schedule, ScheduleTables};
 use crate::backend::Cpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::nn::TimeEmbedding;
 use crate::rng;
 use crate::tensor::Tensor;
 
@@ -21,6 +22,37 @@ impl DiffusionOps for Cpu {
         rng::fill_normal(seed, stream, noise.data_mut());
         let xt = sched.q_sample(&Tensor::new(&shape, x0.clone())?, t, &noise)?;
         Ok((noise.into_data(), xt.into_data()))
+    }
+    fn draw_batch(
+        &self,
+        tables: &ScheduleTables<Cpu>,
+        d: &BatchDraw<'_, Cpu>,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<u32>)> {
+        let picked = d.perm.get(d.first..d.first + d.batch).unwrap_or(&[]);
+        let bound = picked.iter().max().map(|&m| m as u64 + 1);
+        d.check(tables, d.perm.len(), bound)?;
+        let per = d.per_item;
+        let t: Vec<u32> =
+            (0..d.batch).map(|i| rng::uniform_below(d.seed, d.t_stream, i as u64, tables.timesteps as u32)).collect();
+        let mut noise = vec![0.0; d.batch * per];
+        rng::fill_normal(d.seed, d.noise_stream, &mut noise);
+        // Schedule::q_sample's loop, over the picked images in place of a gathered copy: the same f32 operations.
+        let mut xt = vec![0.0f32; noise.len()];
+        for (i, (&src, &ti)) in picked.iter().zip(&t).enumerate() {
+            let (s, r) = (tables.sqrt_alphas_bar[ti as usize], tables.sqrt_one_minus_alphas_bar[ti as usize]);
+            let x0 = &d.images[src as usize * per..][..per];
+            for ((o, &x), &e) in xt[i * per..][..per].iter_mut().zip(x0).zip(&noise[i * per..][..per]) {
+                *o = s * x + r * e;
+            }
+        }
+        Ok((noise, xt, t))
+    }
+    fn time_sinusoid(&self, t: &Vec<u32>, n: usize, dim: usize) -> Result<Vec<f32>> {
+        let (Some(t), true) = (t.get(..n), dim.is_multiple_of(2)) else {
+            return Err(Error::Shape(format!("time_sinusoid: {n} timesteps of width {dim} from {}", t.len())));
+        };
+        let t: Vec<usize> = t.iter().map(|&v| v as usize).collect();
+        Ok(TimeEmbedding::sinusoid(&t, dim).into_data())
     }
     fn ddpm_step(
         &self,

@@ -1,11 +1,12 @@
-//! The diffusion kernels' launches: q_sample and the sampler steps, each one elementwise pass with its Philox noise
-//! drawn on the device.
+//! The diffusion kernels' launches: q_sample, the training batch's draw, the time embedding's sinusoid and the
+//! sampler steps, each one elementwise pass with its Philox draws made on the device.
 
-use super::{DdimCoefs, DdpmCoefs, DiffusionOps, Schedule};
+use super::{BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, Schedule, ScheduleTables};
 use crate::backend::Gpu;
 use crate::error::{Error, Result};
-use crate::gpu::launch::{elementwise, need, run};
-use crate::gpu::{Arg, Cost, DeviceBuf, Executor, Kernel};
+use crate::gpu::launch::{elementwise, i32_arg, need, run};
+use crate::gpu::{Arg, Cost, DeviceBuf, Executor, IntBuf, Kernel};
+use crate::nn::TimeEmbedding;
 
 impl<E: Executor> DiffusionOps for Gpu<E> {
     fn q_sample(
@@ -43,6 +44,50 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
         // x0 read, noise and x_t written; the Philox draw and Box-Muller are ~40 operations per value.
         run(e, Kernel::QSample, elementwise(n), Cost::pass(n, 2 * n, 40), &args)?;
         Ok((noise, xt))
+    }
+
+    fn draw_batch(
+        &self,
+        tables: &ScheduleTables<Self>,
+        d: &BatchDraw<'_, Self>,
+    ) -> Result<(E::Buf, E::Buf, IntBuf<E::Buf>)> {
+        d.check(tables, d.perm.len(), d.perm.bound())?;
+        let e = self.executor();
+        let n = d.batch * d.per_item;
+        let (noise, xt, t) = (e.alloc(n)?, e.alloc(n)?, e.alloc_i32(d.batch)?);
+        let args = [
+            Arg::Buf(d.images),
+            Arg::Ints(d.perm),
+            Arg::I64(d.first as i64),
+            Arg::Buf(&tables.sqrt_alphas_bar),
+            Arg::Buf(&tables.sqrt_one_minus_alphas_bar),
+            i32_arg(tables.timesteps)?,
+            Arg::Buf(&noise),
+            Arg::Buf(&xt),
+            Arg::Ints(&t),
+            Arg::I64(n as i64),
+            Arg::I64(d.per_item as i64),
+            Arg::U64(d.seed),
+            Arg::U64(d.t_stream),
+            Arg::U64(d.noise_stream),
+        ];
+        // The picked images read, noise and x_t written (t is a word per image); two Philox draws and Box-Muller
+        // are ~50 operations per value.
+        run(e, Kernel::DrawBatch, elementwise(n), Cost::pass(n, 2 * n + d.batch, 50), &args)?;
+        Ok((noise, xt, t))
+    }
+
+    fn time_sinusoid(&self, t: &IntBuf<E::Buf>, n: usize, dim: usize) -> Result<E::Buf> {
+        if t.len() < n || !dim.is_multiple_of(2) {
+            return Err(Error::Shape(format!("time_sinusoid: {n} timesteps of width {dim} from {}", t.len())));
+        }
+        let e = self.executor();
+        let out = e.alloc(n * dim)?;
+        let args =
+            [Arg::Ints(t), Arg::Buf(&out), Arg::I64(n as i64), i32_arg(dim / 2)?, Arg::F32(TimeEmbedding::freq_log())];
+        // t read, the sinusoid written: exp, a division, two products and sin or cos per value.
+        run(e, Kernel::TimeSinusoid, elementwise(n * dim), Cost::pass(n, n * dim, 30), &args)?;
+        Ok(out)
     }
 
     fn ddpm_step(

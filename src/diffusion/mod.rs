@@ -12,7 +12,7 @@ pub use sampler::{ddim_timesteps, initial_noise, sample, DdimCoefs, DdpmCoefs, D
 pub use schedule::Schedule;
 
 use crate::backend::Memory;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// What a backend offers the training step and the samplers: each a single fused pass, its noise drawn where
 /// it is used (`rng::normal(seed, stream, element)`, the same numbers on every backend).
@@ -27,6 +27,17 @@ pub trait DiffusionOps: Memory {
         t: &[usize],
         noise: (u64, u64),
     ) -> Result<(Self::Buf, Self::Buf)>;
+    /// The training step's batch drawn on the backend in one pass (see [`BatchDraw`]): item i is image
+    /// `perm[first + i]` of the resident training set, with `t_i = rng::uniform_below(seed, t_stream, i, T)` and
+    /// its noise and x_t as [`DiffusionOps::q_sample`] makes them. Returns `(noise, x_t, t)`, `t` holding the
+    /// `batch` timesteps for the time embedding ([`DiffusionOps::time_sinusoid`]).
+    fn draw_batch(
+        &self,
+        tables: &ScheduleTables<Self>,
+        d: &BatchDraw<'_, Self>,
+    ) -> Result<(Self::Buf, Self::Buf, Self::Idx)>;
+    /// The time embedding's sinusoid (`TimeEmbedding::sinusoid`, `[n, dim]`) of the first `n` timesteps in `t`.
+    fn time_sinusoid(&self, t: &Self::Idx, n: usize, dim: usize) -> Result<Self::Buf>;
     /// One DDPM step `out = sra·(x - eps_coef·eps) + sigma·z` (`sampler::ddpm_step`), with
     /// `z = rng::normal(seed, stream, ·)` when `noise = Some((seed, stream))`, else no noise term.
     fn ddpm_step(
@@ -46,4 +57,72 @@ pub trait DiffusionOps: Memory {
         noise: Option<(u64, u64)>,
         out: &mut Self::Buf,
     ) -> Result<()>;
+}
+
+/// The schedule's q_sample tables `sqrt(ᾱ_t)` and `sqrt(1-ᾱ_t)` on a backend: uploaded once and held for a run's
+/// training steps.
+pub struct ScheduleTables<M: Memory> {
+    /// T, the length of each table.
+    pub timesteps: usize,
+    pub sqrt_alphas_bar: M::Buf,
+    pub sqrt_one_minus_alphas_bar: M::Buf,
+}
+
+impl<M: Memory> ScheduleTables<M> {
+    /// `sched`'s tables uploaded to `backend`.
+    pub fn new(backend: &M, sched: &Schedule) -> Result<Self> {
+        Ok(ScheduleTables {
+            timesteps: sched.t,
+            sqrt_alphas_bar: backend.upload(sched.sqrt_alphas_bar.clone())?,
+            sqrt_one_minus_alphas_bar: backend.upload(sched.sqrt_one_minus_alphas_bar.clone())?,
+        })
+    }
+}
+
+/// One training batch for [`DiffusionOps::draw_batch`] to draw on the backend: `batch` images picked by an epoch's
+/// permutation out of the training set, with the step's t and noise streams.
+pub struct BatchDraw<'a, M: Memory> {
+    /// The training set `[N, per_item]`, resident on the backend.
+    pub images: &'a M::Buf,
+    /// Words per image.
+    pub per_item: usize,
+    /// The epoch's permutation of the N images; the batch is its values `first..first + batch`.
+    pub perm: &'a M::Idx,
+    pub first: usize,
+    pub batch: usize,
+    /// The run's seed, and the Philox streams of the step's timesteps and noise.
+    pub seed: u64,
+    pub t_stream: u64,
+    pub noise_stream: u64,
+}
+
+impl<M: Memory> BatchDraw<'_, M> {
+    /// `Err` unless the batch lies inside the permutation (`perm_len` values, all below `perm_bound`), each value
+    /// picks an image of the training set, and the tables cover T. Checked on the host, since the kernel indexes
+    /// memory with these values.
+    fn check(&self, tables: &ScheduleTables<M>, perm_len: usize, perm_bound: Option<u64>) -> Result<()> {
+        let n_images = M::buf_len(self.images) / self.per_item.max(1);
+        let bad = |m: String| Err(Error::Arg(format!("draw_batch: {m}")));
+        if self.per_item == 0 || self.batch == 0 || M::buf_len(self.images) != n_images * self.per_item {
+            return bad(format!("{} words of training set for images of {}", M::buf_len(self.images), self.per_item));
+        }
+        if self.first + self.batch > perm_len {
+            return bad(format!(
+                "batch {}..{} outside a permutation of {perm_len}",
+                self.first,
+                self.first + self.batch
+            ));
+        }
+        if perm_bound.is_none_or(|b| b > n_images as u64) {
+            return bad(format!("permutation values {perm_bound:?} (bound) do not all index the {n_images} images"));
+        }
+        let t = tables.timesteps;
+        if t == 0 || t > i32::MAX as usize {
+            return bad(format!("{t} timesteps"));
+        }
+        if M::buf_len(&tables.sqrt_alphas_bar) < t || M::buf_len(&tables.sqrt_one_minus_alphas_bar) < t {
+            return bad(format!("schedule tables shorter than T = {t}"));
+        }
+        Ok(())
+    }
 }

@@ -1,9 +1,10 @@
 //! The diffusion kernels on the GPU against the CPU's.
 
 use super::sampler::{ddim_step, ddpm_step, noise_stream};
-use super::{DdimCoefs, DdpmCoefs, DiffusionOps, Schedule};
-use crate::backend::Gpu;
+use super::{BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, Schedule, ScheduleTables};
+use crate::backend::{Cpu, Gpu, Memory};
 use crate::gpu::Executor;
+use crate::nn::TimeEmbedding;
 use crate::ops::testing::{close, down, gpu_test, out, rand, up};
 use crate::rng;
 use crate::tensor::Tensor;
@@ -58,3 +59,82 @@ fn sampler_steps<E: Executor>(dev: &Gpu<E>) {
     }
 }
 gpu_test!(sampler_steps);
+
+/// Whether `E` is the emulator, whose f32 math is the host's (same libm, no FMA contraction): there the elementwise
+/// kernels must match the CPU bit for bit; a GPU's logf/cosf/expf/sinf are within 2 ulp.
+fn on_emulator<E: Executor>() -> bool {
+    std::any::TypeId::of::<E>() == std::any::TypeId::of::<crate::gpu::emu::Emulator>()
+}
+
+/// `got == want` bit for bit on the emulator, within abs 1e-6 + rel 1e-6 on a GPU.
+fn same<E: Executor>(got: &[f32], want: &[f32], what: &str) {
+    if on_emulator::<E>() {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}]: {g} vs {w}");
+        }
+    } else {
+        close(got, want, 1e-6, 1e-6, what);
+    }
+}
+
+// The training batch drawn on the device (gather by the epoch's permutation, t, noise, x_t in one pass) against the
+// host's path (gather, rng::uniform_below, fill_normal, Schedule::q_sample); the CPU twin against the same.
+fn draw_batch<E: Executor>(dev: &Gpu<E>) {
+    let sched = Schedule::linear(1000, 1e-4, 0.02).unwrap();
+    let (n_images, per) = (7, 2 * 5 * 3);
+    let images = rand(81, n_images * per);
+    let perm = [3u32, 6, 0, 5, 1, 4, 2];
+    let (first, batch) = (2, 4);
+    let (seed, t_stream, noise_stream) = (0x5eed_0123_4567, (2u64 << 60) | 9, (3u64 << 60) | 9);
+    // The host's path, as the training step took it before the draw moved to the backend.
+    let x0: Vec<f32> =
+        perm[first..first + batch].iter().flat_map(|&i| images[i as usize * per..][..per].to_vec()).collect();
+    let x0 = Tensor::new(&[batch, per], x0).unwrap();
+    let t: Vec<usize> = (0..batch).map(|i| rng::uniform_below(seed, t_stream, i as u64, 1000) as usize).collect();
+    let mut noise = Tensor::zeros(&[batch, per]);
+    rng::fill_normal(seed, noise_stream, noise.data_mut());
+    let want = sched.q_sample(&x0, &t, &noise).unwrap();
+    let want_t: Vec<u32> = t.iter().map(|&v| v as u32).collect();
+
+    let cpu_tables = ScheduleTables::new(&Cpu, &sched).unwrap();
+    let cpu_perm = perm.to_vec();
+    let d = BatchDraw { images: &images, per_item: per, perm: &cpu_perm, first, batch, seed, t_stream, noise_stream };
+    let (cn, cx, ct) = Cpu.draw_batch(&cpu_tables, &d).unwrap();
+    assert_eq!(ct, want_t, "cpu draw_batch t");
+    assert!(cn == noise.data() && cx == want.data(), "cpu draw_batch noise or x_t differ from the host's path");
+
+    let tables = ScheduleTables::new(dev, &sched).unwrap();
+    let (ib, pb) = (up(dev, &images), dev.upload_indices(&perm).unwrap());
+    let d = BatchDraw { images: &ib, per_item: per, perm: &pb, first, batch, seed, t_stream, noise_stream };
+    let (gn, gx, gt) = dev.draw_batch(&tables, &d).unwrap();
+    assert_eq!(dev.download_indices(&gt).unwrap(), want_t, "draw_batch t");
+    same::<E>(&down(dev, &gn), noise.data(), "draw_batch noise");
+    same::<E>(&down(dev, &gx), want.data(), "draw_batch x_t");
+
+    // Refused before any launch: a batch past the permutation's end, a permutation value past the images.
+    let past = BatchDraw { first: 4, ..d };
+    assert!(dev.draw_batch(&tables, &past).is_err());
+    let bad = dev.upload_indices(&[0, 1, 7, 2]).unwrap();
+    assert!(dev.draw_batch(&tables, &BatchDraw { perm: &bad, first: 0, ..past }).is_err());
+}
+gpu_test!(draw_batch);
+
+// The time embedding's sinusoid from device timesteps against TimeEmbedding::sinusoid on the host (and the CPU
+// twin), at the UNet's widths and across the schedule.
+fn time_sinusoid<E: Executor>(dev: &Gpu<E>) {
+    let t = [0usize, 1, 2, 17, 250, 500, 998, 999];
+    let t32: Vec<u32> = t.iter().map(|&v| v as u32).collect();
+    let tb = dev.upload_indices(&t32).unwrap();
+    for dim in [4, 10, 64, 128] {
+        let want = TimeEmbedding::sinusoid(&t, dim);
+        assert_eq!(Cpu.time_sinusoid(&t32, t.len(), dim).unwrap(), want.data(), "cpu sinusoid dim {dim}");
+        let got = dev.time_sinusoid(&tb, t.len(), dim).unwrap();
+        same::<E>(&down(dev, &got), want.data(), &format!("sinusoid dim {dim}"));
+        // The first n timesteps of a longer buffer.
+        let head = dev.time_sinusoid(&tb, 3, dim).unwrap();
+        same::<E>(&down(dev, &head), &want.data()[..3 * dim], &format!("sinusoid head dim {dim}"));
+    }
+    assert!(dev.time_sinusoid(&tb, t.len() + 1, 8).is_err());
+}
+gpu_test!(time_sinusoid);

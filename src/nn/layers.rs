@@ -5,7 +5,7 @@
 //! `[c_in, c_out, k, k]`, so its fan_in is `c_out·k·k`. GroupNorm starts at γ = 1, β = 0.
 
 use crate::autograd::{Tape, Var};
-use crate::backend::Backend;
+use crate::backend::{Backend, Memory};
 use crate::error::Result;
 use crate::ops::conv::ConvExtra;
 use crate::params::{ParamId, Params};
@@ -129,6 +129,29 @@ impl Linear {
     }
 }
 
+/// The timesteps a forward pass is conditioned on, one per image.
+pub enum Timesteps<'a, B: Memory> {
+    /// On the host (the samplers'): the sinusoid is made there and uploaded.
+    Host(&'a [usize]),
+    /// The first `n` values of an index buffer on the backend (the training step draws them there): the sinusoid is
+    /// made there too, and nothing crosses the bus.
+    Device { t: &'a B::Idx, n: usize },
+}
+
+impl<B: Memory> Timesteps<'_, B> {
+    /// The number of timesteps.
+    pub fn len(&self) -> usize {
+        match self {
+            Timesteps::Host(t) => t.len(),
+            Timesteps::Device { n, .. } => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The reference's `TimeEmbedding(dim, hidden)`: a sinusoid of `t` (all sines, then all cosines), then
 /// `Linear(dim, hidden) → SiLU → Linear(hidden, hidden)` (PyTorch names `time.mlp.0`, `time.mlp.2`).
 #[derive(Clone, Debug)]
@@ -150,8 +173,13 @@ impl TimeEmbedding {
     /// division, then exp).
     pub fn freqs(dim: usize) -> Vec<f32> {
         let half = dim / 2;
-        let c = -(10000f64.ln()) as f32;
+        let c = Self::freq_log();
         (0..half).map(|i| ((c * i as f32) / half as f32).exp()).collect()
+    }
+
+    /// `-ln(10000)` rounded to f32, the frequencies' scale (also passed to the device's sinusoid kernel).
+    pub fn freq_log() -> f32 {
+        -(10000f64.ln()) as f32
     }
 
     /// The sinusoid `[sin(t·f_0..), cos(t·f_0..)]`, `[len(t), dim]`, with `t·f` formed in f32 as the reference does.
@@ -167,9 +195,18 @@ impl TimeEmbedding {
     }
 
     /// `mlp(sinusoid(t))`, `[len(t), hidden]`.
-    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, t: &[usize]) -> Result<Var> {
-        // Made on the host (a few hundred values) with the same f32 sin/cos as the golden reference, then uploaded.
-        let e = tape.input_host(Self::sinusoid(t, self.dim))?;
+    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, t: Timesteps<'_, B>) -> Result<Var> {
+        let e = match t {
+            // Made on the host (a few hundred values) with the same f32 sin/cos as the golden reference, then
+            // uploaded.
+            Timesteps::Host(t) => tape.input_host(Self::sinusoid(t, self.dim))?,
+            // Made on the backend from its timesteps, in the same f32 operations (DiffusionOps::time_sinusoid).
+            Timesteps::Device { t, n } => {
+                let be = tape.backend().clone();
+                let s = be.time_sinusoid(t, n, self.dim)?;
+                tape.input(Tensor::from_buf(be, &[n, self.dim], s)?)
+            }
+        };
         let h = self.lin0.forward(tape, e)?;
         let h = tape.silu(h)?;
         self.lin2.forward(tape, h)

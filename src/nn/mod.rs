@@ -6,5 +6,5 @@ mod layers;
 mod unet;
 
 pub use classifier::{argmax, Classifier, Embedding, CLASSES, DEFAULT_WEIGHTS, FEATURE_DIM};
-pub use layers::{Conv2d, ConvTranspose2d, GroupNorm, Linear, TimeEmbedding};
+pub use layers::{Conv2d, ConvTranspose2d, GroupNorm, Linear, TimeEmbedding, Timesteps};
 pub use unet::{ResBlock, UNet, UNetConfig, UNetDenoiser};

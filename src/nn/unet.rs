@@ -1,7 +1,7 @@
 //! The reference's UNet: three resolutions (32, 16, 8 for a 32x32 input), one ResBlock per level on the way down, one
 //! at the bottleneck, one per level on the way up, skips joined by channel concatenation.
 
-use super::layers::{Conv2d, ConvTranspose2d, GroupNorm, Linear, TimeEmbedding};
+use super::layers::{Conv2d, ConvTranspose2d, GroupNorm, Linear, TimeEmbedding, Timesteps};
 use crate::autograd::{Tape, Var};
 use crate::backend::{Backend, Cpu};
 use crate::diffusion::Denoiser;
@@ -130,6 +130,11 @@ impl UNet {
 
     /// `ε̂ = UNet(x_t, t)` for `x: [n, in_ch, H, W]` (H, W divisible by 4) and one timestep per image.
     pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var, t: &[usize]) -> Result<Var> {
+        self.forward_traced(tape, x, Timesteps::Host(t), &mut |_, _| {})
+    }
+
+    /// [`UNet::forward`] with the timesteps on the host or already on the backend.
+    pub fn forward_at<B: Backend>(&self, tape: &mut Tape<B>, x: Var, t: Timesteps<'_, B>) -> Result<Var> {
         self.forward_traced(tape, x, t, &mut |_, _| {})
     }
 
@@ -139,7 +144,7 @@ impl UNet {
         &self,
         tape: &mut Tape<B>,
         x: Var,
-        t: &[usize],
+        t: Timesteps<'_, B>,
         trace: &mut dyn FnMut(&'static str, Var),
     ) -> Result<Var> {
         let (n, c, h, w) = tape.value(x).dims4("UNet input")?;

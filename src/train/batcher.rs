@@ -30,16 +30,32 @@ impl Batcher {
         (self.n_images / self.batch) as u64
     }
 
-    /// The image indices of global step `step`.
-    pub fn indices(&mut self, step: u64) -> &[usize] {
+    /// The epoch of global step `step`, and where its batch starts in that epoch's permutation.
+    pub fn position(&self, step: u64) -> (u64, usize) {
         let (epoch, j) = (step / self.steps_per_epoch(), (step % self.steps_per_epoch()) as usize);
+        (epoch, j * self.batch)
+    }
+
+    /// The permutation of the images that epoch `epoch` takes its batches from, in order.
+    pub fn permutation(&mut self, epoch: u64) -> &[usize] {
         if self.cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
             let mut perm: Vec<usize> = (0..self.n_images).collect();
             rng::shuffle(self.seed, STREAM_SHUFFLE | epoch, &mut perm);
             self.cached = Some((epoch, perm));
         }
-        let perm = &self.cached.as_ref().expect("just filled").1;
-        &perm[j * self.batch..(j + 1) * self.batch]
+        &self.cached.as_ref().expect("just filled").1
+    }
+
+    /// The image indices of global step `step`.
+    pub fn indices(&mut self, step: u64) -> &[usize] {
+        let (epoch, first) = self.position(step);
+        let batch = self.batch;
+        &self.permutation(epoch)[first..first + batch]
+    }
+
+    /// Images per batch.
+    pub fn batch_size(&self) -> usize {
+        self.batch
     }
 
     /// The batch of step `step` gathered from `images` (`[N, C, H, W]`).

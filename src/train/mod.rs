@@ -5,16 +5,19 @@
 //! the state needed to continue a run exactly is just the parameters, the optimiser and EMA state and the step
 //! number: a run resumed at step k reproduces the uninterrupted run bit for bit.
 //!
-//! [`TrainState`] is the run itself and its step; [`Batcher`] picks each step's images; [`Trainer`] drives a run
-//! from end to end (checkpoints, sample grids, FID checks, the CSV log and the loss curve) and reports progress to
-//! an [`Observer`], so that the command line, the benchmarks and the tests share one loop.
+//! [`TrainState`] is the run itself and its step; [`Batcher`] picks each step's images, which the backend draws
+//! from the [`TrainingSet`] it holds (a step copies nothing to it but, once per epoch, the epoch's permutation);
+//! [`Trainer`] drives a run from end to end (checkpoints, sample grids, FID checks, the CSV log and the loss curve)
+//! and reports progress to an [`Observer`], so that the command line, the benchmarks and the tests share one loop.
 
 mod batcher;
+mod data;
 mod output;
 mod stats;
 mod trainer;
 
 pub use batcher::Batcher;
+pub use data::TrainingSet;
 pub use output::{LogRow, RunDir, RunLog};
 use stats::StatsRing;
 pub use stats::RING_STEPS;
@@ -22,9 +25,9 @@ pub use trainer::{CheckpointPolicy, EpochSummary, Milestone, Observer, RunEnd, T
 
 use crate::autograd::Tape;
 use crate::backend::{Backend, Cpu};
-use crate::diffusion::{initial_noise, sample, Denoiser, SamplerKind, Schedule};
+use crate::diffusion::{initial_noise, sample, BatchDraw, Denoiser, SamplerKind, Schedule, ScheduleTables};
 use crate::error::{Error, Result};
-use crate::nn::{UNet, UNetConfig, UNetDenoiser};
+use crate::nn::{Timesteps, UNet, UNetConfig, UNetDenoiser};
 use crate::optim::{self, AdamW, Ema};
 use crate::params::{GradStore, Params};
 use crate::rng;
@@ -150,6 +153,38 @@ pub struct StepStats {
     pub grad_norm: f32,
 }
 
+/// A training step's clean batch.
+pub enum Batch<'a, B: Backend> {
+    /// `[B, C, H, W]` in [-1, 1] on the host: uploaded for the step, its timesteps drawn on the host.
+    Host(&'a Tensor),
+    /// Drawn on the backend from the resident training set ([`TrainingSet::batch`]), with its timesteps and noise.
+    Drawn(Drawn<'a, B>),
+}
+
+/// A batch for the backend to draw: images `perm[first..first + batch]` of `images`, and the schedule's tables.
+pub struct Drawn<'a, B: Backend> {
+    pub images: &'a Tensor<B>,
+    pub tables: &'a ScheduleTables<B>,
+    pub perm: &'a B::Idx,
+    pub first: usize,
+    pub batch: usize,
+}
+
+/// A step's timesteps, held where they were drawn.
+enum StepTimesteps<B: Backend> {
+    Host(Vec<usize>),
+    Device(B::Idx, usize),
+}
+
+impl<B: Backend> StepTimesteps<B> {
+    fn view(&self) -> Timesteps<'_, B> {
+        match self {
+            StepTimesteps::Host(t) => Timesteps::Host(t),
+            StepTimesteps::Device(t, n) => Timesteps::Device { t, n: *n },
+        }
+    }
+}
+
 /// A run in progress: model, parameters, optimiser, EMA and the number of steps taken. Parameters, moments and
 /// the EMA live on backend `B`, where the whole step runs; checkpoints are written from a host copy.
 #[derive(Clone, Debug)]
@@ -217,10 +252,16 @@ impl<B: Backend> TrainState<B> {
         self.step / (n_images / self.config.batch).max(1) as u64
     }
 
-    /// [`TrainState::queue_step`], then its loss and gradient norm (with those of any steps queued before it
-    /// and not yet taken, which are dropped): a copy back from the device every step.
+    /// One training step on the clean batch `x0` (`[B, C, H, W]` in [-1, 1], on the host), with the step's own t
+    /// and noise: [`TrainState::train_step_on`] with [`Batch::Host`].
     pub fn train_step(&mut self, sched: &Schedule, x0: &Tensor) -> Result<StepStats> {
-        self.queue_step(sched, x0)?;
+        self.train_step_on(sched, Batch::Host(x0))
+    }
+
+    /// [`TrainState::queue_step`], then its loss and gradient norm (dropping those of any steps queued before it
+    /// and not yet taken): a copy back from the device every step.
+    pub fn train_step_on(&mut self, sched: &Schedule, batch: Batch<'_, B>) -> Result<StepStats> {
+        self.queue_step(sched, batch)?;
         self.take_stats()?.pop().ok_or_else(|| Error::Arg("a training step left no statistics".into()))
     }
 
@@ -230,18 +271,36 @@ impl<B: Backend> TrainState<B> {
         self.stats.take()
     }
 
-    /// One training step on the clean batch `x0` (`[B, C, H, W]` in [-1, 1], on the host), with the step's own t
-    /// and noise. Everything after the upload of `x0` runs on the backend: q_sample drawing its Philox noise,
-    /// forward, backward, clipping, AdamW and the EMA. The loss and the gradient norm stay there until
+    /// One training step on `batch`, with the step's own t and noise (the same numbers wherever they are drawn).
+    /// Everything runs on the backend: q_sample drawing its Philox noise (for a [`Batch::Drawn`] also the gather
+    /// and t), forward, backward, clipping, AdamW and the EMA. The loss and the gradient norm stay there until
     /// [`TrainState::take_stats`] reads them, so on a GPU the step never waits for the device.
-    pub fn queue_step(&mut self, sched: &Schedule, x0: &Tensor) -> Result<()> {
-        let (b, ..) = x0.dims4("training batch")?;
+    pub fn queue_step(&mut self, sched: &Schedule, batch: Batch<'_, B>) -> Result<()> {
         let (seed, k) = (self.config.seed, self.step);
-        let t: Vec<usize> =
-            (0..b).map(|i| rng::uniform_below(seed, STREAM_T | k, i as u64, sched.t as u32) as usize).collect();
         let be = self.params.backend().clone();
-        let x0 = x0.to_backend(&be)?;
-        let (noise, x_t) = be.q_sample(sched, x0.buf(), &t, (seed, STREAM_NOISE | k))?;
+        let (shape, noise, x_t, t) = match batch {
+            Batch::Host(x0) => {
+                let (b, ..) = x0.dims4("training batch")?;
+                let t: Vec<usize> =
+                    (0..b).map(|i| rng::uniform_below(seed, STREAM_T | k, i as u64, sched.t as u32) as usize).collect();
+                let x0 = x0.to_backend(&be)?;
+                let (noise, x_t) = be.q_sample(sched, x0.buf(), &t, (seed, STREAM_NOISE | k))?;
+                (x0.shape().to_vec(), noise, x_t, StepTimesteps::Host(t))
+            }
+            Batch::Drawn(d) => {
+                if d.tables.timesteps != sched.t {
+                    return Err(Error::Arg(format!("tables of {} timesteps for T = {}", d.tables.timesteps, sched.t)));
+                }
+                let mut shape = d.images.shape().to_vec();
+                shape[0] = d.batch;
+                let per_item = d.images.numel() / d.images.shape()[0].max(1);
+                let (images, perm, first, batch) = (d.images.buf(), d.perm, d.first, d.batch);
+                let (t_stream, noise_stream) = (STREAM_T | k, STREAM_NOISE | k);
+                let draw = BatchDraw { images, per_item, perm, first, batch, seed, t_stream, noise_stream };
+                let (noise, x_t, t) = be.draw_batch(d.tables, &draw)?;
+                (shape, noise, x_t, StepTimesteps::Device(t, d.batch))
+            }
+        };
         let mut grads = match self.grads.take() {
             Some(g) => g,
             None => GradStore::zeros_like(&self.params)?,
@@ -250,9 +309,9 @@ impl<B: Backend> TrainState<B> {
         let taken = (|| {
             grads.grads = {
                 let mut tape = Tape::new(&self.params).with_grad_store(&grads);
-                let xv = tape.input(Tensor::from_buf(be.clone(), x0.shape(), x_t)?);
-                let nv = tape.input(Tensor::from_buf(be.clone(), x0.shape(), noise)?);
-                let eps = self.model.forward(&mut tape, xv, &t)?;
+                let xv = tape.input(Tensor::from_buf(be.clone(), &shape, x_t)?);
+                let nv = tape.input(Tensor::from_buf(be.clone(), &shape, noise)?);
+                let eps = self.model.forward_at(&mut tape, xv, t.view())?;
                 let loss = tape.mse(eps, nv)?;
                 be.copy_into(tape.value(loss).buf(), ring, at)?;
                 tape.backward(loss)?

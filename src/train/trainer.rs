@@ -8,7 +8,7 @@
 //! gradient norm stops being finite ends with an error before it can write a checkpoint.
 
 use super::output::link_or_copy;
-use super::{Batcher, LogRow, RunDir, RunLog, StepStats, TrainState};
+use super::{Batcher, LogRow, RunDir, RunLog, StepStats, TrainState, TrainingSet};
 use crate::atomic_write::write_atomic;
 use crate::backend::{Backend, Cpu};
 use crate::checkpoint;
@@ -20,6 +20,10 @@ use crate::plot::save_curve_png;
 use crate::tensor::Tensor;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// On a GPU, the steps between two reads of the loss and gradient norm (each read waits for the device): a read
+/// every 32 steps costs about one wait per 32 steps and shows progress several times a second.
+pub const READ_EVERY: u64 = 32;
 
 /// Images per row of the sample grids.
 const GRID_ROW: usize = 8;
@@ -126,8 +130,8 @@ struct Output {
 /// folder it only trains, as the benchmarks and tests want.
 pub struct Trainer<B: Backend = Cpu> {
     state: TrainState<B>,
-    /// The training images `[N, C, H, W]` in [-1, 1], on the host.
-    images: Tensor,
+    /// The training images `[N, C, H, W]` in [-1, 1], on the backend, from which it draws each batch.
+    data: TrainingSet<B>,
     batcher: Batcher,
     sched: Schedule,
     /// The step the run stops at.
@@ -150,16 +154,17 @@ pub struct Trainer<B: Backend = Cpu> {
 
 impl<B: Backend> Trainer<B> {
     /// A trainer continuing `state` (fresh or loaded from a checkpoint) on `images` (`[N, C, H, W]` in [-1, 1], on
-    /// the host), which must hold at least one full batch.
+    /// the host), which must hold at least one full batch. The images are put on the state's backend once.
     pub fn new(state: TrainState<B>, images: Tensor) -> Result<Self> {
         let c = &state.config;
         let n_images = images.shape().first().copied().unwrap_or(0);
         let batcher = Batcher::new(n_images, c.batch, c.seed)?;
         let sched = Schedule::linear(c.timesteps, 1e-4, 2e-2)?;
         let total = c.total_steps(n_images);
+        let data = TrainingSet::new(state.params.backend(), images, &sched)?;
         Ok(Trainer {
             state,
-            images,
+            data,
             batcher,
             sched,
             total,
@@ -248,7 +253,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     pub fn n_images(&self) -> usize {
-        self.images.shape()[0]
+        self.data.len()
     }
 
     pub fn steps_per_epoch(&self) -> u64 {
@@ -270,31 +275,52 @@ impl<B: Backend> Trainer<B> {
     pub fn run(&mut self, obs: &mut dyn Observer) -> Result<RunEnd> {
         while !self.done() {
             if self.stop_requested() {
-                return self.stop_here();
+                return self.stop_here(obs);
             }
             self.step(obs)?;
         }
         self.finish(obs)
     }
 
-    /// Writes a checkpoint of the current step, for a stop on request.
-    fn stop_here(&mut self) -> Result<RunEnd> {
+    /// Completes the steps not yet read, then writes a checkpoint of the current step, for a stop on request.
+    fn stop_here(&mut self, obs: &mut dyn Observer) -> Result<RunEnd> {
+        self.flush(obs)?;
         if self.last_saved != Some(self.state.step) {
             self.save_checkpoint()?;
         }
         Ok(RunEnd::Stopped { step: self.state.step })
     }
 
-    /// One training step on the next batch, then what it completes: the epoch summary, the grids and the FID
-    /// check, the log row (which it returns), and the checkpoint. The row comes before the checkpoint, so a
-    /// checkpoint's log always reaches its step. Past the run's end it keeps training (for benchmarks);
-    /// [`Trainer::run`] stops there. A non-finite loss or gradient norm is an [`Error::Diverged`] (after its log
-    /// row), and the state is not saved.
-    pub fn step(&mut self, obs: &mut dyn Observer) -> Result<LogRow> {
-        let x0 = self.batcher.batch(&self.images, self.state.step);
-        let epoch = self.state.epoch(self.n_images());
-        let stats: StepStats = self.state.train_step(&self.sched, &x0)?;
+    /// One training step on the next batch, then what the steps whose statistics it reads complete: their epoch
+    /// summaries, grids and FID check, log rows (which it returns, oldest first) and checkpoint. A GPU keeps each
+    /// step's loss and gradient norm until they are read, every [`READ_EVERY`] steps and at every step that ends an
+    /// epoch or the run or writes a checkpoint (so those steps' work always follows their rows); the CPU reads them
+    /// every step, at no cost. A row comes before its checkpoint, so a checkpoint's log always reaches its step.
+    /// Past the run's end it keeps training (for benchmarks); [`Trainer::run`] stops there. A non-finite loss or
+    /// gradient norm is an [`Error::Diverged`] (after its log row), and the state is not saved.
+    pub fn step(&mut self, obs: &mut dyn Observer) -> Result<Vec<LogRow>> {
+        let batch = self.data.batch(&mut self.batcher, self.state.step)?;
+        self.state.queue_step(&self.sched, batch)?;
         let step = self.state.step;
+        let due = self.milestone(step);
+        let reads_wait = self.state.params.backend().reads_wait();
+        if reads_wait && !(due.checkpoint_due() || step.is_multiple_of(READ_EVERY)) {
+            return Ok(Vec::new());
+        }
+        self.flush(obs)
+    }
+
+    /// Reads the statistics of every step taken and not yet read, and completes each of those steps in order;
+    /// their log rows, oldest first.
+    pub fn flush(&mut self, obs: &mut dyn Observer) -> Result<Vec<LogRow>> {
+        let stats = self.state.take_stats()?;
+        let first = self.state.step + 1 - stats.len() as u64;
+        (first..).zip(stats).map(|(step, stats)| self.complete(step, stats, obs)).collect()
+    }
+
+    /// What step `step` completes, once its statistics are read.
+    fn complete(&mut self, step: u64, stats: StepStats, obs: &mut dyn Observer) -> Result<LogRow> {
+        let epoch = (step - 1) / self.steps_per_epoch();
         if !(stats.loss.is_finite() && stats.grad_norm.is_finite()) {
             let row = LogRow { step, epoch, stats, lr: self.state.config.lr, fid: None };
             if let Some(out) = &mut self.output {
@@ -303,11 +329,8 @@ impl<B: Backend> Trainer<B> {
             let what = format!("the loss is {} and the gradient norm {}", stats.loss, stats.grad_norm);
             return Err(self.diverged(step, &what));
         }
-        let m = Milestone {
-            epoch_end: step.is_multiple_of(self.steps_per_epoch()),
-            run_end: step == self.total,
-            periodic: step.is_multiple_of(self.policy.every),
-        };
+        // Only the newest step read can be a milestone: reaching one forces the read.
+        let m = self.milestone(step);
         self.epoch_loss += stats.loss as f64;
         self.epoch_steps += 1;
         if m.epoch_end || m.run_end {
@@ -328,6 +351,15 @@ impl<B: Backend> Trainer<B> {
         }
         obs.step_done(&row);
         Ok(row)
+    }
+
+    /// What step `step` (counted from 1) completes.
+    fn milestone(&self, step: u64) -> Milestone {
+        Milestone {
+            epoch_end: step.is_multiple_of(self.steps_per_epoch()),
+            run_end: step == self.total,
+            periodic: step.is_multiple_of(self.policy.every),
+        }
     }
 
     /// The error for a run that diverged at `step` (`what` says how): which checkpoint is left, and what to try.
@@ -386,7 +418,7 @@ impl<B: Backend> Trainer<B> {
     pub fn finish(&mut self, obs: &mut dyn Observer) -> Result<RunEnd> {
         obs.training_done();
         if self.stop_requested() {
-            return self.stop_here();
+            return self.stop_here(obs);
         }
         let Some(out) = &self.output else { return Ok(RunEnd::Finished) };
         save_curve_png(&out.dir.loss_curve(), &out.log.losses(), "training loss", "step", "loss")?;
@@ -396,7 +428,7 @@ impl<B: Backend> Trainer<B> {
             self.final_ddim_done = true;
         }
         if self.stop_requested() {
-            return self.stop_here();
+            return self.stop_here(obs);
         }
         obs.final_ddpm_grid(self.sched.t);
         let (state, sched, mut drawn) = (&self.state, &self.sched, None);

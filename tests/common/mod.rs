@@ -3,7 +3,7 @@
 
 use ddpm::autograd::Tape;
 use ddpm::backend::Backend;
-use ddpm::nn::{UNet, UNetConfig};
+use ddpm::nn::{Timesteps, UNet, UNetConfig};
 use ddpm::params::{Grads, Params};
 use ddpm::tensor_file::{read_tensors, TensorFile};
 use ddpm::Tensor;
@@ -46,7 +46,9 @@ pub fn golden_step<B: Backend>(model: &UNet, params: &Params<B>) -> (Vec<(String
     let x = tape.input(io.f32("x").unwrap().to_backend(be).unwrap());
     let target = tape.input(io.f32("noise").unwrap().to_backend(be).unwrap());
     let mut traced = Vec::new();
-    let eps = model.forward_traced(&mut tape, x, &timesteps(&io), &mut |name, v| traced.push((name, v))).unwrap();
+    let eps = model
+        .forward_traced(&mut tape, x, Timesteps::Host(&timesteps(&io)), &mut |name, v| traced.push((name, v)))
+        .unwrap();
     let acts = traced
         .into_iter()
         .map(|(n, v)| (n.to_string(), tape.value(v).to_backend(&ddpm::backend::Cpu).unwrap()))

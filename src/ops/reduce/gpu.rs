@@ -146,3 +146,9 @@ pub(crate) fn finish_sum<E: Executor>(e: &E, parts: &E::Buf, np: usize, out: &mu
     let args = [Arg::Buf(parts), i32_arg(np)?, Arg::Buf(out), Arg::I32(mode), Arg::F32(divisor), Arg::F32(max_norm)];
     run(e, Kernel::FinishSum, LaunchCfg::linear(1, 1024), Cost::pass(np, out_len, 1), &args)
 }
+
+/// `x[..] = v` on the device (kernel `fill`): a constant buffer without an upload.
+pub(crate) fn fill<E: Executor>(e: &E, x: &mut E::Buf, v: f32) -> Result<()> {
+    let n = x.len();
+    run(e, Kernel::Fill, elementwise(n), Cost::pass(0, n, 0), &[Arg::Buf(x), Arg::I64(n as i64), Arg::F32(v)])
+}

@@ -1,7 +1,8 @@
 // reduce.cu: sums and copies. Global sums run in two passes (no float atomics): each block of the first pass
 // writes one partial sum, and a single block adds the partials in a fixed order, so for a given length and grid the
 // result is the same on every run and every GPU (the MSE loss and the global gradient norm). Row sums give the bias
-// gradients; channel-block copies make concat and split; add_assign accumulates gradients.
+// gradients; channel-block copies make concat and split; add_assign accumulates gradients; fill makes a constant
+// buffer on the device.
 #include "common.cuh"
 
 // Block `block` of `blocks`'s share of sum (x - y)^2 over n values (y may be null: sum of x^2), summed over a
@@ -101,4 +102,10 @@ extern "C" __global__ void copy_channels(const float* __restrict__ src, int src_
 // acc += g (gradient accumulation; one rounding per element, as the CPU's `+=`).
 extern "C" __global__ void add_assign(float* __restrict__ acc, const float* __restrict__ g, long long n) {
   GRID_STRIDE(e, n) acc[e] += g[e];
+}
+
+// x[e] = v: a constant buffer made on the device instead of uploaded (e.g. the loss's seed gradient dL/dL = 1).
+// Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
+extern "C" __global__ void fill(float* __restrict__ x, long long n, float v) {
+  GRID_STRIDE(e, n) x[e] = v;
 }

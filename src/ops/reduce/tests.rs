@@ -2,7 +2,7 @@
 
 use super::gpu::copy_at;
 use super::ReduceOps;
-use crate::backend::{Cpu, Gpu};
+use crate::backend::{Cpu, Gpu, Memory};
 use crate::desc::{ConcatDesc, Planes};
 use crate::gpu::Executor;
 use crate::ops::testing::{close, down, gpu_test, out, rand, up};
@@ -52,3 +52,15 @@ fn channel_sums<E: Executor>(g: &Gpu<E>) {
     }
 }
 gpu_test!(channel_sums);
+
+// Memory::full on a device: filled by a kernel (exact), and nothing uploaded.
+fn full<E: Executor>(g: &Gpu<E>) {
+    let counters = g.executor().counters();
+    for (n, v) in [(1, 1.0f32), (1000, -0.5), (70_001, 3.25e-7)] {
+        let before = counters.snapshot();
+        let buf = g.full(n, v).unwrap();
+        assert_eq!(counters.snapshot().since(&before).h2d_bytes, 0, "full({n}) uploaded");
+        assert_eq!(down(g, &buf), vec![v; n], "full({n}, {v})");
+    }
+}
+gpu_test!(full);

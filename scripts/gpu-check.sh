@@ -20,7 +20,8 @@
 # DDPM and DDIM-50 sampling from its checkpoint; `ddpm eval` of DDIM-50 at n = 1000; `ddpm bench` sampler-step times.
 # The conv group: every conv shape of the UNet timed alone (`ddpm bench --what convs`, bf16 and fp32), the same
 # shapes in PyTorch (pytorch/conv_bench.py, cuDNN), the two side by side (scripts/compare_convs.py, also written to
-# $OUT/convs-compare.md), and train-step times in bf16 and fp32. A failing step is reported and the others still
+# $OUT/convs-compare.md), train-step times in bf16 and fp32, and the cost model's predictions for the training
+# and sampler steps ($OUT/predicted.jsonl). A failing step is reported and the others still
 # run; a step that would start past the overall budget is skipped and counted as failed; the exit status is
 # non-zero if any failed.
 set -uo pipefail
@@ -184,6 +185,11 @@ step_out=$compared step "compare convs" 30 "$python" scripts/compare_convs.py "$
 for p in bf16 fp32; do
   step "bench train step ($p)" 60 "$bin_dir/ddpm" bench --device "$dev" --precision "$p" --what train "${train_bench[@]}"
 done
+# What the cost model (docs/gpu-model.md) predicts for the same steps, to set beside the times above.
+predicted="$out/predicted.jsonl"
+rm -f "$predicted"
+step_out=$predicted step "predicted train step (h200 model)" 30 "$bin_dir/ddpm" bench --what train --model h200 --json "${train_bench[@]}"
+step_out=$predicted step "predicted sampler step (h200 model)" 30 "$bin_dir/ddpm" bench --what sample --model h200 --json "${sample_bench[@]}"
 
 if ! $only_convs; then
   step "kernel tests on $dev" 120 "$bin_dir/lib_tests" "${kernel_args[@]}"

@@ -103,12 +103,17 @@ pub fn place<B: Backend>(backend: &B, tensors: &[Tensor]) -> Result<(Arena<B>, V
     views(backend, arena, &layout, &shapes)
 }
 
-/// Zeros shaped like `shapes`, as [`place`] lays them out.
+/// Zeros shaped like `shapes`, laid out as [`place`] lays them out; filled on the backend, not copied there.
 pub fn zeros<B: Backend>(backend: &B, shapes: &[&[usize]]) -> Result<(Arena<B>, Vec<Tensor<B>>)> {
-    let host: Vec<Tensor> = shapes.iter().map(|s| Tensor::zeros(s)).collect();
-    place(backend, &host)
+    if !backend.has_views() {
+        let zeros = shapes.iter().map(|s| Tensor::full_on(backend, s, 0.0)).collect::<Result<_>>()?;
+        return Ok((Arena::none(), zeros));
+    }
+    let layout = Layout::of(shapes.iter().map(|s| s.iter().product()));
+    views(backend, backend.full(layout.total(), 0.0)?, &layout, shapes)
 }
 
+/// The tensors of `shapes` as views of `arena`, laid out by `layout`.
 fn views<B: Backend>(
     backend: &B,
     arena: B::Buf,

@@ -33,15 +33,12 @@ impl<E: Executor> ReduceOps for Gpu<E> {
         Ok(out)
     }
     fn concat(&self, d: ConcatDesc, a: &E::Buf, b: &E::Buf, out: &mut E::Buf) -> Result<()> {
-        let (e, c) = (self.executor(), d.ca + d.cb);
-        copy_channels(e, (a, d.ca, 0), (out, c, 0), d.ca, d.n, d.plane)?;
-        copy_channels(e, (b, d.cb, 0), (out, c, d.ca), d.cb, d.n, d.plane)
+        concat_channels(self.executor(), d, Channels::Join { a, b, cat: out })
     }
     fn split(&self, d: ConcatDesc, g: &E::Buf) -> Result<(E::Buf, E::Buf)> {
-        let (e, c) = (self.executor(), d.ca + d.cb);
+        let e = self.executor();
         let (mut a, mut b) = (e.alloc(d.n * d.ca * d.plane)?, e.alloc(d.n * d.cb * d.plane)?);
-        copy_channels(e, (g, c, 0), (&mut a, d.ca, 0), d.ca, d.n, d.plane)?;
-        copy_channels(e, (g, c, d.ca), (&mut b, d.cb, 0), d.cb, d.n, d.plane)?;
+        concat_channels(e, d, Channels::Split { cat: g, a: &mut a, b: &mut b })?;
         Ok((a, b))
     }
 }
@@ -99,6 +96,37 @@ fn sum_rows_into<E: Executor>(
     let args = [Arg::BufAt(parts, offset), Arg::Buf(out), Arg::opt(out2.map(|o| &*o)), i32_arg(n)?, i32_arg(c_len)?];
     let (words, sums) = (blocks * n * c_len, blocks * c_len);
     run(e, Kernel::SumRows, cfg, Cost::pass(words, sums, n), &args)
+}
+
+/// A channel concat's buffers, by direction: which are read and which written.
+enum Channels<'a, B> {
+    /// `cat = [a, b]`.
+    Join { a: &'a B, b: &'a B, cat: &'a mut B },
+    /// `a`, `b` = the two channel blocks of `cat`.
+    Split { cat: &'a B, a: &'a mut B, b: &'a mut B },
+}
+
+/// A concat or split in one launch of `concat_channels` for both channel blocks.
+fn concat_channels<E: Executor>(e: &E, d: ConcatDesc, bufs: Channels<E::Buf>) -> Result<()> {
+    let (a, b, cat, split): (&E::Buf, &E::Buf, &E::Buf, bool) = match bufs {
+        Channels::Join { a, b, cat } => (a, b, cat, false),
+        Channels::Split { cat, a, b } => (a, b, cat, true),
+    };
+    let len = d.n * (d.ca + d.cb) * d.plane;
+    need("concat_channels a", a, d.n * d.ca * d.plane)?;
+    need("concat_channels b", b, d.n * d.cb * d.plane)?;
+    need("concat_channels cat", cat, len)?;
+    let args = [
+        Arg::Buf(a),
+        Arg::Buf(b),
+        Arg::Buf(cat),
+        i32_arg(d.ca)?,
+        i32_arg(d.cb)?,
+        i32_arg(d.n)?,
+        i32_arg(d.plane)?,
+        Arg::I32(split as i32),
+    ];
+    run(e, Kernel::ConcatChannels, elementwise(len), Cost::pass(len, len, 0), &args)
 }
 
 /// `dst[i, dst_off..dst_off+count, :] = src[i, src_off..src_off+count, :]` for `n` images of `plane` pixels, where

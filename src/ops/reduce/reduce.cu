@@ -70,7 +70,7 @@ extern "C" __global__ void sum_rows(const float* __restrict__ parts, float* __re
 }
 
 // dst[i][dst_off + c][p] = src[i][src_off + c][p] for c < count, images i < n, p < plane; src has src_c channels
-// and dst dst_c. Concat is two of these into one dst, split two out of one src.
+// and dst dst_c (a device copy when all are 1).
 extern "C" __global__ void copy_channels(const float* __restrict__ src, int src_c, int src_off,
                                          float* __restrict__ dst, int dst_c, int dst_off, int count, int n,
                                          int plane) {
@@ -78,6 +78,24 @@ extern "C" __global__ void copy_channels(const float* __restrict__ src, int src_
     const int p = e % plane, c = e / plane % count;
     const long long i = e / ((long long)plane * count);
     dst[(i * dst_c + dst_off + c) * plane + p] = src[(i * src_c + src_off + c) * plane + p];
+  }
+}
+
+// The channel concat cat = [a, b] of a: [n, CA, plane] and b: [n, CB, plane] into cat: [n, CA + CB, plane]
+// (split = 0), or its inverse (split = 1: a and b written from cat), in one launch; which pointers are read and
+// which written depends on `split`, so none is const. Launch: grid-stride over n * (CA + CB) * plane.
+extern "C" __global__ void concat_channels(float* __restrict__ a, float* __restrict__ b, float* __restrict__ cat,
+                                           int CA, int CB, int n, int plane, int split) {
+  const int C = CA + CB;
+  GRID_STRIDE(e, (long long)n * C * plane) {
+    const int p = e % plane, c = e / plane % C;
+    const long long i = e / ((long long)plane * C);
+    float* part = c < CA ? a + (i * CA + c) * plane + p : b + (i * CB + c - CA) * plane + p;
+    if (split) {
+      *part = cat[e];
+    } else {
+      cat[e] = *part;
+    }
   }
 }
 

@@ -272,7 +272,7 @@ pub fn check_args<B>(kernel: Kernel, args: &[Arg<B>]) -> Result<()> {
             (kind, arg),
             (ParamKind::ConstPtr | ParamKind::MutPtr, Arg::Buf(_) | Arg::BufAt(..) | Arg::Null)
                 | (ParamKind::ConstIntPtr | ParamKind::MutIntPtr, Arg::Ints(_) | Arg::Null)
-                | (ParamKind::ConstBf16Ptr | ParamKind::MutBf16Ptr, Arg::Bf16(_))
+                | (ParamKind::ConstBf16Ptr | ParamKind::MutBf16Ptr, Arg::Bf16(_) | Arg::Null)
                 | (ParamKind::I32, Arg::I32(_))
                 | (ParamKind::I64, Arg::I64(_))
                 | (ParamKind::U64, Arg::U64(_))

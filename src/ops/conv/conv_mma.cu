@@ -103,45 +103,69 @@ static __device__ __forceinline__ void warp_tile_mma(float acc[2][4][4], const b
 }
 
 // y[i][p][c] = bf16(x[i][c][p]) for c < C and 0 for C <= c < CP, for x: [n, C, HW] f32 and y: [n, HW, CP] bf16:
-// channels padded to CP (a multiple of 8) so that every pixel's channels are whole 16-byte copies. A 32 x 32 tile
-// transposed through shared memory, so both the reads (along p) and the writes (along c) are coalesced. Also
-// converts a row-major [n, C] matrix (HW = 1). Launch: grid (CEIL_DIV(HW, 32), CEIL_DIV(CP, 32), n), block (32, 8).
-extern "C" __global__ void __launch_bounds__(256)
-nchw_to_nhwc_bf16(const float* __restrict__ x, bf16* __restrict__ y, int C, int CP, int HW) {
+// channels padded to CP (a multiple of 8) so that every pixel's channels are whole 16-byte copies. 32 x 32 tiles
+// transposed through shared memory, so both the reads (along p) and the writes (along c) are coalesced; block
+// (x, y, i) converts the tiles x, x + gridDim.x, ... of channels 32y.. of image i. Also converts a row-major [n, C]
+// matrix (HW = 1). When `sums` is not null, each block also writes its channels' f32 sums over its pixels,
+// sums[x][i][c] for c < C ([gridDim.x, n, C]), in a fixed order (each thread adds its pixel column's values tile
+// after tile, then a warp's butterfly adds the columns): a gradient converted for the GEMMs yields its bias
+// gradients without another pass over it. Launch: grid (<= CEIL_DIV(HW, 32), CEIL_DIV(CP, 32), n), block (32, 32).
+extern "C" __global__ void __launch_bounds__(1024)
+nchw_to_nhwc_bf16(const float* __restrict__ x, bf16* __restrict__ y, float* __restrict__ sums, int C, int CP,
+                  int HW) {
   __shared__ float tile[32][33];
   const long long img = blockIdx.z;
-  const int p0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
-  for (int r = threadIdx.y; r < 32; r += 8) {
-    const int c = c0 + r, p = p0 + threadIdx.x;
-    if (c < CP && p < HW) tile[r][threadIdx.x] = c < C ? x[(img * C + c) * HW + p] : 0.0f;
+  const int c0 = blockIdx.y * 32, tx = threadIdx.x, ty = threadIdx.y;
+  float s = 0.0f;
+  for (int p0 = blockIdx.x * 32; p0 < HW; p0 += gridDim.x * 32) {
+    // Thread (tx, ty) reads channel c0 + ty at pixel p0 + tx, and writes pixel p0 + ty at channel c0 + tx.
+    const int c = c0 + ty, p = p0 + tx;
+    const float v = c < C && p < HW ? x[(img * C + c) * HW + p] : 0.0f;
+    s += v;
+    tile[ty][tx] = v;
+    __syncthreads();
+    const int pw = p0 + ty, cw = c0 + tx;
+    if (cw < CP && pw < HW) y[(img * HW + pw) * CP + cw] = f32_to_bf16(tile[tx][ty]);
+    __syncthreads();  // the tile is overwritten next
   }
-  __syncthreads();
-  for (int r = threadIdx.y; r < 32; r += 8) {
-    const int p = p0 + r, c = c0 + threadIdx.x;
-    if (c < CP && p < HW) y[(img * HW + p) * CP + c] = f32_to_bf16(tile[threadIdx.x][r]);
-  }
+  if (!sums) return;
+  s = warp_sum(s);  // warp ty holds channel c0 + ty, one pixel column per lane
+  if (tx == 0 && c0 + ty < C) sums[((long long)blockIdx.x * gridDim.z + img) * C + c0 + ty] = s;
 }
 
 // The weight w (a conv's [out, in, k*k], a transposed conv's [in, out, k*k]) as the bf16 GEMM operand
-// wp[o][tap][c] for o < O, c < CP (channels padded with zeros to CP, as nchw_to_nhwc_bf16 pads the activation):
-// w is [O, C, KK] (o first) when `swap` is 0, [C, O, KK] when it is 1. Launch: grid-stride over O*KK*CP.
-extern "C" __global__ void pack_weight_bf16(const float* __restrict__ w, bf16* __restrict__ wp, int O, int C,
-                                            int CP, int KK, int swap) {
+// wp[o][tap][c] for o < O, c < CP = C rounded up to 8 (channels padded with zeros, as nchw_to_nhwc_bf16 pads the
+// activation): w is [O, C, KK] (o first) when `swap` is 0, [C, O, KK] when it is 1. When wp_adj is not null, the
+// blocks with blockIdx.y = 1 write the operand of the adjoint GEMM from the same w, wp_adj[c][tap][o] for c < C,
+// o < OP = O rounded up to 8 (O and C exchanged, `swap` flipped): a conv's forward packs its weight for the input
+// gradient in the same launch. Launch: grid (grid-stride over the larger operand, wp_adj ? 2 : 1).
+extern "C" __global__ void pack_weight_bf16(const float* __restrict__ w, bf16* __restrict__ wp,
+                                            bf16* __restrict__ wp_adj, int O, int C, int KK, int swap) {
+  bf16* dst = wp;
+  if (blockIdx.y == 1) {
+    dst = wp_adj;
+    const int t = O;
+    O = C;
+    C = t;
+    swap = !swap;
+  }
+  const int CP = CEIL_DIV(C, 8) * 8;
   GRID_STRIDE(e, (long long)O * KK * CP) {
     const int c = e % CP, tap = e / CP % KK, o = e / CP / KK;
     const long long src = swap ? ((long long)c * O + o) * KK + tap : ((long long)o * C + c) * KK + tap;
-    wp[e] = c < C ? f32_to_bf16(w[src]) : (bf16)0;
+    dst[e] = c < C ? f32_to_bf16(w[src]) : (bf16)0;
   }
 }
 
-// out[i][o][q] (=, or += when `accumulate`) sum_{tap, c} in[i][src(q, tap)][c] * wp[o][tap][c], plus bias[o] and
-// chan_bias[i][o] when given. in: [n, IH, IW, C] bf16 (NHWC), wp: [N, K*K, C] bf16, out: [n, N, QH*QW] f32
+// out[i][o][q] (=, or += when `accumulate`) sum_{tap, c} in[i][src(q, tap)][c] * wp[o][tap][c], plus bias[o],
+// chan_bias[i][o] and residual[i][o][q] (shaped like out) when given. in: [n, IH, IW, C] bf16 (NHWC), wp: [N, K*K, C] bf16, out: [n, N, QH*QW] f32
 // (NCHW). C % 8 == 0 (padded). The GEMM: rows = the n*QH*QW output pixels, columns = the N output channels, depth K*K*C.
 // Launch: grid (CEIL_DIV(N, 64), CEIL_DIV(n*QH*QW, 64)), block 128, dynamic shared memory
 // STAGES * 2 * ROW_TILE * 2 bytes (30 KiB).
 extern "C" __global__ void __launch_bounds__(MMA_THREADS)
 conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float* __restrict__ out,
-                const float* __restrict__ bias, const float* __restrict__ chan_bias, int n, int C, int IH, int IW,
+                const float* __restrict__ bias, const float* __restrict__ chan_bias,
+                const float* __restrict__ residual, int n, int C, int IH, int IW,
                 int N, int QH, int QW, int K, int S, int P, int adjoint, int accumulate) {
   DYN_SHARED(bf16, smem);
   bf16* As = smem;                     // [STAGES][BM][BK + PAD]: rows = output pixels
@@ -216,10 +240,10 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
       for (int b = 0; b < 4; b++) {
         const int o = n0 + wn * 32 + b * 8 + 2 * t + (v & 1);
         if (o >= N) continue;
-        float* dst = out + (i * N + o) * Q + q;
+        const long long at = (i * N + o) * Q + q;
         const float extra = (bias ? bias[o] : 0.0f) + (chan_bias ? chan_bias[i * N + o] : 0.0f);
         const float val = acc[a][b][v] + extra;
-        *dst = accumulate ? *dst + val : val;
+        out[at] = accumulate ? out[at] + val : residual ? residual[at] + val : val;
       }
     }
 }

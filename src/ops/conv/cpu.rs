@@ -22,6 +22,9 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 impl ConvOps for Cpu {
+    /// Nothing: the CPU's convs read their inputs as they are.
+    type Kept = ();
+
     fn conv2d_forward(
         &self,
         d: &ConvDesc,

@@ -3,10 +3,10 @@
 //! of `crate::ops::linear::gpu`, then the bias epilogue. The weight gradient sums over the batch inside the GEMM
 //! (a fixed order), not with atomics.
 
-use super::mma::{self, Gather, Wgrad};
-use super::ConvOps;
+use super::mma::{self, Gather, Kept, Wgrad};
+use super::{BiasSums, ChannelSums, ConvOps, Keep};
 use crate::backend::{Gpu, Memory, Precision};
-use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads};
+use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, Planes};
 use crate::error::Result;
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
 use crate::gpu::{Arg, Cost, Executor, Kernel};
@@ -21,8 +21,8 @@ impl<E: Executor> Gpu<E> {
 }
 
 impl<E: Executor> ConvOps for Gpu<E> {
-    /// `out[i] = W·im2col(x[i]) + bias + chan_bias[i] + residual[i]`: the residual is copied into `out` first and
-    /// the GEMM accumulates onto it, as on the CPU.
+    type Kept = Kept<E::Buf>;
+
     fn conv2d_forward(
         &self,
         d: &ConvDesc,
@@ -31,17 +31,62 @@ impl<E: Executor> ConvOps for Gpu<E> {
         epi: Epilogue<E::Buf>,
         out: &mut E::Buf,
     ) -> Result<()> {
+        self.conv2d_forward_keep(d, x, w, epi, out, Keep::default()).map(drop)
+    }
+    fn conv2d_backward(
+        &self,
+        d: &ConvDesc,
+        x: &E::Buf,
+        w: &E::Buf,
+        gout: &E::Buf,
+        grads: LayerGrads<E::Buf>,
+    ) -> Result<()> {
+        self.conv2d_backward_with(d, (x, w, gout), None, grads, BiasSums::default()).map(drop)
+    }
+    fn conv_transpose2d_forward(
+        &self,
+        d: &ConvDesc,
+        x: &E::Buf,
+        w: &E::Buf,
+        bias: Option<&E::Buf>,
+        out: &mut E::Buf,
+    ) -> Result<()> {
+        self.conv_transpose2d_forward_keep(d, x, w, bias, out, Keep::default()).map(drop)
+    }
+    fn conv_transpose2d_backward(
+        &self,
+        d: &ConvDesc,
+        x: &E::Buf,
+        w: &E::Buf,
+        gout: &E::Buf,
+        grads: LayerGrads<E::Buf>,
+    ) -> Result<()> {
+        self.conv_transpose2d_backward_with(d, (x, w, gout), None, grads, BiasSums::default()).map(drop)
+    }
+
+    /// `out[i] = W·im2col(x[i]) + bias + chan_bias[i] + residual[i]`: under bf16 the GEMM's epilogue adds every
+    /// term; in f32 the residual is copied into `out` first and the GEMM accumulates onto it, as on the CPU.
+    fn conv2d_forward_keep(
+        &self,
+        d: &ConvDesc,
+        x: &E::Buf,
+        w: &E::Buf,
+        epi: Epilogue<E::Buf>,
+        out: &mut E::Buf,
+        keep: Keep,
+    ) -> Result<Option<Self::Kept>> {
         let (e, g, n, co) = (self.executor(), &d.geom, d.n, d.channels);
         let (kk, plane) = (g.col_rows(), g.col_cols());
+        if self.tensor_cores() {
+            let xb = mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w)?;
+            let (wp, wp_adj) = mma::pack_weight(e, w, (co, g.c, g.k * g.k), false, keep.for_dx)?;
+            let terms = (epi.bias, epi.chan_bias, epi.residual);
+            mma::gather(e, &Gather::of(g, n, co, false), &xb, &wp, terms, false, out)?;
+            return Ok(Kept::of(keep, xb, wp_adj));
+        }
         if let Some(r) = epi.residual {
             need("conv2d residual", r, n * co * plane)?;
             copy_at(e, r, out, 0)?;
-        }
-        if self.tensor_cores() {
-            let xb = mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w)?;
-            let wp = mma::pack_weight(e, w, (co, g.c, g.k * g.k), false)?;
-            let terms = (epi.bias, epi.chan_bias);
-            return mma::gather(e, &Gather::of(g, n, co, false), &xb, &wp, terms, epi.residual.is_some(), out);
         }
         let gemm = Gemm {
             stride_b: kk * plane,
@@ -51,32 +96,41 @@ impl<E: Executor> ConvOps for Gpu<E> {
             ..Gemm::plain(co, plane, kk, false, false)
         };
         with_columns(e, g, n, x, |col| sgemm(e, &gemm, w, col, out))?;
-        add_channel_bias(e, out, (epi.bias, epi.chan_bias), n, co, plane)
+        add_channel_bias(e, out, (epi.bias, epi.chan_bias), n, co, plane)?;
+        Ok(None)
     }
 
     /// `dx[i] = col2im(Wᵀ·gout[i])` and `dW = Σ_i gout[i]·im2col(x[i])ᵀ` (summed over images inside the GEMM, in
-    /// order).
-    fn conv2d_backward(
+    /// order). Under bf16 the bias sums come with gout's conversion and the weight gradient reads the forward's
+    /// copy of x when it was kept.
+    fn conv2d_backward_with(
         &self,
         d: &ConvDesc,
-        x: &E::Buf,
-        w: &E::Buf,
-        gout: &E::Buf,
+        (x, w, gout): (&E::Buf, &E::Buf, &E::Buf),
+        kept: Option<&Self::Kept>,
         grads: LayerGrads<E::Buf>,
-    ) -> Result<()> {
+        sums: BiasSums,
+    ) -> Result<ChannelSums<E::Buf>> {
         let (e, g, n, co) = (self.executor(), &d.geom, d.n, d.channels);
         let (kk, plane) = (g.col_rows(), g.col_cols());
+        let planes = Planes { n, c: co, plane };
         if self.tensor_cores() {
-            let gb = mma::to_nhwc_bf16(e, gout, n, co, plane)?;
+            let (gb, bias_grads) = mma::to_nhwc_bf16_summed(e, gout, planes, sums)?;
             if let Some(dw) = grads.dw {
-                let xb = mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w)?;
-                mma::wgrad(e, &Wgrad::of(g, n, co), &gb, &xb, dw)?;
+                let mut fresh = None;
+                let xb = kept_or(kept.and_then(|k| k.input.as_ref()), &mut fresh, || {
+                    mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w)
+                })?;
+                mma::wgrad(e, &Wgrad::of(g, n, co), &gb, xb, dw)?;
             }
             if let Some(dx) = grads.dx {
-                let wp = mma::pack_weight(e, w, (g.c, co, g.k * g.k), true)?;
-                mma::gather(e, &Gather::of(g, n, co, true), &gb, &wp, (None, None), false, dx)?;
+                let mut fresh = None;
+                let wp = kept_or(kept.and_then(|k| k.weight.as_ref()), &mut fresh, || {
+                    Ok(mma::pack_weight(e, w, (g.c, co, g.k * g.k), true, false)?.0)
+                })?;
+                mma::gather(e, &Gather::of(g, n, co, true), &gb, wp, (None, None, None), false, dx)?;
             }
-            return Ok(());
+            return Ok(bias_grads);
         }
         if let Some(dw) = grads.dw {
             let gemm =
@@ -91,83 +145,104 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 ..Gemm::plain(kk, plane, co, true, false)
             };
             if g.is_pointwise() {
-                return sgemm(e, &gemm, w, gout, dx);
+                sgemm(e, &gemm, w, gout, dx)?;
+            } else {
+                let mut col = e.alloc(n * kk * plane)?;
+                sgemm(e, &gemm, w, gout, &mut col)?;
+                col2im(e, g, n, &col, dx)?;
             }
-            let mut col = e.alloc(n * kk * plane)?;
-            sgemm(e, &gemm, w, gout, &mut col)?;
-            col2im(e, g, n, &col, dx)?;
         }
-        Ok(())
+        ChannelSums::of(self, planes, gout, sums)
     }
 
     /// The adjoint of the conv with geometry `d.geom`: `out[i] = col2im(Wᵀ·x[i]) + bias`.
-    fn conv_transpose2d_forward(
+    fn conv_transpose2d_forward_keep(
         &self,
         d: &ConvDesc,
         x: &E::Buf,
         w: &E::Buf,
         bias: Option<&E::Buf>,
         out: &mut E::Buf,
-    ) -> Result<()> {
+        keep: Keep,
+    ) -> Result<Option<Self::Kept>> {
         let (e, g, n, ci) = (self.executor(), &d.geom, d.n, d.channels);
         let (kk, plane) = (g.col_rows(), g.col_cols());
         if self.tensor_cores() {
             let xb = mma::to_nhwc_bf16(e, x, n, ci, plane)?;
-            let wp = mma::pack_weight(e, w, (g.c, ci, g.k * g.k), true)?;
-            return mma::gather(e, &Gather::of(g, n, ci, true), &xb, &wp, (bias, None), false, out);
+            let (wp, wp_adj) = mma::pack_weight(e, w, (g.c, ci, g.k * g.k), true, keep.for_dx)?;
+            mma::gather(e, &Gather::of(g, n, ci, true), &xb, &wp, (bias, None, None), false, out)?;
+            return Ok(Kept::of(keep, xb, wp_adj));
         }
         let mut col = e.alloc(n * kk * plane)?;
         let gemm =
             Gemm { stride_b: ci * plane, stride_c: kk * plane, batches: n, ..Gemm::plain(kk, plane, ci, true, false) };
         sgemm(e, &gemm, w, x, &mut col)?;
         col2im(e, g, n, &col, out)?;
-        add_channel_bias(e, out, (bias, None), n, g.c, g.h * g.w)
+        add_channel_bias(e, out, (bias, None), n, g.c, g.h * g.w)?;
+        Ok(None)
     }
 
     /// With `col[i] = im2col(gout[i])`: `dx[i] = W·col[i]` and `dW = Σ_i x[i]·col[i]ᵀ`.
-    fn conv_transpose2d_backward(
+    fn conv_transpose2d_backward_with(
         &self,
         d: &ConvDesc,
-        x: &E::Buf,
-        w: &E::Buf,
-        gout: &E::Buf,
+        (x, w, gout): (&E::Buf, &E::Buf, &E::Buf),
+        kept: Option<&Self::Kept>,
         grads: LayerGrads<E::Buf>,
-    ) -> Result<()> {
+        sums: BiasSums,
+    ) -> Result<ChannelSums<E::Buf>> {
         let (e, g, n, ci) = (self.executor(), &d.geom, d.n, d.channels);
         let (kk, plane) = (g.col_rows(), g.col_cols());
+        let planes = Planes { n, c: g.c, plane: g.h * g.w };
         if self.tensor_cores() {
-            let gb = mma::to_nhwc_bf16(e, gout, n, g.c, g.h * g.w)?;
+            let (gb, bias_grads) = mma::to_nhwc_bf16_summed(e, gout, planes, sums)?;
             if let Some(dw) = grads.dw {
-                let xb = mma::to_nhwc_bf16(e, x, n, ci, plane)?;
-                mma::wgrad(e, &Wgrad::of(g, n, ci), &xb, &gb, dw)?;
+                let mut fresh = None;
+                let xb =
+                    kept_or(kept.and_then(|k| k.input.as_ref()), &mut fresh, || mma::to_nhwc_bf16(e, x, n, ci, plane))?;
+                mma::wgrad(e, &Wgrad::of(g, n, ci), xb, &gb, dw)?;
             }
             if let Some(dx) = grads.dx {
-                let wp = mma::pack_weight(e, w, (ci, g.c, g.k * g.k), false)?;
-                mma::gather(e, &Gather::of(g, n, ci, false), &gb, &wp, (None, None), false, dx)?;
+                let mut fresh = None;
+                let wp = kept_or(kept.and_then(|k| k.weight.as_ref()), &mut fresh, || {
+                    Ok(mma::pack_weight(e, w, (ci, g.c, g.k * g.k), false, false)?.0)
+                })?;
+                mma::gather(e, &Gather::of(g, n, ci, false), &gb, wp, (None, None, None), false, dx)?;
             }
-            return Ok(());
+            return Ok(bias_grads);
         }
         let (dx, dw) = (grads.dx, grads.dw);
-        if dw.is_none() && dx.is_none() {
-            return Ok(());
+        if dw.is_some() || dx.is_some() {
+            let mut col = e.alloc(n * kk * plane)?;
+            im2col(e, g, n, gout, &mut col)?;
+            if let Some(dw) = dw {
+                let gemm = Gemm {
+                    stride_a: ci * plane,
+                    stride_b: kk * plane,
+                    nsum: n,
+                    ..Gemm::plain(ci, kk, plane, false, true)
+                };
+                sgemm(e, &gemm, x, &col, dw)?;
+            }
+            if let Some(dx) = dx {
+                let gemm = Gemm {
+                    stride_b: kk * plane,
+                    stride_c: ci * plane,
+                    batches: n,
+                    ..Gemm::plain(ci, plane, kk, false, false)
+                };
+                sgemm(e, &gemm, w, &col, dx)?;
+            }
         }
-        let mut col = e.alloc(n * kk * plane)?;
-        im2col(e, g, n, gout, &mut col)?;
-        if let Some(dw) = dw {
-            let gemm =
-                Gemm { stride_a: ci * plane, stride_b: kk * plane, nsum: n, ..Gemm::plain(ci, kk, plane, false, true) };
-            sgemm(e, &gemm, x, &col, dw)?;
-        }
-        if let Some(dx) = dx {
-            let gemm = Gemm {
-                stride_b: kk * plane,
-                stride_c: ci * plane,
-                batches: n,
-                ..Gemm::plain(ci, plane, kk, false, false)
-            };
-            sgemm(e, &gemm, w, &col, dx)?;
-        }
-        Ok(())
+        ChannelSums::of(self, planes, gout, sums)
+    }
+}
+
+/// `kept` when the forward kept it, else `make()`'s result, held in `fresh`.
+fn kept_or<'a, T>(kept: Option<&'a T>, fresh: &'a mut Option<T>, make: impl FnOnce() -> Result<T>) -> Result<&'a T> {
+    match kept {
+        Some(v) => Ok(v),
+        None => Ok(fresh.insert(make()?)),
     }
 }
 

@@ -14,11 +14,17 @@
 //! The GEMMs read channels 16 bytes (8 bf16) at a time, so the NHWC copies ([`Nhwc`]) and the packed weights pad
 //! every channel count to a multiple of 8 with zeros ([`padded`]); the UNet's 1-channel input and output convs
 //! then do 8x their (few) FLOPs instead of falling back to the f32 path's column matrix.
+//!
+//! Per step, each tensor is converted once: the forward keeps its input's copy and its weight packed for the dx
+//! GEMM (packed in the forward's packing launch) for the backward ([`Kept`]); the backward converts dy once for
+//! both GEMMs, and that conversion also sums dy per channel for the bias gradients ([`to_nhwc_bf16_summed`]).
 
-use crate::desc::ConvGeom;
+use super::{BiasSums, ChannelSums, Keep};
+use crate::desc::{ConvGeom, Planes};
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, need_bf16, run, SPLIT_TARGET_BLOCKS};
 use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel, LaunchCfg};
+use crate::ops::reduce::gpu::sum_rows;
 
 /// Block tile of both GEMM kernels (`BM`, `BN` in conv_mma.cu), threads per block, and pixels per k-tile.
 const TILE: usize = 64;
@@ -35,9 +41,24 @@ pub(crate) fn padded(c: usize) -> usize {
 }
 
 /// A channels-last bf16 copy of `n` images of `c` channels: `[n, plane, padded(c)]`, the padding zero.
-pub(crate) struct Nhwc<B> {
+pub struct Nhwc<B> {
     buf: Bf16Buf<B>,
     c: usize,
+}
+
+/// What a bf16 conv's forward keeps for its backward (`ConvOps::Kept`), as [`Keep`] asks: its input's [`Nhwc`] copy
+/// for the weight gradient, and its weight packed for the input gradient's GEMM.
+pub struct Kept<B> {
+    pub(crate) input: Option<Nhwc<B>>,
+    pub(crate) weight: Option<Bf16Buf<B>>,
+}
+
+impl<B> Kept<B> {
+    /// `None` when there is nothing to keep.
+    pub(crate) fn of(keep: Keep, input: Nhwc<B>, weight: Option<Bf16Buf<B>>) -> Option<Self> {
+        let input = keep.for_dw.then_some(input);
+        (input.is_some() || weight.is_some()).then_some(Kept { input, weight })
+    }
 }
 
 fn grid_u32(v: usize) -> Result<u32> {
@@ -46,36 +67,90 @@ fn grid_u32(v: usize) -> Result<u32> {
 
 /// `x: [n, c, plane]` f32 as an [`Nhwc`] copy (a row-major `[n, c]` matrix when `plane` is 1).
 pub(crate) fn to_nhwc_bf16<E: Executor>(e: &E, x: &E::Buf, n: usize, c: usize, plane: usize) -> Result<Nhwc<E::Buf>> {
-    need("nchw_to_nhwc_bf16 x", x, n * c * plane)?;
-    let cp = padded(c);
-    let buf = e.alloc_bf16(n * cp * plane)?;
-    let cfg = LaunchCfg {
-        grid: [grid_u32(plane.div_ceil(32))?, grid_u32(cp.div_ceil(32))?, grid_u32(n)?],
-        block: [32, 8, 1],
-        shared_bytes: 0,
-    };
-    let args = [Arg::Buf(x), Arg::Bf16(&buf), i32_arg(c)?, i32_arg(cp)?, i32_arg(plane)?];
-    // f32 read, bf16 written (the padding too).
-    let cost = Cost::bytes(4 * n * c * plane + 2 * n * cp * plane);
-    run(e, Kernel::NchwToNhwcBf16, cfg, cost, &args)?;
-    Ok(Nhwc { buf, c })
+    Ok(to_nhwc_bf16_summed(e, x, Planes { n, c, plane }, BiasSums::default())?.0)
 }
 
-/// A weight as the bf16 GEMM operand `[o][kk][padded(c)]`: `w` is `[o, c, kk]`, or `[c, o, kk]` when `swap`.
+/// An NHWC copy and the channel sums made with it.
+pub(crate) type Summed<B> = (Nhwc<B>, ChannelSums<B>);
+
+/// Blocks a summing [`to_nhwc_bf16_summed`] wants before it splits an image's pixels over several: about one
+/// 1024-thread block per multiprocessor. A constant, so that the summation order depends on the shapes only.
+const SUM_BLOCKS: usize = 128;
+
+/// [`to_nhwc_bf16`] of `x: [d.n, d.c, d.plane]`, plus the channel sums of `x` that `sums` asks for. A summing
+/// conversion runs one block per (32 channels, image) over all of the image's pixels, writing the per-image sums
+/// `[n, c]` itself, unless that leaves fewer than [`SUM_BLOCKS`] blocks: then each image's pixels are split over
+/// `splits` blocks and one `sum_rows` adds their partials. The sum over images is one more `sum_rows`. All in a
+/// fixed order, so they differ from `ReduceOps::channel_sums` by f32 summation order only.
+pub(crate) fn to_nhwc_bf16_summed<E: Executor>(e: &E, x: &E::Buf, d: Planes, sums: BiasSums) -> Result<Summed<E::Buf>> {
+    let (n, c, plane) = (d.n, d.c, d.plane);
+    need("nchw_to_nhwc_bf16 x", x, n * c * plane)?;
+    let (cp, tiles) = (padded(c), plane.div_ceil(32).max(1));
+    let summing = sums.bias || sums.chan_bias;
+    let blocks = cp.div_ceil(32) * n;
+    let splits = if summing { tiles.min(SUM_BLOCKS.div_ceil(blocks.max(1))) } else { tiles };
+    let buf = e.alloc_bf16(n * cp * plane)?;
+    let parts = if summing { Some(e.alloc(splits * n * c)?) } else { None };
+    let cfg = LaunchCfg {
+        grid: [grid_u32(splits)?, grid_u32(cp.div_ceil(32))?, grid_u32(n)?],
+        block: [32, 32, 1],
+        shared_bytes: 0,
+    };
+    let args = [Arg::Buf(x), Arg::Bf16(&buf), Arg::opt(parts.as_ref()), i32_arg(c)?, i32_arg(cp)?, i32_arg(plane)?];
+    // f32 read, bf16 written (the padding too), and the partial sums.
+    let cost = Cost::bytes(4 * n * c * plane + 2 * n * cp * plane + parts.as_ref().map_or(0, |_| 4 * splits * n * c));
+    run(e, Kernel::NchwToNhwcBf16, cfg, cost, &args)?;
+    let nhwc = Nhwc { buf, c };
+    let Some(parts) = parts else { return Ok((nhwc, ChannelSums { bias: None, chan_bias: None })) };
+    let per_image = if splits == 1 {
+        parts
+    } else {
+        let mut per_image = e.alloc(n * c)?;
+        sum_rows(e, &parts, 0, splits, n * c, &mut per_image)?;
+        per_image
+    };
+    let bias = if sums.bias {
+        let mut total = e.alloc(c)?;
+        sum_rows(e, &per_image, 0, n, c, &mut total)?;
+        Some(total)
+    } else {
+        None
+    };
+    Ok((nhwc, ChannelSums { bias, chan_bias: sums.chan_bias.then_some(per_image) }))
+}
+
+/// A packed weight, and its adjoint GEMM's packing when asked for.
+pub(crate) type Packed<B> = (Bf16Buf<B>, Option<Bf16Buf<B>>);
+
+/// A weight as the bf16 GEMM operand `[o][kk][padded(c)]`: `w` is `[o, c, kk]`, or `[c, o, kk]` when `swap`. With
+/// `adjoint`, the same launch also packs it as the adjoint GEMM's operand, `[c][kk][padded(o)]` (what
+/// `pack_weight(e, w, (c, o, kk), !swap, false)` makes): a conv's forward packs the weight for its input gradient.
 pub(crate) fn pack_weight<E: Executor>(
     e: &E,
     w: &E::Buf,
     (o, c, kk): (usize, usize, usize),
     swap: bool,
-) -> Result<Bf16Buf<E::Buf>> {
+    adjoint: bool,
+) -> Result<Packed<E::Buf>> {
     need("pack_weight_bf16 w", w, o * c * kk)?;
-    let cp = padded(c);
-    let wp = e.alloc_bf16(o * kk * cp)?;
-    let args =
-        [Arg::Buf(w), Arg::Bf16(&wp), i32_arg(o)?, i32_arg(c)?, i32_arg(cp)?, i32_arg(kk)?, Arg::I32(swap as i32)];
-    let cost = Cost::bytes(4 * o * c * kk + 2 * o * kk * cp);
-    run(e, Kernel::PackWeightBf16, elementwise(o * kk * cp), cost, &args)?;
-    Ok(wp)
+    let (len, adj_len) = (o * kk * padded(c), c * kk * padded(o));
+    let wp = e.alloc_bf16(len)?;
+    let wp_adj = if adjoint { Some(e.alloc_bf16(adj_len)?) } else { None };
+    let args = [
+        Arg::Buf(w),
+        Arg::Bf16(&wp),
+        wp_adj.as_ref().map_or(Arg::Null, Arg::Bf16),
+        i32_arg(o)?,
+        i32_arg(c)?,
+        i32_arg(kk)?,
+        Arg::I32(swap as i32),
+    ];
+    let (mut cfg, packs) = if adjoint { (elementwise(len.max(adj_len)), 2) } else { (elementwise(len), 1) };
+    cfg.grid[1] = packs;
+    // w read once per packing, each packing written.
+    let cost = Cost::bytes(4 * packs as usize * o * c * kk + 2 * (len + if adjoint { adj_len } else { 0 }));
+    run(e, Kernel::PackWeightBf16, cfg, cost, &args)?;
+    Ok((wp, wp_adj))
 }
 
 /// One implicit-GEMM convolution: `n` images of the gathered tensor `[n, ih, iw, c]` (NHWC bf16) through `k x k`
@@ -103,13 +178,18 @@ impl Gather {
     }
 }
 
-/// `out = gather(input) · wpᵀ + bias + chan_bias` (`+=` onto `out` when `accumulate`).
+/// The terms [`gather`] adds to its product: a bias `[outputs]`, a channel bias `[n, outputs]`, a residual shaped
+/// like the output.
+pub(crate) type Terms<'a, B> = (Option<&'a B>, Option<&'a B>, Option<&'a B>);
+
+/// `out = gather(input) · wpᵀ + bias + chan_bias + residual` (`+=` onto `out` when `accumulate`, instead of the
+/// residual).
 pub(crate) fn gather<E: Executor>(
     e: &E,
     d: &Gather,
     input: &Nhwc<E::Buf>,
     wp: &Bf16Buf<E::Buf>,
-    (bias, chan_bias): (Option<&E::Buf>, Option<&E::Buf>),
+    (bias, chan_bias, residual): Terms<E::Buf>,
     accumulate: bool,
     out: &mut E::Buf,
 ) -> Result<()> {
@@ -123,24 +203,35 @@ pub(crate) fn gather<E: Executor>(
     need("conv_gather_mma out", out, d.n * d.outputs * q)?;
     bias.map_or(Ok(()), |b| need("conv_gather_mma bias", b, d.outputs))?;
     chan_bias.map_or(Ok(()), |b| need("conv_gather_mma chan_bias", b, d.n * d.outputs))?;
+    residual.map_or(Ok(()), |r| need("conv_gather_mma residual", r, d.n * d.outputs * q))?;
+    if accumulate && residual.is_some() {
+        return Err(Error::Arg("conv_gather_mma: a residual is added instead of accumulating, not as well".into()));
+    }
     let cfg = LaunchCfg {
         grid: [grid_u32(d.outputs.div_ceil(TILE))?, grid_u32((d.n * q).div_ceil(TILE))?, 1],
         block: [THREADS, 1, 1],
         shared_bytes: GATHER_SMEM,
     };
-    let mut args = vec![Arg::Bf16(&input.buf), Arg::Bf16(wp), Arg::Buf(out), Arg::opt(bias), Arg::opt(chan_bias)];
+    let mut args = vec![
+        Arg::Bf16(&input.buf),
+        Arg::Bf16(wp),
+        Arg::Buf(out),
+        Arg::opt(bias),
+        Arg::opt(chan_bias),
+        Arg::opt(residual),
+    ];
     for v in [d.n, cp, d.input.0, d.input.1, d.outputs, d.grid.0, d.grid.1, d.k, d.stride, d.pad] {
         args.push(i32_arg(v)?);
     }
     args.extend([Arg::I32(d.adjoint as i32), Arg::I32(accumulate as i32)]);
     // Every tap executed (an adjoint's zero taps and the padded channels too); the gathered input and the weight
-    // read once, the output written (and read when accumulating) once.
+    // read once, the output written once (and it or the residual read once when accumulating or adding one).
     let out_len = d.n * d.outputs * q;
     let flops = 2 * d.n * q * d.outputs.div_ceil(8) * 8 * depth;
     let extra = bias.map_or(0, |_| d.outputs) + chan_bias.map_or(0, |_| d.n * d.outputs);
     let bytes = 2 * d.n * d.input.0 * d.input.1 * cp
         + 2 * d.outputs * depth
-        + 4 * (out_len * (1 + accumulate as usize) + extra);
+        + 4 * (out_len * (1 + (accumulate || residual.is_some()) as usize) + extra);
     run(e, Kernel::ConvGatherMma, cfg, Cost::tensor(flops, bytes), &args)
 }
 

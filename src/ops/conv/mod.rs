@@ -15,15 +15,23 @@ mod tests;
 mod winograd;
 
 use crate::autograd::{list_vars, profile, Rule, Tape, Var};
-use crate::backend::{Backend, Memory};
+use crate::backend::{Backend, Memory, ReduceOps};
 use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, Planes};
 use crate::error::Result;
 use crate::shape_err;
 use crate::tensor::Tensor;
 use std::fmt;
 
-/// What a backend offers for convolutions.
-pub trait ConvOps: Memory {
+/// What a backend offers for convolutions. The `_keep` / `_with` forms are what the tape uses: the forward may keep
+/// a value for the backward ([`ConvOps::Kept`]), and the backward also returns the bias gradients
+/// ([`ChannelSums`]), so that a backend can get them from a pass over `gout` it makes anyway. By default they are
+/// the plain forms plus [`ReduceOps::channel_sums`].
+pub trait ConvOps: Memory + ReduceOps {
+    /// What a forward keeps for its backward besides the tensors on the tape (as [`Keep`] asks): under bf16 on the
+    /// GPU, the bf16 channels-last copy of the input that the forward made and the weight gradient reads again, and
+    /// the weight packed for the input gradient's GEMM, made in the same launch as the forward's.
+    type Kept: 'static;
+
     /// `out[i] = W·im2col(x[i]) + epilogue`, `x: [n, geom.c, geom.h, geom.w]`, `w: [channels, geom.c, k, k]`.
     fn conv2d_forward(
         &self,
@@ -61,6 +69,61 @@ pub trait ConvOps: Memory {
         gout: &Self::Buf,
         grads: LayerGrads<Self::Buf>,
     ) -> Result<()>;
+
+    /// [`ConvOps::conv2d_forward`], also returning what [`ConvOps::conv2d_backward_with`] can reuse, as `keep` asks.
+    fn conv2d_forward_keep(
+        &self,
+        d: &ConvDesc,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        epi: Epilogue<Self::Buf>,
+        out: &mut Self::Buf,
+        keep: Keep,
+    ) -> Result<Option<Self::Kept>> {
+        let _ = keep;
+        self.conv2d_forward(d, x, w, epi, out).map(|()| None)
+    }
+    /// [`ConvOps::conv2d_backward`] with what the forward kept, and the channel sums of `gout: [n, channels, oh, ow]`
+    /// that `sums` asks for.
+    fn conv2d_backward_with(
+        &self,
+        d: &ConvDesc,
+        (x, w, gout): (&Self::Buf, &Self::Buf, &Self::Buf),
+        kept: Option<&Self::Kept>,
+        grads: LayerGrads<Self::Buf>,
+        sums: BiasSums,
+    ) -> Result<ChannelSums<Self::Buf>> {
+        let _ = kept;
+        self.conv2d_backward(d, x, w, gout, grads)?;
+        ChannelSums::of(self, Planes { n: d.n, c: d.channels, plane: d.geom.oh * d.geom.ow }, gout, sums)
+    }
+    /// [`ConvOps::conv_transpose2d_forward`], keeping what [`ConvOps::conv_transpose2d_backward_with`] can reuse.
+    fn conv_transpose2d_forward_keep(
+        &self,
+        d: &ConvDesc,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        out: &mut Self::Buf,
+        keep: Keep,
+    ) -> Result<Option<Self::Kept>> {
+        let _ = keep;
+        self.conv_transpose2d_forward(d, x, w, bias, out).map(|()| None)
+    }
+    /// [`ConvOps::conv_transpose2d_backward`] with what the forward kept, and the channel sums of
+    /// `gout: [n, geom.c, geom.h, geom.w]` that `sums` asks for.
+    fn conv_transpose2d_backward_with(
+        &self,
+        d: &ConvDesc,
+        (x, w, gout): (&Self::Buf, &Self::Buf, &Self::Buf),
+        kept: Option<&Self::Kept>,
+        grads: LayerGrads<Self::Buf>,
+        sums: BiasSums,
+    ) -> Result<ChannelSums<Self::Buf>> {
+        let _ = kept;
+        self.conv_transpose2d_backward(d, x, w, gout, grads)?;
+        ChannelSums::of(self, Planes { n: d.n, c: d.geom.c, plane: d.geom.h * d.geom.w }, gout, sums)
+    }
 }
 
 /// Optional terms fused into a conv's output (see [`Epilogue`]).
@@ -70,6 +133,44 @@ pub struct ConvExtra {
     pub chan_bias: Option<Var>,
     /// `[n, c_out, oh, ow]`, added elementwise (a residual connection).
     pub residual: Option<Var>,
+}
+
+/// What a conv's forward keeps for the backward ([`ConvOps::Kept`]): what the weight gradient reads (asked for when
+/// the weight needs a gradient) and what the input gradient reads (when the input needs one).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Keep {
+    pub for_dw: bool,
+    pub for_dx: bool,
+}
+
+impl Keep {
+    /// What the tape's op with input `x` and weight `w` should keep.
+    pub fn on<B: Backend>(tape: &Tape<B>, x: Var, w: Var) -> Self {
+        Keep { for_dw: tape.needs_grad(w), for_dx: tape.needs_grad(x) }
+    }
+}
+
+/// Which per-channel sums of `gout` a conv's backward returns: over images and pixels (a bias's gradient) and over
+/// each image's pixels (a per-image channel bias's gradient).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BiasSums {
+    pub bias: bool,
+    pub chan_bias: bool,
+}
+
+/// The sums [`BiasSums`] asked for: `bias: [c]`, `chan_bias: [n, c]`.
+#[derive(Debug)]
+pub struct ChannelSums<T> {
+    pub bias: Option<T>,
+    pub chan_bias: Option<T>,
+}
+
+impl<T> ChannelSums<T> {
+    /// The sums through [`ReduceOps::channel_sums`], one call each.
+    pub fn of<B: ReduceOps<Buf = T>>(be: &B, d: Planes, gout: &T, sums: BiasSums) -> Result<Self> {
+        let sum = |asked: bool, per_image| asked.then(|| be.channel_sums(d, gout, per_image)).transpose();
+        Ok(ChannelSums { bias: sum(sums.bias, false)?, chan_bias: sum(sums.chan_bias, true)? })
+    }
 }
 
 impl<B: Backend> Tape<'_, B> {
@@ -101,8 +202,10 @@ impl<B: Backend> Tape<'_, B> {
         let mut y = Tensor::alloc(self.backend(), &[n, co, geom.oh, geom.ow])?;
         let buf = |v: Option<Var>| v.map(|v| self.value(v).buf());
         let epi = Epilogue { bias: buf(b), chan_bias: buf(extra.chan_bias), residual: buf(extra.residual) };
-        self.backend().conv2d_forward(&d, self.value(x).buf(), self.value(w).buf(), epi, y.buf_mut())?;
-        Ok(self.push(Conv2d { x, w, b, extra, d }, y, started))
+        let keep = Keep::on(self, x, w);
+        let kept =
+            self.backend().conv2d_forward_keep(&d, self.value(x).buf(), self.value(w).buf(), epi, y.buf_mut(), keep)?;
+        Ok(self.push(Conv2d { x, w, b, extra, d, kept }, y, started))
     }
 
     /// `y = conv_transpose2d(x, w, stride, pad) + b` (PyTorch's ConvTranspose2d), `x: [n, c_in, h, w]`,
@@ -132,42 +235,59 @@ impl<B: Backend> Tape<'_, B> {
         let d = ConvDesc { n, geom, channels: ci };
         let mut y = Tensor::alloc(self.backend(), &[n, co, geom.h, geom.w])?;
         let bias = b.map(|b| self.value(b).buf());
-        self.backend().conv_transpose2d_forward(&d, self.value(x).buf(), self.value(w).buf(), bias, y.buf_mut())?;
-        Ok(self.push(ConvTranspose2d { x, w, b, d }, y, started))
+        let (xb, wb) = (self.value(x).buf(), self.value(w).buf());
+        let kept = self.backend().conv_transpose2d_forward_keep(&d, xb, wb, bias, y.buf_mut(), Keep::on(self, x, w))?;
+        Ok(self.push(ConvTranspose2d { x, w, b, d, kept }, y, started))
     }
 }
 
-/// The input and weight gradients of a conv or transposed conv, through `kernel` (the backend's backward).
+/// The input and weight gradients of a conv or transposed conv through `kernel` (the backend's backward, given
+/// `x`, `w`, `gout` and the gradient buffers), then the bias gradients it returned.
 fn input_grads<B: Backend>(
     tape: &Tape<B>,
     (x, w): (Var, Var),
     gout: &Tensor<B>,
-    kernel: impl FnOnce(&B::Buf, &B::Buf, &B::Buf, LayerGrads<B::Buf>) -> Result<()>,
+    biases: [Option<Var>; 2],
+    kernel: impl FnOnce((&B::Buf, &B::Buf, &B::Buf), LayerGrads<B::Buf>) -> Result<ChannelSums<B::Buf>>,
 ) -> Result<Vec<(Var, Tensor<B>)>> {
     let (mut dx, mut dw) = (tape.grad_for(x)?, tape.grad_for(w)?);
     let grads = LayerGrads { dx: dx.as_mut().map(Tensor::buf_mut), dw: dw.as_mut().map(Tensor::buf_mut) };
-    kernel(tape.value(x).buf(), tape.value(w).buf(), gout.buf(), grads)?;
-    Ok(dx.map(|d| (x, d)).into_iter().chain(dw.map(|d| (w, d))).collect())
+    let sums = kernel((tape.value(x).buf(), tape.value(w).buf(), gout.buf()), grads)?;
+    let mut out: Vec<_> = dx.map(|d| (x, d)).into_iter().chain(dw.map(|d| (w, d))).collect();
+    for (v, sum) in biases.into_iter().zip([sums.bias, sums.chan_bias]) {
+        if let (Some(v), Some(sum)) = (v, sum) {
+            out.push((v, Tensor::from_buf(tape.backend().clone(), tape.value(v).shape(), sum)?));
+        }
+    }
+    Ok(out)
 }
 
-/// `y = conv2d(x, w) + b + chan_bias[n, c] + residual`: the backend's conv backward for `x` and `w`; per-channel
-/// sums of `gout` for the biases; `gout` itself for the residual.
-struct Conv2d {
+/// Which of `biases` (a bias, a channel bias) need gradients.
+fn bias_sums<B: Backend>(tape: &Tape<B>, [bias, chan_bias]: [Option<Var>; 2]) -> BiasSums {
+    let needs = |v: Option<Var>| v.is_some_and(|v| tape.needs_grad(v));
+    BiasSums { bias: needs(bias), chan_bias: needs(chan_bias) }
+}
+
+/// `y = conv2d(x, w) + b + chan_bias[n, c] + residual`: the backend's conv backward for `x` and `w` and the
+/// per-channel sums of `gout` for the biases; `gout` itself for the residual. Keeps what the forward left for the
+/// backward (see [`ConvOps::Kept`]).
+struct Conv2d<B: Backend> {
     x: Var,
     w: Var,
     b: Option<Var>,
     extra: ConvExtra,
     d: ConvDesc,
+    kept: Option<B::Kept>,
 }
 
-impl Conv2d {
+impl<B: Backend> Conv2d<B> {
     /// The values this op reads.
     fn vars(&self) -> Vec<Var> {
         [Some(self.x), Some(self.w), self.b, self.extra.chan_bias, self.extra.residual].into_iter().flatten().collect()
     }
 }
 
-impl<B: Backend> Rule<B> for Conv2d {
+impl<B: Backend> Rule<B> for Conv2d<B> {
     fn name(&self) -> &'static str {
         match self.d.geom {
             g if g.k == 1 => "conv2d_1x1",
@@ -180,16 +300,11 @@ impl<B: Backend> Rule<B> for Conv2d {
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
-        let mut out =
-            input_grads(tape, (self.x, self.w), &gout, |x, w, g, grads| be.conv2d_backward(&self.d, x, w, g, grads))?;
-        let planes = Planes { n: self.d.n, c: self.d.channels, plane: self.d.geom.oh * self.d.geom.ow };
-        if let Some(b) = self.b.filter(|&b| tape.needs_grad(b)) {
-            out.push((b, Tensor::from_buf(be.clone(), &[planes.c], be.channel_sums(planes, gout.buf(), false)?)?));
-        }
-        if let Some(cb) = self.extra.chan_bias.filter(|&v| tape.needs_grad(v)) {
-            let sums = be.channel_sums(planes, gout.buf(), true)?;
-            out.push((cb, Tensor::from_buf(be.clone(), &[planes.n, planes.c], sums)?));
-        }
+        let biases = [self.b, self.extra.chan_bias];
+        let sums = bias_sums(tape, biases);
+        let mut out = input_grads(tape, (self.x, self.w), &gout, biases, |bufs, grads| {
+            be.conv2d_backward_with(&self.d, bufs, self.kept.as_ref(), grads, sums)
+        })?;
         if let Some(r) = self.extra.residual.filter(|&v| tape.needs_grad(v)) {
             out.push((r, gout));
         }
@@ -197,29 +312,30 @@ impl<B: Backend> Rule<B> for Conv2d {
     }
 }
 
-impl fmt::Display for Conv2d {
+impl<B: Backend> fmt::Display for Conv2d<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (g, inputs) = (self.d.geom, list_vars(&self.vars()));
         write!(f, "conv2d({inputs}; k={} s={} p={})", g.k, g.stride, g.pad)
     }
 }
 
-/// `y = conv_transpose2d(x, w) + b`: the backend's backward for `x` and `w`; per-channel sums for `b`.
-struct ConvTranspose2d {
+/// `y = conv_transpose2d(x, w) + b`: the backend's backward for `x` and `w`, and per-channel sums for `b`.
+struct ConvTranspose2d<B: Backend> {
     x: Var,
     w: Var,
     b: Option<Var>,
     d: ConvDesc,
+    kept: Option<B::Kept>,
 }
 
-impl ConvTranspose2d {
+impl<B: Backend> ConvTranspose2d<B> {
     /// The values this op reads.
     fn vars(&self) -> Vec<Var> {
         [Some(self.x), Some(self.w), self.b].into_iter().flatten().collect()
     }
 }
 
-impl<B: Backend> Rule<B> for ConvTranspose2d {
+impl<B: Backend> Rule<B> for ConvTranspose2d<B> {
     fn name(&self) -> &'static str {
         "conv_transpose2d"
     }
@@ -228,18 +344,15 @@ impl<B: Backend> Rule<B> for ConvTranspose2d {
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
-        let mut out = input_grads(tape, (self.x, self.w), &gout, |x, w, g, grads| {
-            be.conv_transpose2d_backward(&self.d, x, w, g, grads)
-        })?;
-        if let Some(b) = self.b.filter(|&b| tape.needs_grad(b)) {
-            let planes = Planes { n: self.d.n, c: self.d.geom.c, plane: self.d.geom.h * self.d.geom.w };
-            out.push((b, Tensor::from_buf(be.clone(), &[planes.c], be.channel_sums(planes, gout.buf(), false)?)?));
-        }
-        Ok(out)
+        let biases = [self.b, None];
+        let sums = bias_sums(tape, biases);
+        input_grads(tape, (self.x, self.w), &gout, biases, |bufs, grads| {
+            be.conv_transpose2d_backward_with(&self.d, bufs, self.kept.as_ref(), grads, sums)
+        })
     }
 }
 
-impl fmt::Display for ConvTranspose2d {
+impl<B: Backend> fmt::Display for ConvTranspose2d<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (g, inputs) = (self.d.geom, list_vars(&self.vars()));
         write!(f, "conv_transpose2d({inputs}; k={} s={} p={})", g.k, g.stride, g.pad)

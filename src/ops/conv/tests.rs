@@ -1,7 +1,7 @@
 //! The convolutions' GPU kernels against the CPU's. Sums of up to 70 products of values in [-1, 1) in a different
 //! order from the CPU's GEMM (and the CPU's Winograd for 3x3 stride 1): rel 1e-5 plus abs 2e-5 for cancellation.
 
-use super::ConvOps;
+use super::{BiasSums, ConvOps, Keep};
 use crate::backend::{Cpu, Gpu};
 use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads};
 use crate::gpu::Executor;
@@ -263,3 +263,96 @@ fn wgrad_f32_deterministic<E: Executor>(g: &Gpu<E>) {
     close(&runs[0], &dw, 2e-5, 1e-5, "f32 split weight gradient");
 }
 gpu_test!(wgrad_f32_deterministic);
+
+/// Exact per-channel sums of `t: [n, c, plane]` and their Σ|terms|: per image (`[n, c]`) and over images (`[c]`).
+fn f64_channel_sums(t: &[f32], n: usize, c: usize, plane: usize) -> [(Vec<f64>, Vec<f64>); 2] {
+    let (mut per_image, mut total) = ((vec![0.0; n * c], vec![0.0; n * c]), (vec![0.0; c], vec![0.0; c]));
+    for (e, &v) in t.iter().enumerate() {
+        let (row, ch) = (e / plane, e / plane % c);
+        for (acc, at) in [(&mut per_image, row), (&mut total, ch)] {
+            acc.0[at] += v as f64;
+            acc.1[at] += (v as f64).abs();
+        }
+    }
+    [per_image, total]
+}
+
+/// `got` against the exact sums `want` with the bound for f32 sums of depth `depth`: depth·u·Σ|terms|.
+#[track_caller]
+fn check_sums<E: Executor>(g: &Gpu<E>, got: Option<&E::Buf>, want: &(Vec<f64>, Vec<f64>), depth: usize, what: &str) {
+    let got = down(g, got.unwrap_or_else(|| panic!("{what}: not returned")));
+    assert_eq!(got.len(), want.0.len(), "{what}: length");
+    for (i, &v) in got.iter().enumerate() {
+        let tol = depth as f64 * 2f64.powi(-24) * want.1[i];
+        assert!((v as f64 - want.0[i]).abs() <= tol, "{what}[{i}]: got {v}, exact {} (tol {tol:.3e})", want.0[i]);
+    }
+}
+
+/// The tape's forms under bf16. The gradients from what the forward kept (the NHWC copy of x, the weight packed
+/// for the adjoint GEMM in the forward's packing launch) are the same bits as from a fresh conversion and packing
+/// (they are the same values). The bias sums that come with gout's conversion are f32
+/// trees: a warp's butterfly over each 32-pixel tile (5 levels), then the tiles in order, then (for the bias, when
+/// the per-image sums are asked for too) the images in order; a sum of depth D errs by at most D·u·Σ|terms|
+/// (u = 2⁻²⁴, first order), the bound checked against the f64 sums. Shapes: planes that end mid-tile, channel
+/// counts that are neither multiples of 32 nor of 8, a 1x1 grid (a linear layer's), a transposed conv; all of
+/// these split each image's pixels over several blocks, and the last (64 images of 70 channels: 192 blocks) does not.
+fn conv_backward_with_bf16<E: Executor>(g: &Gpu<E>) {
+    for (n, c, hw, k, s, co, transposed) in [
+        (3, 5, 7, 3, 1, 37, false),
+        (2, 16, 12, 3, 2, 8, false),
+        (4, 8, 1, 1, 1, 3, false),
+        (2, 5, 6, 4, 2, 3, true),
+        (64, 8, 10, 1, 1, 70, false),
+    ] {
+        let geom = ConvGeom::new(c, hw, hw, k, s, k / 2 - usize::from(k == 4)).unwrap();
+        let d = ConvDesc { n, geom, channels: co };
+        let what = format!("n{n} c{c} {hw}x{hw} k{k} s{s} co{co} transposed={transposed}");
+        // A conv maps [c, hw, hw] to [co, oh, ow]; its adjoint the other way round.
+        let (oq, iq) = (geom.oh * geom.ow, hw * hw);
+        let (x_len, out_len, out_c, out_plane) =
+            if transposed { (n * co * oq, n * c * iq, c, iq) } else { (n * c * iq, n * co * oq, co, oq) };
+        let (x, wt, gout) = (rand(70, x_len), rand(71, co * c * k * k), rand(72, out_len));
+        let (xb, wb, gb) = (up(g, &x), up(g, &wt), up(g, &gout));
+        let mut y = out(g, out_len);
+        let keep = Keep { for_dw: true, for_dx: true };
+        let kept = if transposed {
+            g.conv_transpose2d_forward_keep(&d, &xb, &wb, None, &mut y, keep)
+        } else {
+            g.conv2d_forward_keep(&d, &xb, &wb, Epilogue::none(), &mut y, keep)
+        };
+        let kept = kept.unwrap();
+        let kept_both = kept.as_ref().is_some_and(|k| k.input.is_some() && k.weight.is_some());
+        assert!(kept_both, "{what}: the bf16 forward keeps its input's copy and the adjoint's weight");
+        let run = |kept, sums| {
+            let (mut dx, mut dw) = (out(g, x_len), out(g, wt.len()));
+            let grads = LayerGrads { dx: Some(&mut dx), dw: Some(&mut dw) };
+            let got = if transposed {
+                g.conv_transpose2d_backward_with(&d, (&xb, &wb, &gb), kept, grads, sums)
+            } else {
+                g.conv2d_backward_with(&d, (&xb, &wb, &gb), kept, grads, sums)
+            };
+            let bits = |b| down(g, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            (bits(&dx), bits(&dw), got.unwrap())
+        };
+        let (dx, dw, both) = run(kept.as_ref(), BiasSums { bias: true, chan_bias: true });
+        let (dx_fresh, dw_fresh, none) = run(None, BiasSums::default());
+        assert!(dx == dx_fresh && dw == dw_fresh, "{what}: gradients differ with the kept input copy");
+        assert!(none.bias.is_none() && none.chan_bias.is_none(), "{what}: sums not asked for");
+        let (_, _, bias_only) = run(kept.as_ref(), BiasSums { bias: true, chan_bias: false });
+        assert!(bias_only.chan_bias.is_none(), "{what}: channel-bias sums not asked for");
+
+        let depth = sum_depth(out_plane);
+        let [per_image, total] = f64_channel_sums(&gout, n, out_c, out_plane);
+        check_sums(g, both.chan_bias.as_ref(), &per_image, depth, &format!("{what} per-image sums"));
+        check_sums(g, both.bias.as_ref(), &total, depth + n, &format!("{what} sums"));
+        check_sums(g, bias_only.bias.as_ref(), &total, depth + n, &format!("{what} sums alone"));
+    }
+}
+gpu_test!(conv_backward_with_bf16, crate::backend::Precision::Bf16);
+
+/// The depth of a summing conversion's per-image sums over `plane` pixels: each of a block's lanes adds its
+/// `tiles/splits` pixels (rounded up), a butterfly of 5 levels adds the lanes, `sum_rows` adds the `splits` blocks:
+/// ⌈t/s⌉ + s <= t + 1 for 1 <= s <= t tiles of 32 pixels.
+fn sum_depth(plane: usize) -> usize {
+    plane.div_ceil(32) + 6
+}

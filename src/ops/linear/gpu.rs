@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, int, need, run, SPLIT_TARGET_BLOCKS};
 use crate::gpu::{Arg, Cost, Executor, Kernel, LaunchCfg};
 use crate::ops::conv::gpu::add_channel_bias;
+use crate::ops::conv::{BiasSums, Keep};
 
 impl<E: Executor> LinearOps for Gpu<E> {
     fn linear_forward(
@@ -19,12 +20,7 @@ impl<E: Executor> LinearOps for Gpu<E> {
         bias: Option<&E::Buf>,
         y: &mut E::Buf,
     ) -> Result<()> {
-        if self.precision() == Precision::Bf16 {
-            return self.conv2d_forward(&as_conv(d), x, w, Epilogue { bias, ..Epilogue::none() }, y);
-        }
-        let e = self.executor();
-        sgemm(e, &Gemm::plain(d.batch, d.fout, d.fin, false, true), x, w, y)?;
-        add_channel_bias(e, y, (bias, None), d.batch, d.fout, 1)
+        self.linear_forward_keep(d, (x, w, bias), y, Keep::default()).map(drop)
     }
     fn linear_backward(
         &self,
@@ -34,8 +30,32 @@ impl<E: Executor> LinearOps for Gpu<E> {
         gy: &E::Buf,
         grads: LayerGrads<E::Buf>,
     ) -> Result<()> {
+        self.linear_backward_with(d, (x, w, gy), None, grads)
+    }
+    fn linear_forward_keep(
+        &self,
+        d: LinearDesc,
+        (x, w, bias): (&E::Buf, &E::Buf, Option<&E::Buf>),
+        y: &mut E::Buf,
+        keep: Keep,
+    ) -> Result<Option<Self::Kept>> {
         if self.precision() == Precision::Bf16 {
-            return self.conv2d_backward(&as_conv(d), x, w, gy, grads);
+            return self.conv2d_forward_keep(&as_conv(d), x, w, Epilogue { bias, ..Epilogue::none() }, y, keep);
+        }
+        let e = self.executor();
+        sgemm(e, &Gemm::plain(d.batch, d.fout, d.fin, false, true), x, w, y)?;
+        add_channel_bias(e, y, (bias, None), d.batch, d.fout, 1)?;
+        Ok(None)
+    }
+    fn linear_backward_with(
+        &self,
+        d: LinearDesc,
+        (x, w, gy): (&E::Buf, &E::Buf, &E::Buf),
+        kept: Option<&Self::Kept>,
+        grads: LayerGrads<E::Buf>,
+    ) -> Result<()> {
+        if self.precision() == Precision::Bf16 {
+            return self.conv2d_backward_with(&as_conv(d), (x, w, gy), kept, grads, BiasSums::default()).map(drop);
         }
         let e = self.executor();
         if let Some(dx) = grads.dx {

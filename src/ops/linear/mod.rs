@@ -8,15 +8,18 @@ pub(crate) mod gpu;
 mod tests;
 
 use crate::autograd::{list_vars, profile, Rule, Tape, Var};
-use crate::backend::{Backend, Memory};
+use crate::backend::{Backend, ConvOps};
 use crate::desc::{LayerGrads, LinearDesc};
 use crate::error::Result;
+use crate::ops::conv::Keep;
 use crate::shape_err;
 use crate::tensor::Tensor;
 use std::fmt;
 
-/// What a backend offers for linear layers.
-pub trait LinearOps: Memory {
+/// What a backend offers for linear layers. As for the convs, the tape uses the `_keep` / `_with` forms, which let
+/// the forward keep a value for the backward ([`ConvOps::Kept`]: the GPU runs linear layers as 1x1 convs under
+/// bf16); by default they are the plain forms.
+pub trait LinearOps: ConvOps {
     /// `y = x Wᵀ + b`.
     fn linear_forward(
         &self,
@@ -35,6 +38,29 @@ pub trait LinearOps: Memory {
         gy: &Self::Buf,
         grads: LayerGrads<Self::Buf>,
     ) -> Result<()>;
+    /// [`LinearOps::linear_forward`], also returning what [`LinearOps::linear_backward_with`] can reuse, as `keep`
+    /// asks.
+    fn linear_forward_keep(
+        &self,
+        d: LinearDesc,
+        (x, w, bias): (&Self::Buf, &Self::Buf, Option<&Self::Buf>),
+        y: &mut Self::Buf,
+        keep: Keep,
+    ) -> Result<Option<Self::Kept>> {
+        let _ = keep;
+        self.linear_forward(d, x, w, bias, y).map(|()| None)
+    }
+    /// [`LinearOps::linear_backward`] with what the forward kept.
+    fn linear_backward_with(
+        &self,
+        d: LinearDesc,
+        (x, w, gy): (&Self::Buf, &Self::Buf, &Self::Buf),
+        kept: Option<&Self::Kept>,
+        grads: LayerGrads<Self::Buf>,
+    ) -> Result<()> {
+        let _ = kept;
+        self.linear_backward(d, x, w, gy, grads)
+    }
 }
 
 impl<B: Backend> Tape<'_, B> {
@@ -50,28 +76,29 @@ impl<B: Backend> Tape<'_, B> {
         self.check_shape(b, &[fout], "linear bias")?;
         let d = LinearDesc { batch, fin, fout };
         let mut y = Tensor::alloc(self.backend(), &[batch, fout])?;
-        let bias = b.map(|b| self.value(b).buf());
-        self.backend().linear_forward(d, self.value(x).buf(), self.value(w).buf(), bias, y.buf_mut())?;
-        Ok(self.push(Linear { x, w, b, d }, y, started))
+        let inputs = (self.value(x).buf(), self.value(w).buf(), b.map(|b| self.value(b).buf()));
+        let kept = self.backend().linear_forward_keep(d, inputs, y.buf_mut(), Keep::on(self, x, w))?;
+        Ok(self.push(Linear { x, w, b, d, kept }, y, started))
     }
 }
 
-/// `y = x Wᵀ + b`: `dx = gy·W`, `dW = gyᵀ·x`, `db = Σ_rows gy`.
-struct Linear {
+/// `y = x Wᵀ + b`: `dx = gy·W`, `dW = gyᵀ·x`, `db = Σ_rows gy`; keeps what the forward left for the backward.
+struct Linear<B: Backend> {
     x: Var,
     w: Var,
     b: Option<Var>,
     d: LinearDesc,
+    kept: Option<B::Kept>,
 }
 
-impl Linear {
+impl<B: Backend> Linear<B> {
     /// The values this op reads.
     fn vars(&self) -> Vec<Var> {
         [Some(self.x), Some(self.w), self.b].into_iter().flatten().collect()
     }
 }
 
-impl<B: Backend> Rule<B> for Linear {
+impl<B: Backend> Rule<B> for Linear<B> {
     fn name(&self) -> &'static str {
         "linear"
     }
@@ -82,7 +109,8 @@ impl<B: Backend> Rule<B> for Linear {
         let be = tape.backend();
         let (mut dx, mut dw) = (tape.grad_for(self.x)?, tape.grad_for(self.w)?);
         let grads = LayerGrads { dx: dx.as_mut().map(Tensor::buf_mut), dw: dw.as_mut().map(Tensor::buf_mut) };
-        be.linear_backward(self.d, tape.value(self.x).buf(), tape.value(self.w).buf(), gout.buf(), grads)?;
+        let bufs = (tape.value(self.x).buf(), tape.value(self.w).buf(), gout.buf());
+        be.linear_backward_with(self.d, bufs, self.kept.as_ref(), grads)?;
         let mut out: Vec<_> = dx.map(|d| (self.x, d)).into_iter().chain(dw.map(|d| (self.w, d))).collect();
         if let Some(b) = self.b.filter(|&b| tape.needs_grad(b)) {
             let db = be.column_sums(gout.buf(), self.d.batch, self.d.fout)?;
@@ -92,7 +120,7 @@ impl<B: Backend> Rule<B> for Linear {
     }
 }
 
-impl fmt::Display for Linear {
+impl<B: Backend> fmt::Display for Linear<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "linear({})", list_vars(&self.vars()))
     }

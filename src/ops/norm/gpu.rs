@@ -1,5 +1,5 @@
 //! Group norm's launches: one block per (group, image) each way; the affine parameters' gradients are written as
-//! per-image partials and reduced over images in order (no atomics).
+//! per-image partials and reduced over images in order (no atomics), both in one launch.
 
 use super::NormOps;
 use crate::backend::Gpu;
@@ -7,7 +7,7 @@ use crate::desc::NormDesc;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{i32_arg, int, need, run, BLOCK};
 use crate::gpu::{Arg, Cost, Executor, Kernel, LaunchCfg};
-use crate::ops::reduce::gpu::sum_rows;
+use crate::ops::reduce::gpu::sum_rows_pair;
 
 impl<E: Executor> NormOps for Gpu<E> {
     fn group_norm_forward(
@@ -77,8 +77,7 @@ impl<E: Executor> NormOps for Gpu<E> {
         let len = d.n * d.c * d.plane;
         run(e, Kernel::GroupNormBwd, grid(d)?, Cost::pass(4 * len, len, 12), &args)?;
         let (mut dgamma, mut dbeta) = (e.alloc(d.c)?, e.alloc(d.c)?);
-        sum_rows(e, &parts, 0, d.n, d.c, &mut dgamma)?;
-        sum_rows(e, &parts, nc, d.n, d.c, &mut dbeta)?;
+        sum_rows_pair(e, &parts, d.n, d.c, (&mut dgamma, &mut dbeta))?;
         Ok((dgamma, dbeta))
     }
 }

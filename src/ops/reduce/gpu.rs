@@ -33,15 +33,12 @@ impl<E: Executor> ReduceOps for Gpu<E> {
         Ok(out)
     }
     fn concat(&self, d: ConcatDesc, a: &E::Buf, b: &E::Buf, out: &mut E::Buf) -> Result<()> {
-        let (e, c) = (self.executor(), d.ca + d.cb);
-        copy_channels(e, (a, d.ca, 0), (out, c, 0), d.ca, d.n, d.plane)?;
-        copy_channels(e, (b, d.cb, 0), (out, c, d.ca), d.cb, d.n, d.plane)
+        concat_channels(self.executor(), d, Channels::Join { a, b, cat: out })
     }
     fn split(&self, d: ConcatDesc, g: &E::Buf) -> Result<(E::Buf, E::Buf)> {
-        let (e, c) = (self.executor(), d.ca + d.cb);
+        let e = self.executor();
         let (mut a, mut b) = (e.alloc(d.n * d.ca * d.plane)?, e.alloc(d.n * d.cb * d.plane)?);
-        copy_channels(e, (g, c, 0), (&mut a, d.ca, 0), d.ca, d.n, d.plane)?;
-        copy_channels(e, (g, c, d.ca), (&mut b, d.cb, 0), d.cb, d.n, d.plane)?;
+        concat_channels(e, d, Channels::Split { cat: g, a: &mut a, b: &mut b })?;
         Ok((a, b))
     }
 }
@@ -64,11 +61,72 @@ pub(crate) fn sum_rows<E: Executor>(
     c_len: usize,
     out: &mut E::Buf,
 ) -> Result<()> {
-    need("sum_rows parts", parts, offset + n * c_len)?;
+    sum_rows_into(e, (parts, offset), n, c_len, (out, None))
+}
+
+/// [`sum_rows`] of two `[n, c_len]` blocks of `parts` (the second right after the first) into `out.0` and
+/// `out.1`, in one launch.
+pub(crate) fn sum_rows_pair<E: Executor>(
+    e: &E,
+    parts: &E::Buf,
+    n: usize,
+    c_len: usize,
+    (first, second): (&mut E::Buf, &mut E::Buf),
+) -> Result<()> {
+    sum_rows_into(e, (parts, 0), n, c_len, (first, Some(second)))
+}
+
+/// `sum_rows` over one block of `parts` into `out.0`, or two into both outputs.
+fn sum_rows_into<E: Executor>(
+    e: &E,
+    (parts, offset): (&E::Buf, usize),
+    n: usize,
+    c_len: usize,
+    (out, out2): (&mut E::Buf, Option<&mut E::Buf>),
+) -> Result<()> {
+    let blocks = 1 + out2.is_some() as usize;
+    need("sum_rows parts", parts, offset + blocks * n * c_len)?;
     need("sum_rows out", out, c_len)?;
-    let cfg = LaunchCfg::linear(c_len.div_ceil(256).max(1) as u32, BLOCK);
-    let args = [Arg::BufAt(parts, offset), Arg::Buf(out), i32_arg(n)?, i32_arg(c_len)?];
-    run(e, Kernel::SumRows, cfg, Cost::pass(n * c_len, c_len, n), &args)
+    out2.as_ref().map_or(Ok(()), |o| need("sum_rows out2", *o, c_len))?;
+    let cfg = LaunchCfg {
+        grid: [int(c_len.div_ceil(256).max(1))? as u32, blocks as u32, 1],
+        block: [BLOCK, 1, 1],
+        shared_bytes: 0,
+    };
+    let args = [Arg::BufAt(parts, offset), Arg::Buf(out), Arg::opt(out2.map(|o| &*o)), i32_arg(n)?, i32_arg(c_len)?];
+    let (words, sums) = (blocks * n * c_len, blocks * c_len);
+    run(e, Kernel::SumRows, cfg, Cost::pass(words, sums, n), &args)
+}
+
+/// A channel concat's buffers, by direction: which are read and which written.
+enum Channels<'a, B> {
+    /// `cat = [a, b]`.
+    Join { a: &'a B, b: &'a B, cat: &'a mut B },
+    /// `a`, `b` = the two channel blocks of `cat`.
+    Split { cat: &'a B, a: &'a mut B, b: &'a mut B },
+}
+
+/// A concat or split in one launch of `concat_channels` for both channel blocks.
+fn concat_channels<E: Executor>(e: &E, d: ConcatDesc, bufs: Channels<E::Buf>) -> Result<()> {
+    let (a, b, cat, split): (&E::Buf, &E::Buf, &E::Buf, bool) = match bufs {
+        Channels::Join { a, b, cat } => (a, b, cat, false),
+        Channels::Split { cat, a, b } => (a, b, cat, true),
+    };
+    let len = d.n * (d.ca + d.cb) * d.plane;
+    need("concat_channels a", a, d.n * d.ca * d.plane)?;
+    need("concat_channels b", b, d.n * d.cb * d.plane)?;
+    need("concat_channels cat", cat, len)?;
+    let args = [
+        Arg::Buf(a),
+        Arg::Buf(b),
+        Arg::Buf(cat),
+        i32_arg(d.ca)?,
+        i32_arg(d.cb)?,
+        i32_arg(d.n)?,
+        i32_arg(d.plane)?,
+        Arg::I32(split as i32),
+    ];
+    run(e, Kernel::ConcatChannels, elementwise(len), Cost::pass(len, len, 0), &args)
 }
 
 /// `dst[i, dst_off..dst_off+count, :] = src[i, src_off..src_off+count, :]` for `n` images of `plane` pixels, where

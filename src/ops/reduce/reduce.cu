@@ -78,17 +78,21 @@ extern "C" __global__ void __launch_bounds__(256) row_sums(const float* __restri
 }
 
 // out[c] = sum_i parts[i][c] over the n rows of parts [n, C], in row order: reduces per-image partial
-// gradients (bias, GroupNorm gamma/beta, linear bias) deterministically. Launch: grid CEIL_DIV(C, 256), block 256.
-extern "C" __global__ void sum_rows(const float* __restrict__ parts, float* __restrict__ out, int n, int C) {
+// gradients (bias, GroupNorm gamma/beta, linear bias) deterministically. When out2 is not null, blocks with
+// blockIdx.y = 1 sum a second [n, C] block that follows the first into out2 the same way (GroupNorm's gamma and
+// beta in one launch). Launch: grid (CEIL_DIV(C, 256), out2 ? 2 : 1), block 256.
+extern "C" __global__ void sum_rows(const float* __restrict__ parts, float* __restrict__ out,
+                                    float* __restrict__ out2, int n, int C) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
+  const float* block = parts + (long long)blockIdx.y * n * C;
   float s = 0.0f;
-  for (int i = 0; i < n; i++) s += parts[(long long)i * C + c];
-  out[c] = s;
+  for (int i = 0; i < n; i++) s += block[(long long)i * C + c];
+  (blockIdx.y ? out2 : out)[c] = s;
 }
 
 // dst[i][dst_off + c][p] = src[i][src_off + c][p] for c < count, images i < n, p < plane; src has src_c channels
-// and dst dst_c. Concat is two of these into one dst, split two out of one src.
+// and dst dst_c (a device copy when all are 1).
 extern "C" __global__ void copy_channels(const float* __restrict__ src, int src_c, int src_off,
                                          float* __restrict__ dst, int dst_c, int dst_off, int count, int n,
                                          int plane) {
@@ -96,6 +100,24 @@ extern "C" __global__ void copy_channels(const float* __restrict__ src, int src_
     const int p = e % plane, c = e / plane % count;
     const long long i = e / ((long long)plane * count);
     dst[(i * dst_c + dst_off + c) * plane + p] = src[(i * src_c + src_off + c) * plane + p];
+  }
+}
+
+// The channel concat cat = [a, b] of a: [n, CA, plane] and b: [n, CB, plane] into cat: [n, CA + CB, plane]
+// (split = 0), or its inverse (split = 1: a and b written from cat), in one launch; which pointers are read and
+// which written depends on `split`, so none is const. Launch: grid-stride over n * (CA + CB) * plane.
+extern "C" __global__ void concat_channels(float* __restrict__ a, float* __restrict__ b, float* __restrict__ cat,
+                                           int CA, int CB, int n, int plane, int split) {
+  const int C = CA + CB;
+  GRID_STRIDE(e, (long long)n * C * plane) {
+    const int p = e % plane, c = e / plane % C;
+    const long long i = e / ((long long)plane * C);
+    float* part = c < CA ? a + (i * CA + c) * plane + p : b + (i * CB + c - CA) * plane + p;
+    if (split) {
+      *part = cat[e];
+    } else {
+      cat[e] = *part;
+    }
   }
 }
 

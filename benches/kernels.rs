@@ -125,11 +125,14 @@ fn bench_memory_bound(c: &mut Criterion) {
     });
     let gy = random(len, 7);
     let (mean, rstd) = be.group_norm_forward(d, &x, (&gamma, &beta), &mut y).unwrap();
-    let mut dx = be.alloc(len).unwrap();
+    let (mut dx, mut dgamma, mut dbeta) = (be.alloc(len).unwrap(), be.alloc(64).unwrap(), be.alloc(64).unwrap());
     // Reads x and gy, writes dx.
     group.throughput(Throughput::Bytes((3 * 4 * len) as u64));
     group.bench_function("group_norm_silu_backward_64ch_32px", |b| {
-        b.iter(|| be.group_norm_backward(d, (&x, &gamma, &beta), (&mean, &rstd), &gy, Some(&mut dx)).unwrap())
+        b.iter(|| {
+            let daffine = (&mut dgamma, &mut dbeta);
+            be.group_norm_backward(d, (&x, &gamma, &beta), (&mean, &rstd), &gy, Some(&mut dx), daffine).unwrap()
+        })
     });
     group.throughput(Throughput::Bytes((2 * 4 * len) as u64));
     group.bench_function("silu_forward_64ch_32px", |b| {

@@ -49,6 +49,9 @@ fn a_queued_training_step_runs_the_optimiser_in_one_launch_and_never_waits_for_t
     for k in [Kernel::Adamw, Kernel::EmaUpdate, Kernel::ScaleBy] {
         assert_eq!(count(k), 0, "{} is the per-tensor path", k.name());
     }
+    // Every parameter gradient, biases' and GroupNorm's included, is written into its place in the gradient arena by
+    // the kernel that makes it: none is copied there afterwards. The one copy is the loss into the statistics ring.
+    assert_eq!(count(Kernel::CopyChannels), 1, "a gradient copied into the arena");
     // The declared work adds up, and the convolutions run on the tensor cores.
     let tc: u64 = launches.iter().map(|l| l.cost.tc_flops).sum();
     assert_eq!(tc, s.cost.tc_flops);

@@ -4,7 +4,7 @@
 //! (a fixed order), not with atomics.
 
 use super::mma::{self, Gather, Kept, Wgrad};
-use super::{BiasSums, ChannelSums, ConvOps, Keep};
+use super::{BiasSums, ConvOps, Keep};
 use crate::backend::{Gpu, Memory, Precision};
 use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, Planes};
 use crate::error::Result;
@@ -109,13 +109,13 @@ impl<E: Executor> ConvOps for Gpu<E> {
         (x, w, gout): (&E::Buf, &E::Buf, &E::Buf),
         kept: Option<&Self::Kept>,
         grads: LayerGrads<E::Buf>,
-        sums: BiasSums,
-    ) -> Result<ChannelSums<E::Buf>> {
+        sums: BiasSums<E::Buf>,
+    ) -> Result<Option<E::Buf>> {
         let (e, g, n, co) = (self.executor(), &d.geom, d.n, d.channels);
         let (kk, plane) = (g.col_rows(), g.col_cols());
         let planes = Planes { n, c: co, plane };
         if self.tensor_cores() {
-            let (gb, bias_grads) = mma::to_nhwc_bf16_summed(e, gout, planes, sums)?;
+            let (gb, per_image) = mma::to_nhwc_bf16_summed(e, gout, planes, sums)?;
             if let Some(dw) = grads.dw {
                 let mut fresh = None;
                 let xb = kept_or(kept.and_then(|k| k.input.as_ref()), &mut fresh, || {
@@ -130,7 +130,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 })?;
                 mma::gather(e, &Gather::of(g, n, co, true), &gb, wp, (None, None, None), false, dx)?;
             }
-            return Ok(bias_grads);
+            return Ok(per_image);
         }
         if let Some(dw) = grads.dw {
             let gemm =
@@ -152,7 +152,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 col2im(e, g, n, &col, dx)?;
             }
         }
-        ChannelSums::of(self, planes, gout, sums)
+        sums.reduce(self, planes, gout)
     }
 
     /// The adjoint of the conv with geometry `d.geom`: `out[i] = col2im(Wᵀ·x[i]) + bias`.
@@ -189,13 +189,13 @@ impl<E: Executor> ConvOps for Gpu<E> {
         (x, w, gout): (&E::Buf, &E::Buf, &E::Buf),
         kept: Option<&Self::Kept>,
         grads: LayerGrads<E::Buf>,
-        sums: BiasSums,
-    ) -> Result<ChannelSums<E::Buf>> {
+        sums: BiasSums<E::Buf>,
+    ) -> Result<Option<E::Buf>> {
         let (e, g, n, ci) = (self.executor(), &d.geom, d.n, d.channels);
         let (kk, plane) = (g.col_rows(), g.col_cols());
         let planes = Planes { n, c: g.c, plane: g.h * g.w };
         if self.tensor_cores() {
-            let (gb, bias_grads) = mma::to_nhwc_bf16_summed(e, gout, planes, sums)?;
+            let (gb, per_image) = mma::to_nhwc_bf16_summed(e, gout, planes, sums)?;
             if let Some(dw) = grads.dw {
                 let mut fresh = None;
                 let xb =
@@ -209,7 +209,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 })?;
                 mma::gather(e, &Gather::of(g, n, ci, false), &gb, wp, (None, None, None), false, dx)?;
             }
-            return Ok(bias_grads);
+            return Ok(per_image);
         }
         let (dx, dw) = (grads.dx, grads.dw);
         if dw.is_some() || dx.is_some() {
@@ -234,7 +234,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 sgemm(e, &gemm, w, &col, dx)?;
             }
         }
-        ChannelSums::of(self, planes, gout, sums)
+        sums.reduce(self, planes, gout)
     }
 }
 

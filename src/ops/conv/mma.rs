@@ -19,7 +19,7 @@
 //! GEMM (packed in the forward's packing launch) for the backward ([`Kept`]); the backward converts dy once for
 //! both GEMMs, and that conversion also sums dy per channel for the bias gradients ([`to_nhwc_bf16_summed`]).
 
-use super::{BiasSums, ChannelSums, Keep};
+use super::{BiasSums, Keep};
 use crate::desc::{ConvGeom, Planes};
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, need_bf16, run, SPLIT_TARGET_BLOCKS};
@@ -70,23 +70,29 @@ pub(crate) fn to_nhwc_bf16<E: Executor>(e: &E, x: &E::Buf, n: usize, c: usize, p
     Ok(to_nhwc_bf16_summed(e, x, Planes { n, c, plane }, BiasSums::default())?.0)
 }
 
-/// An NHWC copy and the channel sums made with it.
-pub(crate) type Summed<B> = (Nhwc<B>, ChannelSums<B>);
+/// An NHWC copy and the per-image channel sums made with it.
+pub(crate) type Summed<B> = (Nhwc<B>, Option<B>);
 
 /// Blocks a summing [`to_nhwc_bf16_summed`] wants before it splits an image's pixels over several: about one
 /// 1024-thread block per multiprocessor. A constant, so that the summation order depends on the shapes only.
 const SUM_BLOCKS: usize = 128;
 
-/// [`to_nhwc_bf16`] of `x: [d.n, d.c, d.plane]`, plus the channel sums of `x` that `sums` asks for. A summing
-/// conversion runs one block per (32 channels, image) over all of the image's pixels, writing the per-image sums
-/// `[n, c]` itself, unless that leaves fewer than [`SUM_BLOCKS`] blocks: then each image's pixels are split over
-/// `splits` blocks and one `sum_rows` adds their partials. The sum over images is one more `sum_rows`. All in a
-/// fixed order, so they differ from `ReduceOps::channel_sums` by f32 summation order only.
-pub(crate) fn to_nhwc_bf16_summed<E: Executor>(e: &E, x: &E::Buf, d: Planes, sums: BiasSums) -> Result<Summed<E::Buf>> {
+/// [`to_nhwc_bf16`] of `x: [d.n, d.c, d.plane]`, plus the channel sums of `x` that `sums` asks for: the sums over
+/// images written into `sums.bias`, the per-image ones returned. A summing conversion runs one block per (32
+/// channels, image) over all of the image's pixels, writing the per-image sums `[n, c]` itself, unless that leaves
+/// fewer than [`SUM_BLOCKS`] blocks: then each image's pixels are split over `splits` blocks and one `sum_rows`
+/// adds their partials. The sum over images is one more `sum_rows`, straight into `sums.bias`. All in a fixed
+/// order, so they differ from `ReduceOps::channel_sums` by f32 summation order only.
+pub(crate) fn to_nhwc_bf16_summed<E: Executor>(
+    e: &E,
+    x: &E::Buf,
+    d: Planes,
+    sums: BiasSums<E::Buf>,
+) -> Result<Summed<E::Buf>> {
     let (n, c, plane) = (d.n, d.c, d.plane);
     need("nchw_to_nhwc_bf16 x", x, n * c * plane)?;
     let (cp, tiles) = (padded(c), plane.div_ceil(32).max(1));
-    let summing = sums.bias || sums.chan_bias;
+    let summing = sums.bias.is_some() || sums.chan_bias;
     let blocks = cp.div_ceil(32) * n;
     let splits = if summing { tiles.min(SUM_BLOCKS.div_ceil(blocks.max(1))) } else { tiles };
     let buf = e.alloc_bf16(n * cp * plane)?;
@@ -101,7 +107,7 @@ pub(crate) fn to_nhwc_bf16_summed<E: Executor>(e: &E, x: &E::Buf, d: Planes, sum
     let cost = Cost::bytes(4 * n * c * plane + 2 * n * cp * plane + parts.as_ref().map_or(0, |_| 4 * splits * n * c));
     run(e, Kernel::NchwToNhwcBf16, cfg, cost, &args)?;
     let nhwc = Nhwc { buf, c };
-    let Some(parts) = parts else { return Ok((nhwc, ChannelSums { bias: None, chan_bias: None })) };
+    let Some(parts) = parts else { return Ok((nhwc, None)) };
     let per_image = if splits == 1 {
         parts
     } else {
@@ -109,14 +115,10 @@ pub(crate) fn to_nhwc_bf16_summed<E: Executor>(e: &E, x: &E::Buf, d: Planes, sum
         sum_rows(e, &parts, 0, splits, n * c, &mut per_image)?;
         per_image
     };
-    let bias = if sums.bias {
-        let mut total = e.alloc(c)?;
-        sum_rows(e, &per_image, 0, n, c, &mut total)?;
-        Some(total)
-    } else {
-        None
-    };
-    Ok((nhwc, ChannelSums { bias, chan_bias: sums.chan_bias.then_some(per_image) }))
+    if let Some(bias) = sums.bias {
+        sum_rows(e, &per_image, 0, n, c, bias)?;
+    }
+    Ok((nhwc, sums.chan_bias.then_some(per_image)))
 }
 
 /// A packed weight, and its adjoint GEMM's packing when asked for.

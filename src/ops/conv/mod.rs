@@ -23,9 +23,9 @@ use crate::tensor::Tensor;
 use std::fmt;
 
 /// What a backend offers for convolutions. The `_keep` / `_with` forms are what the tape uses: the forward may keep
-/// a value for the backward ([`ConvOps::Kept`]), and the backward also returns the bias gradients
-/// ([`ChannelSums`]), so that a backend can get them from a pass over `gout` it makes anyway. By default they are
-/// the plain forms plus [`ReduceOps::channel_sums`].
+/// a value for the backward ([`ConvOps::Kept`]), and the backward also makes the bias gradients ([`BiasSums`]), so
+/// that a backend can get them from a pass over `gout` it makes anyway. By default they are the plain forms plus
+/// [`ReduceOps::channel_sums`].
 pub trait ConvOps: Memory + ReduceOps {
     /// What a forward keeps for its backward besides the tensors on the tape (as [`Keep`] asks): under bf16 on the
     /// GPU, the bf16 channels-last copy of the input that the forward made and the weight gradient reads again, and
@@ -84,18 +84,18 @@ pub trait ConvOps: Memory + ReduceOps {
         self.conv2d_forward(d, x, w, epi, out).map(|()| None)
     }
     /// [`ConvOps::conv2d_backward`] with what the forward kept, and the channel sums of `gout: [n, channels, oh, ow]`
-    /// that `sums` asks for.
+    /// that `sums` asks for: the bias's written into `sums.bias`, the per-image ones returned.
     fn conv2d_backward_with(
         &self,
         d: &ConvDesc,
         (x, w, gout): (&Self::Buf, &Self::Buf, &Self::Buf),
         kept: Option<&Self::Kept>,
         grads: LayerGrads<Self::Buf>,
-        sums: BiasSums,
-    ) -> Result<ChannelSums<Self::Buf>> {
+        sums: BiasSums<Self::Buf>,
+    ) -> Result<Option<Self::Buf>> {
         let _ = kept;
         self.conv2d_backward(d, x, w, gout, grads)?;
-        ChannelSums::of(self, Planes { n: d.n, c: d.channels, plane: d.geom.oh * d.geom.ow }, gout, sums)
+        sums.reduce(self, Planes { n: d.n, c: d.channels, plane: d.geom.oh * d.geom.ow }, gout)
     }
     /// [`ConvOps::conv_transpose2d_forward`], keeping what [`ConvOps::conv_transpose2d_backward_with`] can reuse.
     fn conv_transpose2d_forward_keep(
@@ -111,18 +111,19 @@ pub trait ConvOps: Memory + ReduceOps {
         self.conv_transpose2d_forward(d, x, w, bias, out).map(|()| None)
     }
     /// [`ConvOps::conv_transpose2d_backward`] with what the forward kept, and the channel sums of
-    /// `gout: [n, geom.c, geom.h, geom.w]` that `sums` asks for.
+    /// `gout: [n, geom.c, geom.h, geom.w]` that `sums` asks for: the bias's written into `sums.bias`, the per-image
+    /// ones returned.
     fn conv_transpose2d_backward_with(
         &self,
         d: &ConvDesc,
         (x, w, gout): (&Self::Buf, &Self::Buf, &Self::Buf),
         kept: Option<&Self::Kept>,
         grads: LayerGrads<Self::Buf>,
-        sums: BiasSums,
-    ) -> Result<ChannelSums<Self::Buf>> {
+        sums: BiasSums<Self::Buf>,
+    ) -> Result<Option<Self::Buf>> {
         let _ = kept;
         self.conv_transpose2d_backward(d, x, w, gout, grads)?;
-        ChannelSums::of(self, Planes { n: d.n, c: d.geom.c, plane: d.geom.h * d.geom.w }, gout, sums)
+        sums.reduce(self, Planes { n: d.n, c: d.geom.c, plane: d.geom.h * d.geom.w }, gout)
     }
 }
 
@@ -150,26 +151,38 @@ impl Keep {
     }
 }
 
-/// Which per-channel sums of `gout` a conv's backward returns: over images and pixels (a bias's gradient) and over
-/// each image's pixels (a per-image channel bias's gradient).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct BiasSums {
-    pub bias: bool,
+/// Which per-channel sums of `gout` a conv's backward makes: over images and pixels, written into `bias` (a bias's
+/// gradient, so that on a GPU it lands in its place in the gradient arena), and over each image's pixels, returned
+/// as a fresh `[n, c]` buffer when `chan_bias` (a per-image channel bias's gradient: an activation's, not a
+/// parameter's).
+#[derive(Debug)]
+pub struct BiasSums<'a, T> {
+    /// `[c]`, overwritten.
+    pub bias: Option<&'a mut T>,
+    /// Whether to return the `[n, c]` sums.
     pub chan_bias: bool,
 }
 
-/// The sums [`BiasSums`] asked for: `bias: [c]`, `chan_bias: [n, c]`.
-#[derive(Debug)]
-pub struct ChannelSums<T> {
-    pub bias: Option<T>,
-    pub chan_bias: Option<T>,
+impl<T> Default for BiasSums<'_, T> {
+    /// No sums.
+    fn default() -> Self {
+        BiasSums { bias: None, chan_bias: false }
+    }
 }
 
-impl<T> ChannelSums<T> {
-    /// The sums through [`ReduceOps::channel_sums`], one call each.
-    pub fn of<B: ReduceOps<Buf = T>>(be: &B, d: Planes, gout: &T, sums: BiasSums) -> Result<Self> {
-        let sum = |asked: bool, per_image| asked.then(|| be.channel_sums(d, gout, per_image)).transpose();
-        Ok(ChannelSums { bias: sum(sums.bias, false)?, chan_bias: sum(sums.chan_bias, true)? })
+impl<T> BiasSums<'_, T> {
+    /// These sums of `gout: [d.n, d.c, d.plane]` through [`ReduceOps::channel_sums`], one call each; returns the
+    /// per-image sums when asked for.
+    pub fn reduce<B: ReduceOps<Buf = T>>(self, be: &B, d: Planes, gout: &T) -> Result<Option<T>> {
+        if let Some(bias) = self.bias {
+            be.channel_sums(d, gout, false, bias)?;
+        }
+        if !self.chan_bias {
+            return Ok(None);
+        }
+        let mut per_image = be.alloc(d.n * d.c)?;
+        be.channel_sums(d, gout, true, &mut per_image)?;
+        Ok(Some(per_image))
     }
 }
 
@@ -242,30 +255,27 @@ impl<B: Backend> Tape<'_, B> {
 }
 
 /// The input and weight gradients of a conv or transposed conv through `kernel` (the backend's backward, given
-/// `x`, `w`, `gout` and the gradient buffers), then the bias gradients it returned.
+/// `x`, `w`, `gout`, the gradient buffers and the bias sums to make), with the bias's gradient written into its
+/// place ([`Tape::grad_for`]) and the channel bias's as `kernel` returned it.
 fn input_grads<B: Backend>(
     tape: &Tape<B>,
     (x, w): (Var, Var),
     gout: &Tensor<B>,
-    biases: [Option<Var>; 2],
-    kernel: impl FnOnce((&B::Buf, &B::Buf, &B::Buf), LayerGrads<B::Buf>) -> Result<ChannelSums<B::Buf>>,
+    [bias, chan_bias]: [Option<Var>; 2],
+    kernel: impl FnOnce((&B::Buf, &B::Buf, &B::Buf), LayerGrads<B::Buf>, BiasSums<B::Buf>) -> Result<Option<B::Buf>>,
 ) -> Result<Vec<(Var, Tensor<B>)>> {
     let (mut dx, mut dw) = (tape.grad_for(x)?, tape.grad_for(w)?);
+    let mut db = bias.map(|b| tape.grad_for(b)).transpose()?.flatten();
+    let chan_bias = chan_bias.filter(|&v| tape.needs_grad(v));
     let grads = LayerGrads { dx: dx.as_mut().map(Tensor::buf_mut), dw: dw.as_mut().map(Tensor::buf_mut) };
-    let sums = kernel((tape.value(x).buf(), tape.value(w).buf(), gout.buf()), grads)?;
+    let sums = BiasSums { bias: db.as_mut().map(Tensor::buf_mut), chan_bias: chan_bias.is_some() };
+    let per_image = kernel((tape.value(x).buf(), tape.value(w).buf(), gout.buf()), grads, sums)?;
     let mut out: Vec<_> = dx.map(|d| (x, d)).into_iter().chain(dw.map(|d| (w, d))).collect();
-    for (v, sum) in biases.into_iter().zip([sums.bias, sums.chan_bias]) {
-        if let (Some(v), Some(sum)) = (v, sum) {
-            out.push((v, Tensor::from_buf(tape.backend().clone(), tape.value(v).shape(), sum)?));
-        }
+    out.extend(bias.zip(db));
+    if let (Some(v), Some(sum)) = (chan_bias, per_image) {
+        out.push((v, Tensor::from_buf(tape.backend().clone(), tape.value(v).shape(), sum)?));
     }
     Ok(out)
-}
-
-/// Which of `biases` (a bias, a channel bias) need gradients.
-fn bias_sums<B: Backend>(tape: &Tape<B>, [bias, chan_bias]: [Option<Var>; 2]) -> BiasSums {
-    let needs = |v: Option<Var>| v.is_some_and(|v| tape.needs_grad(v));
-    BiasSums { bias: needs(bias), chan_bias: needs(chan_bias) }
 }
 
 /// `y = conv2d(x, w) + b + chan_bias[n, c] + residual`: the backend's conv backward for `x` and `w` and the
@@ -301,8 +311,7 @@ impl<B: Backend> Rule<B> for Conv2d<B> {
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
         let biases = [self.b, self.extra.chan_bias];
-        let sums = bias_sums(tape, biases);
-        let mut out = input_grads(tape, (self.x, self.w), &gout, biases, |bufs, grads| {
+        let mut out = input_grads(tape, (self.x, self.w), &gout, biases, |bufs, grads, sums| {
             be.conv2d_backward_with(&self.d, bufs, self.kept.as_ref(), grads, sums)
         })?;
         if let Some(r) = self.extra.residual.filter(|&v| tape.needs_grad(v)) {
@@ -344,9 +353,7 @@ impl<B: Backend> Rule<B> for ConvTranspose2d<B> {
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
-        let biases = [self.b, None];
-        let sums = bias_sums(tape, biases);
-        input_grads(tape, (self.x, self.w), &gout, biases, |bufs, grads| {
+        input_grads(tape, (self.x, self.w), &gout, [self.b, None], |bufs, grads, sums| {
             be.conv_transpose2d_backward_with(&self.d, bufs, self.kept.as_ref(), grads, sums)
         })
     }

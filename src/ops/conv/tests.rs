@@ -323,29 +323,32 @@ fn conv_backward_with_bf16<E: Executor>(g: &Gpu<E>) {
         let kept = kept.unwrap();
         let kept_both = kept.as_ref().is_some_and(|k| k.input.is_some() && k.weight.is_some());
         assert!(kept_both, "{what}: the bf16 forward keeps its input's copy and the adjoint's weight");
-        let run = |kept, sums| {
-            let (mut dx, mut dw) = (out(g, x_len), out(g, wt.len()));
+        // Runs the backward, with the bias sums into a buffer of their own when `bias`; returns dx's and dW's bits,
+        // the bias sums and the per-image sums.
+        let run = |kept, bias: bool, chan_bias| {
+            let (mut dx, mut dw, mut db) = (out(g, x_len), out(g, wt.len()), out(g, out_c));
             let grads = LayerGrads { dx: Some(&mut dx), dw: Some(&mut dw) };
-            let got = if transposed {
+            let sums = BiasSums { bias: bias.then_some(&mut db), chan_bias };
+            let per_image = if transposed {
                 g.conv_transpose2d_backward_with(&d, (&xb, &wb, &gb), kept, grads, sums)
             } else {
                 g.conv2d_backward_with(&d, (&xb, &wb, &gb), kept, grads, sums)
             };
             let bits = |b| down(g, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            (bits(&dx), bits(&dw), got.unwrap())
+            (bits(&dx), bits(&dw), bias.then_some(db), per_image.unwrap())
         };
-        let (dx, dw, both) = run(kept.as_ref(), BiasSums { bias: true, chan_bias: true });
-        let (dx_fresh, dw_fresh, none) = run(None, BiasSums::default());
+        let (dx, dw, both, both_per_image) = run(kept.as_ref(), true, true);
+        let (dx_fresh, dw_fresh, _, none) = run(None, false, false);
         assert!(dx == dx_fresh && dw == dw_fresh, "{what}: gradients differ with the kept input copy");
-        assert!(none.bias.is_none() && none.chan_bias.is_none(), "{what}: sums not asked for");
-        let (_, _, bias_only) = run(kept.as_ref(), BiasSums { bias: true, chan_bias: false });
-        assert!(bias_only.chan_bias.is_none(), "{what}: channel-bias sums not asked for");
+        assert!(none.is_none(), "{what}: per-image sums not asked for");
+        let (_, _, bias_only, bias_only_per_image) = run(kept.as_ref(), true, false);
+        assert!(bias_only_per_image.is_none(), "{what}: channel-bias sums not asked for");
 
         let depth = sum_depth(out_plane);
         let [per_image, total] = f64_channel_sums(&gout, n, out_c, out_plane);
-        check_sums(g, both.chan_bias.as_ref(), &per_image, depth, &format!("{what} per-image sums"));
-        check_sums(g, both.bias.as_ref(), &total, depth + n, &format!("{what} sums"));
-        check_sums(g, bias_only.bias.as_ref(), &total, depth + n, &format!("{what} sums alone"));
+        check_sums(g, both_per_image.as_ref(), &per_image, depth, &format!("{what} per-image sums"));
+        check_sums(g, both.as_ref(), &total, depth + n, &format!("{what} sums"));
+        check_sums(g, bias_only.as_ref(), &total, depth + n, &format!("{what} sums alone"));
     }
 }
 gpu_test!(conv_backward_with_bf16, crate::backend::Precision::Bf16);

@@ -112,9 +112,12 @@ impl<B: Backend> Rule<B> for Linear<B> {
         let bufs = (tape.value(self.x).buf(), tape.value(self.w).buf(), gout.buf());
         be.linear_backward_with(self.d, bufs, self.kept.as_ref(), grads)?;
         let mut out: Vec<_> = dx.map(|d| (self.x, d)).into_iter().chain(dw.map(|d| (self.w, d))).collect();
-        if let Some(b) = self.b.filter(|&b| tape.needs_grad(b)) {
-            let db = be.column_sums(gout.buf(), self.d.batch, self.d.fout)?;
-            out.push((b, Tensor::from_buf(be.clone(), &[self.d.fout], db)?));
+        if let Some(b) = self.b {
+            // The bias's gradient, written into its place.
+            if let Some(mut db) = tape.grad_for(b)? {
+                be.column_sums(gout.buf(), self.d.batch, self.d.fout, db.buf_mut())?;
+                out.push((b, db));
+            }
         }
         Ok(out)
     }

@@ -106,10 +106,12 @@ fn linear<E: Executor>(g: &Gpu<E>) {
     close(&down(g, &yb), &y, 1e-5, 1e-5, "linear forward");
     let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
     Cpu.linear_backward(d, &x, &w, &gy, LayerGrads { dx: Some(&mut dx), dw: Some(&mut dw) }).unwrap();
-    let db = Cpu.column_sums(&gy, d.batch, d.fout).unwrap();
+    let mut db = vec![0.0; d.fout];
+    Cpu.column_sums(&gy, d.batch, d.fout, &mut db).unwrap();
     let (gyb, mut dxb, mut dwb) = (up(g, &gy), out(g, x.len()), out(g, w.len()));
     g.linear_backward(d, &xb, &wb, &gyb, LayerGrads { dx: Some(&mut dxb), dw: Some(&mut dwb) }).unwrap();
-    let dbb = g.column_sums(&gyb, d.batch, d.fout).unwrap();
+    let mut dbb = out(g, d.fout);
+    g.column_sums(&gyb, d.batch, d.fout, &mut dbb).unwrap();
     close(&down(g, &dxb), &dx, 1e-5, 1e-5, "linear dx");
     close(&down(g, &dwb), &dw, 1e-5, 1e-5, "linear dW");
     close(&down(g, &dbb), &db, 1e-5, 1e-5, "linear db");

@@ -11,7 +11,7 @@
 use super::NormOps;
 use crate::backend::Cpu;
 use crate::desc::NormDesc;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::cpu::wide;
 use crate::ops::unary::sigmoid;
 use rayon::prelude::*;
@@ -33,8 +33,15 @@ impl NormOps for Cpu {
         (mean, rstd): (&Vec<f32>, &Vec<f32>),
         gy: &Vec<f32>,
         dx: Option<&mut Vec<f32>>,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        Ok(group_norm_backward(d, (x, gamma, beta), (mean, rstd), gy, dx.map(|v| &mut v[..])))
+        (dgamma, dbeta): (&mut Vec<f32>, &mut Vec<f32>),
+    ) -> Result<()> {
+        if dgamma.len() != d.c || dbeta.len() != d.c {
+            let lens = (dgamma.len(), dbeta.len());
+            return Err(Error::Shape(format!("group_norm dgamma, dbeta: {lens:?} words, expected {} each", d.c)));
+        }
+        let dx = dx.map(|v| &mut v[..]);
+        group_norm_backward(d, (x, gamma, beta), (mean, rstd), gy, dx, (dgamma, dbeta));
+        Ok(())
     }
 }
 
@@ -90,7 +97,7 @@ pub fn group_norm_forward(d: NormDesc, x: &[f32], gamma: &[f32], beta: &[f32], y
     stats.into_iter().unzip()
 }
 
-/// Backward for `gy = dL/dy`: writes `dx` (when asked) and returns `(dγ, dβ)`, each `[c]`.
+/// Backward for `gy = dL/dy`: writes `dx` (when asked) and `(dγ, dβ)` into `daffine`, each `[c]`.
 ///
 /// With `gz = gy·silu'(z)` (or `gy`), `dγ_c = Σ gz·x̂`, `dβ_c = Σ gz`, and per group
 /// `dx = r·(gz·γ - mean(gz·γ) - x̂·mean(gz·γ·x̂))`.
@@ -100,7 +107,8 @@ pub fn group_norm_backward(
     (mean, rstd): (&[f32], &[f32]),
     gy: &[f32],
     dx: Option<&mut [f32]>,
-) -> (Vec<f32>, Vec<f32>) {
+    daffine: (&mut [f32], &mut [f32]),
+) {
     let (glen, cg, silu) = (d.group_len(), d.c / d.groups, d.silu);
     // Per (image, group): the partial dγ, dβ of its channels, then reduced over images in order. `gz` is kept in
     // the dx buffer between the two passes so the sigmoid is evaluated once per element.
@@ -156,5 +164,6 @@ pub fn group_norm_backward(
             dbeta[c0 + j] += db as f64;
         }
     }
-    (dgamma.into_iter().map(|v| v as f32).collect(), dbeta.into_iter().map(|v| v as f32).collect())
+    daffine.0.iter_mut().zip(dgamma).for_each(|(o, v)| *o = v as f32);
+    daffine.1.iter_mut().zip(dbeta).for_each(|(o, v)| *o = v as f32);
 }

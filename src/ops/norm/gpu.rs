@@ -1,5 +1,5 @@
 //! Group norm's launches: one block per (group, image) each way; the affine parameters' gradients are written as
-//! per-image partials and reduced over images in order (no atomics), both in one launch.
+//! per-image partials and reduced over images in order (no atomics), both in one launch, into the caller's buffers.
 
 use super::NormOps;
 use crate::backend::Gpu;
@@ -47,7 +47,8 @@ impl<E: Executor> NormOps for Gpu<E> {
         (mean, rstd): (&E::Buf, &E::Buf),
         gy: &E::Buf,
         dx: Option<&mut E::Buf>,
-    ) -> Result<(E::Buf, E::Buf)> {
+        (dgamma, dbeta): (&mut E::Buf, &mut E::Buf),
+    ) -> Result<()> {
         let e = self.executor();
         check(d, x, gamma, beta)?;
         need("group_norm mean", mean, d.n * d.groups)?;
@@ -76,9 +77,7 @@ impl<E: Executor> NormOps for Gpu<E> {
         // x and gy read for the group sums and again for dx: ~12 operations per value.
         let len = d.n * d.c * d.plane;
         run(e, Kernel::GroupNormBwd, grid(d)?, Cost::pass(4 * len, len, 12), &args)?;
-        let (mut dgamma, mut dbeta) = (e.alloc(d.c)?, e.alloc(d.c)?);
-        sum_rows_pair(e, &parts, d.n, d.c, (&mut dgamma, &mut dbeta))?;
-        Ok((dgamma, dbeta))
+        sum_rows_pair(e, &parts, d.n, d.c, (dgamma, dbeta))
     }
 }
 

@@ -26,7 +26,8 @@ pub trait NormOps: Memory {
         affine: (&Self::Buf, &Self::Buf),
         y: &mut Self::Buf,
     ) -> Result<(Self::Buf, Self::Buf)>;
-    /// The backward from `(x, γ, β)` and the saved `(μ, 1/σ)`: `dx` when asked for; returns `(dγ, dβ)`.
+    /// The backward from `(x, γ, β)` and the saved `(μ, 1/σ)`: `dx` when asked for, and `(dγ, dβ)` written into
+    /// `daffine` (`[c]` each: the parameters' gradients, in their places).
     fn group_norm_backward(
         &self,
         d: NormDesc,
@@ -34,7 +35,8 @@ pub trait NormOps: Memory {
         stats: (&Self::Buf, &Self::Buf),
         gy: &Self::Buf,
         dx: Option<&mut Self::Buf>,
-    ) -> Result<(Self::Buf, Self::Buf)>;
+        daffine: (&mut Self::Buf, &mut Self::Buf),
+    ) -> Result<()>;
 }
 
 impl<B: Backend> Tape<'_, B> {
@@ -81,13 +83,17 @@ impl<B: Backend> Rule<B> for GroupNorm<B> {
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
         let mut dx = tape.grad_for(self.x)?;
+        // γ's and β's gradients in their places; both are made in one launch, so one that needs none (a tape
+        // tracks every parameter, so never in practice) is made into scratch and dropped.
+        let place = |v: Var| tape.grad_for(v)?.map_or_else(|| Tensor::alloc(be, &[self.d.c]), Ok);
+        let (mut dg, mut db) = (place(self.gamma)?, place(self.beta)?);
         let inputs = (tape.value(self.x).buf(), tape.value(self.gamma).buf(), tape.value(self.beta).buf());
         let stats = (&self.mean, &self.rstd);
         let dxb = dx.as_mut().map(Tensor::buf_mut);
-        let (dg, db) = be.group_norm_backward(self.d, inputs, stats, gout.buf(), dxb)?;
+        be.group_norm_backward(self.d, inputs, stats, gout.buf(), dxb, (dg.buf_mut(), db.buf_mut()))?;
         let mut out: Vec<_> = dx.map(|d| (self.x, d)).into_iter().collect();
-        out.push((self.gamma, Tensor::from_buf(be.clone(), &[self.d.c], dg)?));
-        out.push((self.beta, Tensor::from_buf(be.clone(), &[self.d.c], db)?));
+        out.push((self.gamma, dg));
+        out.push((self.beta, db));
         Ok(out)
     }
 }

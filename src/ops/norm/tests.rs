@@ -25,12 +25,14 @@ fn group_norm<E: Executor>(g: &Gpu<E>) {
             close(&down(g, &mb), &mean, 1e-6, 1e-5, &format!("{what} mean"));
             close(&down(g, &rb), &rstd, 1e-6, 1e-5, &format!("{what} rstd"));
 
-            let mut dx = vec![0.0; len];
-            let (dg, db) = Cpu.group_norm_backward(d, (&x, &gamma, &beta), (&mean, &rstd), &gy, Some(&mut dx)).unwrap();
+            let (mut dx, mut dg, mut db) = (vec![0.0; len], vec![0.0; c], vec![0.0; c]);
+            let daffine = (&mut dg, &mut db);
+            Cpu.group_norm_backward(d, (&x, &gamma, &beta), (&mean, &rstd), &gy, Some(&mut dx), daffine).unwrap();
             // The CPU's statistics as input, so the backward is compared on its own.
             let (mb, rb, mut dxb) = (up(g, &mean), up(g, &rstd), out(g, len));
-            let (dgb, dbb) =
-                g.group_norm_backward(d, (&xb, &gb, &bb), (&mb, &rb), &up(g, &gy), Some(&mut dxb)).unwrap();
+            let (mut dgb, mut dbb) = (out(g, c), out(g, c));
+            let (stats, daffine) = ((&mb, &rb), (&mut dgb, &mut dbb));
+            g.group_norm_backward(d, (&xb, &gb, &bb), stats, &up(g, &gy), Some(&mut dxb), daffine).unwrap();
             close(&down(g, &dxb), &dx, 1e-5, 1e-4, &format!("{what} dx"));
             close(&down(g, &dgb), &dg, 1e-4, 1e-5, &format!("{what} dgamma"));
             close(&down(g, &dbb), &db, 1e-4, 1e-5, &format!("{what} dbeta"));

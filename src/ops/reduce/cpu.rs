@@ -4,7 +4,7 @@
 use super::ReduceOps;
 use crate::backend::Cpu;
 use crate::desc::{ConcatDesc, Planes};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::cpu::wide;
 use rayon::prelude::*;
 
@@ -13,11 +13,15 @@ impl ReduceOps for Cpu {
         acc.iter_mut().zip(g).for_each(|(a, b)| *a += b);
         Ok(())
     }
-    fn channel_sums(&self, d: Planes, t: &Vec<f32>, per_image: bool) -> Result<Vec<f32>> {
-        Ok(channel_sums(t, d.n, d.c, d.plane, per_image))
+    fn channel_sums(&self, d: Planes, t: &Vec<f32>, per_image: bool, out: &mut Vec<f32>) -> Result<()> {
+        check_len("channel_sums out", out, if per_image { d.n * d.c } else { d.c })?;
+        channel_sums(t, d.n, d.c, d.plane, per_image, out);
+        Ok(())
     }
-    fn column_sums(&self, m: &Vec<f32>, _rows: usize, cols: usize) -> Result<Vec<f32>> {
-        Ok(column_sums(m, cols))
+    fn column_sums(&self, m: &Vec<f32>, _rows: usize, cols: usize, out: &mut Vec<f32>) -> Result<()> {
+        check_len("column_sums out", out, cols)?;
+        column_sums(m, cols, out);
+        Ok(())
     }
     fn concat(&self, d: ConcatDesc, a: &Vec<f32>, b: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
         concat_channels(a, b, d.ca, d.cb, d.plane, out);
@@ -28,9 +32,17 @@ impl ReduceOps for Cpu {
     }
 }
 
-/// Per-channel sums of an `[n, c, plane]` tensor, as `[c]` (`per_image = false`) or `[n, c]` (`true`):
-/// the gradient of a broadcast bias.
-pub fn channel_sums(t: &[f32], n: usize, c: usize, plane: usize, per_image: bool) -> Vec<f32> {
+/// `Err` unless `out` holds exactly `len` words.
+fn check_len(what: &str, out: &[f32], len: usize) -> Result<()> {
+    if out.len() != len {
+        return Err(Error::Shape(format!("{what}: {} words, expected {len}", out.len())));
+    }
+    Ok(())
+}
+
+/// `out` = the per-channel sums of an `[n, c, plane]` tensor, as `[c]` (`per_image = false`) or `[n, c]`
+/// (`true`): the gradient of a broadcast bias.
+pub fn channel_sums(t: &[f32], n: usize, c: usize, plane: usize, per_image: bool, out: &mut [f32]) {
     let sums: Vec<f32> = t
         .par_chunks(plane)
         .map(|row| {
@@ -41,9 +53,12 @@ pub fn channel_sums(t: &[f32], n: usize, c: usize, plane: usize, per_image: bool
         })
         .collect();
     if per_image {
-        return sums;
+        out.copy_from_slice(&sums);
+        return;
     }
-    (0..c).map(|ch| (0..n).map(|i| sums[i * c + ch] as f64).sum::<f64>() as f32).collect()
+    for (ch, o) in out.iter_mut().enumerate() {
+        *o = (0..n).map(|i| sums[i * c + ch] as f64).sum::<f64>() as f32;
+    }
 }
 
 /// `Σ row` in f64, in 8 lanes (lane `l` adds the elements `≡ l mod 8`): one running sum would make every add wait
@@ -59,11 +74,12 @@ fn sum_f64(row: &[f32]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// Column sums of a `[rows, cols]` matrix (the bias gradient of a linear layer), accumulated in f64.
-pub fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
+/// `out[cols]` = the column sums of a `[rows, cols]` matrix (the bias gradient of a linear layer), accumulated in
+/// f64.
+pub fn column_sums(m: &[f32], cols: usize, out: &mut [f32]) {
     let mut acc = vec![0.0f64; cols];
     m.chunks(cols).for_each(|row| acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64));
-    acc.into_iter().map(|v| v as f32).collect()
+    out.iter_mut().zip(acc).for_each(|(o, v)| *o = v as f32);
 }
 
 /// Concatenates `a: [n, ca, plane]` and `b: [n, cb, plane]` along channels into `[n, ca + cb, plane]`.
@@ -96,10 +112,13 @@ mod tests {
         let (n, c, plane) = (2, 3, 13);
         let t = values(n * c * plane, 37, 101);
         let row_sum = |i: usize| t[i * plane..(i + 1) * plane].iter().map(|&v| v as f64).sum::<f64>();
-        for (i, got) in channel_sums(&t, n, c, plane, true).into_iter().enumerate() {
+        let (mut per_image, mut total) = (vec![0.0; n * c], vec![0.0; c]);
+        channel_sums(&t, n, c, plane, true, &mut per_image);
+        channel_sums(&t, n, c, plane, false, &mut total);
+        for (i, got) in per_image.into_iter().enumerate() {
             assert!((got as f64 - row_sum(i)).abs() < 1e-6, "image-channel {i}: {got}");
         }
-        for (ch, got) in channel_sums(&t, n, c, plane, false).into_iter().enumerate() {
+        for (ch, got) in total.into_iter().enumerate() {
             let want: f64 = (0..n).map(|i| row_sum(i * c + ch)).sum();
             assert!((got as f64 - want).abs() < 1e-5, "channel {ch}: {got} vs {want}");
         }

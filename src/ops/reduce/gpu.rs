@@ -15,22 +15,17 @@ impl<E: Executor> ReduceOps for Gpu<E> {
         let args = [Arg::Buf(acc), Arg::Buf(g), Arg::I64(n as i64)];
         run(self.executor(), Kernel::AddAssign, elementwise(n), Cost::pass(2 * n, n, 1), &args)
     }
-    fn channel_sums(&self, d: Planes, t: &E::Buf, per_image: bool) -> Result<E::Buf> {
+    fn channel_sums(&self, d: Planes, t: &E::Buf, per_image: bool, out: &mut E::Buf) -> Result<()> {
         let e = self.executor();
-        let mut out = e.alloc(if per_image { d.n * d.c } else { d.c })?;
         if per_image {
-            row_sums(e, t, d.n * d.c, d.plane, &mut out)?;
-        } else {
-            let mut parts = e.alloc(d.n * d.c)?;
-            row_sums(e, t, d.n * d.c, d.plane, &mut parts)?;
-            sum_rows(e, &parts, 0, d.n, d.c, &mut out)?;
+            return row_sums(e, t, d.n * d.c, d.plane, out);
         }
-        Ok(out)
+        let mut parts = e.alloc(d.n * d.c)?;
+        row_sums(e, t, d.n * d.c, d.plane, &mut parts)?;
+        sum_rows(e, &parts, 0, d.n, d.c, out)
     }
-    fn column_sums(&self, m: &E::Buf, rows: usize, cols: usize) -> Result<E::Buf> {
-        let mut out = self.executor().alloc(cols)?;
-        sum_rows(self.executor(), m, 0, rows, cols, &mut out)?;
-        Ok(out)
+    fn column_sums(&self, m: &E::Buf, rows: usize, cols: usize, out: &mut E::Buf) -> Result<()> {
+        sum_rows(self.executor(), m, 0, rows, cols, out)
     }
     fn concat(&self, d: ConcatDesc, a: &E::Buf, b: &E::Buf, out: &mut E::Buf) -> Result<()> {
         concat_channels(self.executor(), d, Channels::Join { a, b, cat: out })

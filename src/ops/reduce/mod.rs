@@ -18,10 +18,11 @@ use std::fmt;
 pub trait ReduceOps: Memory {
     /// `acc += g` elementwise (gradient accumulation where a value fans out).
     fn add_assign(&self, acc: &mut Self::Buf, g: &Self::Buf) -> Result<()>;
-    /// Per-channel sums of `t: [n, c, plane]`: `[n, c]` when `per_image`, else `[c]` (a broadcast bias's gradient).
-    fn channel_sums(&self, d: Planes, t: &Self::Buf, per_image: bool) -> Result<Self::Buf>;
-    /// Column sums of `m: [rows, cols]` (a linear bias's gradient).
-    fn column_sums(&self, m: &Self::Buf, rows: usize, cols: usize) -> Result<Self::Buf>;
+    /// `out` = the per-channel sums of `t: [n, c, plane]`: `[n, c]` when `per_image`, else `[c]` (a broadcast
+    /// bias's gradient, written where the caller keeps it: on a GPU, its place in the gradient arena).
+    fn channel_sums(&self, d: Planes, t: &Self::Buf, per_image: bool, out: &mut Self::Buf) -> Result<()>;
+    /// `out[cols]` = the column sums of `m: [rows, cols]` (a linear bias's gradient, written in place).
+    fn column_sums(&self, m: &Self::Buf, rows: usize, cols: usize, out: &mut Self::Buf) -> Result<()>;
     /// `out = [a, b]` along channels.
     fn concat(&self, d: ConcatDesc, a: &Self::Buf, b: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
     /// The inverse of [`ReduceOps::concat`]: `g` split into its two channel blocks.

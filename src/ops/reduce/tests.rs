@@ -34,8 +34,10 @@ fn add_copy_column_sums<E: Executor>(g: &Gpu<E>) {
     let mut copied = out(g, a.len());
     copy_at(g.executor(), &acc, &mut copied, 0).unwrap();
     assert_eq!(down(g, &copied), want, "copy");
-    let sums = g.column_sums(&copied, rows, cols).unwrap();
-    close(&down(g, &sums), &Cpu.column_sums(&want, rows, cols).unwrap(), 1e-7, 1e-6, "column_sums");
+    let (mut sums, mut want_sums) = (out(g, cols), vec![0.0; cols]);
+    g.column_sums(&copied, rows, cols, &mut sums).unwrap();
+    Cpu.column_sums(&want, rows, cols, &mut want_sums).unwrap();
+    close(&down(g, &sums), &want_sums, 1e-7, 1e-6, "column_sums");
 }
 gpu_test!(add_copy_column_sums);
 
@@ -45,8 +47,10 @@ fn channel_sums<E: Executor>(g: &Gpu<E>) {
     for d in [Planes { n: 2, c: 5, plane: 63 }, Planes { n: 1, c: 3, plane: 20 }] {
         let t = rand(14, d.n * d.c * d.plane);
         for per_image in [false, true] {
-            let want = Cpu.channel_sums(d, &t, per_image).unwrap();
-            let got = g.channel_sums(d, &up(g, &t), per_image).unwrap();
+            let len = if per_image { d.n * d.c } else { d.c };
+            let (mut want, mut got) = (vec![0.0; len], out(g, len));
+            Cpu.channel_sums(d, &t, per_image, &mut want).unwrap();
+            g.channel_sums(d, &up(g, &t), per_image, &mut got).unwrap();
             close(&down(g, &got), &want, 2e-5, 1e-5, &format!("{d:?} channel sums per_image={per_image}"));
         }
     }

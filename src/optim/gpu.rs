@@ -34,20 +34,10 @@ impl<E: Executor> OptimOps for Gpu<E> {
         need("adamw m", m, n)?;
         need("adamw v", v, n)?;
         need("adamw g", g, n)?;
-        let args = [
-            Arg::Buf(p),
-            Arg::Buf(m),
-            Arg::Buf(v),
-            Arg::Buf(g),
-            Arg::I64(n as i64),
-            Arg::F32(s.decay),
-            Arg::F32(s.w1),
-            Arg::F32(s.b2),
-            Arg::F32(s.w2),
-            Arg::F32(s.neg_step_size),
-            Arg::F32(s.bc2_sqrt),
-            Arg::F32(s.eps),
-        ];
+        let args = [Arg::Buf(p), Arg::Buf(m), Arg::Buf(v), Arg::Buf(g), Arg::I64(n as i64)]
+            .into_iter()
+            .chain(adam_args(s))
+            .collect::<Vec<_>>();
         // p, m, v read and written, g read: ~14 operations per parameter.
         run(self.executor(), Kernel::Adamw, elementwise(n), Cost::pass(4 * n, 3 * n, 14), &args)
     }
@@ -81,16 +71,11 @@ impl<E: Executor> OptimOps for Gpu<E> {
             Arg::Buf(f.shadow),
             Arg::BufAt(&clip, 1),
             Arg::I64(n as i64),
-            Arg::F32(s.decay),
-            Arg::F32(s.w1),
-            Arg::F32(s.b2),
-            Arg::F32(s.w2),
-            Arg::F32(s.neg_step_size),
-            Arg::F32(s.bc2_sqrt),
-            Arg::F32(s.eps),
-            Arg::F32(f.ema.0),
-            Arg::F32(f.ema.1),
-        ];
+        ]
+        .into_iter()
+        .chain(adam_args(s))
+        .chain([Arg::F32(f.ema.0), Arg::F32(f.ema.1)])
+        .collect::<Vec<_>>();
         // p, m, v and the shadow read and written, g read: ~17 operations per parameter.
         run(e, Kernel::AdamwEma, elementwise(n), Cost::pass(5 * n, 4 * n, 17), &args)
     }
@@ -100,4 +85,9 @@ impl<E: Executor> OptimOps for Gpu<E> {
         let args = [Arg::Buf(shadow), Arg::Buf(p), Arg::I64(n as i64), Arg::F32(d), Arg::F32(alpha)];
         run(self.executor(), Kernel::EmaUpdate, elementwise(n), Cost::pass(2 * n, n, 3), &args)
     }
+}
+
+/// AdamW's per-step scalars as the kernels `adamw` and `adamw_ema` take them, after the length.
+fn adam_args<'a, B>(s: &AdamWScalars) -> [Arg<'a, B>; 7] {
+    [s.decay, s.w1, s.b2, s.w2, s.neg_step_size, s.bc2_sqrt, s.eps].map(Arg::F32)
 }

@@ -45,7 +45,8 @@ impl Layout {
 /// The arena behind a set of tensors, when they are its views. A copy of the set (`Clone`) has its tensors in
 /// separate buffers, so a cloned `Arena` is empty.
 pub struct Arena<B: Memory> {
-    buf: Option<B::Buf>,
+    /// The buffer and where each tensor lies in it.
+    buf: Option<(B::Buf, Layout)>,
 }
 
 impl<B: Memory> Arena<B> {
@@ -56,12 +57,17 @@ impl<B: Memory> Arena<B> {
 
     /// The whole arena, when the set has one.
     pub fn buf(&self) -> Option<&B::Buf> {
-        self.buf.as_ref()
+        self.buf.as_ref().map(|(b, _)| b)
     }
 
     /// The whole arena, mutable (writing it writes every tensor of the set).
     pub fn buf_mut(&mut self) -> Option<&mut B::Buf> {
-        self.buf.as_mut()
+        self.buf.as_mut().map(|(b, _)| b)
+    }
+
+    /// Where each tensor of the set lies in the arena, when the set has one.
+    pub fn layout(&self) -> Option<&Layout> {
+        self.buf.as_ref().map(|(_, l)| l)
     }
 }
 
@@ -80,7 +86,7 @@ impl<B: Memory> Clone for Arena<B> {
 impl<B: Memory> fmt::Debug for Arena<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.buf {
-            Some(b) => write!(f, "Arena[{} words]", B::buf_len(b)),
+            Some((b, _)) => write!(f, "Arena[{} words]", B::buf_len(b)),
             None => write!(f, "Arena[none]"),
         }
     }
@@ -126,5 +132,5 @@ fn views<B: Backend>(
         .zip(shapes)
         .map(|(&(start, len), shape)| Tensor::from_buf(backend.clone(), shape, backend.view(&arena, start, len)?))
         .collect::<Result<_>>()?;
-    Ok((Arena { buf: Some(arena) }, tensors))
+    Ok((Arena { buf: Some((arena, layout.clone())) }, tensors))
 }

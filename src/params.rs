@@ -153,10 +153,9 @@ impl<B: Backend> GradStore<B> {
     pub fn zeros_like(params: &Params<B>) -> Result<Self> {
         let shapes: Vec<&[usize]> = params.tensors.iter().map(|t| t.shape()).collect();
         let (arena, tensors) = arena::zeros(&params.backend, &shapes)?;
-        let norm_table = match arena.buf() {
-            Some(buf) => {
-                let layout = arena::Layout::of(shapes.iter().map(|s| s.iter().product()));
-                if layout.total() != B::buf_len(buf) || layout.total() > i32::MAX as usize {
+        let norm_table = match arena.layout() {
+            Some(layout) => {
+                if layout.total() > i32::MAX as usize {
                     return Err(Error::Shape(format!("a gradient arena of {} words", layout.total())));
                 }
                 let mut rows = Vec::new();

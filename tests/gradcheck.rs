@@ -20,7 +20,7 @@ mod common;
 use ddpm::autograd::{Tape, Var};
 use ddpm::backend::{Cpu, PoolOps};
 use ddpm::desc::PoolDesc;
-use ddpm::ops::conv::ConvExtra;
+use ddpm::ops::conv::{ConvExtra, Norm};
 use ddpm::params::{ParamId, Params};
 use ddpm::{Result, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
@@ -250,6 +250,25 @@ fn group_norm_with_and_without_silu() {
         let inputs = vec![random(&mut rng, &[2, 6, 3, 5]), random(&mut rng, &[6]), random(&mut rng, &[6])];
         gradcheck(&format!("group_norm silu={silu}"), inputs, &|t, v| t.group_norm(v[0], v[1], v[2], 3, silu));
     }
+}
+
+#[test]
+fn norm_conv2d_with_channel_bias_and_residual() {
+    let mut rng = StdRng::seed_from_u64(11);
+    // x, γ, β (6 channels in 3 groups), the conv's weight and bias, a channel bias and a residual.
+    let inputs = vec![
+        random(&mut rng, &[2, 6, 4, 5]),
+        random(&mut rng, &[6]),
+        random(&mut rng, &[6]),
+        random(&mut rng, &[4, 6, 3, 3]),
+        random(&mut rng, &[4]),
+        random(&mut rng, &[2, 4]),
+        random(&mut rng, &[2, 4, 4, 5]),
+    ];
+    gradcheck("norm_conv2d", inputs, &|t, v| {
+        let norm = Norm { gamma: v[1], beta: v[2], groups: 3, silu: true };
+        t.norm_conv2d(v[0], norm, v[3], Some(v[4]), 1, 1, ConvExtra { chan_bias: Some(v[5]), residual: Some(v[6]) })
+    });
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use crate::autograd::{Tape, Var};
 use crate::backend::{Backend, Memory};
 use crate::error::Result;
-use crate::ops::conv::ConvExtra;
+use crate::ops::conv::{ConvExtra, Norm};
 use crate::params::{ParamId, Params};
 use crate::tensor::Tensor;
 use rand::Rng;
@@ -48,6 +48,21 @@ impl Conv2d {
     pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var, extra: ConvExtra) -> Result<Var> {
         let (w, b) = (tape.param(self.weight), tape.param(self.bias));
         tape.conv2d(x, w, Some(b), self.stride, self.pad, extra)
+    }
+
+    /// The conv of `silu(norm(x))`, with optional fused extra terms: one op ([`Tape::norm_conv2d`]), since the
+    /// normalised activation has no other reader.
+    pub fn forward_normed<B: Backend>(
+        &self,
+        tape: &mut Tape<B>,
+        norm: &GroupNorm,
+        x: Var,
+        extra: ConvExtra,
+    ) -> Result<Var> {
+        let (gamma, beta) = (tape.param(norm.weight), tape.param(norm.bias));
+        let (w, b) = (tape.param(self.weight), tape.param(self.bias));
+        let norm = Norm { gamma, beta, groups: norm.groups, silu: true };
+        tape.norm_conv2d(x, norm, w, Some(b), self.stride, self.pad, extra)
     }
 }
 

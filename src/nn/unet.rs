@@ -71,17 +71,15 @@ impl ResBlock {
     }
 
     /// The block applied to `x`, given `t_act = silu(t_emb)` (shared by all blocks). The time projection and the
-    /// residual are fused into the convs' outputs.
+    /// residual are fused into the convs' outputs, and each GroupNorm+SiLU into the conv that reads it.
     pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var, t_act: Var) -> Result<Var> {
-        let a1 = self.norm1.forward(tape, x, true)?;
         let tp = self.t_proj.forward(tape, t_act)?;
-        let h = self.conv1.forward(tape, a1, ConvExtra { chan_bias: Some(tp), residual: None })?;
-        let a2 = self.norm2.forward(tape, h, true)?;
+        let h = self.conv1.forward_normed(tape, &self.norm1, x, ConvExtra { chan_bias: Some(tp), residual: None })?;
         let skip = match &self.skip {
             Some(conv) => conv.forward(tape, x, ConvExtra::default())?,
             None => x,
         };
-        self.conv2.forward(tape, a2, ConvExtra { chan_bias: None, residual: Some(skip) })
+        self.conv2.forward_normed(tape, &self.norm2, h, ConvExtra { chan_bias: None, residual: Some(skip) })
     }
 }
 
@@ -172,8 +170,7 @@ impl UNet {
         let u1 = traced("up1", self.up1.forward(tape, d2)?);
         let cat1 = tape.concat(u1, h1)?;
         let d1 = traced("dec1", self.dec1.forward(tape, cat1, t_act)?);
-        let a = self.out_norm.forward(tape, d1, true)?;
-        Ok(traced("out_conv", self.out_conv.forward(tape, a, ConvExtra::default())?))
+        Ok(traced("out_conv", self.out_conv.forward_normed(tape, &self.out_norm, d1, ConvExtra::default())?))
     }
 }
 

@@ -3,14 +3,15 @@
 //! of `crate::ops::linear::gpu`, then the bias epilogue. The weight gradient sums over the batch inside the GEMM
 //! (a fixed order), not with atomics.
 
-use super::mma::{self, Gather, Kept, Wgrad};
-use super::{BiasSums, ConvOps, Keep};
+use super::mma::{self, Gather, Kept, Nhwc, Wgrad};
+use super::{need_input, norm_then_conv, BiasSums, ConvOps, Keep, NormConv};
 use crate::backend::{Gpu, Memory, Precision};
-use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, Planes};
+use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, NormDesc, Planes};
 use crate::error::Result;
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
 use crate::gpu::{Arg, Cost, Executor, Kernel};
 use crate::ops::linear::gpu::{sgemm, Gemm};
+use crate::ops::norm::gpu::group_norm_forward_nhwc;
 use crate::ops::reduce::gpu::copy_at;
 
 impl<E: Executor> Gpu<E> {
@@ -41,7 +42,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         gout: &E::Buf,
         grads: LayerGrads<E::Buf>,
     ) -> Result<()> {
-        self.conv2d_backward_with(d, (x, w, gout), None, grads, BiasSums::default()).map(drop)
+        self.conv2d_backward_with(d, (Some(x), w, gout), None, grads, BiasSums::default()).map(drop)
     }
     fn conv_transpose2d_forward(
         &self,
@@ -79,10 +80,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let (kk, plane) = (g.col_rows(), g.col_cols());
         if self.tensor_cores() {
             let xb = mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w)?;
-            let (wp, wp_adj) = mma::pack_weight(e, w, (co, g.c, g.k * g.k), false, keep.for_dx)?;
-            let terms = (epi.bias, epi.chan_bias, epi.residual);
-            mma::gather(e, &Gather::of(g, n, co, false), &xb, &wp, terms, false, out)?;
-            return Ok(Kept::of(keep, xb, wp_adj));
+            return conv2d_mma(e, d, xb, w, epi, out, keep);
         }
         if let Some(r) = epi.residual {
             need("conv2d residual", r, n * co * plane)?;
@@ -100,13 +98,32 @@ impl<E: Executor> ConvOps for Gpu<E> {
         Ok(None)
     }
 
+    /// Under bf16, with channel counts that are multiples of 8, GroupNorm writes the conv's channels-last operand
+    /// itself, and the conv keeps it for the weight gradient; otherwise [`norm_then_conv`].
+    fn norm_conv2d_forward(
+        &self,
+        (nd, x, affine): (NormDesc, &E::Buf, (&E::Buf, &E::Buf)),
+        d: &ConvDesc,
+        w: &E::Buf,
+        epi: Epilogue<E::Buf>,
+        out: &mut E::Buf,
+        keep: Keep,
+    ) -> Result<NormConv<Self>> {
+        if !self.tensor_cores() || !nd.c.is_multiple_of(8) {
+            return norm_then_conv(self, (nd, x, affine), d, w, epi, out, keep);
+        }
+        let (ab, stats) = group_norm_forward_nhwc(self.executor(), nd, x, affine)?;
+        let kept = conv2d_mma(self.executor(), d, ab, w, epi, out, keep)?;
+        Ok(NormConv { stats, activation: None, kept })
+    }
+
     /// `dx[i] = col2im(Wᵀ·gout[i])` and `dW = Σ_i gout[i]·im2col(x[i])ᵀ` (summed over images inside the GEMM, in
     /// order). Under bf16 the bias sums come with gout's conversion and the weight gradient reads the forward's
     /// copy of x when it was kept.
     fn conv2d_backward_with(
         &self,
         d: &ConvDesc,
-        (x, w, gout): (&E::Buf, &E::Buf, &E::Buf),
+        (x, w, gout): (Option<&E::Buf>, &E::Buf, &E::Buf),
         kept: Option<&Self::Kept>,
         grads: LayerGrads<E::Buf>,
         sums: BiasSums<E::Buf>,
@@ -119,7 +136,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
             if let Some(dw) = grads.dw {
                 let mut fresh = None;
                 let xb = kept_or(kept.and_then(|k| k.input.as_ref()), &mut fresh, || {
-                    mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w)
+                    mma::to_nhwc_bf16(e, need_input(x)?, n, g.c, g.h * g.w)
                 })?;
                 mma::wgrad(e, &Wgrad::of(g, n, co), &gb, xb, dw)?;
             }
@@ -135,7 +152,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         if let Some(dw) = grads.dw {
             let gemm =
                 Gemm { stride_a: co * plane, stride_b: kk * plane, nsum: n, ..Gemm::plain(co, kk, plane, false, true) };
-            with_columns(e, g, n, x, |col| sgemm(e, &gemm, gout, col, dw))?;
+            with_columns(e, g, n, need_input(x)?, |col| sgemm(e, &gemm, gout, col, dw))?;
         }
         if let Some(dx) = grads.dx {
             let gemm = Gemm {
@@ -236,6 +253,24 @@ impl<E: Executor> ConvOps for Gpu<E> {
         }
         sums.reduce(self, planes, gout)
     }
+}
+
+/// The tensor-core conv forward of the channels-last `xb`: the weight packed (also for the input gradient's GEMM
+/// when `keep` asks), the GEMM with every epilogue term, and what `keep` asks kept.
+fn conv2d_mma<E: Executor>(
+    e: &E,
+    d: &ConvDesc,
+    xb: Nhwc<E::Buf>,
+    w: &E::Buf,
+    epi: Epilogue<E::Buf>,
+    out: &mut E::Buf,
+    keep: Keep,
+) -> Result<Option<Kept<E::Buf>>> {
+    let (g, n, co) = (&d.geom, d.n, d.channels);
+    let (wp, wp_adj) = mma::pack_weight(e, w, (co, g.c, g.k * g.k), false, keep.for_dx)?;
+    let terms = (epi.bias, epi.chan_bias, epi.residual);
+    mma::gather(e, &Gather::of(g, n, co, false), &xb, &wp, terms, false, out)?;
+    Ok(Kept::of(keep, xb, wp_adj))
 }
 
 /// `kept` when the forward kept it, else `make()`'s result, held in `fresh`.

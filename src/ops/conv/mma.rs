@@ -46,6 +46,13 @@ pub struct Nhwc<B> {
     c: usize,
 }
 
+impl<B> Nhwc<B> {
+    /// `buf` holding `[n, plane, padded(c)]` bf16 values.
+    pub(crate) fn new(buf: Bf16Buf<B>, c: usize) -> Self {
+        Nhwc { buf, c }
+    }
+}
+
 /// What a bf16 conv's forward keeps for its backward (`ConvOps::Kept`), as [`Keep`] asks: its input's [`Nhwc`] copy
 /// for the weight gradient, and its weight packed for the input gradient's GEMM.
 pub struct Kept<B> {

@@ -9,24 +9,28 @@
 
 pub(crate) mod cpu;
 pub(crate) mod gpu;
-mod mma;
+pub(crate) mod mma;
+mod normed;
 #[cfg(test)]
 mod tests;
 mod winograd;
 
 use crate::autograd::{list_vars, profile, Rule, Tape, Var};
 use crate::backend::{Backend, Memory, ReduceOps};
-use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, Planes};
+use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, NormDesc, Planes};
 use crate::error::Result;
+use crate::ops::norm::NormOps;
 use crate::shape_err;
 use crate::tensor::Tensor;
 use std::fmt;
+
+pub use normed::{norm_then_conv, Norm, NormConv};
 
 /// What a backend offers for convolutions. The `_keep` / `_with` forms are what the tape uses: the forward may keep
 /// a value for the backward ([`ConvOps::Kept`]), and the backward also makes the bias gradients ([`BiasSums`]), so
 /// that a backend can get them from a pass over `gout` it makes anyway. By default they are the plain forms plus
 /// [`ReduceOps::channel_sums`].
-pub trait ConvOps: Memory + ReduceOps {
+pub trait ConvOps: Memory + ReduceOps + NormOps {
     /// What a forward keeps for its backward besides the tensors on the tape (as [`Keep`] asks): under bf16 on the
     /// GPU, the bf16 channels-last copy of the input that the forward made and the weight gradient reads again, and
     /// the weight packed for the input gradient's GEMM, made in the same launch as the forward's.
@@ -84,18 +88,35 @@ pub trait ConvOps: Memory + ReduceOps {
         self.conv2d_forward(d, x, w, epi, out).map(|()| None)
     }
     /// [`ConvOps::conv2d_backward`] with what the forward kept, and the channel sums of `gout: [n, channels, oh, ow]`
-    /// that `sums` asks for: the bias's written into `sums.bias`, the per-image ones returned.
+    /// that `sums` asks for: the bias's written into `sums.bias`, the per-image ones returned. `x` may be absent
+    /// when the forward kept what the weight gradient reads (`Err` if it is needed and absent).
     fn conv2d_backward_with(
         &self,
         d: &ConvDesc,
-        (x, w, gout): (&Self::Buf, &Self::Buf, &Self::Buf),
+        (x, w, gout): (Option<&Self::Buf>, &Self::Buf, &Self::Buf),
         kept: Option<&Self::Kept>,
         grads: LayerGrads<Self::Buf>,
         sums: BiasSums<Self::Buf>,
     ) -> Result<Option<Self::Buf>> {
         let _ = kept;
-        self.conv2d_backward(d, x, w, gout, grads)?;
+        if grads.dw.is_some() || grads.dx.is_some() {
+            self.conv2d_backward(d, need_input(x)?, w, gout, grads)?;
+        }
         sums.reduce(self, Planes { n: d.n, c: d.channels, plane: d.geom.oh * d.geom.ow }, gout)
+    }
+    /// `out = conv2d(a, w) + epilogue` with `a` = GroupNorm (then SiLU when `nd.silu`) of `x`, for a GroupNorm
+    /// whose only reader is this conv ([`Tape::norm_conv2d`]). Returns GroupNorm's saved `(μ, 1/σ)`, `a` when the
+    /// backward reads it from here, and what the conv keeps. By default the two ops in turn ([`norm_then_conv`]).
+    fn norm_conv2d_forward(
+        &self,
+        norm: (NormDesc, &Self::Buf, (&Self::Buf, &Self::Buf)),
+        d: &ConvDesc,
+        w: &Self::Buf,
+        epi: Epilogue<Self::Buf>,
+        out: &mut Self::Buf,
+        keep: Keep,
+    ) -> Result<NormConv<Self>> {
+        norm_then_conv(self, norm, d, w, epi, out, keep)
     }
     /// [`ConvOps::conv_transpose2d_forward`], keeping what [`ConvOps::conv_transpose2d_backward_with`] can reuse.
     fn conv_transpose2d_forward_keep(
@@ -125,6 +146,11 @@ pub trait ConvOps: Memory + ReduceOps {
         self.conv_transpose2d_backward(d, x, w, gout, grads)?;
         sums.reduce(self, Planes { n: d.n, c: d.geom.c, plane: d.geom.h * d.geom.w }, gout)
     }
+}
+
+/// The input a conv's backward reads, or an error naming it when it was not kept.
+fn need_input<T>(x: Option<&T>) -> Result<&T> {
+    x.ok_or_else(|| crate::error::Error::Shape("conv2d backward: the input was neither kept nor given".into()))
 }
 
 /// Optional terms fused into a conv's output (see [`Epilogue`]).
@@ -199,6 +225,24 @@ impl<B: Backend> Tape<'_, B> {
         extra: ConvExtra,
     ) -> Result<Var> {
         let started = profile::start();
+        let d = self.conv2d_desc(x, w, b, (stride, pad), extra)?;
+        let mut y = Tensor::alloc(self.backend(), &[d.n, d.channels, d.geom.oh, d.geom.ow])?;
+        let epi = self.epilogue(b, extra);
+        let keep = Keep::on(self, x, w);
+        let kept =
+            self.backend().conv2d_forward_keep(&d, self.value(x).buf(), self.value(w).buf(), epi, y.buf_mut(), keep)?;
+        Ok(self.push(Conv2d { x, w, b, extra, d, kept }, y, started))
+    }
+
+    /// The conv2d of `x` by `w`, its bias and extra terms checked against each other.
+    fn conv2d_desc(
+        &self,
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+        (stride, pad): (usize, usize),
+        extra: ConvExtra,
+    ) -> Result<ConvDesc> {
         let (n, ci, h, wd) = self.value(x).dims4("conv2d input")?;
         let (co, wci, kh, kw) = self.value(w).dims4("conv2d weight")?;
         if wci != ci || kh != kw {
@@ -211,14 +255,13 @@ impl<B: Backend> Tape<'_, B> {
         self.check_shape(b, &[co], "conv2d bias")?;
         self.check_shape(extra.chan_bias, &[n, co], "conv2d channel bias")?;
         self.check_shape(extra.residual, &[n, co, geom.oh, geom.ow], "conv2d residual")?;
-        let d = ConvDesc { n, geom, channels: co };
-        let mut y = Tensor::alloc(self.backend(), &[n, co, geom.oh, geom.ow])?;
+        Ok(ConvDesc { n, geom, channels: co })
+    }
+
+    /// The buffers of a conv's output terms.
+    fn epilogue(&self, b: Option<Var>, extra: ConvExtra) -> Epilogue<'_, B::Buf> {
         let buf = |v: Option<Var>| v.map(|v| self.value(v).buf());
-        let epi = Epilogue { bias: buf(b), chan_bias: buf(extra.chan_bias), residual: buf(extra.residual) };
-        let keep = Keep::on(self, x, w);
-        let kept =
-            self.backend().conv2d_forward_keep(&d, self.value(x).buf(), self.value(w).buf(), epi, y.buf_mut(), keep)?;
-        Ok(self.push(Conv2d { x, w, b, extra, d, kept }, y, started))
+        Epilogue { bias: buf(b), chan_bias: buf(extra.chan_bias), residual: buf(extra.residual) }
     }
 
     /// `y = conv_transpose2d(x, w, stride, pad) + b` (PyTorch's ConvTranspose2d), `x: [n, c_in, h, w]`,
@@ -261,16 +304,32 @@ fn input_grads<B: Backend>(
     tape: &Tape<B>,
     (x, w): (Var, Var),
     gout: &Tensor<B>,
-    [bias, chan_bias]: [Option<Var>; 2],
+    biases: [Option<Var>; 2],
     kernel: impl FnOnce((&B::Buf, &B::Buf, &B::Buf), LayerGrads<B::Buf>, BiasSums<B::Buf>) -> Result<Option<B::Buf>>,
 ) -> Result<Vec<(Var, Tensor<B>)>> {
-    let (mut dx, mut dw) = (tape.grad_for(x)?, tape.grad_for(w)?);
+    let mut dx = tape.grad_for(x)?;
+    let bufs = (tape.value(x).buf(), tape.value(w).buf(), gout.buf());
+    let rest = weight_grads(tape, dx.as_mut(), w, biases, |grads, sums| kernel(bufs, grads, sums))?;
+    Ok(dx.map(|d| (x, d)).into_iter().chain(rest).collect())
+}
+
+/// The gradients of a conv's weight and biases through `kernel` (the backend's backward, given the gradient
+/// buffers and the bias sums to make), with the input's written into `dx` when given: the weight's and the bias's
+/// in their places ([`Tape::grad_for`]), the channel bias's as `kernel` returned it.
+fn weight_grads<B: Backend>(
+    tape: &Tape<B>,
+    dx: Option<&mut Tensor<B>>,
+    w: Var,
+    [bias, chan_bias]: [Option<Var>; 2],
+    kernel: impl FnOnce(LayerGrads<B::Buf>, BiasSums<B::Buf>) -> Result<Option<B::Buf>>,
+) -> Result<Vec<(Var, Tensor<B>)>> {
+    let mut dw = tape.grad_for(w)?;
     let mut db = bias.map(|b| tape.grad_for(b)).transpose()?.flatten();
     let chan_bias = chan_bias.filter(|&v| tape.needs_grad(v));
-    let grads = LayerGrads { dx: dx.as_mut().map(Tensor::buf_mut), dw: dw.as_mut().map(Tensor::buf_mut) };
+    let grads = LayerGrads { dx: dx.map(Tensor::buf_mut), dw: dw.as_mut().map(Tensor::buf_mut) };
     let sums = BiasSums { bias: db.as_mut().map(Tensor::buf_mut), chan_bias: chan_bias.is_some() };
-    let per_image = kernel((tape.value(x).buf(), tape.value(w).buf(), gout.buf()), grads, sums)?;
-    let mut out: Vec<_> = dx.map(|d| (x, d)).into_iter().chain(dw.map(|d| (w, d))).collect();
+    let per_image = kernel(grads, sums)?;
+    let mut out: Vec<_> = dw.map(|d| (w, d)).into_iter().collect();
     out.extend(bias.zip(db));
     if let (Some(v), Some(sum)) = (chan_bias, per_image) {
         out.push((v, Tensor::from_buf(tape.backend().clone(), tape.value(v).shape(), sum)?));
@@ -311,8 +370,8 @@ impl<B: Backend> Rule<B> for Conv2d<B> {
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
         let biases = [self.b, self.extra.chan_bias];
-        let mut out = input_grads(tape, (self.x, self.w), &gout, biases, |bufs, grads, sums| {
-            be.conv2d_backward_with(&self.d, bufs, self.kept.as_ref(), grads, sums)
+        let mut out = input_grads(tape, (self.x, self.w), &gout, biases, |(x, w, g), grads, sums| {
+            be.conv2d_backward_with(&self.d, (Some(x), w, g), self.kept.as_ref(), grads, sums)
         })?;
         if let Some(r) = self.extra.residual.filter(|&v| tape.needs_grad(v)) {
             out.push((r, gout));

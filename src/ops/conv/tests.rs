@@ -332,7 +332,7 @@ fn conv_backward_with_bf16<E: Executor>(g: &Gpu<E>) {
             let per_image = if transposed {
                 g.conv_transpose2d_backward_with(&d, (&xb, &wb, &gb), kept, grads, sums)
             } else {
-                g.conv2d_backward_with(&d, (&xb, &wb, &gb), kept, grads, sums)
+                g.conv2d_backward_with(&d, (Some(&xb), &wb, &gb), kept, grads, sums)
             };
             let bits = |b| down(g, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             (bits(&dx), bits(&dw), bias.then_some(db), per_image.unwrap())
@@ -359,3 +359,55 @@ gpu_test!(conv_backward_with_bf16, crate::backend::Precision::Bf16);
 fn sum_depth(plane: usize) -> usize {
     plane.div_ceil(32) + 6
 }
+
+/// [`Tape::norm_conv2d`](crate::autograd::Tape::norm_conv2d) against `group_norm` then `conv2d` on the same
+/// backend, through an MSE loss: the output and every gradient equal to the bit, since both run the same kernels'
+/// arithmetic (under bf16 the fused GroupNorm rounds its output to bf16 as the conv's conversion rounds the f32
+/// one). 16 channels take the fused path; 12 (not a multiple of 8) fall back to the two ops.
+fn norm_conv2d_equals_unfused<E: Executor>(g: &Gpu<E>) {
+    use crate::autograd::Tape;
+    use crate::ops::conv::{ConvExtra, Norm};
+    use crate::params::Params;
+    use crate::tensor::Tensor;
+    for c in [16, 12] {
+        let (n, h, w, co, groups) = (2, 6, 5, 8, 4);
+        let mut p = Params::new();
+        let mut add = |name: &str, shape: &[usize], seed: u64| {
+            let len = shape.iter().product();
+            p.add(name, Tensor::new(shape, rand(seed, len)).unwrap())
+        };
+        let x = add("x", &[n, c, h, w], 20);
+        let (gamma, beta) = (add("gamma", &[c], 21), add("beta", &[c], 22));
+        let (wt, b) = (add("w", &[co, c, 3, 3], 23), add("b", &[co], 24));
+        let (cb, res) = (add("chan_bias", &[n, co], 25), add("residual", &[n, co, h, w], 26));
+        let params = p.to_backend(g).unwrap();
+        let target = Tensor::new(&[n, co, h, w], rand(27, n * co * h * w)).unwrap();
+        let run = |fused: bool| -> (Vec<f32>, Vec<Vec<f32>>) {
+            let mut t = Tape::new(&params);
+            let [x, gamma, beta, wt, b, cb, res] = [x, gamma, beta, wt, b, cb, res].map(|id| t.param(id));
+            let extra = ConvExtra { chan_bias: Some(cb), residual: Some(res) };
+            let y = if fused {
+                t.norm_conv2d(x, Norm { gamma, beta, groups, silu: true }, wt, Some(b), 1, 1, extra).unwrap()
+            } else {
+                let a = t.group_norm(x, gamma, beta, groups, true).unwrap();
+                t.conv2d(a, wt, Some(b), 1, 1, extra).unwrap()
+            };
+            let target = t.input_host(target.clone()).unwrap();
+            let loss = t.mse(y, target).unwrap();
+            let out = down(g, t.value(y).buf());
+            let grads = t.backward(loss).unwrap();
+            (out, grads.0.iter().map(|v| down(g, v.buf())).collect())
+        };
+        let ((y, grads), (y_ref, grads_ref)) = (run(true), run(false));
+        let first_diff = |a: &[f32], b: &[f32]| {
+            assert_eq!(a.len(), b.len());
+            a.iter().zip(b).position(|(p, q)| p.to_bits() != q.to_bits()).map(|i| (i, a[i], b[i]))
+        };
+        assert_eq!(first_diff(&y, &y_ref), None, "c={c}: output (index, fused, unfused)");
+        for (i, (got, want)) in grads.iter().zip(&grads_ref).enumerate() {
+            let name = params.name(crate::params::ParamId(i));
+            assert_eq!(first_diff(got, want), None, "c={c}: gradient of {name} (index, fused, unfused)");
+        }
+    }
+}
+gpu_test!(norm_conv2d_equals_unfused, crate::backend::Precision::Bf16);

@@ -55,7 +55,9 @@ impl<E: Executor> LinearOps for Gpu<E> {
         grads: LayerGrads<E::Buf>,
     ) -> Result<()> {
         if self.precision() == Precision::Bf16 {
-            return self.conv2d_backward_with(&as_conv(d), (x, w, gy), kept, grads, BiasSums::default()).map(drop);
+            return self
+                .conv2d_backward_with(&as_conv(d), (Some(x), w, gy), kept, grads, BiasSums::default())
+                .map(drop);
         }
         let e = self.executor();
         if let Some(dx) = grads.dx {

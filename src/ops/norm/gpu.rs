@@ -6,7 +6,8 @@ use crate::backend::Gpu;
 use crate::desc::NormDesc;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{i32_arg, int, need, run, BLOCK};
-use crate::gpu::{Arg, Cost, Executor, Kernel, LaunchCfg};
+use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel, LaunchCfg};
+use crate::ops::conv::mma::Nhwc;
 use crate::ops::reduce::gpu::sum_rows_pair;
 
 impl<E: Executor> NormOps for Gpu<E> {
@@ -14,31 +15,11 @@ impl<E: Executor> NormOps for Gpu<E> {
         &self,
         d: NormDesc,
         x: &E::Buf,
-        (gamma, beta): (&E::Buf, &E::Buf),
+        affine: (&E::Buf, &E::Buf),
         y: &mut E::Buf,
     ) -> Result<(E::Buf, E::Buf)> {
-        let e = self.executor();
-        check(d, x, gamma, beta)?;
         need("group_norm y", y, d.n * d.c * d.plane)?;
-        // Fresh buffers that only this launch writes.
-        let (mean, rstd) = (e.alloc(d.n * d.groups)?, e.alloc(d.n * d.groups)?);
-        let args = [
-            Arg::Buf(x),
-            Arg::Buf(gamma),
-            Arg::Buf(beta),
-            Arg::Buf(y),
-            Arg::Buf(&mean),
-            Arg::Buf(&rstd),
-            i32_arg(d.c)?,
-            i32_arg(d.plane)?,
-            i32_arg(d.groups)?,
-            Arg::F32(d.eps),
-            Arg::I32(d.silu as i32),
-        ];
-        // Statistics from one read, the normalised (and SiLU'd) output from a second: ~8 operations per value.
-        let len = d.n * d.c * d.plane;
-        run(e, Kernel::GroupNormFwd, grid(d)?, Cost::pass(2 * len, len, 8), &args)?;
-        Ok((mean, rstd))
+        forward(self.executor(), d, x, affine, Output::F32(y))
     }
     fn group_norm_backward(
         &self,
@@ -79,6 +60,67 @@ impl<E: Executor> NormOps for Gpu<E> {
         run(e, Kernel::GroupNormBwd, grid(d)?, Cost::pass(4 * len, len, 12), &args)?;
         sum_rows_pair(e, &parts, d.n, d.c, (dgamma, dbeta))
     }
+}
+
+/// Where a forward writes its output.
+enum Output<'a, B> {
+    /// `[n, c, plane]` f32, as the tape holds values.
+    F32(&'a mut B),
+    /// bf16 channels-last, the operand of a tensor-core conv.
+    Nhwc(&'a Bf16Buf<B>),
+}
+
+/// GroupNorm (then SiLU when `d.silu`) of `x` written as the bf16 channels-last operand of the conv that reads it
+/// (`c` a multiple of 8, so no padding), with the saved `(μ, 1/σ)`: the values `group_norm_forward` would write, each
+/// rounded to bf16 as the conv's conversion of them would round it.
+pub(crate) fn group_norm_forward_nhwc<E: Executor>(
+    e: &E,
+    d: NormDesc,
+    x: &E::Buf,
+    affine: (&E::Buf, &E::Buf),
+) -> Result<(Nhwc<E::Buf>, (E::Buf, E::Buf))> {
+    if !d.c.is_multiple_of(8) {
+        return Err(Error::Shape(format!("group_norm into a bf16 operand: {} channels, not a multiple of 8", d.c)));
+    }
+    let yb = e.alloc_bf16(d.n * d.c * d.plane)?;
+    let stats = forward(e, d, x, affine, Output::Nhwc(&yb))?;
+    Ok((Nhwc::new(yb, d.c), stats))
+}
+
+/// One `group_norm_fwd` launch; returns fresh `(μ, 1/σ)`.
+fn forward<E: Executor>(
+    e: &E,
+    d: NormDesc,
+    x: &E::Buf,
+    (gamma, beta): (&E::Buf, &E::Buf),
+    y: Output<E::Buf>,
+) -> Result<(E::Buf, E::Buf)> {
+    check(d, x, gamma, beta)?;
+    // Fresh buffers that only this launch writes.
+    let (mean, rstd) = (e.alloc(d.n * d.groups)?, e.alloc(d.n * d.groups)?);
+    let len = d.n * d.c * d.plane;
+    let (y32, yb, written) = match y {
+        Output::F32(y) => (Arg::Buf(&*y), Arg::Null, 4 * len),
+        Output::Nhwc(b) => (Arg::Null, Arg::Bf16(b), 2 * len),
+    };
+    let args = [
+        Arg::Buf(x),
+        Arg::Buf(gamma),
+        Arg::Buf(beta),
+        y32,
+        yb,
+        Arg::Buf(&mean),
+        Arg::Buf(&rstd),
+        i32_arg(d.c)?,
+        i32_arg(d.plane)?,
+        i32_arg(d.groups)?,
+        Arg::F32(d.eps),
+        Arg::I32(d.silu as i32),
+    ];
+    // Statistics from one read, the normalised (and SiLU'd) output from a second: ~8 operations per value.
+    let cost = Cost::simt(8 * len, 8 * len + written);
+    run(e, Kernel::GroupNormFwd, grid(d)?, cost, &args)?;
+    Ok((mean, rstd))
 }
 
 /// One block per (group, image).

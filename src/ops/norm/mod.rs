@@ -1,7 +1,7 @@
 //! Group normalisation (Wu & He 2018), optionally fused with the SiLU that follows it in every ResBlock.
 
 mod cpu;
-mod gpu;
+pub(crate) mod gpu;
 #[cfg(test)]
 mod tests;
 
@@ -44,18 +44,47 @@ impl<B: Backend> Tape<'_, B> {
     /// SiLU when `silu` (fused: one pass, and the pre-SiLU value is not kept).
     pub fn group_norm(&mut self, x: Var, gamma: Var, beta: Var, groups: usize, silu: bool) -> Result<Var> {
         let started = profile::start();
+        let d = self.norm_desc(x, (gamma, beta), groups, silu)?;
+        let mut y = Tensor::alloc(self.backend(), self.value(x).shape())?;
+        let affine = (self.value(gamma).buf(), self.value(beta).buf());
+        let (mean, rstd) = self.backend().group_norm_forward(d, self.value(x).buf(), affine, y.buf_mut())?;
+        Ok(self.push(GroupNorm { x, gamma, beta, d, mean, rstd }, y, started))
+    }
+
+    /// The GroupNorm of `x: [n, c, h, w]` over `groups` groups with affine `gamma, beta: [c]`, checked.
+    pub(crate) fn norm_desc(&self, x: Var, (gamma, beta): (Var, Var), groups: usize, silu: bool) -> Result<NormDesc> {
         let (n, c, h, w) = self.value(x).dims4("group_norm input")?;
         if groups == 0 || c % groups != 0 {
             return shape_err!("group_norm: {c} channels do not split into {groups} groups");
         }
         self.check_shape(Some(gamma), &[c], "group_norm weight")?;
         self.check_shape(Some(beta), &[c], "group_norm bias")?;
-        let d = NormDesc { n, c, plane: h * w, groups, eps: GROUP_NORM_EPS, silu };
-        let mut y = Tensor::alloc(self.backend(), &[n, c, h, w])?;
-        let affine = (self.value(gamma).buf(), self.value(beta).buf());
-        let (mean, rstd) = self.backend().group_norm_forward(d, self.value(x).buf(), affine, y.buf_mut())?;
-        Ok(self.push(GroupNorm { x, gamma, beta, d, mean, rstd }, y, started))
+        Ok(NormDesc { n, c, plane: h * w, groups, eps: GROUP_NORM_EPS, silu })
     }
+}
+
+/// The gradients of a GroupNorm `d` of `x` with affine `(gamma, beta)` and saved `(μ, 1/σ)`, given its output's
+/// gradient `gy`: x's when it needs one, γ's and β's in their places.
+pub(crate) fn norm_grads<B: Backend>(
+    tape: &Tape<B>,
+    (x, gamma, beta): (Var, Var, Var),
+    d: NormDesc,
+    stats: (&B::Buf, &B::Buf),
+    gy: &B::Buf,
+) -> Result<Vec<(Var, Tensor<B>)>> {
+    let be = tape.backend();
+    let mut dx = tape.grad_for(x)?;
+    // γ's and β's gradients in their places; both are made in one launch, so one that needs none (a tape tracks
+    // every parameter, so never in practice) is made into scratch and dropped.
+    let place = |v: Var| tape.grad_for(v)?.map_or_else(|| Tensor::alloc(be, &[d.c]), Ok);
+    let (mut dg, mut db) = (place(gamma)?, place(beta)?);
+    let inputs = (tape.value(x).buf(), tape.value(gamma).buf(), tape.value(beta).buf());
+    let dxb = dx.as_mut().map(Tensor::buf_mut);
+    be.group_norm_backward(d, inputs, stats, gy, dxb, (dg.buf_mut(), db.buf_mut()))?;
+    let mut out: Vec<_> = dx.map(|d| (x, d)).into_iter().collect();
+    out.push((gamma, dg));
+    out.push((beta, db));
+    Ok(out)
 }
 
 /// `y = γ·(x-μ)/σ + β` per group, then SiLU if `d.silu`. Saves `(μ, 1/σ)` per (image, group); the backward
@@ -81,20 +110,7 @@ impl<B: Backend> Rule<B> for GroupNorm<B> {
         vec![self.x, self.gamma, self.beta]
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
-        let be = tape.backend();
-        let mut dx = tape.grad_for(self.x)?;
-        // γ's and β's gradients in their places; both are made in one launch, so one that needs none (a tape
-        // tracks every parameter, so never in practice) is made into scratch and dropped.
-        let place = |v: Var| tape.grad_for(v)?.map_or_else(|| Tensor::alloc(be, &[self.d.c]), Ok);
-        let (mut dg, mut db) = (place(self.gamma)?, place(self.beta)?);
-        let inputs = (tape.value(self.x).buf(), tape.value(self.gamma).buf(), tape.value(self.beta).buf());
-        let stats = (&self.mean, &self.rstd);
-        let dxb = dx.as_mut().map(Tensor::buf_mut);
-        be.group_norm_backward(self.d, inputs, stats, gout.buf(), dxb, (dg.buf_mut(), db.buf_mut()))?;
-        let mut out: Vec<_> = dx.map(|d| (self.x, d)).into_iter().collect();
-        out.push((self.gamma, dg));
-        out.push((self.beta, db));
-        Ok(out)
+        norm_grads(tape, (self.x, self.gamma, self.beta), self.d, (&self.mean, &self.rstd), gout.buf())
     }
 }
 

@@ -5,11 +5,14 @@
 static __device__ __forceinline__ float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
 
 // y = z or silu(z), z = (x - mean)*rstd*gamma[c] + beta[c]; saves mean and rstd per (i, g) for the backward.
-// Two passes over the group (mean, then the centred variance) for accuracy. Launch: grid (G, n), block 256.
+// Two passes over the group (mean, then the centred variance) for accuracy. When `yb` is not null, y is not
+// written: the values go to yb as bf16 channels-last [n, plane, C] (C % 8 == 0), the operand of the conv that
+// reads them (conv_gather_mma), rounded as nchw_to_nhwc_bf16 rounds y, so that the conv's operand is made without
+// writing y and converting it. Launch: grid (G, n), block 256.
 extern "C" __global__ void __launch_bounds__(256)
 group_norm_fwd(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
-               float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out, int C, int plane,
-               int G, float eps, int silu) {
+               float* __restrict__ y, bf16* __restrict__ yb, float* __restrict__ mean_out,
+               float* __restrict__ rstd_out, int C, int plane, int G, float eps, int silu) {
   __shared__ float scratch[32];
   const int g = blockIdx.x, i = blockIdx.y, cpg = C / G, M = cpg * plane;
   const long long base = ((long long)i * C + (long long)g * cpg) * plane;
@@ -19,10 +22,23 @@ group_norm_fwd(const float* __restrict__ x, const float* __restrict__ gamma, con
   float q = 0.0f;
   for (int e = threadIdx.x; e < M; e += blockDim.x) { const float d = x[base + e] - mean; q += d * d; }
   const float rstd = 1.0f / sqrtf(block_sum(q, scratch) / M + eps);
-  for (int e = threadIdx.x; e < M; e += blockDim.x) {
-    const int c = g * cpg + e / plane;
-    const float z = (x[base + e] - mean) * rstd * gamma[c] + beta[c];
-    y[base + e] = silu ? z * sigmoidf_(z) : z;
+  if (yb) {
+    // Thread p reads pixel p of each of the group's channels (coalesced across threads) and writes them as the
+    // group's cpg contiguous channels of that pixel.
+    bf16* out = yb + (long long)i * plane * C + g * cpg;
+    for (int p = threadIdx.x; p < plane; p += blockDim.x) {
+      for (int j = 0; j < cpg; j++) {
+        const int c = g * cpg + j;
+        const float z = (x[base + (long long)j * plane + p] - mean) * rstd * gamma[c] + beta[c];
+        out[(long long)p * C + j] = f32_to_bf16(silu ? z * sigmoidf_(z) : z);
+      }
+    }
+  } else {
+    for (int e = threadIdx.x; e < M; e += blockDim.x) {
+      const int c = g * cpg + e / plane;
+      const float z = (x[base + e] - mean) * rstd * gamma[c] + beta[c];
+      y[base + e] = silu ? z * sigmoidf_(z) : z;
+    }
   }
   if (threadIdx.x == 0) { mean_out[i * G + g] = mean; rstd_out[i * G + g] = rstd; }
 }

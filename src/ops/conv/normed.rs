@@ -1,0 +1,135 @@
+//! `conv2d(silu(GroupNorm(x)))` as one op: every GroupNorm of the UNet is read by one conv only, so the normalised
+//! activation need not be a tape value. On the CPU and in f32 the two ops run in turn and the activation is kept
+//! for the weight gradient; under bf16 on the GPU, GroupNorm writes the conv's bf16 channels-last operand directly
+//! (`gpu.rs`), saving the f32 activation's write, its read and the conversion's launch.
+
+use super::{weight_grads, ConvExtra, ConvOps, Keep};
+use crate::autograd::{list_vars, profile, Rule, Tape, Var};
+use crate::backend::Backend;
+use crate::desc::{ConvDesc, Epilogue, NormDesc};
+use crate::error::Result;
+use crate::ops::norm::norm_grads;
+use crate::tensor::Tensor;
+use std::fmt;
+
+/// The GroupNorm in front of a conv: affine `gamma, beta: [c]` over `groups` groups, then SiLU when `silu`.
+#[derive(Clone, Copy, Debug)]
+pub struct Norm {
+    pub gamma: Var,
+    pub beta: Var,
+    pub groups: usize,
+    pub silu: bool,
+}
+
+/// What [`ConvOps::norm_conv2d_forward`] leaves for the backward: GroupNorm's `(μ, 1/σ)`, the normalised
+/// activation when the backend made it in f32, and what the conv kept.
+pub struct NormConv<B: ConvOps + ?Sized> {
+    pub stats: (B::Buf, B::Buf),
+    pub activation: Option<B::Buf>,
+    pub kept: Option<B::Kept>,
+}
+
+/// [`ConvOps::norm_conv2d_forward`] as GroupNorm into an f32 activation, then the conv of it.
+pub fn norm_then_conv<B: ConvOps + ?Sized>(
+    be: &B,
+    (nd, x, affine): (NormDesc, &B::Buf, (&B::Buf, &B::Buf)),
+    d: &ConvDesc,
+    w: &B::Buf,
+    epi: Epilogue<B::Buf>,
+    out: &mut B::Buf,
+    keep: Keep,
+) -> Result<NormConv<B>> {
+    let mut a = be.alloc(nd.n * nd.c * nd.plane)?;
+    let stats = be.group_norm_forward(nd, x, affine, &mut a)?;
+    let kept = be.conv2d_forward_keep(d, &a, w, epi, out, keep)?;
+    Ok(NormConv { stats, activation: Some(a), kept })
+}
+
+impl<B: Backend> Tape<'_, B> {
+    /// `y = conv2d(a, w, stride, pad) + b + extra` with `a = GroupNorm(x)` (then SiLU), for a GroupNorm that only
+    /// this conv reads: [`Tape::group_norm`] then [`Tape::conv2d`], with `a` not on the tape.
+    #[allow(clippy::too_many_arguments)] // the conv's own arguments, plus the norm
+    pub fn norm_conv2d(
+        &mut self,
+        x: Var,
+        norm: Norm,
+        w: Var,
+        b: Option<Var>,
+        stride: usize,
+        pad: usize,
+        extra: ConvExtra,
+    ) -> Result<Var> {
+        let started = profile::start();
+        let nd = self.norm_desc(x, (norm.gamma, norm.beta), norm.groups, norm.silu)?;
+        let d = self.conv2d_desc(x, w, b, (stride, pad), extra)?;
+        let mut y = Tensor::alloc(self.backend(), &[d.n, d.channels, d.geom.oh, d.geom.ow])?;
+        // The weight's gradient reads `a`; the input gradient of the conv is always made (GroupNorm's parameters
+        // need it).
+        let keep = Keep { for_dw: self.needs_grad(w), for_dx: self.needs_grad(x) || self.needs_grad(norm.gamma) };
+        let affine = (self.value(norm.gamma).buf(), self.value(norm.beta).buf());
+        let saved = self.backend().norm_conv2d_forward(
+            (nd, self.value(x).buf(), affine),
+            &d,
+            self.value(w).buf(),
+            self.epilogue(b, extra),
+            y.buf_mut(),
+            keep,
+        )?;
+        Ok(self.push(NormConv2d { x, norm, w, b, extra, nd, d, saved }, y, started))
+    }
+}
+
+/// `y = conv2d(GroupNorm(x), w) + b + extra`: the conv's backward into the activation's gradient, then
+/// GroupNorm's from it.
+struct NormConv2d<B: Backend> {
+    x: Var,
+    norm: Norm,
+    w: Var,
+    b: Option<Var>,
+    extra: ConvExtra,
+    nd: NormDesc,
+    d: ConvDesc,
+    saved: NormConv<B>,
+}
+
+impl<B: Backend> NormConv2d<B> {
+    /// The values this op reads.
+    fn vars(&self) -> Vec<Var> {
+        let (n, e) = (self.norm, self.extra);
+        [Some(self.x), Some(n.gamma), Some(n.beta), Some(self.w), self.b, e.chan_bias, e.residual]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
+impl<B: Backend> Rule<B> for NormConv2d<B> {
+    fn name(&self) -> &'static str {
+        "norm_conv2d"
+    }
+    fn inputs(&self) -> Vec<Var> {
+        self.vars()
+    }
+    fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
+        let be = tape.backend();
+        let mut da = Tensor::alloc(be, tape.value(self.x).shape())?;
+        let (a, w, kept) = (self.saved.activation.as_ref(), tape.value(self.w).buf(), self.saved.kept.as_ref());
+        let mut out = weight_grads(tape, Some(&mut da), self.w, [self.b, self.extra.chan_bias], |grads, sums| {
+            be.conv2d_backward_with(&self.d, (a, w, gout.buf()), kept, grads, sums)
+        })?;
+        if let Some(r) = self.extra.residual.filter(|&v| tape.needs_grad(v)) {
+            out.push((r, gout));
+        }
+        let (x, n) = (self.x, self.norm);
+        let stats = (&self.saved.stats.0, &self.saved.stats.1);
+        out.extend(norm_grads(tape, (x, n.gamma, n.beta), self.nd, stats, da.buf())?);
+        Ok(out)
+    }
+}
+
+impl<B: Backend> fmt::Display for NormConv2d<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (g, inputs) = (self.d.geom, list_vars(&self.vars()));
+        write!(f, "norm_conv2d({inputs}; groups={} k={} s={} p={})", self.norm.groups, g.k, g.stride, g.pad)
+    }
+}

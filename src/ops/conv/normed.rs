@@ -23,14 +23,14 @@ pub struct Norm {
 
 /// What [`ConvOps::norm_conv2d_forward`] leaves for the backward: GroupNorm's `(μ, 1/σ)`, the normalised
 /// activation when the backend made it in f32, and what the conv kept.
-pub struct NormConv<B: ConvOps + ?Sized> {
+pub struct NormConv<B: ConvOps> {
     pub stats: (B::Buf, B::Buf),
     pub activation: Option<B::Buf>,
     pub kept: Option<B::Kept>,
 }
 
 /// [`ConvOps::norm_conv2d_forward`] as GroupNorm into an f32 activation, then the conv of it.
-pub fn norm_then_conv<B: ConvOps + ?Sized>(
+pub fn norm_then_conv<B: ConvOps>(
     be: &B,
     (nd, x, affine): (NormDesc, &B::Buf, (&B::Buf, &B::Buf)),
     d: &ConvDesc,

@@ -62,6 +62,9 @@ impl<E: Executor> NormOps for Gpu<E> {
     }
 }
 
+/// GroupNorm's saved `(μ, 1/σ)`, `[n·groups]` each.
+type Stats<B> = (B, B);
+
 /// Where a forward writes its output.
 enum Output<'a, B> {
     /// `[n, c, plane]` f32, as the tape holds values.
@@ -78,7 +81,7 @@ pub(crate) fn group_norm_forward_nhwc<E: Executor>(
     d: NormDesc,
     x: &E::Buf,
     affine: (&E::Buf, &E::Buf),
-) -> Result<(Nhwc<E::Buf>, (E::Buf, E::Buf))> {
+) -> Result<(Nhwc<E::Buf>, Stats<E::Buf>)> {
     if !d.c.is_multiple_of(8) {
         return Err(Error::Shape(format!("group_norm into a bf16 operand: {} channels, not a multiple of 8", d.c)));
     }

@@ -62,8 +62,8 @@ impl<E: Executor> NormOps for Gpu<E> {
     }
 }
 
-/// GroupNorm's saved `(μ, 1/σ)`, `[n·groups]` each.
-type Stats<B> = (B, B);
+/// A GroupNorm's output as a conv operand, and its saved `(μ, 1/σ)`, `[n·groups]` each.
+type Normed<B> = (Nhwc<B>, (B, B));
 
 /// Where a forward writes its output.
 enum Output<'a, B> {
@@ -81,7 +81,7 @@ pub(crate) fn group_norm_forward_nhwc<E: Executor>(
     d: NormDesc,
     x: &E::Buf,
     affine: (&E::Buf, &E::Buf),
-) -> Result<(Nhwc<E::Buf>, Stats<E::Buf>)> {
+) -> Result<Normed<E::Buf>> {
     if !d.c.is_multiple_of(8) {
         return Err(Error::Shape(format!("group_norm into a bf16 operand: {} channels, not a multiple of 8", d.c)));
     }

@@ -5,6 +5,8 @@ use crate::backend::{Backend, Cpu};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::OnceLock;
 
 /// Index of a parameter in a [`Params`] store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -21,6 +23,34 @@ pub struct Params<B: Backend = Cpu> {
     index: HashMap<String, usize>,
     /// The tensors' arena, when they are views of one (on a GPU).
     arena: Arena<B>,
+    /// The conv and linear weights packed for the GEMMs ([`Params::packed`]).
+    packs: Packs<B>,
+}
+
+/// A parameter set's packed conv weights ([`ConvOps::pack_weights`]): the plan, made once (it depends on the
+/// shapes only), and the packing of the current values, made on first use and dropped by every `&mut` access to
+/// the parameters, so no conv ever reads a packing of older values. A clone starts without either.
+struct Packs<B: Backend> {
+    plan: OnceLock<Option<B::PackPlan>>,
+    packed: OnceLock<Vec<Option<B::PackedWeight>>>,
+}
+
+impl<B: Backend> Default for Packs<B> {
+    fn default() -> Self {
+        Packs { plan: OnceLock::new(), packed: OnceLock::new() }
+    }
+}
+
+impl<B: Backend> Clone for Packs<B> {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl<B: Backend> fmt::Debug for Packs<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Packs {{ packed: {} }}", self.packed.get().is_some())
+    }
 }
 
 impl Params {
@@ -41,7 +71,8 @@ impl<B: Backend> Params<B> {
     pub fn to_backend<C: Backend>(&self, backend: &C) -> Result<Params<C>> {
         let host = self.tensors.iter().map(|t| t.to_backend(&crate::backend::Cpu)).collect::<Result<Vec<_>>>()?;
         let (arena, tensors) = arena::place(backend, &host)?;
-        Ok(Params { backend: backend.clone(), names: self.names.clone(), tensors, index: self.index.clone(), arena })
+        let (names, index) = (self.names.clone(), self.index.clone());
+        Ok(Params { backend: backend.clone(), names, tensors, index, arena, packs: Packs::default() })
     }
 
     /// The tensors' arena, when they are views of one.
@@ -51,11 +82,41 @@ impl<B: Backend> Params<B> {
 
     /// The tensors' arena, mutable, when they are views of one.
     pub fn arena_mut(&mut self) -> &mut Arena<B> {
+        self.packs.packed = OnceLock::new();
         &mut self.arena
+    }
+
+    /// Parameter `id` packed for the convs, when it is a 4-D or 2-D weight of an arena and the backend packs (bf16 on a
+    /// GPU): on the first call after the parameters last changed, every such weight is packed, in one launch.
+    pub fn packed(&self, id: ParamId) -> Result<Option<&B::PackedWeight>> {
+        let plan = match self.packs.plan.get() {
+            Some(plan) => plan,
+            None => {
+                let plan = match (self.arena.buf(), self.arena.layout()) {
+                    (Some(_), Some(layout)) => {
+                        let shapes = layout.parts().iter().zip(&self.tensors);
+                        let tensors: Vec<(usize, &[usize])> = shapes.map(|(&(at, _), t)| (at, t.shape())).collect();
+                        self.backend.pack_plan(&tensors)?
+                    }
+                    _ => None,
+                };
+                self.packs.plan.get_or_init(|| plan)
+            }
+        };
+        let (Some(plan), Some(arena)) = (plan, self.arena.buf()) else { return Ok(None) };
+        let packed = match self.packs.packed.get() {
+            Some(p) => p,
+            None => {
+                let p = self.backend.pack_weights(plan, arena)?;
+                self.packs.packed.get_or_init(|| p)
+            }
+        };
+        Ok(packed.get(id.0).and_then(Option::as_ref))
     }
 
     /// Registers `tensor` under `name` (which must be new).
     pub fn add(&mut self, name: &str, tensor: Tensor<B>) -> ParamId {
+        self.packs = Packs::default();
         assert!(!self.index.contains_key(name), "parameter {name} registered twice");
         self.index.insert(name.to_string(), self.tensors.len());
         self.names.push(name.to_string());
@@ -103,6 +164,7 @@ impl<B: Backend> Params<B> {
     /// Writing through a tensor that is a view writes the arena too; replacing a tensor would detach it from the
     /// arena, which the flat optimiser updates, so only copies (which have no arena) may have tensors replaced.
     pub fn tensors_mut(&mut self) -> &mut [Tensor<B>] {
+        self.packs.packed = OnceLock::new();
         &mut self.tensors
     }
 
@@ -116,6 +178,7 @@ impl Params {
     /// Replaces every tensor by the one of the same name in `source`, which must hold exactly these names with
     /// these shapes. `what` names the source in errors (a file name, say).
     pub fn load_from(&mut self, source: &HashMap<String, Tensor>, what: &str) -> Result<()> {
+        self.packs = Packs::default();
         for (name, t) in self.names.iter().zip(self.tensors.iter_mut()) {
             let src = source.get(name).ok_or_else(|| Error::file(what, format!("missing tensor `{name}`")))?;
             if src.shape() != t.shape() {

@@ -8,7 +8,7 @@ mod common;
 
 use common::{assert_close, golden, golden_model, golden_step};
 use ddpm::backend::Gpu;
-use ddpm::diffusion::{sample, SamplerKind, Schedule};
+use ddpm::diffusion::{sample, Denoiser, SamplerKind, Schedule};
 use ddpm::gpu::{cuda::Cuda, Executor};
 use ddpm::nn::{UNetConfig, UNetDenoiser};
 use ddpm::optim::clip_grad_norm;
@@ -199,4 +199,31 @@ fn bf16_training_on_the_emulator_follows_the_f32_cpu_loss() {
         assert!(rel <= 0.02, "step {step}: bf16 loss {got}, f32 CPU loss {want} ({:.2}% apart)", 100.0 * rel);
     }
     eprintln!("bf16 on the emulator vs f32 on the CPU over 20 steps: losses at most {:.3}% apart", 100.0 * worst);
+}
+
+/// Under bf16 the GPU packs the conv and linear weights once per parameter update (`Params::packed`); a packing
+/// must never outlive the values it was made from. After each training step (whose optimiser writes the
+/// parameters), the model's prediction from the trained parameters equals to the bit that from a fresh copy of
+/// them, which packs anew; and it differs from the prediction before the step.
+#[test]
+fn packed_weights_follow_every_update() {
+    let config = tiny_config();
+    let sched = Schedule::linear(config.timesteps, 1e-4, 2e-2).unwrap();
+    let bf16 = Gpu::new(ddpm::gpu::emu::Emulator::new()).with_precision(ddpm::backend::Precision::Bf16);
+    let mut gpu = TrainState::new(config).unwrap().to_backend(&bf16).unwrap();
+    let model = gpu.model.clone();
+    let x = Tensor::new(&[2, 1, 8, 8], (0..128).map(|i| ((i * 29 % 97) as f32 / 48.0) - 1.0).collect()).unwrap();
+    let x_dev = x.to_backend(&bf16).unwrap();
+    let predict = |params: &ddpm::params::Params<Gpu<ddpm::gpu::emu::Emulator>>| -> Vec<u32> {
+        let eps = UNetDenoiser { model: &model, params }.predict_eps(&x_dev, &[3, 7]).unwrap();
+        eps.to_host().unwrap().data().iter().map(|v| v.to_bits()).collect()
+    };
+    for step in 0..3 {
+        let before = predict(&gpu.params);
+        gpu.train_step(&sched, &x).unwrap();
+        let after = predict(&gpu.params);
+        assert!(after != before, "step {step}: the prediction did not change with the parameters");
+        let fresh = predict(&gpu.params.to_backend(&bf16).unwrap());
+        assert!(after == fresh, "step {step}: the trained parameters predict other bits than a fresh copy of them");
+    }
 }

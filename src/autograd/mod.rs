@@ -148,6 +148,14 @@ impl<'p, B: Backend> Tape<'p, B> {
     }
 
     /// Whether a gradient must flow into `v`.
+    /// `v` packed for the convs when it is a parameter the backend packs ([`Params::packed`]).
+    pub fn packed(&self, v: Var) -> Result<Option<&B::PackedWeight>> {
+        match self.nodes[v.0].op {
+            Op::Param(id) => self.params.packed(id),
+            _ => Ok(None),
+        }
+    }
+
     pub fn needs_grad(&self, v: Var) -> bool {
         self.nodes[v.0].needs_grad
     }

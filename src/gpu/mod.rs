@@ -190,6 +190,13 @@ pub trait Executor: Send + Sync + 'static {
     fn alloc_bf16(&self, len: usize) -> Result<Bf16Buf<Self::Buf>> {
         Ok(Bf16Buf { buf: self.alloc(len.div_ceil(2))?, len })
     }
+    /// A view of `len` values of `buf` from value `offset` on, which must be even (a view starts at a word).
+    fn view_bf16(&self, buf: &Bf16Buf<Self::Buf>, offset: usize, len: usize) -> Result<Bf16Buf<Self::Buf>> {
+        if !offset.is_multiple_of(2) || offset + len > buf.len {
+            return Err(Error::Shape(format!("bf16 view of {len} values at {offset} in a buffer of {}", buf.len)));
+        }
+        Ok(Bf16Buf { buf: self.view(&buf.buf, offset / 2, len.div_ceil(2))?, len })
+    }
     /// Copies an index buffer back, after all launches before it have finished.
     fn download_i32(&self, buf: &IntBuf<Self::Buf>) -> Result<Vec<u32>> {
         Ok(self.download(&buf.buf)?.into_iter().map(f32::to_bits).collect())

@@ -133,28 +133,40 @@ nchw_to_nhwc_bf16(const float* __restrict__ x, bf16* __restrict__ y, float* __re
   if (tx == 0 && c0 + ty < C) sums[((long long)blockIdx.x * gridDim.z + img) * C + c0 + ty] = s;
 }
 
-// The weight w (a conv's [out, in, k*k], a transposed conv's [in, out, k*k]) as the bf16 GEMM operand
-// wp[o][tap][c] for o < O, c < CP = C rounded up to 8 (channels padded with zeros, as nchw_to_nhwc_bf16 pads the
-// activation): w is [O, C, KK] (o first) when `swap` is 0, [C, O, KK] when it is 1. When wp_adj is not null, the
-// blocks with blockIdx.y = 1 write the operand of the adjoint GEMM from the same w, wp_adj[c][tap][o] for c < C,
-// o < OP = O rounded up to 8 (O and C exchanged, `swap` flipped): a conv's forward packs its weight for the input
-// gradient in the same launch. Launch: grid (grid-stride over the larger operand, wp_adj ? 2 : 1).
-extern "C" __global__ void pack_weight_bf16(const float* __restrict__ w, bf16* __restrict__ wp,
-                                            bf16* __restrict__ wp_adj, int O, int C, int KK, int swap) {
-  bf16* dst = wp;
-  if (blockIdx.y == 1) {
-    dst = wp_adj;
-    const int t = O;
-    O = C;
-    C = t;
-    swap = !swap;
-  }
+// dst[o][tap][c] = w as the bf16 GEMM operand for o < O, c < CP = C rounded up to 8 (channels padded with zeros, as
+// nchw_to_nhwc_bf16 pads the activation): w is [O, C, KK] (o first) when `swap` is 0, [C, O, KK] when it is 1. The
+// grid-stride loop of the blocks along x.
+static __device__ __forceinline__ void pack_operand(const float* __restrict__ w, bf16* __restrict__ dst, int O, int C,
+                                                    int KK, int swap) {
   const int CP = CEIL_DIV(C, 8) * 8;
   GRID_STRIDE(e, (long long)O * KK * CP) {
     const int c = e % CP, tap = e / CP % KK, o = e / CP / KK;
     const long long src = swap ? ((long long)c * O + o) * KK + tap : ((long long)o * C + c) * KK + tap;
     dst[e] = c < C ? f32_to_bf16(w[src]) : (bf16)0;
   }
+}
+
+// The weight w (a conv's [out, in, k*k], a transposed conv's [in, out, k*k]) as the bf16 GEMM operand
+// wp[o][tap][c] (pack_operand; w is [O, C, KK] when `swap` is 0, [C, O, KK] when it is 1). When wp_adj is not null,
+// the blocks with blockIdx.y = 1 write the operand of the adjoint GEMM from the same w, wp_adj[c][tap][o] for
+// c < C, o < OP = O rounded up to 8 (O and C exchanged, `swap` flipped): a conv's forward packs its weight for the
+// input gradient in the same launch. Launch: grid (grid-stride over the larger operand, wp_adj ? 2 : 1).
+extern "C" __global__ void pack_weight_bf16(const float* __restrict__ w, bf16* __restrict__ wp,
+                                            bf16* __restrict__ wp_adj, int O, int C, int KK, int swap) {
+  if (blockIdx.y == 1) pack_operand(w, wp_adj, C, O, KK, !swap);
+  else pack_operand(w, wp, O, C, KK, swap);
+}
+
+// Every weight of a parameter arena (4-D, or a linear layer's 2-D as KK = 1) packed both ways in one launch: segment s (blockIdx.y) is the row
+// table[6s .. 6s+5] = (offset of w [A, B, KK] in `params`, A, B, KK, offset in `packed` of its [A][tap][B] operand,
+// offset of its [B][tap][A] one); blockIdx.z picks the operand. A conv's forward reads the first and its input
+// gradient the second; a transposed conv the other way round. Launch: grid (grid-stride, segments, 2).
+extern "C" __global__ void pack_weights_bf16(const float* __restrict__ params, bf16* __restrict__ packed,
+                                             const int* __restrict__ table) {
+  const int* row = table + 6 * blockIdx.y;
+  const float* w = params + row[0];
+  if (blockIdx.z == 0) pack_operand(w, packed + row[4], row[1], row[2], row[3], 0);
+  else pack_operand(w, packed + row[5], row[2], row[1], row[3], 1);
 }
 
 // out[i][o][q] (=, or += when `accumulate`) sum_{tap, c} in[i][src(q, tap)][c] * wp[o][tap][c], plus bias[o],

@@ -24,6 +24,9 @@ use std::ops::Range;
 impl ConvOps for Cpu {
     /// Nothing: the CPU's convs read their inputs as they are.
     type Kept = ();
+    /// Nothing: the CPU's convs read their weights as they are.
+    type PackPlan = ();
+    type PackedWeight = ();
 
     fn conv2d_forward(
         &self,

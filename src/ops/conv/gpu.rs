@@ -3,13 +3,13 @@
 //! of `crate::ops::linear::gpu`, then the bias epilogue. The weight gradient sums over the batch inside the GEMM
 //! (a fixed order), not with atomics.
 
-use super::mma::{self, Gather, Kept, Nhwc, Wgrad};
+use super::mma::{self, Gather, Kept, Nhwc, PackedWeight, Wgrad};
 use super::{need_input, norm_then_conv, BiasSums, ConvOps, Keep, NormConv};
 use crate::backend::{Gpu, Memory, Precision};
 use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, NormDesc, Planes};
 use crate::error::Result;
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
-use crate::gpu::{Arg, Cost, Executor, Kernel};
+use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel};
 use crate::ops::linear::gpu::{sgemm, Gemm};
 use crate::ops::norm::gpu::group_norm_forward_nhwc;
 use crate::ops::reduce::gpu::copy_at;
@@ -23,6 +23,19 @@ impl<E: Executor> Gpu<E> {
 
 impl<E: Executor> ConvOps for Gpu<E> {
     type Kept = Kept<E::Buf>;
+    type PackPlan = mma::PackPlan<E::Buf>;
+    type PackedWeight = mma::PackedWeight<E::Buf>;
+
+    /// Under bf16, the plan of [`mma::pack_weights`]; in f32 the GEMMs read the weights as they are.
+    fn pack_plan(&self, tensors: &[(usize, &[usize])]) -> Result<Option<Self::PackPlan>> {
+        if !self.tensor_cores() {
+            return Ok(None);
+        }
+        mma::pack_plan(self.executor(), tensors)
+    }
+    fn pack_weights(&self, plan: &Self::PackPlan, arena: &E::Buf) -> Result<Vec<Option<Self::PackedWeight>>> {
+        mma::pack_weights(self.executor(), plan, arena)
+    }
 
     fn conv2d_forward(
         &self,
@@ -32,7 +45,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         epi: Epilogue<E::Buf>,
         out: &mut E::Buf,
     ) -> Result<()> {
-        self.conv2d_forward_keep(d, x, w, epi, out, Keep::default()).map(drop)
+        self.conv2d_forward_keep(d, x, (w, None), epi, out, Keep::default()).map(drop)
     }
     fn conv2d_backward(
         &self,
@@ -52,7 +65,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         bias: Option<&E::Buf>,
         out: &mut E::Buf,
     ) -> Result<()> {
-        self.conv_transpose2d_forward_keep(d, x, w, bias, out, Keep::default()).map(drop)
+        self.conv_transpose2d_forward_keep(d, x, (w, None), bias, out, Keep::default()).map(drop)
     }
     fn conv_transpose2d_backward(
         &self,
@@ -71,7 +84,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         &self,
         d: &ConvDesc,
         x: &E::Buf,
-        w: &E::Buf,
+        (w, packed): (&E::Buf, Option<&Self::PackedWeight>),
         epi: Epilogue<E::Buf>,
         out: &mut E::Buf,
         keep: Keep,
@@ -80,7 +93,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let (kk, plane) = (g.col_rows(), g.col_cols());
         if self.tensor_cores() {
             let xb = mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w)?;
-            return conv2d_mma(e, d, xb, w, epi, out, keep);
+            return conv2d_mma(e, d, xb, (w, packed), epi, out, keep);
         }
         if let Some(r) = epi.residual {
             need("conv2d residual", r, n * co * plane)?;
@@ -104,7 +117,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         &self,
         (nd, x, affine): (NormDesc, &E::Buf, (&E::Buf, &E::Buf)),
         d: &ConvDesc,
-        w: &E::Buf,
+        w: (&E::Buf, Option<&Self::PackedWeight>),
         epi: Epilogue<E::Buf>,
         out: &mut E::Buf,
         keep: Keep,
@@ -177,7 +190,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         &self,
         d: &ConvDesc,
         x: &E::Buf,
-        w: &E::Buf,
+        (w, packed): (&E::Buf, Option<&Self::PackedWeight>),
         bias: Option<&E::Buf>,
         out: &mut E::Buf,
         keep: Keep,
@@ -186,7 +199,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let (kk, plane) = (g.col_rows(), g.col_cols());
         if self.tensor_cores() {
             let xb = mma::to_nhwc_bf16(e, x, n, ci, plane)?;
-            let (wp, wp_adj) = mma::pack_weight(e, w, (g.c, ci, g.k * g.k), true, keep.for_dx)?;
+            let (wp, wp_adj) = operands(e, (w, packed), (g.c, ci, g.k * g.k), true, keep.for_dx)?;
             mma::gather(e, &Gather::of(g, n, ci, true), &xb, &wp, (bias, None, None), false, out)?;
             return Ok(Kept::of(keep, xb, wp_adj));
         }
@@ -261,16 +274,39 @@ fn conv2d_mma<E: Executor>(
     e: &E,
     d: &ConvDesc,
     xb: Nhwc<E::Buf>,
-    w: &E::Buf,
+    (w, packed): (&E::Buf, Option<&PackedWeight<E::Buf>>),
     epi: Epilogue<E::Buf>,
     out: &mut E::Buf,
     keep: Keep,
 ) -> Result<Option<Kept<E::Buf>>> {
     let (g, n, co) = (&d.geom, d.n, d.channels);
-    let (wp, wp_adj) = mma::pack_weight(e, w, (co, g.c, g.k * g.k), false, keep.for_dx)?;
+    let (wp, wp_adj) = operands(e, (w, packed), (co, g.c, g.k * g.k), false, keep.for_dx)?;
     let terms = (epi.bias, epi.chan_bias, epi.residual);
     mma::gather(e, &Gather::of(g, n, co, false), &xb, &wp, terms, false, out)?;
     Ok(Kept::of(keep, xb, wp_adj))
+}
+
+/// The forward GEMM's weight operand and, when `adjoint`, the input gradient's: views of the parameters' packed
+/// weights when given (a transposed conv, `swap`, reads them the other way round), else packed here
+/// ([`mma::pack_weight`], same arguments).
+fn operands<E: Executor>(
+    e: &E,
+    (w, packed): (&E::Buf, Option<&PackedWeight<E::Buf>>),
+    shape: (usize, usize, usize),
+    swap: bool,
+    adjoint: bool,
+) -> Result<mma::Packed<E::Buf>> {
+    let Some(p) = packed else { return mma::pack_weight(e, w, shape, swap, adjoint) };
+    let view = |b: &Bf16Buf<E::Buf>| e.view_bf16(b, 0, b.len());
+    let [fwd, adj] = if swap { [&p.operands[1], &p.operands[0]] } else { [&p.operands[0], &p.operands[1]] };
+    let (o, c, kk) = shape;
+    if fwd.len() != o * kk * mma::padded(c) {
+        return Err(crate::error::Error::Shape(format!(
+            "packed weight of {} values for a [{o}, {c}, {kk}] conv",
+            fwd.len()
+        )));
+    }
+    Ok((view(fwd)?, if adjoint { Some(view(adj)?) } else { None }))
 }
 
 /// `kept` when the forward kept it, else `make()`'s result, held in `fresh`.

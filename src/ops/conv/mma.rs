@@ -23,7 +23,7 @@ use super::{BiasSums, Keep};
 use crate::desc::{ConvGeom, Planes};
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, need_bf16, run, SPLIT_TARGET_BLOCKS};
-use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel, LaunchCfg};
+use crate::gpu::{Arg, Bf16Buf, Cost, Executor, IntBuf, Kernel, LaunchCfg};
 use crate::ops::reduce::gpu::sum_rows;
 
 /// Block tile of both GEMM kernels (`BM`, `BN` in conv_mma.cu), threads per block, and pixels per k-tile.
@@ -160,6 +160,103 @@ pub(crate) fn pack_weight<E: Executor>(
     let cost = Cost::bytes(4 * packs as usize * o * c * kk + 2 * (len + if adjoint { adj_len } else { 0 }));
     run(e, Kernel::PackWeightBf16, cfg, cost, &args)?;
     Ok((wp, wp_adj))
+}
+
+/// Where [`pack_weights`] puts one weight `[a, b, kk]` of a parameter arena (a linear layer's has kk = 1): its `[a][tap][b]` operand (a
+/// conv's forward, a transposed conv's input gradient) and its `[b][tap][a]` one (the other way round).
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    a: usize,
+    b: usize,
+    kk: usize,
+    at: [usize; 2],
+}
+
+/// The conv and linear weights of a parameter arena packed both ways in one launch: which are packed where, and the table the
+/// kernel reads (made from the shapes once, so packing uploads nothing).
+pub struct PackPlan<B> {
+    table: IntBuf<B>,
+    slots: Vec<Option<Slot>>,
+    len: usize,
+    arena_words: usize,
+}
+
+/// A weight packed both ways ([`PackPlan`]): `[a][tap][b]` and `[b][tap][a]`, views of one packed arena.
+pub struct PackedWeight<B> {
+    pub(crate) operands: [Bf16Buf<B>; 2],
+}
+
+/// Operands start at multiples of this many values (256 bytes), as the GEMMs' 16-byte copies need at least.
+const PACK_ALIGN: usize = 128;
+
+/// The plan for the 4-D and 2-D tensors among `tensors` (each its offset in the arena's words and its shape), or
+/// `None` when there are none.
+pub(crate) fn pack_plan<E: Executor>(e: &E, tensors: &[(usize, &[usize])]) -> Result<Option<PackPlan<E::Buf>>> {
+    let (mut len, mut table, mut arena_words) = (0, Vec::new(), 0);
+    let mut place = |n: usize| {
+        let at = len;
+        len += n.div_ceil(PACK_ALIGN) * PACK_ALIGN;
+        at
+    };
+    let slots: Vec<Option<Slot>> = tensors
+        .iter()
+        .map(|&(offset, shape)| {
+            arena_words = arena_words.max(offset + shape.iter().product::<usize>());
+            // A linear layer's [out, in] weight is a 1x1 conv's.
+            let (a, b, kk) = match *shape {
+                [a, b, k, k2] => (a, b, k * k2),
+                [a, b] => (a, b, 1),
+                _ => return None,
+            };
+            let at = [place(a * kk * padded(b)), place(b * kk * padded(a))];
+            table.extend([offset, a, b, kk, at[0], at[1]]);
+            Some(Slot { a, b, kk, at })
+        })
+        .collect();
+    if table.is_empty() {
+        return Ok(None);
+    }
+    let table: Vec<u32> = table.into_iter().map(|v| u32::try_from(v).unwrap_or(u32::MAX)).collect();
+    Ok(Some(PackPlan { table: e.upload_i32(&table)?, slots, len, arena_words }))
+}
+
+/// Every weight of `plan` packed from `arena`, in one launch of `pack_weights_bf16`: one entry per tensor of the
+/// plan, `None` for those that are not 4-D or 2-D.
+pub(crate) fn pack_weights<E: Executor>(
+    e: &E,
+    plan: &PackPlan<E::Buf>,
+    arena: &E::Buf,
+) -> Result<Vec<Option<PackedWeight<E::Buf>>>> {
+    need("pack_weights_bf16 params", arena, plan.arena_words)?;
+    if plan.table.bound().is_none_or(|b| b > plan.len.max(plan.arena_words) as u64 + 1) {
+        return Err(Error::Arg("pack_weights_bf16: the table does not fit the buffers".into()));
+    }
+    let packed = e.alloc_bf16(plan.len)?;
+    let slots: Vec<Slot> = plan.slots.iter().flatten().copied().collect();
+    let largest = slots.iter().map(|s| s.a.max(s.b) * s.kk * padded(s.a.max(s.b))).max().unwrap_or(0);
+    let mut cfg = elementwise(largest);
+    cfg.grid[1] = grid_u32(slots.len())?;
+    cfg.grid[2] = 2;
+    // Each weight read once per operand, each operand written.
+    let read: usize = slots.iter().map(|s| 2 * 4 * s.a * s.b * s.kk).sum();
+    run(
+        e,
+        Kernel::PackWeightsBf16,
+        cfg,
+        Cost::bytes(read + 2 * plan.len),
+        &[Arg::Buf(arena), Arg::Bf16(&packed), Arg::Ints(&plan.table)],
+    )?;
+    plan.slots
+        .iter()
+        .map(|s| {
+            s.map(|s| {
+                let lens = [s.a * s.kk * padded(s.b), s.b * s.kk * padded(s.a)];
+                let [p0, p1] = [0, 1].map(|i| e.view_bf16(&packed, s.at[i], lens[i]));
+                Ok(PackedWeight { operands: [p0?, p1?] })
+            })
+            .transpose()
+        })
+        .collect()
 }
 
 /// One implicit-GEMM convolution: `n` images of the gathered tensor `[n, ih, iw, c]` (NHWC bf16) through `k x k`

@@ -35,6 +35,25 @@ pub trait ConvOps: Memory + ReduceOps + NormOps {
     /// GPU, the bf16 channels-last copy of the input that the forward made and the weight gradient reads again, and
     /// the weight packed for the input gradient's GEMM, made in the same launch as the forward's.
     type Kept: 'static;
+    /// What packing every weight (4-D, and the linear layers' 2-D) of a parameter arena at once needs that depends on the shapes only (made once
+    /// per parameter set: see [`crate::params::Params::packed`]).
+    type PackPlan: Send + Sync + 'static;
+    /// A weight in the layouts the conv kernels read, made by [`ConvOps::pack_weights`] and reused by every
+    /// conv until the parameters change.
+    type PackedWeight: Send + Sync + 'static;
+
+    /// The plan for packing the 4-D and 2-D tensors among `tensors` (each its offset in an arena's words and its shape);
+    /// `None` (the default) where the convs read their weights as they are.
+    fn pack_plan(&self, tensors: &[(usize, &[usize])]) -> Result<Option<Self::PackPlan>> {
+        let _ = tensors;
+        Ok(None)
+    }
+    /// Every weight of `plan` packed from `arena`: one entry per tensor of the plan, `None` for those that are not
+    /// weights. Only called with a plan [`ConvOps::pack_plan`] made.
+    fn pack_weights(&self, plan: &Self::PackPlan, arena: &Self::Buf) -> Result<Vec<Option<Self::PackedWeight>>> {
+        let _ = (plan, arena);
+        Ok(Vec::new())
+    }
 
     /// `out[i] = W·im2col(x[i]) + epilogue`, `x: [n, geom.c, geom.h, geom.w]`, `w: [channels, geom.c, k, k]`.
     fn conv2d_forward(
@@ -75,16 +94,17 @@ pub trait ConvOps: Memory + ReduceOps + NormOps {
     ) -> Result<()>;
 
     /// [`ConvOps::conv2d_forward`], also returning what [`ConvOps::conv2d_backward_with`] can reuse, as `keep` asks.
+    /// `w.1` is the weight already packed, when it is a parameter and the backend packs.
     fn conv2d_forward_keep(
         &self,
         d: &ConvDesc,
         x: &Self::Buf,
-        w: &Self::Buf,
+        (w, packed): (&Self::Buf, Option<&Self::PackedWeight>),
         epi: Epilogue<Self::Buf>,
         out: &mut Self::Buf,
         keep: Keep,
     ) -> Result<Option<Self::Kept>> {
-        let _ = keep;
+        let _ = (keep, packed);
         self.conv2d_forward(d, x, w, epi, out).map(|()| None)
     }
     /// [`ConvOps::conv2d_backward`] with what the forward kept, and the channel sums of `gout: [n, channels, oh, ow]`
@@ -111,24 +131,25 @@ pub trait ConvOps: Memory + ReduceOps + NormOps {
         &self,
         norm: (NormDesc, &Self::Buf, (&Self::Buf, &Self::Buf)),
         d: &ConvDesc,
-        w: &Self::Buf,
+        w: (&Self::Buf, Option<&Self::PackedWeight>),
         epi: Epilogue<Self::Buf>,
         out: &mut Self::Buf,
         keep: Keep,
     ) -> Result<NormConv<Self>> {
         norm_then_conv(self, norm, d, w, epi, out, keep)
     }
-    /// [`ConvOps::conv_transpose2d_forward`], keeping what [`ConvOps::conv_transpose2d_backward_with`] can reuse.
+    /// [`ConvOps::conv_transpose2d_forward`], keeping what [`ConvOps::conv_transpose2d_backward_with`] can reuse;
+    /// `w.1` as in [`ConvOps::conv2d_forward_keep`].
     fn conv_transpose2d_forward_keep(
         &self,
         d: &ConvDesc,
         x: &Self::Buf,
-        w: &Self::Buf,
+        (w, packed): (&Self::Buf, Option<&Self::PackedWeight>),
         bias: Option<&Self::Buf>,
         out: &mut Self::Buf,
         keep: Keep,
     ) -> Result<Option<Self::Kept>> {
-        let _ = keep;
+        let _ = (keep, packed);
         self.conv_transpose2d_forward(d, x, w, bias, out).map(|()| None)
     }
     /// [`ConvOps::conv_transpose2d_backward`] with what the forward kept, and the channel sums of
@@ -147,6 +168,10 @@ pub trait ConvOps: Memory + ReduceOps + NormOps {
         sums.reduce(self, Planes { n: d.n, c: d.geom.c, plane: d.geom.h * d.geom.w }, gout)
     }
 }
+
+/// A weight as the convs' forwards take it: its values, and the same packed when it is a parameter and the
+/// backend packs ([`ConvOps::pack_weights`]).
+pub type WeightIn<'a, B> = (&'a <B as Memory>::Buf, Option<&'a <B as ConvOps>::PackedWeight>);
 
 /// The input a conv's backward reads, or an error naming it when it was not kept.
 fn need_input<T>(x: Option<&T>) -> Result<&T> {
@@ -229,8 +254,8 @@ impl<B: Backend> Tape<'_, B> {
         let mut y = Tensor::alloc(self.backend(), &[d.n, d.channels, d.geom.oh, d.geom.ow])?;
         let epi = self.epilogue(b, extra);
         let keep = Keep::on(self, x, w);
-        let kept =
-            self.backend().conv2d_forward_keep(&d, self.value(x).buf(), self.value(w).buf(), epi, y.buf_mut(), keep)?;
+        let w_in = (self.value(w).buf(), self.packed(w)?);
+        let kept = self.backend().conv2d_forward_keep(&d, self.value(x).buf(), w_in, epi, y.buf_mut(), keep)?;
         Ok(self.push(Conv2d { x, w, b, extra, d, kept }, y, started))
     }
 
@@ -291,7 +316,7 @@ impl<B: Backend> Tape<'_, B> {
         let d = ConvDesc { n, geom, channels: ci };
         let mut y = Tensor::alloc(self.backend(), &[n, co, geom.h, geom.w])?;
         let bias = b.map(|b| self.value(b).buf());
-        let (xb, wb) = (self.value(x).buf(), self.value(w).buf());
+        let (xb, wb) = (self.value(x).buf(), (self.value(w).buf(), self.packed(w)?));
         let kept = self.backend().conv_transpose2d_forward_keep(&d, xb, wb, bias, y.buf_mut(), Keep::on(self, x, w))?;
         Ok(self.push(ConvTranspose2d { x, w, b, d, kept }, y, started))
     }

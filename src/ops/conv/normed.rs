@@ -34,7 +34,7 @@ pub fn norm_then_conv<B: ConvOps>(
     be: &B,
     (nd, x, affine): (NormDesc, &B::Buf, (&B::Buf, &B::Buf)),
     d: &ConvDesc,
-    w: &B::Buf,
+    w: (&B::Buf, Option<&B::PackedWeight>),
     epi: Epilogue<B::Buf>,
     out: &mut B::Buf,
     keep: Keep,
@@ -70,7 +70,7 @@ impl<B: Backend> Tape<'_, B> {
         let saved = self.backend().norm_conv2d_forward(
             (nd, self.value(x).buf(), affine),
             &d,
-            self.value(w).buf(),
+            (self.value(w).buf(), self.packed(w)?),
             self.epilogue(b, extra),
             y.buf_mut(),
             keep,

@@ -316,9 +316,9 @@ fn conv_backward_with_bf16<E: Executor>(g: &Gpu<E>) {
         let mut y = out(g, out_len);
         let keep = Keep { for_dw: true, for_dx: true };
         let kept = if transposed {
-            g.conv_transpose2d_forward_keep(&d, &xb, &wb, None, &mut y, keep)
+            g.conv_transpose2d_forward_keep(&d, &xb, (&wb, None), None, &mut y, keep)
         } else {
-            g.conv2d_forward_keep(&d, &xb, &wb, Epilogue::none(), &mut y, keep)
+            g.conv2d_forward_keep(&d, &xb, (&wb, None), Epilogue::none(), &mut y, keep)
         };
         let kept = kept.unwrap();
         let kept_both = kept.as_ref().is_some_and(|k| k.input.is_some() && k.weight.is_some());
@@ -411,3 +411,51 @@ fn norm_conv2d_equals_unfused<E: Executor>(g: &Gpu<E>) {
     }
 }
 gpu_test!(norm_conv2d_equals_unfused, crate::backend::Precision::Bf16);
+
+/// Weights packed for a whole arena in one launch ([`ConvOps::pack_weights`]) against each conv packing its own:
+/// a conv, a transposed conv and a linear layer's weight side by side in one arena give the same outputs and input
+/// gradients to the bit (the same bf16 rounding of the same values, in the layouts the GEMMs read).
+fn packed_weights_equal_packing_per_conv<E: Executor>(g: &Gpu<E>) {
+    use crate::desc::LinearDesc;
+    use crate::ops::linear::LinearOps;
+    let (n, c, h, w, co) = (2, 12, 6, 5, 8);
+    let conv = ConvDesc { n, geom: ConvGeom::new(c, h, w, 3, 1, 1).unwrap(), channels: co };
+    // A transposed conv from co channels on the conv's output grid (6x5 -> 12x10), and a [co, c] linear layer.
+    let upsample = ConvDesc { n, geom: ConvGeom::new(c, 2 * h, 2 * w, 4, 2, 1).unwrap(), channels: co };
+    let shapes: [&[usize]; 3] = [&[co, c, 3, 3], &[co, c, 4, 4], &[co, c]];
+    let offsets = [0, 2000, 4000];
+    let mut arena = vec![0.0; 5000];
+    for (i, (s, at)) in shapes.iter().zip(offsets).enumerate() {
+        let len = s.iter().product::<usize>();
+        arena[at..at + len].copy_from_slice(&rand(30 + i as u64, len));
+    }
+    let arena_buf = up(g, &arena);
+    let tensors: Vec<(usize, &[usize])> = offsets.iter().copied().zip(shapes).collect();
+    let plan = g.pack_plan(&tensors).unwrap().expect("bf16 packs");
+    let packed = g.pack_weights(&plan, &arena_buf).unwrap();
+    let weight = |i: usize| up(g, &arena[offsets[i]..offsets[i] + shapes[i].iter().product::<usize>()]);
+    let keep = Keep { for_dw: false, for_dx: true };
+    let run = |use_packed: bool| {
+        let pick = |i: usize| if use_packed { packed[i].as_ref() } else { None };
+        // The conv, then its input gradient through the kept adjoint operand.
+        let (x, gy) = (up(g, &rand(40, n * c * h * w)), up(g, &rand(41, n * co * h * w)));
+        let mut y = out(g, n * co * h * w);
+        let kept = g.conv2d_forward_keep(&conv, &x, (&weight(0), pick(0)), Epilogue::none(), &mut y, keep).unwrap();
+        let mut dx = out(g, n * c * h * w);
+        let grads = LayerGrads { dx: Some(&mut dx), dw: None };
+        g.conv2d_backward_with(&conv, (None, &weight(0), &gy), kept.as_ref(), grads, BiasSums::default()).unwrap();
+        // The transposed conv of y, and the linear layer.
+        let mut z = out(g, n * c * 4 * h * w);
+        g.conv_transpose2d_forward_keep(&upsample, &y, (&weight(1), pick(1)), None, &mut z, keep).unwrap();
+        let mut l = out(g, n * co);
+        let lin = LinearDesc { batch: n, fin: c, fout: co };
+        let xl = up(g, &rand(42, n * c));
+        g.linear_forward_keep(lin, (&xl, (&weight(2), pick(2)), None), &mut l, keep).unwrap();
+        [&y, &dx, &z, &l].map(|b| down(g, b).iter().map(|f| f.to_bits()).collect::<Vec<_>>())
+    };
+    let (per_conv, packed) = (run(false), run(true));
+    for (k, what) in ["conv", "conv dx", "transposed conv", "linear"].iter().enumerate() {
+        assert!(per_conv[k] == packed[k], "{what}: the packed weights give other bits");
+    }
+}
+gpu_test!(packed_weights_equal_packing_per_conv, crate::backend::Precision::Bf16);

@@ -12,6 +12,7 @@ use crate::backend::{Backend, ConvOps};
 use crate::desc::{LayerGrads, LinearDesc};
 use crate::error::Result;
 use crate::ops::conv::Keep;
+use crate::ops::conv::WeightIn;
 use crate::shape_err;
 use crate::tensor::Tensor;
 use std::fmt;
@@ -39,15 +40,15 @@ pub trait LinearOps: ConvOps {
         grads: LayerGrads<Self::Buf>,
     ) -> Result<()>;
     /// [`LinearOps::linear_forward`], also returning what [`LinearOps::linear_backward_with`] can reuse, as `keep`
-    /// asks.
+    /// asks; `w.1` is the weight already packed (see [`ConvOps::conv2d_forward_keep`]).
     fn linear_forward_keep(
         &self,
         d: LinearDesc,
-        (x, w, bias): (&Self::Buf, &Self::Buf, Option<&Self::Buf>),
+        (x, (w, packed), bias): (&Self::Buf, WeightIn<'_, Self>, Option<&Self::Buf>),
         y: &mut Self::Buf,
         keep: Keep,
     ) -> Result<Option<Self::Kept>> {
-        let _ = keep;
+        let _ = (keep, packed);
         self.linear_forward(d, x, w, bias, y).map(|()| None)
     }
     /// [`LinearOps::linear_backward`] with what the forward kept.
@@ -76,7 +77,7 @@ impl<B: Backend> Tape<'_, B> {
         self.check_shape(b, &[fout], "linear bias")?;
         let d = LinearDesc { batch, fin, fout };
         let mut y = Tensor::alloc(self.backend(), &[batch, fout])?;
-        let inputs = (self.value(x).buf(), self.value(w).buf(), b.map(|b| self.value(b).buf()));
+        let inputs = (self.value(x).buf(), (self.value(w).buf(), self.packed(w)?), b.map(|b| self.value(b).buf()));
         let kept = self.backend().linear_forward_keep(d, inputs, y.buf_mut(), Keep::on(self, x, w))?;
         Ok(self.push(Linear { x, w, b, d, kept }, y, started))
     }

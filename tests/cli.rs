@@ -125,6 +125,38 @@ fn sampling_a_pytorch_state_dict_reproduces_the_reference_trajectory() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `ddpm sample --sampler dpm++2m` and `dpm++2m-sde` end to end on the golden (base 16) weights: exactly --steps
+/// network calls, images of the right shape, in [-1, 1] with the clamp; `--help` explains the new flags.
+#[test]
+fn dpm_solver_samples_end_to_end() {
+    let dir = scratch("dpm");
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/weights.safetensors");
+    let runs: [&[&str]; 2] = [
+        &["--sampler", "dpm++2m", "--steps", "4"],
+        &["--sampler", "dpm++2m-sde", "--steps", "3", "--spacing", "uniform-t", "--no-clamp"],
+    ];
+    for (i, flags) in runs.into_iter().enumerate() {
+        let out = dir.join(format!("dpm{i}.safetensors"));
+        let base = ["sample", "--device", "cpu", "--checkpoint", s(&weights), "--n", "2", "--out", s(&out)];
+        let r = ddpm(&[&base[..], flags].concat());
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "{flags:?}: {err}");
+        assert!(err.contains(&format!("{} network calls", flags[3])), "{flags:?}: {err}");
+        let samples = ddpm::tensor_file::read_tensors(&out).unwrap();
+        let t = samples.f32("samples").unwrap();
+        assert_eq!(t.shape(), &[2, 1, 32, 32]);
+        assert!(t.data().iter().all(|v| v.is_finite()), "{flags:?}");
+        if !flags.contains(&"--no-clamp") {
+            assert!(t.data().iter().all(|v| (-1.0..=1.0).contains(v)), "{flags:?}");
+        }
+    }
+    let help = String::from_utf8_lossy(&ddpm(&["sample", "--help"]).stdout).into_owned();
+    for needle in ["dpm++2m", "dpm++2m-sde", "--spacing", "uniform-t", "logsnr", "--no-clamp"] {
+        assert!(help.contains(needle), "sample --help should mention {needle}: {help}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// `ddpm sample` of a PyTorch-trained checkpoint from PyTorch's noise (tests/golden/trained-*, made by
 /// pytorch/make_trained_golden.py), DDIM-20, against PyTorch's f32 output: on the CPU and on the emulator in f32
 /// within 2e-3 (f32 arithmetic in other orders, amplified along the 21-step trajectory), and on the emulator in
@@ -211,6 +243,12 @@ fn bad_input_is_a_clean_error_and_leaves_no_output() {
     fails_with(&sample(&["--steps", "1001"]), "DDIM steps must be in 1..=1000");
     fails_with(&sample(&["--eta", "-0.5"]), "eta must be finite and >= 0");
     fails_with(&sample(&["--n", "0"]), "--n must be at least 1");
+    fails_with(&sample(&["--sampler", "ddpm", "--no-clamp"]), "--sampler ddpm has no x̂0 clamp to skip");
+    fails_with(&sample(&["--sampler", "ddim", "--spacing", "logsnr"]), "--spacing applies to --sampler dpm++2m");
+    fails_with(&sample(&["--sampler", "dpm++2m", "--eta", "1"]), "--eta applies to --sampler ddim only");
+    fails_with(&sample(&["--sampler", "dpm++2m", "--steps", "0"]), "DPM-Solver++ steps must be in 1..=1000");
+    fails_with(&sample(&["--sampler", "dpm++2m-sde", "--steps", "1001"]), "DPM-Solver++ steps must be in 1..=1000");
+    fails_with(&sample(&["--sampler", "dpm++2m", "--spacing", "cosine"]), "invalid value 'cosine'");
     let no_noise = dir.join("nonoise.safetensors");
     ddpm::tensor_file::write_tensors(&no_noise, &[("other".into(), &ddpm::Tensor::zeros(&[1, 1, 32, 32]))], None)
         .unwrap();

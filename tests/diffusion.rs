@@ -158,20 +158,22 @@ fn ddim_eta1_full_grid_is_ddpm_variance() {
 #[test]
 fn sampler_kind_validation() {
     for bad in [
-        SamplerKind::Ddim { steps: 0, eta: 0.0 },
-        SamplerKind::Ddim { steps: 1001, eta: 0.0 },
-        SamplerKind::Ddim { steps: 50, eta: -0.1 },
-        SamplerKind::Ddim { steps: 50, eta: f32::NAN },
-        SamplerKind::Ddim { steps: 50, eta: f32::INFINITY },
+        SamplerKind::Ddim { steps: 0, eta: 0.0, clamp: true },
+        SamplerKind::Ddim { steps: 1001, eta: 0.0, clamp: true },
+        SamplerKind::Ddim { steps: 50, eta: -0.1, clamp: true },
+        SamplerKind::Ddim { steps: 50, eta: f32::NAN, clamp: true },
+        SamplerKind::Ddim { steps: 50, eta: f32::INFINITY, clamp: true },
     ] {
         assert!(matches!(bad.validate(1000), Err(Error::Arg(_))), "{bad:?}");
         let mut den = |x: &Tensor, _: &[usize]| Ok(x.clone());
         let r = sample(&mut den, &reference_schedule(), bad, Tensor::zeros(&[1, 1, 2, 2]), 0, &mut |_, _| {});
         assert!(matches!(r, Err(Error::Arg(_))), "sample with {bad:?}");
     }
-    for good in
-        [SamplerKind::Ddpm, SamplerKind::Ddim { steps: 1, eta: 0.0 }, SamplerKind::Ddim { steps: 1000, eta: 2.0 }]
-    {
+    for good in [
+        SamplerKind::Ddpm,
+        SamplerKind::Ddim { steps: 1, eta: 0.0, clamp: true },
+        SamplerKind::Ddim { steps: 1000, eta: 2.0, clamp: true },
+    ] {
         assert!(good.validate(1000).is_ok(), "{good:?}");
     }
 }
@@ -211,7 +213,7 @@ fn sample_visits_the_reference_timesteps() {
     assert_eq!(calls, (0..1000).rev().collect::<Vec<_>>());
     calls.clear();
     // README, traj.ddim10: 11 network calls at t = 999, 900, 800, ..., 100, 0.
-    run(SamplerKind::Ddim { steps: 10, eta: 0.0 }, &s, 0, &xt, &mut calls).unwrap();
+    run(SamplerKind::Ddim { steps: 10, eta: 0.0, clamp: true }, &s, 0, &xt, &mut calls).unwrap();
     let mut want: Vec<usize> = (0..10).rev().map(|k| 100 * k).collect();
     want.insert(0, 999);
     assert_eq!(calls, want);
@@ -222,14 +224,16 @@ fn sample_is_deterministic_per_seed() {
     let s = Schedule::linear(100, 1e-4, 2e-2).unwrap();
     let xt = initial_noise(3, 2, 1, 8, 8);
     let mut calls = Vec::new();
-    for kind in
-        [SamplerKind::Ddpm, SamplerKind::Ddim { steps: 20, eta: 1.0 }, SamplerKind::Ddim { steps: 20, eta: 0.0 }]
-    {
+    for kind in [
+        SamplerKind::Ddpm,
+        SamplerKind::Ddim { steps: 20, eta: 1.0, clamp: true },
+        SamplerKind::Ddim { steps: 20, eta: 0.0, clamp: true },
+    ] {
         let a = run(kind, &s, 7, &xt, &mut calls).unwrap();
         assert_eq!(a, run(kind, &s, 7, &xt, &mut calls).unwrap(), "{kind:?}: same seed");
         assert!(a.data().iter().all(|v| (-1.0..=1.0).contains(v)), "{kind:?}: final clamp");
         let b = run(kind, &s, 8, &xt, &mut calls).unwrap();
-        if kind == (SamplerKind::Ddim { steps: 20, eta: 0.0 }) {
+        if kind == (SamplerKind::Ddim { steps: 20, eta: 0.0, clamp: true }) {
             // eta = 0 draws no noise, so the seed only matters through x_T.
             assert_eq!(a, b, "{kind:?}: deterministic");
         } else {

@@ -8,7 +8,7 @@ mod common;
 
 use common::{assert_close, golden, golden_model, golden_step};
 use ddpm::backend::Gpu;
-use ddpm::diffusion::{sample, Denoiser, SamplerKind, Schedule};
+use ddpm::diffusion::{sample, Denoiser, SamplerKind, Schedule, Spacing};
 use ddpm::gpu::{cuda::Cuda, Executor};
 use ddpm::nn::{UNetConfig, UNetDenoiser};
 use ddpm::optim::clip_grad_norm;
@@ -147,7 +147,8 @@ fn train_step_matches_cpu<E: Executor>(exec: E) {
 gpu_test!(train_step_matches_cpu);
 
 /// The samplers on the GPU backend against the CPU: DDPM over a 20-step schedule (noise drawn on the device at
-/// every step but the last) and DDIM with eta 0.5 on a 5-step grid, for the tiny UNet, from the same x_T.
+/// every step but the last), DDIM with eta 0.5 on a 5-step grid, and 6-step DPM-Solver++(2M) (uniform-t) and
+/// SDE-DPM-Solver++(2M) (log-SNR, noise on the device), for the tiny UNet, from the same x_T.
 ///
 /// Tolerance 1e-4 abs on images in [-1, 1]: each network call differs from the CPU's by at most the golden
 /// activation budget (1e-5), each step scales ε by at most `β/sqrt(1-ᾱ) < 1` and x by `1/sqrt(α) < 1.02`, and the
@@ -159,7 +160,12 @@ fn sampler_matches_cpu<E: Executor>(exec: E) {
     let gpu_params = cpu.params.to_backend(&Gpu::new(exec)).unwrap();
     let sched = Schedule::linear(20, 1e-4, 2e-2).unwrap();
     let x_t = ddpm::diffusion::initial_noise(3, 2, 1, 8, 8);
-    for kind in [SamplerKind::Ddpm, SamplerKind::Ddim { steps: 5, eta: 0.5 }] {
+    for kind in [
+        SamplerKind::Ddpm,
+        SamplerKind::Ddim { steps: 5, eta: 0.5, clamp: true },
+        SamplerKind::DpmPp2m { steps: 6, spacing: Spacing::UniformT, clamp: true },
+        SamplerKind::DpmPp2mSde { steps: 6, spacing: Spacing::LogSnr, clamp: true },
+    ] {
         let mut cpu_den = UNetDenoiser { model: &cpu.model, params: &cpu.params };
         let want = sample(&mut cpu_den, &sched, kind, x_t.clone(), 7, &mut |_, _| {}).unwrap();
         let mut gpu_den = UNetDenoiser { model: &cpu.model, params: &gpu_params };

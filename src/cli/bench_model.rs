@@ -68,7 +68,7 @@ fn sampler_steps(gpu: &Gpu<Recorder>, config: RunConfig, n: usize) -> Result<Vec
     let state = TrainState::new(config)?.to_backend(gpu)?;
     let sched = Schedule::linear(state.config.timesteps, 1e-4, 2e-2)?;
     let mut out = Vec::new();
-    for (name, kind) in [("ddim", SamplerKind::Ddim { steps: 3, eta: 0.0 }), ("ddpm", SamplerKind::Ddpm)] {
+    for (name, kind) in [("ddim", SamplerKind::Ddim { steps: 3, eta: 0.0, clamp: true }), ("ddpm", SamplerKind::Ddpm)] {
         let mut den = UNetDenoiser { model: &state.model, params: &state.params };
         let x_t = initial_noise(0, n, 1, 32, 32).into_backend(gpu)?;
         let counters = gpu.executor().counters();

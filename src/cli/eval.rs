@@ -128,12 +128,26 @@ fn draw(device: &Device, m: &SamplingModel, kind: SamplerKind, n: usize, seed: u
     Ok((images, calls, start.elapsed().as_secs_f64()))
 }
 
-/// A sampler's name as the tables print it: `DDPM-1000`, `DDIM-50`, `DDIM-50 (η=1)`.
+/// A sampler's name as the tables print it: `DDPM-1000`, `DDIM-50`, `DDIM-50 (η=1)`, `DPM++2M-20 (logsnr)`, with
+/// `no clamp` among the notes in parentheses when the sampler does not clamp.
 fn sampler_name(kind: SamplerKind, timesteps: usize) -> String {
-    match kind {
-        SamplerKind::Ddpm => format!("DDPM-{timesteps}"),
-        SamplerKind::Ddim { steps, eta: 0.0 } => format!("DDIM-{steps}"),
-        SamplerKind::Ddim { steps, eta } => format!("DDIM-{steps} (η={eta})"),
+    let (base, mut notes) = match kind {
+        SamplerKind::Ddpm => (format!("DDPM-{timesteps}"), vec![]),
+        SamplerKind::Ddim { steps, eta, .. } => {
+            (format!("DDIM-{steps}"), if eta == 0.0 { vec![] } else { vec![format!("η={eta}")] })
+        }
+        SamplerKind::DpmPp2m { steps, spacing, .. } => (format!("DPM++2M-{steps}"), vec![spacing.name().to_string()]),
+        SamplerKind::DpmPp2mSde { steps, spacing, .. } => {
+            (format!("DPM++2M-SDE-{steps}"), vec![spacing.name().to_string()])
+        }
+    };
+    if !kind.clamps() {
+        notes.push("no clamp".to_string());
+    }
+    if notes.is_empty() {
+        base
+    } else {
+        format!("{base} ({})", notes.join(", "))
     }
 }
 
@@ -163,7 +177,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         (Some(path), _) => Source::File(read_samples(path, a.n)?),
         (None, Some(ckpt)) => {
             let m = load_model(ckpt, !a.sampling.no_ema)?;
-            let kind = a.sampling.kind();
+            let kind = a.sampling.kind()?;
             kind.validate(m.timesteps).context("bad sampler settings")?;
             let n = a.n.unwrap_or(1000);
             check_memory(&device, &format!("--n {n}"), n, &m.model.config)?;
@@ -306,11 +320,11 @@ pub struct TableArgs {
 /// The blog post's sampler table, in its order: DDPM-1000, DDIM-100/50/20/10 (η = 0), DDIM-50 with η = 1.
 const TABLE: [SamplerKind; 6] = [
     SamplerKind::Ddpm,
-    SamplerKind::Ddim { steps: 100, eta: 0.0 },
-    SamplerKind::Ddim { steps: 50, eta: 0.0 },
-    SamplerKind::Ddim { steps: 20, eta: 0.0 },
-    SamplerKind::Ddim { steps: 10, eta: 0.0 },
-    SamplerKind::Ddim { steps: 50, eta: 1.0 },
+    SamplerKind::Ddim { steps: 100, eta: 0.0, clamp: true },
+    SamplerKind::Ddim { steps: 50, eta: 0.0, clamp: true },
+    SamplerKind::Ddim { steps: 20, eta: 0.0, clamp: true },
+    SamplerKind::Ddim { steps: 10, eta: 0.0, clamp: true },
+    SamplerKind::Ddim { steps: 50, eta: 1.0, clamp: true },
 ];
 
 /// One finished row.
@@ -324,7 +338,7 @@ struct Row {
 
 /// The grid file of a row: `ddim-50.png`, `ddim-50eta1.png`, `ddpm-1000.png`.
 fn grid_file(name: &str) -> String {
-    format!("{}.png", name.to_lowercase().replace([' ', '(', ')', '='], "").replace('η', "eta"))
+    format!("{}.png", name.to_lowercase().replace([' ', '(', ')', '=', ','], "").replace('η', "eta"))
 }
 
 pub fn run_table(mut a: TableArgs) -> Result<()> {
@@ -361,7 +375,9 @@ pub fn run_table(mut a: TableArgs) -> Result<()> {
     let mut order: Vec<usize> = (0..TABLE.len()).collect();
     order.sort_by_key(|&i| match TABLE[i] {
         SamplerKind::Ddpm => m.timesteps * ddpm_n,
-        SamplerKind::Ddim { steps, .. } => steps * a.n,
+        SamplerKind::Ddim { steps, .. }
+        | SamplerKind::DpmPp2m { steps, .. }
+        | SamplerKind::DpmPp2mSde { steps, .. } => steps * a.n,
     });
     on_backend!(device, |b| table_on(b, &a, &device, &m, ddpm_n, order))?;
     eprintln!("wrote {}", a.out_path().display());

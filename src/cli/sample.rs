@@ -1,4 +1,4 @@
-//! `ddpm sample`: load weights, run DDPM or DDIM, write a PNG grid or a safetensors tensor.
+//! `ddpm sample`: load weights, run DDPM, DDIM or DPM-Solver++, write a PNG grid or a safetensors tensor.
 
 use super::checks::{self, Kind};
 use super::{on_backend, progress_bar, resolve_device, Device, DeviceArg};
@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use ddpm::backend::Backend;
 use ddpm::checkpoint::{check_finite, load_for_sampling, SamplingModel};
-use ddpm::diffusion::{initial_noise, sample, SamplerKind, Schedule};
+use ddpm::diffusion::{initial_noise, sample, SamplerKind, Schedule, Spacing};
 use ddpm::image::save_grid_png;
 use ddpm::nn::{UNetConfig, UNetDenoiser};
 use ddpm::tensor_file::{read_tensors, write_tensors};
@@ -19,6 +19,22 @@ pub enum SamplerArg {
     Ddpm,
     /// DDIM on a sub-grid of --steps steps (Song et al. 2021); --eta 0 is deterministic.
     Ddim,
+    /// DPM-Solver++(2M) (Lu et al. 2022b): deterministic, second order, --steps network calls.
+    #[value(name = "dpm++2m")]
+    DpmPp2m,
+    /// SDE-DPM-Solver++(2M) (Lu et al. 2022b): stochastic, --steps network calls.
+    #[value(name = "dpm++2m-sde")]
+    DpmPp2mSde,
+}
+
+/// The timestep spacing of the DPM-Solver++ samplers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SpacingArg {
+    /// Uniform in t, rounded to the discrete grid.
+    UniformT,
+    /// Uniform in log-SNR, each mapped to the discrete t of nearest log-SNR (more steps at low noise).
+    #[value(name = "logsnr")]
+    LogSnr,
 }
 
 /// How to sample: the flags `ddpm sample`, `ddpm eval` and `ddpm sampler-table` share.
@@ -27,12 +43,21 @@ pub struct SamplerArgs {
     /// The reverse process.
     #[arg(long, value_enum, default_value = "ddim")]
     pub sampler: SamplerArg,
-    /// DDIM: number of network evaluations (1..=T); the grid is the reference's make_ddim_timesteps.
+    /// DDIM and DPM-Solver++: number of network evaluations (1..=T). DDIM's grid is the reference's
+    /// make_ddim_timesteps (which can add one more call, at T-1); DPM-Solver++ makes exactly --steps calls.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
     /// DDIM: noise scale η (0 = deterministic, 1 = DDPM-like on the sub-grid); must be >= 0.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub eta: f32,
+    /// DPM-Solver++: the timestep spacing [default: logsnr]. DDIM keeps the reference's grid, so it is refused
+    /// there.
+    #[arg(long, value_enum)]
+    pub spacing: Option<SpacingArg>,
+    /// DDIM and DPM-Solver++: do not clamp the predicted x̂0 to [-1, 1] at each step, nor the output at the end
+    /// (the reference clamps both). DDPM has no x̂0 to clamp, so it is refused there.
+    #[arg(long)]
+    pub no_clamp: bool,
     /// Seed of the initial noise and of the per-step noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -42,12 +67,30 @@ pub struct SamplerArgs {
 }
 
 impl SamplerArgs {
-    /// The sampler these flags describe.
-    pub fn kind(&self) -> SamplerKind {
-        match self.sampler {
-            SamplerArg::Ddpm => SamplerKind::Ddpm,
-            SamplerArg::Ddim => SamplerKind::Ddim { steps: self.steps, eta: self.eta },
+    /// The sampler these flags describe; `Err` for a flag that the chosen sampler does not take.
+    pub fn kind(&self) -> Result<SamplerKind> {
+        let clamp = !self.no_clamp;
+        let dpm = matches!(self.sampler, SamplerArg::DpmPp2m | SamplerArg::DpmPp2mSde);
+        if self.spacing.is_some() && !dpm {
+            bail!("--spacing applies to --sampler dpm++2m and dpm++2m-sde only (DDIM uses the reference's grid)");
         }
+        if dpm && self.eta != 0.0 {
+            bail!("--eta applies to --sampler ddim only (dpm++2m is deterministic, dpm++2m-sde's noise is fixed)");
+        }
+        let spacing = match self.spacing.unwrap_or(SpacingArg::LogSnr) {
+            SpacingArg::UniformT => Spacing::UniformT,
+            SpacingArg::LogSnr => Spacing::LogSnr,
+        };
+        let steps = self.steps;
+        Ok(match self.sampler {
+            SamplerArg::Ddpm if self.no_clamp => {
+                bail!("--no-clamp: --sampler ddpm has no x̂0 clamp to skip (it applies to ddim and dpm++2m[-sde])")
+            }
+            SamplerArg::Ddpm => SamplerKind::Ddpm,
+            SamplerArg::Ddim => SamplerKind::Ddim { steps, eta: self.eta, clamp },
+            SamplerArg::DpmPp2m => SamplerKind::DpmPp2m { steps, spacing, clamp },
+            SamplerArg::DpmPp2mSde => SamplerKind::DpmPp2mSde { steps, spacing, clamp },
+        })
     }
 }
 
@@ -147,10 +190,7 @@ pub fn generate(
 ) -> Result<(Tensor, usize)> {
     let sched = Schedule::linear(m.timesteps, 1e-4, 2e-2)?;
     kind.validate(sched.t).context("bad sampler settings")?;
-    let calls = match kind {
-        SamplerKind::Ddpm => sched.t,
-        SamplerKind::Ddim { steps, .. } => ddpm::diffusion::ddim_timesteps(sched.t, steps).len(),
-    };
+    let calls = kind.timesteps(&sched).len();
     let bar = progress_bar(calls as u64, "sample");
     let mut progress = |done: usize, _| bar.set_position(done as u64);
     let images = on_backend!(device, |b| sample_on(b, m, &sched, kind, x_t, seed, &mut progress))?;
@@ -175,7 +215,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     };
     checks::output("--out", &a.out, kind_of_out, &inputs, a.force)?;
     let device = resolve_device(a.device, a.precision)?;
-    let kind = a.sampling.kind();
+    let kind = a.sampling.kind()?;
     let m = load_model(&a.checkpoint, !a.sampling.no_ema)?;
     kind.validate(m.timesteps).context("bad sampler settings")?;
     let in_ch = m.model.config.in_ch;

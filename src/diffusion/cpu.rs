@@ -1,8 +1,9 @@
 //! The diffusion kernels on the CPU: the schedule's `q_sample`, the training batch's draw, the time embedding's
 //! sinusoid and the samplers' update loops, with the same Philox draws as the GPU.
 
+use super::dpm_solver::dpm_update;
 use super::sampler::{ddim_update, ddpm_update};
-use super::{BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, Schedule, ScheduleTables};
+use super::{BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, Schedule, ScheduleTables};
 use crate::backend::Cpu;
 use crate::error::{Error, Result};
 use crate::nn::TimeEmbedding;
@@ -76,6 +77,19 @@ impl DiffusionOps for Cpu {
     ) -> Result<()> {
         let z = draw(noise, x.len());
         ddim_update(c, x, eps, z.as_deref(), out);
+        Ok(())
+    }
+    fn dpm_step(
+        &self,
+        c: &DpmCoefs,
+        x: &Vec<f32>,
+        eps: &Vec<f32>,
+        x0_prev: &mut Vec<f32>,
+        noise: Option<(u64, u64)>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let z = draw(noise, x.len());
+        dpm_update(c, x, eps, x0_prev, z.as_deref(), out);
         Ok(())
     }
 }

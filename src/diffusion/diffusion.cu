@@ -1,5 +1,5 @@
 // diffusion.cu: the forward process (q_sample with on-GPU Philox noise, and the training batch drawn on the device),
-// the DDPM and DDIM sampler steps, and the sinusoidal time embedding, each the fused elementwise mirror of
+// the DDPM, DDIM and DPM-Solver++ sampler steps, and the sinusoidal time embedding, each the fused elementwise mirror of
 // src/diffusion and src/nn/layers.rs.
 // Built without FMA contraction so every a*b + c rounds twice, as on the CPU: the steps then agree to the bit
 // given the same inputs and noise.
@@ -70,16 +70,35 @@ extern "C" __global__ void ddpm_step(const float* __restrict__ x, const float* _
   }
 }
 
-// One DDIM step (DdimCoefs): x0 = clamp((x - s1m*eps)/sab, -1, 1) (a true division, and NaN passes the clamp as
-// in Rust's f32::clamp), out = sab_prev*x0 + dir*eps (+ sigma*z when `noisy`).
+// One DDIM step (DdimCoefs): x0 = (x - s1m*eps)/sab (a true division), clamped to [-1, 1] when `clamp` (NaN
+// passes the clamp as in Rust's f32::clamp), out = sab_prev*x0 + dir*eps (+ sigma*z when `noisy`).
 // Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
 extern "C" __global__ void ddim_step(const float* __restrict__ x, const float* __restrict__ eps,
                                      float* __restrict__ out, long long n, float s1m, float sab, float sab_prev,
-                                     float dir, float sigma, u64 seed, u64 stream, int noisy) {
+                                     float dir, float sigma, int clamp, u64 seed, u64 stream, int noisy) {
   GRID_STRIDE(e, n) {
     float x0 = (x[e] - s1m * eps[e]) / sab;
-    x0 = x0 < -1.0f ? -1.0f : (x0 > 1.0f ? 1.0f : x0);
+    if (clamp) x0 = x0 < -1.0f ? -1.0f : (x0 > 1.0f ? 1.0f : x0);
     const float det = sab_prev * x0 + dir * eps[e];
     out[e] = noisy ? det + sigma * philox_normal(seed, stream, (u64)e) : det;
+  }
+}
+
+// One DPM-Solver++(2M) or SDE-DPM-Solver++(2M) step (DpmCoefs, src/diffusion/dpm_solver.rs): x0 = (x - sigma*eps)
+// / alpha, clamped to [-1, 1] when `clamp`; d = x0 + prev_coef*(x0 - x0_prev) for a second-order step
+// (prev_coef != 0), else x0; x0_prev = x0 (each element read before it is written, by the same thread);
+// out = x_coef*x + d_coef*d (+ noise_coef*z when `noisy`). Launch: grid CEIL_DIV(n, 256) (capped; grid-stride),
+// block 256.
+extern "C" __global__ void dpm_step(const float* __restrict__ x, const float* __restrict__ eps,
+                                    float* __restrict__ x0_prev, float* __restrict__ out, long long n, float sigma,
+                                    float alpha, float x_coef, float d_coef, float prev_coef, float noise_coef,
+                                    int clamp, u64 seed, u64 stream, int noisy) {
+  GRID_STRIDE(e, n) {
+    float x0 = (x[e] - sigma * eps[e]) / alpha;
+    if (clamp) x0 = x0 < -1.0f ? -1.0f : (x0 > 1.0f ? 1.0f : x0);
+    const float d = prev_coef != 0.0f ? x0 + prev_coef * (x0 - x0_prev[e]) : x0;
+    x0_prev[e] = x0;
+    const float det = x_coef * x[e] + d_coef * d;
+    out[e] = noisy ? det + noise_coef * philox_normal(seed, stream, (u64)e) : det;
   }
 }

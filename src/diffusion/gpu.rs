@@ -1,7 +1,7 @@
 //! The diffusion kernels' launches: q_sample, the training batch's draw, the time embedding's sinusoid and the
 //! sampler steps, each one elementwise pass with its Philox draws made on the device.
 
-use super::{BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, Schedule, ScheduleTables};
+use super::{BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, Schedule, ScheduleTables};
 use crate::backend::Gpu;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
@@ -98,8 +98,9 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
         noise: Option<(u64, u64)>,
         out: &mut E::Buf,
     ) -> Result<()> {
-        let coefs = [c.sqrt_recip_alpha, c.eps_coef, c.sigma];
-        sampler_step(self.executor(), Kernel::DdpmStep, (x, eps, out), &coefs, noise)
+        let coefs = [c.sqrt_recip_alpha, c.eps_coef, c.sigma].map(Arg::F32);
+        // x and eps read, out written; ~5 operations per value.
+        sampler_step(self.executor(), Kernel::DdpmStep, &[x, eps, out], coefs, noise, (2, 1, 5))
     }
 
     fn ddim_step(
@@ -110,34 +111,50 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
         noise: Option<(u64, u64)>,
         out: &mut E::Buf,
     ) -> Result<()> {
-        let coefs = [c.sqrt_one_minus_ab, c.sqrt_ab, c.sqrt_ab_prev, c.dir_coef, c.sigma];
-        sampler_step(self.executor(), Kernel::DdimStep, (x, eps, out), &coefs, noise)
+        let f = [c.sqrt_one_minus_ab, c.sqrt_ab, c.sqrt_ab_prev, c.dir_coef, c.sigma].map(Arg::F32);
+        let coefs = f.into_iter().chain([Arg::I32(c.clamp as i32)]);
+        // x and eps read, out written; ~7 operations per value (the clamp included).
+        sampler_step(self.executor(), Kernel::DdimStep, &[x, eps, out], coefs, noise, (2, 1, 7))
+    }
+
+    fn dpm_step(
+        &self,
+        c: &DpmCoefs,
+        x: &E::Buf,
+        eps: &E::Buf,
+        x0_prev: &mut E::Buf,
+        noise: Option<(u64, u64)>,
+        out: &mut E::Buf,
+    ) -> Result<()> {
+        let f = [c.sigma, c.alpha, c.x_coef, c.d_coef, c.prev_coef, c.noise_coef].map(Arg::F32);
+        let coefs = f.into_iter().chain([Arg::I32(c.clamp as i32)]);
+        // x, eps and the previous x̂0 read, out and x̂0 written; ~12 operations per element, 6 per written word.
+        sampler_step(self.executor(), Kernel::DpmStep, &[x, eps, x0_prev, out], coefs, noise, (3, 2, 6))
     }
 }
 
-/// One sampler update `k(x, eps, out, n, coefs.., seed, stream, draw_noise)`: both steps' kernels take their
-/// coefficients between the length and the noise stream.
-fn sampler_step<E: Executor>(
+/// One sampler update `k(bufs.., n, scalars.., seed, stream, draw_noise)` over the `n = bufs[0].len()` elements of
+/// x, every other buffer checked to cover them: all the steps' kernels take their buffers first and their
+/// coefficients between the length and the noise stream. `(read, written, flops)` are the words read and written
+/// per element and the operations per written word, for the launch's [`Cost`].
+fn sampler_step<'a, E: Executor>(
     e: &E,
     k: Kernel,
-    (x, eps, out): (&E::Buf, &E::Buf, &mut E::Buf),
-    coefs: &[f32],
+    bufs: &[&'a E::Buf],
+    scalars: impl IntoIterator<Item = Arg<'a, E::Buf>>,
     noise: Option<(u64, u64)>,
+    (read, written, flops): (usize, usize, usize),
 ) -> Result<()> {
-    let n = check_step(x, eps, out)?;
+    let n = bufs[0].len();
+    for b in &bufs[1..] {
+        need("sampler step buffer", *b, n)?;
+    }
     let (seed, stream) = noise.unwrap_or((0, 0));
-    let mut args = vec![Arg::Buf(x), Arg::Buf(eps), Arg::Buf(out), Arg::I64(n as i64)];
-    args.extend(coefs.iter().map(|&v| Arg::F32(v)));
+    let mut args: Vec<Arg<'a, E::Buf>> = bufs.iter().map(|&b| Arg::Buf(b)).collect();
+    args.push(Arg::I64(n as i64));
+    args.extend(scalars);
     args.extend([Arg::U64(seed), Arg::U64(stream), Arg::I32(noise.is_some() as i32)]);
-    // x and eps read, out written; with noise the draw adds ~40 operations per value.
-    let flops = if noise.is_some() { 45 } else { 5 };
-    run(e, k, elementwise(n), Cost::pass(2 * n, n, flops), &args)
-}
-
-/// The step's length `n = x.len()`, after checking `eps` and `out` cover it.
-fn check_step<B: DeviceBuf>(x: &B, eps: &B, out: &B) -> Result<usize> {
-    let n = x.len();
-    need("sampler step eps", eps, n)?;
-    need("sampler step out", out, n)?;
-    Ok(n)
+    // With noise, the Philox draw and Box-Muller add ~40 operations per element.
+    let flops = if noise.is_some() { flops + 40 / written } else { flops };
+    run(e, k, elementwise(n), Cost::pass(read * n, written * n, flops), &args)
 }

@@ -2,12 +2,14 @@
 //! ([`sampler`]), and their fused kernels behind [`DiffusionOps`] (`cpu.rs`, `gpu.rs`, `diffusion.cu`).
 
 mod cpu;
+pub mod dpm_solver;
 mod gpu;
 pub mod sampler;
 pub mod schedule;
 #[cfg(test)]
 mod tests;
 
+pub use dpm_solver::{dpm_timesteps, DpmCoefs, Spacing};
 pub use sampler::{ddim_timesteps, initial_noise, sample, DdimCoefs, DdpmCoefs, Denoiser, SamplerKind};
 pub use schedule::Schedule;
 
@@ -54,6 +56,17 @@ pub trait DiffusionOps: Memory {
         c: &DdimCoefs,
         x: &Self::Buf,
         eps: &Self::Buf,
+        noise: Option<(u64, u64)>,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// One DPM-Solver++ step (`dpm_solver::dpm_update`): reads the previous step's x̂0 from `x0_prev` (second-order
+    /// steps only) and writes this step's into it; noise as in [`DiffusionOps::ddpm_step`].
+    fn dpm_step(
+        &self,
+        c: &DpmCoefs,
+        x: &Self::Buf,
+        eps: &Self::Buf,
+        x0_prev: &mut Self::Buf,
         noise: Option<(u64, u64)>,
         out: &mut Self::Buf,
     ) -> Result<()>;

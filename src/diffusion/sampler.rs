@@ -1,10 +1,12 @@
 //! Reverse-process samplers. DDPM is Ho et al. 2020, Algorithm 2. DDIM is Song et al. 2021, eq. (12).
+//! DPM-Solver++(2M) and its SDE variant are in [`super::dpm_solver`].
 //!
 //! Every sampler has one shape: a list of steps `(t, t_prev)`, one network call per step, and a pure elementwise
-//! update `x_t -> x_{t_prev}`. The per-step scalars are computed once on the host ([`DdpmCoefs`], [`DdimCoefs`]), so a
-//! fused CUDA kernel takes the same scalars and mirrors the elementwise functions here. The scalar arithmetic follows
+//! update `x_t -> x_{t_prev}`. The per-step scalars are computed once on the host ([`DdpmCoefs`], [`DdimCoefs`],
+//! [`DpmCoefs`]), so a fused CUDA kernel takes the same scalars and mirrors the elementwise functions here. The scalar arithmetic follows
 //! the reference's f32 operation order, because torch evaluates those scalars as 0-d f32 tensors.
 
+use super::dpm_solver::{dpm_timesteps, DpmCoefs, Spacing};
 use super::schedule::Schedule;
 use crate::backend::{Backend, Cpu};
 use crate::error::{Error, Result};
@@ -29,22 +31,50 @@ pub enum SamplerKind {
     /// Ancestral DDPM over all T steps.
     Ddpm,
     /// DDIM on the grid [`ddim_timesteps`]`(T, steps)`. `eta = 0` is deterministic, and `eta = 1` on the full grid is
-    /// DDPM.
-    Ddim { steps: usize, eta: f32 },
+    /// DDPM. `clamp` clamps x̂0 to [-1, 1] at every step and the output at the end (the reference does both).
+    Ddim { steps: usize, eta: f32, clamp: bool },
+    /// DPM-Solver++(2M) ([`super::dpm_solver`]) on `steps` timesteps spaced by `spacing`; `clamp` as for DDIM.
+    DpmPp2m { steps: usize, spacing: Spacing, clamp: bool },
+    /// SDE-DPM-Solver++(2M) ([`super::dpm_solver`]), otherwise as [`SamplerKind::DpmPp2m`].
+    DpmPp2mSde { steps: usize, spacing: Spacing, clamp: bool },
 }
 
 impl SamplerKind {
-    /// `Err(Error::Arg)` unless `1 <= steps <= t_total` and `eta` is finite and `>= 0`.
+    /// `Err(Error::Arg)` unless `1 <= steps <= t_total` and, for DDIM, `eta` is finite and `>= 0`.
     pub fn validate(&self, t_total: usize) -> Result<()> {
-        match *self {
-            SamplerKind::Ddpm => Ok(()),
-            SamplerKind::Ddim { steps, .. } if steps == 0 || steps > t_total => {
-                Err(Error::Arg(format!("DDIM steps must be in 1..={t_total}, got {steps}")))
-            }
+        let (name, steps) = match *self {
+            SamplerKind::Ddpm => return Ok(()),
             SamplerKind::Ddim { eta, .. } if !(eta.is_finite() && eta >= 0.0) => {
-                Err(Error::Arg(format!("DDIM eta must be finite and >= 0, got {eta}")))
+                return Err(Error::Arg(format!("DDIM eta must be finite and >= 0, got {eta}")))
             }
-            SamplerKind::Ddim { .. } => Ok(()),
+            SamplerKind::Ddim { steps, .. } => ("DDIM", steps),
+            SamplerKind::DpmPp2m { steps, .. } | SamplerKind::DpmPp2mSde { steps, .. } => ("DPM-Solver++", steps),
+        };
+        if steps == 0 || steps > t_total {
+            return Err(Error::Arg(format!("{name} steps must be in 1..={t_total}, got {steps}")));
+        }
+        Ok(())
+    }
+
+    /// The timesteps of the network calls on `sched`, in the order they are made (descending). Its length is the
+    /// number of network calls.
+    pub fn timesteps(&self, sched: &Schedule) -> Vec<usize> {
+        match *self {
+            SamplerKind::Ddpm => (0..sched.t).rev().collect(),
+            SamplerKind::Ddim { steps, .. } => ddim_timesteps(sched.t, steps).into_iter().rev().collect(),
+            SamplerKind::DpmPp2m { steps, spacing, .. } | SamplerKind::DpmPp2mSde { steps, spacing, .. } => {
+                dpm_timesteps(sched, steps, spacing)
+            }
+        }
+    }
+
+    /// Whether x̂0 and the output are clamped to [-1, 1]. DDPM has no x̂0, and its output is always clamped.
+    pub fn clamps(&self) -> bool {
+        match *self {
+            SamplerKind::Ddpm => true,
+            SamplerKind::Ddim { clamp, .. }
+            | SamplerKind::DpmPp2m { clamp, .. }
+            | SamplerKind::DpmPp2mSde { clamp, .. } => clamp,
         }
     }
 }
@@ -123,10 +153,13 @@ pub struct DdimCoefs {
     pub sigma: f32,
     /// `sqrt(max(1 - alpha_bar_prev - sigma^2, 0))`, the weight of the predicted noise (the "direction to x_t").
     pub dir_coef: f32,
+    /// Whether x̂0 is clamped to [-1, 1], as the reference does. [`DdimCoefs::new`] sets it.
+    pub clamp: bool,
 }
 
 impl DdimCoefs {
-    /// The coefficients for the step t to t_prev; `Err` if `t >= T` or `t_prev >= t`.
+    /// The coefficients for the step t to t_prev, with the reference's clamp of x̂0; `Err` if `t >= T` or
+    /// `t_prev >= t`.
     pub fn new(sched: &Schedule, t: usize, t_prev: Option<usize>, eta: f32) -> Result<Self> {
         check_t(sched, t)?;
         if let Some(p) = t_prev.filter(|&p| p >= t) {
@@ -143,6 +176,7 @@ impl DdimCoefs {
             sigma_sq,
             sigma: sigma_sq.max(0.0).sqrt(),
             dir_coef: (1.0 - ab_prev - sigma_sq).max(0.0).sqrt(),
+            clamp: true,
         })
     }
 }
@@ -165,12 +199,14 @@ pub fn ddim_step(
     Ok(())
 }
 
-/// The elementwise body of [`ddim_step`] with its scalars given (lengths checked by the caller).
+/// The elementwise body of [`ddim_step`] with its scalars given (lengths checked by the caller); x̂0 is clamped only
+/// when `c.clamp`.
 pub fn ddim_update(c: &DdimCoefs, x: &[f32], eps: &[f32], z: Option<&[f32]>, out: &mut [f32]) {
     for (i, o) in out.iter_mut().enumerate() {
         // Reference order: a true division by sqrt(ab_t), not a multiply by its reciprocal (they differ in the last
         // bit).
-        let x0 = ((x[i] - c.sqrt_one_minus_ab * eps[i]) / c.sqrt_ab).clamp(-1.0, 1.0);
+        let x0 = (x[i] - c.sqrt_one_minus_ab * eps[i]) / c.sqrt_ab;
+        let x0 = if c.clamp { x0.clamp(-1.0, 1.0) } else { x0 };
         let det = c.sqrt_ab_prev * x0 + c.dir_coef * eps[i];
         *o = match z {
             Some(z) => det + c.sigma * z[i],
@@ -217,9 +253,10 @@ pub fn initial_noise(seed: u64, n: usize, c: usize, h: usize, w: usize) -> Tenso
 }
 
 /// Runs the reverse process from `x_t` (`[N, C, H, W]`, usually [`initial_noise`], on the denoiser's backend)
-/// and returns `clamp(x_0, -1, 1)` on the host. The step from t draws its noise `rng::normal(seed,
-/// noise_stream(t), ·)` on the backend, inside the fused step. No noise is drawn for the last step, or for DDIM
-/// with eta = 0. `progress(done, total)` is called after each network call.
+/// and returns x_0 on the host, clamped to [-1, 1] when [`SamplerKind::clamps`]. The network is called at
+/// [`SamplerKind::timesteps`]; the step from t draws its noise `rng::normal(seed, noise_stream(t), ·)` on the
+/// backend, inside the fused step. No noise is drawn for the last step, for DDIM with eta = 0, or for
+/// DPM-Solver++(2M). `progress(done, total)` is called after each network call.
 pub fn sample<B: Backend>(
     den: &mut dyn Denoiser<B>,
     sched: &Schedule,
@@ -230,21 +267,20 @@ pub fn sample<B: Backend>(
 ) -> Result<Tensor> {
     kind.validate(sched.t)?;
     let (n, ..) = x_t.dims4("sample: x_t")?;
-    // Each step is (t, t_prev), with t_prev = None for the last one.
-    let grid: Vec<usize> = match kind {
-        SamplerKind::Ddpm => (0..sched.t).collect(),
-        SamplerKind::Ddim { steps, .. } => ddim_timesteps(sched.t, steps),
-    };
-    let plan: Vec<(usize, Option<usize>)> =
-        (0..grid.len()).rev().map(|i| (grid[i], i.checked_sub(1).map(|p| grid[p]))).collect();
+    let ts = kind.timesteps(sched);
     let noisy = match kind {
-        SamplerKind::Ddpm => true,
+        SamplerKind::Ddpm | SamplerKind::DpmPp2mSde { .. } => true,
         SamplerKind::Ddim { eta, .. } => eta > 0.0,
+        SamplerKind::DpmPp2m { .. } => false,
     };
     let mut x = x_t;
     let be = x.backend().clone();
     let mut next = Tensor::alloc(&be, x.shape())?;
-    for (k, &(t, t_prev)) in plan.iter().enumerate() {
+    // DPM-Solver++'s x̂0 of the previous step, kept for its second-order steps (allocated at its first step).
+    let mut x0_prev: Option<Tensor<B>> = None;
+    for (k, &t) in ts.iter().enumerate() {
+        // The step goes from t to t_prev, the next call's timestep, or to x_0 (None) after the last call.
+        let t_prev = ts.get(k + 1).copied();
         let eps = den.predict_eps(&x, &vec![t; n])?;
         if eps.shape() != x.shape() {
             return shape_err!("sample: denoiser returned {:?} for input {:?}", eps.shape(), x.shape());
@@ -252,14 +288,28 @@ pub fn sample<B: Backend>(
         let noise = (noisy && t_prev.is_some()).then_some((seed, noise_stream(t)));
         match kind {
             SamplerKind::Ddpm => be.ddpm_step(&DdpmCoefs::new(sched, t)?, x.buf(), eps.buf(), noise, next.buf_mut())?,
-            SamplerKind::Ddim { eta, .. } => {
-                be.ddim_step(&DdimCoefs::new(sched, t, t_prev, eta)?, x.buf(), eps.buf(), noise, next.buf_mut())?
+            SamplerKind::Ddim { eta, clamp, .. } => {
+                let c = DdimCoefs { clamp, ..DdimCoefs::new(sched, t, t_prev, eta)? };
+                be.ddim_step(&c, x.buf(), eps.buf(), noise, next.buf_mut())?
+            }
+            SamplerKind::DpmPp2m { clamp, .. } | SamplerKind::DpmPp2mSde { clamp, .. } => {
+                let sde = matches!(kind, SamplerKind::DpmPp2mSde { .. });
+                let before = k.checked_sub(1).map(|j| ts[j]);
+                let c = DpmCoefs::new(sched, (before, t, t_prev), sde, clamp)?;
+                let mut prev = match x0_prev.take() {
+                    Some(p) => p,
+                    None => Tensor::alloc(&be, x.shape())?,
+                };
+                be.dpm_step(&c, x.buf(), eps.buf(), prev.buf_mut(), noise, next.buf_mut())?;
+                x0_prev = Some(prev);
             }
         }
         std::mem::swap(&mut x, &mut next);
-        progress(k + 1, plan.len());
+        progress(k + 1, ts.len());
     }
     let mut x = x.to_host()?;
-    x.data_mut().iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
+    if kind.clamps() {
+        x.data_mut().iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
+    }
     Ok(x)
 }

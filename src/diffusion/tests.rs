@@ -1,7 +1,8 @@
 //! The diffusion kernels on the GPU against the CPU's.
 
-use super::sampler::{ddim_step, ddpm_step, noise_stream};
-use super::{BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, Schedule, ScheduleTables};
+use super::dpm_solver::dpm_update;
+use super::sampler::{ddim_step, ddim_update, ddpm_step, noise_stream};
+use super::{BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, Schedule, ScheduleTables};
 use crate::backend::{Cpu, Gpu, Memory};
 use crate::gpu::Executor;
 use crate::nn::TimeEmbedding;
@@ -55,10 +56,48 @@ fn sampler_steps<E: Executor>(dev: &Gpu<E>) {
             ddim_step(&sched, (t, t_prev, eta), &x, &eps, noisy.then_some(&z[..]), &mut want).unwrap();
             dev.ddim_step(&c, &xb, &eb, noisy.then_some((seed, stream)), &mut got).unwrap();
             close(&down(dev, &got), &want, 1e-6, 1e-6, &format!("ddim t={t} noisy={noisy}"));
+            // Without the clamp: x in [-1, 1] and eps make x̂0 up to ~1/sqrt(alpha_bar), far outside [-1, 1].
+            let c = DdimCoefs { clamp: false, ..c };
+            ddim_update(&c, &x, &eps, noisy.then_some(&z[..]), &mut want);
+            dev.ddim_step(&c, &xb, &eb, noisy.then_some((seed, stream)), &mut got).unwrap();
+            close(&down(dev, &got), &want, 1e-6, 1e-6, &format!("ddim no clamp t={t} noisy={noisy}"));
         }
     }
 }
 gpu_test!(sampler_steps);
+
+// DPM-Solver++ steps (2M and SDE, first and second order, the final step, with and without the clamp) against the
+// CPU twin: the output and the x̂0 written back into x0_prev, bit for bit on the emulator (same f32 order, no FMA
+// contraction), within 2 ulp of the Philox normals on a GPU.
+fn dpm_steps<E: Executor>(dev: &Gpu<E>) {
+    let sched = Schedule::linear(1000, 1e-4, 0.02).unwrap();
+    let n = 2 * 7 * 9;
+    let (x, eps, prev) = (rand(92, n), rand(93, n), rand(94, n));
+    let (xb, eb, mut got) = (up(dev, &x), up(dev, &eps), out(dev, n));
+    let seed = 43;
+    for (u, s, t) in [(None, 999, Some(950)), (Some(999), 950, Some(500)), (Some(20), 5, Some(0)), (Some(5), 0, None)] {
+        for (sde, clamp) in [(false, true), (false, false), (true, true), (true, false)] {
+            let c = DpmCoefs::new(&sched, (u, s, t), sde, clamp).unwrap();
+            let noise = (sde && t.is_some()).then_some((seed, noise_stream(s)));
+            let z = noise.map(|(seed, stream)| {
+                let mut z = vec![0.0; n];
+                rng::fill_normal(seed, stream, &mut z);
+                z
+            });
+            let (mut want, mut want_prev) = (vec![0.0; n], prev.clone());
+            dpm_update(&c, &x, &eps, &mut want_prev, z.as_deref(), &mut want);
+            let mut prev_b = up(dev, &prev);
+            dev.dpm_step(&c, &xb, &eb, &mut prev_b, noise, &mut got).unwrap();
+            let what = format!("dpm {u:?} -> {s} -> {t:?} sde={sde} clamp={clamp}");
+            same::<E>(&down(dev, &got), &want, &what);
+            same::<E>(&down(dev, &prev_b), &want_prev, &format!("{what}: x0_prev"));
+        }
+    }
+    // A short x0_prev is refused before the launch.
+    let c = DpmCoefs::new(&sched, (None, 999, Some(950)), false, true).unwrap();
+    assert!(dev.dpm_step(&c, &xb, &eb, &mut out(dev, n - 1), None, &mut got).is_err());
+}
+gpu_test!(dpm_steps);
 
 /// Whether `E` is the emulator, whose f32 math is the host's (same libm, no FMA contraction): there the elementwise
 /// kernels must match the CPU bit for bit; a GPU's logf/cosf/expf/sinf are within 2 ulp.

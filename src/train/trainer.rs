@@ -441,7 +441,7 @@ impl<B: Backend> Trainer<B> {
 
     /// DDIM-50 (η = 0), or DDIM over every step when T < 50: the evaluation sampler.
     fn ddim50(&self) -> SamplerKind {
-        SamplerKind::Ddim { steps: 50.min(self.sched.t), eta: 0.0 }
+        SamplerKind::Ddim { steps: 50.min(self.sched.t), eta: 0.0, clamp: true }
     }
 
     /// The evaluation at the milestone `m` of epoch `epoch`: one DDIM-50 batch from the EMA weights serves the

@@ -5,6 +5,7 @@
 //! from the tensor shapes. Files are written to a temporary name and renamed, never left half-written.
 
 use crate::backend::Backend;
+use crate::diffusion::ScheduleKind;
 use crate::error::{Error, Result};
 use crate::nn::{UNet, UNetConfig};
 use crate::params::Params;
@@ -68,6 +69,7 @@ fn metadata(s: &TrainState) -> BTreeMap<String, String> {
         ("base", c.model.base.to_string()),
         ("t_dim", c.model.t_dim.to_string()),
         ("timesteps", c.timesteps.to_string()),
+        ("schedule", c.schedule.name().to_string()),
         ("epochs", c.epochs.to_string()),
         ("batch", c.batch.to_string()),
         // `{:?}` prints the shortest string that parses back to the same f64.
@@ -91,6 +93,11 @@ fn field<T: std::str::FromStr>(f: &TensorFile, key: &str) -> Result<T> {
     raw.parse().map_err(|_| Error::file(&f.path, format!("checkpoint metadata `{key}` = {raw:?} is not valid")))
 }
 
+/// Reads a metadata field that older checkpoints lack: `None` when absent.
+fn optional_field<T: std::str::FromStr>(f: &TensorFile, key: &str) -> Result<Option<T>> {
+    f.metadata.get(key).map(|_| field(f, key)).transpose()
+}
+
 /// Loads a checkpoint written by [`save`] into a state that continues the run exactly.
 pub fn load_train_state(path: &Path) -> Result<TrainState> {
     train_state_from(&read_tensors(path)?)
@@ -109,6 +116,7 @@ fn train_state_from(f: &TensorFile) -> Result<TrainState> {
     let config = RunConfig {
         model: UNetConfig { in_ch: field(f, "in_ch")?, base: field(f, "base")?, t_dim: field(f, "t_dim")? },
         timesteps: field(f, "timesteps")?,
+        schedule: optional_field(f, "schedule")?.unwrap_or_default(),
         epochs: field(f, "epochs")?,
         batch: field(f, "batch")?,
         lr: field(f, "lr")?,
@@ -170,12 +178,15 @@ pub struct SamplingModel {
     pub params: Params,
     /// T of the schedule the model was trained with.
     pub timesteps: usize,
+    /// The schedule the model was trained with (linear for a plain state dict, as in the reference).
+    pub schedule: ScheduleKind,
     /// What was loaded, for the user: "EMA weights of step 1200", "plain state dict", ...
     pub description: String,
 }
 
-/// Loads a model to sample from: a checkpoint of ours (its EMA weights unless `use_ema` is false) or a plain
-/// PyTorch state dict under the reference's names (its only weights; T = 1000 as in the reference).
+/// Loads a model to sample from: a checkpoint of ours (its EMA weights unless `use_ema` is false; its schedule, and
+/// linear for a checkpoint older than the field) or a plain PyTorch state dict under the reference's names (its
+/// only weights; T = 1000 and the linear schedule, as in the reference).
 pub fn load_for_sampling(path: &Path, use_ema: bool) -> Result<SamplingModel> {
     let f = read_tensors(path)?;
     let what = path.display().to_string();
@@ -186,7 +197,9 @@ pub fn load_for_sampling(path: &Path, use_ema: bool) -> Result<SamplingModel> {
         } else {
             (state.params, format!("live (non-EMA) weights after step {}", state.step))
         };
-        return Ok(SamplingModel { model: state.model, params, timesteps: state.config.timesteps, description });
+        let (timesteps, schedule) = (state.config.timesteps, state.config.schedule);
+        let description = format!("{description}; {schedule} schedule, T = {timesteps}");
+        return Ok(SamplingModel { model: state.model, params, timesteps, schedule, description });
     }
     let shape = |name: &str| -> Result<Vec<usize>> { Ok(f.f32(name)?.shape().to_vec()) };
     let (conv, time) = (shape("in_conv.weight")?, shape("time.mlp.0.weight")?);
@@ -209,5 +222,5 @@ pub fn load_for_sampling(path: &Path, use_ema: bool) -> Result<SamplingModel> {
         "plain state dict (base {}, t_dim {}, in_ch {}); no EMA in it",
         config.base, config.t_dim, config.in_ch
     );
-    Ok(SamplingModel { model, params, timesteps: 1000, description })
+    Ok(SamplingModel { model, params, timesteps: 1000, schedule: ScheduleKind::Linear, description })
 }

@@ -491,3 +491,27 @@ fn info_reports_the_embedded_ptx_and_the_driver() {
         }
     }
 }
+
+#[test]
+fn a_cosine_run_keeps_its_schedule_in_its_checkpoints_and_samples_with_it() {
+    let dir = scratch("cosine");
+    let run = dir.join("run");
+    succeeds(&tiny_train(&run, &["--schedule", "cosine", "--max-steps", "2", "--eval-n", "0"]));
+    assert!(read(&run.join("config.json")).contains("\"schedule\": \"cosine\""));
+    let ckpt = run.join("checkpoint.safetensors");
+    let m = ddpm::checkpoint::load_for_sampling(&ckpt, true).unwrap();
+    assert_eq!(m.schedule, ddpm::diffusion::ScheduleKind::Cosine);
+    let png = dir.join("s.png");
+    let r = ddpm(&["sample", "--checkpoint", s(&ckpt), "--steps", "3", "--n", "2", "--out", s(&png)]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("cosine schedule, T = 50"), "{r:?}");
+    succeeds(&r);
+    // Resuming may restate the schedule but not change it.
+    let resume = |schedule: &str| {
+        let flags = ["--resume", s(&ckpt), "--schedule", schedule, "--max-steps", "3", "--sample-n", "4"];
+        ddpm(&[&["train", "--device", "cpu", "--eval-n", "0", "--out", s(&run)][..], &flags].concat())
+    };
+    fails_with(&resume("linear"), "--schedule linear does not match");
+    succeeds(&resume("cosine"));
+    fails_with(&tiny_train(&dir.join("bad"), &["--schedule", "quadratic"]), "invalid value 'quadratic'");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -421,6 +421,7 @@ const SHAPES: [&str; 12] = [
 fn metadata_values(key: &str) -> &'static [&'static str] {
     match key {
         "in_ch" | "base" | "t_dim" => &["", "0", "1", "2", "3", "7", "8", "9", "16", "-8", "8.0", "x"],
+        "schedule" => &["", "linear", "cosine", "Cosine", "none", "x"],
         _ => &[
             "",
             "0",
@@ -442,12 +443,13 @@ fn metadata_values(key: &str) -> &'static [&'static str] {
     }
 }
 
-const CHECKPOINT_KEYS: [&str; 15] = [
+const CHECKPOINT_KEYS: [&str; 16] = [
     "format",
     "in_ch",
     "base",
     "t_dim",
     "timesteps",
+    "schedule",
     "epochs",
     "batch",
     "lr",
@@ -694,6 +696,7 @@ fn mutated_checkpoints_load_or_fail_cleanly() {
     let config = RunConfig {
         model: UNetConfig { in_ch: 1, base: 8, t_dim: 8 },
         timesteps: 10,
+        schedule: ddpm::diffusion::ScheduleKind::Cosine,
         epochs: 1,
         batch: 2,
         lr: 1e-3,

@@ -7,7 +7,7 @@
 use super::bench::{BenchArgs, Workload};
 use anyhow::{bail, Result};
 use ddpm::backend::{Gpu, Precision};
-use ddpm::diffusion::{initial_noise, sample, Denoiser, SamplerKind, Schedule};
+use ddpm::diffusion::{initial_noise, sample, Denoiser, SamplerKind};
 use ddpm::gpu::count::Launch;
 use ddpm::gpu::model::DeviceModel;
 use ddpm::gpu::record::Recorder;
@@ -66,7 +66,7 @@ fn train_step(gpu: &Gpu<Recorder>, config: RunConfig) -> Result<Step> {
 /// `n` images.
 fn sampler_steps(gpu: &Gpu<Recorder>, config: RunConfig, n: usize) -> Result<Vec<Step>> {
     let state = TrainState::new(config)?.to_backend(gpu)?;
-    let sched = Schedule::linear(state.config.timesteps, 1e-4, 2e-2)?;
+    let sched = state.config.schedule.build(state.config.timesteps)?;
     let mut out = Vec::new();
     for (name, kind) in [("ddim", SamplerKind::Ddim { steps: 3, eta: 0.0 }), ("ddpm", SamplerKind::Ddpm)] {
         let mut den = UNetDenoiser { model: &state.model, params: &state.params };

@@ -145,7 +145,7 @@ pub fn generate(
     x_t: Tensor,
     seed: u64,
 ) -> Result<(Tensor, usize)> {
-    let sched = Schedule::linear(m.timesteps, 1e-4, 2e-2)?;
+    let sched = m.schedule.build(m.timesteps)?;
     kind.validate(sched.t).context("bad sampler settings")?;
     let calls = match kind {
         SamplerKind::Ddpm => sched.t,

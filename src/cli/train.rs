@@ -4,10 +4,12 @@
 
 use super::{on_backend, progress_bar, resolve_device, say, DeviceArg};
 use anyhow::{bail, Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
 use ddpm::backend::Backend;
 use ddpm::checkpoint::load_train_state;
 use ddpm::data::{load_dataset, Split};
+use ddpm::diffusion::ScheduleKind;
 use ddpm::eval::{Evaluator, Quality};
 use ddpm::nn::DEFAULT_WEIGHTS;
 use ddpm::train::{CheckpointPolicy, EpochSummary, LogRow, Observer, RunConfig, RunDir, RunEnd, TrainState, Trainer};
@@ -59,9 +61,14 @@ pub struct TrainArgs {
     /// Width of the sinusoidal time embedding (even); the time MLP is 4x wider.
     #[arg(long)]
     t_dim: Option<usize>,
-    /// Diffusion steps T of the linear schedule (β from 1e-4 to 0.02).
+    /// Diffusion steps T.
     #[arg(long)]
     timesteps: Option<usize>,
+    /// Noise schedule: linear (β from 1e-4 to 0.02, the reference's) or cosine (Nichol & Dhariwal 2021), kept in
+    /// the checkpoints and used by every sampler [default: linear].
+    #[arg(long, value_parser = PossibleValuesParser::new(ScheduleKind::ALL.map(|k| k.name()))
+        .try_map(|s| s.parse::<ScheduleKind>()))]
+    schedule: Option<ScheduleKind>,
     /// EMA decay of the sampled weights.
     #[arg(long)]
     ema_decay: Option<f64>,
@@ -115,6 +122,7 @@ impl TrainArgs {
         c.model.base = self.base.unwrap_or(c.model.base);
         c.model.t_dim = self.t_dim.unwrap_or(c.model.t_dim);
         c.timesteps = self.timesteps.unwrap_or(c.timesteps);
+        c.schedule = self.schedule.unwrap_or(c.schedule);
         c.ema_decay = self.ema_decay.unwrap_or(c.ema_decay);
         c.seed = self.seed.unwrap_or(c.seed);
         // Explicit epochs replace the recipe's step count; only an explicit --max-steps caps them.
@@ -137,9 +145,13 @@ impl TrainArgs {
         given.into_iter().filter(|(_, g)| *g).map(|(f, _)| f).collect()
     }
 
-    /// Flags that change the recipe's run: the run-defining ones and the run's length.
+    /// Flags that change the recipe's run: the run-defining ones, the schedule and the run's length.
     fn recipe_overrides(&self) -> Vec<&'static str> {
-        let length = [("--epochs", self.epochs.is_some()), ("--max-steps", self.max_steps.is_some())];
+        let length = [
+            ("--schedule", self.schedule.is_some()),
+            ("--epochs", self.epochs.is_some()),
+            ("--max-steps", self.max_steps.is_some()),
+        ];
         let mut flags = self.run_defining_flags();
         flags.extend(length.into_iter().filter(|(_, g)| *g).map(|(f, _)| f));
         flags
@@ -168,6 +180,15 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
                 );
             }
             let mut s = load_train_state(path)?;
+            // The checkpoint's schedule may be restated, not changed: the run trains on one schedule throughout.
+            if let Some(k) = a.schedule.filter(|&k| k != s.config.schedule) {
+                bail!(
+                    "--schedule {k} does not match {}, which was trained with the {} schedule; a run cannot change \
+                     its schedule when resuming",
+                    path.display(),
+                    s.config.schedule
+                );
+            }
             s.config.max_steps = if a.epochs.is_some() { a.max_steps } else { a.max_steps.or(s.config.max_steps) };
             s.config.epochs = a.epochs.unwrap_or(s.config.epochs);
             s

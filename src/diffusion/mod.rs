@@ -9,7 +9,7 @@ pub mod schedule;
 mod tests;
 
 pub use sampler::{ddim_timesteps, initial_noise, sample, DdimCoefs, DdpmCoefs, Denoiser, SamplerKind};
-pub use schedule::Schedule;
+pub use schedule::{Schedule, ScheduleKind};
 
 use crate::backend::Memory;
 use crate::error::{Error, Result};

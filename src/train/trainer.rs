@@ -159,7 +159,7 @@ impl<B: Backend> Trainer<B> {
         let c = &state.config;
         let n_images = images.shape().first().copied().unwrap_or(0);
         let batcher = Batcher::new(n_images, c.batch, c.seed)?;
-        let sched = Schedule::linear(c.timesteps, 1e-4, 2e-2)?;
+        let sched = c.schedule.build(c.timesteps)?;
         let total = c.total_steps(n_images);
         let data = TrainingSet::new(state.params.backend(), images, &sched)?;
         Ok(Trainer {

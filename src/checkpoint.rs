@@ -18,6 +18,8 @@ use std::path::Path;
 
 /// The `format` metadata value of this project's checkpoints.
 const FORMAT: &str = "ddpm-checkpoint-v1";
+/// The label embedding of a class-conditional UNet (`UNet::label`).
+const LABEL_TABLE: &str = "label_emb.weight";
 
 /// Writes `state` to `path` (atomically).
 pub fn save(state: &TrainState, path: &Path) -> Result<()> {
@@ -68,6 +70,7 @@ fn metadata(s: &TrainState) -> BTreeMap<String, String> {
         ("in_ch", c.model.in_ch.to_string()),
         ("base", c.model.base.to_string()),
         ("t_dim", c.model.t_dim.to_string()),
+        ("classes", c.model.classes.to_string()),
         ("timesteps", c.timesteps.to_string()),
         ("schedule", c.schedule.name().to_string()),
         ("epochs", c.epochs.to_string()),
@@ -114,7 +117,13 @@ fn train_state_from(f: &TensorFile) -> Result<TrainState> {
     }
     let max_steps: String = field(f, "max_steps")?;
     let config = RunConfig {
-        model: UNetConfig { in_ch: field(f, "in_ch")?, base: field(f, "base")?, t_dim: field(f, "t_dim")? },
+        model: UNetConfig {
+            in_ch: field(f, "in_ch")?,
+            base: field(f, "base")?,
+            t_dim: field(f, "t_dim")?,
+            // Checkpoints older than class conditioning are unconditional.
+            classes: optional_field(f, "classes")?.unwrap_or(0),
+        },
         timesteps: field(f, "timesteps")?,
         schedule: optional_field(f, "schedule")?.unwrap_or_default(),
         epochs: field(f, "epochs")?,
@@ -148,14 +157,17 @@ fn train_state_from(f: &TensorFile) -> Result<TrainState> {
 /// Checks that the file's tensors have the shapes `config` gives them, before a model of that size is built: the
 /// sizes come from metadata or from one tensor's shape, and a damaged or hostile file must not make the model's
 /// allocation exceed the file's own. Three weights pin the sizes: the input conv (base, in_ch), the time MLP
-/// (t_dim) and a middle conv (base², the bulk of the model).
+/// (t_dim) and a middle conv (base², the bulk of the model); a conditional model's label table pins the classes.
 fn check_sizes(f: &TensorFile, config: &UNetConfig, prefix: &str) -> Result<()> {
-    let UNetConfig { in_ch, base, t_dim } = *config;
-    let expect = [
+    let UNetConfig { in_ch, base, t_dim, classes } = *config;
+    let mut expect = vec![
         ("in_conv.weight", vec![base, in_ch, 3, 3]),
         ("time.mlp.0.weight", vec![t_dim.saturating_mul(4), t_dim]),
         ("mid.conv1.weight", vec![base.saturating_mul(4), base.saturating_mul(4), 3, 3]),
     ];
+    if classes > 0 {
+        expect.push((LABEL_TABLE, vec![classes + 1, t_dim.saturating_mul(4)]));
+    }
     for (name, want) in expect {
         let name = format!("{prefix}{name}");
         let got = f.f32(&name)?.shape().to_vec();
@@ -163,8 +175,8 @@ fn check_sizes(f: &TensorFile, config: &UNetConfig, prefix: &str) -> Result<()> 
             return Err(Error::file(
                 &f.path,
                 format!(
-                    "the model's sizes (base {base}, in_ch {in_ch}, t_dim {t_dim}) call for {name} of shape {want:?}, \
-                     but the file holds {got:?}; the file is damaged"
+                    "the model's sizes (base {base}, in_ch {in_ch}, t_dim {t_dim}, classes {classes}) call for {name} \
+                     of shape {want:?}, but the file holds {got:?}; the file is damaged"
                 ),
             ));
         }
@@ -203,8 +215,13 @@ pub fn load_for_sampling(path: &Path, use_ema: bool) -> Result<SamplingModel> {
     }
     let shape = |name: &str| -> Result<Vec<usize>> { Ok(f.f32(name)?.shape().to_vec()) };
     let (conv, time) = (shape("in_conv.weight")?, shape("time.mlp.0.weight")?);
+    // A label table makes the state dict a conditional model's, of one class fewer than its rows (the null label).
+    let classes = match f.f32(LABEL_TABLE) {
+        Ok(t) => t.shape().first().map_or(0, |&rows| rows.saturating_sub(1)),
+        Err(_) => 0,
+    };
     let config = match (&conv[..], &time[..]) {
-        (&[base, in_ch, 3, 3], &[_, t_dim]) => UNetConfig { in_ch, base, t_dim },
+        (&[base, in_ch, 3, 3], &[_, t_dim]) => UNetConfig { in_ch, base, t_dim, classes },
         _ => {
             return Err(Error::file(
                 path,
@@ -219,8 +236,8 @@ pub fn load_for_sampling(path: &Path, use_ema: bool) -> Result<SamplingModel> {
         UNet::new(config, &mut params, &mut StdRng::seed_from_u64(0)).map_err(|e| Error::file(path, e.to_string()))?;
     params.load_from(&f.f32_with_prefix(""), &what)?;
     let description = format!(
-        "plain state dict (base {}, t_dim {}, in_ch {}); no EMA in it",
-        config.base, config.t_dim, config.in_ch
+        "plain state dict (base {}, t_dim {}, in_ch {}, classes {}); no EMA in it",
+        config.base, config.t_dim, config.in_ch, config.classes
     );
     Ok(SamplingModel { model, params, timesteps: 1000, schedule: ScheduleKind::Linear, description })
 }

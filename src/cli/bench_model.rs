@@ -31,7 +31,7 @@ pub fn run(a: &BenchArgs, model: &str, precision: Precision) -> Result<()> {
     };
     let gpu = Gpu::new(Recorder::new()).with_precision(precision);
     let config = RunConfig {
-        model: UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim },
+        model: UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim, classes: 0 },
         batch: a.batch,
         epochs: 1 << 30,
         ..RunConfig::reference_recipe()

@@ -180,6 +180,13 @@ impl<B: Backend> Trainer<B> {
         })
     }
 
+    /// The trainer with the class label of each training image (`labels[i]` of image i), which a
+    /// class-conditional model trains on (each below its classes).
+    pub fn with_labels(mut self, labels: &[u8]) -> Result<Self> {
+        self.data = self.data.with_labels(labels, self.state.config.model.classes)?;
+        Ok(self)
+    }
+
     /// Writes the run into `dir`: checkpoints, grids of `sample_n` images, the log, `config.json` and the loss
     /// curve. A fresh run starts the log anew (see [`RunDir::for_new_run`] for a folder it may use); a run that has
     /// taken steps (a resumed one) keeps the log's rows up to its step and appends to them, so that the log ends up

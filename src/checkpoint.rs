@@ -5,6 +5,7 @@
 //! from the tensor shapes. Files are written to a temporary name and renamed, never left half-written.
 
 use crate::backend::Backend;
+use crate::diffusion::ScheduleKind;
 use crate::error::{Error, Result};
 use crate::nn::{UNet, UNetConfig};
 use crate::params::Params;
@@ -17,6 +18,8 @@ use std::path::Path;
 
 /// The `format` metadata value of this project's checkpoints.
 const FORMAT: &str = "ddpm-checkpoint-v1";
+/// The label embedding of a class-conditional UNet (`UNet::label`).
+const LABEL_TABLE: &str = "label_emb.weight";
 
 /// Writes `state` to `path` (atomically).
 pub fn save(state: &TrainState, path: &Path) -> Result<()> {
@@ -67,7 +70,9 @@ fn metadata(s: &TrainState) -> BTreeMap<String, String> {
         ("in_ch", c.model.in_ch.to_string()),
         ("base", c.model.base.to_string()),
         ("t_dim", c.model.t_dim.to_string()),
+        ("classes", c.model.classes.to_string()),
         ("timesteps", c.timesteps.to_string()),
+        ("schedule", c.schedule.name().to_string()),
         ("epochs", c.epochs.to_string()),
         ("batch", c.batch.to_string()),
         // `{:?}` prints the shortest string that parses back to the same f64.
@@ -91,6 +96,11 @@ fn field<T: std::str::FromStr>(f: &TensorFile, key: &str) -> Result<T> {
     raw.parse().map_err(|_| Error::file(&f.path, format!("checkpoint metadata `{key}` = {raw:?} is not valid")))
 }
 
+/// Reads a metadata field that older checkpoints lack: `None` when absent.
+fn optional_field<T: std::str::FromStr>(f: &TensorFile, key: &str) -> Result<Option<T>> {
+    f.metadata.get(key).map(|_| field(f, key)).transpose()
+}
+
 /// Loads a checkpoint written by [`save`] into a state that continues the run exactly.
 pub fn load_train_state(path: &Path) -> Result<TrainState> {
     train_state_from(&read_tensors(path)?)
@@ -107,8 +117,15 @@ fn train_state_from(f: &TensorFile) -> Result<TrainState> {
     }
     let max_steps: String = field(f, "max_steps")?;
     let config = RunConfig {
-        model: UNetConfig { in_ch: field(f, "in_ch")?, base: field(f, "base")?, t_dim: field(f, "t_dim")? },
+        model: UNetConfig {
+            in_ch: field(f, "in_ch")?,
+            base: field(f, "base")?,
+            t_dim: field(f, "t_dim")?,
+            // Checkpoints older than class conditioning are unconditional.
+            classes: optional_field(f, "classes")?.unwrap_or(0),
+        },
         timesteps: field(f, "timesteps")?,
+        schedule: optional_field(f, "schedule")?.unwrap_or_default(),
         epochs: field(f, "epochs")?,
         batch: field(f, "batch")?,
         lr: field(f, "lr")?,
@@ -140,14 +157,17 @@ fn train_state_from(f: &TensorFile) -> Result<TrainState> {
 /// Checks that the file's tensors have the shapes `config` gives them, before a model of that size is built: the
 /// sizes come from metadata or from one tensor's shape, and a damaged or hostile file must not make the model's
 /// allocation exceed the file's own. Three weights pin the sizes: the input conv (base, in_ch), the time MLP
-/// (t_dim) and a middle conv (base², the bulk of the model).
+/// (t_dim) and a middle conv (base², the bulk of the model); a conditional model's label table pins the classes.
 fn check_sizes(f: &TensorFile, config: &UNetConfig, prefix: &str) -> Result<()> {
-    let UNetConfig { in_ch, base, t_dim } = *config;
-    let expect = [
+    let UNetConfig { in_ch, base, t_dim, classes } = *config;
+    let mut expect = vec![
         ("in_conv.weight", vec![base, in_ch, 3, 3]),
         ("time.mlp.0.weight", vec![t_dim.saturating_mul(4), t_dim]),
         ("mid.conv1.weight", vec![base.saturating_mul(4), base.saturating_mul(4), 3, 3]),
     ];
+    if classes > 0 {
+        expect.push((LABEL_TABLE, vec![classes + 1, t_dim.saturating_mul(4)]));
+    }
     for (name, want) in expect {
         let name = format!("{prefix}{name}");
         let got = f.f32(&name)?.shape().to_vec();
@@ -155,8 +175,8 @@ fn check_sizes(f: &TensorFile, config: &UNetConfig, prefix: &str) -> Result<()> 
             return Err(Error::file(
                 &f.path,
                 format!(
-                    "the model's sizes (base {base}, in_ch {in_ch}, t_dim {t_dim}) call for {name} of shape {want:?}, \
-                     but the file holds {got:?}; the file is damaged"
+                    "the model's sizes (base {base}, in_ch {in_ch}, t_dim {t_dim}, classes {classes}) call for {name} \
+                     of shape {want:?}, but the file holds {got:?}; the file is damaged"
                 ),
             ));
         }
@@ -170,12 +190,15 @@ pub struct SamplingModel {
     pub params: Params,
     /// T of the schedule the model was trained with.
     pub timesteps: usize,
+    /// The schedule the model was trained with (linear for a plain state dict, as in the reference).
+    pub schedule: ScheduleKind,
     /// What was loaded, for the user: "EMA weights of step 1200", "plain state dict", ...
     pub description: String,
 }
 
-/// Loads a model to sample from: a checkpoint of ours (its EMA weights unless `use_ema` is false) or a plain
-/// PyTorch state dict under the reference's names (its only weights; T = 1000 as in the reference).
+/// Loads a model to sample from: a checkpoint of ours (its EMA weights unless `use_ema` is false; its schedule, and
+/// linear for a checkpoint older than the field) or a plain PyTorch state dict under the reference's names (its
+/// only weights; T = 1000 and the linear schedule, as in the reference).
 pub fn load_for_sampling(path: &Path, use_ema: bool) -> Result<SamplingModel> {
     let f = read_tensors(path)?;
     let what = path.display().to_string();
@@ -186,12 +209,19 @@ pub fn load_for_sampling(path: &Path, use_ema: bool) -> Result<SamplingModel> {
         } else {
             (state.params, format!("live (non-EMA) weights after step {}", state.step))
         };
-        return Ok(SamplingModel { model: state.model, params, timesteps: state.config.timesteps, description });
+        let (timesteps, schedule) = (state.config.timesteps, state.config.schedule);
+        let description = format!("{description}; {schedule} schedule, T = {timesteps}");
+        return Ok(SamplingModel { model: state.model, params, timesteps, schedule, description });
     }
     let shape = |name: &str| -> Result<Vec<usize>> { Ok(f.f32(name)?.shape().to_vec()) };
     let (conv, time) = (shape("in_conv.weight")?, shape("time.mlp.0.weight")?);
+    // A label table makes the state dict a conditional model's, of one class fewer than its rows (the null label).
+    let classes = match f.f32(LABEL_TABLE) {
+        Ok(t) => t.shape().first().map_or(0, |&rows| rows.saturating_sub(1)),
+        Err(_) => 0,
+    };
     let config = match (&conv[..], &time[..]) {
-        (&[base, in_ch, 3, 3], &[_, t_dim]) => UNetConfig { in_ch, base, t_dim },
+        (&[base, in_ch, 3, 3], &[_, t_dim]) => UNetConfig { in_ch, base, t_dim, classes },
         _ => {
             return Err(Error::file(
                 path,
@@ -206,8 +236,8 @@ pub fn load_for_sampling(path: &Path, use_ema: bool) -> Result<SamplingModel> {
         UNet::new(config, &mut params, &mut StdRng::seed_from_u64(0)).map_err(|e| Error::file(path, e.to_string()))?;
     params.load_from(&f.f32_with_prefix(""), &what)?;
     let description = format!(
-        "plain state dict (base {}, t_dim {}, in_ch {}); no EMA in it",
-        config.base, config.t_dim, config.in_ch
+        "plain state dict (base {}, t_dim {}, in_ch {}, classes {}); no EMA in it",
+        config.base, config.t_dim, config.in_ch, config.classes
     );
-    Ok(SamplingModel { model, params, timesteps: 1000, description })
+    Ok(SamplingModel { model, params, timesteps: 1000, schedule: ScheduleKind::Linear, description })
 }

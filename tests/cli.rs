@@ -529,3 +529,82 @@ fn info_reports_the_embedded_ptx_and_the_driver() {
         }
     }
 }
+
+#[test]
+fn a_cosine_run_keeps_its_schedule_in_its_checkpoints_and_samples_with_it() {
+    let dir = scratch("cosine");
+    let run = dir.join("run");
+    succeeds(&tiny_train(&run, &["--schedule", "cosine", "--max-steps", "2", "--eval-n", "0"]));
+    assert!(read(&run.join("config.json")).contains("\"schedule\": \"cosine\""));
+    let ckpt = run.join("checkpoint.safetensors");
+    let m = ddpm::checkpoint::load_for_sampling(&ckpt, true).unwrap();
+    assert_eq!(m.schedule, ddpm::diffusion::ScheduleKind::Cosine);
+    let png = dir.join("s.png");
+    let r = ddpm(&["sample", "--checkpoint", s(&ckpt), "--steps", "3", "--n", "2", "--out", s(&png)]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("cosine schedule, T = 50"), "{r:?}");
+    succeeds(&r);
+    // Resuming may restate the schedule but not change it.
+    let resume = |schedule: &str| {
+        let flags = ["--resume", s(&ckpt), "--schedule", schedule, "--max-steps", "3", "--sample-n", "4"];
+        ddpm(&[&["train", "--device", "cpu", "--eval-n", "0", "--out", s(&run)][..], &flags].concat())
+    };
+    fails_with(&resume("linear"), "--schedule linear does not match");
+    succeeds(&resume("cosine"));
+    fails_with(&tiny_train(&dir.join("bad"), &["--schedule", "quadratic"]), "invalid value 'quadratic'");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_class_conditional_run_samples_digits_with_guidance_and_refuses_what_it_cannot_guide() {
+    let dir = scratch("conditional");
+    let run = dir.join("run");
+    succeeds(&tiny_train(&run, &["--classes", "--max-steps", "2", "--eval-n", "0"]));
+    assert!(read(&run.join("config.json")).contains("\"classes\": 10"));
+    let ckpt = run.join("checkpoint.safetensors");
+    assert_eq!(ddpm::checkpoint::load_for_sampling(&ckpt, true).unwrap().model.config.classes, 10);
+    let sample = |out: &Path, extra: &[&str]| {
+        let base = ["sample", "--device", "cpu", "--checkpoint", s(&ckpt), "--steps", "3", "--out", s(out)];
+        ddpm(&[&base[..], extra].concat())
+    };
+    let one = dir.join("seven.safetensors");
+    let r = sample(&one, &["--digit", "7", "--guidance", "2", "--n", "2"]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("digit 7, classifier-free guidance w = 2"), "{r:?}");
+    succeeds(&r);
+    let grid = dir.join("grid.safetensors");
+    let r = sample(&grid, &["--n", "12"]);
+    let err = String::from_utf8_lossy(&r.stderr).into_owned();
+    assert!(
+        err.contains("--n rounded up to 20") && err.contains("one row per digit") && err.contains("w = 3"),
+        "{err}"
+    );
+    succeeds(&r);
+    let t = ddpm::tensor_file::read_tensors(&grid).unwrap();
+    assert_eq!(t.f32("samples").unwrap().shape(), &[20, 1, 32, 32]);
+
+    // Refused before any sampling, leaving no output: digits outside 0-9, negative or non-finite guidance.
+    let bad = dir.join("bad.png");
+    for (flags, needle) in [
+        (&["--digit", "10"][..], "--digit must be a digit from 0 to 9, got 10"),
+        (&["--digit", "-1"], "--digit must be a digit from 0 to 9, got -1"),
+        (&["--guidance", "-0.5"], "--guidance must be finite and >= 0, got -0.5"),
+        (&["--guidance", "NaN"], "--guidance must be finite and >= 0, got NaN"),
+        (&["--guidance", "inf"], "--guidance must be finite and >= 0, got inf"),
+    ] {
+        fails_with(&sample(&bad, flags), needle);
+    }
+    // --digit and --guidance on an unconditional checkpoint; --classes when resuming an unconditional run.
+    let plain = dir.join("plain.safetensors");
+    let config = ddpm::train::RunConfig {
+        model: ddpm::nn::UNetConfig { in_ch: 1, base: 8, t_dim: 4, classes: 0 },
+        ..ddpm::train::RunConfig::cpu_default()
+    };
+    ddpm::checkpoint::save(&ddpm::train::TrainState::new(config).unwrap(), &plain).unwrap();
+    for flags in [&["--digit", "3"][..], &["--guidance", "1"]] {
+        let r = ddpm(&[&["sample", "--checkpoint", s(&plain), "--out", s(&bad)][..], flags].concat());
+        fails_with(&r, "need a class-conditional checkpoint");
+    }
+    assert!(!bad.exists(), "no output from a refused request");
+    let r = ddpm(&["train", "--resume", s(&plain), "--classes", "--out", s(&dir.join("r"))]);
+    fails_with(&r, "--classes does not match");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -59,8 +59,11 @@ fn succeeds(out: &Output) {
 
 /// A tiny checkpoint of ours (base 8, t_dim 4, T = 200, untrained) at `path`; `edit` may change the state first.
 fn tiny_checkpoint(path: &Path, edit: impl FnOnce(&mut TrainState)) {
-    let config =
-        RunConfig { model: UNetConfig { in_ch: 1, base: 8, t_dim: 4 }, timesteps: 200, ..RunConfig::cpu_default() };
+    let config = RunConfig {
+        model: UNetConfig { in_ch: 1, base: 8, t_dim: 4, classes: 0 },
+        timesteps: 200,
+        ..RunConfig::cpu_default()
+    };
     let mut state = TrainState::new(config).unwrap();
     edit(&mut state);
     ddpm::checkpoint::save(&state, path).unwrap();

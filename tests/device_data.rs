@@ -18,13 +18,23 @@ fn images(n: usize, s: usize) -> Tensor {
 
 // The reference recipe's model at bf16 on the recorder, on a data set of 3 batches: a step inside an epoch copies
 // nothing to the device; a step that starts an epoch (after the first) uploads that epoch's permutation (4 bytes
-// per image) and nothing else.
+// per image) and nothing else. Likewise class-conditional, whose labels are uploaded once and drawn on the device.
 #[test]
 fn recorded_training_step_uploads_nothing() {
+    steps_upload_nothing(0);
+    steps_upload_nothing(10);
+}
+
+fn steps_upload_nothing(classes: usize) {
     let gpu = Gpu::new(Recorder::new()).with_precision(Precision::Bf16);
-    let config = RunConfig { batch: 16, epochs: 10, ..RunConfig::reference_recipe() };
+    let mut config = RunConfig { batch: 16, epochs: 10, ..RunConfig::reference_recipe() };
+    config.model.classes = classes;
     let n = 3 * config.batch;
     let mut trainer = Trainer::new(TrainState::new(config).unwrap().to_backend(&gpu).unwrap(), images(n, 32)).unwrap();
+    if classes > 0 {
+        let labels: Vec<u8> = (0..n).map(|i| (i % classes) as u8).collect();
+        trainer = trainer.with_labels(&labels).unwrap();
+    }
     let counters = gpu.executor().counters();
     for step in 0..5 {
         let before = counters.snapshot();
@@ -45,7 +55,7 @@ fn recorded_training_step_uploads_nothing() {
 /// `TrainState::train_step`, on `be`: every parameter, moment and EMA value equal, bit for bit.
 fn drawn_equals_host<B: Backend>(be: &B, steps: u64) {
     let config = RunConfig {
-        model: UNetConfig { in_ch: 1, base: 8, t_dim: 4 },
+        model: UNetConfig { in_ch: 1, base: 8, t_dim: 4, classes: 0 },
         batch: 2,
         lr: 5e-4,
         ema_warmup: true,

@@ -5,7 +5,7 @@ mod common;
 
 use common::{assert_close, golden, max_ulp};
 use ddpm::diffusion::sampler::{ddim_step, ddpm_step, noise_stream, DdimCoefs, INIT_STREAM};
-use ddpm::diffusion::{ddim_timesteps, initial_noise, sample, SamplerKind, Schedule};
+use ddpm::diffusion::{ddim_timesteps, initial_noise, sample, SamplerKind, Schedule, ScheduleKind};
 use ddpm::tensor_file::TensorFile;
 use ddpm::{rng, Error, Result, Tensor};
 
@@ -54,6 +54,63 @@ fn schedule_rejects_bad_arguments() {
         assert!(matches!(Schedule::linear(t, b0, b1), Err(Error::Arg(_))), "t={t} beta {b0}..{b1}");
     }
     assert!(Schedule::linear(2, 1e-4, 2e-2).is_ok());
+}
+
+/// `alpha_bar(u) = f(u) / f(0)` of the cosine schedule, straight from Nichol & Dhariwal's eq. 17 in f64.
+fn cosine_alpha_bar(u: usize, t: usize) -> f64 {
+    let f = |u: usize| ((u as f64 / t as f64 + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+    f(u) / f(0)
+}
+
+#[test]
+fn cosine_schedule_follows_the_formula() {
+    for t in [2usize, 10, 1000, 4000] {
+        let s = Schedule::cosine(t).unwrap();
+        assert_eq!((s.t, s.betas.len(), s.alphas_bar.len()), (t, t, t));
+        for i in 0..t {
+            let b = s.betas[i];
+            assert!(b > 0.0 && b <= 0.999, "T {t}: beta[{i}] = {b}");
+            if i > 0 {
+                // Monotone: the betas grow and alpha_bar falls, step by step.
+                assert!(b >= s.betas[i - 1], "T {t}: beta[{i}] = {b} < beta[{}] = {}", i - 1, s.betas[i - 1]);
+                assert!(s.alphas_bar[i] < s.alphas_bar[i - 1], "T {t}: alpha_bar not decreasing at {i}");
+            }
+            let unclipped = 1.0 - cosine_alpha_bar(i + 1, t) / cosine_alpha_bar(i, t);
+            if unclipped < 0.999 {
+                // Each beta is the formula's, rounded once to f32.
+                assert_eq!(b, unclipped as f32, "T {t}: beta[{i}]");
+                // alpha_bar is the running product of the i+1 f32 factors 1 - beta, each within half an ulp (2^-24
+                // relative) of the rounded beta's complement and that within 2^-24 of the exact one, so the
+                // product is within 2(i+1)·2^-24 relative of the formula (plus the final rounding to f32).
+                let (want, got) = (cosine_alpha_bar(i + 1, t), s.alphas_bar[i] as f64);
+                let bound = (2.0 * (i + 1) as f64 + 1.0) * 2f64.powi(-24);
+                assert!((got - want).abs() <= bound * want, "T {t}: alpha_bar[{i}] = {got:e}, formula {want:e}");
+            } else {
+                // Clipped: the last step's formula gives 1 (alpha_bar(T) = 0), capped at 0.999.
+                assert_eq!(b, 0.999f32, "T {t}: beta[{i}] clipped");
+            }
+        }
+        // alpha_bar(T) = cos²(π/2) = 0, so the last beta is always the clipped one.
+        assert_eq!(s.betas[t - 1], 0.999f32);
+        // The derived buffers are the linear schedule's formulas (shared code): spot-check two of them.
+        assert_eq!(s.alphas[t / 2], 1.0 - s.betas[t / 2]);
+        assert_eq!(s.posterior_variance[0], 0.0);
+        assert!(s.posterior_variance.iter().all(|v| v.is_finite()));
+    }
+    assert!(matches!(Schedule::cosine(1), Err(Error::Arg(_))));
+    assert!(matches!(Schedule::cosine(3_000_000), Err(Error::Arg(_))));
+}
+
+#[test]
+fn schedule_kinds_build_their_schedules() {
+    let linear = ScheduleKind::Linear.build(1000).unwrap();
+    assert_eq!(linear.betas, reference_schedule().betas);
+    assert_eq!(ScheduleKind::Cosine.build(100).unwrap().betas, Schedule::cosine(100).unwrap().betas);
+    for k in ScheduleKind::ALL {
+        assert_eq!(k.name().parse::<ScheduleKind>().unwrap(), k);
+    }
+    assert_eq!(ScheduleKind::default(), ScheduleKind::Linear);
+    assert!("quadratic".parse::<ScheduleKind>().is_err());
 }
 
 #[test]

@@ -79,7 +79,7 @@ gpu_test!(golden_forward_backward);
 /// A tiny run: base 8, t_dim 4, batch 2 of 8x8 images, lr 5e-4, EMA with warm-up (decay 0.1 at the first step).
 fn tiny_config() -> RunConfig {
     RunConfig {
-        model: UNetConfig { in_ch: 1, base: 8, t_dim: 4 },
+        model: UNetConfig { in_ch: 1, base: 8, t_dim: 4, classes: 0 },
         batch: 2,
         lr: 5e-4,
         ema_warmup: true,

@@ -24,7 +24,8 @@ fn parameter_names_and_shapes_match_pytorch_state_dict() {
 fn pytorch_default_init_bounds() {
     // Fresh init (not loaded): every weight within ±1/sqrt(fan_in), and actually spread over that range.
     let mut params = Params::new();
-    UNet::new(UNetConfig { in_ch: 1, base: 16, t_dim: 32 }, &mut params, &mut StdRng::seed_from_u64(1)).unwrap();
+    UNet::new(UNetConfig { in_ch: 1, base: 16, t_dim: 32, classes: 0 }, &mut params, &mut StdRng::seed_from_u64(1))
+        .unwrap();
     let fan_in = |name: &str| -> usize {
         let w = params.by_name(&name.replace(".bias", ".weight")).unwrap().shape().to_vec();
         match w.len() {

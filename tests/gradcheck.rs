@@ -285,12 +285,21 @@ fn silu_linear_concat_mse() {
 }
 
 #[test]
+fn embedding_lookup_added_to_rows() {
+    let mut rng = StdRng::seed_from_u64(9);
+    // Row 3 picked three times (its gradient sums three rows), rows 0 and 1 once, row 2 never (gradient 0).
+    let labels = [3u32, 0, 3, 1, 3];
+    let inputs = vec![random(&mut rng, &[5, 6]), random(&mut rng, &[4, 6])];
+    gradcheck("embed_add", inputs, &|t, v| t.embed_add(v[0], v[1], labels.to_vec(), labels.len()));
+}
+
+#[test]
 fn resblock_path_end_to_end() {
     // A tiny UNet-shaped composition: the whole model's gradient through every op at once.
     use ddpm::nn::{UNet, UNetConfig};
     let mut rng = StdRng::seed_from_u64(8);
     let mut params = Params::new();
-    let model = UNet::new(UNetConfig { in_ch: 1, base: 8, t_dim: 4 }, &mut params, &mut rng).unwrap();
+    let model = UNet::new(UNetConfig { in_ch: 1, base: 8, t_dim: 4, classes: 0 }, &mut params, &mut rng).unwrap();
     let x = random(&mut rng, &[2, 1, 8, 12]);
     let target = random(&mut rng, &[2, 1, 8, 12]);
     let t = [3usize, 700];

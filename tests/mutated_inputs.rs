@@ -421,6 +421,8 @@ const SHAPES: [&str; 12] = [
 fn metadata_values(key: &str) -> &'static [&'static str] {
     match key {
         "in_ch" | "base" | "t_dim" => &["", "0", "1", "2", "3", "7", "8", "9", "16", "-8", "8.0", "x"],
+        "schedule" => &["", "linear", "cosine", "Cosine", "none", "x"],
+        "classes" => &["", "0", "1", "3", "10", "11", "65536", "65537", "-1", "x"],
         _ => &[
             "",
             "0",
@@ -442,12 +444,14 @@ fn metadata_values(key: &str) -> &'static [&'static str] {
     }
 }
 
-const CHECKPOINT_KEYS: [&str; 15] = [
+const CHECKPOINT_KEYS: [&str; 17] = [
     "format",
     "in_ch",
     "base",
     "t_dim",
+    "classes",
     "timesteps",
+    "schedule",
     "epochs",
     "batch",
     "lr",
@@ -692,8 +696,9 @@ fn mutated_classifier_files_load_or_fail_cleanly() {
 fn mutated_checkpoints_load_or_fail_cleanly() {
     let scratch = Scratch::new("ckpt-sources");
     let config = RunConfig {
-        model: UNetConfig { in_ch: 1, base: 8, t_dim: 8 },
+        model: UNetConfig { in_ch: 1, base: 8, t_dim: 8, classes: 0 },
         timesteps: 10,
+        schedule: ddpm::diffusion::ScheduleKind::Cosine,
         epochs: 1,
         batch: 2,
         lr: 1e-3,

@@ -29,8 +29,11 @@ fn the_recorder_allocates_as_the_caching_allocator_does() {
 #[test]
 fn a_queued_training_step_runs_the_optimiser_in_one_launch_and_never_waits_for_the_device() {
     let gpu = Gpu::new(Recorder::new()).with_precision(Precision::Bf16);
-    let config =
-        RunConfig { model: UNetConfig { in_ch: 1, base: 8, t_dim: 16 }, batch: 4, ..RunConfig::reference_recipe() };
+    let config = RunConfig {
+        model: UNetConfig { in_ch: 1, base: 8, t_dim: 16, classes: 0 },
+        batch: 4,
+        ..RunConfig::reference_recipe()
+    };
     let mut state = TrainState::new(config).unwrap().to_backend(&gpu).unwrap();
     let sched = Schedule::linear(1000, 1e-4, 2e-2).unwrap();
     let x0 = Tensor::zeros(&[4, 1, 32, 32]);

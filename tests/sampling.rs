@@ -19,7 +19,8 @@ use rand::{rngs::StdRng, SeedableRng};
 fn ddim10_trajectory_matches_pytorch() {
     let mut params = Params::new();
     let model =
-        UNet::new(UNetConfig { in_ch: 1, base: 16, t_dim: 32 }, &mut params, &mut StdRng::seed_from_u64(0)).unwrap();
+        UNet::new(UNetConfig { in_ch: 1, base: 16, t_dim: 32, classes: 0 }, &mut params, &mut StdRng::seed_from_u64(0))
+            .unwrap();
     params.load_from(&golden("weights.safetensors").f32_with_prefix(""), "weights.safetensors").unwrap();
     let steps = golden("steps.safetensors");
     let sched = Schedule::linear(1000, 1e-4, 2e-2).unwrap();

@@ -53,7 +53,8 @@ fn op_shape_mismatches_are_errors() {
 fn unet_rejects_wrong_inputs_and_configs() {
     let mut params = Params::new();
     let model =
-        UNet::new(UNetConfig { in_ch: 1, base: 8, t_dim: 4 }, &mut params, &mut StdRng::seed_from_u64(0)).unwrap();
+        UNet::new(UNetConfig { in_ch: 1, base: 8, t_dim: 4, classes: 0 }, &mut params, &mut StdRng::seed_from_u64(0))
+            .unwrap();
     let mut t = Tape::new(&params);
     let x = t.input(Tensor::zeros(&[2, 3, 8, 8]));
     shape_error(model.forward(&mut t, x, &[1, 2]), "UNet");
@@ -63,7 +64,10 @@ fn unet_rejects_wrong_inputs_and_configs() {
     shape_error(model.forward(&mut t, x, &[1]), "timesteps");
     let loss = t.input(Tensor::zeros(&[2]));
     shape_error(t.backward(loss), "one element");
-    for cfg in [UNetConfig { in_ch: 1, base: 12, t_dim: 4 }, UNetConfig { in_ch: 1, base: 8, t_dim: 5 }] {
+    for cfg in [
+        UNetConfig { in_ch: 1, base: 12, t_dim: 4, classes: 0 },
+        UNetConfig { in_ch: 1, base: 8, t_dim: 5, classes: 0 },
+    ] {
         assert!(matches!(UNet::new(cfg, &mut Params::new(), &mut StdRng::seed_from_u64(0)), Err(Error::Arg(_))));
     }
 }
@@ -71,7 +75,8 @@ fn unet_rejects_wrong_inputs_and_configs() {
 #[test]
 fn loading_a_state_dict_checks_names_and_shapes() {
     let mut params = Params::new();
-    UNet::new(UNetConfig { in_ch: 1, base: 8, t_dim: 4 }, &mut params, &mut StdRng::seed_from_u64(0)).unwrap();
+    UNet::new(UNetConfig { in_ch: 1, base: 8, t_dim: 4, classes: 0 }, &mut params, &mut StdRng::seed_from_u64(0))
+        .unwrap();
     let mut source: std::collections::HashMap<String, Tensor> =
         params.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
     source.insert("in_conv.weight".into(), Tensor::zeros(&[8, 1, 5, 5]));

@@ -6,17 +6,20 @@
 mod common;
 
 use ddpm::checkpoint::{load_train_state, save};
+use ddpm::diffusion::ScheduleKind;
 use ddpm::nn::UNetConfig;
+use ddpm::tensor_file::{read_tensors, write_tensors};
 use ddpm::train::{
     Batcher, CheckpointPolicy, EpochSummary, LogRow, Observer, RunConfig, RunDir, RunEnd, RunLog, TrainState, Trainer,
 };
 use ddpm::Tensor;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 fn tiny_config() -> RunConfig {
     RunConfig {
-        model: UNetConfig { in_ch: 1, base: 8, t_dim: 4 },
+        model: UNetConfig { in_ch: 1, base: 8, t_dim: 4, classes: 0 },
         batch: 4,
         ema_warmup: true,
         seed: 11,
@@ -341,4 +344,54 @@ fn a_new_run_refuses_a_folder_with_a_run_or_its_leftovers() {
     let err = RunDir::for_new_run(&root).unwrap_err().to_string();
     assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
     std::fs::remove_dir_all(&root).ok();
+}
+
+/// A class-conditional run (3 classes, cosine schedule) on `labels`, without an output folder.
+fn conditional_trainer(config: &RunConfig, imgs: &Tensor, labels: &[u8]) -> Trainer {
+    trainer(config.clone(), imgs).with_labels(labels).unwrap()
+}
+
+#[test]
+fn a_conditional_run_resumes_bit_for_bit_and_its_checkpoint_records_classes_and_schedule() {
+    let imgs = images();
+    let config = RunConfig {
+        model: UNetConfig { classes: 3, ..tiny_config().model },
+        schedule: ScheduleKind::Cosine,
+        ..tiny_config()
+    };
+    let labels: Vec<u8> = (0..18).map(|i| (i % 3) as u8).collect();
+    let mut straight = conditional_trainer(&config, &imgs, &labels);
+    let losses = run_steps(&mut straight, 7);
+    let other_labels: Vec<u8> = labels.iter().map(|l| 2 - l).collect();
+    let other = run_steps(&mut conditional_trainer(&config, &imgs, &other_labels), 7);
+    assert_ne!(losses, other, "the labels take part in training");
+
+    let mut first = conditional_trainer(&config, &imgs, &labels);
+    let mut resumed_losses = run_steps(&mut first, 3);
+    let dir = std::env::temp_dir().join(format!("ddpm-resume-cond-{}", std::process::id()));
+    let path = dir.join("ckpt.safetensors");
+    save(first.state(), &path).unwrap();
+    let loaded = load_train_state(&path).unwrap();
+    assert_eq!(loaded.config, config, "classes and schedule round-trip through the checkpoint");
+    let mut resumed = Trainer::new(loaded, imgs.clone()).unwrap().with_labels(&labels).unwrap();
+    resumed_losses.extend(run_steps(&mut resumed, 7));
+    assert_eq!(losses, resumed_losses, "per-step losses");
+    assert_same(straight.state(), resumed.state());
+
+    // Without its labels a conditional run cannot take a step; labels outside its classes are refused.
+    assert!(trainer(config.clone(), &imgs).step(&mut ()).is_err());
+    assert!(trainer(config.clone(), &imgs).with_labels(&[3; 18]).is_err());
+    assert!(trainer(config.clone(), &imgs).with_labels(&labels[1..]).is_err());
+
+    // A checkpoint older than the two fields: unconditional, linear schedule.
+    save(&TrainState::new(tiny_config()).unwrap(), &path).unwrap();
+    let f = read_tensors(&path).unwrap();
+    let tensors = f.f32_with_prefix("");
+    let named: Vec<(String, &Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+    let mut meta: BTreeMap<String, String> = f.metadata.clone().into_iter().collect();
+    assert!(meta.remove("classes").is_some() && meta.remove("schedule").is_some());
+    write_tensors(&path, &named, Some(meta)).unwrap();
+    let old = load_train_state(&path).unwrap();
+    assert_eq!((old.config.model.classes, old.config.schedule), (0, ScheduleKind::Linear));
+    std::fs::remove_dir_all(&dir).ok();
 }

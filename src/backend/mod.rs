@@ -6,6 +6,7 @@
 //! | trait | family |
 //! |---|---|
 //! | [`ConvOps`] | `src/ops/conv/`: conv2d and conv_transpose2d |
+//! | [`EmbedOps`] | `src/ops/embed/`: embedding lookup added to a vector |
 //! | [`NormOps`] | `src/ops/norm/`: group norm (+ fused SiLU) |
 //! | [`UnaryOps`] | `src/ops/unary/`: elementwise activations, by [`UnaryKind`](crate::ops::unary::UnaryKind) |
 //! | [`LinearOps`] | `src/ops/linear/`: linear layers (and the GEMMs under the convs) |
@@ -31,6 +32,7 @@ pub use gpu::Gpu;
 
 pub use crate::diffusion::DiffusionOps;
 pub use crate::ops::conv::ConvOps;
+pub use crate::ops::embed::EmbedOps;
 pub use crate::ops::linear::LinearOps;
 pub use crate::ops::loss::LossOps;
 pub use crate::ops::norm::NormOps;
@@ -131,11 +133,21 @@ pub trait Memory: Clone + fmt::Debug + Send + Sync + 'static {
 
 /// Every op family: what the tape, the optimiser and the samplers need of a device.
 pub trait Backend:
-    Memory + ConvOps + NormOps + UnaryOps + LinearOps + ReduceOps + PoolOps + LossOps + OptimOps + DiffusionOps
+    Memory + ConvOps + EmbedOps + NormOps + UnaryOps + LinearOps + ReduceOps + PoolOps + LossOps + OptimOps + DiffusionOps
 {
 }
 
 impl<T> Backend for T where
-    T: Memory + ConvOps + NormOps + UnaryOps + LinearOps + ReduceOps + PoolOps + LossOps + OptimOps + DiffusionOps
+    T: Memory
+        + ConvOps
+        + EmbedOps
+        + NormOps
+        + UnaryOps
+        + LinearOps
+        + ReduceOps
+        + PoolOps
+        + LossOps
+        + OptimOps
+        + DiffusionOps
 {
 }

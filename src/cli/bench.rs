@@ -63,7 +63,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.iters == 0 || a.batch == 0 {
         bail!("--iters and --batch must be at least 1");
     }
-    let config = UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim };
+    let config = UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim, classes: 0 };
     config.validate()?;
     if let Some(model) = &a.model {
         if a.device != super::DeviceArg::Auto {
@@ -103,7 +103,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 /// The seconds of each of `a.iters` timed repetitions (after one warm-up) of the workload on `backend`.
 fn time_on<B: Backend>(a: &BenchArgs, backend: &B) -> Result<Vec<f64>> {
     let config = RunConfig {
-        model: UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim },
+        model: UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim, classes: 0 },
         batch: a.batch,
         epochs: 1 << 30,
         ..RunConfig::reference_recipe()

@@ -7,7 +7,7 @@
 use super::bench::{BenchArgs, Workload};
 use anyhow::{bail, Result};
 use ddpm::backend::{Gpu, Precision};
-use ddpm::diffusion::{initial_noise, sample, Denoiser, SamplerKind, Schedule};
+use ddpm::diffusion::{initial_noise, sample, Denoiser, SamplerKind};
 use ddpm::gpu::count::Launch;
 use ddpm::gpu::model::DeviceModel;
 use ddpm::gpu::record::Recorder;
@@ -31,7 +31,7 @@ pub fn run(a: &BenchArgs, model: &str, precision: Precision) -> Result<()> {
     };
     let gpu = Gpu::new(Recorder::new()).with_precision(precision);
     let config = RunConfig {
-        model: UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim },
+        model: UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim, classes: 0 },
         batch: a.batch,
         epochs: 1 << 30,
         ..RunConfig::reference_recipe()
@@ -66,7 +66,7 @@ fn train_step(gpu: &Gpu<Recorder>, config: RunConfig) -> Result<Step> {
 /// `n` images.
 fn sampler_steps(gpu: &Gpu<Recorder>, config: RunConfig, n: usize) -> Result<Vec<Step>> {
     let state = TrainState::new(config)?.to_backend(gpu)?;
-    let sched = Schedule::linear(state.config.timesteps, 1e-4, 2e-2)?;
+    let sched = state.config.schedule.build(state.config.timesteps)?;
     let mut out = Vec::new();
     for (name, kind) in [("ddim", SamplerKind::Ddim { steps: 3, eta: 0.0, clamp: true }), ("ddpm", SamplerKind::Ddpm)] {
         let mut den = UNetDenoiser { model: &state.model, params: &state.params };

@@ -124,7 +124,7 @@ struct Scored {
 fn draw(device: &Device, m: &SamplingModel, kind: SamplerKind, n: usize, seed: u64) -> Result<(Tensor, usize, f64)> {
     let start = Instant::now();
     let x_t = initial_noise(seed, n, m.model.config.in_ch, 32, 32);
-    let (images, calls) = generate(device, m, kind, x_t, seed)?;
+    let (images, calls) = generate(device, m, kind, x_t, seed, None)?;
     Ok((images, calls, start.elapsed().as_secs_f64()))
 }
 

@@ -6,9 +6,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use ddpm::backend::Backend;
 use ddpm::checkpoint::{check_finite, load_for_sampling, SamplingModel};
-use ddpm::diffusion::{initial_noise, sample, SamplerKind, Schedule, Spacing};
+use ddpm::diffusion::{initial_noise, sample, Denoiser, SamplerKind, Schedule, Spacing};
 use ddpm::image::save_grid_png;
-use ddpm::nn::{UNetConfig, UNetDenoiser};
+use ddpm::nn::{GuidedDenoiser, UNetConfig, UNetDenoiser};
 use ddpm::tensor_file::{read_tensors, write_tensors};
 use ddpm::Tensor;
 use std::path::{Path, PathBuf};
@@ -120,6 +120,23 @@ pub struct SampleArgs {
     /// Replace --out even when it is a file this command reads or did not write (a checkpoint, say).
     #[arg(long)]
     force: bool,
+    /// Class-conditional checkpoints (`train --classes`): sample this digit (0-9) only [default: a grid of one row
+    /// per digit, --n rounded up to a multiple of 10].
+    #[arg(long, allow_negative_numbers = true)]
+    digit: Option<i64>,
+    /// Class-conditional checkpoints: the classifier-free guidance weight w >= 0 of ε̃ = (1 + w)·ε(x, c) - w·ε(x, ∅)
+    /// (0: the plain conditional model) [default: 3].
+    #[arg(long, allow_negative_numbers = true)]
+    guidance: Option<f32>,
+}
+
+/// The guidance weight `sample` uses on a class-conditional checkpoint when `--guidance` is not given.
+pub const DEFAULT_GUIDANCE: f32 = 3.0;
+
+/// What a class-conditional model is guided towards: each image's class and the guidance weight.
+pub struct Guidance {
+    pub classes: Vec<usize>,
+    pub w: f32,
 }
 
 /// What the output file is.
@@ -164,36 +181,43 @@ fn read_noise(path: &Path, in_ch: usize) -> Result<Tensor> {
     }
 }
 
-/// Runs the sampler with the weights of `m` on `backend`, from the host noise `x_t`.
+/// Runs the sampler with the weights of `m` on `backend`, from the host noise `x_t` and sampling seed `seed`,
+/// guided when `guidance` says so.
 fn sample_on<B: Backend>(
     backend: &B,
     m: &SamplingModel,
-    sched: &Schedule,
-    kind: SamplerKind,
-    x_t: Tensor,
-    seed: u64,
+    (sched, kind, guidance): (&Schedule, SamplerKind, Option<&Guidance>),
+    (x_t, seed): (Tensor, u64),
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
     let params = m.params.to_backend(backend)?;
-    let mut den = UNetDenoiser { model: &m.model, params: &params };
-    Ok(sample(&mut den, sched, kind, x_t.into_backend(backend)?, seed, progress)?)
+    let x_t = x_t.into_backend(backend)?;
+    Ok(match guidance {
+        None => sample(&mut UNetDenoiser { model: &m.model, params: &params }, sched, kind, x_t, seed, progress)?,
+        Some(g) => {
+            let mut den = GuidedDenoiser::new(&m.model, &params, &g.classes, g.w)?;
+            sample(&mut den as &mut dyn Denoiser<B>, sched, kind, x_t, seed, progress)?
+        }
+    })
 }
 
-/// Samples from `m` with `kind` starting at the host noise `x_t`, on `device`, with a progress bar. Returns the
-/// images and the number of network calls.
+/// Samples from `m` with `kind` starting at the host noise `x_t`, on `device`, with a progress bar; guided towards
+/// a class per image when `guidance` is given (a class-conditional model; without it such a model samples
+/// unconditionally, from its null label). Returns the images and the number of network calls.
 pub fn generate(
     device: &Device,
     m: &SamplingModel,
     kind: SamplerKind,
     x_t: Tensor,
     seed: u64,
+    guidance: Option<&Guidance>,
 ) -> Result<(Tensor, usize)> {
-    let sched = Schedule::linear(m.timesteps, 1e-4, 2e-2)?;
+    let sched = m.schedule.build(m.timesteps)?;
     kind.validate(sched.t).context("bad sampler settings")?;
     let calls = kind.timesteps(&sched).len();
     let bar = progress_bar(calls as u64, "sample");
     let mut progress = |done: usize, _| bar.set_position(done as u64);
-    let images = on_backend!(device, |b| sample_on(b, m, &sched, kind, x_t, seed, &mut progress))?;
+    let images = on_backend!(device, |b| sample_on(b, m, (&sched, kind, guidance), (x_t, seed), &mut progress))?;
     bar.finish_and_clear();
     Ok((images, calls))
 }
@@ -214,10 +238,26 @@ pub fn run(a: SampleArgs) -> Result<()> {
         OutKind::Safetensors => Kind::Samples,
     };
     checks::output("--out", &a.out, kind_of_out, &inputs, a.force)?;
+    if let Some(d) = a.digit.filter(|d| !(0..=9).contains(d)) {
+        bail!("--digit must be a digit from 0 to 9, got {d}");
+    }
+    if let Some(w) = a.guidance.filter(|w| !(w.is_finite() && *w >= 0.0)) {
+        bail!("--guidance must be finite and >= 0, got {w}");
+    }
     let device = resolve_device(a.device, a.precision)?;
     let kind = a.sampling.kind()?;
     let m = load_model(&a.checkpoint, !a.sampling.no_ema)?;
     kind.validate(m.timesteps).context("bad sampler settings")?;
+    let classes = m.model.config.classes;
+    if classes == 0 && (a.digit.is_some() || a.guidance.is_some()) {
+        bail!(
+            "--digit and --guidance need a class-conditional checkpoint (`ddpm train --classes`); {} is unconditional",
+            a.checkpoint.display()
+        );
+    }
+    if let Some(d) = a.digit.filter(|&d| d as usize >= classes && classes > 0) {
+        bail!("--digit {d}: {} has only {classes} classes", a.checkpoint.display());
+    }
     let in_ch = m.model.config.in_ch;
     let x_t = match &a.noise {
         Some(p) => {
@@ -226,16 +266,41 @@ pub fn run(a: SampleArgs) -> Result<()> {
                 bail!("--n {} disagrees with the {} images in {}", a.n.unwrap(), noise.shape()[0], p.display());
             }
             let n = noise.shape()[0];
-            check_memory(&device, &format!("--noise {} ({n} images)", p.display()), n, &m.model.config)?;
+            if classes > 0 && a.digit.is_none() && !n.is_multiple_of(classes) {
+                bail!(
+                    "{} holds {n} images: a grid of one row per class needs a multiple of {classes}, or --digit",
+                    p.display()
+                );
+            }
+            check_memory(
+                &device,
+                &format!("--noise {} ({n} images)", p.display()),
+                guided_batch(classes, n),
+                &m.model.config,
+            )?;
             noise
         }
         None => {
-            let n = a.n.unwrap_or(64);
-            check_memory(&device, &format!("--n {n}"), n, &m.model.config)?;
+            let mut n = a.n.unwrap_or(64);
+            // Without --digit, a conditional model samples a grid of one row per class: n rounded up to a
+            // multiple of the classes, n / classes images each.
+            if classes > 0 && a.digit.is_none() && !n.is_multiple_of(classes) {
+                n = n.div_ceil(classes) * classes;
+                eprintln!("--n rounded up to {n}: one row of {} images per class", n / classes);
+            }
+            check_memory(&device, &format!("--n {n}"), guided_batch(classes, n), &m.model.config)?;
             initial_noise(a.sampling.seed, n, in_ch, 32, 32)
         }
     };
     let n = x_t.shape()[0];
+    let guidance = (classes > 0).then(|| Guidance {
+        classes: match a.digit {
+            Some(d) => vec![d as usize; n],
+            None => (0..n).map(|i| i / (n / classes)).collect(),
+        },
+        w: a.guidance.unwrap_or(DEFAULT_GUIDANCE),
+    });
+    let per_row = if classes > 0 && a.digit.is_none() { n / classes } else { 8 };
     eprintln!(
         "sampling {n} images with {kind:?} on the {} from {} ({})",
         device.name(),
@@ -243,11 +308,25 @@ pub fn run(a: SampleArgs) -> Result<()> {
         m.description
     );
     let start = std::time::Instant::now();
-    let (images, calls) = generate(&device, &m, kind, x_t, a.sampling.seed)?;
+    if let Some(g) = &guidance {
+        let what = a.digit.map_or("one row per digit".to_string(), |d| format!("digit {d}"));
+        eprintln!("class-conditional: {what}, classifier-free guidance w = {}", g.w);
+    }
+    let (images, calls) = generate(&device, &m, kind, x_t, a.sampling.seed, guidance.as_ref())?;
     match out {
-        OutKind::Png => save_grid_png(&a.out, &images, 8)?,
+        OutKind::Png => save_grid_png(&a.out, &images, per_row)?,
         OutKind::Safetensors => write_tensors(&a.out, &[("samples".to_string(), &images)], None)?,
     }
     eprintln!("wrote {} ({n} images, {calls} network calls, {:.3} s)", a.out.display(), start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Images per network call when sampling `n` images from a model of `classes` classes: twice as many for a
+/// conditional model, whose guided calls batch the conditional and unconditional halves together.
+fn guided_batch(classes: usize, n: usize) -> usize {
+    if classes > 0 {
+        2 * n
+    } else {
+        n
+    }
 }

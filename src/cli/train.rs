@@ -4,12 +4,14 @@
 
 use super::{on_backend, progress_bar, resolve_device, say, DeviceArg};
 use anyhow::{bail, Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
 use ddpm::backend::Backend;
 use ddpm::checkpoint::load_train_state;
 use ddpm::data::{load_dataset, Split};
+use ddpm::diffusion::ScheduleKind;
 use ddpm::eval::{Evaluator, Quality};
-use ddpm::nn::DEFAULT_WEIGHTS;
+use ddpm::nn::{CLASSES as MNIST_CLASSES, DEFAULT_WEIGHTS};
 use ddpm::train::{CheckpointPolicy, EpochSummary, LogRow, Observer, RunConfig, RunDir, RunEnd, TrainState, Trainer};
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
@@ -59,9 +61,18 @@ pub struct TrainArgs {
     /// Width of the sinusoidal time embedding (even); the time MLP is 4x wider.
     #[arg(long)]
     t_dim: Option<usize>,
-    /// Diffusion steps T of the linear schedule (β from 1e-4 to 0.02).
+    /// Diffusion steps T.
     #[arg(long)]
     timesteps: Option<usize>,
+    /// Noise schedule: linear (β from 1e-4 to 0.02, the reference's) or cosine (Nichol & Dhariwal 2021), kept in
+    /// the checkpoints and used by every sampler [default: linear].
+    #[arg(long, value_parser = PossibleValuesParser::new(ScheduleKind::ALL.map(|k| k.name()))
+        .try_map(|s| s.parse::<ScheduleKind>()))]
+    schedule: Option<ScheduleKind>,
+    /// Train class-conditional on the digit labels (10 classes, each replaced by a null label one time in ten),
+    /// for `sample --digit D --guidance W` (classifier-free guidance).
+    #[arg(long)]
+    classes: bool,
     /// EMA decay of the sampled weights.
     #[arg(long)]
     ema_decay: Option<f64>,
@@ -115,6 +126,8 @@ impl TrainArgs {
         c.model.base = self.base.unwrap_or(c.model.base);
         c.model.t_dim = self.t_dim.unwrap_or(c.model.t_dim);
         c.timesteps = self.timesteps.unwrap_or(c.timesteps);
+        c.schedule = self.schedule.unwrap_or(c.schedule);
+        c.model.classes = if self.classes { MNIST_CLASSES } else { 0 };
         c.ema_decay = self.ema_decay.unwrap_or(c.ema_decay);
         c.seed = self.seed.unwrap_or(c.seed);
         // Explicit epochs replace the recipe's step count; only an explicit --max-steps caps them.
@@ -137,9 +150,14 @@ impl TrainArgs {
         given.into_iter().filter(|(_, g)| *g).map(|(f, _)| f).collect()
     }
 
-    /// Flags that change the recipe's run: the run-defining ones and the run's length.
+    /// Flags that change the recipe's run: the run-defining ones, the schedule and the run's length.
     fn recipe_overrides(&self) -> Vec<&'static str> {
-        let length = [("--epochs", self.epochs.is_some()), ("--max-steps", self.max_steps.is_some())];
+        let length = [
+            ("--schedule", self.schedule.is_some()),
+            ("--classes", self.classes),
+            ("--epochs", self.epochs.is_some()),
+            ("--max-steps", self.max_steps.is_some()),
+        ];
         let mut flags = self.run_defining_flags();
         flags.extend(length.into_iter().filter(|(_, g)| *g).map(|(f, _)| f));
         flags
@@ -168,6 +186,21 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
                 );
             }
             let mut s = load_train_state(path)?;
+            if a.classes && s.config.model.classes == 0 {
+                bail!(
+                    "--classes does not match {}, an unconditional run; a run cannot become conditional",
+                    path.display()
+                );
+            }
+            // The checkpoint's schedule may be restated, not changed: the run trains on one schedule throughout.
+            if let Some(k) = a.schedule.filter(|&k| k != s.config.schedule) {
+                bail!(
+                    "--schedule {k} does not match {}, which was trained with the {} schedule; a run cannot change \
+                     its schedule when resuming",
+                    path.display(),
+                    s.config.schedule
+                );
+            }
             s.config.max_steps = if a.epochs.is_some() { a.max_steps } else { a.max_steps.or(s.config.max_steps) };
             s.config.epochs = a.epochs.unwrap_or(s.config.epochs);
             s
@@ -190,7 +223,11 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
         bail!("--sample-n must be at least 1");
     }
     let data = load_dataset(&a.data, Split::Train)?;
+    let conditional = state.config.model.classes > 0;
     let mut trainer = Trainer::new(state, data.images)?;
+    if conditional {
+        trainer = trainer.with_labels(&data.labels)?;
+    }
     trainer.checkpoint_policy(CheckpointPolicy { every: a.save_every, keep: a.keep })?;
     let dir = match &a.resume {
         Some(ckpt) => resume_dir(a, ckpt)?,
@@ -202,8 +239,8 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
     trainer.stop_when(Arc::clone(&stop));
     let (c, total) = (&trainer.state().config, trainer.total_steps());
     println!(
-        "training UNet(base {}, t_dim {}) with {} parameters on {}: {} images, batch {}, {} steps/epoch, steps {}..{total}; output in {}",
-        c.model.base, c.model.t_dim, trainer.state().params.numel(), backend.describe(), trainer.n_images(), c.batch, trainer.steps_per_epoch(), trainer.state().step, out.display()
+        "training {}UNet(base {}, t_dim {}) with {} parameters on {}: {} images, batch {}, {} steps/epoch, steps {}..{total}; output in {}",
+        if c.model.classes > 0 { "class-conditional " } else { "" }, c.model.base, c.model.t_dim, trainer.state().params.numel(), backend.describe(), trainer.n_images(), c.batch, trainer.steps_per_epoch(), trainer.state().step, out.display()
     );
     let bar = progress_bar(total, "train");
     bar.set_position(trainer.state().step.min(total));

@@ -3,7 +3,9 @@
 
 use super::dpm_solver::dpm_update;
 use super::sampler::{ddim_update, ddpm_update};
-use super::{BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, Schedule, ScheduleTables};
+use super::{
+    drops_label, BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, LabelDraw, Schedule, ScheduleTables,
+};
 use crate::backend::Cpu;
 use crate::error::{Error, Result};
 use crate::nn::TimeEmbedding;
@@ -47,6 +49,25 @@ impl DiffusionOps for Cpu {
             }
         }
         Ok((noise, xt, t))
+    }
+    fn draw_labels(&self, d: &LabelDraw<'_, Cpu>) -> Result<Vec<u32>> {
+        let picked = d.perm.get(d.first..d.first + d.batch).unwrap_or(&[]);
+        let bound = |v: &[u32]| v.iter().max().map(|&m| m as u64 + 1);
+        d.check(d.perm.len(), bound(picked), d.labels.len(), bound(d.labels))?;
+        let drawn = picked.iter().enumerate();
+        Ok(drawn
+            .map(|(i, &src)| if drops_label(d.seed, d.stream, i as u64) { d.null } else { d.labels[src as usize] })
+            .collect())
+    }
+    fn guide(&self, eps: &Vec<f32>, half: usize, w: f32, out: &mut Vec<f32>) -> Result<()> {
+        if eps.len() != 2 * half || out.len() != half {
+            return Err(Error::Shape(format!("guide: {} words of eps and {} of out for {half}", eps.len(), out.len())));
+        }
+        let (cond, uncond) = eps.split_at(half);
+        for ((o, &c), &u) in out.iter_mut().zip(cond).zip(uncond) {
+            *o = (1.0 + w) * c - w * u;
+        }
+        Ok(())
     }
     fn time_sinusoid(&self, t: &Vec<u32>, n: usize, dim: usize) -> Result<Vec<f32>> {
         let (Some(t), true) = (t.get(..n), dim.is_multiple_of(2)) else {

@@ -43,6 +43,24 @@ extern "C" __global__ void draw_batch(const float* __restrict__ images, const in
   }
 }
 
+// A training batch's class labels (DiffusionOps::draw_labels): out[i] = null when
+// philox_uniform_below(seed, stream, i, drop_one_in) == 0 (diffusion::drops_label), else labels[perm[first + i]].
+// Launch: grid CEIL_DIV(batch, 256) (capped; grid-stride), block 256.
+extern "C" __global__ void draw_labels(const int* __restrict__ labels, const int* __restrict__ perm, long long first,
+                                       int* __restrict__ out, long long batch, int null_label, int drop_one_in,
+                                       u64 seed, u64 stream) {
+  GRID_STRIDE(i, batch) {
+    const bool drop = philox_uniform_below(seed, stream, (u64)i, (unsigned)drop_one_in) == 0;
+    out[i] = drop ? null_label : labels[perm[first + i]];
+  }
+}
+
+// Classifier-free guidance over a doubled batch, the conditional half first (DiffusionOps::guide):
+// out[e] = (1 + w) * eps[e] - w * eps[half + e]. Launch: grid CEIL_DIV(half, 256) (capped; grid-stride), block 256.
+extern "C" __global__ void guide(const float* __restrict__ eps, float* __restrict__ out, long long half, float w) {
+  GRID_STRIDE(e, half) out[e] = (1.0f + w) * eps[e] - w * eps[half + e];
+}
+
 // The time embedding's sinusoid (TimeEmbedding::sinusoid in src/nn/layers.rs) of n timesteps, [n, 2*half]:
 // out[i][j] = sin(t_i * f_j) for j < half, cos(t_i * f_(j-half)) after, f_k = expf((c * k) / half) with
 // c = -ln(10000) rounded to f32 by the host. Each step is one f32 operation in the host's order (the product, the

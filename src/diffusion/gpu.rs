@@ -1,7 +1,9 @@
 //! The diffusion kernels' launches: q_sample, the training batch's draw, the time embedding's sinusoid and the
 //! sampler steps, each one elementwise pass with its Philox draws made on the device.
 
-use super::{BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, Schedule, ScheduleTables};
+use super::{
+    BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, LabelDraw, Schedule, ScheduleTables, LABEL_DROP_ONE_IN,
+};
 use crate::backend::Gpu;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
@@ -75,6 +77,33 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
         // are ~50 operations per value.
         run(e, Kernel::DrawBatch, elementwise(n), Cost::pass(n, 2 * n + d.batch, 50), &args)?;
         Ok((noise, xt, t))
+    }
+
+    fn draw_labels(&self, d: &LabelDraw<'_, Self>) -> Result<IntBuf<E::Buf>> {
+        d.check(d.perm.len(), d.perm.bound(), d.labels.len(), d.labels.bound())?;
+        let e = self.executor();
+        let out = e.alloc_i32(d.batch)?;
+        let args = [
+            Arg::Ints(d.labels),
+            Arg::Ints(d.perm),
+            Arg::I64(d.first as i64),
+            Arg::Ints(&out),
+            Arg::I64(d.batch as i64),
+            Arg::I32(d.null as i32),
+            Arg::I32(LABEL_DROP_ONE_IN as i32),
+            Arg::U64(d.seed),
+            Arg::U64(d.stream),
+        ];
+        // A permutation value and a label read, a label written, one Philox draw per item.
+        run(e, Kernel::DrawLabels, elementwise(d.batch), Cost::pass(2 * d.batch, d.batch, 30), &args)?;
+        Ok(out)
+    }
+
+    fn guide(&self, eps: &E::Buf, half: usize, w: f32, out: &mut E::Buf) -> Result<()> {
+        need("guide eps", eps, 2 * half)?;
+        need("guide out", out, half)?;
+        let args = [Arg::Buf(eps), Arg::Buf(out), Arg::I64(half as i64), Arg::F32(w)];
+        run(self.executor(), Kernel::Guide, elementwise(half), Cost::pass(2 * half, half, 3), &args)
     }
 
     fn time_sinusoid(&self, t: &IntBuf<E::Buf>, n: usize, dim: usize) -> Result<E::Buf> {

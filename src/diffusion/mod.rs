@@ -11,7 +11,7 @@ mod tests;
 
 pub use dpm_solver::{dpm_timesteps, DpmCoefs, Spacing};
 pub use sampler::{ddim_timesteps, initial_noise, sample, DdimCoefs, DdpmCoefs, Denoiser, SamplerKind};
-pub use schedule::Schedule;
+pub use schedule::{Schedule, ScheduleKind};
 
 use crate::backend::Memory;
 use crate::error::{Error, Result};
@@ -38,6 +38,12 @@ pub trait DiffusionOps: Memory {
         tables: &ScheduleTables<Self>,
         d: &BatchDraw<'_, Self>,
     ) -> Result<(Self::Buf, Self::Buf, Self::Idx)>;
+    /// The class labels of a training batch drawn on the backend (see [`LabelDraw`]): item i gets the label of
+    /// image `perm[first + i]`, or the null label when [`drops_label`] says so. Returns the `batch` labels.
+    fn draw_labels(&self, d: &LabelDraw<'_, Self>) -> Result<Self::Idx>;
+    /// Classifier-free guidance (Ho & Salimans 2022, eq. 6) of a network output over a doubled batch, the
+    /// conditional half first: `out[e] = (1 + w)·eps[e] - w·eps[half + e]` for `e < half`, `out: [half]`.
+    fn guide(&self, eps: &Self::Buf, half: usize, w: f32, out: &mut Self::Buf) -> Result<()>;
     /// The time embedding's sinusoid (`TimeEmbedding::sinusoid`, `[n, dim]`) of the first `n` timesteps in `t`.
     fn time_sinusoid(&self, t: &Self::Idx, n: usize, dim: usize) -> Result<Self::Buf>;
     /// One DDPM step `out = sra·(x - eps_coef·eps) + sigma·z` (`sampler::ddpm_step`), with
@@ -135,6 +141,54 @@ impl<M: Memory> BatchDraw<'_, M> {
         }
         if M::buf_len(&tables.sqrt_alphas_bar) < t || M::buf_len(&tables.sqrt_one_minus_alphas_bar) < t {
             return bad(format!("schedule tables shorter than T = {t}"));
+        }
+        Ok(())
+    }
+}
+
+/// A training label is replaced by the null label with probability one in this many (0.1, Ho & Salimans 2022's
+/// p_uncond), so that one network learns both the conditional and the unconditional ε.
+pub const LABEL_DROP_ONE_IN: u32 = 10;
+
+/// Whether item `i` of a batch trains unconditionally: `rng::uniform_below(seed, stream, i, 10) == 0`, an integer
+/// draw that every backend makes bit for bit alike (probability 1/10, up to Lemire's bias of 10/2^32).
+pub fn drops_label(seed: u64, stream: u64, i: u64) -> bool {
+    crate::rng::uniform_below(seed, stream, i, LABEL_DROP_ONE_IN) == 0
+}
+
+/// The class labels of one training batch for [`DiffusionOps::draw_labels`] to draw on the backend.
+pub struct LabelDraw<'a, M: Memory> {
+    /// The label of each of the N training images (each below `null`), resident on the backend.
+    pub labels: &'a M::Idx,
+    /// The epoch's permutation of the N images; the batch is its values `first..first + batch`.
+    pub perm: &'a M::Idx,
+    pub first: usize,
+    pub batch: usize,
+    /// The null label (the number of classes).
+    pub null: u32,
+    /// The run's seed and the Philox stream of the step's label drops.
+    pub seed: u64,
+    pub stream: u64,
+}
+
+impl<M: Memory> LabelDraw<'_, M> {
+    /// `Err` unless the batch lies inside the permutation (`perm_len` values, all below `perm_bound`), each value
+    /// picks one of the `n_labels` labels, and the labels lie below the null label (`label_bound`). Checked on
+    /// the host, since the kernel indexes memory with these values.
+    fn check(&self, perm_len: usize, perm_bound: Option<u64>, n_labels: usize, label_bound: Option<u64>) -> Result<()> {
+        let bad = |m: String| Err(Error::Arg(format!("draw_labels: {m}")));
+        if self.batch == 0 || self.first + self.batch > perm_len {
+            return bad(format!(
+                "batch {}..{} outside a permutation of {perm_len}",
+                self.first,
+                self.first + self.batch
+            ));
+        }
+        if perm_bound.is_none_or(|b| b > n_labels as u64) {
+            return bad(format!("permutation values {perm_bound:?} (bound) do not all index the {n_labels} labels"));
+        }
+        if label_bound.is_none_or(|b| b > self.null as u64) || self.null > i32::MAX as u32 {
+            return bad(format!("labels {label_bound:?} (bound) not all below the null label {}", self.null));
         }
         Ok(())
     }

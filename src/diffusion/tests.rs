@@ -2,7 +2,9 @@
 
 use super::dpm_solver::dpm_update;
 use super::sampler::{ddim_step, ddim_update, ddpm_step, noise_stream};
-use super::{BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, Schedule, ScheduleTables};
+use super::{
+    drops_label, BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, LabelDraw, Schedule, ScheduleTables,
+};
 use crate::backend::{Cpu, Gpu, Memory};
 use crate::gpu::Executor;
 use crate::nn::TimeEmbedding;
@@ -177,3 +179,59 @@ fn time_sinusoid<E: Executor>(dev: &Gpu<E>) {
     assert!(dev.time_sinusoid(&tb, t.len() + 1, 8).is_err());
 }
 gpu_test!(time_sinusoid);
+
+// The label drop is Bernoulli(0.1): over 200 000 draws the count of drops lies within 5 binomial standard
+// deviations (sqrt(n·0.1·0.9) ≈ 134) of n/10, and two streams differ.
+#[test]
+fn labels_drop_one_time_in_ten() {
+    let (n, seed, stream) = (200_000u64, 0x0c1a_55e5, (4u64 << 60) | 3);
+    let drops = (0..n).filter(|&i| drops_label(seed, stream, i)).count() as f64;
+    let (mean, sd) = (n as f64 * 0.1, (n as f64 * 0.1 * 0.9).sqrt());
+    assert!((drops - mean).abs() <= 5.0 * sd, "{drops} drops in {n} draws, expected {mean} ± {}", 5.0 * sd);
+    let other: Vec<bool> = (0..64).map(|i| drops_label(seed, stream + 1, i)).collect();
+    assert_ne!(other, (0..64).map(|i| drops_label(seed, stream, i)).collect::<Vec<_>>());
+}
+
+// A training batch's labels drawn on the device (gather by the epoch's permutation, the drop) against the host's
+// formula and the CPU twin: equal, bit for bit.
+fn draw_labels<E: Executor>(dev: &Gpu<E>) {
+    let labels: Vec<u32> = (0..40u32).map(|i| (i * 7) % 10).collect();
+    let perm: Vec<u32> = (0..40u32).map(|i| (i * 17) % 40).collect();
+    let (first, batch, null, seed, stream) = (8, 30, 10, 77, (4u64 << 60) | 5);
+    let want: Vec<u32> = (0..batch)
+        .map(|i| if drops_label(seed, stream, i as u64) { null } else { labels[perm[first + i] as usize] })
+        .collect();
+    assert!(want.contains(&null) && want.iter().any(|&l| l != null), "the batch shows both cases");
+    let d = LabelDraw { labels: &labels, perm: &perm, first, batch, null, seed, stream };
+    assert_eq!(Cpu.draw_labels(&d).unwrap(), want, "cpu draw_labels");
+    let (lb, pb) = (dev.upload_indices(&labels).unwrap(), dev.upload_indices(&perm).unwrap());
+    let d = LabelDraw { labels: &lb, perm: &pb, first, batch, null, seed, stream };
+    assert_eq!(dev.download_indices(&dev.draw_labels(&d).unwrap()).unwrap(), want, "draw_labels");
+    // Refused before any launch: a batch past the permutation, a label that is not below the null label.
+    assert!(dev.draw_labels(&LabelDraw { first: 11, ..d }).is_err());
+    let (cpu_bad, bad) = (vec![10u32; 40], dev.upload_indices(&[10u32; 40]).unwrap());
+    assert!(Cpu.draw_labels(&LabelDraw { labels: &cpu_bad, perm: &perm, first, batch, null, seed, stream }).is_err());
+    assert!(dev.draw_labels(&LabelDraw { labels: &bad, ..d }).is_err());
+}
+gpu_test!(draw_labels);
+
+// Classifier-free guidance's combination (1 + w)·c - w·u, the CPU's f32 order: exact on the emulator, and w = 0
+// returns the conditional half unchanged.
+fn guide<E: Executor>(dev: &Gpu<E>) {
+    let half = 3 * 32 + 5;
+    let eps = rand(95, 2 * half);
+    for w in [0.0f32, 0.5, 3.0, 7.25] {
+        let mut cpu = vec![0.0; half];
+        Cpu.guide(&eps, half, w, &mut cpu).unwrap();
+        let want: Vec<f32> = (0..half).map(|e| (1.0 + w) * eps[e] - w * eps[half + e]).collect();
+        assert_eq!(cpu, want, "cpu guide w = {w}");
+        let mut got = out(dev, half);
+        dev.guide(&up(dev, &eps), half, w, &mut got).unwrap();
+        same::<E>(&down(dev, &got), &want, &format!("guide w = {w}"));
+    }
+    let mut cpu = vec![0.0; half];
+    Cpu.guide(&eps, half, 0.0, &mut cpu).unwrap();
+    assert_eq!(cpu, eps[..half]);
+    assert!(dev.guide(&up(dev, &eps[1..]), half, 1.0, &mut out(dev, half)).is_err());
+}
+gpu_test!(guide);

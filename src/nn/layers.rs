@@ -1,4 +1,4 @@
-//! Conv2d, ConvTranspose2d, GroupNorm, Linear and the sinusoidal time embedding.
+//! Conv2d, ConvTranspose2d, GroupNorm, Linear, the sinusoidal time embedding and the class-label embedding.
 //!
 //! Initialisation follows PyTorch's defaults: weights and biases uniform in `±1/sqrt(fan_in)` (what
 //! `kaiming_uniform_(a=√5)` reduces to), where `fan_in = weight.size(1)·k·k`; for ConvTranspose2d the weight is
@@ -11,6 +11,7 @@ use crate::ops::conv::{ConvExtra, Norm};
 use crate::params::{ParamId, Params};
 use crate::tensor::Tensor;
 use rand::Rng;
+use rand_distr::StandardNormal;
 
 /// A tensor of `shape` uniform in `[-bound, bound)`.
 fn uniform(rng: &mut impl Rng, shape: &[usize], bound: f32) -> Tensor {
@@ -225,5 +226,31 @@ impl TimeEmbedding {
         let h = self.lin0.forward(tape, e)?;
         let h = tape.silu(h)?;
         self.lin2.forward(tape, h)
+    }
+}
+
+/// The class-label embedding of a class-conditional UNet: `nn.Embedding(classes + 1, dim)` (PyTorch name
+/// `{name}.weight`), its last row the null label that stands for "no class" (classifier-free guidance, Ho &
+/// Salimans 2022). Initialised N(0, 1), as PyTorch initialises an embedding.
+#[derive(Clone, Debug)]
+pub struct LabelEmbedding {
+    pub weight: ParamId,
+    /// The number of real classes; label `classes` is the null label.
+    pub classes: usize,
+}
+
+impl LabelEmbedding {
+    /// Registers `{name}.weight [classes + 1, dim]`.
+    pub fn new(p: &mut Params, rng: &mut impl Rng, name: &str, classes: usize, dim: usize) -> Self {
+        let data = (0..(classes + 1) * dim).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
+        let weight = p.add(&format!("{name}.weight"), Tensor::new(&[classes + 1, dim], data).expect("shape"));
+        LabelEmbedding { weight, classes }
+    }
+
+    /// `x + weight[labels]`: each row of `x` (`[n, dim]`) plus its label's row. `labels` holds `n` values, each at
+    /// most `classes`.
+    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var, labels: B::Idx, n: usize) -> Result<Var> {
+        let w = tape.param(self.weight);
+        tape.embed_add(x, w, labels, n)
     }
 }

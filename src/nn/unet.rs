@@ -1,7 +1,7 @@
 //! The reference's UNet: three resolutions (32, 16, 8 for a 32x32 input), one ResBlock per level on the way down, one
 //! at the bottleneck, one per level on the way up, skips joined by channel concatenation.
 
-use super::layers::{Conv2d, ConvTranspose2d, GroupNorm, Linear, TimeEmbedding, Timesteps};
+use super::layers::{Conv2d, ConvTranspose2d, GroupNorm, LabelEmbedding, Linear, TimeEmbedding, Timesteps};
 use crate::autograd::{Tape, Var};
 use crate::backend::{Backend, Cpu};
 use crate::diffusion::Denoiser;
@@ -13,19 +13,24 @@ use rand::Rng;
 /// Groups of every GroupNorm, as in the reference.
 pub const GROUPS: usize = 8;
 
+/// The most classes a conditional UNet may have: far beyond MNIST's 10, small enough that a damaged checkpoint
+/// cannot ask for a huge label table.
+pub const MAX_CLASSES: usize = 1 << 16;
+
 /// The UNet's sizes: `in_ch` image channels, `base` channels at full resolution, `t_dim` sinusoid width (the
-/// time MLP is `4·t_dim` wide).
+/// time MLP is `4·t_dim` wide), and `classes` labels it is conditioned on (0: unconditional, the reference).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UNetConfig {
     pub in_ch: usize,
     pub base: usize,
     pub t_dim: usize,
+    pub classes: usize,
 }
 
 impl Default for UNetConfig {
     /// The reference's recipe: `UNet(in_ch=1, base=64, t_dim=128)`.
     fn default() -> Self {
-        UNetConfig { in_ch: 1, base: 64, t_dim: 128 }
+        UNetConfig { in_ch: 1, base: 64, t_dim: 128, classes: 0 }
     }
 }
 
@@ -40,6 +45,9 @@ impl UNetConfig {
         }
         if self.t_dim == 0 || !self.t_dim.is_multiple_of(2) {
             return Err(Error::Arg(format!("t_dim must be positive and even, got {}", self.t_dim)));
+        }
+        if self.classes > MAX_CLASSES {
+            return Err(Error::Arg(format!("classes must be at most {MAX_CLASSES}, got {}", self.classes)));
         }
         Ok(())
     }
@@ -100,15 +108,17 @@ pub struct UNet {
     pub dec1: ResBlock,
     pub out_norm: GroupNorm,
     pub out_conv: Conv2d,
+    /// The class-label embedding added to the time embedding's output; only when `config.classes > 0`.
+    pub label: Option<LabelEmbedding>,
 }
 
 impl UNet {
     /// Builds the UNet, registering its parameters in `p` (PyTorch names and order), initialised from `rng`.
     pub fn new(config: UNetConfig, p: &mut Params, rng: &mut impl Rng) -> Result<Self> {
         config.validate()?;
-        let UNetConfig { in_ch, base: b, t_dim } = config;
+        let UNetConfig { in_ch, base: b, t_dim, classes } = config;
         let t_out = 4 * t_dim;
-        Ok(UNet {
+        let mut unet = UNet {
             config,
             time: TimeEmbedding::new(p, rng, "time", t_dim, t_out),
             in_conv: Conv2d::new(p, rng, "in_conv", (in_ch, b), (3, 1, 1)),
@@ -123,26 +133,41 @@ impl UNet {
             dec1: ResBlock::new(p, rng, "dec1", 2 * b, b, t_out),
             out_norm: GroupNorm::new(p, "out_norm", GROUPS, b),
             out_conv: Conv2d::new(p, rng, "out_conv", (b, in_ch), (3, 1, 1)),
-        })
+            label: None,
+        };
+        // Registered last, so that the other parameters are initialised from the same draws as an unconditional
+        // model's.
+        unet.label = (classes > 0).then(|| LabelEmbedding::new(p, rng, "label_emb", classes, t_out));
+        Ok(unet)
     }
 
-    /// `ε̂ = UNet(x_t, t)` for `x: [n, in_ch, H, W]` (H, W divisible by 4) and one timestep per image.
+    /// `ε̂ = UNet(x_t, t)` for `x: [n, in_ch, H, W]` (H, W divisible by 4) and one timestep per image; a
+    /// conditional model predicts it for the null label (unconditionally).
     pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var, t: &[usize]) -> Result<Var> {
-        self.forward_traced(tape, x, Timesteps::Host(t), &mut |_, _| {})
+        self.forward_traced(tape, x, Timesteps::Host(t), None, &mut |_, _| {})
     }
 
-    /// [`UNet::forward`] with the timesteps on the host or already on the backend.
-    pub fn forward_at<B: Backend>(&self, tape: &mut Tape<B>, x: Var, t: Timesteps<'_, B>) -> Result<Var> {
-        self.forward_traced(tape, x, t, &mut |_, _| {})
+    /// [`UNet::forward`] with the timesteps on the host or already on the backend, and the class labels of a
+    /// conditional model (n values in `0..=classes`; `None`: the null label for every image).
+    pub fn forward_at<B: Backend>(
+        &self,
+        tape: &mut Tape<B>,
+        x: Var,
+        t: Timesteps<'_, B>,
+        labels: Option<B::Idx>,
+    ) -> Result<Var> {
+        self.forward_traced(tape, x, t, labels, &mut |_, _| {})
     }
 
-    /// [`UNet::forward`], calling `trace(name, var)` with each submodule's output, named as the golden files name
-    /// them (`time`, `in_conv`, `down1`, … `out_conv`; `out_norm` is not traced since it is fused with its SiLU).
+    /// [`UNet::forward_at`], calling `trace(name, var)` with each submodule's output, named as the golden files
+    /// name them (`time`, `in_conv`, `down1`, … `out_conv`; `out_norm` is not traced since it is fused with its
+    /// SiLU). `time` is the time embedding before any label embedding is added.
     pub fn forward_traced<B: Backend>(
         &self,
         tape: &mut Tape<B>,
         x: Var,
         t: Timesteps<'_, B>,
+        labels: Option<B::Idx>,
         trace: &mut dyn FnMut(&'static str, Var),
     ) -> Result<Var> {
         let (n, c, h, w) = tape.value(x).dims4("UNet input")?;
@@ -157,6 +182,18 @@ impl UNet {
             v
         };
         let t_emb = traced("time", self.time.forward(tape, t)?);
+        // A conditional model adds its label's row to the time embedding (the null label's when none is given).
+        let t_emb = match (&self.label, labels) {
+            (None, None) => t_emb,
+            (Some(emb), labels) => {
+                let labels = match labels {
+                    Some(l) => l,
+                    None => tape.backend().upload_indices(&vec![emb.classes as u32; n])?,
+                };
+                emb.forward(tape, t_emb, labels, n)?
+            }
+            (None, Some(_)) => return Err(Error::Arg("class labels given to an unconditional UNet".into())),
+        };
         let t_act = tape.silu(t_emb)?;
         let h0 = traced("in_conv", self.in_conv.forward(tape, x, ConvExtra::default())?);
         let h1 = traced("down1", self.down1.forward(tape, h0, t_act)?);

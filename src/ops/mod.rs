@@ -13,6 +13,7 @@
 //! | family | ops |
 //! |---|---|
 //! | [`conv`] | conv2d (with a fused bias / per-image channel bias / residual epilogue), conv_transpose2d |
+//! | [`embed`] | embedding lookup added to a vector (class labels into the time embedding) |
 //! | [`norm`] | group norm, optionally fused with SiLU |
 //! | [`unary`] | elementwise activations (SiLU, ReLU), one [`unary::UnaryKind`] each |
 //! | [`linear`] | linear layers; the GEMMs under them and under the convs |
@@ -25,6 +26,7 @@
 
 pub mod conv;
 pub mod cpu;
+pub mod embed;
 pub mod linear;
 pub mod loss;
 pub mod norm;

@@ -11,6 +11,8 @@ use crate::tensor::Tensor;
 /// The training images `[N, C, H, W]` resident on backend `B`, with what the backend needs to draw batches there.
 pub struct TrainingSet<B: Backend> {
     images: Tensor<B>,
+    /// The class label of each image, for a class-conditional model ([`TrainingSet::with_labels`]).
+    labels: Option<B::Idx>,
     tables: ScheduleTables<B>,
     /// The epoch whose permutation is on the backend, and that permutation.
     perm: Option<(u64, B::Idx)>,
@@ -23,7 +25,21 @@ impl<B: Backend> TrainingSet<B> {
             return Err(Error::Shape(format!("training images {:?} need a batch dim", images.shape())));
         }
         let images = images.into_backend(backend)?;
-        Ok(TrainingSet { images, tables: ScheduleTables::new(backend, sched)?, perm: None })
+        Ok(TrainingSet { images, labels: None, tables: ScheduleTables::new(backend, sched)?, perm: None })
+    }
+
+    /// The set with the class label of each image (`labels[i]` of image i, each below `classes`) put on the
+    /// backend, for a class-conditional model to train on.
+    pub fn with_labels(mut self, labels: &[u8], classes: usize) -> Result<Self> {
+        if labels.len() != self.len() {
+            return Err(Error::Arg(format!("{} labels for {} training images", labels.len(), self.len())));
+        }
+        if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes) {
+            return Err(Error::Arg(format!("training label {bad} outside the model's {classes} classes")));
+        }
+        let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+        self.labels = Some(self.images.backend().upload_indices(&labels)?);
+        Ok(self)
     }
 
     /// The images on the backend.
@@ -51,6 +67,7 @@ impl<B: Backend> TrainingSet<B> {
         }
         let perm = &self.perm.as_ref().expect("just uploaded").1;
         let batch = batcher.batch_size();
-        Ok(Batch::Drawn(Drawn { images: &self.images, tables: &self.tables, perm, first, batch }))
+        let (images, labels, tables) = (&self.images, self.labels.as_ref(), &self.tables);
+        Ok(Batch::Drawn(Drawn { images, labels, tables, perm, first, batch }))
     }
 }

@@ -25,7 +25,9 @@ pub use trainer::{CheckpointPolicy, EpochSummary, Milestone, Observer, RunEnd, T
 
 use crate::autograd::Tape;
 use crate::backend::{Backend, Cpu};
-use crate::diffusion::{initial_noise, sample, BatchDraw, Denoiser, SamplerKind, Schedule, ScheduleTables};
+use crate::diffusion::{
+    initial_noise, sample, BatchDraw, Denoiser, LabelDraw, SamplerKind, Schedule, ScheduleKind, ScheduleTables,
+};
 use crate::error::{Error, Result};
 use crate::nn::{Timesteps, UNet, UNetConfig, UNetDenoiser};
 use crate::optim::{self, AdamW, Ema};
@@ -42,13 +44,17 @@ pub const MAX_TIMESTEPS: usize = 1_000_000;
 const STREAM_SHUFFLE: u64 = 1 << 60;
 const STREAM_T: u64 = 2 << 60;
 const STREAM_NOISE: u64 = 3 << 60;
+/// The label drops of a class-conditional run (`diffusion::drops_label`), keyed by the step like t and the noise.
+const STREAM_LABEL_DROP: u64 = 4 << 60;
 
 /// Everything that defines a training run (saved in every checkpoint).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunConfig {
     pub model: UNetConfig,
-    /// Diffusion steps T of the linear schedule (β from 1e-4 to 0.02).
+    /// Diffusion steps T.
     pub timesteps: usize,
+    /// The noise schedule the run trains with, and its samples are drawn with.
+    pub schedule: ScheduleKind,
     pub epochs: u64,
     pub batch: usize,
     pub lr: f64,
@@ -61,11 +67,13 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// The reference's recipe: base 64, t_dim 128, T = 1000, 30 epochs of batch 128, AdamW lr 2e-4, EMA 0.9999.
+    /// The reference's recipe: base 64, t_dim 128, T = 1000 on the linear schedule, 30 epochs of batch 128, AdamW
+    /// lr 2e-4, EMA 0.9999.
     pub fn reference_recipe() -> Self {
         RunConfig {
             model: UNetConfig::default(),
             timesteps: 1000,
+            schedule: ScheduleKind::Linear,
             epochs: 30,
             batch: 128,
             lr: 2e-4,
@@ -83,7 +91,7 @@ impl RunConfig {
     /// recipe" the wider models it beat at equal time.
     pub fn cpu_default() -> Self {
         RunConfig {
-            model: UNetConfig { in_ch: 1, base: 16, t_dim: 64 },
+            model: UNetConfig { in_ch: 1, base: 16, t_dim: 64, classes: 0 },
             batch: 32,
             lr: 1e-3,
             ema_decay: 0.999,
@@ -120,13 +128,15 @@ impl RunConfig {
         let m = &self.model;
         // `{:?}` prints the shortest string that parses back to the same f64 (a valid JSON number when finite).
         format!(
-            "{{\n  \"model\": {{ \"in_ch\": {}, \"base\": {}, \"t_dim\": {} }},\n  \"timesteps\": {},\n  \"epochs\": {},\n  \
+            "{{\n  \"model\": {{ \"in_ch\": {}, \"base\": {}, \"t_dim\": {}, \"classes\": {} }},\n  \"timesteps\": {},\n  \"schedule\": \"{}\",\n  \"epochs\": {},\n  \
              \"batch\": {},\n  \"lr\": {:?},\n  \"ema_decay\": {:?},\n  \"ema_warmup\": {},\n  \"seed\": {},\n  \
              \"max_steps\": {}\n}}\n",
             m.in_ch,
             m.base,
             m.t_dim,
+            m.classes,
             self.timesteps,
+            self.schedule,
             self.epochs,
             self.batch,
             self.lr,
@@ -164,6 +174,8 @@ pub enum Batch<'a, B: Backend> {
 /// A batch for the backend to draw: images `perm[first..first + batch]` of `images`, and the schedule's tables.
 pub struct Drawn<'a, B: Backend> {
     pub images: &'a Tensor<B>,
+    /// The class label of each image, for a class-conditional model.
+    pub labels: Option<&'a B::Idx>,
     pub tables: &'a ScheduleTables<B>,
     pub perm: &'a B::Idx,
     pub first: usize,
@@ -278,14 +290,18 @@ impl<B: Backend> TrainState<B> {
     pub fn queue_step(&mut self, sched: &Schedule, batch: Batch<'_, B>) -> Result<()> {
         let (seed, k) = (self.config.seed, self.step);
         let be = self.params.backend().clone();
-        let (shape, noise, x_t, t) = match batch {
+        let classes = self.config.model.classes;
+        let (shape, noise, x_t, t, labels) = match batch {
+            Batch::Host(_) if classes > 0 => {
+                return Err(Error::Arg("a class-conditional model trains on batches drawn with their labels".into()))
+            }
             Batch::Host(x0) => {
                 let (b, ..) = x0.dims4("training batch")?;
                 let t: Vec<usize> =
                     (0..b).map(|i| rng::uniform_below(seed, STREAM_T | k, i as u64, sched.t as u32) as usize).collect();
                 let x0 = x0.to_backend(&be)?;
                 let (noise, x_t) = be.q_sample(sched, x0.buf(), &t, (seed, STREAM_NOISE | k))?;
-                (x0.shape().to_vec(), noise, x_t, StepTimesteps::Host(t))
+                (x0.shape().to_vec(), noise, x_t, StepTimesteps::Host(t), None)
             }
             Batch::Drawn(d) => {
                 if d.tables.timesteps != sched.t {
@@ -298,7 +314,15 @@ impl<B: Backend> TrainState<B> {
                 let (t_stream, noise_stream) = (STREAM_T | k, STREAM_NOISE | k);
                 let draw = BatchDraw { images, per_item, perm, first, batch, seed, t_stream, noise_stream };
                 let (noise, x_t, t) = be.draw_batch(d.tables, &draw)?;
-                (shape, noise, x_t, StepTimesteps::Device(t, d.batch))
+                let labels = match (classes, d.labels) {
+                    (0, _) => None,
+                    (_, None) => return Err(Error::Arg("a class-conditional model needs the training labels".into())),
+                    (_, Some(labels)) => {
+                        let (null, stream) = (classes as u32, STREAM_LABEL_DROP | k);
+                        Some(be.draw_labels(&LabelDraw { labels, perm, first, batch, null, seed, stream })?)
+                    }
+                };
+                (shape, noise, x_t, StepTimesteps::Device(t, d.batch), labels)
             }
         };
         let mut grads = match self.grads.take() {
@@ -311,7 +335,7 @@ impl<B: Backend> TrainState<B> {
                 let mut tape = Tape::new(&self.params).with_grad_store(&grads);
                 let xv = tape.input(Tensor::from_buf(be.clone(), &shape, x_t)?);
                 let nv = tape.input(Tensor::from_buf(be.clone(), &shape, noise)?);
-                let eps = self.model.forward_at(&mut tape, xv, t.view())?;
+                let eps = self.model.forward_at(&mut tape, xv, t.view(), labels)?;
                 let loss = tape.mse(eps, nv)?;
                 be.copy_into(tape.value(loss).buf(), ring, at)?;
                 tape.backward(loss)?

@@ -159,7 +159,7 @@ impl<B: Backend> Trainer<B> {
         let c = &state.config;
         let n_images = images.shape().first().copied().unwrap_or(0);
         let batcher = Batcher::new(n_images, c.batch, c.seed)?;
-        let sched = Schedule::linear(c.timesteps, 1e-4, 2e-2)?;
+        let sched = c.schedule.build(c.timesteps)?;
         let total = c.total_steps(n_images);
         let data = TrainingSet::new(state.params.backend(), images, &sched)?;
         Ok(Trainer {
@@ -178,6 +178,13 @@ impl<B: Backend> Trainer<B> {
             last_saved: None,
             best_fid: None,
         })
+    }
+
+    /// The trainer with the class label of each training image (`labels[i]` of image i), which a
+    /// class-conditional model trains on (each below its classes).
+    pub fn with_labels(mut self, labels: &[u8]) -> Result<Self> {
+        self.data = self.data.with_labels(labels, self.state.config.model.classes)?;
+        Ok(self)
     }
 
     /// Writes the run into `dir`: checkpoints, grids of `sample_n` images, the log, `config.json` and the loss

@@ -26,7 +26,8 @@ pub fn golden(name: &str) -> TensorFile {
 pub fn golden_model() -> (UNet, Params) {
     let mut params = Params::new();
     let model =
-        UNet::new(UNetConfig { in_ch: 1, base: 16, t_dim: 32 }, &mut params, &mut StdRng::seed_from_u64(0)).unwrap();
+        UNet::new(UNetConfig { in_ch: 1, base: 16, t_dim: 32, classes: 0 }, &mut params, &mut StdRng::seed_from_u64(0))
+            .unwrap();
     let w = golden("weights.safetensors");
     params.load_from(&w.f32_with_prefix(""), "weights.safetensors").unwrap();
     (model, params)
@@ -47,7 +48,7 @@ pub fn golden_step<B: Backend>(model: &UNet, params: &Params<B>) -> (Vec<(String
     let target = tape.input(io.f32("noise").unwrap().to_backend(be).unwrap());
     let mut traced = Vec::new();
     let eps = model
-        .forward_traced(&mut tape, x, Timesteps::Host(&timesteps(&io)), &mut |name, v| traced.push((name, v)))
+        .forward_traced(&mut tape, x, Timesteps::Host(&timesteps(&io)), None, &mut |name, v| traced.push((name, v)))
         .unwrap();
     let acts = traced
         .into_iter()

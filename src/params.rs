@@ -92,14 +92,7 @@ impl<B: Backend> Params<B> {
         let plan = match self.packs.plan.get() {
             Some(plan) => plan,
             None => {
-                let plan = match (self.arena.buf(), self.arena.layout()) {
-                    (Some(_), Some(layout)) => {
-                        let shapes = layout.parts().iter().zip(&self.tensors);
-                        let tensors: Vec<(usize, &[usize])> = shapes.map(|(&(at, _), t)| (at, t.shape())).collect();
-                        self.backend.pack_plan(&tensors)?
-                    }
-                    _ => None,
-                };
+                let plan = self.pack_plan()?;
                 self.packs.plan.get_or_init(|| plan)
             }
         };
@@ -112,6 +105,14 @@ impl<B: Backend> Params<B> {
             }
         };
         Ok(packed.get(id.0).and_then(Option::as_ref))
+    }
+
+    /// The backend's plan for packing this set's weights from its arena (`None` without an arena).
+    fn pack_plan(&self) -> Result<Option<B::PackPlan>> {
+        let Some(layout) = self.arena.layout() else { return Ok(None) };
+        let tensors: Vec<(usize, &[usize])> =
+            layout.parts().iter().zip(&self.tensors).map(|(&(at, _), t)| (at, t.shape())).collect();
+        self.backend.pack_plan(&tensors)
     }
 
     /// Registers `tensor` under `name` (which must be new).

@@ -63,9 +63,9 @@ impl<B: Backend> Tape<'_, B> {
         let nd = self.norm_desc(x, (norm.gamma, norm.beta), norm.groups, norm.silu)?;
         let d = self.conv2d_desc(x, w, b, (stride, pad), extra)?;
         let mut y = Tensor::alloc(self.backend(), &[d.n, d.channels, d.geom.oh, d.geom.ow])?;
-        // The weight's gradient reads `a`; the input gradient of the conv is always made (GroupNorm's parameters
-        // need it).
-        let keep = Keep { for_dw: self.needs_grad(w), for_dx: self.needs_grad(x) || self.needs_grad(norm.gamma) };
+        // The weight's gradient reads `a`; the conv's input gradient is made when GroupNorm's backward runs.
+        let norm_grads = [x, norm.gamma, norm.beta].iter().any(|&v| self.needs_grad(v));
+        let keep = Keep { for_dw: self.needs_grad(w), for_dx: norm_grads };
         let affine = (self.value(norm.gamma).buf(), self.value(norm.beta).buf());
         let saved = self.backend().norm_conv2d_forward(
             (nd, self.value(x).buf(), affine),
@@ -112,17 +112,24 @@ impl<B: Backend> Rule<B> for NormConv2d<B> {
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
-        let mut da = Tensor::alloc(be, tape.value(self.x).shape())?;
+        let (x, n) = (self.x, self.norm);
+        // The activation's gradient, only when GroupNorm's backward reads it.
+        let mut da = if [x, n.gamma, n.beta].iter().any(|&v| tape.needs_grad(v)) {
+            Some(Tensor::alloc(be, tape.value(x).shape())?)
+        } else {
+            None
+        };
         let (a, w, kept) = (self.saved.activation.as_ref(), tape.value(self.w).buf(), self.saved.kept.as_ref());
-        let mut out = weight_grads(tape, Some(&mut da), self.w, [self.b, self.extra.chan_bias], |grads, sums| {
+        let mut out = weight_grads(tape, da.as_mut(), self.w, [self.b, self.extra.chan_bias], |grads, sums| {
             be.conv2d_backward_with(&self.d, (a, w, gout.buf()), kept, grads, sums)
         })?;
         if let Some(r) = self.extra.residual.filter(|&v| tape.needs_grad(v)) {
             out.push((r, gout));
         }
-        let (x, n) = (self.x, self.norm);
-        let stats = (&self.saved.stats.0, &self.saved.stats.1);
-        out.extend(norm_grads(tape, (x, n.gamma, n.beta), self.nd, stats, da.buf())?);
+        if let Some(da) = da {
+            let stats = (&self.saved.stats.0, &self.saved.stats.1);
+            out.extend(norm_grads(tape, (x, n.gamma, n.beta), self.nd, stats, da.buf())?);
+        }
         Ok(out)
     }
 }

@@ -36,19 +36,23 @@ pub enum Kind {
     Png,
     /// A safetensors file holding only the tensor `samples` (what `ddpm sample` writes).
     Samples,
-    /// A Markdown table written by `ddpm sampler-table`.
+    /// A Markdown table written by `ddpm sampler-table` or `ddpm quality`.
     Table,
+    /// Weights written by `ddpm export`.
+    Weights,
 }
 
-/// The line `ddpm sampler-table` writes into its tables, by which it recognises them.
-pub const TABLE_MARK: &str = "<!-- written by `ddpm sampler-table`";
+/// The start of the line `ddpm sampler-table` and `ddpm quality` write into their tables, by which they recognise
+/// them.
+pub const TABLE_MARK: &str = "<!-- written by `ddpm ";
 
 impl Kind {
     fn describe(self) -> &'static str {
         match self {
             Kind::Png => "a PNG image",
             Kind::Samples => "a samples file (a safetensors file holding only the tensor `samples`)",
-            Kind::Table => "a table written by `ddpm sampler-table`",
+            Kind::Table => "a table written by `ddpm sampler-table` or `ddpm quality`",
+            Kind::Weights => "weights written by `ddpm export`",
         }
     }
 
@@ -62,6 +66,9 @@ impl Kind {
             Kind::Samples => ddpm::tensor_file::read_tensors(path)
                 .is_ok_and(|f| f.tensors.len() == 1 && f.tensors.contains_key("samples")),
             Kind::Table => fs::read_to_string(path).is_ok_and(|t| t.contains(TABLE_MARK)),
+            Kind::Weights => ddpm::tensor_file::read_tensors(path).is_ok_and(|f| {
+                f.metadata.get("format").map(String::as_str) == Some(ddpm::checkpoint::WEIGHTS_FORMAT)
+            }),
         }
     }
 }

@@ -135,8 +135,7 @@ fn quality_writes_every_row_and_refuses_what_it_cannot_measure() {
     // Small settings, each replaced when `extra` names its flag.
     let quality_of = |(u, c): (&Path, &Path), extra: &[&str]| {
         let mut args = vec!["quality", "--device", "cpu", "--uncond", s(u), "--cond", s(c)];
-        let defaults =
-            [("--n", "10"), ("--ddpm-n", "4"), ("--calls", "2,3"), ("--guidance", "0,2"), ("--steps", "3")];
+        let defaults = [("--n", "10"), ("--ddpm-n", "4"), ("--calls", "2,3"), ("--guidance", "0,2"), ("--steps", "3")];
         for (flag, value) in defaults.into_iter().chain([("--out", s(&out))]) {
             if !extra.contains(&flag) {
                 args.extend([flag, value]);
@@ -156,9 +155,10 @@ fn quality_writes_every_row_and_refuses_what_it_cannot_measure() {
         assert!(dir.join("q").join(grid).exists(), "{grid}");
     }
     // A guidance grid is a row per digit, one image each at n = 10: ten images of 32 pixels and 2 of padding.
-    let png = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(dir.join("q/ddim-3guidedw2.png")).unwrap()));
+    let png =
+        png::Decoder::new(std::io::BufReader::new(std::fs::File::open(dir.join("q/ddim-3guidedw2.png")).unwrap()));
     let info = png.read_info().unwrap().info().clone();
-    assert_eq!((info.width, info.height), (34 * 1 + 2, 34 * 10 + 2));
+    assert_eq!((info.width, info.height), (34 + 2, 34 * 10 + 2));
     // Its own table it rewrites.
     succeeds(&quality(&[]));
 

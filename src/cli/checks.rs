@@ -66,9 +66,8 @@ impl Kind {
             Kind::Samples => ddpm::tensor_file::read_tensors(path)
                 .is_ok_and(|f| f.tensors.len() == 1 && f.tensors.contains_key("samples")),
             Kind::Table => fs::read_to_string(path).is_ok_and(|t| t.contains(TABLE_MARK)),
-            Kind::Weights => ddpm::tensor_file::read_tensors(path).is_ok_and(|f| {
-                f.metadata.get("format").map(String::as_str) == Some(ddpm::checkpoint::WEIGHTS_FORMAT)
-            }),
+            Kind::Weights => ddpm::tensor_file::read_tensors(path)
+                .is_ok_and(|f| f.metadata.get("format").map(String::as_str) == Some(ddpm::checkpoint::WEIGHTS_FORMAT)),
         }
     }
 }

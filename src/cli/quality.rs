@@ -156,7 +156,10 @@ pub fn run(a: QualityArgs) -> Result<()> {
         bail!("--cond {}: an unconditional model; the guidance rows need `ddpm train --classes`", a.cond.display());
     }
     if !a.n.is_multiple_of(classes) {
-        bail!("--n {}: the guidance rows draw n/{classes} images of each digit, so n must be a multiple of {classes}", a.n);
+        bail!(
+            "--n {}: the guidance rows draw n/{classes} images of each digit, so n must be a multiple of {classes}",
+            a.n
+        );
     }
     let mut jobs: Vec<Job> = a.calls.iter().flat_map(|&c| solvers(c)).map(Job::Solver).collect();
     jobs.push(Job::Solver(SamplerKind::Ddpm));
@@ -223,14 +226,14 @@ fn run_on<B: Backend>(b: &B, a: &QualityArgs, device: &Device, plan: &Plan) -> R
             // A row per digit, the first ten of each.
             Some(g) => {
                 let per_class = n / m.model.config.classes;
-                let rows: Vec<usize> =
-                    (0..g.classes.len()).filter(|i| i % per_class < 10.min(per_class)).collect();
+                let rows: Vec<usize> = (0..g.classes.len()).filter(|i| i % per_class < 10.min(per_class)).collect();
                 save_grid_png(&plan.grid_dir.join(&file), &ddpm::eval::gather(&images, &rows)?, 10.min(per_class))?
             }
             None => save_grid_png(&plan.grid_dir.join(&file), &images.head(64.min(n))?, 8)?,
         }
         eprintln!("{name}: FID {:.2} (floor {:.2} at n = {n}), {seconds:.1} s", q.fid, q.fid_floor);
-        let grid = format!("{}/{file}", plan.grid_dir.file_name().map_or(String::new(), |f| f.to_string_lossy().into()));
+        let grid =
+            format!("{}/{file}", plan.grid_dir.file_name().map_or(String::new(), |f| f.to_string_lossy().into()));
         done[i] = Some(Done { calls, seconds, q, q_small, grid });
         write_tables(a, plan, &b.describe(), &done)?;
     }
@@ -275,7 +278,8 @@ fn write_tables(a: &QualityArgs, plan: &Plan, device: &str, done: &[Option<Done>
     md.push_str("\n|---|");
     md.push_str(&"---|".repeat(a.calls.len()));
     md.push('\n');
-    for (s, label) in ["DDIM (η = 0)", "DDIM (η = 1)", "DPM-Solver++(2M)", "SDE-DPM-Solver++(2M)"].iter().enumerate() {
+    for (s, label) in ["DDIM (η = 0)", "DDIM (η = 1)", "DPM-Solver++(2M)", "SDE-DPM-Solver++(2M)"].iter().enumerate()
+    {
         let _ = write!(md, "| {label} |");
         for (k, _) in a.calls.iter().enumerate() {
             let cell = done[k * 4 + s].as_ref().map_or("not run".to_string(), |d| format!("{:.2}", d.q.fid));
@@ -285,11 +289,7 @@ fn write_tables(a: &QualityArgs, plan: &Plan, device: &str, done: &[Option<Done>
     }
     let ddpm = plan.jobs.iter().position(|j| matches!(j, Job::Solver(SamplerKind::Ddpm))).expect("a DDPM row");
     let ddpm_cell = done[ddpm].as_ref().map_or("not run".to_string(), |d| format!("{:.2}", d.q.fid));
-    let _ = writeln!(
-        md,
-        "\nReference: DDPM-{} scores {ddpm_cell} at n = {}.\n",
-        plan.uncond.timesteps, plan.ddpm_n
-    );
+    let _ = writeln!(md, "\nReference: DDPM-{} scores {ddpm_cell} at n = {}.\n", plan.uncond.timesteps, plan.ddpm_n);
     // Every solver row in full.
     let _ = writeln!(
         md,
@@ -340,7 +340,8 @@ fn write_tables(a: &QualityArgs, plan: &Plan, device: &str, done: &[Option<Done>
         let (_, _, g) = plan.of(*job, a.n);
         let acc = accuracy_per_digit(&d.q.predicted, &g.expect("a guided row").classes, classes);
         let mean = acc.iter().sum::<f64>() / acc.len() as f64;
-        let (worst, lo) = acc.iter().enumerate().fold((0, f64::INFINITY), |b, (k, &v)| if v < b.1 { (k, v) } else { b });
+        let (worst, lo) =
+            acc.iter().enumerate().fold((0, f64::INFINITY), |b, (k, &v)| if v < b.1 { (k, v) } else { b });
         let _ = writeln!(
             md,
             "| {w} | {:.1}% | {worst} ({:.1}%) | {:.2} | {:.4} | {:.4} | {:.0} s | [grid]({}) |",

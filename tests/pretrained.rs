@@ -159,8 +159,19 @@ fn quality_writes_every_row_and_refuses_what_it_cannot_measure() {
         png::Decoder::new(std::io::BufReader::new(std::fs::File::open(dir.join("q/ddim-3guidedw2.png")).unwrap()));
     let info = png.read_info().unwrap().info().clone();
     assert_eq!((info.width, info.height), (34 + 2, 34 * 10 + 2));
-    // Its own table it rewrites.
-    succeeds(&quality(&[]));
+    // A second run keeps the rows measured with the same settings and samples only the new ones; its own table it
+    // rewrites.
+    let err = succeeds(&quality(&[]));
+    assert!(
+        err.contains("11 rows measured before with the same settings are kept") && !err.contains("sampling"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+    let err = succeeds(&quality(&["--guidance", "0,2,5"]));
+    assert!(err.contains("w=5: sampling") && err.matches("sampling").count() == 1, "{err}");
+    // Other settings measure every row again.
+    let err = succeeds(&quality(&["--seed", "1"]));
+    assert!(!err.contains("measured before") && err.matches("sampling").count() == 11, "{err}");
 
     // Refused before any sampling.
     let refuse = |extra: &[&str], needles: &[&str]| {

@@ -9,6 +9,7 @@ mod eval;
 mod export;
 mod info;
 mod quality;
+mod quality_rows;
 mod sample;
 mod train;
 

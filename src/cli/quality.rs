@@ -4,7 +4,8 @@
 //! at several guidance weights.
 
 use super::checks::{self, Kind};
-use super::eval::{check_n, draw, floor, grid_file, sampler_name, ScoringArgs};
+use super::eval::{check_n, draw, grid_file, sampler_name, ScoringArgs};
+use super::quality_rows::{self, Done};
 use super::sample::{check_memory, load_model, Guidance, PRETRAINED_COND, PRETRAINED_UNCOND};
 use super::{on_backend, resolve_device, Device, DeviceArg};
 use anyhow::{bail, Context, Result};
@@ -13,7 +14,7 @@ use ddpm::atomic_write::write_atomic;
 use ddpm::backend::Backend;
 use ddpm::checkpoint::SamplingModel;
 use ddpm::diffusion::{SamplerKind, Spacing};
-use ddpm::eval::{Evaluator, Quality};
+use ddpm::eval::Evaluator;
 use ddpm::image::save_grid_png;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -71,17 +72,6 @@ enum Job {
     Solver(SamplerKind),
     /// The conditional model's DDIM with this guidance weight, n/10 images of each digit.
     Guided(f32),
-}
-
-/// A finished row.
-struct Done {
-    calls: usize,
-    seconds: f64,
-    /// Scored at the row's n.
-    q: Quality,
-    /// The first ddpm-n images scored on their own, when the DDPM row has the smaller n.
-    q_small: Option<Quality>,
-    grid: String,
 }
 
 /// The samplers of the solver rows at `calls` network calls, in the table's order.
@@ -205,10 +195,18 @@ fn run_on<B: Backend>(b: &B, a: &QualityArgs, device: &Device, plan: &Plan) -> R
     };
     let mut order: Vec<usize> = (0..plan.jobs.len()).collect();
     order.sort_by_key(|&i| cost(plan.jobs[i]));
-    let mut done: Vec<Option<Done>> = plan.jobs.iter().map(|_| None).collect();
-    for i in order {
-        let job = plan.jobs[i];
-        let name = plan.name(job, a.steps);
+    let settings = settings(a, device, plan)?;
+    let rows_file = plan.grid_dir.join("rows.tsv");
+    let before = quality_rows::load(&rows_file, &settings);
+    let names: Vec<String> = plan.jobs.iter().map(|&job| plan.name(job, a.steps)).collect();
+    let mut done: Vec<Option<Done>> = names.iter().map(|name| before.get(name).cloned()).collect();
+    let kept = done.iter().flatten().count();
+    if kept > 0 {
+        eprintln!("{kept} rows measured before with the same settings are kept ({})", rows_file.display());
+    }
+    let todo: Vec<usize> = order.into_iter().filter(|&i| done[i].is_none()).collect();
+    for i in todo {
+        let (job, name) = (plan.jobs[i], &names[i]);
         let (n, m, guidance) = plan.of(job, a.n);
         let kind = match job {
             Job::Solver(kind) => kind,
@@ -217,11 +215,7 @@ fn run_on<B: Backend>(b: &B, a: &QualityArgs, device: &Device, plan: &Plan) -> R
         eprintln!("{name}: sampling {n} images");
         let (images, calls, seconds) = draw(device, m, (kind, guidance.as_ref()), n, a.seed)?;
         let q = evaluator(n).score(&images)?;
-        let q_small = match job {
-            Job::Solver(_) if n > plan.ddpm_n => Some(evaluator(plan.ddpm_n).score(&images.head(plan.ddpm_n)?)?),
-            _ => None,
-        };
-        let file = grid_file(&name);
+        let file = grid_file(name);
         match &guidance {
             // A row per digit, the first ten of each.
             Some(g) => {
@@ -234,10 +228,57 @@ fn run_on<B: Backend>(b: &B, a: &QualityArgs, device: &Device, plan: &Plan) -> R
         eprintln!("{name}: FID {:.2} (floor {:.2} at n = {n}), {seconds:.1} s", q.fid, q.fid_floor);
         let grid =
             format!("{}/{file}", plan.grid_dir.file_name().map_or(String::new(), |f| f.to_string_lossy().into()));
-        done[i] = Some(Done { calls, seconds, q, q_small, grid });
+        let mut row = Done::of(&q, (calls, seconds), grid);
+        match (job, &guidance) {
+            (Job::Solver(_), _) if n > plan.ddpm_n => {
+                let small = evaluator(plan.ddpm_n).score(&images.head(plan.ddpm_n)?)?;
+                row.small = Some([small.fid, small.fid_floor]);
+            }
+            (Job::Guided(_), Some(g)) => {
+                row.accuracy = accuracy_per_digit(&q.predicted, &g.classes, m.model.config.classes)
+            }
+            _ => {}
+        }
+        done[i] = Some(row);
+        let finished: Vec<(String, &Done)> =
+            names.iter().zip(&done).filter_map(|(name, d)| Some((name.clone(), d.as_ref()?))).collect();
+        quality_rows::save(&rows_file, &settings, &finished)?;
         write_tables(a, plan, &b.describe(), &done)?;
     }
-    Ok(())
+    write_tables(a, plan, &b.describe(), &done)
+}
+
+/// What the numbers depend on besides the row itself: the models (their files, what they are, and a checksum of
+/// their weights), the sizes, the seed, the classifier and the data, and where the sampling runs (the same
+/// settings on another device give other bits).
+fn settings(a: &QualityArgs, device: &Device, plan: &Plan) -> Result<String> {
+    let model = |path: &std::path::Path, m: &SamplingModel| -> Result<String> {
+        // FNV-1a over the weights' bits: a model retrained into the same file is not mistaken for the old one.
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for (_, t) in m.params.iter() {
+            for v in t.to_vec()? {
+                hash = (hash ^ u64::from(v.to_bits())).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        Ok(format!("{} ({}, weights {hash:016x})", path.display(), m.description))
+    };
+    Ok(format!(
+        "uncond {}; cond {}; n {}; ddpm-n {}; seed {}; classifier {}; data {}; device {} {}",
+        model(&a.uncond, &plan.uncond)?,
+        model(&a.cond, &plan.cond)?,
+        a.n,
+        plan.ddpm_n,
+        a.seed,
+        a.scoring.classifier.display(),
+        a.scoring.data.display(),
+        device.name(),
+        device.precision().name()
+    ))
+}
+
+/// The floor as the tables print it: `mean (min–max)`.
+fn floor(f: &[f64; 3]) -> String {
+    format!("{:.2} ({:.2}–{:.2})", f[0], f[1], f[2])
 }
 
 /// The fraction of each digit's images that the classifier assigns to it (`expected[i]` is image i's digit).
@@ -259,11 +300,7 @@ fn write_tables(a: &QualityArgs, plan: &Plan, device: &str, done: &[Option<Done>
     let mut md = String::new();
     let ddpm_small = plan.ddpm_n < a.n;
     // The floor at ddpm-n, from whichever row was scored there first.
-    let small_floor = done.iter().flatten().find_map(|d| match &d.q_small {
-        Some(q) => Some(q.fid_floor),
-        None if d.q.n == plan.ddpm_n => Some(d.q.fid_floor),
-        None => None,
-    });
+    let small_floor = done.iter().flatten().find_map(|d| d.small.map(|s| s[1]));
     let small_col = match (ddpm_small, small_floor) {
         (false, _) => String::new(),
         (true, Some(f)) => format!(" FID of the first {} (floor {f:.2}) |", plan.ddpm_n),
@@ -282,13 +319,13 @@ fn write_tables(a: &QualityArgs, plan: &Plan, device: &str, done: &[Option<Done>
     {
         let _ = write!(md, "| {label} |");
         for (k, _) in a.calls.iter().enumerate() {
-            let cell = done[k * 4 + s].as_ref().map_or("not run".to_string(), |d| format!("{:.2}", d.q.fid));
+            let cell = done[k * 4 + s].as_ref().map_or("not run".to_string(), |d| format!("{:.2}", d.fid));
             let _ = write!(md, " {cell} |");
         }
         md.push('\n');
     }
     let ddpm = plan.jobs.iter().position(|j| matches!(j, Job::Solver(SamplerKind::Ddpm))).expect("a DDPM row");
-    let ddpm_cell = done[ddpm].as_ref().map_or("not run".to_string(), |d| format!("{:.2}", d.q.fid));
+    let ddpm_cell = done[ddpm].as_ref().map_or("not run".to_string(), |d| format!("{:.2}", d.fid));
     let _ = writeln!(md, "\nReference: DDPM-{} scores {ddpm_cell} at n = {}.\n", plan.uncond.timesteps, plan.ddpm_n);
     // Every solver row in full.
     let _ = writeln!(
@@ -305,18 +342,18 @@ fn write_tables(a: &QualityArgs, plan: &Plan, device: &str, done: &[Option<Done>
             continue;
         };
         // The DDPM row is scored at ddpm-n only: its FID goes in that column.
-        let (fid, small) = match (&d.q_small, kind) {
-            (_, SamplerKind::Ddpm) if ddpm_small => ("–".to_string(), format!(" {:.2} |", d.q.fid)),
-            (Some(s), _) => (format!("{:.2}", d.q.fid), format!(" {:.2} |", s.fid)),
-            (None, _) => (format!("{:.2}", d.q.fid), String::new()),
+        let (fid, small) = match (d.small, kind) {
+            (_, SamplerKind::Ddpm) if ddpm_small => ("–".to_string(), format!(" {:.2} |", d.fid)),
+            (Some(s), _) => (format!("{:.2}", d.fid), format!(" {:.2} |", s[0])),
+            (None, _) => (format!("{:.2}", d.fid), String::new()),
         };
         let _ = writeln!(
             md,
             "| {name} | {} | {fid} |{small} {} | {:.4} | {:.4} | {:.0} s | [grid]({}) |",
             d.calls,
-            floor(&d.q),
-            d.q.classes.confidence,
-            d.q.classes.entropy,
+            floor(&d.floor),
+            d.confidence,
+            d.entropy,
             d.seconds,
             d.grid
         );
@@ -337,8 +374,7 @@ fn write_tables(a: &QualityArgs, plan: &Plan, device: &str, done: &[Option<Done>
             let _ = writeln!(md, "| {w} | not run | | | | | | |");
             continue;
         };
-        let (_, _, g) = plan.of(*job, a.n);
-        let acc = accuracy_per_digit(&d.q.predicted, &g.expect("a guided row").classes, classes);
+        let acc = &d.accuracy;
         let mean = acc.iter().sum::<f64>() / acc.len() as f64;
         let (worst, lo) =
             acc.iter().enumerate().fold((0, f64::INFINITY), |b, (k, &v)| if v < b.1 { (k, v) } else { b });
@@ -347,9 +383,9 @@ fn write_tables(a: &QualityArgs, plan: &Plan, device: &str, done: &[Option<Done>
             "| {w} | {:.1}% | {worst} ({:.1}%) | {:.2} | {:.4} | {:.4} | {:.0} s | [grid]({}) |",
             100.0 * mean,
             100.0 * lo,
-            d.q.fid,
-            d.q.classes.confidence,
-            d.q.classes.entropy,
+            d.fid,
+            d.confidence,
+            d.entropy,
             d.seconds,
             d.grid
         );

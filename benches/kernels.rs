@@ -131,7 +131,8 @@ fn bench_memory_bound(c: &mut Criterion) {
     group.bench_function("group_norm_silu_backward_64ch_32px", |b| {
         b.iter(|| {
             let daffine = (&mut dgamma, &mut dbeta);
-            be.group_norm_backward(d, (&x, &gamma, &beta), (&mean, &rstd), &gy, Some(&mut dx), daffine).unwrap()
+            be.group_norm_backward(d, (&x, &gamma, &beta), (&mean, &rstd), &gy, Some((&mut dx, false)), daffine)
+                .unwrap()
         })
     });
     group.throughput(Throughput::Bytes((2 * 4 * len) as u64));

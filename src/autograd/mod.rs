@@ -91,12 +91,21 @@ pub struct Tape<'p, B: Backend = Cpu> {
     /// Per parameter: whether a backward kernel has been handed its gradient's place in `store` (once only, so that
     /// a second use of the parameter accumulates instead of overwriting).
     handed: RefCell<Vec<bool>>,
+    /// During [`Tape::backward`]: each node's gradient so far, by node.
+    pending: RefCell<Vec<Option<Tensor<B>>>>,
 }
 
 impl<'p, B: Backend> Tape<'p, B> {
     /// A tape that records for a backward pass.
     pub fn new(params: &'p Params<B>) -> Self {
-        Tape { params, nodes: Vec::new(), grad_enabled: true, store: None, handed: RefCell::default() }
+        Tape {
+            params,
+            nodes: Vec::new(),
+            grad_enabled: true,
+            store: None,
+            handed: RefCell::default(),
+            pending: RefCell::default(),
+        }
     }
 
     /// This tape with the parameters' gradients written into `store` (shaped like the parameters): backward
@@ -108,7 +117,14 @@ impl<'p, B: Backend> Tape<'p, B> {
 
     /// A tape for inference only: nothing needs a gradient, so ops save nothing for a backward pass.
     pub fn inference(params: &'p Params<B>) -> Self {
-        Tape { params, nodes: Vec::new(), grad_enabled: false, store: None, handed: RefCell::default() }
+        Tape {
+            params,
+            nodes: Vec::new(),
+            grad_enabled: false,
+            store: None,
+            handed: RefCell::default(),
+            pending: RefCell::default(),
+        }
     }
 
     /// The backend the ops run on (the parameters').
@@ -184,6 +200,21 @@ impl<'p, B: Backend> Tape<'p, B> {
         Tensor::alloc(self.backend(), self.value(v).shape()).map(Some)
     }
 
+    /// [`Tape::grad_for`], except that when `v`'s other readers have already made its gradient, that gradient is
+    /// handed over with `true`: a kernel that adds its part to it, in the pass that computes it, saves the separate
+    /// addition [`Tape::backward`] would make. The caller returns it as `v`'s gradient.
+    pub fn grad_into(&self, v: Var) -> Result<Option<(Tensor<B>, bool)>> {
+        let so_far = match self.nodes[v.0].op {
+            // Parameters gather their gradients apart.
+            Op::Param(_) => None,
+            _ => self.pending.borrow_mut().get_mut(v.0).and_then(Option::take),
+        };
+        match so_far {
+            Some(g) => Ok(Some((g, true))),
+            None => Ok(self.grad_for(v)?.map(|g| (g, false))),
+        }
+    }
+
     /// A view of parameter `id`'s gradient in the store, if there is one and it is an arena (on the CPU the
     /// gradients are separate tensors, which the backward pass replaces).
     fn store_place(&self, id: ParamId) -> Result<Option<Tensor<B>>> {
@@ -211,8 +242,9 @@ impl<'p, B: Backend> Tape<'p, B> {
         self.nodes.truncate(loss.0 + 1);
         let mut grads: Vec<Option<Tensor<B>>> = (0..self.nodes.len()).map(|_| None).collect();
         grads[loss.0] = Some(Tensor::full_on(self.backend(), self.value(loss).shape(), 1.0)?);
+        *self.pending.get_mut() = grads;
         while let Some(node) = self.nodes.pop() {
-            let gout = grads.pop().flatten();
+            let gout = self.pending.get_mut().pop().flatten();
             let (Some(gout), true) = (gout, node.needs_grad) else { continue };
             if let Op::Param(id) = node.op {
                 accumulate(self.backend(), &mut param_grads[id.0], gout)?;
@@ -225,7 +257,7 @@ impl<'p, B: Backend> Tape<'p, B> {
             input_grads.retain(|(v, _)| self.needs_grad(*v));
             for (v, g) in input_grads {
                 debug_assert_eq!(g.shape(), self.value(v).shape(), "gradient shape of {v:?}");
-                accumulate(self.backend(), &mut grads[v.0], g)?;
+                accumulate(self.backend(), &mut self.pending.borrow_mut()[v.0], g)?;
             }
         }
         let grads = param_grads

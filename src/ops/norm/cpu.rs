@@ -32,15 +32,24 @@ impl NormOps for Cpu {
         (x, gamma, beta): (&Vec<f32>, &Vec<f32>, &Vec<f32>),
         (mean, rstd): (&Vec<f32>, &Vec<f32>),
         gy: &Vec<f32>,
-        dx: Option<&mut Vec<f32>>,
+        dx: Option<(&mut Vec<f32>, bool)>,
         (dgamma, dbeta): (&mut Vec<f32>, &mut Vec<f32>),
     ) -> Result<()> {
         if dgamma.len() != d.c || dbeta.len() != d.c {
             let lens = (dgamma.len(), dbeta.len());
             return Err(Error::Shape(format!("group_norm dgamma, dbeta: {lens:?} words, expected {} each", d.c)));
         }
-        let dx = dx.map(|v| &mut v[..]);
-        group_norm_backward(d, (x, gamma, beta), (mean, rstd), gy, dx, (dgamma, dbeta));
+        match dx {
+            // The kernel keeps gz in dx between its passes, so an accumulated gradient is made apart and added.
+            Some((acc, true)) => {
+                let mut dx = vec![0.0; acc.len()];
+                group_norm_backward(d, (x, gamma, beta), (mean, rstd), gy, Some(&mut dx), (dgamma, dbeta));
+                acc.iter_mut().zip(&dx).for_each(|(a, v)| *a += v);
+            }
+            dx => {
+                group_norm_backward(d, (x, gamma, beta), (mean, rstd), gy, dx.map(|(v, _)| &mut v[..]), (dgamma, dbeta))
+            }
+        }
         Ok(())
     }
 }

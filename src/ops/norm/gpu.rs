@@ -27,7 +27,7 @@ impl<E: Executor> NormOps for Gpu<E> {
         (x, gamma, beta): (&E::Buf, &E::Buf, &E::Buf),
         (mean, rstd): (&E::Buf, &E::Buf),
         gy: &E::Buf,
-        dx: Option<&mut E::Buf>,
+        dx: Option<(&mut E::Buf, bool)>,
         (dgamma, dbeta): (&mut E::Buf, &mut E::Buf),
     ) -> Result<()> {
         let e = self.executor();
@@ -35,9 +35,10 @@ impl<E: Executor> NormOps for Gpu<E> {
         need("group_norm mean", mean, d.n * d.groups)?;
         need("group_norm rstd", rstd, d.n * d.groups)?;
         need("group_norm gy", gy, d.n * d.c * d.plane)?;
-        if let Some(dx) = &dx {
+        if let Some((dx, _)) = &dx {
             need("group_norm dx", *dx, d.n * d.c * d.plane)?;
         }
+        let accumulate = dx.as_ref().is_some_and(|(_, acc)| *acc);
         let nc = d.n * d.c;
         let parts = e.alloc(2 * nc)?;
         let args = [
@@ -47,17 +48,20 @@ impl<E: Executor> NormOps for Gpu<E> {
             Arg::Buf(mean),
             Arg::Buf(rstd),
             Arg::Buf(gy),
-            Arg::opt(dx.map(|b| &*b)),
+            Arg::opt(dx.map(|(b, _)| &*b)),
             Arg::BufAt(&parts, 0),
             Arg::BufAt(&parts, nc),
             i32_arg(d.c)?,
             i32_arg(d.plane)?,
             i32_arg(d.groups)?,
             Arg::I32(d.silu as i32),
+            Arg::I32(accumulate as i32),
         ];
-        // x and gy read for the group sums and again for dx: ~12 operations per value.
+        // x and gy read for the group sums and again for dx (and dx itself when accumulating): ~12 operations per
+        // value.
         let len = d.n * d.c * d.plane;
-        run(e, Kernel::GroupNormBwd, grid(d)?, Cost::pass(4 * len, len, 12), &args)?;
+        let read = (4 + usize::from(accumulate)) * len;
+        run(e, Kernel::GroupNormBwd, grid(d)?, Cost::pass(read, len, 12), &args)?;
         sum_rows_pair(e, &parts, d.n, d.c, (dgamma, dbeta))
     }
 }

@@ -26,15 +26,16 @@ pub trait NormOps: Memory {
         affine: (&Self::Buf, &Self::Buf),
         y: &mut Self::Buf,
     ) -> Result<(Self::Buf, Self::Buf)>;
-    /// The backward from `(x, γ, β)` and the saved `(μ, 1/σ)`: `dx` when asked for, and `(dγ, dβ)` written into
-    /// `daffine` (`[c]` each: the parameters' gradients, in their places).
+    /// The backward from `(x, γ, β)` and the saved `(μ, 1/σ)`: `dx` when asked for (`(dx, true)`: added to what
+    /// `dx` holds, x's gradient from its other readers, in the same pass), and `(dγ, dβ)` written into `daffine`
+    /// (`[c]` each: the parameters' gradients, in their places).
     fn group_norm_backward(
         &self,
         d: NormDesc,
         inputs: (&Self::Buf, &Self::Buf, &Self::Buf),
         stats: (&Self::Buf, &Self::Buf),
         gy: &Self::Buf,
-        dx: Option<&mut Self::Buf>,
+        dx: Option<(&mut Self::Buf, bool)>,
         daffine: (&mut Self::Buf, &mut Self::Buf),
     ) -> Result<()>;
 }
@@ -73,15 +74,16 @@ pub(crate) fn norm_grads<B: Backend>(
     gy: &B::Buf,
 ) -> Result<Vec<(Var, Tensor<B>)>> {
     let be = tape.backend();
-    let mut dx = tape.grad_for(x)?;
+    // x's gradient so far, when its other readers have made one, is added to in the same pass.
+    let mut dx = tape.grad_into(x)?;
     // γ's and β's gradients in their places; both are made in one launch, so one that needs none (a tape tracks
     // every parameter, so never in practice) is made into scratch and dropped.
     let place = |v: Var| tape.grad_for(v)?.map_or_else(|| Tensor::alloc(be, &[d.c]), Ok);
     let (mut dg, mut db) = (place(gamma)?, place(beta)?);
     let inputs = (tape.value(x).buf(), tape.value(gamma).buf(), tape.value(beta).buf());
-    let dxb = dx.as_mut().map(Tensor::buf_mut);
+    let dxb = dx.as_mut().map(|(t, acc)| (t.buf_mut(), *acc));
     be.group_norm_backward(d, inputs, stats, gy, dxb, (dg.buf_mut(), db.buf_mut()))?;
-    let mut out: Vec<_> = dx.map(|d| (x, d)).into_iter().collect();
+    let mut out: Vec<_> = dx.map(|(d, _)| (x, d)).into_iter().collect();
     out.push((gamma, dg));
     out.push((beta, db));
     Ok(out)

@@ -45,13 +45,14 @@ group_norm_fwd(const float* __restrict__ x, const float* __restrict__ gamma, con
 
 // With gz = gy * silu'(z) (or gy): per channel c of image i, dgamma_part[i][c] = sum gz*xhat and
 // dbeta_part[i][c] = sum gz (reduced over images afterwards by sum_rows, in order), and, when dx is not null,
-// dx = rstd*(gz*gamma - mean(gz*gamma) - xhat*mean(gz*gamma*xhat)) over the group.
+// dx = rstd*(gz*gamma - mean(gz*gamma) - xhat*mean(gz*gamma*xhat)) over the group; added to dx when accumulate
+// (x's gradient from its other readers: one pass instead of a separate add).
 // Launch: grid (G, n), block 256.
 extern "C" __global__ void __launch_bounds__(256)
 group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ gy,
                float* __restrict__ dx, float* __restrict__ dgamma_part, float* __restrict__ dbeta_part, int C,
-               int plane, int G, int silu) {
+               int plane, int G, int silu, int accumulate) {
   __shared__ float scratch[32];
   const int g = blockIdx.x, i = blockIdx.y, cpg = C / G, M = cpg * plane;
   const long long base = ((long long)i * C + (long long)g * cpg) * plane;
@@ -90,6 +91,7 @@ group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, con
       const float z = xh * ga + be, sg = sigmoidf_(z);
       gz *= sg * (1.0f + z * (1.0f - sg));
     }
-    dx[base + e] = r * (gz * ga - a1 - xh * a2);
+    const float v = r * (gz * ga - a1 - xh * a2);
+    dx[base + e] = accumulate ? dx[base + e] + v : v;
   }
 }

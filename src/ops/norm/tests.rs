@@ -27,12 +27,13 @@ fn group_norm<E: Executor>(g: &Gpu<E>) {
 
             let (mut dx, mut dg, mut db) = (vec![0.0; len], vec![0.0; c], vec![0.0; c]);
             let daffine = (&mut dg, &mut db);
-            Cpu.group_norm_backward(d, (&x, &gamma, &beta), (&mean, &rstd), &gy, Some(&mut dx), daffine).unwrap();
+            Cpu.group_norm_backward(d, (&x, &gamma, &beta), (&mean, &rstd), &gy, Some((&mut dx, false)), daffine)
+                .unwrap();
             // The CPU's statistics as input, so the backward is compared on its own.
             let (mb, rb, mut dxb) = (up(g, &mean), up(g, &rstd), out(g, len));
             let (mut dgb, mut dbb) = (out(g, c), out(g, c));
             let (stats, daffine) = ((&mb, &rb), (&mut dgb, &mut dbb));
-            g.group_norm_backward(d, (&xb, &gb, &bb), stats, &up(g, &gy), Some(&mut dxb), daffine).unwrap();
+            g.group_norm_backward(d, (&xb, &gb, &bb), stats, &up(g, &gy), Some((&mut dxb, false)), daffine).unwrap();
             close(&down(g, &dxb), &dx, 1e-5, 1e-4, &format!("{what} dx"));
             close(&down(g, &dgb), &dg, 1e-4, 1e-5, &format!("{what} dgamma"));
             close(&down(g, &dbb), &db, 1e-4, 1e-5, &format!("{what} dbeta"));
@@ -40,3 +41,38 @@ fn group_norm<E: Executor>(g: &Gpu<E>) {
     }
 }
 gpu_test!(group_norm);
+
+/// The backward adding dx to a gradient already there is, to the bit, the plain backward followed by the addition
+/// the tape would otherwise make (`acc + dx`), on the CPU and on the GPU.
+fn group_norm_backward_accumulates<E: Executor>(g: &Gpu<E>) {
+    let (n, c, groups, plane) = (2, 6, 3, 35);
+    let len = n * c * plane;
+    let d = NormDesc { n, c, plane, groups, eps: 1e-5, silu: true };
+    let x: Vec<f32> = rand(40, len).iter().map(|v| 3.0 * v + 0.5).collect();
+    let (gamma, beta, gy, acc) = (rand(41, c), rand(42, c), rand(43, len), rand(44, len));
+    let mut y = vec![0.0; len];
+    let (mean, rstd) = Cpu.group_norm_forward(d, &x, (&gamma, &beta), &mut y).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // CPU.
+    let backward = |dx: (&mut Vec<f32>, bool)| {
+        let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
+        Cpu.group_norm_backward(d, (&x, &gamma, &beta), (&mean, &rstd), &gy, Some(dx), (&mut dg, &mut db)).unwrap();
+    };
+    let (mut plain, mut summed) = (vec![0.0; len], acc.clone());
+    backward((&mut plain, false));
+    backward((&mut summed, true));
+    let want: Vec<f32> = acc.iter().zip(&plain).map(|(a, v)| a + v).collect();
+    assert_eq!(bits(&summed), bits(&want), "CPU: accumulated dx differs from dx then add");
+    // GPU.
+    let (xb, gb, bb, gyb, mb, rb) = (up(g, &x), up(g, &gamma), up(g, &beta), up(g, &gy), up(g, &mean), up(g, &rstd));
+    let backward = |dx: (&mut E::Buf, bool)| {
+        let (mut dg, mut db) = (out(g, c), out(g, c));
+        g.group_norm_backward(d, (&xb, &gb, &bb), (&mb, &rb), &gyb, Some(dx), (&mut dg, &mut db)).unwrap();
+    };
+    let (mut plain, mut summed) = (out(g, len), up(g, &acc));
+    backward((&mut plain, false));
+    backward((&mut summed, true));
+    let want: Vec<f32> = acc.iter().zip(&down(g, &plain)).map(|(a, v)| a + v).collect();
+    assert_eq!(bits(&down(g, &summed)), bits(&want), "GPU: accumulated dx differs from dx then add");
+}
+gpu_test!(group_norm_backward_accumulates);

@@ -89,15 +89,18 @@ extern "C" __global__ void ddpm_step(const float* __restrict__ x, const float* _
 }
 
 // One DDIM step (DdimCoefs): x0 = (x - s1m*eps)/sab (a true division), clamped to [-1, 1] when `clamp` (NaN
-// passes the clamp as in Rust's f32::clamp), out = sab_prev*x0 + dir*eps (+ sigma*z when `noisy`).
+// passes the clamp as in Rust's f32::clamp), out = sab_prev*x0 + dir*d (+ sigma*z when `noisy`), d = eps, or with
+// `rederive` the noise re-derived from the clamped x0, (x - sab*x0)/s1m (GLIDE's guided DDIM).
 // Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
 extern "C" __global__ void ddim_step(const float* __restrict__ x, const float* __restrict__ eps,
                                      float* __restrict__ out, long long n, float s1m, float sab, float sab_prev,
-                                     float dir, float sigma, int clamp, u64 seed, u64 stream, int noisy) {
+                                     float dir, float sigma, int clamp, int rederive, u64 seed, u64 stream,
+                                     int noisy) {
   GRID_STRIDE(e, n) {
     float x0 = (x[e] - s1m * eps[e]) / sab;
     if (clamp) x0 = x0 < -1.0f ? -1.0f : (x0 > 1.0f ? 1.0f : x0);
-    const float det = sab_prev * x0 + dir * eps[e];
+    const float d = rederive ? (x[e] - sab * x0) / s1m : eps[e];
+    const float det = sab_prev * x0 + dir * d;
     out[e] = noisy ? det + sigma * philox_normal(seed, stream, (u64)e) : det;
   }
 }

@@ -141,7 +141,7 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
         out: &mut E::Buf,
     ) -> Result<()> {
         let f = [c.sqrt_one_minus_ab, c.sqrt_ab, c.sqrt_ab_prev, c.dir_coef, c.sigma].map(Arg::F32);
-        let coefs = f.into_iter().chain([Arg::I32(c.clamp as i32)]);
+        let coefs = f.into_iter().chain([Arg::I32(c.clamp as i32), Arg::I32(c.rederive as i32)]);
         // x and eps read, out written; ~7 operations per value (the clamp included).
         sampler_step(self.executor(), Kernel::DdimStep, &[x, eps, out], coefs, noise, (2, 1, 7))
     }

@@ -17,6 +17,12 @@ use crate::tensor::Tensor;
 pub trait Denoiser<B: Backend = Cpu> {
     /// Predicts the noise in `x` (`[N, C, H, W]`) at timesteps `t` (N entries). The result has the shape of `x`.
     fn predict_eps(&mut self, x: &Tensor<B>, t: &[usize]) -> Result<Tensor<B>>;
+
+    /// Whether the prediction is a guided one (classifier-free guidance), which a clamping DDIM step follows with
+    /// the noise re-derived from its clamped x̂0 ([`DdimCoefs::rederive`]).
+    fn guided(&self) -> bool {
+        false
+    }
 }
 
 impl<F: FnMut(&Tensor, &[usize]) -> Result<Tensor>> Denoiser for F {
@@ -155,6 +161,12 @@ pub struct DdimCoefs {
     pub dir_coef: f32,
     /// Whether x̂0 is clamped to [-1, 1], as the reference does. [`DdimCoefs::new`] sets it.
     pub clamp: bool,
+    /// Whether the direction term uses the noise re-derived from the clamped x̂0, `(x_t - sqrt(alpha_bar_t) x̂0) /
+    /// sqrt(1 - alpha_bar_t)`, instead of the network's. GLIDE does so for guided sampling (Nichol et al. 2022; the
+    /// `use_clipped_model_output` of diffusers' DDIM): a guided ε overshoots, its x̂0 is clamped, and without this
+    /// the step moves x_t along the unclamped ε and the samples fall apart at w >= 2. [`DdimCoefs::new`] leaves it
+    /// off, as the reference has it; [`sample`] sets it for a guided [`Denoiser`].
+    pub rederive: bool,
 }
 
 impl DdimCoefs {
@@ -177,6 +189,7 @@ impl DdimCoefs {
             sigma: sigma_sq.max(0.0).sqrt(),
             dir_coef: (1.0 - ab_prev - sigma_sq).max(0.0).sqrt(),
             clamp: true,
+            rederive: false,
         })
     }
 }
@@ -200,14 +213,15 @@ pub fn ddim_step(
 }
 
 /// The elementwise body of [`ddim_step`] with its scalars given (lengths checked by the caller); x̂0 is clamped only
-/// when `c.clamp`.
+/// when `c.clamp`, and the direction's noise re-derived from it when `c.rederive`.
 pub fn ddim_update(c: &DdimCoefs, x: &[f32], eps: &[f32], z: Option<&[f32]>, out: &mut [f32]) {
     for (i, o) in out.iter_mut().enumerate() {
         // Reference order: a true division by sqrt(ab_t), not a multiply by its reciprocal (they differ in the last
         // bit).
         let x0 = (x[i] - c.sqrt_one_minus_ab * eps[i]) / c.sqrt_ab;
         let x0 = if c.clamp { x0.clamp(-1.0, 1.0) } else { x0 };
-        let det = c.sqrt_ab_prev * x0 + c.dir_coef * eps[i];
+        let e = if c.rederive { (x[i] - c.sqrt_ab * x0) / c.sqrt_one_minus_ab } else { eps[i] };
+        let det = c.sqrt_ab_prev * x0 + c.dir_coef * e;
         *o = match z {
             Some(z) => det + c.sigma * z[i],
             None => det,
@@ -289,7 +303,8 @@ pub fn sample<B: Backend>(
         match kind {
             SamplerKind::Ddpm => be.ddpm_step(&DdpmCoefs::new(sched, t)?, x.buf(), eps.buf(), noise, next.buf_mut())?,
             SamplerKind::Ddim { eta, clamp, .. } => {
-                let c = DdimCoefs { clamp, ..DdimCoefs::new(sched, t, t_prev, eta)? };
+                let rederive = clamp && den.guided();
+                let c = DdimCoefs { clamp, rederive, ..DdimCoefs::new(sched, t, t_prev, eta)? };
                 be.ddim_step(&c, x.buf(), eps.buf(), noise, next.buf_mut())?
             }
             SamplerKind::DpmPp2m { clamp, .. } | SamplerKind::DpmPp2mSde { clamp, .. } => {

@@ -63,10 +63,47 @@ fn sampler_steps<E: Executor>(dev: &Gpu<E>) {
             ddim_update(&c, &x, &eps, noisy.then_some(&z[..]), &mut want);
             dev.ddim_step(&c, &xb, &eb, noisy.then_some((seed, stream)), &mut got).unwrap();
             close(&down(dev, &got), &want, 1e-6, 1e-6, &format!("ddim no clamp t={t} noisy={noisy}"));
+            // Guided: the direction's noise re-derived from the clamped x̂0; the division by sqrt(1 - ab) is
+            // ill-conditioned at small t, so rel 1e-5.
+            let c = DdimCoefs { clamp: true, rederive: true, ..c };
+            ddim_update(&c, &x, &eps, noisy.then_some(&z[..]), &mut want);
+            dev.ddim_step(&c, &xb, &eb, noisy.then_some((seed, stream)), &mut got).unwrap();
+            close(&down(dev, &got), &want, 1e-5, 1e-5, &format!("ddim rederive t={t} noisy={noisy}"));
         }
     }
 }
 gpu_test!(sampler_steps);
+
+/// GLIDE's guided DDIM step: with the clamp binding, the direction uses the noise re-derived from the clamped x̂0
+/// (the formula in f64); where it does not bind, that noise is the network's, so the step is the plain one up to
+/// rounding.
+#[test]
+fn ddim_rederives_the_noise_from_the_clamped_x0() {
+    let sched = Schedule::linear(1000, 1e-4, 0.02).unwrap();
+    let c = DdimCoefs { rederive: true, ..DdimCoefs::new(&sched, 600, Some(580), 0.0).unwrap() };
+    let (x, eps) = ([0.3f32, -2.5, 1.7, 0.9], [0.1f32, 0.2, -1.5, 0.8]);
+    let mut got = [0.0f32; 4];
+    ddim_update(&c, &x, &eps, None, &mut got);
+    let plain = DdimCoefs { rederive: false, ..c };
+    let mut unclamped = [0.0f32; 4];
+    ddim_update(&plain, &x, &eps, None, &mut unclamped);
+    let (s1m, sab, sabp, dir) =
+        (c.sqrt_one_minus_ab as f64, c.sqrt_ab as f64, c.sqrt_ab_prev as f64, c.dir_coef as f64);
+    let mut bound = 0;
+    for i in 0..4 {
+        let x0 = (x[i] as f64 - s1m * eps[i] as f64) / sab;
+        let x0c = x0.clamp(-1.0, 1.0);
+        let want = sabp * x0c + dir * (x[i] as f64 - sab * x0c) / s1m;
+        assert!((got[i] as f64 - want).abs() < 1e-5 * (1.0 + want.abs()), "element {i}: {} vs {want}", got[i]);
+        if x0 == x0c {
+            assert!((got[i] - unclamped[i]).abs() < 1e-5, "element {i}: clamp not binding, yet the steps differ");
+        } else {
+            bound += 1;
+            assert!((got[i] - unclamped[i]).abs() > 1e-2, "element {i}: the clamp binds, yet nothing changed");
+        }
+    }
+    assert!(bound > 0 && bound < 4, "the test should have elements on both sides of the clamp");
+}
 
 // DPM-Solver++ steps (2M and SDE, first and second order, the final step, with and without the clamp) against the
 // CPU twin: the output and the x̂0 written back into x0_prev, bit for bit on the emulator (same f32 order, no FMA

@@ -66,4 +66,8 @@ impl<B: Backend> Denoiser<B> for GuidedDenoiser<'_, B> {
         be.guide(tape.value(eps).buf(), len, self.w, out.buf_mut())?;
         Ok(out)
     }
+
+    fn guided(&self) -> bool {
+        true
+    }
 }

@@ -242,7 +242,7 @@ fn checkpoint_or_pretrained(checkpoint: &Option<PathBuf>, conditional: bool) -> 
     let path = PathBuf::from(path);
     if !path.is_file() {
         bail!(
-            "no --checkpoint given, and the shipped {what} weights {} are not here (they are in the repository; run              from its root, or give --checkpoint)",
+            "no --checkpoint given, and the shipped {what} weights {} are not here (they are in the repository; run from its root, or give --checkpoint)",
             path.display()
         );
     }

@@ -7,6 +7,7 @@ mod checks;
 mod classifier;
 mod eval;
 mod info;
+mod invert;
 mod sample;
 mod train;
 
@@ -33,6 +34,12 @@ enum Command {
     Train(train::TrainArgs),
     /// Sample images from a checkpoint (ours, or a PyTorch state dict saved as safetensors).
     Sample(sample::SampleArgs),
+    /// Invert MNIST test digits or PNG files to the noise that deterministic DDIM turns back into them; writes the
+    /// noise, optionally a grid of originals above reconstructions, and prints the round trip's error.
+    Invert(invert::InvertArgs),
+    /// Invert two MNIST test digits, interpolate their noises along the great circle between them (slerp), and
+    /// regenerate each frame; writes one row of frames as a PNG.
+    Interpolate(invert::InterpolateArgs),
     /// Score samples (a file, or drawn from a checkpoint) with FID and class statistics from the MNIST classifier.
     Eval(eval::EvalArgs),
     /// Score one checkpoint with the blog post's samplers (DDPM-1000, DDIM-100/50/20/10, DDIM-50 with η = 1) into a
@@ -191,6 +198,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
+        Command::Invert(a) => invert::run_invert(a),
+        Command::Interpolate(a) => invert::run_interpolate(a),
         Command::Eval(a) => eval::run(a),
         Command::SamplerTable(a) => eval::run_table(a),
         Command::Bench(a) => bench::run(a),

@@ -12,8 +12,8 @@ use ddpm::diffusion::dpm_solver::dpm_update;
 use ddpm::diffusion::inversion::inversion_steps;
 use ddpm::diffusion::sampler::ddim_update;
 use ddpm::diffusion::{
-    ddim_invert, dpm_timesteps, initial_noise, regeneration_kind, sample, DdimCoefs, DpmCoefs, SamplerKind, Schedule,
-    Spacing,
+    ddim_invert, dpm_timesteps, initial_noise, regeneration_kind, sample, slerp, DdimCoefs, DpmCoefs, RoundTripError,
+    SamplerKind, Schedule, Spacing,
 };
 use ddpm::nn::{UNet, UNetConfig, UNetDenoiser};
 use ddpm::params::Params;
@@ -343,4 +343,39 @@ fn ddim_inversion_round_trip_converges_on_gaussian_data() {
     }
     assert!(noise_errs.windows(2).all(|w| w[1] < w[0]), "inversion error does not fall: {noise_errs:?}");
     assert!(var_ratios.windows(2).all(|w| w[1] > w[0]), "noise variance does not approach the exact: {var_ratios:?}");
+}
+
+/// Slerp returns its endpoints exactly, keeps the norm of two vectors of equal norm all along the arc (a straight
+/// line would shrink it to cos(θ/2) at the midpoint), puts the midpoint of two orthogonal unit vectors at
+/// (a + b)/√2, and refuses vectors of different lengths.
+#[test]
+fn slerp_follows_the_great_circle() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let (a, b) = (uniform(&mut rng, 1024, -2.0, 2.0), uniform(&mut rng, 1024, -2.0, 2.0));
+    assert_eq!(slerp(&a, &b, 0.0).unwrap(), a);
+    assert_eq!(slerp(&a, &b, 1.0).unwrap(), b);
+    let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    let scale = norm(&a) / norm(&b);
+    let b: Vec<f32> = b.iter().map(|&x| (x as f64 * scale) as f32).collect();
+    for frac in [0.1, 0.25, 0.5, 0.9] {
+        let v = slerp(&a, &b, frac).unwrap();
+        assert!((norm(&v) / norm(&a) - 1.0).abs() < 1e-5, "frac {frac}: norm {} vs {}", norm(&v), norm(&a));
+    }
+    let mid = slerp(&[1.0, 0.0], &[0.0, 1.0], 0.5).unwrap();
+    let h = std::f32::consts::FRAC_1_SQRT_2;
+    assert!((mid[0] - h).abs() < 1e-6 && (mid[1] - h).abs() < 1e-6, "{mid:?}");
+    assert_eq!(slerp(&[1.0, 2.0], &[1.0, 2.0], 0.3).unwrap(), vec![1.0, 2.0], "parallel vectors");
+    assert!(slerp(&a, &a[1..], 0.5).is_err());
+}
+
+/// The round-trip error compares each image with its reconstruction clamped to [-1, 1], per image, and reports
+/// the mean and the worst image.
+#[test]
+fn round_trip_error_clamps_the_reconstruction_and_finds_the_worst_image() {
+    let x0 = Tensor::new(&[2, 1, 1, 2], vec![1.0, -1.0, 0.0, 0.5]).unwrap();
+    let recon = Tensor::new(&[2, 1, 1, 2], vec![1.7, -3.0, 0.25, 0.0]).unwrap();
+    let e = RoundTripError::new(&x0, &recon).unwrap();
+    assert_eq!(e.per_image, vec![0.0, 0.375]);
+    assert_eq!((e.mean(), e.worst()), (0.1875, (1, 0.375)));
+    assert!(RoundTripError::new(&x0, &Tensor::zeros(&[1, 1, 1, 2])).is_err());
 }

@@ -50,8 +50,6 @@ pub struct ModelArgs {
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("images").required(true).args(["indices", "count", "png"])))]
 pub struct InvertArgs {
-    #[command(flatten)]
-    model: ModelArgs,
     /// MNIST test images to invert, by index (0..=9999), comma-separated: --indices 0,5,17.
     #[arg(long, value_delimiter = ',')]
     indices: Option<Vec<usize>>,
@@ -69,12 +67,12 @@ pub struct InvertArgs {
     /// Also write a PNG grid of the originals (rows of up to 10) each above its reconstruction.
     #[arg(long)]
     grid: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct InterpolateArgs {
-    #[command(flatten)]
-    model: ModelArgs,
     /// The MNIST test image (index) the interpolation starts at.
     #[arg(long)]
     from: usize,
@@ -87,6 +85,8 @@ pub struct InterpolateArgs {
     /// The PNG of one row of frames.
     #[arg(long, default_value = "interpolation.png")]
     out: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 /// Images picked for inversion: `[n, 1, 32, 32]` in [-1, 1], and a name for each ("test image 17", a file).
@@ -105,7 +105,7 @@ fn mnist_test(dir: &Path) -> Result<Mnist> {
 /// an index past the test set.
 fn test_images(m: &Mnist, indices: &[usize], flag: &str) -> Result<Picked> {
     if let Some(bad) = indices.iter().find(|&&i| i >= m.n) {
-        bail!("{flag} {bad}: the MNIST test set has {} images (0..={})", m.n, m.n - 1);
+        bail!("{flag} {bad}: the MNIST test set has {} images, indexed from 0", m.n);
     }
     let per = m.rows * m.cols;
     let mut data = Vec::with_capacity(indices.len() * IMAGE_SIDE * IMAGE_SIDE);
@@ -164,16 +164,17 @@ impl InvertArgs {
     }
 }
 
-/// The model and its schedule, checked for a run on `n` images at a time on `device`: one input channel (MNIST's),
-/// `--steps` within the schedule, the memory; says that a class-conditional model runs unconditionally.
-fn prepare(a: &ModelArgs, device: &Device, n: usize) -> Result<(SamplingModel, Schedule)> {
+/// The model and its schedule, checked for a run on `n` images at a time on `device` (`what` asked for them): one
+/// input channel (MNIST's), `--steps` within the schedule, the memory; says that a class-conditional model runs
+/// unconditionally.
+fn prepare(a: &ModelArgs, device: &Device, (what, n): (&str, usize)) -> Result<(SamplingModel, Schedule)> {
     let m = load_model(&a.checkpoint, !a.no_ema)?;
     let config = &m.model.config;
     if config.in_ch != 1 {
         bail!("{}: a model of {} channels; MNIST digits have 1", a.checkpoint.display(), config.in_ch);
     }
     regeneration_kind(a.steps).validate(m.timesteps).context("--steps")?;
-    check_memory(device, &format!("{n} images"), n, config)?;
+    check_memory(device, what, n, config)?;
     eprintln!("model: {} ({})", a.checkpoint.display(), m.description);
     if config.classes > 0 {
         eprintln!("class-conditional checkpoint: inverting and regenerating with its null label (unconditionally)");
@@ -258,7 +259,12 @@ pub fn run_invert(a: InvertArgs) -> Result<()> {
     let picked = a.pick()?;
     let n = picked.names.len();
     let device = resolve_device(a.model.device, a.model.precision)?;
-    let (m, sched) = prepare(&a.model, &device, n)?;
+    let what = match (&a.indices, a.count) {
+        (Some(_), _) => format!("--indices ({n} images)"),
+        (None, Some(_)) => format!("--count {n}"),
+        (None, None) => format!("--png ({n} images)"),
+    };
+    let (m, sched) = prepare(&a.model, &device, (&what, n))?;
     let steps = a.model.steps;
     eprintln!("inverting {n} images with DDIM-{steps} (η = 0, no clamp) on the {}", device.name());
     let start = std::time::Instant::now();
@@ -303,7 +309,7 @@ pub fn run_interpolate(a: InterpolateArgs) -> Result<()> {
     let (from, to) = (test_images(&test, &[a.from], "--from")?, test_images(&test, &[a.to], "--to")?);
     let ends = Tensor::new(&[2, 1, IMAGE_SIDE, IMAGE_SIDE], [from.images.data(), to.images.data()].concat())?;
     let device = resolve_device(a.model.device, a.model.precision)?;
-    let (m, sched) = prepare(&a.model, &device, a.frames)?;
+    let (m, sched) = prepare(&a.model, &device, (&format!("--frames {}", a.frames), a.frames))?;
     let (steps, frames) = (a.model.steps, a.frames);
     eprintln!(
         "interpolating test images {} and {} over {frames} frames with DDIM-{steps} on the {}",

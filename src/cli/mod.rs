@@ -34,11 +34,15 @@ enum Command {
     Train(train::TrainArgs),
     /// Sample images from a checkpoint (ours, or a PyTorch state dict saved as safetensors).
     Sample(sample::SampleArgs),
-    /// Invert MNIST test digits or PNG files to the noise that deterministic DDIM turns back into them; writes the
-    /// noise, optionally a grid of originals above reconstructions, and prints the round trip's error.
+    /// DDIM inversion: the noise that deterministic DDIM turns back into given MNIST test digits or PNG files.
+    ///
+    /// Writes the noise (for `sample --noise`), optionally a grid of the originals above their reconstructions,
+    /// and prints the round trip's mean absolute error.
     Invert(invert::InvertArgs),
-    /// Invert two MNIST test digits, interpolate their noises along the great circle between them (slerp), and
-    /// regenerate each frame; writes one row of frames as a PNG.
+    /// Interpolate between two MNIST test digits through their DDIM-inverted noises; writes one row of frames.
+    ///
+    /// The two noises are interpolated along the great circle between them (slerp), and each frame is
+    /// regenerated with deterministic DDIM.
     Interpolate(invert::InterpolateArgs),
     /// Score samples (a file, or drawn from a checkpoint) with FID and class statistics from the MNIST classifier.
     Eval(eval::EvalArgs),

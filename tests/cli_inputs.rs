@@ -487,6 +487,37 @@ fn invert_round_trips_through_sample_and_reads_pngs_as_mnist() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A class-conditional checkpoint inverts and regenerates unconditionally (its null label), and says so.
+#[test]
+fn invert_runs_a_class_conditional_checkpoint_with_its_null_label() {
+    let dir = scratch("invert-conditional");
+    let ckpt = dir.join("checkpoint.safetensors");
+    let config = RunConfig {
+        model: UNetConfig { in_ch: 1, base: 8, t_dim: 4, classes: 10 },
+        timesteps: 200,
+        ..RunConfig::cpu_default()
+    };
+    ddpm::checkpoint::save(&TrainState::new(config).unwrap(), &ckpt).unwrap();
+    let out = dir.join("noise.safetensors");
+    let r = ddpm(&[
+        "invert",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        s(&ckpt),
+        "--count",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        s(&out),
+    ]);
+    succeeds(&r);
+    assert!(stderr(&r).contains("class-conditional checkpoint: inverting and regenerating with its null label"));
+    assert_eq!(read_tensors(&out).unwrap().f32("noise").unwrap().shape(), &[2, 1, 32, 32]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// `sample --trajectory` writes an APNG of x_T and the grid after every network call; its file is checked as --out
 /// is, before any compute.
 #[test]

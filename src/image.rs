@@ -21,6 +21,14 @@ pub fn save_grid_png(path: &Path, images: &Tensor, nrow: usize) -> Result<()> {
     write_png(path, gw, gh, &rgb, None)
 }
 
+/// The layout of a grid of `n` images of `h x w`, `nrow` per row: `(padding, columns, width, height)`.
+/// make_grid returns a lone image as is, so there is no padding when n == 1.
+fn grid_layout(n: usize, h: usize, w: usize, nrow: usize) -> (usize, usize, usize, usize) {
+    let (pad, cols) = if n == 1 { (0, 1) } else { (PADDING, nrow.min(n).max(1)) };
+    let rows = n.div_ceil(cols);
+    (pad, cols, cols * (w + pad) + pad, rows * (h + pad) + pad)
+}
+
 /// The grid [`save_grid_png`] writes, as `(width, height, RGB bytes)`.
 fn grid_rgb(images: &Tensor, nrow: usize) -> Result<(usize, usize, Vec<u8>)> {
     let (n, c, h, w) = images.dims4("save_grid_png")?;
@@ -30,10 +38,7 @@ fn grid_rgb(images: &Tensor, nrow: usize) -> Result<(usize, usize, Vec<u8>)> {
     if nrow == 0 {
         return Err(Error::Arg("save_grid_png: nrow must be at least 1".into()));
     }
-    // make_grid returns a lone image as is, so there is no padding when n == 1.
-    let (pad, cols) = if n == 1 { (0, 1) } else { (PADDING, nrow.min(n)) };
-    let rows = n.div_ceil(cols);
-    let (gh, gw) = (rows * (h + pad) + pad, cols * (w + pad) + pad);
+    let (pad, cols, gw, gh) = grid_layout(n, h, w, nrow);
     let mut rgb = vec![0u8; gh * gw * 3];
     let data = images.data();
     for i in 0..n {
@@ -75,6 +80,12 @@ impl GridAnimation {
         }
         self.frames.push(rgb);
         Ok(())
+    }
+
+    /// The bytes one frame of `n` images of `h x w` takes, `nrow` per row: what each [`GridAnimation::push`] keeps.
+    pub fn frame_bytes(n: usize, h: usize, w: usize, nrow: usize) -> u128 {
+        let (_, _, gw, gh) = grid_layout(n, h, w, nrow);
+        3 * gw as u128 * gh as u128
     }
 
     /// The number of frames pushed.

@@ -336,6 +336,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
         w: a.guidance.unwrap_or(DEFAULT_GUIDANCE),
     });
     let per_row = if classes > 0 && a.digit.is_none() { n / classes } else { 8 };
+    if let Some(t) = &a.trajectory {
+        let frames = kind.timesteps(&m.schedule.build(m.timesteps)?).len() as u128 + 1;
+        let what = format!("--trajectory {} ({frames} frames of {n} images)", t.display());
+        checks::fits_in_memory(&what, frames * GridAnimation::frame_bytes(n, 32, 32, per_row))?;
+    }
     eprintln!(
         "sampling {n} images with {kind:?} on the {} from {} ({})",
         device.name(),

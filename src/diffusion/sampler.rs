@@ -188,7 +188,7 @@ impl DdimCoefs {
     pub fn inverse(sched: &Schedule, s: Option<usize>, t: usize) -> Result<Self> {
         check_t(sched, t)?;
         if let Some(s) = s.filter(|&s| s >= t) {
-            return Err(Error::Arg(format!("DDIM inversion: from {s} must be below to {t}")));
+            return Err(Error::Arg(format!("DDIM inversion step {s} -> {t}: it must go up, to a later timestep")));
         }
         let ab_s = s.map_or(1.0, |s| sched.alphas_bar[s]);
         let ab_t = sched.alphas_bar[t];

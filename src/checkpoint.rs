@@ -18,6 +18,9 @@ use std::path::Path;
 
 /// The `format` metadata value of this project's checkpoints.
 const FORMAT: &str = "ddpm-checkpoint-v1";
+/// The `format` metadata value of exported weights ([`save_weights`]): a plain state dict whose metadata also
+/// names the schedule and what the weights are.
+pub const WEIGHTS_FORMAT: &str = "ddpm-weights-v1";
 /// The label embedding of a class-conditional UNet (`UNet::label`).
 const LABEL_TABLE: &str = "label_emb.weight";
 
@@ -184,6 +187,28 @@ fn check_sizes(f: &TensorFile, config: &UNetConfig, prefix: &str) -> Result<()> 
     Ok(())
 }
 
+/// Writes the weights of `m` (atomically) as a plain state dict under the reference's names, which PyTorch loads
+/// as it is, with the schedule, T and `m.description` in the metadata, so that [`load_for_sampling`] samples
+/// from it exactly as from the checkpoint it came from.
+pub fn save_weights(m: &SamplingModel, path: &Path) -> Result<()> {
+    let c = &m.model.config;
+    let metadata: BTreeMap<String, String> = [
+        ("format", WEIGHTS_FORMAT.to_string()),
+        ("in_ch", c.in_ch.to_string()),
+        ("base", c.base.to_string()),
+        ("t_dim", c.t_dim.to_string()),
+        ("classes", c.classes.to_string()),
+        ("timesteps", m.timesteps.to_string()),
+        ("schedule", m.schedule.name().to_string()),
+        ("description", m.description.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let named: Vec<(String, &Tensor)> = m.params.iter().map(|(name, t)| (name.to_string(), t)).collect();
+    write_tensors(path, &named, Some(metadata))
+}
+
 /// Weights to sample from.
 pub struct SamplingModel {
     pub model: UNet,
@@ -235,6 +260,13 @@ pub fn load_for_sampling(path: &Path, use_ema: bool) -> Result<SamplingModel> {
     let model =
         UNet::new(config, &mut params, &mut StdRng::seed_from_u64(0)).map_err(|e| Error::file(path, e.to_string()))?;
     params.load_from(&f.f32_with_prefix(""), &what)?;
+    // Exported weights name their schedule and origin; a PyTorch state dict is the reference's linear T = 1000.
+    if f.metadata.get("format").map(String::as_str) == Some(WEIGHTS_FORMAT) {
+        let (timesteps, schedule): (usize, ScheduleKind) = (field(&f, "timesteps")?, field(&f, "schedule")?);
+        let origin: String = field(&f, "description")?;
+        let description = format!("exported {origin}");
+        return Ok(SamplingModel { model, params, timesteps, schedule, description });
+    }
     let description = format!(
         "plain state dict (base {}, t_dim {}, in_ch {}, classes {}); no EMA in it",
         config.base, config.t_dim, config.in_ch, config.classes

@@ -36,22 +36,26 @@ pub enum Kind {
     Png,
     /// A safetensors file holding only the tensor `samples` (what `ddpm sample` writes).
     Samples,
-    /// A Markdown table written by `ddpm sampler-table`.
+    /// A Markdown table written by `ddpm sampler-table` or `ddpm quality`.
     Table,
     /// A safetensors file holding only the tensor `noise` (what `ddpm invert` writes).
     Noise,
+    /// Weights written by `ddpm export`.
+    Weights,
 }
 
-/// The line `ddpm sampler-table` writes into its tables, by which it recognises them.
-pub const TABLE_MARK: &str = "<!-- written by `ddpm sampler-table`";
+/// The start of the line `ddpm sampler-table` and `ddpm quality` write into their tables, by which they recognise
+/// them.
+pub const TABLE_MARK: &str = "<!-- written by `ddpm ";
 
 impl Kind {
     fn describe(self) -> &'static str {
         match self {
             Kind::Png => "a PNG image",
             Kind::Samples => "a samples file (a safetensors file holding only the tensor `samples`)",
-            Kind::Table => "a table written by `ddpm sampler-table`",
+            Kind::Table => "a table written by `ddpm sampler-table` or `ddpm quality`",
             Kind::Noise => "a noise file (a safetensors file holding only the tensor `noise`)",
+            Kind::Weights => "weights written by `ddpm export`",
         }
     }
 
@@ -65,6 +69,8 @@ impl Kind {
             Kind::Samples => only_tensor(path, "samples"),
             Kind::Noise => only_tensor(path, "noise"),
             Kind::Table => fs::read_to_string(path).is_ok_and(|t| t.contains(TABLE_MARK)),
+            Kind::Weights => ddpm::tensor_file::read_tensors(path)
+                .is_ok_and(|f| f.metadata.get("format").map(String::as_str) == Some(ddpm::checkpoint::WEIGHTS_FORMAT)),
         }
     }
 }

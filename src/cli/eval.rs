@@ -1,7 +1,7 @@
 //! `ddpm eval` and `ddpm sampler-table`: sample quality in numbers (see `ddpm::eval`).
 
 use super::checks::{self, Kind};
-use super::sample::{check_memory, generate, load_model, SamplerArgs};
+use super::sample::{check_memory, generate, load_model, Guidance, SamplerArgs};
 use super::{on_backend, resolve_device, Device, DeviceArg};
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
@@ -35,7 +35,7 @@ const MNIST_TEST: usize = 10_000;
 impl ScoringArgs {
     /// Checks that the classifier and the data can be read; also returns the classifier as an input no output
     /// may replace.
-    fn check(&self) -> Result<(&'static str, &Path)> {
+    pub(super) fn check(&self) -> Result<(&'static str, &Path)> {
         checks::readable_file("--classifier", &self.classifier)?;
         checks::readable_dir("--data", &self.data)?;
         Ok(("--classifier", self.classifier.as_path()))
@@ -43,7 +43,7 @@ impl ScoringArgs {
 }
 
 /// `Err` naming `flag` unless FID can be measured at `n`.
-fn check_n(flag: &str, n: usize) -> Result<()> {
+pub(super) fn check_n(flag: &str, n: usize) -> Result<()> {
     if n < 2 {
         bail!("{flag} must be at least 2");
     }
@@ -120,17 +120,24 @@ struct Scored {
     seconds: f64,
 }
 
-/// `n` images from the checkpoint `m` with `kind`, from the initial noise of `seed`, with the wall time.
-fn draw(device: &Device, m: &SamplingModel, kind: SamplerKind, n: usize, seed: u64) -> Result<(Tensor, usize, f64)> {
+/// `n` images from the checkpoint `m` with `kind`, from the initial noise of `seed`, guided when `guidance` says
+/// so, with the number of network calls and the wall time.
+pub(super) fn draw(
+    device: &Device,
+    m: &SamplingModel,
+    (kind, guidance): (SamplerKind, Option<&Guidance>),
+    n: usize,
+    seed: u64,
+) -> Result<(Tensor, usize, f64)> {
     let start = Instant::now();
     let x_t = initial_noise(seed, n, m.model.config.in_ch, 32, 32);
-    let (images, calls) = generate(device, m, kind, x_t, seed, None)?;
+    let (images, calls) = generate(device, m, kind, x_t, seed, guidance)?;
     Ok((images, calls, start.elapsed().as_secs_f64()))
 }
 
 /// A sampler's name as the tables print it: `DDPM-1000`, `DDIM-50`, `DDIM-50 (η=1)`, `DPM++2M-20 (logsnr)`, with
 /// `no clamp` among the notes in parentheses when the sampler does not clamp.
-fn sampler_name(kind: SamplerKind, timesteps: usize) -> String {
+pub(super) fn sampler_name(kind: SamplerKind, timesteps: usize) -> String {
     let (base, mut notes) = match kind {
         SamplerKind::Ddpm => (format!("DDPM-{timesteps}"), vec![]),
         SamplerKind::Ddim { steps, eta, .. } => {
@@ -210,7 +217,7 @@ fn eval_on<B: Backend>(b: &B, a: &EvalArgs, device: &Device, source: Source) -> 
                 ckpt.display(),
                 m.description
             );
-            let (images, calls, seconds) = draw(device, &m, kind, n, a.sampling.seed)?;
+            let (images, calls, seconds) = draw(device, &m, (kind, None), n, a.sampling.seed)?;
             Scored {
                 images,
                 source: ckpt.display().to_string(),
@@ -337,7 +344,7 @@ struct Row {
 }
 
 /// The grid file of a row: `ddim-50.png`, `ddim-50eta1.png`, `ddpm-1000.png`.
-fn grid_file(name: &str) -> String {
+pub(super) fn grid_file(name: &str) -> String {
     format!("{}.png", name.to_lowercase().replace([' ', '(', ')', '=', ','], "").replace('η', "eta"))
 }
 
@@ -413,7 +420,7 @@ fn table_on<B: Backend>(
         let ev = evaluators.iter().find(|e| e.n() == n).expect("an evaluator for every n in the table");
         let name = sampler_name(kind, m.timesteps);
         eprintln!("{name}: sampling {n} images");
-        let (images, calls, seconds) = draw(device, m, kind, n, a.seed)?;
+        let (images, calls, seconds) = draw(device, m, (kind, None), n, a.seed)?;
         let q = ev.score(&images)?;
         let file = grid_file(&name);
         save_grid_png(&grid_dir.join(&file), &images.head(64)?, 8)?;
@@ -427,7 +434,7 @@ fn table_on<B: Backend>(
 }
 
 /// The floor as the table prints it: `mean (min–max)`.
-fn floor(q: &Quality) -> String {
+pub(super) fn floor(q: &Quality) -> String {
     format!("{:.2} ({:.2}–{:.2})", q.fid_floor, q.fid_floor_range.0, q.fid_floor_range.1)
 }
 
@@ -473,7 +480,7 @@ fn write_table(a: &TableArgs, m: &SamplingModel, device: &str, rows: &[Option<Ro
     }
     let header = format!(
         "# Sample quality: the blog post's sampler table, measured\n\n\
-         {mark}; rerun it rather than editing the table -->\n\
+         {mark}sampler-table`; rerun it rather than editing the table -->\n\
          Command: `ddpm sampler-table --checkpoint {ckpt} --n {n}{ddpm_n}` (seed {seed} for every sampler).\n\
          Checkpoint: {desc}.\n\n\
          - **FID** is the Fréchet distance between the samples and as many real MNIST test images, in the 128\n\

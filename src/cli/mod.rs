@@ -6,8 +6,11 @@ mod bench_model;
 mod checks;
 mod classifier;
 mod eval;
+mod export;
 mod info;
 mod invert;
+mod quality;
+mod quality_rows;
 mod sample;
 mod train;
 
@@ -49,6 +52,12 @@ enum Command {
     /// Score one checkpoint with the blog post's samplers (DDPM-1000, DDIM-100/50/20/10, DDIM-50 with η = 1) into a
     /// Markdown table with sample grids.
     SamplerTable(eval::TableArgs),
+    /// Write a checkpoint's EMA (or live) weights as a small weights file, as data/pretrained/ was made.
+    Export(export::ExportArgs),
+    /// Every number of docs/quality.md: FID against network calls for DDIM, DPM-Solver++ and its SDE variant on
+    /// an unconditional model (DDPM-1000 the reference), and a conditional model's accuracy and FID per guidance
+    /// weight.
+    Quality(quality::QualityArgs),
     /// Time a training step or a sampler step on synthetic data (one JSON line), or each conv shape of the UNet.
     Bench(bench::BenchArgs),
     /// Train the MNIST classifier whose features score samples; prints the test accuracy, writes the weights.
@@ -206,6 +215,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Interpolate(a) => invert::run_interpolate(a),
         Command::Eval(a) => eval::run(a),
         Command::SamplerTable(a) => eval::run_table(a),
+        Command::Export(a) => export::run(a),
+        Command::Quality(a) => quality::run(a),
         Command::Bench(a) => bench::run(a),
         Command::TrainClassifier(a) => classifier::run(a),
         Command::Info => info::run(),

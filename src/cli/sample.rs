@@ -96,9 +96,11 @@ impl SamplerArgs {
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
-    /// A checkpoint written by `ddpm train`, or a PyTorch state dict of the reference's UNet saved as safetensors.
+    /// A checkpoint written by `ddpm train` or `ddpm export`, or a PyTorch state dict of the reference's UNet
+    /// saved as safetensors [default: the shipped weights, data/pretrained/uncond.safetensors, or
+    /// data/pretrained/cond.safetensors with --digit or --guidance].
     #[arg(long)]
-    checkpoint: PathBuf,
+    checkpoint: Option<PathBuf>,
     #[command(flatten)]
     sampling: SamplerArgs,
     /// Number of images (defaults to 64, or to the count in --noise).
@@ -252,13 +254,39 @@ pub fn generate_watched(
     Ok((images, calls))
 }
 
+/// The weights `sample` uses without `--checkpoint`: the CPU recipe's EMA weights, trained and exported as the
+/// README says.
+pub const PRETRAINED_UNCOND: &str = "data/pretrained/uncond.safetensors";
+/// [`PRETRAINED_UNCOND`]'s class-conditional twin (`train --classes`), for `--digit` and `--guidance`.
+pub const PRETRAINED_COND: &str = "data/pretrained/cond.safetensors";
+
+/// `--checkpoint`, or the shipped weights that fit the other flags, saying which; `Err` with what to do when the
+/// shipped file is not there (a command run outside the repository's root).
+fn checkpoint_or_pretrained(checkpoint: &Option<PathBuf>, conditional: bool) -> Result<PathBuf> {
+    if let Some(p) = checkpoint {
+        checks::readable_file("--checkpoint", p)?;
+        return Ok(p.clone());
+    }
+    let (path, what) =
+        if conditional { (PRETRAINED_COND, "class-conditional") } else { (PRETRAINED_UNCOND, "unconditional") };
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        bail!(
+            "no --checkpoint given, and the shipped {what} weights {} are not here (they are in the repository; run              from its root, or give --checkpoint)",
+            path.display()
+        );
+    }
+    eprintln!("no --checkpoint given: using the shipped {what} weights {}", path.display());
+    Ok(path)
+}
+
 pub fn run(a: SampleArgs) -> Result<()> {
     if a.n == Some(0) {
         bail!("--n must be at least 1");
     }
     let out = out_kind(&a.out)?;
-    checks::readable_file("--checkpoint", &a.checkpoint)?;
-    let mut inputs = vec![("--checkpoint", a.checkpoint.as_path())];
+    let checkpoint = checkpoint_or_pretrained(&a.checkpoint, a.digit.is_some() || a.guidance.is_some())?;
+    let mut inputs = vec![("--checkpoint", checkpoint.as_path())];
     if let Some(p) = &a.noise {
         checks::readable_file("--noise", p)?;
         inputs.push(("--noise", p.as_path()));
@@ -281,17 +309,17 @@ pub fn run(a: SampleArgs) -> Result<()> {
     }
     let device = resolve_device(a.device, a.precision)?;
     let kind = a.sampling.kind()?;
-    let m = load_model(&a.checkpoint, !a.sampling.no_ema)?;
+    let m = load_model(&checkpoint, !a.sampling.no_ema)?;
     kind.validate(m.timesteps).context("bad sampler settings")?;
     let classes = m.model.config.classes;
     if classes == 0 && (a.digit.is_some() || a.guidance.is_some()) {
         bail!(
             "--digit and --guidance need a class-conditional checkpoint (`ddpm train --classes`); {} is unconditional",
-            a.checkpoint.display()
+            checkpoint.display()
         );
     }
     if let Some(d) = a.digit.filter(|&d| d as usize >= classes && classes > 0) {
-        bail!("--digit {d}: {} has only {classes} classes", a.checkpoint.display());
+        bail!("--digit {d}: {} has only {classes} classes", checkpoint.display());
     }
     let in_ch = m.model.config.in_ch;
     let x_t = match &a.noise {
@@ -344,7 +372,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     eprintln!(
         "sampling {n} images with {kind:?} on the {} from {} ({})",
         device.name(),
-        a.checkpoint.display(),
+        checkpoint.display(),
         m.description
     );
     let start = std::time::Instant::now();

@@ -56,7 +56,9 @@ impl ClassStats {
                 let p = c as f64 / n as f64;
                 -p * p.ln()
             })
-            .sum();
+            .sum::<f64>()
+            // A single class gives -(1 ln 1) = -0, printed "-0.0000"; adding 0 makes it +0.
+            + 0.0;
         Ok(ClassStats { confidence: confidence / n as f64, histogram, entropy })
     }
 }
@@ -74,6 +76,8 @@ pub struct Quality {
     /// The smallest and largest of those real-vs-real FIDs: how far one set of real images strays from the mean.
     pub fid_floor_range: (f64, f64),
     pub classes: ClassStats,
+    /// The digit the classifier assigns to each image (its argmax), in order.
+    pub predicted: Vec<usize>,
     /// The same statistics on the reference real images, for comparison.
     pub real_classes: ClassStats,
 }
@@ -182,6 +186,7 @@ impl<B: Backend> Evaluator<B> {
             fid_floor: self.fid_floor,
             fid_floor_range: self.fid_floor_range,
             classes: ClassStats::from_probs(&emb.probs)?,
+            predicted: emb.probs.chunks_exact(CLASSES).map(argmax).collect(),
             real_classes: self.real_classes.clone(),
         })
     }

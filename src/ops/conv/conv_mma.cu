@@ -331,15 +331,24 @@ conv_wgrad_mma(const bf16* __restrict__ a, const bf16* __restrict__ b, float* __
 
 // dw[m][c][tap] = sum_{s < splits} part[s][m][tap][c] for m < M, c < C, the splits added in order (so the same bits
 // every run); part is laid out with the padded counts MP, CP. dw is a conv's [out, in, k*k] weight gradient
-// (m = out) or a transposed conv's [in, out, k*k] (m = in). Launch: grid-stride over M*C*KK.
+// (m = out) or a transposed conv's [in, out, k*k] (m = in). The same launch also sums the conv's bias gradient,
+// db[j] = sum_{r < rows} bias_part[r][j] for j < B (rows in order, as sum_rows adds them), when db is given:
+// the two reductions of one conv's backward cost one launch. Launch: grid-stride over M*C*KK + B.
 extern "C" __global__ void wgrad_reduce(const float* __restrict__ part, float* __restrict__ dw, int splits, int M,
-                                        int C, int MP, int CP, int KK) {
-  const long long width = (long long)KK * CP, split = MP * width;
-  GRID_STRIDE(e, (long long)M * C * KK) {
-    const int tap = e % KK, c = e / KK % C, m = e / KK / C;
-    const long long src = m * width + (long long)tap * CP + c;
+                                        int C, int MP, int CP, int KK, const float* __restrict__ bias_part,
+                                        float* __restrict__ db, int rows, int B) {
+  const long long width = (long long)KK * CP, split = MP * width, weights = (long long)M * C * KK;
+  GRID_STRIDE(e, weights + (db ? B : 0)) {
     float s = 0.0f;
-    for (int k = 0; k < splits; k++) s += part[k * split + src];
-    dw[e] = s;
+    if (e < weights) {
+      const int tap = e % KK, c = e / KK % C, m = e / KK / C;
+      const long long src = m * width + (long long)tap * CP + c;
+      for (int k = 0; k < splits; k++) s += part[k * split + src];
+      dw[e] = s;
+    } else {
+      const long long j = e - weights;
+      for (int r = 0; r < rows; r++) s += bias_part[(long long)r * B + j];
+      db[j] = s;
+    }
   }
 }

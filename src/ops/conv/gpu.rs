@@ -145,14 +145,16 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let (kk, plane) = (g.col_rows(), g.col_cols());
         let planes = Planes { n, c: co, plane };
         if self.tensor_cores() {
-            let (gb, per_image) = mma::to_nhwc_bf16_summed(e, gout, planes, sums)?;
+            let (gb, per_image) = mma::to_nhwc_bf16_summed(e, gout, planes, sums.any())?;
+            let mut bias = pending(sums.bias, per_image.as_ref(), planes);
             if let Some(dw) = grads.dw {
                 let mut fresh = None;
                 let xb = kept_or(kept.and_then(|k| k.input.as_ref()), &mut fresh, || {
                     mma::to_nhwc_bf16(e, need_input(x)?, n, g.c, g.h * g.w)
                 })?;
-                mma::wgrad(e, &Wgrad::of(g, n, co), &gb, xb, dw)?;
+                mma::wgrad(e, &Wgrad::of(g, n, co), (&gb, xb), dw, bias.take())?;
             }
+            bias.map_or(Ok(()), |b| b.sum(e))?;
             if let Some(dx) = grads.dx {
                 let mut fresh = None;
                 let wp = kept_or(kept.and_then(|k| k.weight.as_ref()), &mut fresh, || {
@@ -160,7 +162,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 })?;
                 mma::gather(e, &Gather::of(g, n, co, true), &gb, wp, (None, None, None), false, dx)?;
             }
-            return Ok(per_image);
+            return Ok(per_image.filter(|_| sums.chan_bias));
         }
         if let Some(dw) = grads.dw {
             let gemm =
@@ -225,13 +227,15 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let (kk, plane) = (g.col_rows(), g.col_cols());
         let planes = Planes { n, c: g.c, plane: g.h * g.w };
         if self.tensor_cores() {
-            let (gb, per_image) = mma::to_nhwc_bf16_summed(e, gout, planes, sums)?;
+            let (gb, per_image) = mma::to_nhwc_bf16_summed(e, gout, planes, sums.any())?;
+            let mut bias = pending(sums.bias, per_image.as_ref(), planes);
             if let Some(dw) = grads.dw {
                 let mut fresh = None;
                 let xb =
                     kept_or(kept.and_then(|k| k.input.as_ref()), &mut fresh, || mma::to_nhwc_bf16(e, x, n, ci, plane))?;
-                mma::wgrad(e, &Wgrad::of(g, n, ci), xb, &gb, dw)?;
+                mma::wgrad(e, &Wgrad::of(g, n, ci), (xb, &gb), dw, bias.take())?;
             }
+            bias.map_or(Ok(()), |b| b.sum(e))?;
             if let Some(dx) = grads.dx {
                 let mut fresh = None;
                 let wp = kept_or(kept.and_then(|k| k.weight.as_ref()), &mut fresh, || {
@@ -239,7 +243,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 })?;
                 mma::gather(e, &Gather::of(g, n, ci, false), &gb, wp, (None, None, None), false, dx)?;
             }
-            return Ok(per_image);
+            return Ok(per_image.filter(|_| sums.chan_bias));
         }
         let (dx, dw) = (grads.dx, grads.dw);
         if dw.is_some() || dx.is_some() {
@@ -310,6 +314,11 @@ fn operands<E: Executor>(
 }
 
 /// `kept` when the forward kept it, else `make()`'s result, held in `fresh`.
+/// The bias gradient `bias` asks for, as the sum over images of `per_image` (`[d.n, d.c]`), still to be done.
+fn pending<'a, B>(bias: Option<&'a mut B>, per_image: Option<&'a B>, d: Planes) -> Option<mma::PendingBias<'a, B>> {
+    Some(mma::PendingBias { per_image: per_image?, n: d.n, len: d.c, out: bias? })
+}
+
 fn kept_or<'a, T>(kept: Option<&'a T>, fresh: &'a mut Option<T>, make: impl FnOnce() -> Result<T>) -> Result<&'a T> {
     match kept {
         Some(v) => Ok(v),

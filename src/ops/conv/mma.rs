@@ -19,7 +19,7 @@
 //! GEMM (packed in the forward's packing launch) for the backward ([`Kept`]); the backward converts dy once for
 //! both GEMMs, and that conversion also sums dy per channel for the bias gradients ([`to_nhwc_bf16_summed`]).
 
-use super::{BiasSums, Keep};
+use super::Keep;
 use crate::desc::{ConvGeom, Planes};
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, need_bf16, run, SPLIT_TARGET_BLOCKS};
@@ -74,32 +74,41 @@ fn grid_u32(v: usize) -> Result<u32> {
 
 /// `x: [n, c, plane]` f32 as an [`Nhwc`] copy (a row-major `[n, c]` matrix when `plane` is 1).
 pub(crate) fn to_nhwc_bf16<E: Executor>(e: &E, x: &E::Buf, n: usize, c: usize, plane: usize) -> Result<Nhwc<E::Buf>> {
-    Ok(to_nhwc_bf16_summed(e, x, Planes { n, c, plane }, BiasSums::default())?.0)
+    Ok(to_nhwc_bf16_summed(e, x, Planes { n, c, plane }, false)?.0)
 }
 
-/// An NHWC copy and the per-image channel sums made with it.
+/// An NHWC copy and the per-image channel sums `[n, c]` made with it.
 pub(crate) type Summed<B> = (Nhwc<B>, Option<B>);
+
+/// A bias gradient still to be summed over images: `out[j] = Σ_i per_image[i][j]`, `[n, len]` in, `[len]` out.
+pub(crate) struct PendingBias<'a, B> {
+    pub(crate) per_image: &'a B,
+    pub(crate) n: usize,
+    pub(crate) len: usize,
+    pub(crate) out: &'a mut B,
+}
+
+impl<B> PendingBias<'_, B> {
+    /// Sums it with a launch of its own, for a backward pass with no weight gradient to share [`wgrad`]'s with.
+    pub(crate) fn sum<E: Executor<Buf = B>>(self, e: &E) -> Result<()> {
+        sum_rows(e, self.per_image, 0, self.n, self.len, self.out)
+    }
+}
 
 /// Blocks a summing [`to_nhwc_bf16_summed`] wants before it splits an image's pixels over several: about one
 /// 1024-thread block per multiprocessor. A constant, so that the summation order depends on the shapes only.
 const SUM_BLOCKS: usize = 128;
 
-/// [`to_nhwc_bf16`] of `x: [d.n, d.c, d.plane]`, plus the channel sums of `x` that `sums` asks for: the sums over
-/// images written into `sums.bias`, the per-image ones returned. A summing conversion runs one block per (32
-/// channels, image) over all of the image's pixels, writing the per-image sums `[n, c]` itself, unless that leaves
-/// fewer than [`SUM_BLOCKS`] blocks: then each image's pixels are split over `splits` blocks and one `sum_rows`
-/// adds their partials. The sum over images is one more `sum_rows`, straight into `sums.bias`. All in a fixed
-/// order, so they differ from `ReduceOps::channel_sums` by f32 summation order only.
-pub(crate) fn to_nhwc_bf16_summed<E: Executor>(
-    e: &E,
-    x: &E::Buf,
-    d: Planes,
-    sums: BiasSums<E::Buf>,
-) -> Result<Summed<E::Buf>> {
+/// [`to_nhwc_bf16`] of `x: [d.n, d.c, d.plane]`, and with `summing` the per-image channel sums of `x`, `[n, c]`
+/// (what a bias gradient is the sum over images of, and a per-image channel bias's gradient is). A summing
+/// conversion runs one block per (32 channels, image) over all of the image's pixels, writing the per-image sums
+/// itself, unless that leaves fewer than [`SUM_BLOCKS`] blocks: then each image's pixels are split over `splits`
+/// blocks and one `sum_rows` adds their partials. All in a fixed order, so they differ from
+/// `ReduceOps::channel_sums` by f32 summation order only.
+pub(crate) fn to_nhwc_bf16_summed<E: Executor>(e: &E, x: &E::Buf, d: Planes, summing: bool) -> Result<Summed<E::Buf>> {
     let (n, c, plane) = (d.n, d.c, d.plane);
     need("nchw_to_nhwc_bf16 x", x, n * c * plane)?;
     let (cp, tiles) = (padded(c), plane.div_ceil(32).max(1));
-    let summing = sums.bias.is_some() || sums.chan_bias;
     let blocks = cp.div_ceil(32) * n;
     let splits = if summing { tiles.min(SUM_BLOCKS.div_ceil(blocks.max(1))) } else { tiles };
     let buf = e.alloc_bf16(n * cp * plane)?;
@@ -115,17 +124,12 @@ pub(crate) fn to_nhwc_bf16_summed<E: Executor>(
     run(e, Kernel::NchwToNhwcBf16, cfg, cost, &args)?;
     let nhwc = Nhwc { buf, c };
     let Some(parts) = parts else { return Ok((nhwc, None)) };
-    let per_image = if splits == 1 {
-        parts
-    } else {
-        let mut per_image = e.alloc(n * c)?;
-        sum_rows(e, &parts, 0, splits, n * c, &mut per_image)?;
-        per_image
-    };
-    if let Some(bias) = sums.bias {
-        sum_rows(e, &per_image, 0, n, c, bias)?;
+    if splits == 1 {
+        return Ok((nhwc, Some(parts)));
     }
-    Ok((nhwc, sums.chan_bias.then_some(per_image)))
+    let mut per_image = e.alloc(n * c)?;
+    sum_rows(e, &parts, 0, splits, n * c, &mut per_image)?;
+    Ok((nhwc, Some(per_image)))
 }
 
 /// A packed weight, and its adjoint GEMM's packing when asked for.
@@ -373,13 +377,13 @@ fn partition(d: &Wgrad) -> (usize, usize) {
 }
 
 /// `dw` (overwritten) as [`Wgrad`] describes: per-split partial sums on the tensor cores, then the splits added in
-/// a fixed order.
+/// a fixed order, in the launch that also sums `bias` when given.
 pub(crate) fn wgrad<E: Executor>(
     e: &E,
     d: &Wgrad,
-    rows: &Nhwc<E::Buf>,
-    gathered: &Nhwc<E::Buf>,
+    (rows, gathered): (&Nhwc<E::Buf>, &Nhwc<E::Buf>),
     dw: &mut E::Buf,
+    bias: Option<PendingBias<E::Buf>>,
 ) -> Result<()> {
     if (rows.c, gathered.c) != (d.m, d.c) {
         return Err(Error::Shape(format!(
@@ -407,10 +411,21 @@ pub(crate) fn wgrad<E: Executor>(
     let flops = 2 * mp * width * pixels;
     let bytes = 2 * pixels * mp + 2 * d.n * d.input.0 * d.input.1 * cp + 4 * splits * mp * width;
     run(e, Kernel::ConvWgradMma, cfg, Cost::tensor(flops, bytes), &args)?;
+    let (rows_b, len_b) = bias.as_ref().map_or((0, 0), |b| (b.n, b.len));
+    if let Some(b) = &bias {
+        need("wgrad_reduce bias_part", b.per_image, b.n * b.len)?;
+        need("wgrad_reduce db", b.out, b.len)?;
+    }
+    let (bias_part, db) = match &bias {
+        Some(b) => (Arg::Buf(b.per_image), Arg::Buf(&*b.out)),
+        None => (Arg::Null, Arg::Null),
+    };
     let mut args = vec![Arg::Buf(&part), Arg::Buf(dw)];
     for v in [splits, d.m, d.c, mp, cp, kk] {
         args.push(i32_arg(v)?);
     }
-    let cost = Cost::pass(splits * mp * width, d.m * d.c * kk, splits);
-    run(e, Kernel::WgradReduce, elementwise(d.m * d.c * kk), cost, &args)
+    args.extend([bias_part, db, i32_arg(rows_b)?, i32_arg(len_b)?]);
+    let weights = d.m * d.c * kk;
+    let cost = Cost::pass(splits * mp * width + rows_b * len_b, weights + len_b, splits.max(rows_b));
+    run(e, Kernel::WgradReduce, elementwise(weights + len_b), cost, &args)
 }

@@ -222,6 +222,11 @@ impl<T> Default for BiasSums<'_, T> {
 }
 
 impl<T> BiasSums<'_, T> {
+    /// Whether any sum is asked for.
+    pub(crate) fn any(&self) -> bool {
+        self.bias.is_some() || self.chan_bias
+    }
+
     /// These sums of `gout: [d.n, d.c, d.plane]` through [`ReduceOps::channel_sums`], one call each; returns the
     /// per-image sums when asked for.
     pub fn reduce<B: ReduceOps<Buf = T>>(self, be: &B, d: Planes, gout: &T) -> Result<Option<T>> {

@@ -325,9 +325,9 @@ fn conv_backward_with_bf16<E: Executor>(g: &Gpu<E>) {
         assert!(kept_both, "{what}: the bf16 forward keeps its input's copy and the adjoint's weight");
         // Runs the backward, with the bias sums into a buffer of their own when `bias`; returns dx's and dW's bits,
         // the bias sums and the per-image sums.
-        let run = |kept, bias: bool, chan_bias| {
+        let run_with = |kept, bias: bool, chan_bias, with_dw: bool| {
             let (mut dx, mut dw, mut db) = (out(g, x_len), out(g, wt.len()), out(g, out_c));
-            let grads = LayerGrads { dx: Some(&mut dx), dw: Some(&mut dw) };
+            let grads = LayerGrads { dx: Some(&mut dx), dw: with_dw.then_some(&mut dw) };
             let sums = BiasSums { bias: bias.then_some(&mut db), chan_bias };
             let per_image = if transposed {
                 g.conv_transpose2d_backward_with(&d, (&xb, &wb, &gb), kept, grads, sums)
@@ -337,12 +337,17 @@ fn conv_backward_with_bf16<E: Executor>(g: &Gpu<E>) {
             let bits = |b| down(g, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             (bits(&dx), bits(&dw), bias.then_some(db), per_image.unwrap())
         };
+        let run = |kept, bias, chan_bias| run_with(kept, bias, chan_bias, true);
         let (dx, dw, both, both_per_image) = run(kept.as_ref(), true, true);
         let (dx_fresh, dw_fresh, _, none) = run(None, false, false);
         assert!(dx == dx_fresh && dw == dw_fresh, "{what}: gradients differ with the kept input copy");
         assert!(none.is_none(), "{what}: per-image sums not asked for");
         let (_, _, bias_only, bias_only_per_image) = run(kept.as_ref(), true, false);
         assert!(bias_only_per_image.is_none(), "{what}: channel-bias sums not asked for");
+        // Without a weight gradient the bias sums take a launch of their own, and the same bits.
+        let (_, _, without_dw, _) = run_with(kept.as_ref(), true, false, false);
+        let bits = |b: &Option<_>| b.as_ref().map(|b| down(g, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert!(bits(&without_dw) == bits(&bias_only), "{what}: bias sums differ without the weight gradient");
 
         let depth = sum_depth(out_plane);
         let [per_image, total] = f64_channel_sums(&gout, n, out_c, out_plane);

@@ -3,7 +3,7 @@
 //! between two digits along the great circle between their noises.
 
 use super::checks::{self, Kind};
-use super::sample::{check_memory, load_model};
+use super::sample::{check_memory, checkpoint_or_pretrained, load_model};
 use super::{on_backend, progress_bar, resolve_device, Device, DeviceArg, PrecisionArg};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{ArgGroup, Args};
@@ -21,10 +21,11 @@ use std::path::{Path, PathBuf};
 /// The model and how to run it: the flags `invert` and `interpolate` share.
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// A checkpoint written by `ddpm train`, or a PyTorch state dict of the reference's UNet saved as safetensors.
-    /// A class-conditional model inverts and regenerates with its null label (unconditionally).
+    /// A checkpoint written by `ddpm train` or `ddpm export`, or a PyTorch state dict of the reference's UNet saved
+    /// as safetensors [default: the shipped weights, data/pretrained/uncond.safetensors]. A class-conditional model
+    /// inverts and regenerates with its null label (unconditionally).
     #[arg(long)]
-    checkpoint: PathBuf,
+    checkpoint: Option<PathBuf>,
     /// DDIM steps (1..=T) of the inversion and of the regeneration: deterministic DDIM (η = 0, no clamp) on the
     /// reference's grid, which the inversion walks backwards with as many network calls. More steps, a closer
     /// round trip.
@@ -167,15 +168,20 @@ impl InvertArgs {
 /// The model and its schedule, checked for a run on `n` images at a time on `device` (`what` asked for them): one
 /// input channel (MNIST's), `--steps` within the schedule, the memory; says that a class-conditional model runs
 /// unconditionally.
-fn prepare(a: &ModelArgs, device: &Device, (what, n): (&str, usize)) -> Result<(SamplingModel, Schedule)> {
-    let m = load_model(&a.checkpoint, !a.no_ema)?;
+fn prepare(
+    a: &ModelArgs,
+    checkpoint: &Path,
+    device: &Device,
+    (what, n): (&str, usize),
+) -> Result<(SamplingModel, Schedule)> {
+    let m = load_model(checkpoint, !a.no_ema)?;
     let config = &m.model.config;
     if config.in_ch != 1 {
-        bail!("{}: a model of {} channels; MNIST digits have 1", a.checkpoint.display(), config.in_ch);
+        bail!("{}: a model of {} channels; MNIST digits have 1", checkpoint.display(), config.in_ch);
     }
     regeneration_kind(a.steps).validate(m.timesteps).context("--steps")?;
     check_memory(device, what, n, config)?;
-    eprintln!("model: {} ({})", a.checkpoint.display(), m.description);
+    eprintln!("model: {} ({})", checkpoint.display(), m.description);
     if config.classes > 0 {
         eprintln!("class-conditional checkpoint: inverting and regenerating with its null label (unconditionally)");
     }
@@ -244,8 +250,8 @@ fn pairs_grid(x0: &Tensor, recon: &Tensor) -> Result<(Tensor, usize)> {
 pub fn run_invert(a: InvertArgs) -> Result<()> {
     let force = a.model.force;
     checks::extension("--out", &a.out, &["safetensors"])?;
-    checks::readable_file("--checkpoint", &a.model.checkpoint)?;
-    let mut inputs = vec![("--checkpoint", a.model.checkpoint.as_path())];
+    let checkpoint = checkpoint_or_pretrained(&a.model.checkpoint, false)?;
+    let mut inputs = vec![("--checkpoint", checkpoint.as_path())];
     for p in &a.png {
         checks::readable_file("--png", p)?;
         inputs.push(("--png", p.as_path()));
@@ -264,7 +270,7 @@ pub fn run_invert(a: InvertArgs) -> Result<()> {
         (None, Some(_)) => format!("--count {n}"),
         (None, None) => format!("--png ({n} images)"),
     };
-    let (m, sched) = prepare(&a.model, &device, (&what, n))?;
+    let (m, sched) = prepare(&a.model, &checkpoint, &device, (&what, n))?;
     let steps = a.model.steps;
     eprintln!("inverting {n} images with DDIM-{steps} (η = 0, no clamp) on the {}", device.name());
     let start = std::time::Instant::now();
@@ -279,7 +285,7 @@ pub fn run_invert(a: InvertArgs) -> Result<()> {
         "wrote {} (noise of {n} images; `ddpm sample --checkpoint {} --noise {} --sampler ddim --no-clamp --steps \
          {steps}` regenerates them)",
         a.out.display(),
-        a.model.checkpoint.display(),
+        checkpoint.display(),
         a.out.display()
     );
     if let Some(g) = &a.grid {
@@ -303,13 +309,13 @@ pub fn run_interpolate(a: InterpolateArgs) -> Result<()> {
         bail!("--frames must be at least 2 (both endpoints are frames), got {}", a.frames);
     }
     checks::extension("--out", &a.out, &["png"])?;
-    checks::readable_file("--checkpoint", &a.model.checkpoint)?;
-    checks::output("--out", &a.out, Kind::Png, &[("--checkpoint", a.model.checkpoint.as_path())], a.model.force)?;
+    let checkpoint = checkpoint_or_pretrained(&a.model.checkpoint, false)?;
+    checks::output("--out", &a.out, Kind::Png, &[("--checkpoint", checkpoint.as_path())], a.model.force)?;
     let test = mnist_test(&a.model.data)?;
     let (from, to) = (test_images(&test, &[a.from], "--from")?, test_images(&test, &[a.to], "--to")?);
     let ends = Tensor::new(&[2, 1, IMAGE_SIDE, IMAGE_SIDE], [from.images.data(), to.images.data()].concat())?;
     let device = resolve_device(a.model.device, a.model.precision)?;
-    let (m, sched) = prepare(&a.model, &device, (&format!("--frames {}", a.frames), a.frames))?;
+    let (m, sched) = prepare(&a.model, &checkpoint, &device, (&format!("--frames {}", a.frames), a.frames))?;
     let (steps, frames) = (a.model.steps, a.frames);
     eprintln!(
         "interpolating test images {} and {} over {frames} frames with DDIM-{steps} on the {}",

@@ -262,7 +262,7 @@ pub const PRETRAINED_COND: &str = "data/pretrained/cond.safetensors";
 
 /// `--checkpoint`, or the shipped weights that fit the other flags, saying which; `Err` with what to do when the
 /// shipped file is not there (a command run outside the repository's root).
-fn checkpoint_or_pretrained(checkpoint: &Option<PathBuf>, conditional: bool) -> Result<PathBuf> {
+pub fn checkpoint_or_pretrained(checkpoint: &Option<PathBuf>, conditional: bool) -> Result<PathBuf> {
     if let Some(p) = checkpoint {
         checks::readable_file("--checkpoint", p)?;
         return Ok(p.clone());

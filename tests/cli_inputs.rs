@@ -1,6 +1,7 @@
 //! The `ddpm` binary refuses, before any network call, every request that could not finish or that would replace a
 //! file it did not write, with a message naming the flag or the file; and it never aborts on a size it cannot
-//! allocate. Each test replays a way a run used to be lost.
+//! allocate. Each test replays a way a run used to be lost. The last tests run `invert`, `interpolate` and
+//! `sample --trajectory` end to end on a tiny untrained checkpoint, after their refusals.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -344,4 +345,222 @@ fn info_says_where_commands_run_and_with_how_many_threads() {
     let r = Command::new(env!("CARGO_BIN_EXE_ddpm")).arg("info").env("RAYON_NUM_THREADS", "3").output().unwrap();
     let text = String::from_utf8_lossy(&r.stdout);
     assert!(text.contains("CPU threads: 3") && text.contains("--device cpu runs on the CPU with 3 threads"), "{text}");
+}
+
+/// The MNIST test images (raw, 28x28 u8) in the repository's data folder.
+fn mnist_test() -> ddpm::data::Mnist {
+    ddpm::data::load_split(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist"), ddpm::data::Split::Test).unwrap()
+}
+
+/// Writes a `w x h` PNG of `color` (8-bit samples) at `path`.
+fn write_png(path: &Path, (w, h): (u32, u32), color: png::ColorType, pixels: &[u8]) {
+    let mut enc = png::Encoder::new(std::fs::File::create(path).unwrap(), w, h);
+    enc.set_color(color);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header().unwrap().write_image_data(pixels).unwrap();
+}
+
+/// The width and height of the PNG at `path`, and its frame count (1 for a still image).
+fn png_frames(path: &Path) -> (u32, u32, u32) {
+    let mut reader = png::Decoder::new(std::fs::File::open(path).unwrap()).read_info().unwrap();
+    let (w, h) = (reader.info().width, reader.info().height);
+    let declared = reader.info().animation_control().map_or(1, |a| a.num_frames);
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let mut decoded = 0;
+    while reader.next_frame(&mut buf).is_ok() {
+        decoded += 1;
+    }
+    assert_eq!(decoded, declared, "{}: frames decoded vs declared", path.display());
+    (w, h, decoded)
+}
+
+#[test]
+fn invert_refuses_bad_images_and_outputs_before_any_compute() {
+    let dir = scratch("invert-refuse");
+    let ckpt = dir.join("checkpoint.safetensors");
+    tiny_checkpoint(&ckpt, |_| {});
+    let out = dir.join("noise.safetensors");
+    let invert = |extra: &[&str]| {
+        ddpm(
+            &[&["invert", "--device", "cpu", "--checkpoint", s(&ckpt), "--steps", "2", "--out", s(&out)][..], extra]
+                .concat(),
+        )
+    };
+    let not_started = |r: &Output, needles: &[&str]| {
+        refused(r, needles);
+        assert!(!stderr(r).contains("inverting "), "refused only after the inversion started: {}", stderr(r));
+        assert!(!out.exists(), "an output was written");
+    };
+    not_started(&invert(&["--indices", "3,10000"]), &["--indices 10000", "has 10000 images"]);
+    not_started(&invert(&["--count", "10001"]), &["--count 10001", "has 10000 images"]);
+    not_started(&invert(&["--count", "0"]), &["--count must be at least 1"]);
+    // A PNG of the wrong size, of colour, of 16-bit samples; a file that is no PNG at all.
+    let small = dir.join("small.png");
+    write_png(&small, (27, 27), png::ColorType::Grayscale, &[0; 27 * 27]);
+    not_started(&invert(&["--png", s(&small)]), &["--png", "small.png", "27x27", "28x28 or 32x32"]);
+    let rgb = dir.join("rgb.png");
+    write_png(&rgb, (28, 28), png::ColorType::Rgb, &[0; 28 * 28 * 3]);
+    not_started(&invert(&["--png", s(&rgb)]), &["--png", "rgb.png", "Rgb", "8-bit grayscale"]);
+    let text = dir.join("text.png");
+    std::fs::write(&text, "not a png").unwrap();
+    not_started(&invert(&["--png", s(&small), s(&text)]), &["small.png"]);
+    not_started(&invert(&["--png", s(&text)]), &["--png", "text.png", "not a readable PNG"]);
+    not_started(&invert(&["--png", s(&dir.join("missing.png"))]), &["--png", "missing.png", "cannot read"]);
+    // A missing checkpoint, a missing data folder.
+    let missing = dir.join("missing.safetensors");
+    let r = ddpm(&["invert", "--device", "cpu", "--checkpoint", s(&missing), "--count", "1", "--out", s(&out)]);
+    not_started(&r, &["--checkpoint", "missing.safetensors", "cannot read"]);
+    not_started(&invert(&["--count", "1", "--data", s(&dir.join("nowhere"))]), &["--data", "nowhere"]);
+    // Outputs: the wrong extension, a file it did not write, the checkpoint, --grid over --out.
+    not_started(&invert(&["--count", "1", "--grid", s(&dir.join("g.jpg"))]), &["--grid", "g.jpg", ".png"]);
+    let r = ddpm(&["invert", "--device", "cpu", "--checkpoint", s(&ckpt), "--count", "1", "--out", s(&ckpt)]);
+    refused(&r, &["--out", "is the file --checkpoint reads"]);
+    std::fs::write(&out, "my notes").unwrap();
+    refused(&invert(&["--count", "1"]), &["--out", "not a noise file", "--force"]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"my notes");
+    std::fs::remove_file(&out).unwrap();
+    parse_error(&invert(&[]), &["--indices", "--count", "--png"]);
+    parse_error(&invert(&["--count", "2", "--indices", "1"]), &["cannot be used with"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `invert` writes the noise that `sample --noise FILE --sampler ddim --no-clamp` turns back into the images, with
+/// the round-trip error it printed; a 28x28 grayscale PNG of a test digit inverts to the same noise as its index
+/// (the same preprocessing); a noise file is replaced by the next run without --force.
+#[test]
+fn invert_round_trips_through_sample_and_reads_pngs_as_mnist() {
+    let dir = scratch("invert");
+    let ckpt = dir.join("checkpoint.safetensors");
+    tiny_checkpoint(&ckpt, |_| {});
+    let (out, grid) = (dir.join("noise.safetensors"), dir.join("roundtrip.png"));
+    let c = s(&ckpt);
+    let invert = |extra: &[&str]| {
+        ddpm(&[&["invert", "--device", "cpu", "--checkpoint", c, "--steps", "3", "--out", s(&out)][..], extra].concat())
+    };
+    let r = invert(&["--indices", "0,7,3", "--grid", s(&grid)]);
+    succeeds(&r);
+    let printed: f64 = String::from_utf8_lossy(&r.stdout)
+        .split("[-1, 1]): ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no error printed: {}", String::from_utf8_lossy(&r.stdout)));
+    let noise = read_tensors(&out).unwrap().f32("noise").unwrap().clone();
+    assert_eq!(noise.shape(), &[3, 1, 32, 32]);
+    // Originals above reconstructions: one row of three pairs.
+    assert_eq!(png_frames(&grid), (3 * 34 + 2, 2 * 34 + 2, 1));
+    let samples = dir.join("recon.safetensors");
+    let r = ddpm(&[
+        "sample",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        c,
+        "--noise",
+        s(&out),
+        "--sampler",
+        "ddim",
+        "--no-clamp",
+        "--steps",
+        "3",
+        "--out",
+        s(&samples),
+    ]);
+    succeeds(&r);
+    let recon = read_tensors(&samples).unwrap().f32("samples").unwrap().clone();
+    let test =
+        ddpm::data::load_dataset(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist"), ddpm::data::Split::Test)
+            .unwrap();
+    let per = 32 * 32;
+    let x0: Vec<f32> = [0usize, 7, 3].iter().flat_map(|&i| test.images.data()[i * per..][..per].to_vec()).collect();
+    let err = ddpm::diffusion::RoundTripError::new(&Tensor::new(&[3, 1, 32, 32], x0).unwrap(), &recon).unwrap();
+    assert!((err.mean() - printed).abs() < 1e-5, "printed {printed}, sample's reconstruction {}", err.mean());
+    // Test digit 7 as a 28x28 PNG inverts to the noise of --indices 7, bit for bit.
+    let m = mnist_test();
+    let png7 = dir.join("seven.png");
+    write_png(&png7, (28, 28), png::ColorType::Grayscale, &m.images[7 * 784..8 * 784]);
+    succeeds(&invert(&["--indices", "7"]));
+    let by_index = read_tensors(&out).unwrap().f32("noise").unwrap().clone();
+    assert_eq!(by_index.data(), &noise.data()[per..2 * per], "one image alone and in a batch of three");
+    succeeds(&invert(&["--png", s(&png7)]));
+    assert_eq!(read_tensors(&out).unwrap().f32("noise").unwrap().data(), by_index.data(), "PNG vs index");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A class-conditional checkpoint inverts and regenerates unconditionally (its null label), and says so.
+#[test]
+fn invert_runs_a_class_conditional_checkpoint_with_its_null_label() {
+    let dir = scratch("invert-conditional");
+    let ckpt = dir.join("checkpoint.safetensors");
+    let config = RunConfig {
+        model: UNetConfig { in_ch: 1, base: 8, t_dim: 4, classes: 10 },
+        timesteps: 200,
+        ..RunConfig::cpu_default()
+    };
+    ddpm::checkpoint::save(&TrainState::new(config).unwrap(), &ckpt).unwrap();
+    let out = dir.join("noise.safetensors");
+    let r = ddpm(&[
+        "invert",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        s(&ckpt),
+        "--count",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        s(&out),
+    ]);
+    succeeds(&r);
+    assert!(stderr(&r).contains("class-conditional checkpoint: inverting and regenerating with its null label"));
+    assert_eq!(read_tensors(&out).unwrap().f32("noise").unwrap().shape(), &[2, 1, 32, 32]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `sample --trajectory` writes an APNG of x_T and the grid after every network call; its file is checked as --out
+/// is, before any compute.
+#[test]
+fn sample_trajectory_is_an_animated_png_of_every_step() {
+    let dir = scratch("trajectory");
+    let ckpt = dir.join("checkpoint.safetensors");
+    tiny_checkpoint(&ckpt, |_| {});
+    let (out, traj) = (dir.join("grid.png"), dir.join("traj.png"));
+    let sample = |t: &Path, extra: &[&str]| {
+        let base = ["sample", "--device", "cpu", "--checkpoint", s(&ckpt), "--n", "3", "--out", s(&out)];
+        ddpm(&[&base[..], &["--trajectory", s(t)], extra].concat())
+    };
+    refused(&sample(&dir.join("t.gif"), &[]), &["--trajectory", "t.gif", ".png"]);
+    refused(&sample(&out, &[]), &["--out and --trajectory both name"]);
+    let notes = dir.join("notes.png");
+    std::fs::write(&notes, "my notes").unwrap();
+    refused(&sample(&notes, &[]), &["--trajectory", "notes.png", "not a PNG image"]);
+    assert!(!out.exists());
+    for (steps, sampler) in [("4", "ddim"), ("3", "dpm++2m")] {
+        succeeds(&sample(&traj, &["--steps", steps, "--sampler", sampler]));
+        // T = 200: DDIM-4's grid is 0, 50, 100, 150 and 199 (5 calls); DPM-Solver++ makes exactly --steps calls.
+        let calls = if sampler == "ddim" { 5 } else { 3 };
+        assert_eq!(png_frames(&traj), (3 * 34 + 2, 36, calls + 1), "{sampler}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `interpolate` writes one row of --frames regenerated frames; it refuses fewer than two frames and an index past
+/// the test set.
+#[test]
+fn interpolate_writes_one_row_of_frames() {
+    let dir = scratch("interpolate");
+    let ckpt = dir.join("checkpoint.safetensors");
+    tiny_checkpoint(&ckpt, |_| {});
+    let out = dir.join("row.png");
+    let interpolate = |extra: &[&str]| {
+        let base = ["interpolate", "--device", "cpu", "--checkpoint", s(&ckpt), "--steps", "2", "--out", s(&out)];
+        ddpm(&[&base[..], extra].concat())
+    };
+    refused(&interpolate(&["--from", "1", "--to", "2", "--frames", "1"]), &["--frames must be at least 2"]);
+    refused(&interpolate(&["--from", "1", "--to", "10000"]), &["--to 10000", "has 10000 images"]);
+    assert!(!out.exists());
+    succeeds(&interpolate(&["--from", "1", "--to", "2", "--frames", "5"]));
+    assert_eq!(png_frames(&out), (5 * 34 + 2, 36, 1));
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -38,6 +38,8 @@ pub enum Kind {
     Samples,
     /// A Markdown table written by `ddpm sampler-table` or `ddpm quality`.
     Table,
+    /// A safetensors file holding only the tensor `noise` (what `ddpm invert` writes).
+    Noise,
     /// Weights written by `ddpm export`.
     Weights,
 }
@@ -52,6 +54,7 @@ impl Kind {
             Kind::Png => "a PNG image",
             Kind::Samples => "a samples file (a safetensors file holding only the tensor `samples`)",
             Kind::Table => "a table written by `ddpm sampler-table` or `ddpm quality`",
+            Kind::Noise => "a noise file (a safetensors file holding only the tensor `noise`)",
             Kind::Weights => "weights written by `ddpm export`",
         }
     }
@@ -63,13 +66,31 @@ impl Kind {
                 let mut magic = [0u8; 8];
                 File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"\x89PNG\r\n\x1a\n"
             }
-            Kind::Samples => ddpm::tensor_file::read_tensors(path)
-                .is_ok_and(|f| f.tensors.len() == 1 && f.tensors.contains_key("samples")),
+            Kind::Samples => only_tensor(path, "samples"),
+            Kind::Noise => only_tensor(path, "noise"),
             Kind::Table => fs::read_to_string(path).is_ok_and(|t| t.contains(TABLE_MARK)),
             Kind::Weights => ddpm::tensor_file::read_tensors(path)
                 .is_ok_and(|f| f.metadata.get("format").map(String::as_str) == Some(ddpm::checkpoint::WEIGHTS_FORMAT)),
         }
     }
+}
+
+/// Whether `path` is a safetensors file holding the one tensor `name`.
+fn only_tensor(path: &Path, name: &str) -> bool {
+    ddpm::tensor_file::read_tensors(path).is_ok_and(|f| f.tensors.len() == 1 && f.tensors.contains_key(name))
+}
+
+/// `Err` naming both flags when two outputs of one command name the same file (one would overwrite the other).
+pub fn distinct_outputs(outputs: &[(&str, &Path)]) -> Result<()> {
+    for (i, (flag, path)) in outputs.iter().enumerate() {
+        let target = resolve_links(path)?;
+        for (other, other_path) in &outputs[i + 1..] {
+            if resolve_links(other_path)? == target {
+                bail!("{flag} and {other} both name {}; give each its own file", path.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether `a` and `b` name the same existing file (through links too).

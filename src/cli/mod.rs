@@ -8,6 +8,7 @@ mod classifier;
 mod eval;
 mod export;
 mod info;
+mod invert;
 mod quality;
 mod quality_rows;
 mod sample;
@@ -36,6 +37,16 @@ enum Command {
     Train(train::TrainArgs),
     /// Sample images from a checkpoint (ours, or a PyTorch state dict saved as safetensors).
     Sample(sample::SampleArgs),
+    /// DDIM inversion: the noise that deterministic DDIM turns back into given MNIST test digits or PNG files.
+    ///
+    /// Writes the noise (for `sample --noise`), optionally a grid of the originals above their reconstructions,
+    /// and prints the round trip's mean absolute error.
+    Invert(invert::InvertArgs),
+    /// Interpolate between two MNIST test digits through their DDIM-inverted noises; writes one row of frames.
+    ///
+    /// The two noises are interpolated along the great circle between them (slerp), and each frame is
+    /// regenerated with deterministic DDIM.
+    Interpolate(invert::InterpolateArgs),
     /// Score samples (a file, or drawn from a checkpoint) with FID and class statistics from the MNIST classifier.
     Eval(eval::EvalArgs),
     /// Score one checkpoint with the blog post's samplers (DDPM-1000, DDIM-100/50/20/10, DDIM-50 with η = 1) into a
@@ -200,6 +211,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
+        Command::Invert(a) => invert::run_invert(a),
+        Command::Interpolate(a) => invert::run_interpolate(a),
         Command::Eval(a) => eval::run(a),
         Command::SamplerTable(a) => eval::run_table(a),
         Command::Export(a) => export::run(a),

@@ -1,10 +1,11 @@
 //! `ddpm quality`: every number of `docs/quality.md` from one command. On an unconditional model, FID against
 //! the number of network calls for DDIM (η = 0 and 1), DPM-Solver++(2M) and its SDE variant, with DDPM-1000 as
 //! the reference row; on a class-conditional model, how often the classifier sees the requested digit, and FID,
-//! at several guidance weights.
+//! at several guidance weights; and the DDIM inversion round trip's error on the first test digits.
 
 use super::checks::{self, Kind};
 use super::eval::{check_n, draw, grid_file, sampler_name, ScoringArgs};
+use super::invert::{mnist_test, pairs_grid, roundtrip_on, test_images};
 use super::quality_rows::{self, Done};
 use super::sample::{check_memory, load_model, Guidance, PRETRAINED_COND, PRETRAINED_UNCOND};
 use super::{on_backend, resolve_device, Device, DeviceArg};
@@ -13,11 +14,13 @@ use clap::Args;
 use ddpm::atomic_write::write_atomic;
 use ddpm::backend::Backend;
 use ddpm::checkpoint::SamplingModel;
-use ddpm::diffusion::{SamplerKind, Spacing};
+use ddpm::diffusion::{regeneration_kind, RoundTripError, SamplerKind, Spacing};
 use ddpm::eval::Evaluator;
 use ddpm::image::save_grid_png;
+use ddpm::tensor::Tensor;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct QualityArgs {
@@ -43,6 +46,13 @@ pub struct QualityArgs {
     /// DDIM steps (η = 0) of the guidance rows, as `ddpm sample` draws by default.
     #[arg(long, default_value_t = 50)]
     steps: usize,
+    /// Test digits of the inversion rows, the first of the MNIST test set in --data; 0 leaves the rows out.
+    #[arg(long, default_value_t = 100)]
+    invert_n: usize,
+    /// DDIM steps of the inversion rows, comma-separated: each row inverts the digits on the unconditional model
+    /// with that many steps and regenerates them with as many (η = 0, no clamp).
+    #[arg(long, value_delimiter = ',', default_value = "10,20,50,100")]
+    invert_steps: Vec<usize>,
     /// Seed of the initial noise and the per-step noise (the same for every row).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -72,6 +82,8 @@ enum Job {
     Solver(SamplerKind),
     /// The conditional model's DDIM with this guidance weight, n/10 images of each digit.
     Guided(f32),
+    /// The unconditional model's DDIM inversion and regeneration of the first test digits with this many steps.
+    Invert(usize),
 }
 
 /// The samplers of the solver rows at `calls` network calls, in the table's order.
@@ -92,6 +104,8 @@ struct Plan {
     ddpm_n: usize,
     jobs: Vec<Job>,
     grid_dir: PathBuf,
+    /// The test digits of the inversion rows, preprocessed as for training (none without inversion rows).
+    digits: Option<Tensor>,
 }
 
 impl Plan {
@@ -100,6 +114,7 @@ impl Plan {
         match job {
             Job::Solver(SamplerKind::Ddpm) => (self.ddpm_n, &self.uncond, None),
             Job::Solver(_) => (n, &self.uncond, None),
+            Job::Invert(_) => (self.digits.as_ref().map_or(0, |d| d.shape()[0]), &self.uncond, None),
             Job::Guided(w) => {
                 let classes = self.cond.model.config.classes;
                 let per_class = n / classes;
@@ -108,11 +123,17 @@ impl Plan {
         }
     }
 
+    /// The path of the grid `file` relative to the table.
+    fn link(&self, file: &str) -> String {
+        format!("{}/{file}", self.grid_dir.file_name().map_or(String::new(), |f| f.to_string_lossy().into()))
+    }
+
     /// The row's name, as the tables and its grid file are named.
     fn name(&self, job: Job, steps: usize) -> String {
         match job {
             Job::Solver(kind) => sampler_name(kind, self.uncond.timesteps),
             Job::Guided(w) => format!("DDIM-{steps} guided w={w}"),
+            Job::Invert(s) => format!("DDIM-{s} round trip of {}", self.of(job, 0).0),
         }
     }
 }
@@ -126,6 +147,9 @@ pub fn run(a: QualityArgs) -> Result<()> {
     }
     if a.calls.is_empty() || a.calls.contains(&0) {
         bail!("--calls must list network calls of at least 1, e.g. 5,10,20,50");
+    }
+    if a.invert_n > 0 && (a.invert_steps.is_empty() || a.invert_steps.contains(&0)) {
+        bail!("--invert-steps must list DDIM steps of at least 1, e.g. 10,20,50,100 (or leave the rows out with --invert-n 0)");
     }
     if let Some(w) = a.guidance.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
         bail!("--guidance must list finite weights >= 0, got {w}");
@@ -154,19 +178,34 @@ pub fn run(a: QualityArgs) -> Result<()> {
     let mut jobs: Vec<Job> = a.calls.iter().flat_map(|&c| solvers(c)).map(Job::Solver).collect();
     jobs.push(Job::Solver(SamplerKind::Ddpm));
     jobs.extend(a.guidance.iter().map(|&w| Job::Guided(w)));
+    if a.invert_n > 0 {
+        jobs.extend(a.invert_steps.iter().map(|&s| Job::Invert(s)));
+    }
     for job in &jobs {
         let (kind, t, flag) = match *job {
             Job::Solver(kind) => (kind, uncond.timesteps, "--calls"),
             Job::Guided(_) => (SamplerKind::Ddim { steps: a.steps, eta: 0.0, clamp: true }, cond.timesteps, "--steps"),
+            Job::Invert(s) => (regeneration_kind(s), uncond.timesteps, "--invert-steps"),
         };
         kind.validate(t).with_context(|| format!("{flag}: {}", sampler_name(kind, t)))?;
     }
     check_memory(&device, &format!("--n {} (twice that per guided call)", a.n), 2 * a.n, &cond.model.config)?;
+    check_memory(&device, &format!("--invert-n {}", a.invert_n), a.invert_n, &uncond.model.config)?;
+    let digits = match a.invert_n {
+        0 => None,
+        n => {
+            let test = mnist_test(&a.scoring.data)?;
+            if n > test.n {
+                bail!("--invert-n {n}: the MNIST test set in {} has {} images", a.scoring.data.display(), test.n);
+            }
+            Some(test_images(&test, &(0..n).collect::<Vec<_>>(), "--invert-n")?.images)
+        }
+    };
     let grid_dir = a.out.with_extension("");
     if grid_dir.exists() && !grid_dir.is_dir() {
         bail!("--out {}: the grids go into {}, which is not a folder", a.out.display(), grid_dir.display());
     }
-    let plan = Plan { uncond, cond, ddpm_n, jobs, grid_dir };
+    let plan = Plan { uncond, cond, ddpm_n, jobs, grid_dir, digits };
     for &job in &plan.jobs {
         let grid = plan.grid_dir.join(grid_file(&plan.name(job, a.steps)));
         checks::output("--out (its grids)", &grid, Kind::Png, &inputs, a.force)?;
@@ -183,13 +222,13 @@ fn run_on<B: Backend>(b: &B, a: &QualityArgs, device: &Device, plan: &Plan) -> R
         .with_context(|| format!("{}: cannot create the grid folder", plan.grid_dir.display()))?;
     let ns = if plan.ddpm_n == a.n { vec![a.n] } else { vec![a.n, plan.ddpm_n] };
     let evaluators = Evaluator::load_many(b, &a.scoring.classifier, &a.scoring.data, &ns)?;
-    let evaluator = |n: usize| evaluators.iter().find(|e| e.n() == n).expect("an evaluator for every n");
     // Cost in images through the network: calls times images, twice the images for a guided call.
     let sched = plan.uncond.schedule.build(plan.uncond.timesteps)?;
     let cost = |job: Job| {
         let calls = match job {
             Job::Solver(kind) => kind.timesteps(&sched).len(),
             Job::Guided(_) => 2 * a.steps,
+            Job::Invert(s) => 2 * regeneration_kind(s).timesteps(&sched).len(),
         };
         calls * plan.of(job, a.n).0
     };
@@ -207,38 +246,14 @@ fn run_on<B: Backend>(b: &B, a: &QualityArgs, device: &Device, plan: &Plan) -> R
     let todo: Vec<usize> = order.into_iter().filter(|&i| done[i].is_none()).collect();
     for i in todo {
         let (job, name) = (plan.jobs[i], &names[i]);
-        let (n, m, guidance) = plan.of(job, a.n);
-        let kind = match job {
-            Job::Solver(kind) => kind,
-            Job::Guided(_) => SamplerKind::Ddim { steps: a.steps, eta: 0.0, clamp: true },
+        let row = match job {
+            Job::Invert(steps) => invert_row(b, plan, (&sched, steps), name)?,
+            Job::Solver(kind) => sample_row(a, device, plan, &evaluators, (job, kind), name)?,
+            Job::Guided(_) => {
+                let kind = SamplerKind::Ddim { steps: a.steps, eta: 0.0, clamp: true };
+                sample_row(a, device, plan, &evaluators, (job, kind), name)?
+            }
         };
-        eprintln!("{name}: sampling {n} images");
-        let (images, calls, seconds) = draw(device, m, (kind, guidance.as_ref()), n, a.seed)?;
-        let q = evaluator(n).score(&images)?;
-        let file = grid_file(name);
-        match &guidance {
-            // A row per digit, the first ten of each.
-            Some(g) => {
-                let per_class = n / m.model.config.classes;
-                let rows: Vec<usize> = (0..g.classes.len()).filter(|i| i % per_class < 10.min(per_class)).collect();
-                save_grid_png(&plan.grid_dir.join(&file), &ddpm::eval::gather(&images, &rows)?, 10.min(per_class))?
-            }
-            None => save_grid_png(&plan.grid_dir.join(&file), &images.head(64.min(n))?, 8)?,
-        }
-        eprintln!("{name}: FID {:.2} (floor {:.2} at n = {n}), {seconds:.1} s", q.fid, q.fid_floor);
-        let grid =
-            format!("{}/{file}", plan.grid_dir.file_name().map_or(String::new(), |f| f.to_string_lossy().into()));
-        let mut row = Done::of(&q, (calls, seconds), grid);
-        match (job, &guidance) {
-            (Job::Solver(_), _) if n > plan.ddpm_n => {
-                let small = evaluator(plan.ddpm_n).score(&images.head(plan.ddpm_n)?)?;
-                row.small = Some([small.fid, small.fid_floor]);
-            }
-            (Job::Guided(_), Some(g)) => {
-                row.accuracy = accuracy_per_digit(&q.predicted, &g.classes, m.model.config.classes)
-            }
-            _ => {}
-        }
         done[i] = Some(row);
         let finished: Vec<(String, &Done)> =
             names.iter().zip(&done).filter_map(|(name, d)| Some((name.clone(), d.as_ref()?))).collect();
@@ -246,6 +261,70 @@ fn run_on<B: Backend>(b: &B, a: &QualityArgs, device: &Device, plan: &Plan) -> R
         write_tables(a, plan, &b.describe(), &done)?;
     }
     write_tables(a, plan, &b.describe(), &done)
+}
+
+/// Samples the row of `job` (a solver or guidance row) with `kind` and scores it with the evaluator of its n,
+/// saving its grid.
+fn sample_row<B: Backend>(
+    a: &QualityArgs,
+    device: &Device,
+    plan: &Plan,
+    evaluators: &[Evaluator<B>],
+    (job, kind): (Job, SamplerKind),
+    name: &str,
+) -> Result<Done> {
+    let evaluator = |n: usize| evaluators.iter().find(|e| e.n() == n).expect("an evaluator for every n");
+    let (n, m, guidance) = plan.of(job, a.n);
+    eprintln!("{name}: sampling {n} images");
+    let (images, calls, seconds) = draw(device, m, (kind, guidance.as_ref()), n, a.seed)?;
+    let q = evaluator(n).score(&images)?;
+    let file = grid_file(name);
+    match &guidance {
+        // A row per digit, the first ten of each.
+        Some(g) => {
+            let per_class = n / m.model.config.classes;
+            let rows: Vec<usize> = (0..g.classes.len()).filter(|i| i % per_class < 10.min(per_class)).collect();
+            save_grid_png(&plan.grid_dir.join(&file), &ddpm::eval::gather(&images, &rows)?, 10.min(per_class))?
+        }
+        None => save_grid_png(&plan.grid_dir.join(&file), &images.head(64.min(n))?, 8)?,
+    }
+    eprintln!("{name}: FID {:.2} (floor {:.2} at n = {n}), {seconds:.1} s", q.fid, q.fid_floor);
+    let mut row = Done::of(&q, (calls, seconds), plan.link(&file));
+    match (job, &guidance) {
+        (Job::Solver(_), _) if n > plan.ddpm_n => {
+            let small = evaluator(plan.ddpm_n).score(&images.head(plan.ddpm_n)?)?;
+            row.small = Some([small.fid, small.fid_floor]);
+        }
+        (Job::Guided(_), Some(g)) => {
+            row.accuracy = accuracy_per_digit(&q.predicted, &g.classes, m.model.config.classes)
+        }
+        _ => {}
+    }
+    Ok(row)
+}
+
+/// Inverts the plan's test digits with `steps`-step DDIM on the unconditional model and regenerates them, saving
+/// a grid of the first 20 above their reconstructions.
+fn invert_row<B: Backend>(
+    b: &B,
+    plan: &Plan,
+    (sched, steps): (&ddpm::diffusion::Schedule, usize),
+    name: &str,
+) -> Result<Done> {
+    let digits = plan.digits.as_ref().context("an inversion row without test digits (--invert-n 0)")?;
+    eprintln!("{name}: inverting and regenerating {} test digits", digits.shape()[0]);
+    let start = Instant::now();
+    let (_, recon) = roundtrip_on(b, &plan.uncond, (sched, steps), digits, &mut |_, _| {})?;
+    let seconds = start.elapsed().as_secs_f64();
+    let error = RoundTripError::new(digits, &recon)?;
+    let shown = 20.min(digits.shape()[0]);
+    let (pairs, cols) = pairs_grid(&digits.head(shown)?, &recon.head(shown)?)?;
+    let file = grid_file(name);
+    save_grid_png(&plan.grid_dir.join(&file), &pairs, cols)?;
+    let (mean, worst) = (error.mean(), error.worst().1);
+    eprintln!("{name}: mean absolute error {mean:.4}, worst digit {worst:.4}, {seconds:.1} s");
+    let calls = 2 * regeneration_kind(steps).timesteps(sched).len();
+    Ok(Done { calls, seconds, grid: plan.link(&file), roundtrip: Some([mean, worst]), ..Done::default() })
 }
 
 /// What the numbers depend on besides the row itself: the models (their files, what they are, and a checksum of
@@ -390,11 +469,39 @@ fn write_tables(a: &QualityArgs, plan: &Plan, device: &str, done: &[Option<Done>
             d.grid
         );
     }
+    // The inversion rows.
+    if let Some(digits) = &plan.digits {
+        let _ = writeln!(
+            md,
+            "\n## Inversion: DDIM round trip of the first {} test digits (unconditional model)\n\n\
+             Each digit is inverted to x_T with DDIM (η = 0, no clamp) and regenerated from it with as many steps. \
+             The error is the mean absolute difference from the digit, in the model's [-1, 1] units, of the \
+             reconstruction clamped to [-1, 1].\n",
+            digits.shape()[0]
+        );
+        md.push_str("| DDIM steps | network calls (both ways) | mean absolute error | worst digit's | wall-clock | grid (digits above their reconstructions) |\n");
+        md.push_str("|---|---|---|---|---|---|\n");
+        for (job, d) in plan.jobs.iter().zip(done) {
+            let Job::Invert(steps) = *job else { continue };
+            match d.as_ref().and_then(|d| Some((d, d.roundtrip?))) {
+                Some((d, [mean, worst])) => {
+                    let _ = writeln!(
+                        md,
+                        "| {steps} | {} | {mean:.4} | {worst:.4} | {:.0} s | [grid]({}) |",
+                        d.calls, d.seconds, d.grid
+                    );
+                }
+                None => {
+                    let _ = writeln!(md, "| {steps} | | not run | | | |");
+                }
+            }
+        }
+    }
     let header = format!(
         "# Sample quality: fewer network calls, and guidance\n\n\
          {mark}quality`; rerun it rather than editing the tables -->\n\
          Command: `ddpm quality --uncond {uncond} --cond {cond} --n {n}{ddpm_n} --calls {calls} --guidance {guidance} \
-         --steps {steps}` (seed {seed} for every row).\n\
+         --steps {steps}{invert}` (seed {seed} for every row).\n\
          Unconditional model: {udesc}. Conditional model: {cdesc}.\n\n\
          FID is measured in the 128 penultimate features of our own MNIST classifier (`{classifier}`) against as many\n\
          real test images, so it compares rows with each other, not with published FIDs; compare rows only at equal\n\
@@ -407,6 +514,13 @@ fn write_tables(a: &QualityArgs, plan: &Plan, device: &str, done: &[Option<Done>
         calls = a.calls.iter().map(usize::to_string).collect::<Vec<_>>().join(","),
         guidance = a.guidance.iter().map(f32::to_string).collect::<Vec<_>>().join(","),
         steps = a.steps,
+        invert = match a.invert_n {
+            0 => " --invert-n 0".to_string(),
+            n => format!(
+                " --invert-n {n} --invert-steps {}",
+                a.invert_steps.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+            ),
+        },
         seed = a.seed,
         udesc = plan.uncond.description,
         cdesc = plan.cond.description,

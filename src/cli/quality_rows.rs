@@ -25,6 +25,8 @@ pub struct Done {
     pub small: Option<[f64; 2]>,
     /// The fraction of each digit's images classified as that digit (guidance rows).
     pub accuracy: Vec<f64>,
+    /// The round-trip error of the inversion rows: its mean over the digits and the worst digit's.
+    pub roundtrip: Option<[f64; 2]>,
 }
 
 impl Done {
@@ -63,14 +65,19 @@ impl Done {
             format!("{:?}", self.entropy),
             list(self.small.as_ref().map_or(&[], |s| &s[..])),
             list(&self.accuracy),
+            list(self.roundtrip.as_ref().map_or(&[], |r| &r[..])),
         ];
         fields.join("\t")
     }
 
     /// The name and row of a [`Done::line`]; `None` for a line it did not write.
     fn parse(line: &str) -> Option<(String, Done)> {
-        let f: Vec<&str> = line.split('\t').collect();
-        let [name, calls, seconds, grid, fid, floor, confidence, entropy, small, accuracy] = f[..] else {
+        let mut f: Vec<&str> = line.split('\t').collect();
+        // A row without the round-trip field is a sampling row.
+        if f.len() == 10 {
+            f.push("-");
+        }
+        let [name, calls, seconds, grid, fid, floor, confidence, entropy, small, accuracy, roundtrip] = f[..] else {
             return None;
         };
         let list = |s: &str| -> Option<Vec<f64>> {
@@ -78,6 +85,14 @@ impl Done {
                 return Some(vec![]);
             }
             s.split(',').map(|x| x.parse().ok()).collect()
+        };
+        // None for `-`, and for anything but two numbers no value at all.
+        let pair = |s: &str| -> Option<Option<[f64; 2]>> {
+            match list(s)?[..] {
+                [] => Some(None),
+                [a, b] => Some(Some([a, b])),
+                _ => None,
+            }
         };
         let done = Done {
             calls: calls.parse().ok()?,
@@ -87,12 +102,9 @@ impl Done {
             floor: list(floor)?.try_into().ok()?,
             confidence: confidence.parse().ok()?,
             entropy: entropy.parse().ok()?,
-            small: match list(small)?[..] {
-                [] => None,
-                [a, b] => Some([a, b]),
-                _ => return None,
-            },
+            small: pair(small)?,
             accuracy: list(accuracy)?,
+            roundtrip: pair(roundtrip)?,
         };
         Some((name.to_string(), done))
     }
@@ -138,15 +150,22 @@ mod tests {
             entropy: 10f64.ln(),
             small: Some([90.5, 24.6]),
             accuracy: vec![],
+            roundtrip: None,
         };
+        let inversion = Done { small: None, roundtrip: Some([0.021, 0.06]), ..Done::default() };
         let guided = Done { small: None, accuracy: vec![0.97, 1.0, 1.0 / 3.0], ..row.clone() };
         let dir = std::env::temp_dir().join(format!("ddpm-quality-rows-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("rows.tsv");
-        save(&path, "settings A", &[("DDIM-50".into(), &row), ("guided w=3".into(), &guided)]).unwrap();
+        let rows = [("DDIM-50".into(), &row), ("guided w=3".into(), &guided), ("DDIM-50 round trip".into(), &inversion)];
+        save(&path, "settings A", &rows).unwrap();
         let back = load(&path, "settings A");
         assert_eq!(back.get("DDIM-50"), Some(&row));
         assert_eq!(back.get("guided w=3"), Some(&guided));
+        assert_eq!(back.get("DDIM-50 round trip"), Some(&inversion));
+        // A line of ten fields, as sampling rows were written before the round-trip field, still reads.
+        let ten = row.line("DDIM-50").rsplit_once('\t').unwrap().0.to_string();
+        assert_eq!(Done::parse(&ten), Some(("DDIM-50".to_string(), row.clone())));
         assert!(load(&path, "settings B").is_empty());
         std::fs::remove_dir_all(&dir).ok();
     }

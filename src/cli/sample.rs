@@ -6,8 +6,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use ddpm::backend::Backend;
 use ddpm::checkpoint::{check_finite, load_for_sampling, SamplingModel};
-use ddpm::diffusion::{initial_noise, sample, Denoiser, SamplerKind, Schedule, Spacing};
-use ddpm::image::save_grid_png;
+use ddpm::diffusion::{initial_noise, sample_observed, Denoiser, SamplerKind, Schedule, Spacing};
+use ddpm::image::{save_grid_png, GridAnimation};
 use ddpm::nn::{GuidedDenoiser, UNetConfig, UNetDenoiser};
 use ddpm::tensor_file::{read_tensors, write_tensors};
 use ddpm::Tensor;
@@ -130,6 +130,10 @@ pub struct SampleArgs {
     /// (0: the plain conditional model) [default: 3].
     #[arg(long, allow_negative_numbers = true)]
     guidance: Option<f32>,
+    /// Also write the sampling trajectory as an animated PNG: the grid at x_T and after every network call, down
+    /// to x_0 (values clamped to [-1, 1] for display), the last frame held longer.
+    #[arg(long)]
+    trajectory: Option<PathBuf>,
 }
 
 /// The guidance weight `sample` uses on a class-conditional checkpoint when `--guidance` is not given.
@@ -183,22 +187,36 @@ fn read_noise(path: &Path, in_ch: usize) -> Result<Tensor> {
     }
 }
 
+/// Something that watches a run: called with the images (on the host) after every network call.
+pub type Watch<'a> = dyn FnMut(&Tensor) -> ddpm::Result<()> + 'a;
+
 /// Runs the sampler with the weights of `m` on `backend`, from the host noise `x_t` and sampling seed `seed`,
-/// guided when `guidance` says so.
+/// guided when `guidance` says so, showing `watch` the images after each network call.
 fn sample_on<B: Backend>(
     backend: &B,
     m: &SamplingModel,
     (sched, kind, guidance): (&Schedule, SamplerKind, Option<&Guidance>),
     (x_t, seed): (Tensor, u64),
     progress: &mut dyn FnMut(usize, usize),
+    mut watch: Option<&mut Watch>,
 ) -> Result<Tensor> {
     let params = m.params.to_backend(backend)?;
     let x_t = x_t.into_backend(backend)?;
+    let mut observe = |done, total, x: &Tensor<B>| {
+        progress(done, total);
+        match watch.as_mut() {
+            Some(w) => w(&Tensor::new(x.shape(), x.to_vec()?)?),
+            None => Ok(()),
+        }
+    };
     Ok(match guidance {
-        None => sample(&mut UNetDenoiser { model: &m.model, params: &params }, sched, kind, x_t, seed, progress)?,
+        None => {
+            let mut den = UNetDenoiser { model: &m.model, params: &params };
+            sample_observed(&mut den, sched, kind, x_t, seed, &mut observe)?
+        }
         Some(g) => {
             let mut den = GuidedDenoiser::new(&m.model, &params, &g.classes, g.w)?;
-            sample(&mut den as &mut dyn Denoiser<B>, sched, kind, x_t, seed, progress)?
+            sample_observed(&mut den as &mut dyn Denoiser<B>, sched, kind, x_t, seed, &mut observe)?
         }
     })
 }
@@ -214,12 +232,24 @@ pub fn generate(
     seed: u64,
     guidance: Option<&Guidance>,
 ) -> Result<(Tensor, usize)> {
+    generate_watched(device, m, (kind, guidance), x_t, seed, None)
+}
+
+/// [`generate`], showing `watch` the images after each network call.
+pub fn generate_watched(
+    device: &Device,
+    m: &SamplingModel,
+    (kind, guidance): (SamplerKind, Option<&Guidance>),
+    x_t: Tensor,
+    seed: u64,
+    watch: Option<&mut Watch>,
+) -> Result<(Tensor, usize)> {
     let sched = m.schedule.build(m.timesteps)?;
     kind.validate(sched.t).context("bad sampler settings")?;
     let calls = kind.timesteps(&sched).len();
     let bar = progress_bar(calls as u64, "sample");
     let mut progress = |done: usize, _| bar.set_position(done as u64);
-    let images = on_backend!(device, |b| sample_on(b, m, (&sched, kind, guidance), (x_t, seed), &mut progress))?;
+    let images = on_backend!(device, |b| sample_on(b, m, (&sched, kind, guidance), (x_t, seed), &mut progress, watch))?;
     bar.finish_and_clear();
     Ok((images, calls))
 }
@@ -232,7 +262,7 @@ pub const PRETRAINED_COND: &str = "data/pretrained/cond.safetensors";
 
 /// `--checkpoint`, or the shipped weights that fit the other flags, saying which; `Err` with what to do when the
 /// shipped file is not there (a command run outside the repository's root).
-fn checkpoint_or_pretrained(checkpoint: &Option<PathBuf>, conditional: bool) -> Result<PathBuf> {
+pub fn checkpoint_or_pretrained(checkpoint: &Option<PathBuf>, conditional: bool) -> Result<PathBuf> {
     if let Some(p) = checkpoint {
         checks::readable_file("--checkpoint", p)?;
         return Ok(p.clone());
@@ -266,6 +296,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
         OutKind::Safetensors => Kind::Samples,
     };
     checks::output("--out", &a.out, kind_of_out, &inputs, a.force)?;
+    if let Some(t) = &a.trajectory {
+        checks::extension("--trajectory", t, &["png"])?;
+        checks::output("--trajectory", t, Kind::Png, &inputs, a.force)?;
+        checks::distinct_outputs(&[("--out", &a.out), ("--trajectory", t)])?;
+    }
     if let Some(d) = a.digit.filter(|d| !(0..=9).contains(d)) {
         bail!("--digit must be a digit from 0 to 9, got {d}");
     }
@@ -329,6 +364,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
         w: a.guidance.unwrap_or(DEFAULT_GUIDANCE),
     });
     let per_row = if classes > 0 && a.digit.is_none() { n / classes } else { 8 };
+    if let Some(t) = &a.trajectory {
+        let frames = kind.timesteps(&m.schedule.build(m.timesteps)?).len() as u128 + 1;
+        let what = format!("--trajectory {} ({frames} frames of {n} images)", t.display());
+        checks::fits_in_memory(&what, frames * GridAnimation::frame_bytes(n, 32, 32, per_row))?;
+    }
     eprintln!(
         "sampling {n} images with {kind:?} on the {} from {} ({})",
         device.name(),
@@ -340,12 +380,22 @@ pub fn run(a: SampleArgs) -> Result<()> {
         let what = a.digit.map_or("one row per digit".to_string(), |d| format!("digit {d}"));
         eprintln!("class-conditional: {what}, classifier-free guidance w = {}", g.w);
     }
-    let (images, calls) = generate(&device, &m, kind, x_t, a.sampling.seed, guidance.as_ref())?;
+    let mut anim = a.trajectory.as_ref().map(|_| GridAnimation::new(per_row));
+    if let Some(an) = &mut anim {
+        an.push(&x_t)?;
+    }
+    let mut record = |x: &Tensor| anim.as_mut().map_or(Ok(()), |an| an.push(x));
+    let watch = a.trajectory.is_some().then_some(&mut record as &mut Watch);
+    let (images, calls) = generate_watched(&device, &m, (kind, guidance.as_ref()), x_t, a.sampling.seed, watch)?;
     match out {
         OutKind::Png => save_grid_png(&a.out, &images, per_row)?,
         OutKind::Safetensors => write_tensors(&a.out, &[("samples".to_string(), &images)], None)?,
     }
     eprintln!("wrote {} ({n} images, {calls} network calls, {:.3} s)", a.out.display(), start.elapsed().as_secs_f64());
+    if let (Some(path), Some(an)) = (&a.trajectory, &anim) {
+        an.save(path)?;
+        eprintln!("wrote {} ({} frames: x_T, then one per network call)", path.display(), an.len());
+    }
     Ok(())
 }
 

@@ -102,9 +102,19 @@ pub fn load_dataset(dir: &Path, split: Split) -> Result<Dataset> {
     let out_len = IMAGE_SIDE * IMAGE_SIDE;
     let mut data = vec![0.0f32; m.n * out_len];
     data.par_chunks_mut(out_len).zip(m.images.par_chunks(m.rows * m.cols)).try_for_each(|(out, img)| {
-        let resized = resize_bilinear(img, m.cols, m.rows, IMAGE_SIDE, IMAGE_SIDE)?;
-        out.iter_mut().zip(resized).for_each(|(o, v)| *o = to_model_range(v));
+        out.copy_from_slice(&to_model_image(img, m.cols, m.rows)?);
         Ok::<_, Error>(())
     })?;
     Ok(Dataset { images: Tensor::new(&[m.n, 1, IMAGE_SIDE, IMAGE_SIDE], data)?, labels: m.labels })
+}
+
+/// The reference transform of one 8-bit gray image of `w x h` (row-major, 0 = background): resized to 32x32 as
+/// [`resize_bilinear`] does (not at all when it is 32x32 already) and mapped to [-1, 1] by [`to_model_range`].
+pub fn to_model_image(pixels: &[u8], w: usize, h: usize) -> Result<Vec<f32>> {
+    let resized = if (w, h) == (IMAGE_SIDE, IMAGE_SIDE) && pixels.len() == w * h {
+        pixels.to_vec()
+    } else {
+        resize_bilinear(pixels, w, h, IMAGE_SIDE, IMAGE_SIDE)?
+    };
+    Ok(resized.into_iter().map(to_model_range).collect())
 }

@@ -1,16 +1,21 @@
 //! Diffusion maths: the noise schedule with the forward process ([`schedule`]), the reverse-process samplers
-//! ([`sampler`]), and their fused kernels behind [`DiffusionOps`] (`cpu.rs`, `gpu.rs`, `diffusion.cu`).
+//! ([`sampler`]) and DDIM inversion ([`inversion`]), and their fused kernels behind [`DiffusionOps`] (`cpu.rs`,
+//! `gpu.rs`, `diffusion.cu`).
 
 mod cpu;
 pub mod dpm_solver;
 mod gpu;
+pub mod inversion;
 pub mod sampler;
 pub mod schedule;
 #[cfg(test)]
 mod tests;
 
 pub use dpm_solver::{dpm_timesteps, DpmCoefs, Spacing};
-pub use sampler::{ddim_timesteps, initial_noise, sample, DdimCoefs, DdpmCoefs, Denoiser, SamplerKind};
+pub use inversion::{ddim_invert, regeneration_kind, roundtrip, slerp, RoundTripError};
+pub use sampler::{
+    ddim_timesteps, initial_noise, sample, sample_observed, DdimCoefs, DdpmCoefs, Denoiser, SamplerKind,
+};
 pub use schedule::{Schedule, ScheduleKind};
 
 use crate::backend::Memory;

@@ -192,6 +192,30 @@ impl DdimCoefs {
             rederive: false,
         })
     }
+
+    /// The coefficients of one DDIM inversion step (η = 0, no clamp) from `s` up to `t > s`, `s = None` being the
+    /// clean image (ᾱ = 1): x̂0 = (x_s - sqrt(1-ᾱ_s) ε)/sqrt(ᾱ_s) and x_t = sqrt(ᾱ_t) x̂0 + sqrt(1-ᾱ_t) ε. It is the
+    /// forward step from t to s with the roles swapped, so [`ddim_update`] and every backend's `ddim_step` run it
+    /// unchanged: the fields named for "t" describe s, those named "prev" describe t. `Err` if `t >= T` or
+    /// `s >= t`.
+    pub fn inverse(sched: &Schedule, s: Option<usize>, t: usize) -> Result<Self> {
+        check_t(sched, t)?;
+        if let Some(s) = s.filter(|&s| s >= t) {
+            return Err(Error::Arg(format!("DDIM inversion step {s} -> {t}: it must go up, to a later timestep")));
+        }
+        let ab_s = s.map_or(1.0, |s| sched.alphas_bar[s]);
+        let ab_t = sched.alphas_bar[t];
+        Ok(DdimCoefs {
+            sqrt_one_minus_ab: (1.0 - ab_s).sqrt(),
+            sqrt_ab: ab_s.sqrt(),
+            sqrt_ab_prev: ab_t.sqrt(),
+            sigma_sq: 0.0,
+            sigma: 0.0,
+            dir_coef: (1.0 - ab_t).sqrt(),
+            clamp: false,
+            rederive: false,
+        })
+    }
 }
 
 /// One DDIM step from `t` to `t_prev` with noise scale `eta`:
@@ -279,6 +303,26 @@ pub fn sample<B: Backend>(
     seed: u64,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
+    sample_observed(den, sched, kind, x_t, seed, &mut |done, total, _| {
+        progress(done, total);
+        Ok(())
+    })
+}
+
+/// What [`sample_observed`] calls after each network call: `(done, total, x)`.
+pub type Observer<'a, B> = dyn FnMut(usize, usize, &Tensor<B>) -> Result<()> + 'a;
+
+/// [`sample`], calling `observe(done, total, x)` after each network call with the x the step has just made (on
+/// the backend; x_0 unclamped after the last call), so that a caller can record the trajectory. An `Err` from
+/// `observe` stops the run.
+pub fn sample_observed<B: Backend>(
+    den: &mut dyn Denoiser<B>,
+    sched: &Schedule,
+    kind: SamplerKind,
+    x_t: Tensor<B>,
+    seed: u64,
+    observe: &mut Observer<B>,
+) -> Result<Tensor> {
     kind.validate(sched.t)?;
     let (n, ..) = x_t.dims4("sample: x_t")?;
     let ts = kind.timesteps(sched);
@@ -320,7 +364,7 @@ pub fn sample<B: Backend>(
             }
         }
         std::mem::swap(&mut x, &mut next);
-        progress(k + 1, ts.len());
+        observe(k + 1, ts.len(), &x)?;
     }
     let mut x = x.to_host()?;
     if kind.clamps() {

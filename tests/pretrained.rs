@@ -136,7 +136,8 @@ fn quality_writes_every_row_and_refuses_what_it_cannot_measure() {
     let quality_of = |(u, c): (&Path, &Path), extra: &[&str]| {
         let mut args = vec!["quality", "--device", "cpu", "--uncond", s(u), "--cond", s(c)];
         let defaults = [("--n", "10"), ("--ddpm-n", "4"), ("--calls", "2,3"), ("--guidance", "0,2"), ("--steps", "3")];
-        for (flag, value) in defaults.into_iter().chain([("--out", s(&out))]) {
+        let defaults = defaults.into_iter().chain([("--invert-n", "3"), ("--invert-steps", "2,4")]);
+        for (flag, value) in defaults.chain([("--out", s(&out))]) {
             if !extra.contains(&flag) {
                 args.extend([flag, value]);
             }
@@ -151,7 +152,8 @@ fn quality_writes_every_row_and_refuses_what_it_cannot_measure() {
         assert!(text.contains(row), "{row:?} missing from {text}");
     }
     assert!(text.contains("FID of the first 4"), "{text}");
-    for grid in ["ddpm-200.png", "ddim-2.png", "dpm++2m-3logsnr.png", "ddim-3guidedw2.png"] {
+    assert!(text.contains("DDIM round trip of the first 3 test digits") && text.contains("| 4 | 10 | "), "{text}");
+    for grid in ["ddpm-200.png", "ddim-2.png", "dpm++2m-3logsnr.png", "ddim-3guidedw2.png", "ddim-4roundtripof3.png"] {
         assert!(dir.join("q").join(grid).exists(), "{grid}");
     }
     // A guidance grid is a row per digit, one image each at n = 10: ten images of 32 pixels and 2 of padding.
@@ -163,7 +165,9 @@ fn quality_writes_every_row_and_refuses_what_it_cannot_measure() {
     // rewrites.
     let err = succeeds(&quality(&[]));
     assert!(
-        err.contains("11 rows measured before with the same settings are kept") && !err.contains("sampling"),
+        err.contains("13 rows measured before with the same settings are kept")
+            && !err.contains("sampling")
+            && !err.contains("inverting"),
         "{err}"
     );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
@@ -184,6 +188,9 @@ fn quality_writes_every_row_and_refuses_what_it_cannot_measure() {
     refuse(&["--guidance", "-1"], &["--guidance must list finite weights >= 0, got -1"]);
     refuse(&["--calls", "0"], &["--calls must list network calls of at least 1"]);
     refuse(&["--calls", "300"], &["--calls", "steps must be in 1..=200"]);
+    refuse(&["--invert-steps", "2,0"], &["--invert-steps must list DDIM steps of at least 1"]);
+    refuse(&["--invert-steps", "201"], &["--invert-steps", "steps must be in 1..=200"]);
+    refuse(&["--invert-n", "10001"], &["--invert-n 10001", "has 10000 images"]);
     let mixed = dir.join("mixed.md");
     refused(&quality_of((&cond, &cond), &["--out", s(&mixed)]), &["--uncond", "a class-conditional model"]);
     refused(&quality_of((&uncond, &uncond), &["--out", s(&mixed)]), &["--cond", "an unconditional model"]);

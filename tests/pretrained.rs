@@ -148,12 +148,20 @@ fn quality_writes_every_row_and_refuses_what_it_cannot_measure() {
     succeeds(&quality(&[]));
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(!text.contains("not run"), "{text}");
-    for row in ["| DDIM (η = 0) |", "| SDE-DPM-Solver++(2M) |", "| DDPM-200 | 200 | – |", "| 2 | ", "| 0 | "] {
+    for row in ["| DDIM (η = 0) |", "| SDE-DPM-Solver++(2M), uniform t |", "| DDPM-200 | 200 | – |", "| 2 | ", "| 0 | "]
+    {
         assert!(text.contains(row), "{row:?} missing from {text}");
     }
     assert!(text.contains("FID of the first 4"), "{text}");
     assert!(text.contains("DDIM round trip of the first 3 test digits") && text.contains("| 4 | 10 | "), "{text}");
-    for grid in ["ddpm-200.png", "ddim-2.png", "dpm++2m-3logsnr.png", "ddim-3guidedw2.png", "ddim-4roundtripof3.png"] {
+    for grid in [
+        "ddpm-200.png",
+        "ddim-2.png",
+        "dpm++2m-3logsnr.png",
+        "dpm++2m-sde-2uniform-t.png",
+        "ddim-3guidedw2.png",
+        "ddim-4roundtripof3.png",
+    ] {
         assert!(dir.join("q").join(grid).exists(), "{grid}");
     }
     // A guidance grid is a row per digit, one image each at n = 10: ten images of 32 pixels and 2 of padding.
@@ -165,7 +173,7 @@ fn quality_writes_every_row_and_refuses_what_it_cannot_measure() {
     // rewrites.
     let err = succeeds(&quality(&[]));
     assert!(
-        err.contains("13 rows measured before with the same settings are kept")
+        err.contains("17 rows measured before with the same settings are kept")
             && !err.contains("sampling")
             && !err.contains("inverting"),
         "{err}"
@@ -175,7 +183,7 @@ fn quality_writes_every_row_and_refuses_what_it_cannot_measure() {
     assert!(err.contains("w=5: sampling") && err.matches("sampling").count() == 1, "{err}");
     // Other settings measure every row again.
     let err = succeeds(&quality(&["--seed", "1"]));
-    assert!(!err.contains("measured before") && err.matches("sampling").count() == 11, "{err}");
+    assert!(!err.contains("measured before") && err.matches("sampling").count() == 15, "{err}");
 
     // Refused before any sampling.
     let refuse = |extra: &[&str], needles: &[&str]| {

@@ -87,15 +87,28 @@ enum Job {
 }
 
 /// The samplers of the solver rows at `calls` network calls, in the table's order.
-fn solvers(calls: usize) -> [SamplerKind; 4] {
-    let spacing = Spacing::LogSnr;
+/// DPM-Solver++ runs with both spacings the papers use: uniform log-SNR (ours by default) and uniform t.
+fn solvers(calls: usize) -> [SamplerKind; SOLVERS.len()] {
+    let (log_snr, uniform_t) = (Spacing::LogSnr, Spacing::UniformT);
     [
         SamplerKind::Ddim { steps: calls, eta: 0.0, clamp: true },
         SamplerKind::Ddim { steps: calls, eta: 1.0, clamp: true },
-        SamplerKind::DpmPp2m { steps: calls, spacing, clamp: true },
-        SamplerKind::DpmPp2mSde { steps: calls, spacing, clamp: true },
+        SamplerKind::DpmPp2m { steps: calls, spacing: log_snr, clamp: true },
+        SamplerKind::DpmPp2m { steps: calls, spacing: uniform_t, clamp: true },
+        SamplerKind::DpmPp2mSde { steps: calls, spacing: log_snr, clamp: true },
+        SamplerKind::DpmPp2mSde { steps: calls, spacing: uniform_t, clamp: true },
     ]
 }
+
+/// The summary table's label of each of [`solvers`]'s samplers, in its order.
+const SOLVERS: [&str; 6] = [
+    "DDIM (η = 0)",
+    "DDIM (η = 1)",
+    "DPM-Solver++(2M), log-SNR spacing",
+    "DPM-Solver++(2M), uniform t",
+    "SDE-DPM-Solver++(2M), log-SNR spacing",
+    "SDE-DPM-Solver++(2M), uniform t",
+];
 
 /// What the tables need to know besides the rows.
 struct Plan {
@@ -394,11 +407,10 @@ fn write_tables(a: &QualityArgs, plan: &Plan, device: &str, done: &[Option<Done>
     md.push_str("\n|---|");
     md.push_str(&"---|".repeat(a.calls.len()));
     md.push('\n');
-    for (s, label) in ["DDIM (η = 0)", "DDIM (η = 1)", "DPM-Solver++(2M)", "SDE-DPM-Solver++(2M)"].iter().enumerate()
-    {
+    for (s, label) in SOLVERS.iter().enumerate() {
         let _ = write!(md, "| {label} |");
         for (k, _) in a.calls.iter().enumerate() {
-            let cell = done[k * 4 + s].as_ref().map_or("not run".to_string(), |d| format!("{:.2}", d.fid));
+            let cell = done[k * SOLVERS.len() + s].as_ref().map_or("not run".to_string(), |d| format!("{:.2}", d.fid));
             let _ = write!(md, " {cell} |");
         }
         md.push('\n');

@@ -157,7 +157,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ddpm-quality-rows-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("rows.tsv");
-        let rows = [("DDIM-50".into(), &row), ("guided w=3".into(), &guided), ("DDIM-50 round trip".into(), &inversion)];
+        let rows =
+            [("DDIM-50".into(), &row), ("guided w=3".into(), &guided), ("DDIM-50 round trip".into(), &inversion)];
         save(&path, "settings A", &rows).unwrap();
         let back = load(&path, "settings A");
         assert_eq!(back.get("DDIM-50"), Some(&row));

@@ -4,59 +4,16 @@
 //! `sample --trajectory` end to end on a tiny untrained checkpoint, after their refusals.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::cli::{ddpm, parse_error, refused, s, scratch, stderr, succeeds};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use ddpm::nn::UNetConfig;
 use ddpm::tensor_file::{read_tensors, write_tensors};
 use ddpm::train::{RunConfig, TrainState};
 use ddpm::Tensor;
-
-fn ddpm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ddpm")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ddpm-inputs-{}-{name}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Asserts a clean failure before any sampling: exit status `code` (not a signal), stderr containing each of
-/// `needles`, no panic, and no line saying that sampling starts.
-fn fails(out: &Output, code: i32, needles: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(code), "expected a clean error exit; stderr: {err}");
-    assert!(!err.contains("panicked"), "panicked: {err}");
-    let started = err.lines().any(|l| l.starts_with("sampling ") || l.contains(": sampling "));
-    assert!(!started, "refused only after sampling started: {err}");
-    for needle in needles {
-        assert!(err.contains(needle), "stderr should contain {needle:?}: {err}");
-    }
-}
-
-/// A refusal by the command (exit status 1).
-fn refused(out: &Output, needles: &[&str]) {
-    fails(out, 1, needles)
-}
-
-/// A refusal by the argument parser (exit status 2).
-fn parse_error(out: &Output, needles: &[&str]) {
-    fails(out, 2, needles)
-}
-
-fn succeeds(out: &Output) {
-    assert!(out.status.success(), "{}", stderr(out));
-}
 
 /// A tiny checkpoint of ours (base 8, t_dim 4, T = 200, untrained) at `path`; `edit` may change the state first.
 fn tiny_checkpoint(path: &Path, edit: impl FnOnce(&mut TrainState)) {

@@ -2,47 +2,14 @@
 //! do, `ddpm sample` with no --checkpoint uses the shipped ones in data/pretrained/, and `ddpm quality` writes
 //! every row of its tables and refuses what it cannot measure before sampling.
 
+mod common;
+
+use common::cli::{ddpm, ddpm_in, refused, s, scratch, succeeds};
 use ddpm::diffusion::ScheduleKind;
 use ddpm::nn::UNetConfig;
 use ddpm::tensor_file::read_tensors;
 use ddpm::train::{RunConfig, TrainState};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn ddpm_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ddpm")).args(args).current_dir(dir).output().unwrap()
-}
-
-fn ddpm(args: &[&str]) -> Output {
-    ddpm_in(Path::new(env!("CARGO_MANIFEST_DIR")), args)
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ddpm-pretrained-{}-{name}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn succeeds(out: &Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{err}");
-    err
-}
-
-/// Asserts a clean failure: non-zero exit, no panic, and every one of `needles` in stderr.
-fn refused(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
-    assert!(!err.contains("panicked"), "panicked: {err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr should contain {n:?}: {err}");
-    }
-}
+use std::path::Path;
 
 /// A checkpoint of an untrained tiny UNet (T = 200) with `classes` classes and `schedule`, whose EMA weights
 /// differ from its live ones.

@@ -2,7 +2,7 @@
 
 use super::checks::{self, Kind};
 use super::sample::{check_memory, generate, load_model, Guidance, SamplerArgs};
-use super::{on_backend, resolve_device, Device, DeviceArg};
+use super::{on_backend, Device};
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
 use ddpm::atomic_write::write_atomic;
@@ -80,13 +80,8 @@ pub struct EvalArgs {
     /// Print one JSON line instead of the table.
     #[arg(long)]
     json: bool,
-    /// Where to run the sampler and the classifier.
-    #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceArg,
-    /// Convolutions and linear layers in bf16 (tensor cores; default on a GPU) or fp32 (default, and the only
-    /// path, on the CPU).
-    #[arg(long, value_enum)]
-    precision: Option<super::PrecisionArg>,
+    #[command(flatten)]
+    run: super::RunArgs,
     /// Replace --grid even when it is a file this command reads or one that is not a PNG.
     #[arg(long)]
     force: bool,
@@ -179,7 +174,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         checks::extension("--grid", grid, &["png"])?;
         checks::output("--grid", grid, Kind::Png, &inputs, a.force)?;
     }
-    let device = resolve_device(a.device, a.precision)?;
+    let device = a.run.resolve()?;
     let source = match (&a.samples, &a.checkpoint) {
         (Some(path), _) => Source::File(read_samples(path, a.n)?),
         (None, Some(ckpt)) => {
@@ -312,13 +307,8 @@ pub struct TableArgs {
     /// the rows it finished. An existing file is replaced only if this command wrote it.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceArg,
-    /// Convolutions and linear layers in bf16 (tensor cores; default on a GPU) or fp32 (default, and the only
-    /// path, on the CPU).
-    #[arg(long, value_enum)]
-    precision: Option<super::PrecisionArg>,
+    #[command(flatten)]
+    run: super::RunArgs,
     /// Replace --out and the grids even when they are files this command did not write.
     #[arg(long)]
     force: bool,
@@ -360,7 +350,7 @@ pub fn run_table(mut a: TableArgs) -> Result<()> {
     };
     checks::extension("--out", &out, &["md"])?;
     checks::output("--out", &out, Kind::Table, &inputs, a.force)?;
-    let device = resolve_device(a.device, a.precision)?;
+    let device = a.run.resolve()?;
     let m = load_model(&a.checkpoint, true)?;
     let (flag, most) = if ddpm_n > a.n { ("--ddpm-n", ddpm_n) } else { ("--n", a.n) };
     check_memory(&device, &format!("{flag} {most}"), most, &m.model.config)?;

@@ -4,7 +4,7 @@
 
 use super::checks::{self, Kind};
 use super::sample::{check_memory, checkpoint_or_pretrained, load_model};
-use super::{on_backend, progress_bar, resolve_device, Device, DeviceArg, PrecisionArg};
+use super::{on_backend, progress_bar, Device};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{ArgGroup, Args};
 use ddpm::backend::Backend;
@@ -37,12 +37,8 @@ pub struct ModelArgs {
     /// Use the live weights instead of the EMA weights (checkpoints of ours only).
     #[arg(long)]
     no_ema: bool,
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceArg,
-    /// Convolutions and linear layers in bf16 (default on a GPU) or fp32 (default, and the only path, on the CPU).
-    #[arg(long, value_enum)]
-    precision: Option<PrecisionArg>,
+    #[command(flatten)]
+    run: super::RunArgs,
     /// Replace an output even when it is a file this command reads or did not write.
     #[arg(long)]
     force: bool,
@@ -264,7 +260,7 @@ pub fn run_invert(a: InvertArgs) -> Result<()> {
     }
     let picked = a.pick()?;
     let n = picked.names.len();
-    let device = resolve_device(a.model.device, a.model.precision)?;
+    let device = a.model.run.resolve()?;
     let what = match (&a.indices, a.count) {
         (Some(_), _) => format!("--indices ({n} images)"),
         (None, Some(_)) => format!("--count {n}"),
@@ -314,7 +310,7 @@ pub fn run_interpolate(a: InterpolateArgs) -> Result<()> {
     let test = mnist_test(&a.model.data)?;
     let (from, to) = (test_images(&test, &[a.from], "--from")?, test_images(&test, &[a.to], "--to")?);
     let ends = Tensor::new(&[2, 1, IMAGE_SIDE, IMAGE_SIDE], [from.images.data(), to.images.data()].concat())?;
-    let device = resolve_device(a.model.device, a.model.precision)?;
+    let device = a.model.run.resolve()?;
     let (m, sched) = prepare(&a.model, &checkpoint, &device, (&format!("--frames {}", a.frames), a.frames))?;
     let (steps, frames) = (a.model.steps, a.frames);
     eprintln!(

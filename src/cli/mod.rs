@@ -15,7 +15,7 @@ mod sample;
 mod train;
 
 use anyhow::{anyhow, bail, Result};
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ddpm::backend::{Gpu, Memory, Precision};
 use ddpm::gpu::cuda::Cuda;
 use ddpm::gpu::emu::Emulator;
@@ -88,6 +88,26 @@ pub enum PrecisionArg {
     /// bf16 operands with f32 accumulation on the tensor cores, as torch.autocast(dtype=torch.bfloat16) does; the
     /// weights, optimiser, normalisation statistics, loss and sampler updates stay f32 (the default on a GPU).
     Bf16,
+}
+
+/// Where a sampling command runs and in which precision: the flags `sample`, `eval`, `sampler-table`, `quality`,
+/// `invert` and `interpolate` share.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct RunArgs {
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Convolutions and linear layers in bf16 (tensor cores; default on a GPU) or fp32 (default, and the only
+    /// path, on the CPU).
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
+}
+
+impl RunArgs {
+    /// The device the flags ask for, checked ([`resolve_device`]).
+    fn resolve(self) -> Result<Device> {
+        resolve_device(self.device, self.precision)
+    }
 }
 
 /// The backend a command runs on.

@@ -8,7 +8,7 @@ use super::eval::{check_n, draw, grid_file, sampler_name, ScoringArgs};
 use super::invert::{mnist_test, pairs_grid, roundtrip_on, test_images};
 use super::quality_rows::{self, Done};
 use super::sample::{check_memory, load_model, Guidance, PRETRAINED_COND, PRETRAINED_UNCOND};
-use super::{on_backend, resolve_device, Device, DeviceArg};
+use super::{on_backend, Device};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ddpm::atomic_write::write_atomic;
@@ -63,13 +63,8 @@ pub struct QualityArgs {
     /// `ddpm quality` or `ddpm sampler-table` wrote it.
     #[arg(long, default_value = "quality.md")]
     out: PathBuf,
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceArg,
-    /// Convolutions and linear layers in bf16 (tensor cores; default on a GPU) or fp32 (default, and the only
-    /// path, on the CPU).
-    #[arg(long, value_enum)]
-    precision: Option<super::PrecisionArg>,
+    #[command(flatten)]
+    run: super::RunArgs,
     /// Replace --out and the grids even when they are files this command did not write.
     #[arg(long)]
     force: bool,
@@ -172,7 +167,7 @@ pub fn run(a: QualityArgs) -> Result<()> {
     let inputs = [a.scoring.check()?, ("--uncond", a.uncond.as_path()), ("--cond", a.cond.as_path())];
     checks::extension("--out", &a.out, &["md"])?;
     checks::output("--out", &a.out, Kind::Table, &inputs, a.force)?;
-    let device = resolve_device(a.device, a.precision)?;
+    let device = a.run.resolve()?;
     let uncond = load_model(&a.uncond, true)?;
     let cond = load_model(&a.cond, true)?;
     if uncond.model.config.classes > 0 {

@@ -1,7 +1,7 @@
 //! `ddpm sample`: load weights, run DDPM, DDIM or DPM-Solver++, write a PNG grid or a safetensors tensor.
 
 use super::checks::{self, Kind};
-use super::{on_backend, progress_bar, resolve_device, Device, DeviceArg};
+use super::{on_backend, progress_bar, Device};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use ddpm::backend::Backend;
@@ -112,13 +112,8 @@ pub struct SampleArgs {
     /// Output: `.png` writes a grid (8 per row, 2-pixel padding), `.safetensors` the tensor `samples` [n,1,32,32].
     #[arg(long, default_value = "samples.png")]
     out: PathBuf,
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceArg,
-    /// Convolutions and linear layers in bf16 (tensor cores; default on a GPU) or fp32 (default, and the only
-    /// path, on the CPU).
-    #[arg(long, value_enum)]
-    precision: Option<super::PrecisionArg>,
+    #[command(flatten)]
+    run: super::RunArgs,
     /// Replace --out even when it is a file this command reads or did not write (a checkpoint, say).
     #[arg(long)]
     force: bool,
@@ -307,7 +302,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if let Some(w) = a.guidance.filter(|w| !(w.is_finite() && *w >= 0.0)) {
         bail!("--guidance must be finite and >= 0, got {w}");
     }
-    let device = resolve_device(a.device, a.precision)?;
+    let device = a.run.resolve()?;
     let kind = a.sampling.kind()?;
     let m = load_model(&checkpoint, !a.sampling.no_ema)?;
     kind.validate(m.timesteps).context("bad sampler settings")?;

@@ -10,6 +10,8 @@ use ddpm::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
 use std::path::PathBuf;
 
+pub mod cli;
+
 /// `rel` under the repository: under `$CARGO_MANIFEST_DIR` when set at run time (cargo sets it; so does
 /// scripts/gpu-check.sh for test binaries built on another machine), else under the crate this was built in.
 pub fn repo_path(rel: &str) -> PathBuf {

@@ -39,6 +39,9 @@ impl<E: Executor> NormOps for Gpu<E> {
             need("group_norm dx", *dx, d.n * d.c * d.plane)?;
         }
         let accumulate = dx.as_ref().is_some_and(|(_, acc)| *acc);
+        // x and gy are staged for the dx pass, which only runs with a dx.
+        let has_dx = dx.is_some();
+        let staged = if has_dx { staging(d, 2) } else { None };
         let nc = d.n * d.c;
         let parts = e.alloc(2 * nc)?;
         let args = [
@@ -56,12 +59,14 @@ impl<E: Executor> NormOps for Gpu<E> {
             i32_arg(d.groups)?,
             Arg::I32(d.silu as i32),
             Arg::I32(accumulate as i32),
+            Arg::I32(staged.is_some() as i32),
         ];
-        // x and gy read for the group sums and again for dx (and dx itself when accumulating): ~12 operations per
-        // value.
+        // x and gy read for the group sums and, for dx unless staged, again (and dx itself when accumulating):
+        // ~12 operations per value.
         let len = d.n * d.c * d.plane;
-        let read = (4 + usize::from(accumulate)) * len;
-        run(e, Kernel::GroupNormBwd, grid(d)?, Cost::pass(read, len, 12), &args)?;
+        let reads = if has_dx && staged.is_none() { 4 } else { 2 };
+        let read = (reads + usize::from(accumulate)) * len;
+        run(e, Kernel::GroupNormBwd, grid(d, staged)?, Cost::pass(read, len, 12), &args)?;
         sum_rows_pair(e, &parts, d.n, d.c, (dgamma, dbeta))
     }
 }
@@ -106,6 +111,7 @@ fn forward<E: Executor>(
     // Fresh buffers that only this launch writes.
     let (mean, rstd) = (e.alloc(d.n * d.groups)?, e.alloc(d.n * d.groups)?);
     let len = d.n * d.c * d.plane;
+    let staged = staging(d, 1);
     let (y32, yb, written) = match y {
         Output::F32(y) => (Arg::Buf(&*y), Arg::Null, 4 * len),
         Output::Nhwc(b) => (Arg::Null, Arg::Bf16(b), 2 * len),
@@ -123,16 +129,32 @@ fn forward<E: Executor>(
         i32_arg(d.groups)?,
         Arg::F32(d.eps),
         Arg::I32(d.silu as i32),
+        Arg::I32(staged.is_some() as i32),
     ];
-    // Statistics from one read, the normalised (and SiLU'd) output from a second: ~8 operations per value.
-    let cost = Cost::simt(8 * len, 8 * len + written);
-    run(e, Kernel::GroupNormFwd, grid(d)?, cost, &args)?;
+    // Statistics from one read, the normalised (and SiLU'd) output from a second unless staged: ~8 operations per
+    // value.
+    let read = if staged.is_some() { 4 * len } else { 8 * len };
+    let cost = Cost::simt(8 * len, read + written);
+    run(e, Kernel::GroupNormFwd, grid(d, staged)?, cost, &args)?;
     Ok((mean, rstd))
 }
 
-/// One block per (group, image).
-fn grid(d: NormDesc) -> Result<LaunchCfg> {
-    Ok(LaunchCfg { grid: [int(d.groups)? as u32, int(d.n)? as u32, 1], block: [BLOCK, 1, 1], shared_bytes: 0 })
+/// Dynamic shared memory a block may take to keep its group's values, the kernels' `max-dynamic-shared`: 64 KiB
+/// leaves room for three blocks of 256 threads on an SM (228 KiB), enough to keep a memory-bound pass near full
+/// bandwidth.
+const STAGE_MAX: usize = 64 * 1024;
+
+/// The dynamic shared memory, in bytes, that keeps `arrays` f32 arrays of one group's values, if it is at most
+/// [`STAGE_MAX`]; `None` means the kernel reads device memory again instead.
+fn staging(d: NormDesc, arrays: usize) -> Option<u32> {
+    let bytes = arrays * 4 * (d.c / d.groups.max(1)) * d.plane;
+    (bytes <= STAGE_MAX).then_some(bytes as u32)
+}
+
+/// One block per (group, image), with `shared` bytes of dynamic shared memory for the staged group.
+fn grid(d: NormDesc, shared: Option<u32>) -> Result<LaunchCfg> {
+    let grid = [int(d.groups)? as u32, int(d.n)? as u32, 1];
+    Ok(LaunchCfg { grid, block: [BLOCK, 1, 1], shared_bytes: shared.unwrap_or(0) })
 }
 
 fn check<B: crate::gpu::DeviceBuf>(d: NormDesc, x: &B, gamma: &B, beta: &B) -> Result<()> {

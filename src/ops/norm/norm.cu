@@ -1,5 +1,8 @@
 // norm.cu: GroupNorm (optionally fused with SiLU), forward and backward, as src/cpu/norm.rs.
 // One block per (group g, image i): the group's M = (C/G)*plane values are contiguous in NCHW.
+// When the launch gives a block dynamic shared memory for the group (`stage`), its values are read from device
+// memory once, into shared memory, and every later pass reads them there; otherwise each pass reads them again.
+// Both orders of arithmetic are the same, so staged and unstaged launches give the same bits.
 #include "common.cuh"
 
 static __device__ __forceinline__ float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
@@ -8,19 +11,32 @@ static __device__ __forceinline__ float sigmoidf_(float z) { return 1.0f / (1.0f
 // Two passes over the group (mean, then the centred variance) for accuracy. When `yb` is not null, y is not
 // written: the values go to yb as bf16 channels-last [n, plane, C] (C % 8 == 0), the operand of the conv that
 // reads them (conv_gather_mma), rounded as nchw_to_nhwc_bf16 rounds y, so that the conv's operand is made without
-// writing y and converting it. Launch: grid (G, n), block 256.
+// writing y and converting it. With `stage`, the group's M values are kept in M floats of dynamic shared memory.
+// Launch: grid (G, n), block 256.
+// max-dynamic-shared: 65536
 extern "C" __global__ void __launch_bounds__(256)
 group_norm_fwd(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                float* __restrict__ y, bf16* __restrict__ yb, float* __restrict__ mean_out,
-               float* __restrict__ rstd_out, int C, int plane, int G, float eps, int silu) {
+               float* __restrict__ rstd_out, int C, int plane, int G, float eps, int silu, int stage) {
   __shared__ float scratch[32];
+  float* staged = nullptr;  // only a staging launch has dynamic shared memory
+  if (stage) {
+    DYN_SHARED(float, smem);
+    staged = smem;
+  }
   const int g = blockIdx.x, i = blockIdx.y, cpg = C / G, M = cpg * plane;
   const long long base = ((long long)i * C + (long long)g * cpg) * plane;
   float s = 0.0f;
-  for (int e = threadIdx.x; e < M; e += blockDim.x) s += x[base + e];
+  for (int e = threadIdx.x; e < M; e += blockDim.x) {
+    const float v = x[base + e];
+    if (stage) staged[e] = v;
+    s += v;
+  }
+  // The group's values for the later passes; block_sum's barriers make the staged ones visible to every thread.
+  const float* xg = stage ? staged : x + base;
   const float mean = block_sum(s, scratch) / M;
   float q = 0.0f;
-  for (int e = threadIdx.x; e < M; e += blockDim.x) { const float d = x[base + e] - mean; q += d * d; }
+  for (int e = threadIdx.x; e < M; e += blockDim.x) { const float d = xg[e] - mean; q += d * d; }
   const float rstd = 1.0f / sqrtf(block_sum(q, scratch) / M + eps);
   if (yb) {
     // Thread p reads pixel p of each of the group's channels (coalesced across threads) and writes them as the
@@ -29,14 +45,14 @@ group_norm_fwd(const float* __restrict__ x, const float* __restrict__ gamma, con
     for (int p = threadIdx.x; p < plane; p += blockDim.x) {
       for (int j = 0; j < cpg; j++) {
         const int c = g * cpg + j;
-        const float z = (x[base + (long long)j * plane + p] - mean) * rstd * gamma[c] + beta[c];
+        const float z = (xg[(long long)j * plane + p] - mean) * rstd * gamma[c] + beta[c];
         out[(long long)p * C + j] = f32_to_bf16(silu ? z * sigmoidf_(z) : z);
       }
     }
   } else {
     for (int e = threadIdx.x; e < M; e += blockDim.x) {
       const int c = g * cpg + e / plane;
-      const float z = (x[base + e] - mean) * rstd * gamma[c] + beta[c];
+      const float z = (xg[e] - mean) * rstd * gamma[c] + beta[c];
       y[base + e] = silu ? z * sigmoidf_(z) : z;
     }
   }
@@ -46,14 +62,20 @@ group_norm_fwd(const float* __restrict__ x, const float* __restrict__ gamma, con
 // With gz = gy * silu'(z) (or gy): per channel c of image i, dgamma_part[i][c] = sum gz*xhat and
 // dbeta_part[i][c] = sum gz (reduced over images afterwards by sum_rows, in order), and, when dx is not null,
 // dx = rstd*(gz*gamma - mean(gz*gamma) - xhat*mean(gz*gamma*xhat)) over the group; added to dx when accumulate
-// (x's gradient from its other readers: one pass instead of a separate add).
-// Launch: grid (G, n), block 256.
+// (x's gradient from its other readers: one pass instead of a separate add). With `stage`, the group's x and gy
+// are kept in 2M floats of dynamic shared memory for the dx pass. Launch: grid (G, n), block 256.
+// max-dynamic-shared: 65536
 extern "C" __global__ void __launch_bounds__(256)
 group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ gy,
                float* __restrict__ dx, float* __restrict__ dgamma_part, float* __restrict__ dbeta_part, int C,
-               int plane, int G, int silu, int accumulate) {
+               int plane, int G, int silu, int accumulate, int stage) {
   __shared__ float scratch[32];
+  float* staged = nullptr;  // only a staging launch has dynamic shared memory
+  if (stage) {
+    DYN_SHARED(float, smem);
+    staged = smem;
+  }
   const int g = blockIdx.x, i = blockIdx.y, cpg = C / G, M = cpg * plane;
   const long long base = ((long long)i * C + (long long)g * cpg) * plane;
   const float m = mean[i * G + g], r = rstd[i * G + g];
@@ -65,8 +87,13 @@ group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, con
     const float* gc = gy + base + (long long)j * plane;
     float dg = 0.0f, db = 0.0f;
     for (int p = threadIdx.x; p < plane; p += blockDim.x) {
-      const float xh = (xc[p] - m) * r;
-      float gz = gc[p];
+      const float xv = xc[p], gv = gc[p];
+      if (stage) {
+        staged[j * plane + p] = xv;
+        staged[M + j * plane + p] = gv;
+      }
+      const float xh = (xv - m) * r;
+      float gz = gv;
       if (silu) {
         const float z = xh * ga + be, sg = sigmoidf_(z);
         gz *= sg * (1.0f + z * (1.0f - sg));
@@ -81,12 +108,15 @@ group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, con
     s2 += dg * ga;
   }
   if (!dx) return;
+  // block_sum's barriers above make the staged values visible to every thread.
+  const float* xg = stage ? staged : x + base;
+  const float* gg = stage ? staged + M : gy + base;
   const float a1 = s1 / M, a2 = s2 / M;
   for (int e = threadIdx.x; e < M; e += blockDim.x) {
     const int c = g * cpg + e / plane;
     const float ga = gamma[c], be = beta[c];
-    const float xh = (x[base + e] - m) * r;
-    float gz = gy[base + e];
+    const float xh = (xg[e] - m) * r;
+    float gz = gg[e];
     if (silu) {
       const float z = xh * ga + be, sg = sigmoidf_(z);
       gz *= sg * (1.0f + z * (1.0f - sg));

@@ -20,7 +20,7 @@
 # library's unit-test binary) and the model tests (tests/emu_model.rs) on the device (their `--ignored` CUDA
 # variants) and the classifier's; one epoch of the reference's recipe (with its FID at the end), then the 30 epochs
 # of the recipe projected from its log.csv's wall-clock column; DDPM and DDIM-50 sampling from its checkpoint;
-# `ddpm eval` of DDIM-50 at n = 1000; `ddpm bench` sampler-step times; last, compute-sanitizer's memcheck and
+# `ddpm eval` of DDIM-50 at n = 1000; last, compute-sanitizer's memcheck and
 # racecheck over a few conv and GroupNorm kernel tests (not run, and said so, under --emu or where there is no
 # compute-sanitizer: then they count neither as passed nor as failed).
 # The conv group: every conv shape of the UNet timed alone (`ddpm bench --what convs`, bf16 and fp32), the same
@@ -264,7 +264,6 @@ if ! $only_convs; then
   step "sample DDIM-$ddim_steps" 60 "$bin_dir/ddpm" sample --device "$dev" --checkpoint "$ckpt" --sampler ddim --steps "$ddim_steps" "${sample_n[@]}" --out "$run/sample_ddim$ddim_steps.png"
   step "sample DDPM" 120 "$bin_dir/ddpm" sample --device "$dev" --checkpoint "$ckpt" --sampler ddpm "${sample_n[@]}" --out "$run/sample_ddpm.png"
   step "eval DDIM-$ddim_steps at n = $eval_n" 120 "$bin_dir/ddpm" eval --device "$dev" --checkpoint "$ckpt" --steps "$ddim_steps" --n "$eval_n"
-  step "bench sampler step" 60 "$bin_dir/ddpm" bench --device "$dev" --what sample "${sample_bench[@]}"
   if [ -f "$run/log.csv" ]; then
     echo
     echo "=== training log: first and last steps (step,epoch,loss,grad_norm,lr,unix_time,fid)"

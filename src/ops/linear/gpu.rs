@@ -3,7 +3,7 @@
 //! under bf16 the linear layers run as 1x1 convs on the tensor cores.
 
 use super::LinearOps;
-use crate::backend::{ConvOps, Gpu, Memory, Precision};
+use crate::backend::{ConvOps, Gpu, Memory, Precision, ReduceOps};
 use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, LinearDesc};
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, int, need, run, SPLIT_TARGET_BLOCKS};
@@ -30,7 +30,7 @@ impl<E: Executor> LinearOps for Gpu<E> {
         gy: &E::Buf,
         grads: LayerGrads<E::Buf>,
     ) -> Result<()> {
-        self.linear_backward_with(d, (x, w, gy), None, grads)
+        self.linear_backward_with(d, (x, w, gy), None, (grads, None))
     }
     fn linear_forward_keep(
         &self,
@@ -53,12 +53,16 @@ impl<E: Executor> LinearOps for Gpu<E> {
         d: LinearDesc,
         (x, w, gy): (&E::Buf, &E::Buf, &E::Buf),
         kept: Option<&Self::Kept>,
-        grads: LayerGrads<E::Buf>,
+        (grads, db): (LayerGrads<E::Buf>, Option<&mut E::Buf>),
     ) -> Result<()> {
         if self.precision() == Precision::Bf16 {
-            return self
-                .conv2d_backward_with(&as_conv(d), (Some(x), w, gy), kept, grads, BiasSums::default())
-                .map(drop);
+            // The bias sums come out of the conv backward's conversion of dy and its weight-gradient reduction, as
+            // a conv's do: no launch of their own.
+            let sums = BiasSums { bias: db, chan_bias: false };
+            return self.conv2d_backward_with(&as_conv(d), (Some(x), w, gy), kept, grads, sums).map(drop);
+        }
+        if let Some(db) = db {
+            self.column_sums(gy, d.batch, d.fout, db)?;
         }
         let e = self.executor();
         if let Some(dx) = grads.dx {

@@ -51,16 +51,18 @@ pub trait LinearOps: ConvOps {
         let _ = (keep, packed);
         self.linear_forward(d, x, w, bias, y).map(|()| None)
     }
-    /// [`LinearOps::linear_backward`] with what the forward kept.
+    /// [`LinearOps::linear_backward`] with what the forward kept, and the bias's gradient `db: [fout]` (the column
+    /// sums of `gy`) when asked for; by default through [`ReduceOps::column_sums`].
     fn linear_backward_with(
         &self,
         d: LinearDesc,
         (x, w, gy): (&Self::Buf, &Self::Buf, &Self::Buf),
         kept: Option<&Self::Kept>,
-        grads: LayerGrads<Self::Buf>,
+        (grads, db): (LayerGrads<Self::Buf>, Option<&mut Self::Buf>),
     ) -> Result<()> {
         let _ = kept;
-        self.linear_backward(d, x, w, gy, grads)
+        self.linear_backward(d, x, w, gy, grads)?;
+        db.map_or(Ok(()), |db| self.column_sums(gy, d.batch, d.fout, db))
     }
 }
 
@@ -110,17 +112,15 @@ impl<B: Backend> Rule<B> for Linear<B> {
         let be = tape.backend();
         let (mut dx, mut dw) = (tape.grad_for(self.x)?, tape.grad_for(self.w)?);
         let grads = LayerGrads { dx: dx.as_mut().map(Tensor::buf_mut), dw: dw.as_mut().map(Tensor::buf_mut) };
+        // The bias's gradient, written into its place.
+        let mut db = match self.b {
+            Some(b) => tape.grad_for(b)?.map(|t| (b, t)),
+            None => None,
+        };
         let bufs = (tape.value(self.x).buf(), tape.value(self.w).buf(), gout.buf());
-        be.linear_backward_with(self.d, bufs, self.kept.as_ref(), grads)?;
-        let mut out: Vec<_> = dx.map(|d| (self.x, d)).into_iter().chain(dw.map(|d| (self.w, d))).collect();
-        if let Some(b) = self.b {
-            // The bias's gradient, written into its place.
-            if let Some(mut db) = tape.grad_for(b)? {
-                be.column_sums(gout.buf(), self.d.batch, self.d.fout, db.buf_mut())?;
-                out.push((b, db));
-            }
-        }
-        Ok(out)
+        let db_buf = db.as_mut().map(|(_, t)| t.buf_mut());
+        be.linear_backward_with(self.d, bufs, self.kept.as_ref(), (grads, db_buf))?;
+        Ok(dx.map(|d| (self.x, d)).into_iter().chain(dw.map(|d| (self.w, d))).chain(db).collect())
     }
 }
 

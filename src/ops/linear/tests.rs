@@ -3,7 +3,7 @@
 use super::gemm::{self, Mat};
 use super::gpu::{self, Gemm};
 use super::LinearOps;
-use crate::backend::{Cpu, Gpu, ReduceOps};
+use crate::backend::{Cpu, Gpu, Precision, ReduceOps};
 use crate::desc::{LayerGrads, LinearDesc};
 use crate::gpu::Executor;
 use crate::ops::testing::{close, down, gpu_test, out, rand, up};
@@ -117,3 +117,30 @@ fn linear<E: Executor>(g: &Gpu<E>) {
     close(&down(g, &dbb), &db, 1e-5, 1e-5, "linear db");
 }
 gpu_test!(linear);
+
+// The bias's gradient made inside the backward (`linear_backward_with`'s `db`): by `column_sums` in f32, and under
+// bf16 by the conv backward's dy conversion and weight-gradient reduction (a linear layer is a 1x1 conv there),
+// with and without dW. db sums the f32 gy over 5 rows either way, so it is held to f32's 1e-5; the bf16 dW only to
+// the GEMM's bf16 operands (a sum of 5 products, each operand within 2^-8 relative: abs 1e-2 at values in [-1, 1)).
+fn linear_bias_gradient_in_the_backward<E: Executor>(dev: &Gpu<E>) {
+    let d = LinearDesc { batch: 5, fin: 16, fout: 24 };
+    let (x, w, gy) = (rand(60, d.batch * d.fin), rand(61, d.fout * d.fin), rand(62, d.batch * d.fout));
+    let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; d.fout]);
+    Cpu.linear_backward(d, &x, &w, &gy, LayerGrads { dx: None, dw: Some(&mut dw) }).unwrap();
+    Cpu.column_sums(&gy, d.batch, d.fout, &mut db).unwrap();
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        let g = &dev.clone().with_precision(precision);
+        let (xb, wb, gyb) = (up(g, &x), up(g, &w), up(g, &gy));
+        for with_dw in [true, false] {
+            let what = format!("linear db ({precision:?}, dW {with_dw})");
+            let (mut dwb, mut dbb) = (out(g, w.len()), out(g, d.fout));
+            let grads = LayerGrads { dx: None, dw: with_dw.then_some(&mut dwb) };
+            g.linear_backward_with(d, (&xb, &wb, &gyb), None, (grads, Some(&mut dbb))).unwrap();
+            close(&down(g, &dbb), &db, 1e-5, 1e-5, &what);
+            if with_dw {
+                close(&down(g, &dwb), &dw, 1e-2, 1e-2, &format!("{what}: dW"));
+            }
+        }
+    }
+}
+gpu_test!(linear_bias_gradient_in_the_backward);

@@ -24,8 +24,9 @@ from pathlib import Path
 PASS_KIND = {"forward": "fwd", "input_grad": "dx", "weight_grad": "dW"}
 
 
-def read(path):
-    rows = []
+def json_lines(path):
+    """(line number, object) of each line of `path` that starts with `{` (the others are a tool's prose); exits
+    with an error naming the file for an unreadable file or a line that is not JSON."""
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as e:
@@ -35,9 +36,14 @@ def read(path):
         if not line.startswith("{"):
             continue
         try:
-            r = json.loads(line)
+            yield i, json.loads(line)
         except json.JSONDecodeError as e:
             sys.exit(f"error: {path}:{i}: not valid JSON ({e.msg})")
+
+
+def read(path):
+    rows = []
+    for i, r in json_lines(path):
         missing = [f for f in ("name", "pass", "precision", "median_ms") if f not in r]
         if missing:
             sys.exit(f"error: {path}:{i}: no field {', '.join(missing)}")

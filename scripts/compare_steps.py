@@ -21,26 +21,17 @@ PyTorch's is the host clock between two torch.cuda.synchronize() (the training s
 loss.item() and EMA update; the sampler step is the UNet forward and the DDIM update).
 """
 import argparse
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # compare_convs.py beside this file
+from compare_convs import json_lines  # noqa: E402
 
 
 def read(paths):
     ours, torch_rows, predicted = [], [], []
     for path in paths:
-        try:
-            lines = Path(path).read_text().splitlines()
-        except OSError as e:
-            sys.exit(f"error: cannot read {path}: {e.strerror}")
-        for i, line in enumerate(lines, 1):
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                sys.exit(f"error: {path}:{i}: not valid JSON ({e.msg})")
+        for i, r in json_lines(path):
             if "workload" in r and "median_s" in r:
                 r["kind"] = str(r["workload"]).lower()
                 ours.append(r)

@@ -62,7 +62,9 @@ extern "C" void emu_cp_async_wait(int n);
 #define EMU_SITE __FILE__ ":" EMU_STR(__LINE__) "#" EMU_STR(__COUNTER__)
 #define __syncthreads() emu_syncthreads(EMU_SITE)
 #define __syncwarp(...) emu_syncwarp(EMU_SITE)
-inline void __threadfence() {}
+// Blocks may run on different host threads: a fence and real atomics, as a GPU's are device-wide.
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 inline void __threadfence_block() {}
 
 // ---- warp shuffles: publish to the warp's slots, barrier, read, barrier (slots stay valid until all have read) ----

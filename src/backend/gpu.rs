@@ -5,18 +5,25 @@ use super::{Memory, Precision};
 use crate::error::Result;
 use crate::gpu::{DeviceBuf, Executor, IntBuf};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A GPU backend: a shared handle to one executor (the emulator or a CUDA device).
 pub struct Gpu<E: Executor> {
     exec: Arc<E>,
     precision: Precision,
+    /// One `int`, 0 between launches: the count of finished blocks by which the last block of a launch knows to
+    /// finish its reduction (and sets it back to 0). Launches on the executor's one stream never overlap, so one
+    /// serves them all. Uploaded when the backend is made, before any step (so that no step's buffers change),
+    /// or, should that fail, at its first use, whose error then says why.
+    ticket: Arc<OnceLock<IntBuf<E::Buf>>>,
 }
 
 impl<E: Executor> Gpu<E> {
     /// A backend running on `exec` in f32.
     pub fn new(exec: E) -> Self {
-        Gpu { exec: Arc::new(exec), precision: Precision::Fp32 }
+        let gpu = Gpu { exec: Arc::new(exec), precision: Precision::Fp32, ticket: Arc::default() };
+        let _ = gpu.ticket();
+        gpu
     }
 
     /// This backend's executor with its convolutions and linear layers in `precision`.
@@ -28,11 +35,20 @@ impl<E: Executor> Gpu<E> {
     pub fn executor(&self) -> &E {
         &self.exec
     }
+
+    /// The block counter of last-block reductions (see the field), 0 when no launch is running.
+    pub(crate) fn ticket(&self) -> Result<&IntBuf<E::Buf>> {
+        if let Some(t) = self.ticket.get() {
+            return Ok(t);
+        }
+        let fresh = self.exec.upload_i32(&[0])?;
+        Ok(self.ticket.get_or_init(|| fresh))
+    }
 }
 
 impl<E: Executor> Clone for Gpu<E> {
     fn clone(&self) -> Self {
-        Gpu { exec: self.exec.clone(), precision: self.precision }
+        Gpu { exec: self.exec.clone(), precision: self.precision, ticket: self.ticket.clone() }
     }
 }
 

@@ -8,7 +8,6 @@ use crate::error::{Error, Result};
 use crate::gpu::launch::{i32_arg, int, need, run, BLOCK};
 use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel, LaunchCfg};
 use crate::ops::conv::mma::Nhwc;
-use crate::ops::reduce::gpu::sum_rows_pair;
 
 impl<E: Executor> NormOps for Gpu<E> {
     fn group_norm_forward(
@@ -35,6 +34,8 @@ impl<E: Executor> NormOps for Gpu<E> {
         need("group_norm mean", mean, d.n * d.groups)?;
         need("group_norm rstd", rstd, d.n * d.groups)?;
         need("group_norm gy", gy, d.n * d.c * d.plane)?;
+        need("group_norm dgamma", dgamma, d.c)?;
+        need("group_norm dbeta", dbeta, d.c)?;
         if let Some((dx, _)) = &dx {
             need("group_norm dx", *dx, d.n * d.c * d.plane)?;
         }
@@ -54,6 +55,9 @@ impl<E: Executor> NormOps for Gpu<E> {
             Arg::opt(dx.map(|(b, _)| &*b)),
             Arg::BufAt(&parts, 0),
             Arg::BufAt(&parts, nc),
+            Arg::Buf(dgamma),
+            Arg::Buf(dbeta),
+            Arg::Ints(self.ticket()?),
             i32_arg(d.c)?,
             i32_arg(d.plane)?,
             i32_arg(d.groups)?,
@@ -62,12 +66,13 @@ impl<E: Executor> NormOps for Gpu<E> {
             Arg::I32(staged.is_some() as i32),
         ];
         // x and gy read for the group sums and, for dx unless staged, again (and dx itself when accumulating):
-        // ~12 operations per value.
+        // ~12 operations per value. The per-image partials of dγ and dβ, written and read back by the last block,
+        // are small next to them.
         let len = d.n * d.c * d.plane;
         let reads = if has_dx && staged.is_none() { 4 } else { 2 };
         let read = (reads + usize::from(accumulate)) * len;
-        run(e, Kernel::GroupNormBwd, grid(d, staged)?, Cost::pass(read, len, 12), &args)?;
-        sum_rows_pair(e, &parts, d.n, d.c, (dgamma, dbeta))
+        let read = read + 2 * nc;
+        run(e, Kernel::GroupNormBwd, grid(d, staged)?, Cost::pass(read, len + 2 * nc, 12), &args)
     }
 }
 

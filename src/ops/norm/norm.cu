@@ -60,7 +60,9 @@ group_norm_fwd(const float* __restrict__ x, const float* __restrict__ gamma, con
 }
 
 // With gz = gy * silu'(z) (or gy): per channel c of image i, dgamma_part[i][c] = sum gz*xhat and
-// dbeta_part[i][c] = sum gz (reduced over images afterwards by sum_rows, in order), and, when dx is not null,
+// dbeta_part[i][c] = sum gz; the last block to finish them (counted on `ticket`, an int that is 0 between
+// launches and that block sets back to 0) adds them over the images, in image order, into dgamma and dbeta, so the
+// result does not depend on which block is last. When dx is not null,
 // dx = rstd*(gz*gamma - mean(gz*gamma) - xhat*mean(gz*gamma*xhat)) over the group; added to dx when accumulate
 // (x's gradient from its other readers: one pass instead of a separate add). With `stage`, the group's x and gy
 // are kept in 2M floats of dynamic shared memory for the dx pass. Launch: grid (G, n), block 256.
@@ -68,9 +70,11 @@ group_norm_fwd(const float* __restrict__ x, const float* __restrict__ gamma, con
 extern "C" __global__ void __launch_bounds__(256)
 group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ gy,
-               float* __restrict__ dx, float* __restrict__ dgamma_part, float* __restrict__ dbeta_part, int C,
-               int plane, int G, int silu, int accumulate, int stage) {
+               float* __restrict__ dx, float* dgamma_part, float* dbeta_part, float* __restrict__ dgamma,
+               float* __restrict__ dbeta, int* ticket, int C, int plane, int G, int silu, int accumulate,
+               int stage) {
   __shared__ float scratch[32];
+  __shared__ int last[1];
   float* staged = nullptr;  // only a staging launch has dynamic shared memory
   if (stage) {
     DYN_SHARED(float, smem);
@@ -106,6 +110,28 @@ group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, con
     if (threadIdx.x == 0) { dgamma_part[(long long)i * C + c] = dg; dbeta_part[(long long)i * C + c] = db; }
     s1 += db * ga;
     s2 += dg * ga;
+  }
+  // This block's partials are visible device-wide before its ticket is taken (thread 0 wrote them; the fence
+  // orders its writes, the barrier the other threads' view of `last`).
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last[0] = atomicAdd(ticket, 1) == (int)(gridDim.x * gridDim.y) - 1;
+  }
+  __syncthreads();
+  if (last[0]) {
+    __threadfence();
+    const volatile float* pg = dgamma_part;
+    const volatile float* pb = dbeta_part;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      float sg = 0.0f, sb = 0.0f;
+      for (int n = 0; n < (int)gridDim.y; n++) {
+        sg += pg[(long long)n * C + c];
+        sb += pb[(long long)n * C + c];
+      }
+      dgamma[c] = sg;
+      dbeta[c] = sb;
+    }
+    if (threadIdx.x == 0) *ticket = 0;
   }
   if (!dx) return;
   // block_sum's barriers above make the staged values visible to every thread.

@@ -56,41 +56,11 @@ pub(crate) fn sum_rows<E: Executor>(
     c_len: usize,
     out: &mut E::Buf,
 ) -> Result<()> {
-    sum_rows_into(e, (parts, offset), n, c_len, (out, None))
-}
-
-/// [`sum_rows`] of two `[n, c_len]` blocks of `parts` (the second right after the first) into `out.0` and
-/// `out.1`, in one launch.
-pub(crate) fn sum_rows_pair<E: Executor>(
-    e: &E,
-    parts: &E::Buf,
-    n: usize,
-    c_len: usize,
-    (first, second): (&mut E::Buf, &mut E::Buf),
-) -> Result<()> {
-    sum_rows_into(e, (parts, 0), n, c_len, (first, Some(second)))
-}
-
-/// `sum_rows` over one block of `parts` into `out.0`, or two into both outputs.
-fn sum_rows_into<E: Executor>(
-    e: &E,
-    (parts, offset): (&E::Buf, usize),
-    n: usize,
-    c_len: usize,
-    (out, out2): (&mut E::Buf, Option<&mut E::Buf>),
-) -> Result<()> {
-    let blocks = 1 + out2.is_some() as usize;
-    need("sum_rows parts", parts, offset + blocks * n * c_len)?;
+    need("sum_rows parts", parts, offset + n * c_len)?;
     need("sum_rows out", out, c_len)?;
-    out2.as_ref().map_or(Ok(()), |o| need("sum_rows out2", *o, c_len))?;
-    let cfg = LaunchCfg {
-        grid: [int(c_len.div_ceil(256).max(1))? as u32, blocks as u32, 1],
-        block: [BLOCK, 1, 1],
-        shared_bytes: 0,
-    };
-    let args = [Arg::BufAt(parts, offset), Arg::Buf(out), Arg::opt(out2.map(|o| &*o)), i32_arg(n)?, i32_arg(c_len)?];
-    let (words, sums) = (blocks * n * c_len, blocks * c_len);
-    run(e, Kernel::SumRows, cfg, Cost::pass(words, sums, n), &args)
+    let cfg = LaunchCfg::linear(int(c_len.div_ceil(256).max(1))? as u32, BLOCK);
+    let args = [Arg::BufAt(parts, offset), Arg::Buf(out), i32_arg(n)?, i32_arg(c_len)?];
+    run(e, Kernel::SumRows, cfg, Cost::pass(n * c_len, c_len, n), &args)
 }
 
 /// A channel concat's buffers, by direction: which are read and which written.

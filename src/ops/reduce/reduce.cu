@@ -78,17 +78,13 @@ extern "C" __global__ void __launch_bounds__(256) row_sums(const float* __restri
 }
 
 // out[c] = sum_i parts[i][c] over the n rows of parts [n, C], in row order: reduces per-image partial
-// gradients (bias, GroupNorm gamma/beta, linear bias) deterministically. When out2 is not null, blocks with
-// blockIdx.y = 1 sum a second [n, C] block that follows the first into out2 the same way (GroupNorm's gamma and
-// beta in one launch). Launch: grid (CEIL_DIV(C, 256), out2 ? 2 : 1), block 256.
-extern "C" __global__ void sum_rows(const float* __restrict__ parts, float* __restrict__ out,
-                                    float* __restrict__ out2, int n, int C) {
+// gradients (bias sums) deterministically. Launch: grid CEIL_DIV(C, 256), block 256.
+extern "C" __global__ void sum_rows(const float* __restrict__ parts, float* __restrict__ out, int n, int C) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  const float* block = parts + (long long)blockIdx.y * n * C;
   float s = 0.0f;
-  for (int i = 0; i < n; i++) s += block[(long long)i * C + c];
-  (blockIdx.y ? out2 : out)[c] = s;
+  for (int i = 0; i < n; i++) s += parts[(long long)i * C + c];
+  out[c] = s;
 }
 
 // dst[i][dst_off + c][p] = src[i][src_off + c][p] for c < count, images i < n, p < plane; src has src_c channels

@@ -95,6 +95,11 @@ fn solvers(calls: usize) -> [SamplerKind; SOLVERS.len()] {
     ]
 }
 
+/// The sampler of the guidance rows: DDIM with `steps` steps, η = 0, as `ddpm sample` draws by default.
+fn guided_kind(steps: usize) -> SamplerKind {
+    SamplerKind::Ddim { steps, eta: 0.0, clamp: true }
+}
+
 /// The summary table's label of each of [`solvers`]'s samplers, in its order.
 const SOLVERS: [&str; 6] = [
     "DDIM (η = 0)",
@@ -122,13 +127,18 @@ impl Plan {
         match job {
             Job::Solver(SamplerKind::Ddpm) => (self.ddpm_n, &self.uncond, None),
             Job::Solver(_) => (n, &self.uncond, None),
-            Job::Invert(_) => (self.digits.as_ref().map_or(0, |d| d.shape()[0]), &self.uncond, None),
+            Job::Invert(_) => (self.invert_n(), &self.uncond, None),
             Job::Guided(w) => {
                 let classes = self.cond.model.config.classes;
                 let per_class = n / classes;
                 (n, &self.cond, Some(Guidance { classes: (0..n).map(|i| i / per_class).collect(), w }))
             }
         }
+    }
+
+    /// How many test digits the inversion rows invert (0 without them).
+    fn invert_n(&self) -> usize {
+        self.digits.as_ref().map_or(0, |d| d.shape()[0])
     }
 
     /// The path of the grid `file` relative to the table.
@@ -141,7 +151,7 @@ impl Plan {
         match job {
             Job::Solver(kind) => sampler_name(kind, self.uncond.timesteps),
             Job::Guided(w) => format!("DDIM-{steps} guided w={w}"),
-            Job::Invert(s) => format!("DDIM-{s} round trip of {}", self.of(job, 0).0),
+            Job::Invert(s) => format!("DDIM-{s} round trip of {}", self.invert_n()),
         }
     }
 }
@@ -192,7 +202,7 @@ pub fn run(a: QualityArgs) -> Result<()> {
     for job in &jobs {
         let (kind, t, flag) = match *job {
             Job::Solver(kind) => (kind, uncond.timesteps, "--calls"),
-            Job::Guided(_) => (SamplerKind::Ddim { steps: a.steps, eta: 0.0, clamp: true }, cond.timesteps, "--steps"),
+            Job::Guided(_) => (guided_kind(a.steps), cond.timesteps, "--steps"),
             Job::Invert(s) => (regeneration_kind(s), uncond.timesteps, "--invert-steps"),
         };
         kind.validate(t).with_context(|| format!("{flag}: {}", sampler_name(kind, t)))?;
@@ -257,10 +267,7 @@ fn run_on<B: Backend>(b: &B, a: &QualityArgs, device: &Device, plan: &Plan) -> R
         let row = match job {
             Job::Invert(steps) => invert_row(b, plan, (&sched, steps), name)?,
             Job::Solver(kind) => sample_row(a, device, plan, &evaluators, (job, kind), name)?,
-            Job::Guided(_) => {
-                let kind = SamplerKind::Ddim { steps: a.steps, eta: 0.0, clamp: true };
-                sample_row(a, device, plan, &evaluators, (job, kind), name)?
-            }
+            Job::Guided(_) => sample_row(a, device, plan, &evaluators, (job, guided_kind(a.steps)), name)?,
         };
         done[i] = Some(row);
         let finished: Vec<(String, &Done)> =

@@ -65,13 +65,11 @@ impl<E: Executor> NormOps for Gpu<E> {
             Arg::I32(accumulate as i32),
             Arg::I32(staged.is_some() as i32),
         ];
-        // x and gy read for the group sums and, for dx unless staged, again (and dx itself when accumulating):
-        // ~12 operations per value. The per-image partials of dγ and dβ, written and read back by the last block,
-        // are small next to them.
+        // x and gy read for the group sums and, for dx unless staged, again (and dx itself when accumulating), and
+        // the per-image partials of dγ and dβ written and read back by the last block: ~12 operations per value.
         let len = d.n * d.c * d.plane;
         let reads = if has_dx && staged.is_none() { 4 } else { 2 };
-        let read = (reads + usize::from(accumulate)) * len;
-        let read = read + 2 * nc;
+        let read = (reads + usize::from(accumulate)) * len + 2 * nc;
         run(e, Kernel::GroupNormBwd, grid(d, staged)?, Cost::pass(read, len + 2 * nc, 12), &args)
     }
 }

@@ -159,10 +159,18 @@ fn bench_model_prints_one_json_object_per_step_kind_and_refuses_what_it_cannot_p
     let r = ddpm(&["bench", "--what", "train", "--batch", "4", "--base", "8", "--t-dim", "16", "--model", "h200"]);
     let table = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success() && table.contains("conv_gather_mma") && table.contains("adamw_ema"), "{table}");
+    // With --launches, one numbered line per launch follows: as many as the JSON's count, the optimiser last.
+    let r = ddpm(&[&["bench", "--what", "train", "--launches"][..], &small[..small.len() - 1]].concat());
+    let listing = String::from_utf8_lossy(&r.stdout);
+    let numbered: Vec<_> =
+        listing.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).collect();
+    assert_eq!(Value::Num(numbered.len() as f64), objects[0]["launches"], "{listing}");
+    assert!(numbered.last().is_some_and(|l| l.contains("adamw_ema")), "{listing}");
     for (args, needle) in [
         (&["--model", "a100"][..], "unknown device model"),
         (&["--model", "h200", "--device", "cpu"][..], "--device does not apply"),
         (&["--model", "h200", "--what", "convs"][..], "whole steps"),
+        (&["--launches"][..], "--model"),
     ] {
         let r = ddpm(&[&["bench", "--batch", "2", "--base", "8"][..], args].concat());
         let err = String::from_utf8_lossy(&r.stderr);

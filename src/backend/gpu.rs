@@ -7,22 +7,26 @@ use crate::gpu::{DeviceBuf, Executor, IntBuf};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
+/// Block counters a backend holds for last-block reductions: one per output tile of the largest weight gradient
+/// (a 3x3 conv of 1024 to 1024 channels has 16 x 144 tiles of 64 x 64).
+pub const TICKETS: usize = 4096;
+
 /// A GPU backend: a shared handle to one executor (the emulator or a CUDA device).
 pub struct Gpu<E: Executor> {
     exec: Arc<E>,
     precision: Precision,
-    /// One `int`, 0 between launches: the count of finished blocks by which the last block of a launch knows to
-    /// finish its reduction (and sets it back to 0). Launches on the executor's one stream never overlap, so one
-    /// serves them all. Uploaded when the backend is made, before any step (so that no step's buffers change),
-    /// or, should that fail, at its first use, whose error then says why.
-    ticket: Arc<OnceLock<IntBuf<E::Buf>>>,
+    /// [`TICKETS`] `int`s, 0 between launches: counts of finished blocks by which the last block of a launch (or
+    /// of a tile of one) knows to finish its reduction (and sets its count back to 0). Launches on the executor's
+    /// one stream never overlap, so one array serves them all. Uploaded when the backend is made, before any step
+    /// (so that no step's buffers change), or, should that fail, at its first use, whose error then says why.
+    tickets: Arc<OnceLock<IntBuf<E::Buf>>>,
 }
 
 impl<E: Executor> Gpu<E> {
     /// A backend running on `exec` in f32.
     pub fn new(exec: E) -> Self {
-        let gpu = Gpu { exec: Arc::new(exec), precision: Precision::Fp32, ticket: Arc::default() };
-        let _ = gpu.ticket();
+        let gpu = Gpu { exec: Arc::new(exec), precision: Precision::Fp32, tickets: Arc::default() };
+        let _ = gpu.tickets();
         gpu
     }
 
@@ -36,19 +40,19 @@ impl<E: Executor> Gpu<E> {
         &self.exec
     }
 
-    /// The block counter of last-block reductions (see the field), 0 when no launch is running.
-    pub(crate) fn ticket(&self) -> Result<&IntBuf<E::Buf>> {
-        if let Some(t) = self.ticket.get() {
+    /// The block counters of last-block reductions (see the field), 0 when no launch is running.
+    pub(crate) fn tickets(&self) -> Result<&IntBuf<E::Buf>> {
+        if let Some(t) = self.tickets.get() {
             return Ok(t);
         }
-        let fresh = self.exec.upload_i32(&[0])?;
-        Ok(self.ticket.get_or_init(|| fresh))
+        let fresh = self.exec.upload_i32(&[0; TICKETS])?;
+        Ok(self.tickets.get_or_init(|| fresh))
     }
 }
 
 impl<E: Executor> Clone for Gpu<E> {
     fn clone(&self) -> Self {
-        Gpu { exec: self.exec.clone(), precision: self.precision, ticket: self.ticket.clone() }
+        Gpu { exec: self.exec.clone(), precision: self.precision, tickets: self.tickets.clone() }
     }
 }
 

@@ -28,7 +28,7 @@ mod cpu;
 mod gpu;
 
 pub use cpu::Cpu;
-pub use gpu::Gpu;
+pub use gpu::{Gpu, TICKETS};
 
 pub use crate::diffusion::DiffusionOps;
 pub use crate::ops::conv::ConvOps;

@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Prints launches, host syncs, bytes copied, device allocations and the predicted time of one step.
     #[arg(long, value_name = "DEVICE")]
     pub(super) model: Option<String>,
+    /// With --model: after the table, every launch of the step in order, with its grid, DRAM bytes and predicted
+    /// time (to see which layer a kernel's launches belong to).
+    #[arg(long, requires = "model", conflicts_with = "json")]
+    pub(super) launches: bool,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {

@@ -46,6 +46,9 @@ pub fn run(a: &BenchArgs, model: &str, precision: Precision) -> Result<()> {
             println!("{}", json(s, &model, precision, a));
         } else {
             print!("{}", table(s, &model, precision, a));
+            if a.launches {
+                print!("{}", sequence(s, &model));
+            }
         }
     }
     Ok(())
@@ -124,6 +127,23 @@ fn json(s: &Step, m: &DeviceModel, precision: Precision, a: &BenchArgs) -> Strin
         1e3 * m.seconds(&s.launches, false),
         1e3 * m.seconds(&s.launches, true),
     )
+}
+
+/// Every launch of `s` in order: its kernel, grid, DRAM bytes and predicted time (without the gap between launches).
+fn sequence(s: &Step, m: &DeviceModel) -> String {
+    let mut out = format!("\n{:>4} {:<24} {:>16} {:>9} {:>9}\n", "#", "kernel", "grid", "MB", "pred. us");
+    for (i, l) in s.launches.iter().enumerate() {
+        let [x, y, z] = l.cfg.grid;
+        out += &format!(
+            "{:>4} {:<24} {:>16} {:>9.1} {:>9.1}\n",
+            i + 1,
+            l.kernel.name(),
+            format!("{x}x{y}x{z}"),
+            l.cost.dram_bytes as f64 / 1e6,
+            m.kernel_seconds(l) * 1e6
+        );
+    }
+    out
 }
 
 /// Per kernel: launches, work and predicted time, the costliest first, then the step's totals.

@@ -40,6 +40,12 @@ impl Cost {
         Cost { tc_flops: flops as u64, fp32_flops: 0, dram_bytes: bytes as u64 }
     }
 
+    /// Both costs, as of one launch doing both.
+    pub fn plus(mut self, o: Cost) -> Self {
+        self.add(o);
+        self
+    }
+
     fn add(&mut self, o: Cost) {
         self.tc_flops += o.tc_flops;
         self.fp32_flops += o.fp32_flops;

@@ -8,8 +8,8 @@
 //   only taps with S | qy + P - ky contribute). conv forward and transposed-conv dgrad use the first, conv dgrad
 //   and transposed-conv forward the second; only the packed weight differs.
 // - conv_wgrad_mma: part[s][m][tap][c] = sum over the pixels r of split s of a[r][m] * b[src(r, tap)][c], the
-//   weight gradient as a split-K over the batch's pixels (fixed partition), then wgrad_reduce sums the splits in
-//   order: no atomics, the same bits every run.
+//   weight gradient as a split-K over the batch's pixels (fixed partition), each tile's splits summed in order by
+//   the tile's last block: no atomics on the values, the same bits every run.
 // The GEMMs read channels 8 at a time (one 16-byte copy), so the NHWC copies and the packed weights pad every
 // channel count to a multiple of 8 with zeros: the 1-channel input and output convs then cost 8x their few
 // FLOPs, far less than the f32 path's column matrix would (scripts/conv-cost.py).
@@ -260,15 +260,22 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
     }
 }
 
-// part[s][m][tap][c] = sum over the pixels r of split s of a[r][m] * b[i(r)][src(q(r), tap)][c], the conv's own
-// map src (iy = qy*S - P + ky). a: [n, QH, QW, M] bf16, b: [n, IH, IW, C] bf16, part: [splits, M, K*K*C] f32.
-// M % 8 == 0, C % 8 == 0 (padded). Split s covers pixels [s*per, min((s+1)*per, n*QH*QW)), per a multiple of BK. The GEMM:
-// rows = M, columns = K*K*C, depth = the split's pixels; both operands are stored depth-major, so their
-// fragments come through ldmatrix .trans. Launch: grid (CEIL_DIV(K*K*C, 64), CEIL_DIV(M, 64), splits), block 128,
+// dw[m][c][tap] = sum over the batch's pixels r of a[r][m] * b[i(r)][src(q(r), tap)][c], the conv's own map src
+// (iy = qy*S - P + ky), for m < MR, c < CR: a conv's [out, in, k*k] weight gradient (m = out) or a transposed
+// conv's [in, out, k*k] (m = in). a: [n, QH, QW, M] bf16, b: [n, IH, IW, C] bf16, M and C the padded counts
+// (multiples of 8). A split-K over the pixels: block z covers pixels [z*per, min((z+1)*per, n*QH*QW)), per a
+// multiple of BK, and writes its tile's partial sums to part[z][m][tap][c] ([splits, M, K*K*C] f32). The last
+// block to finish a tile (counted on tickets[tile], 0 between launches and set back to 0 by that block) adds the
+// splits in order, so the same bits every run whichever block is last, with no atomics on the values. The GEMM:
+// rows = M, columns = K*K*C, depth = the split's pixels; both operands are stored depth-major, so their fragments
+// come through ldmatrix .trans. When db is given, the last block of tile 0 also sums the bias gradient,
+// db[j] = sum_{r < rows} bias_part[r][j] for j < B (rows in order, as sum_rows adds them): one conv's backward
+// reductions cost no launch of their own. Launch: grid (CEIL_DIV(K*K*C, 64), CEIL_DIV(M, 64), splits), block 128,
 // dynamic shared memory STAGES * 2 * COL_TILE * 2 bytes (27 KiB).
 extern "C" __global__ void __launch_bounds__(MMA_THREADS)
-conv_wgrad_mma(const bf16* __restrict__ a, const bf16* __restrict__ b, float* __restrict__ part, int n, int M,
-               int C, int IH, int IW, int QH, int QW, int K, int S, int P, int per) {
+conv_wgrad_mma(const bf16* __restrict__ a, const bf16* __restrict__ b, float* part, float* __restrict__ dw,
+               int* tickets, const float* __restrict__ bias_part, float* __restrict__ db, int n, int M, int C, int MR,
+               int CR, int IH, int IW, int QH, int QW, int K, int S, int P, int per, int rows, int B) {
   DYN_SHARED(bf16, smem);
   bf16* As = smem;                     // [STAGES][BK][BM + PAD]: rows = pixels, columns = m
   bf16* Bs = smem + STAGES * COL_TILE;  // [STAGES][BK][BN + PAD]: rows = pixels, columns = (tap, c)
@@ -314,7 +321,8 @@ conv_wgrad_mma(const bf16* __restrict__ a, const bf16* __restrict__ b, float* __
   });
 
   const int g = lane >> 2, t = lane & 3;
-  float* p = part + (long long)blockIdx.z * M * width;
+  const long long split = (long long)M * width;
+  float* p = part + blockIdx.z * split;
 #pragma unroll
   for (int x = 0; x < 2; x++)
 #pragma unroll
@@ -327,28 +335,32 @@ conv_wgrad_mma(const bf16* __restrict__ a, const bf16* __restrict__ b, float* __
         if (col < width) p[(long long)m * width + col] = acc[x][y][v];
       }
     }
-}
 
-// dw[m][c][tap] = sum_{s < splits} part[s][m][tap][c] for m < M, c < C, the splits added in order (so the same bits
-// every run); part is laid out with the padded counts MP, CP. dw is a conv's [out, in, k*k] weight gradient
-// (m = out) or a transposed conv's [in, out, k*k] (m = in). The same launch also sums the conv's bias gradient,
-// db[j] = sum_{r < rows} bias_part[r][j] for j < B (rows in order, as sum_rows adds them), when db is given:
-// the two reductions of one conv's backward cost one launch. Launch: grid-stride over M*C*KK + B.
-extern "C" __global__ void wgrad_reduce(const float* __restrict__ part, float* __restrict__ dw, int splits, int M,
-                                        int C, int MP, int CP, int KK, const float* __restrict__ bias_part,
-                                        float* __restrict__ db, int rows, int B) {
-  const long long width = (long long)KK * CP, split = MP * width, weights = (long long)M * C * KK;
-  GRID_STRIDE(e, weights + (db ? B : 0)) {
+  // Every thread's partials are visible device-wide before the block takes its ticket (each thread fences its own
+  // writes; the barrier orders them before thread 0's atomic, and thread 0's answer before the others read it).
+  __shared__ int last[1];
+  const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last[0] = atomicAdd(tickets + tile, 1) == (int)gridDim.z - 1;
+  __syncthreads();
+  if (!last[0]) return;
+  __threadfence();
+  const int KK = K * K;
+  const volatile float* pv = part;  // other blocks' partials: read past the (incoherent) L1
+  for (int e = tid; e < BM * BN; e += MMA_THREADS) {
+    const int m = m0 + e / BN, col = n0 + e % BN, tp = col / C, c = col - tp * C;
+    if (m >= MR || col >= width || c >= CR) continue;
+    const long long at = (long long)m * width + col;
     float s = 0.0f;
-    if (e < weights) {
-      const int tap = e % KK, c = e / KK % C, m = e / KK / C;
-      const long long src = m * width + (long long)tap * CP + c;
-      for (int k = 0; k < splits; k++) s += part[k * split + src];
-      dw[e] = s;
-    } else {
-      const long long j = e - weights;
-      for (int r = 0; r < rows; r++) s += bias_part[(long long)r * B + j];
-      db[j] = s;
-    }
+    for (int z = 0; z < (int)gridDim.z; z++) s += pv[z * split + at];
+    dw[((long long)m * CR + c) * KK + tp] = s;
+  }
+  if (tid == 0) tickets[tile] = 0;
+  if (!db || tile != 0) return;
+  for (int j = tid; j < B; j += MMA_THREADS) {
+    float s = 0.0f;
+    for (int r = 0; r < rows; r++) s += bias_part[(long long)r * B + j];
+    db[j] = s;
   }
 }

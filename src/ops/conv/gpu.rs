@@ -152,7 +152,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 let xb = kept_or(kept.and_then(|k| k.input.as_ref()), &mut fresh, || {
                     mma::to_nhwc_bf16(e, need_input(x)?, n, g.c, g.h * g.w)
                 })?;
-                mma::wgrad(e, &Wgrad::of(g, n, co), (&gb, xb), dw, bias.take())?;
+                mma::wgrad(e, &Wgrad::of(g, n, co), (&gb, xb), dw, bias.take(), self.tickets()?)?;
             }
             bias.map_or(Ok(()), |b| b.sum(e))?;
             if let Some(dx) = grads.dx {
@@ -233,7 +233,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 let mut fresh = None;
                 let xb =
                     kept_or(kept.and_then(|k| k.input.as_ref()), &mut fresh, || mma::to_nhwc_bf16(e, x, n, ci, plane))?;
-                mma::wgrad(e, &Wgrad::of(g, n, ci), (xb, &gb), dw, bias.take())?;
+                mma::wgrad(e, &Wgrad::of(g, n, ci), (xb, &gb), dw, bias.take(), self.tickets()?)?;
             }
             bias.map_or(Ok(()), |b| b.sum(e))?;
             if let Some(dx) = grads.dx {

@@ -376,14 +376,22 @@ fn partition(d: &Wgrad) -> (usize, usize) {
     (pixels.div_ceil(per).max(1), per)
 }
 
-/// `dw` (overwritten) as [`Wgrad`] describes: per-split partial sums on the tensor cores, then the splits added in
-/// a fixed order, in the launch that also sums `bias` when given.
+/// Tiles of a [`wgrad`] launch at most: one ticket each in the backend's counter array
+/// ([`crate::backend::TICKETS`]).
+fn tiles(d: &Wgrad) -> usize {
+    (d.k * d.k * padded(d.c)).div_ceil(TILE) * padded(d.m).div_ceil(TILE)
+}
+
+/// `dw` (overwritten) as [`Wgrad`] describes: per-split partial sums on the tensor cores, the splits added in a
+/// fixed order by each tile's last block (counted on `tickets`, one per tile, 0 between launches), which for tile 0
+/// also sums `bias` when given: one launch.
 pub(crate) fn wgrad<E: Executor>(
     e: &E,
     d: &Wgrad,
     (rows, gathered): (&Nhwc<E::Buf>, &Nhwc<E::Buf>),
     dw: &mut E::Buf,
     bias: Option<PendingBias<E::Buf>>,
+    tickets: &IntBuf<E::Buf>,
 ) -> Result<()> {
     if (rows.c, gathered.c) != (d.m, d.c) {
         return Err(Error::Shape(format!(
@@ -396,6 +404,18 @@ pub(crate) fn wgrad<E: Executor>(
     need_bf16("conv_wgrad_mma rows", &rows.buf, d.n * d.grid.0 * d.grid.1 * mp)?;
     need_bf16("conv_wgrad_mma gathered", &gathered.buf, d.n * d.input.0 * d.input.1 * cp)?;
     need("conv_wgrad_mma dw", dw, d.m * d.c * kk)?;
+    if tickets.len() < tiles(d) {
+        return Err(Error::Shape(format!(
+            "conv_wgrad_mma: {} output tiles, more than the {} block counters",
+            tiles(d),
+            tickets.len()
+        )));
+    }
+    let (rows_b, len_b) = bias.as_ref().map_or((0, 0), |b| (b.n, b.len));
+    if let Some(b) = &bias {
+        need("conv_wgrad_mma bias_part", b.per_image, b.n * b.len)?;
+        need("conv_wgrad_mma db", b.out, b.len)?;
+    }
     let (splits, per) = partition(d);
     let part = e.alloc(splits * mp * width)?;
     let cfg = LaunchCfg {
@@ -403,29 +423,25 @@ pub(crate) fn wgrad<E: Executor>(
         block: [THREADS, 1, 1],
         shared_bytes: WGRAD_SMEM,
     };
-    let mut args = vec![Arg::Bf16(&rows.buf), Arg::Bf16(&gathered.buf), Arg::Buf(&part)];
-    for v in [d.n, mp, cp, d.input.0, d.input.1, d.grid.0, d.grid.1, d.k, d.stride, d.pad, per] {
-        args.push(i32_arg(v)?);
-    }
-    let pixels = d.n * d.grid.0 * d.grid.1;
-    let flops = 2 * mp * width * pixels;
-    let bytes = 2 * pixels * mp + 2 * d.n * d.input.0 * d.input.1 * cp + 4 * splits * mp * width;
-    run(e, Kernel::ConvWgradMma, cfg, Cost::tensor(flops, bytes), &args)?;
-    let (rows_b, len_b) = bias.as_ref().map_or((0, 0), |b| (b.n, b.len));
-    if let Some(b) = &bias {
-        need("wgrad_reduce bias_part", b.per_image, b.n * b.len)?;
-        need("wgrad_reduce db", b.out, b.len)?;
-    }
     let (bias_part, db) = match &bias {
         Some(b) => (Arg::Buf(b.per_image), Arg::Buf(&*b.out)),
         None => (Arg::Null, Arg::Null),
     };
-    let mut args = vec![Arg::Buf(&part), Arg::Buf(dw)];
-    for v in [splits, d.m, d.c, mp, cp, kk] {
+    let mut args =
+        vec![Arg::Bf16(&rows.buf), Arg::Bf16(&gathered.buf), Arg::Buf(&part), Arg::Buf(dw), Arg::Ints(tickets)];
+    args.extend([bias_part, db]);
+    for v in [d.n, mp, cp, d.m, d.c, d.input.0, d.input.1, d.grid.0, d.grid.1, d.k, d.stride, d.pad, per, rows_b, len_b]
+    {
         args.push(i32_arg(v)?);
     }
-    args.extend([bias_part, db, i32_arg(rows_b)?, i32_arg(len_b)?]);
+    // The GEMM's operands read once and its partials written; then the partials read again, each split adding one
+    // FLOP per weight, and the weight gradient written (and the bias's rows read, its sums written).
+    let pixels = d.n * d.grid.0 * d.grid.1;
     let weights = d.m * d.c * kk;
-    let cost = Cost::pass(splits * mp * width + rows_b * len_b, weights + len_b, splits.max(rows_b));
-    run(e, Kernel::WgradReduce, elementwise(weights + len_b), cost, &args)
+    let gemm = Cost::tensor(
+        2 * mp * width * pixels,
+        2 * pixels * mp + 2 * d.n * d.input.0 * d.input.1 * cp + 4 * splits * mp * width,
+    );
+    let reduce = Cost::pass(splits * mp * width + rows_b * len_b, weights + len_b, splits.max(rows_b));
+    run(e, Kernel::ConvWgradMma, cfg, gemm.plus(reduce), &args)
 }

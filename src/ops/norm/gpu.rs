@@ -57,7 +57,7 @@ impl<E: Executor> NormOps for Gpu<E> {
             Arg::BufAt(&parts, nc),
             Arg::Buf(dgamma),
             Arg::Buf(dbeta),
-            Arg::Ints(self.ticket()?),
+            Arg::Ints(self.tickets()?),
             i32_arg(d.c)?,
             i32_arg(d.plane)?,
             i32_arg(d.groups)?,

@@ -95,6 +95,21 @@ impl<'a, T: ?Sized> LayerGrads<'a, T> {
     }
 }
 
+/// [`LayerGrads`] as the tape's backward passes hand them to a backend: with `add_dx`, `dx` already holds the
+/// input's gradient from its other readers and the pass adds its own to it (in the kernel that computes it where
+/// the backend can: one pass instead of the tape's separate addition); else `dx` is overwritten.
+pub struct GradsInto<'a, T: ?Sized = [f32]> {
+    pub grads: LayerGrads<'a, T>,
+    pub add_dx: bool,
+}
+
+impl<'a, T: ?Sized> From<LayerGrads<'a, T>> for GradsInto<'a, T> {
+    /// Gradients to overwrite.
+    fn from(grads: LayerGrads<'a, T>) -> Self {
+        GradsInto { grads, add_dx: false }
+    }
+}
+
 /// A group norm over `n` images of `c` channels of `plane = H·W` pixels, in `groups` groups, with `eps` inside the
 /// square root, followed by a SiLU when `silu` (fused: the pre-SiLU value is never stored).
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -4,9 +4,9 @@
 //! (a fixed order), not with atomics.
 
 use super::mma::{self, Gather, Kept, Nhwc, PackedWeight, Wgrad};
-use super::{need_input, norm_then_conv, BiasSums, ConvOps, Keep, NormConv};
+use super::{need_input, norm_then_conv, overwriting, BiasSums, ConvOps, Keep, NormConv};
 use crate::backend::{Gpu, Memory, Precision};
-use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, NormDesc, Planes};
+use crate::desc::{ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
 use crate::error::Result;
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
 use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel};
@@ -55,7 +55,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         gout: &E::Buf,
         grads: LayerGrads<E::Buf>,
     ) -> Result<()> {
-        self.conv2d_backward_with(d, (Some(x), w, gout), None, grads, BiasSums::default()).map(drop)
+        self.conv2d_backward_with(d, (Some(x), w, gout), None, grads.into(), BiasSums::default()).map(drop)
     }
     fn conv_transpose2d_forward(
         &self,
@@ -75,7 +75,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         gout: &E::Buf,
         grads: LayerGrads<E::Buf>,
     ) -> Result<()> {
-        self.conv_transpose2d_backward_with(d, (x, w, gout), None, grads, BiasSums::default()).map(drop)
+        self.conv_transpose2d_backward_with(d, (x, w, gout), None, grads.into(), BiasSums::default()).map(drop)
     }
 
     /// `out[i] = W·im2col(x[i]) + bias + chan_bias[i] + residual[i]`: under bf16 the GEMM's epilogue adds every
@@ -131,14 +131,14 @@ impl<E: Executor> ConvOps for Gpu<E> {
     }
 
     /// `dx[i] = col2im(Wᵀ·gout[i])` and `dW = Σ_i gout[i]·im2col(x[i])ᵀ` (summed over images inside the GEMM, in
-    /// order). Under bf16 the bias sums come with gout's conversion and the weight gradient reads the forward's
-    /// copy of x when it was kept.
+    /// order). Under bf16 the bias sums come with gout's conversion, the weight gradient reads the forward's copy
+    /// of x when it was kept, and the input gradient's GEMM adds to dx itself when asked to.
     fn conv2d_backward_with(
         &self,
         d: &ConvDesc,
         (x, w, gout): (Option<&E::Buf>, &E::Buf, &E::Buf),
         kept: Option<&Self::Kept>,
-        grads: LayerGrads<E::Buf>,
+        GradsInto { grads, add_dx }: GradsInto<E::Buf>,
         sums: BiasSums<E::Buf>,
     ) -> Result<Option<E::Buf>> {
         let (e, g, n, co) = (self.executor(), &d.geom, d.n, d.channels);
@@ -160,30 +160,37 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 let wp = kept_or(kept.and_then(|k| k.weight.as_ref()), &mut fresh, || {
                     Ok(mma::pack_weight(e, w, (g.c, co, g.k * g.k), true, false)?.0)
                 })?;
-                mma::gather(e, &Gather::of(g, n, co, true), &gb, wp, (None, None, None), false, dx)?;
+                mma::gather(e, &Gather::of(g, n, co, true), &gb, wp, (None, None, None), add_dx, dx)?;
             }
             return Ok(per_image.filter(|_| sums.chan_bias));
         }
-        if let Some(dw) = grads.dw {
-            let gemm =
-                Gemm { stride_a: co * plane, stride_b: kk * plane, nsum: n, ..Gemm::plain(co, kk, plane, false, true) };
-            with_columns(e, g, n, need_input(x)?, |col| sgemm(e, &gemm, gout, col, dw))?;
-        }
-        if let Some(dx) = grads.dx {
-            let gemm = Gemm {
-                stride_b: co * plane,
-                stride_c: kk * plane,
-                batches: n,
-                ..Gemm::plain(kk, plane, co, true, false)
-            };
-            if g.is_pointwise() {
-                sgemm(e, &gemm, w, gout, dx)?;
-            } else {
-                let mut col = e.alloc(n * kk * plane)?;
-                sgemm(e, &gemm, w, gout, &mut col)?;
-                col2im(e, g, n, &col, dx)?;
+        overwriting(self, GradsInto { grads, add_dx }, |grads| {
+            if let Some(dw) = grads.dw {
+                let gemm = Gemm {
+                    stride_a: co * plane,
+                    stride_b: kk * plane,
+                    nsum: n,
+                    ..Gemm::plain(co, kk, plane, false, true)
+                };
+                with_columns(e, g, n, need_input(x)?, |col| sgemm(e, &gemm, gout, col, dw))?;
             }
-        }
+            if let Some(dx) = grads.dx {
+                let gemm = Gemm {
+                    stride_b: co * plane,
+                    stride_c: kk * plane,
+                    batches: n,
+                    ..Gemm::plain(kk, plane, co, true, false)
+                };
+                if g.is_pointwise() {
+                    sgemm(e, &gemm, w, gout, dx)?;
+                } else {
+                    let mut col = e.alloc(n * kk * plane)?;
+                    sgemm(e, &gemm, w, gout, &mut col)?;
+                    col2im(e, g, n, &col, dx)?;
+                }
+            }
+            Ok(())
+        })?;
         sums.reduce(self, planes, gout)
     }
 
@@ -220,7 +227,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         d: &ConvDesc,
         (x, w, gout): (&E::Buf, &E::Buf, &E::Buf),
         kept: Option<&Self::Kept>,
-        grads: LayerGrads<E::Buf>,
+        GradsInto { grads, add_dx }: GradsInto<E::Buf>,
         sums: BiasSums<E::Buf>,
     ) -> Result<Option<E::Buf>> {
         let (e, g, n, ci) = (self.executor(), &d.geom, d.n, d.channels);
@@ -241,33 +248,36 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 let wp = kept_or(kept.and_then(|k| k.weight.as_ref()), &mut fresh, || {
                     Ok(mma::pack_weight(e, w, (ci, g.c, g.k * g.k), false, false)?.0)
                 })?;
-                mma::gather(e, &Gather::of(g, n, ci, false), &gb, wp, (None, None, None), false, dx)?;
+                mma::gather(e, &Gather::of(g, n, ci, false), &gb, wp, (None, None, None), add_dx, dx)?;
             }
             return Ok(per_image.filter(|_| sums.chan_bias));
         }
-        let (dx, dw) = (grads.dx, grads.dw);
-        if dw.is_some() || dx.is_some() {
-            let mut col = e.alloc(n * kk * plane)?;
-            im2col(e, g, n, gout, &mut col)?;
-            if let Some(dw) = dw {
-                let gemm = Gemm {
-                    stride_a: ci * plane,
-                    stride_b: kk * plane,
-                    nsum: n,
-                    ..Gemm::plain(ci, kk, plane, false, true)
-                };
-                sgemm(e, &gemm, x, &col, dw)?;
+        overwriting(self, GradsInto { grads, add_dx }, |grads| {
+            let (dx, dw) = (grads.dx, grads.dw);
+            if dw.is_some() || dx.is_some() {
+                let mut col = e.alloc(n * kk * plane)?;
+                im2col(e, g, n, gout, &mut col)?;
+                if let Some(dw) = dw {
+                    let gemm = Gemm {
+                        stride_a: ci * plane,
+                        stride_b: kk * plane,
+                        nsum: n,
+                        ..Gemm::plain(ci, kk, plane, false, true)
+                    };
+                    sgemm(e, &gemm, x, &col, dw)?;
+                }
+                if let Some(dx) = dx {
+                    let gemm = Gemm {
+                        stride_b: kk * plane,
+                        stride_c: ci * plane,
+                        batches: n,
+                        ..Gemm::plain(ci, plane, kk, false, false)
+                    };
+                    sgemm(e, &gemm, w, &col, dx)?;
+                }
             }
-            if let Some(dx) = dx {
-                let gemm = Gemm {
-                    stride_b: kk * plane,
-                    stride_c: ci * plane,
-                    batches: n,
-                    ..Gemm::plain(ci, plane, kk, false, false)
-                };
-                sgemm(e, &gemm, w, &col, dx)?;
-            }
-        }
+            Ok(())
+        })?;
         sums.reduce(self, planes, gout)
     }
 }

@@ -17,7 +17,7 @@ mod winograd;
 
 use crate::autograd::{list_vars, profile, Rule, Tape, Var};
 use crate::backend::{Backend, Memory, ReduceOps};
-use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, NormDesc, Planes};
+use crate::desc::{ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
 use crate::error::Result;
 use crate::ops::norm::NormOps;
 use crate::shape_err;
@@ -107,20 +107,21 @@ pub trait ConvOps: Memory + ReduceOps + NormOps {
         let _ = (keep, packed);
         self.conv2d_forward(d, x, w, epi, out).map(|()| None)
     }
-    /// [`ConvOps::conv2d_backward`] with what the forward kept, and the channel sums of `gout: [n, channels, oh, ow]`
-    /// that `sums` asks for: the bias's written into `sums.bias`, the per-image ones returned. `x` may be absent
-    /// when the forward kept what the weight gradient reads (`Err` if it is needed and absent).
+    /// [`ConvOps::conv2d_backward`] with what the forward kept, `dx` added to when `grads` says so, and the channel
+    /// sums of `gout: [n, channels, oh, ow]` that `sums` asks for: the bias's written into `sums.bias`, the
+    /// per-image ones returned. `x` may be absent when the forward kept what the weight gradient reads (`Err` if it
+    /// is needed and absent).
     fn conv2d_backward_with(
         &self,
         d: &ConvDesc,
         (x, w, gout): (Option<&Self::Buf>, &Self::Buf, &Self::Buf),
         kept: Option<&Self::Kept>,
-        grads: LayerGrads<Self::Buf>,
+        grads: GradsInto<Self::Buf>,
         sums: BiasSums<Self::Buf>,
     ) -> Result<Option<Self::Buf>> {
         let _ = kept;
-        if grads.dw.is_some() || grads.dx.is_some() {
-            self.conv2d_backward(d, need_input(x)?, w, gout, grads)?;
+        if grads.grads.dw.is_some() || grads.grads.dx.is_some() {
+            overwriting(self, grads, |g| self.conv2d_backward(d, need_input(x)?, w, gout, g))?;
         }
         sums.reduce(self, Planes { n: d.n, c: d.channels, plane: d.geom.oh * d.geom.ow }, gout)
     }
@@ -152,19 +153,19 @@ pub trait ConvOps: Memory + ReduceOps + NormOps {
         let _ = (keep, packed);
         self.conv_transpose2d_forward(d, x, w, bias, out).map(|()| None)
     }
-    /// [`ConvOps::conv_transpose2d_backward`] with what the forward kept, and the channel sums of
-    /// `gout: [n, geom.c, geom.h, geom.w]` that `sums` asks for: the bias's written into `sums.bias`, the per-image
-    /// ones returned.
+    /// [`ConvOps::conv_transpose2d_backward`] with what the forward kept, `dx` added to when `grads` says so, and
+    /// the channel sums of `gout: [n, geom.c, geom.h, geom.w]` that `sums` asks for: the bias's written into
+    /// `sums.bias`, the per-image ones returned.
     fn conv_transpose2d_backward_with(
         &self,
         d: &ConvDesc,
         (x, w, gout): (&Self::Buf, &Self::Buf, &Self::Buf),
         kept: Option<&Self::Kept>,
-        grads: LayerGrads<Self::Buf>,
+        grads: GradsInto<Self::Buf>,
         sums: BiasSums<Self::Buf>,
     ) -> Result<Option<Self::Buf>> {
         let _ = kept;
-        self.conv_transpose2d_backward(d, x, w, gout, grads)?;
+        overwriting(self, grads, |g| self.conv_transpose2d_backward(d, x, w, gout, g))?;
         sums.reduce(self, Planes { n: d.n, c: d.geom.c, plane: d.geom.h * d.geom.w }, gout)
     }
 }
@@ -172,6 +173,25 @@ pub trait ConvOps: Memory + ReduceOps + NormOps {
 /// A weight as the convs' forwards take it: its values, and the same packed when it is a parameter and the
 /// backend packs ([`ConvOps::pack_weights`]).
 pub type WeightIn<'a, B> = (&'a <B as Memory>::Buf, Option<&'a <B as ConvOps>::PackedWeight>);
+
+/// `backward`, a pass that overwrites its `dx`, run for `grads`: when they ask to add to `dx`, into a temporary
+/// then added (`acc + fresh`, as the tape would add it, so the same bits).
+pub(crate) fn overwriting<B: Memory + ReduceOps, R>(
+    be: &B,
+    grads: GradsInto<B::Buf>,
+    backward: impl FnOnce(LayerGrads<B::Buf>) -> Result<R>,
+) -> Result<R> {
+    let GradsInto { grads: LayerGrads { dx, dw }, add_dx } = grads;
+    match dx {
+        Some(dx) if add_dx => {
+            let mut fresh = be.alloc(B::buf_len(dx))?;
+            let r = backward(LayerGrads { dx: Some(&mut fresh), dw })?;
+            be.add_assign(dx, &fresh)?;
+            Ok(r)
+        }
+        dx => backward(LayerGrads { dx, dw }),
+    }
+}
 
 /// The input a conv's backward reads, or an error naming it when it was not kept.
 fn need_input<T>(x: Option<&T>) -> Result<&T> {
@@ -335,12 +355,12 @@ fn input_grads<B: Backend>(
     (x, w): (Var, Var),
     gout: &Tensor<B>,
     biases: [Option<Var>; 2],
-    kernel: impl FnOnce((&B::Buf, &B::Buf, &B::Buf), LayerGrads<B::Buf>, BiasSums<B::Buf>) -> Result<Option<B::Buf>>,
+    kernel: impl FnOnce((&B::Buf, &B::Buf, &B::Buf), GradsInto<B::Buf>, BiasSums<B::Buf>) -> Result<Option<B::Buf>>,
 ) -> Result<Vec<(Var, Tensor<B>)>> {
-    let mut dx = tape.grad_for(x)?;
+    let mut dx = tape.grad_into(x)?;
     let bufs = (tape.value(x).buf(), tape.value(w).buf(), gout.buf());
     let rest = weight_grads(tape, dx.as_mut(), w, biases, |grads, sums| kernel(bufs, grads, sums))?;
-    Ok(dx.map(|d| (x, d)).into_iter().chain(rest).collect())
+    Ok(dx.map(|(d, _)| (x, d)).into_iter().chain(rest).collect())
 }
 
 /// The gradients of a conv's weight and biases through `kernel` (the backend's backward, given the gradient
@@ -348,15 +368,17 @@ fn input_grads<B: Backend>(
 /// in their places ([`Tape::grad_for`]), the channel bias's as `kernel` returned it.
 fn weight_grads<B: Backend>(
     tape: &Tape<B>,
-    dx: Option<&mut Tensor<B>>,
+    dx: Option<&mut (Tensor<B>, bool)>,
     w: Var,
     [bias, chan_bias]: [Option<Var>; 2],
-    kernel: impl FnOnce(LayerGrads<B::Buf>, BiasSums<B::Buf>) -> Result<Option<B::Buf>>,
+    kernel: impl FnOnce(GradsInto<B::Buf>, BiasSums<B::Buf>) -> Result<Option<B::Buf>>,
 ) -> Result<Vec<(Var, Tensor<B>)>> {
     let mut dw = tape.grad_for(w)?;
     let mut db = bias.map(|b| tape.grad_for(b)).transpose()?.flatten();
     let chan_bias = chan_bias.filter(|&v| tape.needs_grad(v));
-    let grads = LayerGrads { dx: dx.map(Tensor::buf_mut), dw: dw.as_mut().map(Tensor::buf_mut) };
+    let add_dx = dx.as_ref().is_some_and(|d| d.1);
+    let grads = LayerGrads { dx: dx.map(|d| d.0.buf_mut()), dw: dw.as_mut().map(Tensor::buf_mut) };
+    let grads = GradsInto { grads, add_dx };
     let sums = BiasSums { bias: db.as_mut().map(Tensor::buf_mut), chan_bias: chan_bias.is_some() };
     let per_image = kernel(grads, sums)?;
     let mut out: Vec<_> = dw.map(|d| (w, d)).into_iter().collect();

@@ -113,9 +113,9 @@ impl<B: Backend> Rule<B> for NormConv2d<B> {
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
         let (x, n) = (self.x, self.norm);
-        // The activation's gradient, only when GroupNorm's backward reads it.
+        // The activation's gradient (written, not added to), only when GroupNorm's backward reads it.
         let mut da = if [x, n.gamma, n.beta].iter().any(|&v| tape.needs_grad(v)) {
-            Some(Tensor::alloc(be, tape.value(x).shape())?)
+            Some((Tensor::alloc(be, tape.value(x).shape())?, false))
         } else {
             None
         };
@@ -126,7 +126,7 @@ impl<B: Backend> Rule<B> for NormConv2d<B> {
         if let Some(r) = self.extra.residual.filter(|&v| tape.needs_grad(v)) {
             out.push((r, gout));
         }
-        if let Some(da) = da {
+        if let Some((da, _)) = da {
             let stats = (&self.saved.stats.0, &self.saved.stats.1);
             out.extend(norm_grads(tape, (x, n.gamma, n.beta), self.nd, stats, da.buf())?);
         }

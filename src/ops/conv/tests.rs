@@ -330,9 +330,9 @@ fn conv_backward_with_bf16<E: Executor>(g: &Gpu<E>) {
             let grads = LayerGrads { dx: Some(&mut dx), dw: with_dw.then_some(&mut dw) };
             let sums = BiasSums { bias: bias.then_some(&mut db), chan_bias };
             let per_image = if transposed {
-                g.conv_transpose2d_backward_with(&d, (&xb, &wb, &gb), kept, grads, sums)
+                g.conv_transpose2d_backward_with(&d, (&xb, &wb, &gb), kept, grads.into(), sums)
             } else {
-                g.conv2d_backward_with(&d, (Some(&xb), &wb, &gb), kept, grads, sums)
+                g.conv2d_backward_with(&d, (Some(&xb), &wb, &gb), kept, grads.into(), sums)
             };
             let bits = |b| down(g, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             (bits(&dx), bits(&dw), bias.then_some(db), per_image.unwrap())
@@ -448,7 +448,8 @@ fn packed_weights_equal_packing_per_conv<E: Executor>(g: &Gpu<E>) {
         let kept = g.conv2d_forward_keep(&conv, &x, (&weight(0), pick(0)), Epilogue::none(), &mut y, keep).unwrap();
         let mut dx = out(g, n * c * h * w);
         let grads = LayerGrads { dx: Some(&mut dx), dw: None };
-        g.conv2d_backward_with(&conv, (None, &weight(0), &gy), kept.as_ref(), grads, BiasSums::default()).unwrap();
+        g.conv2d_backward_with(&conv, (None, &weight(0), &gy), kept.as_ref(), grads.into(), BiasSums::default())
+            .unwrap();
         // The transposed conv of y, and the linear layer.
         let mut z = out(g, n * c * 4 * h * w);
         g.conv_transpose2d_forward_keep(&upsample, &y, (&weight(1), pick(1)), None, &mut z, keep).unwrap();
@@ -464,3 +465,53 @@ fn packed_weights_equal_packing_per_conv<E: Executor>(g: &Gpu<E>) {
     }
 }
 gpu_test!(packed_weights_equal_packing_per_conv, crate::backend::Precision::Bf16);
+
+/// A backward pass asked to add to dx (`GradsInto::add_dx`, what the tape asks when dx's other readers have made
+/// its gradient already) leaves exactly `before + fresh`, the bits of the tape's own addition of a freshly written
+/// dx, for a conv, a transposed conv and a linear layer; the weight gradient is unchanged by it.
+fn backward_adds_to_dx<B: crate::backend::LinearOps>(be: &B) {
+    use crate::desc::{GradsInto, LinearDesc};
+    let geom = ConvGeom::new(8, 6, 6, 3, 2, 1).unwrap();
+    let (conv, linear) = (ConvDesc { n: 2, geom, channels: 16 }, LinearDesc { batch: 3, fin: 16, fout: 8 });
+    let (iq, oq) = (geom.h * geom.w, geom.oh * geom.ow);
+    // (what, x length, weight length, gout length)
+    for (what, x_len, w_len, g_len) in [
+        ("conv2d", 2 * 8 * iq, 16 * 8 * 9, 2 * 16 * oq),
+        ("conv_transpose2d", 2 * 16 * oq, 16 * 8 * 9, 2 * 8 * iq),
+        ("linear", 3 * 16, 8 * 16, 3 * 8),
+    ] {
+        let up = |v: Vec<f32>| be.upload(v).unwrap();
+        let (x, w, gout, before) = (up(rand(80, x_len)), up(rand(81, w_len)), up(rand(82, g_len)), rand(83, x_len));
+        let run = |add_dx: bool| {
+            let (mut dx, mut dw) = (up(if add_dx { before.clone() } else { vec![0.0; x_len] }), up(vec![0.0; w_len]));
+            let into = GradsInto { grads: LayerGrads { dx: Some(&mut dx), dw: Some(&mut dw) }, add_dx };
+            match what {
+                "conv2d" => be.conv2d_backward_with(&conv, (Some(&x), &w, &gout), None, into, BiasSums::default()),
+                "conv_transpose2d" => {
+                    be.conv_transpose2d_backward_with(&conv, (&x, &w, &gout), None, into, BiasSums::default())
+                }
+                _ => be.linear_backward_with(linear, (&x, &w, &gout), None, (into, None)).map(|()| None),
+            }
+            .unwrap();
+            let bits = |b| be.download(b).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            (bits(&dx), bits(&dw))
+        };
+        let ((fresh, dw_fresh), (added, dw_added)) = (run(false), run(true));
+        let want: Vec<u32> = before.iter().zip(&fresh).map(|(b, f)| (b + f32::from_bits(*f)).to_bits()).collect();
+        assert!(added == want, "{what}: dx added to is not before + fresh dx");
+        assert!(dw_added == dw_fresh, "{what}: the weight gradient changed");
+    }
+}
+
+#[test]
+fn backward_adds_to_dx_cpu() {
+    backward_adds_to_dx(&Cpu);
+}
+fn backward_adds_to_dx_gpu<E: Executor>(g: &Gpu<E>) {
+    backward_adds_to_dx(g);
+}
+gpu_test!(backward_adds_to_dx_gpu);
+fn backward_adds_to_dx_bf16<E: Executor>(g: &Gpu<E>) {
+    backward_adds_to_dx(g);
+}
+gpu_test!(backward_adds_to_dx_bf16, crate::backend::Precision::Bf16);

@@ -4,12 +4,12 @@
 
 use super::LinearOps;
 use crate::backend::{ConvOps, Gpu, Memory, Precision, ReduceOps};
-use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads, LinearDesc};
+use crate::desc::{ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, LinearDesc};
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, int, need, run, SPLIT_TARGET_BLOCKS};
 use crate::gpu::{Arg, Cost, Executor, Kernel, LaunchCfg};
 use crate::ops::conv::gpu::add_channel_bias;
-use crate::ops::conv::{BiasSums, Keep, WeightIn};
+use crate::ops::conv::{overwriting, BiasSums, Keep, WeightIn};
 
 impl<E: Executor> LinearOps for Gpu<E> {
     fn linear_forward(
@@ -30,7 +30,7 @@ impl<E: Executor> LinearOps for Gpu<E> {
         gy: &E::Buf,
         grads: LayerGrads<E::Buf>,
     ) -> Result<()> {
-        self.linear_backward_with(d, (x, w, gy), None, (grads, None))
+        self.linear_backward_with(d, (x, w, gy), None, (grads.into(), None))
     }
     fn linear_forward_keep(
         &self,
@@ -53,7 +53,7 @@ impl<E: Executor> LinearOps for Gpu<E> {
         d: LinearDesc,
         (x, w, gy): (&E::Buf, &E::Buf, &E::Buf),
         kept: Option<&Self::Kept>,
-        (grads, db): (LayerGrads<E::Buf>, Option<&mut E::Buf>),
+        (grads, db): (GradsInto<E::Buf>, Option<&mut E::Buf>),
     ) -> Result<()> {
         if self.precision() == Precision::Bf16 {
             // The bias sums come out of the conv backward's conversion of dy and its weight-gradient reduction, as
@@ -65,13 +65,15 @@ impl<E: Executor> LinearOps for Gpu<E> {
             self.column_sums(gy, d.batch, d.fout, db)?;
         }
         let e = self.executor();
-        if let Some(dx) = grads.dx {
-            sgemm(e, &Gemm::plain(d.batch, d.fin, d.fout, false, false), gy, w, dx)?;
-        }
-        if let Some(dw) = grads.dw {
-            sgemm(e, &Gemm::plain(d.fout, d.fin, d.batch, true, false), gy, x, dw)?;
-        }
-        Ok(())
+        overwriting(self, grads, |grads| {
+            if let Some(dx) = grads.dx {
+                sgemm(e, &Gemm::plain(d.batch, d.fin, d.fout, false, false), gy, w, dx)?;
+            }
+            if let Some(dw) = grads.dw {
+                sgemm(e, &Gemm::plain(d.fout, d.fin, d.batch, true, false), gy, x, dw)?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -9,10 +9,10 @@ mod tests;
 
 use crate::autograd::{list_vars, profile, Rule, Tape, Var};
 use crate::backend::{Backend, ConvOps};
-use crate::desc::{LayerGrads, LinearDesc};
+use crate::desc::{GradsInto, LayerGrads, LinearDesc};
 use crate::error::Result;
-use crate::ops::conv::Keep;
 use crate::ops::conv::WeightIn;
+use crate::ops::conv::{overwriting, Keep};
 use crate::shape_err;
 use crate::tensor::Tensor;
 use std::fmt;
@@ -51,17 +51,18 @@ pub trait LinearOps: ConvOps {
         let _ = (keep, packed);
         self.linear_forward(d, x, w, bias, y).map(|()| None)
     }
-    /// [`LinearOps::linear_backward`] with what the forward kept, and the bias's gradient `db: [fout]` (the column
-    /// sums of `gy`) when asked for; by default through [`ReduceOps::column_sums`].
+    /// [`LinearOps::linear_backward`] with what the forward kept, `dx` added to when `grads` says so, and the
+    /// bias's gradient `db: [fout]` (the column sums of `gy`) when asked for; by default through
+    /// [`ReduceOps::column_sums`].
     fn linear_backward_with(
         &self,
         d: LinearDesc,
         (x, w, gy): (&Self::Buf, &Self::Buf, &Self::Buf),
         kept: Option<&Self::Kept>,
-        (grads, db): (LayerGrads<Self::Buf>, Option<&mut Self::Buf>),
+        (grads, db): (GradsInto<Self::Buf>, Option<&mut Self::Buf>),
     ) -> Result<()> {
         let _ = kept;
-        self.linear_backward(d, x, w, gy, grads)?;
+        overwriting(self, grads, |g| self.linear_backward(d, x, w, gy, g))?;
         db.map_or(Ok(()), |db| self.column_sums(gy, d.batch, d.fout, db))
     }
 }
@@ -110,8 +111,10 @@ impl<B: Backend> Rule<B> for Linear<B> {
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
-        let (mut dx, mut dw) = (tape.grad_for(self.x)?, tape.grad_for(self.w)?);
-        let grads = LayerGrads { dx: dx.as_mut().map(Tensor::buf_mut), dw: dw.as_mut().map(Tensor::buf_mut) };
+        let (mut dx, mut dw) = (tape.grad_into(self.x)?, tape.grad_for(self.w)?);
+        let add_dx = dx.as_ref().is_some_and(|d| d.1);
+        let grads = LayerGrads { dx: dx.as_mut().map(|d| d.0.buf_mut()), dw: dw.as_mut().map(Tensor::buf_mut) };
+        let grads = GradsInto { grads, add_dx };
         // The bias's gradient, written into its place.
         let mut db = match self.b {
             Some(b) => tape.grad_for(b)?.map(|t| (b, t)),
@@ -120,7 +123,7 @@ impl<B: Backend> Rule<B> for Linear<B> {
         let bufs = (tape.value(self.x).buf(), tape.value(self.w).buf(), gout.buf());
         let db_buf = db.as_mut().map(|(_, t)| t.buf_mut());
         be.linear_backward_with(self.d, bufs, self.kept.as_ref(), (grads, db_buf))?;
-        Ok(dx.map(|d| (self.x, d)).into_iter().chain(dw.map(|d| (self.w, d))).chain(db).collect())
+        Ok(dx.map(|(d, _)| (self.x, d)).into_iter().chain(dw.map(|d| (self.w, d))).chain(db).collect())
     }
 }
 

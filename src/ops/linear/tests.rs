@@ -135,7 +135,7 @@ fn linear_bias_gradient_in_the_backward<E: Executor>(dev: &Gpu<E>) {
             let what = format!("linear db ({precision:?}, dW {with_dw})");
             let (mut dwb, mut dbb) = (out(g, w.len()), out(g, d.fout));
             let grads = LayerGrads { dx: None, dw: with_dw.then_some(&mut dwb) };
-            g.linear_backward_with(d, (&xb, &wb, &gyb), None, (grads, Some(&mut dbb))).unwrap();
+            g.linear_backward_with(d, (&xb, &wb, &gyb), None, (grads.into(), Some(&mut dbb))).unwrap();
             close(&down(g, &dbb), &db, 1e-5, 1e-5, &what);
             if with_dw {
                 close(&down(g, &dwb), &dw, 1e-2, 1e-2, &format!("{what}: dW"));

@@ -5,8 +5,9 @@
 // Two GEMM kernels cover conv2d, conv_transpose2d (its adjoint) and both of their gradients:
 // - conv_gather_mma: out[i, q, o] = sum over taps (ky, kx) and channels c of in[i, src(q, tap), c] * wp[o][tap][c],
 //   where src is the conv's own map (iy = qy*S - P + ky) or its adjoint's (qy = iy*S - P + ky, solved for iy, so
-//   only taps with S | qy + P - ky contribute). conv forward and transposed-conv dgrad use the first, conv dgrad
-//   and transposed-conv forward the second; only the packed weight differs.
+//   only taps with S | qy + P - ky contribute: a strided adjoint runs each class of output pixels by position mod S
+//   as its own GEMM over the taps it reads). conv forward and transposed-conv dgrad use the first, conv dgrad and
+//   transposed-conv forward the second; only the packed weight differs.
 // - conv_wgrad_mma: part[s][m][tap][c] = sum over the pixels r of split s of a[r][m] * b[src(r, tap)][c], the
 //   weight gradient as a split-K over the batch's pixels (fixed partition), each tile's splits summed in order by
 //   the tile's last block: no atomics on the values, the same bits every run.
@@ -170,10 +171,16 @@ extern "C" __global__ void pack_weights_bf16(const float* __restrict__ params, b
 }
 
 // out[i][o][q] (=, or += when `accumulate`) sum_{tap, c} in[i][src(q, tap)][c] * wp[o][tap][c], plus bias[o],
-// chan_bias[i][o] and residual[i][o][q] (shaped like out) when given. in: [n, IH, IW, C] bf16 (NHWC), wp: [N, K*K, C] bf16, out: [n, N, QH*QW] f32
-// (NCHW). C % 8 == 0 (padded). The GEMM: rows = the n*QH*QW output pixels, columns = the N output channels, depth K*K*C.
-// Launch: grid (CEIL_DIV(N, 64), CEIL_DIV(n*QH*QW, 64)), block 128, dynamic shared memory
-// STAGES * 2 * ROW_TILE * 2 bytes (30 KiB).
+// chan_bias[i][o] and residual[i][o][q] (shaped like out) when given. in: [n, IH, IW, C] bf16 (NHWC), wp: [N, K*K,
+// C] bf16, out: [n, N, QH*QW] f32 (NCHW). C % 8 == 0 (padded). The GEMM: rows = output pixels, columns = the N
+// output channels, depth = taps x C.
+// A strided adjoint (S > 1: a transposed conv's forward, a strided conv's input gradient) reads through tap
+// (ky, kx) only at the output pixels with S | qy + P - ky and S | qx + P - kx, a quarter of the taps for S = 2. So
+// its output pixels are split into the S x S classes of (qy + P) mod S and (qx + P) mod S, one per blockIdx.z:
+// within class (ry, rx) every pixel reads exactly the taps ky = ry + S*j, kx = rx + S*l, and the class's GEMM has
+// depth ceil((K-ry)/S) * ceil((K-rx)/S) * C instead of K*K*C. Otherwise one class: every pixel, every tap.
+// Launch: grid (CEIL_DIV(N, 64), CEIL_DIV(largest class's n * pixels, 64), S*S for a strided adjoint else 1), block
+// 128, dynamic shared memory STAGES * 2 * ROW_TILE * 2 bytes (30 KiB).
 extern "C" __global__ void __launch_bounds__(MMA_THREADS)
 conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float* __restrict__ out,
                 const float* __restrict__ bias, const float* __restrict__ chan_bias,
@@ -183,9 +190,18 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
   bf16* As = smem;                     // [STAGES][BM][BK + PAD]: rows = output pixels
   bf16* Bs = smem + STAGES * ROW_TILE;  // [STAGES][BN][BK + PAD]: rows = output channels
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
-  const long long Q = (long long)QH * QW, rows = n * Q;
-  const int depth = K * K * C;
+  // This block's class: its first output row and column (qy0, qx0), the step between its rows and columns (ts),
+  // its size (CH x CW pixels per image), its first taps (ky0, kx0), the step between its taps (ts again) and its
+  // tap counts (KY x KX).
+  const bool classes = adjoint && S > 1;
+  const int ts = classes ? S : 1, ry = classes ? (int)blockIdx.z / S : 0, rx = classes ? (int)blockIdx.z % S : 0;
+  const int qy0 = classes ? ((ry - P) % S + S) % S : 0, qx0 = classes ? ((rx - P) % S + S) % S : 0;
+  const int CH = qy0 < QH ? CEIL_DIV(QH - qy0, ts) : 0, CW = qx0 < QW ? CEIL_DIV(QW - qx0, ts) : 0;
+  const int KY = ry < K ? CEIL_DIV(K - ry, ts) : 0, KX = rx < K ? CEIL_DIV(K - rx, ts) : 0;
+  const long long Q = (long long)QH * QW, CQ = (long long)CH * CW, rows = n * CQ;
+  const int wdepth = K * K * C, depth = KY * KX * C;
   const long long m0 = (long long)blockIdx.y * BM;
+  if (m0 >= rows) return;  // a smaller class than the grid was sized for: the whole block, before any barrier
   const int n0 = blockIdx.x * BN;
   const int ktiles = CEIL_DIV(depth, BK);
 
@@ -201,14 +217,17 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
   for (int h = 0; h < 2; h++) {
     const long long m = m0 + (tid >> 2) + 32 * h;
     row_ok[h] = m < rows;
-    const long long i = row_ok[h] ? m / Q : 0;
-    const int q = row_ok[h] ? (int)(m - i * Q) : 0;
-    qy[h] = q / QW;
-    qx[h] = q - qy[h] * QW;
+    const long long i = row_ok[h] ? m / CQ : 0;
+    const int q = row_ok[h] ? (int)(m - i * CQ) : 0, a = q / (CW > 0 ? CW : 1);
+    qy[h] = qy0 + ts * a;
+    qx[h] = qx0 + ts * (q - a * CW);
     img[h] = in + i * IH * IW * C;
   }
-  int k = kc, c = kc % C, ky = kc / C / K, kx = kc / C % K;
+  // Column kc's depth index k, channel c and tap (ty, tx) of the class's KY x KX.
+  int k = kc, c = kc % C, ty = KX > 0 ? kc / C / KX : 0, tx = KX > 0 ? kc / C % KX : 0;
   auto load = [&](int st, int) {
+    const int ky = ry + ts * ty, kx = rx + ts * tx;
+    const long long wk = (long long)(ky * K + kx) * C + c;  // the same (tap, channel) in the packed weight
 #pragma unroll
     for (int h = 0; h < 2; h++) {
       const int r = (tid >> 2) + 32 * h;
@@ -223,13 +242,13 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
       // B: output channel n0 + r.
       const int o = n0 + r;
       const bool ok = o < N && k < depth;
-      cp_async_16(Bs + st * ROW_TILE + r * (BK + PAD) + kc, ok ? wp + (long long)o * depth + k : wp, ok ? 16 : 0);
+      cp_async_16(Bs + st * ROW_TILE + r * (BK + PAD) + kc, ok ? wp + (long long)o * wdepth + wk : wp, ok ? 16 : 0);
     }
     k += BK;
     for (c += BK; c >= C; c -= C) {
-      if (++kx == K) {
-        kx = 0;
-        ky++;
+      if (++tx == KX) {
+        tx = 0;
+        ty++;
       }
     }
   };
@@ -247,7 +266,9 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
     for (int v = 0; v < 4; v++) {
       const long long m = m0 + wm * 32 + a * 16 + g + (v >= 2 ? 8 : 0);
       if (m >= rows) continue;
-      const long long i = m / Q, q = m - i * Q;
+      const long long i = m / CQ;
+      const int cq = (int)(m - i * CQ), cy = cq / CW;
+      const long long q = (long long)(qy0 + ts * cy) * QW + qx0 + ts * (cq - cy * CW);
 #pragma unroll
       for (int b = 0; b < 4; b++) {
         const int o = n0 + wn * 32 + b * 8 + 2 * t + (v & 1);

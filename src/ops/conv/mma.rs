@@ -279,6 +279,29 @@ pub(crate) struct Gather {
 }
 
 impl Gather {
+    /// The output-pixel classes `conv_gather_mma` runs as separate GEMMs (`blockIdx.z`): `(rows, depth)` of each.
+    /// A strided adjoint's output pixels fall into `stride²` classes by their position mod the stride, each of
+    /// which reads every stride-th tap only (the others would meet no input pixel); anything else is one class of
+    /// every pixel and every tap.
+    fn classes(&self) -> Vec<(usize, usize)> {
+        let cp = padded(self.c);
+        if !self.adjoint || self.stride == 1 {
+            return vec![(self.n * self.grid.0 * self.grid.1, self.k * self.k * cp)];
+        }
+        let s = self.stride;
+        // The count of v in 0..len with v ≡ first (mod s).
+        let every = |first: usize, len: usize| if first < len { (len - first).div_ceil(s) } else { 0 };
+        let first = |r: usize| (r + s - self.pad % s) % s;
+        let mut out = Vec::with_capacity(s * s);
+        for ry in 0..s {
+            for rx in 0..s {
+                let pixels = every(first(ry), self.grid.0) * every(first(rx), self.grid.1);
+                out.push((self.n * pixels, every(ry, self.k) * every(rx, self.k) * cp));
+            }
+        }
+        out
+    }
+
     /// The conv `g` (adjoint = false: x -> out) or its adjoint (x on the output grid -> image grid).
     pub(crate) fn of(g: &ConvGeom, n: usize, channels: usize, adjoint: bool) -> Self {
         let (image, cols) = ((g.h, g.w), (g.oh, g.ow));
@@ -317,8 +340,13 @@ pub(crate) fn gather<E: Executor>(
     if accumulate && residual.is_some() {
         return Err(Error::Arg("conv_gather_mma: a residual is added instead of accumulating, not as well".into()));
     }
+    let classes = d.classes();
     let cfg = LaunchCfg {
-        grid: [grid_u32(d.outputs.div_ceil(TILE))?, grid_u32((d.n * q).div_ceil(TILE))?, 1],
+        grid: [
+            grid_u32(d.outputs.div_ceil(TILE))?,
+            grid_u32(classes.iter().map(|c| c.0).max().unwrap_or(0).div_ceil(TILE).max(1))?,
+            grid_u32(classes.len())?,
+        ],
         block: [THREADS, 1, 1],
         shared_bytes: GATHER_SMEM,
     };
@@ -334,10 +362,11 @@ pub(crate) fn gather<E: Executor>(
         args.push(i32_arg(v)?);
     }
     args.extend([Arg::I32(d.adjoint as i32), Arg::I32(accumulate as i32)]);
-    // Every tap executed (an adjoint's zero taps and the padded channels too); the gathered input and the weight
-    // read once, the output written once (and it or the residual read once when accumulating or adding one).
+    // Each class's taps executed (the padded channels too, and the taps of a conv's own map that fall in the zero
+    // padding); the gathered input and the weight read once, the output written once (and it or the residual read
+    // once when accumulating or adding one).
     let out_len = d.n * d.outputs * q;
-    let flops = 2 * d.n * q * d.outputs.div_ceil(8) * 8 * depth;
+    let flops: usize = classes.iter().map(|&(rows, depth)| 2 * rows * d.outputs.div_ceil(8) * 8 * depth).sum();
     let extra = bias.map_or(0, |_| d.outputs) + chan_bias.map_or(0, |_| d.n * d.outputs);
     let bytes = 2 * d.n * d.input.0 * d.input.1 * cp
         + 2 * d.outputs * depth

@@ -149,8 +149,9 @@ fn check_bf16(
 
 /// Each conv shape of the UNet at base 64 (the reference recipe) with batch 2: the 3x3 convs at 32x32 and 8x8, a
 /// stride-2 one, a 1x1 skip; then 8 and 24 channels on odd grids (several taps per 32-deep k-tile, rows that end
-/// mid-tile), a 1x1 grid (a linear layer's shape), and channel counts padded to 8 (the UNet's 1-channel input and
-/// output convs, 3 -> 5), in Precision::Bf16, forward (with bias, channel bias and
+/// mid-tile), a 1x1 grid (a linear layer's shape), channel counts padded to 8 (the UNet's 1-channel input and
+/// output convs, 3 -> 5), and strided convs whose input gradients split into unequal output classes (a 1x1
+/// stride-2 conv, whose odd pixels meet no tap and must still be written; stride 3; a 5x5 one), in Precision::Bf16, forward (with bias, channel bias and
 /// residual) and both gradients, with the bounds above.
 fn conv2d_bf16<E: Executor>(g: &Gpu<E>) {
     let n = 2;
@@ -165,6 +166,9 @@ fn conv2d_bf16<E: Executor>(g: &Gpu<E>) {
         (1, 12, 3, 1, 1, 16),
         (16, 12, 3, 1, 1, 1),
         (3, 5, 3, 2, 1, 5),
+        (8, 9, 1, 2, 0, 16),
+        (16, 11, 3, 3, 0, 8),
+        (8, 10, 5, 2, 2, 8),
     ] {
         let geom = ConvGeom::new(c, hw, hw, k, s, p).unwrap();
         let d = ConvDesc { n, geom, channels: co };

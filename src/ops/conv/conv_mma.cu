@@ -73,9 +73,24 @@ static __device__ __forceinline__ void mma_pipeline(int ktiles, Load load, Compu
 // depth-major (A as [k][m], B as [k][n]; true, read with ldmatrix .trans, which transposes each 8x8 matrix). Lane
 // l addresses row l & 7 of 8x8 matrix l >> 3: for A, matrices (m 0-7 | 8-15) x (k 0-7 | 8-15) in a0..a3 order; for
 // B, two n8 tiles per ldmatrix_x4: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
+// Only the mma tiles (a, b) whose bit a*4 + b is set in `live` (live_tiles) are multiplied: a layer with few output
+// channels (the UNet's 1-channel output conv, a weight gradient of 8 rows) skips the tiles of padding. `live`
+// depends on the warp only, so a warp's lanes agree, as mma.sync needs.
+// The mma tiles of a warp's 32 x 32 tile that hold some of the GEMM, as warp_tile_mma's `live` bits, for `rows`
+// and `cols` of the GEMM left from the warp tile's corner.
+static __device__ __forceinline__ unsigned live_tiles(long long rows, int cols) {
+  unsigned live = 0;
+#pragma unroll
+  for (int a = 0; a < 2; a++)
+#pragma unroll
+    for (int b = 0; b < 4; b++)
+      if (a * 16 < rows && b * 8 < cols) live |= 1u << (a * 4 + b);
+  return live;
+}
+
 template <bool DEPTH_MAJOR>
 static __device__ __forceinline__ void warp_tile_mma(float acc[2][4][4], const bf16* at, const bf16* bt, int ld,
-                                                     int wm, int wn, int lane) {
+                                                     int wm, int wn, int lane, unsigned live) {
   const int j = lane >> 3, r = lane & 7;
   // This lane's row of the 8x8 matrix whose top-left element is (mn, k) of a tile.
   auto row = [&](const bf16* tile, int mn, int k) {
@@ -99,7 +114,8 @@ static __device__ __forceinline__ void warp_tile_mma(float acc[2][4][4], const b
 #pragma unroll
     for (int a = 0; a < 2; a++)
 #pragma unroll
-      for (int b = 0; b < 4; b++) mma_bf16_16816(acc[a][b], af[a], bfr[b], acc[a][b]);
+      for (int b = 0; b < 4; b++)
+        if (live >> (a * 4 + b) & 1) mma_bf16_16816(acc[a][b], af[a], bfr[b], acc[a][b]);
   }
 }
 
@@ -181,7 +197,9 @@ extern "C" __global__ void pack_weights_bf16(const float* __restrict__ params, b
 // depth ceil((K-ry)/S) * ceil((K-rx)/S) * C instead of K*K*C. Otherwise one class: every pixel, every tap.
 // Launch: grid (CEIL_DIV(N, 64), CEIL_DIV(largest class's n * pixels, 64), S*S for a strided adjoint else 1), block
 // 128, dynamic shared memory STAGES * 2 * ROW_TILE * 2 bytes (30 KiB).
-extern "C" __global__ void __launch_bounds__(MMA_THREADS)
+// At least 5 blocks per multiprocessor: registers capped at 102 (it needs 96 without spilling; uncapped, the
+// compiler takes 112, and only 4 blocks fit).
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 5)
 conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float* __restrict__ out,
                 const float* __restrict__ bias, const float* __restrict__ chan_bias,
                 const float* __restrict__ residual, int n, int C, int IH, int IW,
@@ -253,9 +271,11 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
     }
   };
 
+  // This warp's share of the GEMM: rows (output pixels) and columns (output channels) from its tile's corner.
+  const unsigned live = live_tiles(rows - m0 - wm * 32, N - n0 - wn * 32);
   float acc[2][4][4] = {};
   mma_pipeline(ktiles, load, [&](int st) {
-    warp_tile_mma<false>(acc, As + st * ROW_TILE, Bs + st * ROW_TILE, BK + PAD, wm, wn, lane);
+    warp_tile_mma<false>(acc, As + st * ROW_TILE, Bs + st * ROW_TILE, BK + PAD, wm, wn, lane, live);
   });
 
   // Epilogue: accumulator (a, b, v) holds row g (+8 for v >= 2), column 2t (+1 for odd v) of mma tile (a, b).
@@ -336,9 +356,11 @@ conv_wgrad_mma(const bf16* __restrict__ a, const bf16* __restrict__ b, float* pa
     }
   };
 
+  // This warp's share of the GEMM: rows (m) and columns (tap, channel) from its tile's corner.
+  const unsigned live = live_tiles(M - m0 - wm * 32, width - n0 - wn * 32);
   float acc[2][4][4] = {};
   mma_pipeline(ktiles, load, [&](int st) {
-    warp_tile_mma<true>(acc, As + st * COL_TILE, Bs + st * COL_TILE, BM + PAD, wm, wn, lane);
+    warp_tile_mma<true>(acc, As + st * COL_TILE, Bs + st * COL_TILE, BM + PAD, wm, wn, lane, live);
   });
 
   const int g = lane >> 2, t = lane & 3;

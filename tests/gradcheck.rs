@@ -225,7 +225,14 @@ fn conv2d_fused_channel_bias_and_residual() {
         random(&mut rng, &[3, 6, 5, 5]),
     ];
     gradcheck("conv2d + chan_bias + residual", inputs, &|t, v| {
-        t.conv2d(v[0], v[1], Some(v[2]), 1, 1, ConvExtra { chan_bias: Some(v[3]), residual: Some(v[4]) })
+        t.conv2d(
+            v[0],
+            v[1],
+            Some(v[2]),
+            1,
+            1,
+            ConvExtra { chan_bias: Some(v[3]), residual: Some(v[4]), operand: false },
+        )
     });
 }
 
@@ -267,7 +274,15 @@ fn norm_conv2d_with_channel_bias_and_residual() {
     ];
     gradcheck("norm_conv2d", inputs, &|t, v| {
         let norm = Norm { gamma: v[1], beta: v[2], groups: 3, silu: true };
-        t.norm_conv2d(v[0], norm, v[3], Some(v[4]), 1, 1, ConvExtra { chan_bias: Some(v[5]), residual: Some(v[6]) })
+        t.norm_conv2d(
+            v[0],
+            norm,
+            v[3],
+            Some(v[4]),
+            1,
+            1,
+            ConvExtra { chan_bias: Some(v[5]), residual: Some(v[6]), operand: false },
+        )
     });
 }
 

@@ -134,7 +134,14 @@ fn conv2d_fused<B: Backend>(be: &B) {
         let r = uniform_tensor(&mut rng, &[n, co, h, w], -1.0, 1.0);
         let (want, shape) = conv2d_ref(&x, &wt, Some(&b), (1, 1), Some(&cb), Some(&r));
         let (got, got_shape) = run(be, &[&x, &wt, &b, &cb, &r], |t, v| {
-            t.conv2d(v[0], v[1], Some(v[2]), 1, 1, ConvExtra { chan_bias: Some(v[3]), residual: Some(v[4]) })
+            t.conv2d(
+                v[0],
+                v[1],
+                Some(v[2]),
+                1,
+                1,
+                ConvExtra { chan_bias: Some(v[3]), residual: Some(v[4]), operand: false },
+            )
         });
         assert_eq!(got_shape, shape);
         assert_formula(&format!("conv2d 3x3 {c}->{co} {h}x{w} + b + cb + res"), &got, &want, 2e-5, 1e-6);

@@ -33,7 +33,10 @@ fn op_shape_mismatches_are_errors() {
     let big = t.input(Tensor::zeros(&[4, 3, 7, 7]));
     shape_error(t.conv2d(x, big, None, 1, 0, ConvExtra::default()), "does not fit a 5x5 input");
     let cb = t.input(Tensor::zeros(&[3, 4]));
-    shape_error(t.conv2d(x, w, None, 1, 1, ConvExtra { chan_bias: Some(cb), residual: None }), "channel bias");
+    shape_error(
+        t.conv2d(x, w, None, 1, 1, ConvExtra { chan_bias: Some(cb), residual: None, operand: false }),
+        "channel bias",
+    );
     let flat = t.input(Tensor::zeros(&[2, 75]));
     shape_error(t.conv2d(flat, w, None, 1, 1, ConvExtra::default()), "4-d");
     let wt = t.input(Tensor::zeros(&[2, 3, 4, 4]));

@@ -16,12 +16,15 @@
 pub mod profile;
 
 use crate::backend::{Backend, Cpu};
+use crate::desc::Planes;
 use crate::error::Result;
 use crate::params::{GradStore, Grads, ParamId, Params};
 use crate::shape_err;
 use crate::tensor::Tensor;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// A handle to a value on a [`Tape`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +96,8 @@ pub struct Tape<'p, B: Backend = Cpu> {
     handed: RefCell<Vec<bool>>,
     /// During [`Tape::backward`]: each node's gradient so far, by node.
     pending: RefCell<Vec<Option<Tensor<B>>>>,
+    /// Values already in the layout the backend's convs read, by node ([`Tape::operand`]).
+    operands: RefCell<HashMap<usize, Arc<B::Operand>>>,
 }
 
 impl<'p, B: Backend> Tape<'p, B> {
@@ -105,6 +110,7 @@ impl<'p, B: Backend> Tape<'p, B> {
             store: None,
             handed: RefCell::default(),
             pending: RefCell::default(),
+            operands: RefCell::default(),
         }
     }
 
@@ -124,6 +130,7 @@ impl<'p, B: Backend> Tape<'p, B> {
             store: None,
             handed: RefCell::default(),
             pending: RefCell::default(),
+            operands: RefCell::default(),
         }
     }
 
@@ -163,7 +170,6 @@ impl<'p, B: Backend> Tape<'p, B> {
         }
     }
 
-    /// Whether a gradient must flow into `v`.
     /// `v` packed for the convs when it is a parameter the backend packs ([`Params::packed`]).
     pub fn packed(&self, v: Var) -> Result<Option<&B::PackedWeight>> {
         match self.nodes[v.0].op {
@@ -172,6 +178,30 @@ impl<'p, B: Backend> Tape<'p, B> {
         }
     }
 
+    /// `v` (`[n, c, h, w]` or `[n, c]`) in the layout the backend's convs and linear layers read
+    /// ([`ConvOps::Operand`](crate::backend::ConvOps::Operand)): the one its producer wrote or an earlier reader
+    /// made, else converted now and kept for `v`'s later readers; `None` where the convs read f32 as it is.
+    pub fn operand(&self, v: Var) -> Result<Option<Arc<B::Operand>>> {
+        if let Some(op) = self.operands.borrow().get(&v.0) {
+            return Ok(Some(op.clone()));
+        }
+        let planes = match *self.value(v).shape() {
+            [n, c, h, w] => Planes { n, c, plane: h * w },
+            [n, c] => Planes { n, c, plane: 1 },
+            ref s => return shape_err!("operand: expected a 4-D or 2-D tensor, got shape {s:?}"),
+        };
+        let Some(op) = self.backend().operand(self.value(v).buf(), planes)? else { return Ok(None) };
+        let op = Arc::new(op);
+        self.operands.borrow_mut().insert(v.0, op.clone());
+        Ok(Some(op))
+    }
+
+    /// Records `op` as `v`'s operand, written by the op that made `v`.
+    pub(crate) fn set_operand(&self, v: Var, op: B::Operand) {
+        self.operands.borrow_mut().insert(v.0, Arc::new(op));
+    }
+
+    /// Whether a gradient must flow into `v`.
     pub fn needs_grad(&self, v: Var) -> bool {
         self.nodes[v.0].needs_grad
     }

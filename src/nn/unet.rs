@@ -79,15 +79,18 @@ impl ResBlock {
     }
 
     /// The block applied to `x`, given `t_act = silu(t_emb)` (shared by all blocks). The time projection and the
-    /// residual are fused into the convs' outputs, and each GroupNorm+SiLU into the conv that reads it.
-    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var, t_act: Var) -> Result<Var> {
+    /// residual are fused into the convs' outputs, and each GroupNorm+SiLU into the conv that reads it. With
+    /// `feeds_conv` the output is also written as the operand of the conv that reads it next.
+    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var, t_act: Var, feeds_conv: bool) -> Result<Var> {
         let tp = self.t_proj.forward(tape, t_act)?;
-        let h = self.conv1.forward_normed(tape, &self.norm1, x, ConvExtra { chan_bias: Some(tp), residual: None })?;
+        let extra = ConvExtra { chan_bias: Some(tp), ..ConvExtra::default() };
+        let h = self.conv1.forward_normed(tape, &self.norm1, x, extra)?;
         let skip = match &self.skip {
             Some(conv) => conv.forward(tape, x, ConvExtra::default())?,
             None => x,
         };
-        self.conv2.forward_normed(tape, &self.norm2, h, ConvExtra { chan_bias: None, residual: Some(skip) })
+        let extra = ConvExtra { residual: Some(skip), operand: feeds_conv, ..ConvExtra::default() };
+        self.conv2.forward_normed(tape, &self.norm2, h, extra)
     }
 }
 
@@ -196,17 +199,18 @@ impl UNet {
         };
         let t_act = tape.silu(t_emb)?;
         let h0 = traced("in_conv", self.in_conv.forward(tape, x, ConvExtra::default())?);
-        let h1 = traced("down1", self.down1.forward(tape, h0, t_act)?);
+        // Each block whose output a conv reads next (a pool, an upsampler) writes that conv's operand too.
+        let h1 = traced("down1", self.down1.forward(tape, h0, t_act, true)?);
         let p1 = traced("pool1", self.pool1.forward(tape, h1, ConvExtra::default())?);
-        let h2 = traced("down2", self.down2.forward(tape, p1, t_act)?);
+        let h2 = traced("down2", self.down2.forward(tape, p1, t_act, true)?);
         let p2 = traced("pool2", self.pool2.forward(tape, h2, ConvExtra::default())?);
-        let hb = traced("mid", self.mid.forward(tape, p2, t_act)?);
+        let hb = traced("mid", self.mid.forward(tape, p2, t_act, true)?);
         let u2 = traced("up2", self.up2.forward(tape, hb)?);
         let cat2 = tape.concat(u2, h2)?;
-        let d2 = traced("dec2", self.dec2.forward(tape, cat2, t_act)?);
+        let d2 = traced("dec2", self.dec2.forward(tape, cat2, t_act, true)?);
         let u1 = traced("up1", self.up1.forward(tape, d2)?);
         let cat1 = tape.concat(u1, h1)?;
-        let d1 = traced("dec1", self.dec1.forward(tape, cat1, t_act)?);
+        let d1 = traced("dec1", self.dec1.forward(tape, cat1, t_act, false)?);
         Ok(traced("out_conv", self.out_conv.forward_normed(tape, &self.out_norm, d1, ConvExtra::default())?))
     }
 }

@@ -188,8 +188,10 @@ extern "C" __global__ void pack_weights_bf16(const float* __restrict__ params, b
 
 // out[i][o][q] (=, or += when `accumulate`) sum_{tap, c} in[i][src(q, tap)][c] * wp[o][tap][c], plus bias[o],
 // chan_bias[i][o] and residual[i][o][q] (shaped like out) when given. in: [n, IH, IW, C] bf16 (NHWC), wp: [N, K*K,
-// C] bf16, out: [n, N, QH*QW] f32 (NCHW). C % 8 == 0 (padded). The GEMM: rows = output pixels, columns = the N
-// output channels, depth = taps x C.
+// C] bf16, out: [n, N, QH*QW] f32 (NCHW). C % 8 == 0 (padded). When out_nhwc is given, the result is also written
+// there as bf16 [n, QH*QW, NP] (NP: N rounded up to 8, the padding 0): the operand of a conv that reads this one's
+// output, with no conversion launch. The GEMM: rows = output pixels, columns = the N output channels, depth = taps
+// x C.
 // A strided adjoint (S > 1: a transposed conv's forward, a strided conv's input gradient) reads through tap
 // (ky, kx) only at the output pixels with S | qy + P - ky and S | qx + P - kx, a quarter of the taps for S = 2. So
 // its output pixels are split into the S x S classes of (qy + P) mod S and (qx + P) mod S, one per blockIdx.z:
@@ -202,8 +204,8 @@ extern "C" __global__ void pack_weights_bf16(const float* __restrict__ params, b
 extern "C" __global__ void __launch_bounds__(MMA_THREADS, 5)
 conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float* __restrict__ out,
                 const float* __restrict__ bias, const float* __restrict__ chan_bias,
-                const float* __restrict__ residual, int n, int C, int IH, int IW,
-                int N, int QH, int QW, int K, int S, int P, int adjoint, int accumulate) {
+                const float* __restrict__ residual, bf16* __restrict__ out_nhwc, int n, int C, int IH, int IW,
+                int N, int NP, int QH, int QW, int K, int S, int P, int adjoint, int accumulate) {
   DYN_SHARED(bf16, smem);
   bf16* As = smem;                     // [STAGES][BM][BK + PAD]: rows = output pixels
   bf16* Bs = smem + STAGES * ROW_TILE;  // [STAGES][BN][BK + PAD]: rows = output channels
@@ -292,11 +294,16 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
 #pragma unroll
       for (int b = 0; b < 4; b++) {
         const int o = n0 + wn * 32 + b * 8 + 2 * t + (v & 1);
-        if (o >= N) continue;
+        if (o >= N) {
+          if (out_nhwc && o < NP) out_nhwc[(i * Q + q) * NP + o] = (bf16)0;
+          continue;
+        }
         const long long at = (i * N + o) * Q + q;
         const float extra = (bias ? bias[o] : 0.0f) + (chan_bias ? chan_bias[i * N + o] : 0.0f);
         const float val = acc[a][b][v] + extra;
-        out[at] = accumulate ? out[at] + val : residual ? residual[at] + val : val;
+        const float res = accumulate ? out[at] + val : residual ? residual[at] + val : val;
+        out[at] = res;
+        if (out_nhwc) out_nhwc[(i * Q + q) * NP + o] = f32_to_bf16(res);
       }
     }
 }

@@ -27,6 +27,8 @@ impl ConvOps for Cpu {
     /// Nothing: the CPU's convs read their weights as they are.
     type PackPlan = ();
     type PackedWeight = ();
+    /// Nothing: the CPU's convs read f32 tensors as they are.
+    type Operand = ();
 
     fn conv2d_forward(
         &self,

@@ -4,7 +4,7 @@
 //! (a fixed order), not with atomics.
 
 use super::mma::{self, Gather, Kept, Nhwc, PackedWeight, Wgrad};
-use super::{need_input, norm_then_conv, overwriting, BiasSums, ConvOps, Keep, NormConv};
+use super::{need_input, norm_then_conv, overwriting, BiasSums, ConvOps, InputIn, Keep, NormConv};
 use crate::backend::{Gpu, Memory, Precision};
 use crate::desc::{ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
 use crate::error::Result;
@@ -13,6 +13,7 @@ use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel};
 use crate::ops::linear::gpu::{sgemm, Gemm};
 use crate::ops::norm::gpu::group_norm_forward_nhwc;
 use crate::ops::reduce::gpu::copy_at;
+use std::sync::Arc;
 
 impl<E: Executor> Gpu<E> {
     /// Whether this backend's convolutions run on the tensor cores.
@@ -25,6 +26,21 @@ impl<E: Executor> ConvOps for Gpu<E> {
     type Kept = Kept<E::Buf>;
     type PackPlan = mma::PackPlan<E::Buf>;
     type PackedWeight = mma::PackedWeight<E::Buf>;
+    type Operand = Nhwc<E::Buf>;
+
+    /// Under bf16, the bf16 channels-last copy the tensor-core GEMMs gather from.
+    fn operand(&self, x: &E::Buf, d: Planes) -> Result<Option<Self::Operand>> {
+        if !self.tensor_cores() {
+            return Ok(None);
+        }
+        mma::to_nhwc_bf16(self.executor(), x, d.n, d.c, d.plane).map(Some)
+    }
+    fn operand_for_output(&self, d: Planes) -> Result<Option<Self::Operand>> {
+        if !self.tensor_cores() {
+            return Ok(None);
+        }
+        Ok(Some(Nhwc::new(self.executor().alloc_bf16(d.n * d.plane * mma::padded(d.c))?, d.c)))
+    }
 
     /// Under bf16, the plan of [`mma::pack_weights`]; in f32 the GEMMs read the weights as they are.
     fn pack_plan(&self, tensors: &[(usize, &[usize])]) -> Result<Option<Self::PackPlan>> {
@@ -45,7 +61,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         epi: Epilogue<E::Buf>,
         out: &mut E::Buf,
     ) -> Result<()> {
-        self.conv2d_forward_keep(d, x, (w, None), epi, out, Keep::default()).map(drop)
+        self.conv2d_forward_keep(d, (x, None), (w, None), epi, out, Keep::default()).map(drop)
     }
     fn conv2d_backward(
         &self,
@@ -65,7 +81,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         bias: Option<&E::Buf>,
         out: &mut E::Buf,
     ) -> Result<()> {
-        self.conv_transpose2d_forward_keep(d, x, (w, None), bias, out, Keep::default()).map(drop)
+        self.conv_transpose2d_forward_keep(d, (x, None), (w, None), bias, out, Keep::default()).map(drop)
     }
     fn conv_transpose2d_backward(
         &self,
@@ -83,7 +99,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
     fn conv2d_forward_keep(
         &self,
         d: &ConvDesc,
-        x: &E::Buf,
+        (x, operand): InputIn<'_, Self>,
         (w, packed): (&E::Buf, Option<&Self::PackedWeight>),
         epi: Epilogue<E::Buf>,
         out: &mut E::Buf,
@@ -92,8 +108,8 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let (e, g, n, co) = (self.executor(), &d.geom, d.n, d.channels);
         let (kk, plane) = (g.col_rows(), g.col_cols());
         if self.tensor_cores() {
-            let xb = mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w)?;
-            return conv2d_mma(e, d, xb, (w, packed), epi, out, keep);
+            let xb = given_or(operand, || mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w))?;
+            return conv2d_mma(e, d, xb, (w, packed), epi, (out, None), keep);
         }
         if let Some(r) = epi.residual {
             need("conv2d residual", r, n * co * plane)?;
@@ -119,14 +135,18 @@ impl<E: Executor> ConvOps for Gpu<E> {
         d: &ConvDesc,
         w: (&E::Buf, Option<&Self::PackedWeight>),
         epi: Epilogue<E::Buf>,
-        out: &mut E::Buf,
+        (out, out_operand): (&mut E::Buf, Option<&mut Self::Operand>),
         keep: Keep,
     ) -> Result<NormConv<Self>> {
         if !self.tensor_cores() || !nd.c.is_multiple_of(8) {
-            return norm_then_conv(self, (nd, x, affine), d, w, epi, out, keep);
+            let done = norm_then_conv(self, (nd, x, affine), d, w, epi, out, keep)?;
+            if let Some(op) = out_operand {
+                *op = mma::to_nhwc_bf16(self.executor(), out, d.n, d.channels, d.geom.oh * d.geom.ow)?;
+            }
+            return Ok(done);
         }
         let (ab, stats) = group_norm_forward_nhwc(self.executor(), nd, x, affine)?;
-        let kept = conv2d_mma(self.executor(), d, ab, w, epi, out, keep)?;
+        let kept = conv2d_mma(self.executor(), d, Arc::new(ab), w, epi, (out, out_operand), keep)?;
         Ok(NormConv { stats, activation: None, kept })
     }
 
@@ -149,7 +169,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
             let mut bias = pending(sums.bias, per_image.as_ref(), planes);
             if let Some(dw) = grads.dw {
                 let mut fresh = None;
-                let xb = kept_or(kept.and_then(|k| k.input.as_ref()), &mut fresh, || {
+                let xb = kept_or(kept.and_then(|k| k.input.as_deref()), &mut fresh, || {
                     mma::to_nhwc_bf16(e, need_input(x)?, n, g.c, g.h * g.w)
                 })?;
                 mma::wgrad(e, &Wgrad::of(g, n, co), (&gb, xb), dw, bias.take(), self.tickets()?)?;
@@ -160,7 +180,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 let wp = kept_or(kept.and_then(|k| k.weight.as_ref()), &mut fresh, || {
                     Ok(mma::pack_weight(e, w, (g.c, co, g.k * g.k), true, false)?.0)
                 })?;
-                mma::gather(e, &Gather::of(g, n, co, true), &gb, wp, (None, None, None), add_dx, dx)?;
+                mma::gather(e, &Gather::of(g, n, co, true), &gb, wp, (None, None, None), add_dx, dx, None)?;
             }
             return Ok(per_image.filter(|_| sums.chan_bias));
         }
@@ -198,7 +218,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
     fn conv_transpose2d_forward_keep(
         &self,
         d: &ConvDesc,
-        x: &E::Buf,
+        (x, operand): InputIn<'_, Self>,
         (w, packed): (&E::Buf, Option<&Self::PackedWeight>),
         bias: Option<&E::Buf>,
         out: &mut E::Buf,
@@ -207,9 +227,9 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let (e, g, n, ci) = (self.executor(), &d.geom, d.n, d.channels);
         let (kk, plane) = (g.col_rows(), g.col_cols());
         if self.tensor_cores() {
-            let xb = mma::to_nhwc_bf16(e, x, n, ci, plane)?;
+            let xb = given_or(operand, || mma::to_nhwc_bf16(e, x, n, ci, plane))?;
             let (wp, wp_adj) = operands(e, (w, packed), (g.c, ci, g.k * g.k), true, keep.for_dx)?;
-            mma::gather(e, &Gather::of(g, n, ci, true), &xb, &wp, (bias, None, None), false, out)?;
+            mma::gather(e, &Gather::of(g, n, ci, true), &xb, &wp, (bias, None, None), false, out, None)?;
             return Ok(Kept::of(keep, xb, wp_adj));
         }
         let mut col = e.alloc(n * kk * plane)?;
@@ -238,8 +258,9 @@ impl<E: Executor> ConvOps for Gpu<E> {
             let mut bias = pending(sums.bias, per_image.as_ref(), planes);
             if let Some(dw) = grads.dw {
                 let mut fresh = None;
-                let xb =
-                    kept_or(kept.and_then(|k| k.input.as_ref()), &mut fresh, || mma::to_nhwc_bf16(e, x, n, ci, plane))?;
+                let xb = kept_or(kept.and_then(|k| k.input.as_deref()), &mut fresh, || {
+                    mma::to_nhwc_bf16(e, x, n, ci, plane)
+                })?;
                 mma::wgrad(e, &Wgrad::of(g, n, ci), (xb, &gb), dw, bias.take(), self.tickets()?)?;
             }
             bias.map_or(Ok(()), |b| b.sum(e))?;
@@ -248,7 +269,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 let wp = kept_or(kept.and_then(|k| k.weight.as_ref()), &mut fresh, || {
                     Ok(mma::pack_weight(e, w, (ci, g.c, g.k * g.k), false, false)?.0)
                 })?;
-                mma::gather(e, &Gather::of(g, n, ci, false), &gb, wp, (None, None, None), add_dx, dx)?;
+                mma::gather(e, &Gather::of(g, n, ci, false), &gb, wp, (None, None, None), add_dx, dx, None)?;
             }
             return Ok(per_image.filter(|_| sums.chan_bias));
         }
@@ -287,16 +308,16 @@ impl<E: Executor> ConvOps for Gpu<E> {
 fn conv2d_mma<E: Executor>(
     e: &E,
     d: &ConvDesc,
-    xb: Nhwc<E::Buf>,
+    xb: Arc<Nhwc<E::Buf>>,
     (w, packed): (&E::Buf, Option<&PackedWeight<E::Buf>>),
     epi: Epilogue<E::Buf>,
-    out: &mut E::Buf,
+    (out, out_operand): (&mut E::Buf, Option<&mut Nhwc<E::Buf>>),
     keep: Keep,
 ) -> Result<Option<Kept<E::Buf>>> {
     let (g, n, co) = (&d.geom, d.n, d.channels);
     let (wp, wp_adj) = operands(e, (w, packed), (co, g.c, g.k * g.k), false, keep.for_dx)?;
     let terms = (epi.bias, epi.chan_bias, epi.residual);
-    mma::gather(e, &Gather::of(g, n, co, false), &xb, &wp, terms, false, out)?;
+    mma::gather(e, &Gather::of(g, n, co, false), &xb, &wp, terms, false, out, out_operand)?;
     Ok(Kept::of(keep, xb, wp_adj))
 }
 
@@ -321,6 +342,11 @@ fn operands<E: Executor>(
         )));
     }
     Ok((view(fwd)?, if adjoint { Some(view(adj)?) } else { None }))
+}
+
+/// The operand the tape gave, shared, else `make()`'s.
+fn given_or<T>(given: Option<&Arc<T>>, make: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+    given.cloned().map_or_else(|| make().map(Arc::new), Ok)
 }
 
 /// `kept` when the forward kept it, else `make()`'s result, held in `fresh`.

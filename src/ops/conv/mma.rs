@@ -1,6 +1,8 @@
 //! The convolutions' tensor-core launches (`conv_mma.cu`), for [`Precision::Bf16`](crate::backend::Precision):
-//! each f32 NCHW activation a GEMM gathers from is converted once into a bf16 NHWC copy, each weight into the bf16
-//! operand layout, and the implicit GEMMs write f32 NCHW results, so the rest of the GPU backend is unchanged.
+//! each f32 NCHW activation a GEMM gathers from is converted once into a bf16 NHWC copy (its operand: shared by
+//! every reader through the tape, or written beside the f32 output by the GEMM that makes it), each weight into
+//! the bf16 operand layout, and the implicit GEMMs write f32 NCHW results, so the rest of the GPU backend is
+//! unchanged.
 //!
 //! | op | gathers (NHWC bf16) | map | weight packing | output |
 //! |---|---|---|---|---|
@@ -25,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, need_bf16, run, SPLIT_TARGET_BLOCKS};
 use crate::gpu::{Arg, Bf16Buf, Cost, Executor, IntBuf, Kernel, LaunchCfg};
 use crate::ops::reduce::gpu::sum_rows;
+use std::sync::Arc;
 
 /// Block tile of both GEMM kernels (`BM`, `BN` in conv_mma.cu), threads per block, and pixels per k-tile.
 const TILE: usize = 64;
@@ -56,13 +59,13 @@ impl<B> Nhwc<B> {
 /// What a bf16 conv's forward keeps for its backward (`ConvOps::Kept`), as [`Keep`] asks: its input's [`Nhwc`] copy
 /// for the weight gradient, and its weight packed for the input gradient's GEMM.
 pub struct Kept<B> {
-    pub(crate) input: Option<Nhwc<B>>,
+    pub(crate) input: Option<Arc<Nhwc<B>>>,
     pub(crate) weight: Option<Bf16Buf<B>>,
 }
 
 impl<B> Kept<B> {
     /// `None` when there is nothing to keep.
-    pub(crate) fn of(keep: Keep, input: Nhwc<B>, weight: Option<Bf16Buf<B>>) -> Option<Self> {
+    pub(crate) fn of(keep: Keep, input: Arc<Nhwc<B>>, weight: Option<Bf16Buf<B>>) -> Option<Self> {
         let input = keep.for_dw.then_some(input);
         (input.is_some() || weight.is_some()).then_some(Kept { input, weight })
     }
@@ -316,7 +319,8 @@ impl Gather {
 pub(crate) type Terms<'a, B> = (Option<&'a B>, Option<&'a B>, Option<&'a B>);
 
 /// `out = gather(input) · wpᵀ + bias + chan_bias + residual` (`+=` onto `out` when `accumulate`, instead of the
-/// residual).
+/// residual); the result also written into `out_nhwc` when given (the operand of a conv that reads it).
+#[allow(clippy::too_many_arguments)] // the GEMM's operands, its epilogue's terms and its two outputs
 pub(crate) fn gather<E: Executor>(
     e: &E,
     d: &Gather,
@@ -325,6 +329,7 @@ pub(crate) fn gather<E: Executor>(
     (bias, chan_bias, residual): Terms<E::Buf>,
     accumulate: bool,
     out: &mut E::Buf,
+    out_nhwc: Option<&mut Nhwc<E::Buf>>,
 ) -> Result<()> {
     if input.c != d.c {
         return Err(Error::Shape(format!("conv_gather_mma: input of {} channels, expected {}", input.c, d.c)));
@@ -339,6 +344,13 @@ pub(crate) fn gather<E: Executor>(
     residual.map_or(Ok(()), |r| need("conv_gather_mma residual", r, d.n * d.outputs * q))?;
     if accumulate && residual.is_some() {
         return Err(Error::Arg("conv_gather_mma: a residual is added instead of accumulating, not as well".into()));
+    }
+    let np = padded(d.outputs);
+    if let Some(o) = &out_nhwc {
+        if o.c != d.outputs {
+            return Err(Error::Shape(format!("conv_gather_mma: operand of {} channels for {}", o.c, d.outputs)));
+        }
+        need_bf16("conv_gather_mma out_nhwc", &o.buf, d.n * q * np)?;
     }
     let classes = d.classes();
     let cfg = LaunchCfg {
@@ -357,8 +369,9 @@ pub(crate) fn gather<E: Executor>(
         Arg::opt(bias),
         Arg::opt(chan_bias),
         Arg::opt(residual),
+        out_nhwc.as_ref().map_or(Arg::Null, |o| Arg::Bf16(&o.buf)),
     ];
-    for v in [d.n, cp, d.input.0, d.input.1, d.outputs, d.grid.0, d.grid.1, d.k, d.stride, d.pad] {
+    for v in [d.n, cp, d.input.0, d.input.1, d.outputs, np, d.grid.0, d.grid.1, d.k, d.stride, d.pad] {
         args.push(i32_arg(v)?);
     }
     args.extend([Arg::I32(d.adjoint as i32), Arg::I32(accumulate as i32)]);
@@ -370,7 +383,8 @@ pub(crate) fn gather<E: Executor>(
     let extra = bias.map_or(0, |_| d.outputs) + chan_bias.map_or(0, |_| d.n * d.outputs);
     let bytes = 2 * d.n * d.input.0 * d.input.1 * cp
         + 2 * d.outputs * depth
-        + 4 * (out_len * (1 + (accumulate || residual.is_some()) as usize) + extra);
+        + 4 * (out_len * (1 + (accumulate || residual.is_some()) as usize) + extra)
+        + out_nhwc.as_ref().map_or(0, |_| 2 * d.n * q * np);
     run(e, Kernel::ConvGatherMma, cfg, Cost::tensor(flops, bytes), &args)
 }
 

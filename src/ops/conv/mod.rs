@@ -23,6 +23,7 @@ use crate::ops::norm::NormOps;
 use crate::shape_err;
 use crate::tensor::Tensor;
 use std::fmt;
+use std::sync::Arc;
 
 pub use normed::{norm_then_conv, Norm, NormConv};
 
@@ -41,6 +42,23 @@ pub trait ConvOps: Memory + ReduceOps + NormOps {
     /// A weight in the layouts the conv kernels read, made by [`ConvOps::pack_weights`] and reused by every
     /// conv until the parameters change.
     type PackedWeight: Send + Sync + 'static;
+    /// A tensor in the layout the conv kernels read (under bf16 on the GPU, its bf16 channels-last copy), made
+    /// once per tensor and shared by every conv and linear layer that reads it ([`Tape::operand`]), or written by
+    /// the conv that produces the tensor; `()` where the convs read f32 tensors as they are.
+    type Operand: Send + Sync + 'static;
+
+    /// `x: [d.n, d.c, d.plane]` as an [`ConvOps::Operand`] (one conversion), or `None` (the default) where the convs
+    /// read f32 tensors as they are.
+    fn operand(&self, x: &Self::Buf, d: Planes) -> Result<Option<Self::Operand>> {
+        let _ = (x, d);
+        Ok(None)
+    }
+    /// Room for the operand of a conv's `[d.n, d.c, d.plane]` output, which that conv's forward writes with its
+    /// output when given it; `None` (the default) where there are no operands.
+    fn operand_for_output(&self, d: Planes) -> Result<Option<Self::Operand>> {
+        let _ = d;
+        Ok(None)
+    }
 
     /// The plan for packing the 4-D and 2-D tensors among `tensors` (each its offset in an arena's words and its shape);
     /// `None` (the default) where the convs read their weights as they are.
@@ -98,13 +116,13 @@ pub trait ConvOps: Memory + ReduceOps + NormOps {
     fn conv2d_forward_keep(
         &self,
         d: &ConvDesc,
-        x: &Self::Buf,
+        (x, operand): InputIn<'_, Self>,
         (w, packed): (&Self::Buf, Option<&Self::PackedWeight>),
         epi: Epilogue<Self::Buf>,
         out: &mut Self::Buf,
         keep: Keep,
     ) -> Result<Option<Self::Kept>> {
-        let _ = (keep, packed);
+        let _ = (keep, packed, operand);
         self.conv2d_forward(d, x, w, epi, out).map(|()| None)
     }
     /// [`ConvOps::conv2d_backward`] with what the forward kept, `dx` added to when `grads` says so, and the channel
@@ -126,31 +144,32 @@ pub trait ConvOps: Memory + ReduceOps + NormOps {
         sums.reduce(self, Planes { n: d.n, c: d.channels, plane: d.geom.oh * d.geom.ow }, gout)
     }
     /// `out = conv2d(a, w) + epilogue` with `a` = GroupNorm (then SiLU when `nd.silu`) of `x`, for a GroupNorm
-    /// whose only reader is this conv ([`Tape::norm_conv2d`]). Returns GroupNorm's saved `(μ, 1/σ)`, `a` when the
-    /// backward reads it from here, and what the conv keeps. By default the two ops in turn ([`norm_then_conv`]).
+    /// whose only reader is this conv ([`Tape::norm_conv2d`]); `out`'s operand written too when given (from
+    /// [`ConvOps::operand_for_output`]). Returns GroupNorm's saved `(μ, 1/σ)`, `a` when the backward reads it from
+    /// here, and what the conv keeps. By default the two ops in turn ([`norm_then_conv`]).
     fn norm_conv2d_forward(
         &self,
         norm: (NormDesc, &Self::Buf, (&Self::Buf, &Self::Buf)),
         d: &ConvDesc,
         w: (&Self::Buf, Option<&Self::PackedWeight>),
         epi: Epilogue<Self::Buf>,
-        out: &mut Self::Buf,
+        out: (&mut Self::Buf, Option<&mut Self::Operand>),
         keep: Keep,
     ) -> Result<NormConv<Self>> {
-        norm_then_conv(self, norm, d, w, epi, out, keep)
+        norm_then_conv(self, norm, d, w, epi, out.0, keep)
     }
     /// [`ConvOps::conv_transpose2d_forward`], keeping what [`ConvOps::conv_transpose2d_backward_with`] can reuse;
     /// `w.1` as in [`ConvOps::conv2d_forward_keep`].
     fn conv_transpose2d_forward_keep(
         &self,
         d: &ConvDesc,
-        x: &Self::Buf,
+        (x, operand): InputIn<'_, Self>,
         (w, packed): (&Self::Buf, Option<&Self::PackedWeight>),
         bias: Option<&Self::Buf>,
         out: &mut Self::Buf,
         keep: Keep,
     ) -> Result<Option<Self::Kept>> {
-        let _ = (keep, packed);
+        let _ = (keep, packed, operand);
         self.conv_transpose2d_forward(d, x, w, bias, out).map(|()| None)
     }
     /// [`ConvOps::conv_transpose2d_backward`] with what the forward kept, `dx` added to when `grads` says so, and
@@ -173,6 +192,10 @@ pub trait ConvOps: Memory + ReduceOps + NormOps {
 /// A weight as the convs' forwards take it: its values, and the same packed when it is a parameter and the
 /// backend packs ([`ConvOps::pack_weights`]).
 pub type WeightIn<'a, B> = (&'a <B as Memory>::Buf, Option<&'a <B as ConvOps>::PackedWeight>);
+
+/// An input as the convs' and linear layers' forwards take it: its values, and its [`ConvOps::Operand`] when the
+/// tape has one ([`Tape::operand`]; the forward makes it otherwise).
+pub type InputIn<'a, B> = (&'a <B as Memory>::Buf, Option<&'a Arc<<B as ConvOps>::Operand>>);
 
 /// `backward`, a pass that overwrites its `dx`, run for `grads`: when they ask to add to `dx`, into a temporary
 /// then added (`acc + fresh`, as the tape would add it, so the same bits).
@@ -205,6 +228,9 @@ pub struct ConvExtra {
     pub chan_bias: Option<Var>,
     /// `[n, c_out, oh, ow]`, added elementwise (a residual connection).
     pub residual: Option<Var>,
+    /// Also write the output as the backend's [`ConvOps::Operand`] (in the same launch), for a conv or linear layer
+    /// that reads it next ([`Tape::operand`] hands it over); only [`Tape::norm_conv2d`] writes one.
+    pub operand: bool,
 }
 
 /// What a conv's forward keeps for the backward ([`ConvOps::Kept`]): what the weight gradient reads (asked for when
@@ -280,7 +306,9 @@ impl<B: Backend> Tape<'_, B> {
         let epi = self.epilogue(b, extra);
         let keep = Keep::on(self, x, w);
         let w_in = (self.value(w).buf(), self.packed(w)?);
-        let kept = self.backend().conv2d_forward_keep(&d, self.value(x).buf(), w_in, epi, y.buf_mut(), keep)?;
+        let operand = self.operand(x)?;
+        let x_in = (self.value(x).buf(), operand.as_ref());
+        let kept = self.backend().conv2d_forward_keep(&d, x_in, w_in, epi, y.buf_mut(), keep)?;
         Ok(self.push(Conv2d { x, w, b, extra, d, kept }, y, started))
     }
 
@@ -341,7 +369,8 @@ impl<B: Backend> Tape<'_, B> {
         let d = ConvDesc { n, geom, channels: ci };
         let mut y = Tensor::alloc(self.backend(), &[n, co, geom.h, geom.w])?;
         let bias = b.map(|b| self.value(b).buf());
-        let (xb, wb) = (self.value(x).buf(), (self.value(w).buf(), self.packed(w)?));
+        let operand = self.operand(x)?;
+        let (xb, wb) = ((self.value(x).buf(), operand.as_ref()), (self.value(w).buf(), self.packed(w)?));
         let kept = self.backend().conv_transpose2d_forward_keep(&d, xb, wb, bias, y.buf_mut(), Keep::on(self, x, w))?;
         Ok(self.push(ConvTranspose2d { x, w, b, d, kept }, y, started))
     }

@@ -6,7 +6,7 @@
 use super::{weight_grads, ConvExtra, ConvOps, Keep};
 use crate::autograd::{list_vars, profile, Rule, Tape, Var};
 use crate::backend::Backend;
-use crate::desc::{ConvDesc, Epilogue, NormDesc};
+use crate::desc::{ConvDesc, Epilogue, NormDesc, Planes};
 use crate::error::Result;
 use crate::ops::norm::norm_grads;
 use crate::tensor::Tensor;
@@ -41,7 +41,7 @@ pub fn norm_then_conv<B: ConvOps>(
 ) -> Result<NormConv<B>> {
     let mut a = be.alloc(nd.n * nd.c * nd.plane)?;
     let stats = be.group_norm_forward(nd, x, affine, &mut a)?;
-    let kept = be.conv2d_forward_keep(d, &a, w, epi, out, keep)?;
+    let kept = be.conv2d_forward_keep(d, (&a, None), w, epi, out, keep)?;
     Ok(NormConv { stats, activation: Some(a), kept })
 }
 
@@ -67,15 +67,21 @@ impl<B: Backend> Tape<'_, B> {
         let norm_grads = [x, norm.gamma, norm.beta].iter().any(|&v| self.needs_grad(v));
         let keep = Keep { for_dw: self.needs_grad(w), for_dx: norm_grads };
         let affine = (self.value(norm.gamma).buf(), self.value(norm.beta).buf());
+        let planes = Planes { n: d.n, c: d.channels, plane: d.geom.oh * d.geom.ow };
+        let mut operand = if extra.operand { self.backend().operand_for_output(planes)? } else { None };
         let saved = self.backend().norm_conv2d_forward(
             (nd, self.value(x).buf(), affine),
             &d,
             (self.value(w).buf(), self.packed(w)?),
             self.epilogue(b, extra),
-            y.buf_mut(),
+            (y.buf_mut(), operand.as_mut()),
             keep,
         )?;
-        Ok(self.push(NormConv2d { x, norm, w, b, extra, nd, d, saved }, y, started))
+        let v = self.push(NormConv2d { x, norm, w, b, extra, nd, d, saved }, y, started);
+        if let Some(op) = operand {
+            self.set_operand(v, op);
+        }
+        Ok(v)
     }
 }
 

@@ -320,9 +320,9 @@ fn conv_backward_with_bf16<E: Executor>(g: &Gpu<E>) {
         let mut y = out(g, out_len);
         let keep = Keep { for_dw: true, for_dx: true };
         let kept = if transposed {
-            g.conv_transpose2d_forward_keep(&d, &xb, (&wb, None), None, &mut y, keep)
+            g.conv_transpose2d_forward_keep(&d, (&xb, None), (&wb, None), None, &mut y, keep)
         } else {
-            g.conv2d_forward_keep(&d, &xb, (&wb, None), Epilogue::none(), &mut y, keep)
+            g.conv2d_forward_keep(&d, (&xb, None), (&wb, None), Epilogue::none(), &mut y, keep)
         };
         let kept = kept.unwrap();
         let kept_both = kept.as_ref().is_some_and(|k| k.input.is_some() && k.weight.is_some());
@@ -394,7 +394,7 @@ fn norm_conv2d_equals_unfused<E: Executor>(g: &Gpu<E>) {
         let run = |fused: bool| -> (Vec<f32>, Vec<Vec<f32>>) {
             let mut t = Tape::new(&params);
             let [x, gamma, beta, wt, b, cb, res] = [x, gamma, beta, wt, b, cb, res].map(|id| t.param(id));
-            let extra = ConvExtra { chan_bias: Some(cb), residual: Some(res) };
+            let extra = ConvExtra { chan_bias: Some(cb), residual: Some(res), operand: false };
             let y = if fused {
                 t.norm_conv2d(x, Norm { gamma, beta, groups, silu: true }, wt, Some(b), 1, 1, extra).unwrap()
             } else {
@@ -420,6 +420,59 @@ fn norm_conv2d_equals_unfused<E: Executor>(g: &Gpu<E>) {
     }
 }
 gpu_test!(norm_conv2d_equals_unfused, crate::backend::Precision::Bf16);
+
+/// Operands under bf16: a norm_conv2d asked to write its output's operand (`ConvExtra::operand`) gives the same
+/// output and gradients, to the bit, as its two readers (a stride-2 conv and a transposed conv) converting it
+/// (the epilogue rounds the f32 result as the conversion does), and the tape converts a tensor that several layers
+/// read once (two linear layers' input): 3 conversions in the forward without the written operand, 2 with it.
+fn operands_written_and_shared<E: Executor>(g: &Gpu<E>) {
+    use crate::autograd::Tape;
+    use crate::gpu::Kernel;
+    use crate::ops::conv::{ConvExtra, Norm};
+    use crate::params::Params;
+    use crate::tensor::Tensor;
+    let (n, c, hw, co) = (2, 16, 6, 8);
+    let mut p = Params::new();
+    let mut add = |name: &str, shape: &[usize], seed: u64| {
+        let len = shape.iter().product();
+        p.add(name, Tensor::new(shape, rand(seed, len)).unwrap())
+    };
+    let x = add("x", &[n, c, hw, hw], 50);
+    let (gamma, beta, w1) = (add("gamma", &[c], 51), add("beta", &[c], 52), add("w1", &[c, c, 3, 3], 53));
+    let (w2, w3, w4) = (add("w2", &[co, c, 3, 3], 54), add("w3", &[c, co, 4, 4], 55), add("w4", &[co, co, 3, 3], 56));
+    let (v, wl1, wl2) = (add("v", &[n, 12], 57), add("wl1", &[co, 12], 58), add("wl2", &[co, 12], 59));
+    let (b1, r1) = (add("b1", &[c], 61), add("r1", &[n, c, hw, hw], 62));
+    let params = p.to_backend(g).unwrap();
+    let target = Tensor::new(&[n, co, 3, 3], rand(60, n * co * 9)).unwrap();
+    let run = |share: bool| {
+        let mut t = Tape::new(&params);
+        let vars = [x, gamma, beta, w1, w2, w3, w4, v, wl1, wl2, b1, r1].map(|id| t.param(id));
+        let [x, gamma, beta, w1, w2, w3, w4, v, wl1, wl2, b1, r1] = vars;
+        let counters = g.executor().counters();
+        counters.record();
+        let extra = ConvExtra { residual: Some(r1), operand: share, ..ConvExtra::default() };
+        let y = t.norm_conv2d(x, Norm { gamma, beta, groups: 4, silu: true }, w1, Some(b1), 1, 1, extra).unwrap();
+        let (l1, l2) = (t.linear(v, wl1, None).unwrap(), t.linear(v, wl2, None).unwrap());
+        let z1 = t.conv2d(y, w2, None, 2, 1, ConvExtra { chan_bias: Some(l2), ..ConvExtra::default() }).unwrap();
+        let z2 = t.conv_transpose2d(y, w3, None, 2, 1).unwrap();
+        let extra = ConvExtra { chan_bias: Some(l1), residual: Some(z1), operand: false };
+        let out = t.conv2d(z2, w4, None, 4, 1, extra).unwrap();
+        let conversions = counters.take_log().iter().filter(|l| l.kernel == Kernel::NchwToNhwcBf16).count();
+        let target = t.input_host(target.clone()).unwrap();
+        let loss = t.mse(out, target).unwrap();
+        let bits = |b: &E::Buf| down(g, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let out = bits(t.value(out).buf());
+        let grads = t.backward(loss).unwrap();
+        (out, grads.0.iter().map(|v| bits(v.buf())).collect::<Vec<_>>(), conversions)
+    };
+    let ((out, grads, shared), (out_ref, grads_ref, converted)) = (run(true), run(false));
+    assert!(out == out_ref, "output differs with the written operand");
+    for (i, (got, want)) in grads.iter().zip(&grads_ref).enumerate() {
+        assert!(got == want, "gradient of {} differs with the written operand", params.name(crate::params::ParamId(i)));
+    }
+    assert_eq!((shared, converted), (2, 3), "forward conversions with and without the written operand");
+}
+gpu_test!(operands_written_and_shared, crate::backend::Precision::Bf16);
 
 /// Weights packed for a whole arena in one launch ([`ConvOps::pack_weights`]) against each conv packing its own:
 /// a conv, a transposed conv and a linear layer's weight side by side in one arena give the same outputs and input
@@ -449,18 +502,19 @@ fn packed_weights_equal_packing_per_conv<E: Executor>(g: &Gpu<E>) {
         // The conv, then its input gradient through the kept adjoint operand.
         let (x, gy) = (up(g, &rand(40, n * c * h * w)), up(g, &rand(41, n * co * h * w)));
         let mut y = out(g, n * co * h * w);
-        let kept = g.conv2d_forward_keep(&conv, &x, (&weight(0), pick(0)), Epilogue::none(), &mut y, keep).unwrap();
+        let kept =
+            g.conv2d_forward_keep(&conv, (&x, None), (&weight(0), pick(0)), Epilogue::none(), &mut y, keep).unwrap();
         let mut dx = out(g, n * c * h * w);
         let grads = LayerGrads { dx: Some(&mut dx), dw: None };
         g.conv2d_backward_with(&conv, (None, &weight(0), &gy), kept.as_ref(), grads.into(), BiasSums::default())
             .unwrap();
         // The transposed conv of y, and the linear layer.
         let mut z = out(g, n * c * 4 * h * w);
-        g.conv_transpose2d_forward_keep(&upsample, &y, (&weight(1), pick(1)), None, &mut z, keep).unwrap();
+        g.conv_transpose2d_forward_keep(&upsample, (&y, None), (&weight(1), pick(1)), None, &mut z, keep).unwrap();
         let mut l = out(g, n * co);
         let lin = LinearDesc { batch: n, fin: c, fout: co };
         let xl = up(g, &rand(42, n * c));
-        g.linear_forward_keep(lin, (&xl, (&weight(2), pick(2)), None), &mut l, keep).unwrap();
+        g.linear_forward_keep(lin, ((&xl, None), (&weight(2), pick(2)), None), &mut l, keep).unwrap();
         [&y, &dx, &z, &l].map(|b| down(g, b).iter().map(|f| f.to_bits()).collect::<Vec<_>>())
     };
     let (per_conv, packed) = (run(false), run(true));

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, int, need, run, SPLIT_TARGET_BLOCKS};
 use crate::gpu::{Arg, Cost, Executor, Kernel, LaunchCfg};
 use crate::ops::conv::gpu::add_channel_bias;
-use crate::ops::conv::{overwriting, BiasSums, Keep, WeightIn};
+use crate::ops::conv::{overwriting, BiasSums, InputIn, Keep, WeightIn};
 
 impl<E: Executor> LinearOps for Gpu<E> {
     fn linear_forward(
@@ -20,7 +20,7 @@ impl<E: Executor> LinearOps for Gpu<E> {
         bias: Option<&E::Buf>,
         y: &mut E::Buf,
     ) -> Result<()> {
-        self.linear_forward_keep(d, (x, (w, None), bias), y, Keep::default()).map(drop)
+        self.linear_forward_keep(d, ((x, None), (w, None), bias), y, Keep::default()).map(drop)
     }
     fn linear_backward(
         &self,
@@ -35,14 +35,14 @@ impl<E: Executor> LinearOps for Gpu<E> {
     fn linear_forward_keep(
         &self,
         d: LinearDesc,
-        (x, w, bias): (&E::Buf, WeightIn<'_, Self>, Option<&E::Buf>),
+        (x, w, bias): (InputIn<'_, Self>, WeightIn<'_, Self>, Option<&E::Buf>),
         y: &mut E::Buf,
         keep: Keep,
     ) -> Result<Option<Self::Kept>> {
         if self.precision() == Precision::Bf16 {
             return self.conv2d_forward_keep(&as_conv(d), x, w, Epilogue { bias, ..Epilogue::none() }, y, keep);
         }
-        let w = w.0;
+        let (x, w) = (x.0, w.0);
         let e = self.executor();
         sgemm(e, &Gemm::plain(d.batch, d.fout, d.fin, false, true), x, w, y)?;
         add_channel_bias(e, y, (bias, None), d.batch, d.fout, 1)?;

@@ -11,8 +11,8 @@ use crate::autograd::{list_vars, profile, Rule, Tape, Var};
 use crate::backend::{Backend, ConvOps};
 use crate::desc::{GradsInto, LayerGrads, LinearDesc};
 use crate::error::Result;
-use crate::ops::conv::WeightIn;
 use crate::ops::conv::{overwriting, Keep};
+use crate::ops::conv::{InputIn, WeightIn};
 use crate::shape_err;
 use crate::tensor::Tensor;
 use std::fmt;
@@ -44,11 +44,11 @@ pub trait LinearOps: ConvOps {
     fn linear_forward_keep(
         &self,
         d: LinearDesc,
-        (x, (w, packed), bias): (&Self::Buf, WeightIn<'_, Self>, Option<&Self::Buf>),
+        ((x, operand), (w, packed), bias): (InputIn<'_, Self>, WeightIn<'_, Self>, Option<&Self::Buf>),
         y: &mut Self::Buf,
         keep: Keep,
     ) -> Result<Option<Self::Kept>> {
-        let _ = (keep, packed);
+        let _ = (keep, packed, operand);
         self.linear_forward(d, x, w, bias, y).map(|()| None)
     }
     /// [`LinearOps::linear_backward`] with what the forward kept, `dx` added to when `grads` says so, and the
@@ -80,7 +80,12 @@ impl<B: Backend> Tape<'_, B> {
         self.check_shape(b, &[fout], "linear bias")?;
         let d = LinearDesc { batch, fin, fout };
         let mut y = Tensor::alloc(self.backend(), &[batch, fout])?;
-        let inputs = (self.value(x).buf(), (self.value(w).buf(), self.packed(w)?), b.map(|b| self.value(b).buf()));
+        let operand = self.operand(x)?;
+        let inputs = (
+            (self.value(x).buf(), operand.as_ref()),
+            (self.value(w).buf(), self.packed(w)?),
+            b.map(|b| self.value(b).buf()),
+        );
         let kept = self.backend().linear_forward_keep(d, inputs, y.buf_mut(), Keep::on(self, x, w))?;
         Ok(self.push(Linear { x, w, b, d, kept }, y, started))
     }

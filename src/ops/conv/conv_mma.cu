@@ -199,9 +199,7 @@ extern "C" __global__ void pack_weights_bf16(const float* __restrict__ params, b
 // depth ceil((K-ry)/S) * ceil((K-rx)/S) * C instead of K*K*C. Otherwise one class: every pixel, every tap.
 // Launch: grid (CEIL_DIV(N, 64), CEIL_DIV(largest class's n * pixels, 64), S*S for a strided adjoint else 1), block
 // 128, dynamic shared memory STAGES * 2 * ROW_TILE * 2 bytes (30 KiB).
-// At least 5 blocks per multiprocessor: registers capped at 102 (it needs 96 without spilling; uncapped, the
-// compiler takes 112, and only 4 blocks fit).
-extern "C" __global__ void __launch_bounds__(MMA_THREADS, 5)
+extern "C" __global__ void __launch_bounds__(MMA_THREADS)
 conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float* __restrict__ out,
                 const float* __restrict__ bias, const float* __restrict__ chan_bias,
                 const float* __restrict__ residual, bf16* __restrict__ out_nhwc, int n, int C, int IH, int IW,

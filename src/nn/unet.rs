@@ -206,10 +206,11 @@ impl UNet {
         let p2 = traced("pool2", self.pool2.forward(tape, h2, ConvExtra::default())?);
         let hb = traced("mid", self.mid.forward(tape, p2, t_act, true)?);
         let u2 = traced("up2", self.up2.forward(tape, hb)?);
-        let cat2 = tape.concat(u2, h2)?;
+        // The decoder blocks' 1x1 skip convs read the concatenations: written with their operands.
+        let cat2 = tape.concat_with(u2, h2, true)?;
         let d2 = traced("dec2", self.dec2.forward(tape, cat2, t_act, true)?);
         let u1 = traced("up1", self.up1.forward(tape, d2)?);
-        let cat1 = tape.concat(u1, h1)?;
+        let cat1 = tape.concat_with(u1, h1, true)?;
         let d1 = traced("dec1", self.dec1.forward(tape, cat1, t_act, false)?);
         Ok(traced("out_conv", self.out_conv.forward_normed(tape, &self.out_norm, d1, ConvExtra::default())?))
     }

@@ -6,13 +6,14 @@
 use super::mma::{self, Gather, Kept, Nhwc, PackedWeight, Wgrad};
 use super::{need_input, norm_then_conv, overwriting, BiasSums, ConvOps, InputIn, Keep, NormConv};
 use crate::backend::{Gpu, Memory, Precision};
-use crate::desc::{ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
+use crate::desc::{ConcatDesc, ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
 use crate::error::Result;
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
 use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel};
 use crate::ops::linear::gpu::{sgemm, Gemm};
 use crate::ops::norm::gpu::group_norm_forward_nhwc;
-use crate::ops::reduce::gpu::copy_at;
+use crate::ops::reduce::gpu::{concat_channels, copy_at, Channels};
+use crate::ops::reduce::ReduceOps;
 use std::sync::Arc;
 
 impl<E: Executor> Gpu<E> {
@@ -40,6 +41,22 @@ impl<E: Executor> ConvOps for Gpu<E> {
             return Ok(None);
         }
         Ok(Some(Nhwc::new(self.executor().alloc_bf16(d.n * d.plane * mma::padded(d.c))?, d.c)))
+    }
+    /// One `concat_channels` launch writing both, when the channel count needs no padding.
+    fn concat_with_operand(
+        &self,
+        d: ConcatDesc,
+        (a, b): (&E::Buf, &E::Buf),
+        out: &mut E::Buf,
+        operand: &mut Self::Operand,
+    ) -> Result<()> {
+        let e = self.executor();
+        if !(d.ca + d.cb).is_multiple_of(8) {
+            self.concat(d, a, b, out)?;
+            *operand = mma::to_nhwc_bf16(e, out, d.n, d.ca + d.cb, d.plane)?;
+            return Ok(());
+        }
+        concat_channels(e, d, Channels::Join { a, b, cat: out }, Some(&mut operand.buf))
     }
 
     /// Under bf16, the plan of [`mma::pack_weights`]; in f32 the GEMMs read the weights as they are.

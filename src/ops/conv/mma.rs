@@ -45,7 +45,7 @@ pub(crate) fn padded(c: usize) -> usize {
 
 /// A channels-last bf16 copy of `n` images of `c` channels: `[n, plane, padded(c)]`, the padding zero.
 pub struct Nhwc<B> {
-    buf: Bf16Buf<B>,
+    pub(crate) buf: Bf16Buf<B>,
     c: usize,
 }
 

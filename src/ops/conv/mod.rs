@@ -17,7 +17,7 @@ mod winograd;
 
 use crate::autograd::{list_vars, profile, Rule, Tape, Var};
 use crate::backend::{Backend, Memory, ReduceOps};
-use crate::desc::{ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
+use crate::desc::{ConcatDesc, ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
 use crate::error::Result;
 use crate::ops::norm::NormOps;
 use crate::shape_err;
@@ -58,6 +58,21 @@ pub trait ConvOps: Memory + ReduceOps + NormOps {
     fn operand_for_output(&self, d: Planes) -> Result<Option<Self::Operand>> {
         let _ = d;
         Ok(None)
+    }
+    /// [`ReduceOps::concat`] of `a` and `b` into `out: [d.n, d.ca + d.cb, d.plane]`, also writing `out`'s operand
+    /// into `operand` (from [`ConvOps::operand_for_output`]); by default the concat, then a conversion.
+    fn concat_with_operand(
+        &self,
+        d: ConcatDesc,
+        (a, b): (&Self::Buf, &Self::Buf),
+        out: &mut Self::Buf,
+        operand: &mut Self::Operand,
+    ) -> Result<()> {
+        self.concat(d, a, b, out)?;
+        if let Some(op) = self.operand(out, Planes { n: d.n, c: d.ca + d.cb, plane: d.plane })? {
+            *operand = op;
+        }
+        Ok(())
     }
 
     /// The plan for packing the 4-D and 2-D tensors among `tensors` (each its offset in an arena's words and its shape);

@@ -421,10 +421,11 @@ fn norm_conv2d_equals_unfused<E: Executor>(g: &Gpu<E>) {
 }
 gpu_test!(norm_conv2d_equals_unfused, crate::backend::Precision::Bf16);
 
-/// Operands under bf16: a norm_conv2d asked to write its output's operand (`ConvExtra::operand`) gives the same
-/// output and gradients, to the bit, as its two readers (a stride-2 conv and a transposed conv) converting it
-/// (the epilogue rounds the f32 result as the conversion does), and the tape converts a tensor that several layers
-/// read once (two linear layers' input): 3 conversions in the forward without the written operand, 2 with it.
+/// Operands under bf16: a norm_conv2d asked to write its output's operand (`ConvExtra::operand`) and a concat
+/// asked to (`Tape::concat_with`) give the same output and gradients, to the bit, as their readers (a stride-2
+/// conv and a transposed conv; a conv) converting them (both round the f32 values as the conversion does), and the
+/// tape converts a tensor that several layers read once (two linear layers' input): 3 conversions in the forward
+/// without the written operands, 1 with them.
 fn operands_written_and_shared<E: Executor>(g: &Gpu<E>) {
     use crate::autograd::Tape;
     use crate::gpu::Kernel;
@@ -439,7 +440,8 @@ fn operands_written_and_shared<E: Executor>(g: &Gpu<E>) {
     };
     let x = add("x", &[n, c, hw, hw], 50);
     let (gamma, beta, w1) = (add("gamma", &[c], 51), add("beta", &[c], 52), add("w1", &[c, c, 3, 3], 53));
-    let (w2, w3, w4) = (add("w2", &[co, c, 3, 3], 54), add("w3", &[c, co, 4, 4], 55), add("w4", &[co, co, 3, 3], 56));
+    let (w2, w3, w4) =
+        (add("w2", &[co, c, 3, 3], 54), add("w3", &[c, co, 4, 4], 55), add("w4", &[co, 2 * co, 3, 3], 56));
     let (v, wl1, wl2) = (add("v", &[n, 12], 57), add("wl1", &[co, 12], 58), add("wl2", &[co, 12], 59));
     let (b1, r1) = (add("b1", &[c], 61), add("r1", &[n, c, hw, hw], 62));
     let params = p.to_backend(g).unwrap();
@@ -455,8 +457,9 @@ fn operands_written_and_shared<E: Executor>(g: &Gpu<E>) {
         let (l1, l2) = (t.linear(v, wl1, None).unwrap(), t.linear(v, wl2, None).unwrap());
         let z1 = t.conv2d(y, w2, None, 2, 1, ConvExtra { chan_bias: Some(l2), ..ConvExtra::default() }).unwrap();
         let z2 = t.conv_transpose2d(y, w3, None, 2, 1).unwrap();
+        let cat = t.concat_with(z2, z2, share).unwrap();
         let extra = ConvExtra { chan_bias: Some(l1), residual: Some(z1), operand: false };
-        let out = t.conv2d(z2, w4, None, 4, 1, extra).unwrap();
+        let out = t.conv2d(cat, w4, None, 4, 1, extra).unwrap();
         let conversions = counters.take_log().iter().filter(|l| l.kernel == Kernel::NchwToNhwcBf16).count();
         let target = t.input_host(target.clone()).unwrap();
         let loss = t.mse(out, target).unwrap();
@@ -466,11 +469,15 @@ fn operands_written_and_shared<E: Executor>(g: &Gpu<E>) {
         (out, grads.0.iter().map(|v| bits(v.buf())).collect::<Vec<_>>(), conversions)
     };
     let ((out, grads, shared), (out_ref, grads_ref, converted)) = (run(true), run(false));
-    assert!(out == out_ref, "output differs with the written operand");
+    assert!(out == out_ref, "output differs with the written operands");
     for (i, (got, want)) in grads.iter().zip(&grads_ref).enumerate() {
-        assert!(got == want, "gradient of {} differs with the written operand", params.name(crate::params::ParamId(i)));
+        assert!(
+            got == want,
+            "gradient of {} differs with the written operands",
+            params.name(crate::params::ParamId(i))
+        );
     }
-    assert_eq!((shared, converted), (2, 3), "forward conversions with and without the written operand");
+    assert_eq!((shared, converted), (1, 3), "forward conversions with and without the written operands");
 }
 gpu_test!(operands_written_and_shared, crate::backend::Precision::Bf16);
 

@@ -5,8 +5,8 @@ use super::ReduceOps;
 use crate::backend::Gpu;
 use crate::desc::{ConcatDesc, Planes};
 use crate::error::{Error, Result};
-use crate::gpu::launch::{elementwise, i32_arg, int, need, partials, run, BLOCK};
-use crate::gpu::{Arg, Cost, DeviceBuf, Executor, Kernel, LaunchCfg};
+use crate::gpu::launch::{elementwise, i32_arg, int, need, need_bf16, partials, run, BLOCK};
+use crate::gpu::{Arg, Bf16Buf, Cost, DeviceBuf, Executor, Kernel, LaunchCfg};
 
 impl<E: Executor> ReduceOps for Gpu<E> {
     fn add_assign(&self, acc: &mut E::Buf, g: &E::Buf) -> Result<()> {
@@ -28,12 +28,12 @@ impl<E: Executor> ReduceOps for Gpu<E> {
         sum_rows(self.executor(), m, 0, rows, cols, out)
     }
     fn concat(&self, d: ConcatDesc, a: &E::Buf, b: &E::Buf, out: &mut E::Buf) -> Result<()> {
-        concat_channels(self.executor(), d, Channels::Join { a, b, cat: out })
+        concat_channels(self.executor(), d, Channels::Join { a, b, cat: out }, None)
     }
     fn split(&self, d: ConcatDesc, g: &E::Buf) -> Result<(E::Buf, E::Buf)> {
         let e = self.executor();
         let (mut a, mut b) = (e.alloc(d.n * d.ca * d.plane)?, e.alloc(d.n * d.cb * d.plane)?);
-        concat_channels(e, d, Channels::Split { cat: g, a: &mut a, b: &mut b })?;
+        concat_channels(e, d, Channels::Split { cat: g, a: &mut a, b: &mut b }, None)?;
         Ok((a, b))
     }
 }
@@ -64,15 +64,21 @@ pub(crate) fn sum_rows<E: Executor>(
 }
 
 /// A channel concat's buffers, by direction: which are read and which written.
-enum Channels<'a, B> {
+pub(crate) enum Channels<'a, B> {
     /// `cat = [a, b]`.
     Join { a: &'a B, b: &'a B, cat: &'a mut B },
     /// `a`, `b` = the two channel blocks of `cat`.
     Split { cat: &'a B, a: &'a mut B, b: &'a mut B },
 }
 
-/// A concat or split in one launch of `concat_channels` for both channel blocks.
-fn concat_channels<E: Executor>(e: &E, d: ConcatDesc, bufs: Channels<E::Buf>) -> Result<()> {
+/// A concat or split in one launch of `concat_channels` for both channel blocks; a concat also writes `cat_nhwc`
+/// when given (`cat` as bf16 channels-last, `[n, plane, ca + cb]`, the channel count a multiple of 8).
+pub(crate) fn concat_channels<E: Executor>(
+    e: &E,
+    d: ConcatDesc,
+    bufs: Channels<E::Buf>,
+    cat_nhwc: Option<&mut Bf16Buf<E::Buf>>,
+) -> Result<()> {
     let (a, b, cat, split): (&E::Buf, &E::Buf, &E::Buf, bool) = match bufs {
         Channels::Join { a, b, cat } => (a, b, cat, false),
         Channels::Split { cat, a, b } => (a, b, cat, true),
@@ -81,17 +87,28 @@ fn concat_channels<E: Executor>(e: &E, d: ConcatDesc, bufs: Channels<E::Buf>) ->
     need("concat_channels a", a, d.n * d.ca * d.plane)?;
     need("concat_channels b", b, d.n * d.cb * d.plane)?;
     need("concat_channels cat", cat, len)?;
+    if let Some(nhwc) = &cat_nhwc {
+        if split || !(d.ca + d.cb).is_multiple_of(8) {
+            return Err(Error::Shape(
+                "concat_channels: a channels-last copy of a split, or of channels not a multiple of 8".into(),
+            ));
+        }
+        need_bf16("concat_channels cat_nhwc", nhwc, len)?;
+    }
+    let bf16_bytes = cat_nhwc.as_ref().map_or(0, |_| 2 * len);
     let args = [
         Arg::Buf(a),
         Arg::Buf(b),
         Arg::Buf(cat),
+        cat_nhwc.as_ref().map_or(Arg::Null, |c| Arg::Bf16(c)),
         i32_arg(d.ca)?,
         i32_arg(d.cb)?,
         i32_arg(d.n)?,
         i32_arg(d.plane)?,
         Arg::I32(split as i32),
     ];
-    run(e, Kernel::ConcatChannels, elementwise(len), Cost::pass(len, len, 0), &args)
+    let cost = Cost::pass(len, len, 0).plus(Cost::bytes(bf16_bytes));
+    run(e, Kernel::ConcatChannels, elementwise(len), cost, &args)
 }
 
 /// `dst[i, dst_off..dst_off+count, :] = src[i, src_off..src_off+count, :]` for `n` images of `plane` pixels, where

@@ -32,6 +32,12 @@ pub trait ReduceOps: Memory {
 impl<B: Backend> Tape<'_, B> {
     /// `y = [a, b]` concatenated along channels (`[n, ca, h, w]`, `[n, cb, h, w]` → `[n, ca+cb, h, w]`).
     pub fn concat(&mut self, a: Var, b: Var) -> Result<Var> {
+        self.concat_with(a, b, false)
+    }
+
+    /// [`Tape::concat`]; with `operand`, `y`'s operand is written in the same pass, for a conv that reads `y`
+    /// ([`Tape::operand`]).
+    pub fn concat_with(&mut self, a: Var, b: Var, operand: bool) -> Result<Var> {
         let started = profile::start();
         let (n, ca, h, w) = self.value(a).dims4("concat first input")?;
         let (nb, cb, hb, wb) = self.value(b).dims4("concat second input")?;
@@ -41,8 +47,16 @@ impl<B: Backend> Tape<'_, B> {
         }
         let d = ConcatDesc { n, ca, cb, plane: h * w };
         let mut y = Tensor::alloc(self.backend(), &[n, ca + cb, h, w])?;
-        self.backend().concat(d, self.value(a).buf(), self.value(b).buf(), y.buf_mut())?;
-        Ok(self.push(Concat { a, b, d }, y, started))
+        let (be, ab) = (self.backend(), (self.value(a).buf(), self.value(b).buf()));
+        let room = if operand { be.operand_for_output(Planes { n, c: ca + cb, plane: h * w })? } else { None };
+        let Some(mut op) = room else {
+            be.concat(d, ab.0, ab.1, y.buf_mut())?;
+            return Ok(self.push(Concat { a, b, d }, y, started));
+        };
+        be.concat_with_operand(d, ab, y.buf_mut(), &mut op)?;
+        let v = self.push(Concat { a, b, d }, y, started);
+        self.set_operand(v, op);
+        Ok(v)
     }
 }
 

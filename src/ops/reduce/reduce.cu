@@ -101,9 +101,12 @@ extern "C" __global__ void copy_channels(const float* __restrict__ src, int src_
 
 // The channel concat cat = [a, b] of a: [n, CA, plane] and b: [n, CB, plane] into cat: [n, CA + CB, plane]
 // (split = 0), or its inverse (split = 1: a and b written from cat), in one launch; which pointers are read and
-// which written depends on `split`, so none is const. Launch: grid-stride over n * (CA + CB) * plane.
+// which written depends on `split`, so none is const. A concat also writes cat as bf16 [n, plane, CA + CB]
+// (channels-last, CA + CB a multiple of 8) into cat_nhwc when given: the operand of the conv that reads it.
+// Launch: grid-stride over n * (CA + CB) * plane.
 extern "C" __global__ void concat_channels(float* __restrict__ a, float* __restrict__ b, float* __restrict__ cat,
-                                           int CA, int CB, int n, int plane, int split) {
+                                           bf16* __restrict__ cat_nhwc, int CA, int CB, int n, int plane,
+                                           int split) {
   const int C = CA + CB;
   GRID_STRIDE(e, (long long)n * C * plane) {
     const int p = e % plane, c = e / plane % C;
@@ -113,6 +116,7 @@ extern "C" __global__ void concat_channels(float* __restrict__ a, float* __restr
       *part = cat[e];
     } else {
       cat[e] = *part;
+      if (cat_nhwc) cat_nhwc[(i * plane + p) * C + c] = f32_to_bf16(*part);
     }
   }
 }

@@ -66,3 +66,27 @@ fn a_queued_training_step_runs_the_optimiser_in_one_launch_and_never_waits_for_t
     assert_eq!(stats.len(), 2);
     assert_eq!(counters.snapshot().since(&before).host_syncs, 1);
 }
+
+/// A sampler's network call in bf16 on the recorder: x enters the tape as a view and ε leaves it moved (no copy
+/// launch), and only the time MLP's two inputs, x and the time projections' shared input are converted for the
+/// GEMMs; every activation a conv reads comes with its operand written by its producer.
+#[test]
+fn a_network_call_copies_nothing_and_converts_only_what_no_conv_produced() {
+    use ddpm::diffusion::Denoiser;
+    use ddpm::nn::UNetDenoiser;
+    let gpu = Gpu::new(Recorder::new()).with_precision(Precision::Bf16);
+    let config =
+        RunConfig { model: UNetConfig { in_ch: 1, base: 8, t_dim: 16, classes: 0 }, ..RunConfig::reference_recipe() };
+    let state = TrainState::new(config).unwrap().to_backend(&gpu).unwrap();
+    let mut den = UNetDenoiser { model: &state.model, params: &state.params };
+    let x = Tensor::zeros(&[4, 1, 32, 32]).to_backend(&gpu).unwrap();
+    den.predict_eps(&x, &[10; 4]).unwrap();
+    let counters = gpu.executor().counters();
+    counters.record();
+    let eps = den.predict_eps(&x, &[10; 4]).unwrap();
+    let launches = counters.take_log();
+    assert_eq!(eps.shape(), x.shape());
+    let count = |k: Kernel| launches.iter().filter(|l| l.kernel == k).count();
+    assert_eq!(count(Kernel::CopyChannels), 0, "x or ε copied");
+    assert_eq!(count(Kernel::NchwToNhwcBf16), 4, "conversions in one network call");
+}

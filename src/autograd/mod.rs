@@ -170,6 +170,15 @@ impl<'p, B: Backend> Tape<'p, B> {
         }
     }
 
+    /// The value of the computed or input `v`, moved out of the tape (which it ends).
+    pub fn into_value(mut self, v: Var) -> Result<Tensor<B>> {
+        match self.nodes.get_mut(v.0).map(|n| (&n.op, n.value.take())) {
+            Some((Op::Param(id), _)) => self.params.get(*id).try_clone(),
+            Some((_, Some(t))) => Ok(t),
+            _ => shape_err!("into_value: {v:?} has no value on this tape"),
+        }
+    }
+
     /// `v` packed for the convs when it is a parameter the backend packs ([`Params::packed`]).
     pub fn packed(&self, v: Var) -> Result<Option<&B::PackedWeight>> {
         match self.nodes[v.0].op {

@@ -224,10 +224,17 @@ pub struct UNetDenoiser<'a, B: Backend = Cpu> {
 }
 
 impl<B: Backend> Denoiser<B> for UNetDenoiser<'_, B> {
+    /// On a backend with views, x enters the tape as a view and ε leaves it moved: no copy launches.
     fn predict_eps(&mut self, x: &crate::Tensor<B>, t: &[usize]) -> Result<crate::Tensor<B>> {
         let mut tape = Tape::inference(self.params);
-        let xv = tape.input(x.try_clone()?);
+        let be = self.params.backend();
+        let x = if be.has_views() {
+            crate::Tensor::from_buf(be.clone(), x.shape(), be.view(x.buf(), 0, x.numel())?)?
+        } else {
+            x.try_clone()?
+        };
+        let xv = tape.input(x);
         let eps = self.model.forward(&mut tape, xv, t)?;
-        tape.value(eps).try_clone()
+        tape.into_value(eps)
     }
 }

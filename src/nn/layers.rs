@@ -8,6 +8,7 @@ use crate::autograd::{Tape, Var};
 use crate::backend::{Backend, Memory};
 use crate::error::Result;
 use crate::ops::conv::{ConvExtra, Norm};
+use crate::ops::unary::UnaryKind;
 use crate::params::{ParamId, Params};
 use crate::tensor::Tensor;
 use rand::Rng;
@@ -224,7 +225,8 @@ impl TimeEmbedding {
             }
         };
         let h = self.lin0.forward(tape, e)?;
-        let h = tape.silu(h)?;
+        // Written with its operand for lin2 (no conversion launch where the backend has operands).
+        let h = tape.unary_with(UnaryKind::Silu, h, true)?;
         self.lin2.forward(tape, h)
     }
 }

@@ -7,6 +7,7 @@ use crate::backend::{Backend, Cpu};
 use crate::diffusion::Denoiser;
 use crate::error::{Error, Result};
 use crate::ops::conv::ConvExtra;
+use crate::ops::unary::UnaryKind;
 use crate::params::Params;
 use rand::Rng;
 
@@ -197,7 +198,8 @@ impl UNet {
             }
             (None, Some(_)) => return Err(Error::Arg("class labels given to an unconditional UNet".into())),
         };
-        let t_act = tape.silu(t_emb)?;
+        // Written with its operand for the five time projections that read it.
+        let t_act = tape.unary_with(UnaryKind::Silu, t_emb, true)?;
         let h0 = traced("in_conv", self.in_conv.forward(tape, x, ConvExtra::default())?);
         // Each block whose output a conv reads next (a pool, an upsampler) writes that conv's operand too.
         let h1 = traced("down1", self.down1.forward(tape, h0, t_act, true)?);

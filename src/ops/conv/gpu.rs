@@ -14,6 +14,8 @@ use crate::ops::linear::gpu::{sgemm, Gemm};
 use crate::ops::norm::gpu::group_norm_forward_nhwc;
 use crate::ops::reduce::gpu::{concat_channels, copy_at, Channels};
 use crate::ops::reduce::ReduceOps;
+use crate::ops::unary::gpu::unary_forward_copy;
+use crate::ops::unary::{UnaryKind, UnaryOps};
 use std::sync::Arc;
 
 impl<E: Executor> Gpu<E> {
@@ -41,6 +43,23 @@ impl<E: Executor> ConvOps for Gpu<E> {
             return Ok(None);
         }
         Ok(Some(Nhwc::new(self.executor().alloc_bf16(d.n * d.plane * mma::padded(d.c))?, d.c)))
+    }
+    /// One `unary_fwd` launch writing both, when a row needs no padding (the operand of a `[n, c]` matrix is
+    /// `[n, padded(c)]`).
+    fn unary_with_operand(
+        &self,
+        kind: UnaryKind,
+        (x, d): (&E::Buf, Planes),
+        y: &mut E::Buf,
+        operand: &mut Self::Operand,
+    ) -> Result<()> {
+        let e = self.executor();
+        if d.plane != 1 || !d.c.is_multiple_of(8) {
+            self.unary_forward(kind, x, y)?;
+            *operand = mma::to_nhwc_bf16(e, y, d.n, d.c, d.plane)?;
+            return Ok(());
+        }
+        unary_forward_copy(e, kind, x, y, Some(&mut operand.buf))
     }
     /// One `concat_channels` launch writing both, when the channel count needs no padding.
     fn concat_with_operand(

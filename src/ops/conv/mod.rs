@@ -20,6 +20,7 @@ use crate::backend::{Backend, Memory, ReduceOps};
 use crate::desc::{ConcatDesc, ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
 use crate::error::Result;
 use crate::ops::norm::NormOps;
+use crate::ops::unary::{UnaryKind, UnaryOps};
 use crate::shape_err;
 use crate::tensor::Tensor;
 use std::fmt;
@@ -31,7 +32,7 @@ pub use normed::{norm_then_conv, Norm, NormConv};
 /// a value for the backward ([`ConvOps::Kept`]), and the backward also makes the bias gradients ([`BiasSums`]), so
 /// that a backend can get them from a pass over `gout` it makes anyway. By default they are the plain forms plus
 /// [`ReduceOps::channel_sums`].
-pub trait ConvOps: Memory + ReduceOps + NormOps {
+pub trait ConvOps: Memory + ReduceOps + NormOps + UnaryOps {
     /// What a forward keeps for its backward besides the tensors on the tape (as [`Keep`] asks): under bf16 on the
     /// GPU, the bf16 channels-last copy of the input that the forward made and the weight gradient reads again, and
     /// the weight packed for the input gradient's GEMM, made in the same launch as the forward's.
@@ -58,6 +59,21 @@ pub trait ConvOps: Memory + ReduceOps + NormOps {
     fn operand_for_output(&self, d: Planes) -> Result<Option<Self::Operand>> {
         let _ = d;
         Ok(None)
+    }
+    /// [`UnaryOps::unary_forward`] of a `[d.n, d.c]` matrix (`d.plane` 1), also writing `y`'s operand into
+    /// `operand` (from [`ConvOps::operand_for_output`]); by default the activation, then a conversion.
+    fn unary_with_operand(
+        &self,
+        kind: UnaryKind,
+        (x, d): (&Self::Buf, Planes),
+        y: &mut Self::Buf,
+        operand: &mut Self::Operand,
+    ) -> Result<()> {
+        self.unary_forward(kind, x, y)?;
+        if let Some(op) = self.operand(y, d)? {
+            *operand = op;
+        }
+        Ok(())
     }
     /// [`ReduceOps::concat`] of `a` and `b` into `out: [d.n, d.ca + d.cb, d.plane]`, also writing `out`'s operand
     /// into `operand` (from [`ConvOps::operand_for_output`]); by default the concat, then a conversion.

@@ -3,7 +3,7 @@
 //! kernels' loops and the tests are shared by every kind.
 
 mod cpu;
-mod gpu;
+pub(crate) mod gpu;
 #[cfg(test)]
 mod tests;
 
@@ -11,6 +11,7 @@ pub use cpu::{exp_fast, sigmoid};
 
 use crate::autograd::{list_vars, profile, Rule, Tape, Var};
 use crate::backend::{Backend, Memory};
+use crate::desc::Planes;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use std::fmt;
@@ -84,11 +85,31 @@ pub trait UnaryOps: Memory {
 impl<B: Backend> Tape<'_, B> {
     /// `y = f(x)` elementwise for the activation `kind`.
     pub fn unary(&mut self, kind: UnaryKind, x: Var) -> Result<Var> {
+        self.unary_with(kind, x, false)
+    }
+
+    /// [`Tape::unary`]; with `operand`, `y`'s operand is written in the same pass when `x` is a `[n, c]` matrix,
+    /// for the linear layers that read `y` ([`Tape::operand`]).
+    pub fn unary_with(&mut self, kind: UnaryKind, x: Var, operand: bool) -> Result<Var> {
         let started = profile::start();
-        let xv = self.value(x);
-        let mut y = Tensor::alloc(self.backend(), xv.shape())?;
-        self.backend().unary_forward(kind, xv.buf(), y.buf_mut())?;
-        Ok(self.push(Unary { kind, x }, y, started))
+        let (be, xv) = (self.backend(), self.value(x));
+        let mut y = Tensor::alloc(be, xv.shape())?;
+        let planes = match *xv.shape() {
+            [n, c] if operand => Some(Planes { n, c, plane: 1 }),
+            _ => None,
+        };
+        let room = match planes {
+            Some(d) => be.operand_for_output(d)?.map(|op| (d, op)),
+            None => None,
+        };
+        let Some((d, mut op)) = room else {
+            be.unary_forward(kind, xv.buf(), y.buf_mut())?;
+            return Ok(self.push(Unary { kind, x }, y, started));
+        };
+        be.unary_with_operand(kind, (xv.buf(), d), y.buf_mut(), &mut op)?;
+        let v = self.push(Unary { kind, x }, y, started);
+        self.set_operand(v, op);
+        Ok(v)
     }
 
     /// `y = silu(x) = x·σ(x)` elementwise.

@@ -25,9 +25,16 @@ static __device__ __forceinline__ float unary_grad(int kind, float x, float gy) 
   return nanf("");
 }
 
-// y = f(x). The kind is uniform across the grid, so the switch costs no divergence.
-extern "C" __global__ void unary_fwd(int kind, const float* __restrict__ x, float* __restrict__ y, long long n) {
-  GRID_STRIDE(e, n) y[e] = unary_apply(kind, x[e]);
+// y = f(x), and its bf16 copy y_nhwc when given (for a [rows, C] matrix with C a multiple of 8, the layout the
+// tensor-core GEMMs read: the operand of the linear layers that read y). The kind is uniform across the grid, so
+// the switch costs no divergence.
+extern "C" __global__ void unary_fwd(int kind, const float* __restrict__ x, float* __restrict__ y,
+                                     bf16* __restrict__ y_nhwc, long long n) {
+  GRID_STRIDE(e, n) {
+    const float v = unary_apply(kind, x[e]);
+    y[e] = v;
+    if (y_nhwc) y_nhwc[e] = f32_to_bf16(v);
+  }
 }
 
 // dx = gy * f'(x).

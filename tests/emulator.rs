@@ -18,7 +18,7 @@ fn emulator_catches_bad_launches() {
     assert!(err.contains("unary y"), "{err}");
     let e = gpu.executor();
     let silu = |n: Arg<'_, _>, threads: u32| {
-        let args = [Arg::I32(UnaryKind::Silu as i32), Arg::Buf(&a), Arg::Buf(&c), Arg::Null, n];
+        let args = [Arg::I32(UnaryKind::Silu as i32), Arg::Buf(&a), Arg::Buf(&c), Arg::Null, n, Arg::I32(1)];
         // SAFETY: the launches below are wrong on purpose; the executor must refuse them or catch their writes
         // in its guard words (the emulator's buffers carry them), never corrupt memory.
         unsafe { e.launch(Kernel::UnaryFwd, LaunchCfg::linear(1, threads), &args) }.unwrap_err().to_string()

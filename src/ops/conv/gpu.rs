@@ -7,15 +7,14 @@ use super::mma::{self, Gather, Kept, Nhwc, PackedWeight, Wgrad};
 use super::{need_input, norm_then_conv, overwriting, BiasSums, ConvOps, InputIn, Keep, NormConv};
 use crate::backend::{Gpu, Memory, Precision};
 use crate::desc::{ConcatDesc, ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
 use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel};
 use crate::ops::linear::gpu::{sgemm, Gemm};
 use crate::ops::norm::gpu::group_norm_forward_nhwc;
 use crate::ops::reduce::gpu::{concat_channels, copy_at, Channels};
-use crate::ops::reduce::ReduceOps;
 use crate::ops::unary::gpu::unary_forward_copy;
-use crate::ops::unary::{UnaryKind, UnaryOps};
+use crate::ops::unary::UnaryKind;
 use std::sync::Arc;
 
 impl<E: Executor> Gpu<E> {
@@ -44,8 +43,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         }
         Ok(Some(Nhwc::new(self.executor().alloc_bf16(d.n * d.plane * mma::padded(d.c))?, d.c)))
     }
-    /// One `unary_fwd` launch writing both, when a row needs no padding (the operand of a `[n, c]` matrix is
-    /// `[n, padded(c)]`).
+    /// One `unary_fwd` launch writing both.
     fn unary_with_operand(
         &self,
         kind: UnaryKind,
@@ -53,15 +51,12 @@ impl<E: Executor> ConvOps for Gpu<E> {
         y: &mut E::Buf,
         operand: &mut Self::Operand,
     ) -> Result<()> {
-        let e = self.executor();
-        if d.plane != 1 || !d.c.is_multiple_of(8) {
-            self.unary_forward(kind, x, y)?;
-            *operand = mma::to_nhwc_bf16(e, y, d.n, d.c, d.plane)?;
-            return Ok(());
+        if d.plane != 1 || operand.c != d.c {
+            return Err(Error::Shape(format!("unary_with_operand: {d:?} is not a matrix of the operand's shape")));
         }
-        unary_forward_copy(e, kind, x, y, Some(&mut operand.buf))
+        unary_forward_copy(self.executor(), kind, x, y, Some((&mut operand.buf, d.c)))
     }
-    /// One `concat_channels` launch writing both, when the channel count needs no padding.
+    /// One `concat_channels` launch writing both.
     fn concat_with_operand(
         &self,
         d: ConcatDesc,
@@ -69,13 +64,10 @@ impl<E: Executor> ConvOps for Gpu<E> {
         out: &mut E::Buf,
         operand: &mut Self::Operand,
     ) -> Result<()> {
-        let e = self.executor();
-        if !(d.ca + d.cb).is_multiple_of(8) {
-            self.concat(d, a, b, out)?;
-            *operand = mma::to_nhwc_bf16(e, out, d.n, d.ca + d.cb, d.plane)?;
-            return Ok(());
+        if operand.c != d.ca + d.cb {
+            return Err(Error::Shape(format!("concat_with_operand: operand of {} channels for {d:?}", operand.c)));
         }
-        concat_channels(e, d, Channels::Join { a, b, cat: out }, Some(&mut operand.buf))
+        concat_channels(self.executor(), d, Channels::Join { a, b, cat: out }, Some(&mut operand.buf))
     }
 
     /// Under bf16, the plan of [`mma::pack_weights`]; in f32 the GEMMs read the weights as they are.

@@ -46,7 +46,7 @@ pub(crate) fn padded(c: usize) -> usize {
 /// A channels-last bf16 copy of `n` images of `c` channels: `[n, plane, padded(c)]`, the padding zero.
 pub struct Nhwc<B> {
     pub(crate) buf: Bf16Buf<B>,
-    c: usize,
+    pub(crate) c: usize,
 }
 
 impl<B> Nhwc<B> {
@@ -286,23 +286,18 @@ impl Gather {
     /// A strided adjoint's output pixels fall into `stride²` classes by their position mod the stride, each of
     /// which reads every stride-th tap only (the others would meet no input pixel); anything else is one class of
     /// every pixel and every tap.
-    fn classes(&self) -> Vec<(usize, usize)> {
-        let cp = padded(self.c);
-        if !self.adjoint || self.stride == 1 {
-            return vec![(self.n * self.grid.0 * self.grid.1, self.k * self.k * cp)];
-        }
-        let s = self.stride;
-        // The count of v in 0..len with v ≡ first (mod s).
-        let every = |first: usize, len: usize| if first < len { (len - first).div_ceil(s) } else { 0 };
-        let first = |r: usize| (r + s - self.pad % s) % s;
-        let mut out = Vec::with_capacity(s * s);
-        for ry in 0..s {
-            for rx in 0..s {
-                let pixels = every(first(ry), self.grid.0) * every(first(rx), self.grid.1);
-                out.push((self.n * pixels, every(ry, self.k) * every(rx, self.k) * cp));
-            }
-        }
-        out
+    /// (A stride of 1, or a conv's own map, is the one class of every pixel and tap.)
+    fn classes(&self) -> impl Iterator<Item = (usize, usize)> {
+        let Gather { n, c, grid, k, stride, pad, adjoint, .. } = *self;
+        let s = if adjoint { stride } else { 1 };
+        // The count of v in 0..len with v ≡ first (mod s), and the first output row or column of class r.
+        let every = move |first: usize, len: usize| if first < len { (len - first).div_ceil(s) } else { 0 };
+        let first = move |r: usize| (r + s - pad % s) % s;
+        (0..s * s).map(move |z| {
+            let (ry, rx) = (z / s, z % s);
+            let pixels = every(first(ry), grid.0) * every(first(rx), grid.1);
+            (n * pixels, every(ry, k) * every(rx, k) * padded(c))
+        })
     }
 
     /// The conv `g` (adjoint = false: x -> out) or its adjoint (x on the output grid -> image grid).
@@ -352,12 +347,11 @@ pub(crate) fn gather<E: Executor>(
         }
         need_bf16("conv_gather_mma out_nhwc", &o.buf, d.n * q * np)?;
     }
-    let classes = d.classes();
     let cfg = LaunchCfg {
         grid: [
             grid_u32(d.outputs.div_ceil(TILE))?,
-            grid_u32(classes.iter().map(|c| c.0).max().unwrap_or(0).div_ceil(TILE).max(1))?,
-            grid_u32(classes.len())?,
+            grid_u32(d.classes().map(|c| c.0).max().unwrap_or(0).div_ceil(TILE).max(1))?,
+            grid_u32(d.classes().count())?,
         ],
         block: [THREADS, 1, 1],
         shared_bytes: GATHER_SMEM,
@@ -379,7 +373,7 @@ pub(crate) fn gather<E: Executor>(
     // padding); the gathered input and the weight read once, the output written once (and it or the residual read
     // once when accumulating or adding one).
     let out_len = d.n * d.outputs * q;
-    let flops: usize = classes.iter().map(|&(rows, depth)| 2 * rows * d.outputs.div_ceil(8) * 8 * depth).sum();
+    let flops: usize = d.classes().map(|(rows, depth)| 2 * rows * d.outputs.div_ceil(8) * 8 * depth).sum();
     let extra = bias.map_or(0, |_| d.outputs) + chan_bias.map_or(0, |_| d.n * d.outputs);
     let bytes = 2 * d.n * d.input.0 * d.input.1 * cp
         + 2 * d.outputs * depth

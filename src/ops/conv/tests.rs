@@ -424,8 +424,8 @@ gpu_test!(norm_conv2d_equals_unfused, crate::backend::Precision::Bf16);
 /// Operands under bf16: a norm_conv2d asked to write its output's operand (`ConvExtra::operand`), a concat
 /// (`Tape::concat_with`) and a SiLU (`Tape::unary_with`) give the same output and gradients, to the bit, as their
 /// readers (a stride-2 conv and a transposed conv; a conv; two linear layers) converting them (all round the f32
-/// values as the conversion does), and the tape converts a tensor once for all its readers: 3 conversions in the
-/// forward without the written operands, none with them.
+/// values as the conversion does, and pad 12 channels to 16 with zeros as it does), and the tape converts a tensor
+/// once for all its readers: 3 conversions in the forward without the written operands, none with them.
 fn operands_written_and_shared<E: Executor>(g: &Gpu<E>) {
     use crate::autograd::Tape;
     use crate::gpu::Kernel;
@@ -440,9 +440,9 @@ fn operands_written_and_shared<E: Executor>(g: &Gpu<E>) {
     };
     let x = add("x", &[n, c, hw, hw], 50);
     let (gamma, beta, w1) = (add("gamma", &[c], 51), add("beta", &[c], 52), add("w1", &[c, c, 3, 3], 53));
-    let (w2, w3, w4) =
-        (add("w2", &[co, c, 3, 3], 54), add("w3", &[c, co, 4, 4], 55), add("w4", &[co, 2 * co, 3, 3], 56));
-    let (v, wl1, wl2) = (add("v", &[n, 16], 57), add("wl1", &[co, 16], 58), add("wl2", &[co, 16], 59));
+    let (w2, w3, w4) = (add("w2", &[co, c, 3, 3], 54), add("w3", &[c, 6, 4, 4], 55), add("w4", &[co, 12, 3, 3], 56));
+    // The transposed conv's 6 channels concatenated with themselves, and the SiLU's 12 features: padded to 16.
+    let (v, wl1, wl2) = (add("v", &[n, 12], 57), add("wl1", &[co, 12], 58), add("wl2", &[co, 12], 59));
     let (b1, r1) = (add("b1", &[c], 61), add("r1", &[n, c, hw, hw], 62));
     let params = p.to_backend(g).unwrap();
     let target = Tensor::new(&[n, co, 3, 3], rand(60, n * co * 9)).unwrap();

@@ -7,6 +7,7 @@ use crate::desc::{ConcatDesc, Planes};
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, int, need, need_bf16, partials, run, BLOCK};
 use crate::gpu::{Arg, Bf16Buf, Cost, DeviceBuf, Executor, Kernel, LaunchCfg};
+use crate::ops::conv::mma::padded;
 
 impl<E: Executor> ReduceOps for Gpu<E> {
     fn add_assign(&self, acc: &mut E::Buf, g: &E::Buf) -> Result<()> {
@@ -72,7 +73,7 @@ pub(crate) enum Channels<'a, B> {
 }
 
 /// A concat or split in one launch of `concat_channels` for both channel blocks; a concat also writes `cat_nhwc`
-/// when given (`cat` as bf16 channels-last, `[n, plane, ca + cb]`, the channel count a multiple of 8).
+/// when given (`cat` as bf16 channels-last, `[n, plane, padded(ca + cb)]`, the padding 0: the GEMMs' operand).
 pub(crate) fn concat_channels<E: Executor>(
     e: &E,
     d: ConcatDesc,
@@ -88,14 +89,12 @@ pub(crate) fn concat_channels<E: Executor>(
     need("concat_channels b", b, d.n * d.cb * d.plane)?;
     need("concat_channels cat", cat, len)?;
     if let Some(nhwc) = &cat_nhwc {
-        if split || !(d.ca + d.cb).is_multiple_of(8) {
-            return Err(Error::Shape(
-                "concat_channels: a channels-last copy of a split, or of channels not a multiple of 8".into(),
-            ));
+        if split {
+            return Err(Error::Arg("concat_channels: a channels-last copy is written by a concat, not a split".into()));
         }
-        need_bf16("concat_channels cat_nhwc", nhwc, len)?;
+        need_bf16("concat_channels cat_nhwc", nhwc, d.n * d.plane * padded(d.ca + d.cb))?;
     }
-    let bf16_bytes = cat_nhwc.as_ref().map_or(0, |_| 2 * len);
+    let bf16_bytes = cat_nhwc.as_ref().map_or(0, |_| 2 * d.n * d.plane * padded(d.ca + d.cb));
     let args = [
         Arg::Buf(a),
         Arg::Buf(b),

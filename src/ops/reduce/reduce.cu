@@ -101,8 +101,9 @@ extern "C" __global__ void copy_channels(const float* __restrict__ src, int src_
 
 // The channel concat cat = [a, b] of a: [n, CA, plane] and b: [n, CB, plane] into cat: [n, CA + CB, plane]
 // (split = 0), or its inverse (split = 1: a and b written from cat), in one launch; which pointers are read and
-// which written depends on `split`, so none is const. A concat also writes cat as bf16 [n, plane, CA + CB]
-// (channels-last, CA + CB a multiple of 8) into cat_nhwc when given: the operand of the conv that reads it.
+// which written depends on `split`, so none is const. A concat also writes cat as bf16 [n, plane, CP] into cat_nhwc
+// when given (channels-last, CP = CA + CB rounded up to 8, the padding 0, written by each pixel's last channel):
+// the operand of the conv that reads it.
 // Launch: grid-stride over n * (CA + CB) * plane.
 extern "C" __global__ void concat_channels(float* __restrict__ a, float* __restrict__ b, float* __restrict__ cat,
                                            bf16* __restrict__ cat_nhwc, int CA, int CB, int n, int plane,
@@ -116,7 +117,13 @@ extern "C" __global__ void concat_channels(float* __restrict__ a, float* __restr
       *part = cat[e];
     } else {
       cat[e] = *part;
-      if (cat_nhwc) cat_nhwc[(i * plane + p) * C + c] = f32_to_bf16(*part);
+      if (cat_nhwc) {
+        const int cp = CEIL_DIV(C, 8) * 8;
+        bf16* px = cat_nhwc + (i * plane + p) * cp;
+        px[c] = f32_to_bf16(*part);
+        if (c == C - 1)
+          for (int k = C; k < cp; k++) px[k] = (bf16)0;
+      }
     }
   }
 }

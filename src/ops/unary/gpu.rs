@@ -2,31 +2,38 @@
 
 use super::{UnaryKind, UnaryOps};
 use crate::backend::Gpu;
-use crate::error::Result;
-use crate::gpu::launch::{elementwise, need, need_bf16, run};
+use crate::error::{Error, Result};
+use crate::gpu::launch::{elementwise, i32_arg, need, need_bf16, run};
 use crate::gpu::{Arg, Bf16Buf, Cost, DeviceBuf, Executor, Kernel};
+use crate::ops::conv::mma::padded;
 
-/// `y = f(x)`, also written as bf16 into `copy` when given (the same layout as `y`: a `[rows, c]` matrix with c a
-/// multiple of 8 is then the GEMMs' operand).
+/// `y = f(x)`; with `copy = Some((buf, cols))`, `y` as a `[rows, cols]` matrix is also written into `buf` as the
+/// GEMMs' operand: bf16 rows of `padded(cols)` values, the padding 0.
 pub(crate) fn unary_forward_copy<E: Executor>(
     e: &E,
     kind: UnaryKind,
     x: &E::Buf,
     y: &mut E::Buf,
-    copy: Option<&mut Bf16Buf<E::Buf>>,
+    copy: Option<(&mut Bf16Buf<E::Buf>, usize)>,
 ) -> Result<()> {
     let n = x.len();
     need("unary y", y, n)?;
-    if let Some(c) = &copy {
-        need_bf16("unary copy", c, n)?;
+    let cols = copy.as_ref().map_or(1, |c| c.1);
+    if cols == 0 || !n.is_multiple_of(cols) {
+        return Err(Error::Shape(format!("unary copy: {n} values are not rows of {cols}")));
     }
-    let bytes = copy.as_ref().map_or(0, |_| 2 * n);
+    let copy_len = n / cols * padded(cols);
+    if let Some((c, _)) = &copy {
+        need_bf16("unary copy", c, copy_len)?;
+    }
+    let bytes = copy.as_ref().map_or(0, |_| 2 * copy_len);
     let args = [
         Arg::I32(kind as i32),
         Arg::Buf(x),
         Arg::Buf(y),
-        copy.as_ref().map_or(Arg::Null, |c| Arg::Bf16(c)),
+        copy.as_ref().map_or(Arg::Null, |c| Arg::Bf16(c.0)),
         Arg::I64(n as i64),
+        i32_arg(cols)?,
     ];
     run(e, Kernel::UnaryFwd, elementwise(n), Cost::pass(n, n, 4).plus(Cost::bytes(bytes)), &args)
 }

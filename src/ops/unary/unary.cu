@@ -25,15 +25,22 @@ static __device__ __forceinline__ float unary_grad(int kind, float x, float gy) 
   return nanf("");
 }
 
-// y = f(x), and its bf16 copy y_nhwc when given (for a [rows, C] matrix with C a multiple of 8, the layout the
-// tensor-core GEMMs read: the operand of the linear layers that read y). The kind is uniform across the grid, so
-// the switch costs no divergence.
+// y = f(x), and when y_nhwc is given, y as a [rows, cols] matrix in the layout the tensor-core GEMMs read: bf16
+// rows of cols rounded up to 8, the padding 0 (written by each row's last element), the operand of the linear
+// layers that read y. The kind is uniform across the grid, so the switch costs no divergence.
 extern "C" __global__ void unary_fwd(int kind, const float* __restrict__ x, float* __restrict__ y,
-                                     bf16* __restrict__ y_nhwc, long long n) {
+                                     bf16* __restrict__ y_nhwc, long long n, int cols) {
+  const int cp = CEIL_DIV(cols, 8) * 8;
   GRID_STRIDE(e, n) {
     const float v = unary_apply(kind, x[e]);
     y[e] = v;
-    if (y_nhwc) y_nhwc[e] = f32_to_bf16(v);
+    if (!y_nhwc) continue;
+    const long long r = e / cols;
+    const int j = (int)(e - r * cols);
+    bf16* row = y_nhwc + r * cp;
+    row[j] = f32_to_bf16(v);
+    if (j == cols - 1)
+      for (int k = cols; k < cp; k++) row[k] = (bf16)0;
   }
 }
 

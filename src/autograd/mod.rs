@@ -18,10 +18,11 @@ pub mod profile;
 use crate::backend::{Backend, Cpu};
 use crate::desc::Planes;
 use crate::error::Result;
+use crate::ops::conv::GradOperand;
 use crate::params::{GradStore, Grads, ParamId, Params};
 use crate::shape_err;
 use crate::tensor::Tensor;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -39,6 +40,11 @@ pub trait Rule<B: Backend>: fmt::Display {
     /// Gradients of this op's inputs, given `gout = dL/d(output)`. Inputs that need no gradient may be left out
     /// (and are dropped if returned).
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>>;
+    /// Whether `backward` reads `gout` as a conv operand ([`Tape::gout_operand`]): the ops that make this op's
+    /// output gradient then write that operand with it where they can.
+    fn reads_grad_operand(&self) -> bool {
+        false
+    }
 }
 
 /// One recorded operation.
@@ -98,6 +104,11 @@ pub struct Tape<'p, B: Backend = Cpu> {
     pending: RefCell<Vec<Option<Tensor<B>>>>,
     /// Values already in the layout the backend's convs read, by node ([`Tape::operand`]).
     operands: RefCell<HashMap<usize, Arc<B::Operand>>>,
+    /// During [`Tape::backward`]: gradients' operands, by node, each valid for the node's gradient as it is when
+    /// set (anything added to that gradient afterwards drops it).
+    grad_operands: RefCell<HashMap<usize, Arc<GradOperand<B>>>>,
+    /// During [`Tape::backward`]: the node whose rule is running.
+    current: Cell<usize>,
 }
 
 impl<'p, B: Backend> Tape<'p, B> {
@@ -111,6 +122,8 @@ impl<'p, B: Backend> Tape<'p, B> {
             handed: RefCell::default(),
             pending: RefCell::default(),
             operands: RefCell::default(),
+            grad_operands: RefCell::default(),
+            current: Cell::new(0),
         }
     }
 
@@ -131,6 +144,8 @@ impl<'p, B: Backend> Tape<'p, B> {
             handed: RefCell::default(),
             pending: RefCell::default(),
             operands: RefCell::default(),
+            grad_operands: RefCell::default(),
+            current: Cell::new(0),
         }
     }
 
@@ -210,6 +225,24 @@ impl<'p, B: Backend> Tape<'p, B> {
         self.operands.borrow_mut().insert(v.0, Arc::new(op));
     }
 
+    /// The operand of the gradient of the node whose rule is running (its `gout`), when the op that made that
+    /// gradient wrote it, or an earlier reader of the same gradient made it.
+    pub fn gout_operand(&self) -> Option<Arc<GradOperand<B>>> {
+        self.grad_operands.borrow().get(&self.current.get()).cloned()
+    }
+
+    /// Whether `v`'s gradient is read as a conv operand ([`Rule::reads_grad_operand`]), so that an op making it
+    /// should write that operand too ([`Tape::set_grad_operand`]).
+    pub fn wants_grad_operand(&self, v: Var) -> bool {
+        matches!(&self.nodes[v.0].op, Op::Computed(rule) if rule.reads_grad_operand())
+    }
+
+    /// Records `op` as the operand of `v`'s gradient as it will be once the running rule returns it: the whole
+    /// gradient (the running rule adds last, or is `v`'s only reader); a later addition to it drops `op`.
+    pub(crate) fn set_grad_operand(&self, v: Var, op: Arc<GradOperand<B>>) {
+        self.grad_operands.borrow_mut().insert(v.0, op);
+    }
+
     /// Whether a gradient must flow into `v`.
     pub fn needs_grad(&self, v: Var) -> bool {
         self.nodes[v.0].needs_grad
@@ -249,7 +282,11 @@ impl<'p, B: Backend> Tape<'p, B> {
             _ => self.pending.borrow_mut().get_mut(v.0).and_then(Option::take),
         };
         match so_far {
-            Some(g) => Ok(Some((g, true))),
+            Some(g) => {
+                // The caller adds to it: its operand, if any, no longer holds.
+                self.grad_operands.borrow_mut().remove(&v.0);
+                Ok(Some((g, true)))
+            }
             None => Ok(self.grad_for(v)?.map(|g| (g, false))),
         }
     }
@@ -290,14 +327,18 @@ impl<'p, B: Backend> Tape<'p, B> {
                 continue;
             }
             let Op::Computed(rule) = &node.op else { continue };
+            self.current.set(self.nodes.len());
             let timer = profile::start();
             let mut input_grads = rule.backward(&self, gout)?;
             profile::record(rule.name(), true, timer);
             input_grads.retain(|(v, _)| self.needs_grad(*v));
             for (v, g) in input_grads {
                 debug_assert_eq!(g.shape(), self.value(v).shape(), "gradient shape of {v:?}");
-                accumulate(self.backend(), &mut self.pending.borrow_mut()[v.0], g)?;
+                if accumulate(self.backend(), &mut self.pending.borrow_mut()[v.0], g)? {
+                    self.grad_operands.get_mut().remove(&v.0);
+                }
             }
+            self.grad_operands.get_mut().remove(&self.nodes.len());
         }
         let grads = param_grads
             .into_iter()
@@ -328,13 +369,13 @@ impl<'p, B: Backend> Tape<'p, B> {
     }
 }
 
-/// `slot += g`, or `slot = g` when empty.
-fn accumulate<B: Backend>(backend: &B, slot: &mut Option<Tensor<B>>, g: Tensor<B>) -> Result<()> {
+/// `slot += g` (returning true), or `slot = g` when empty.
+fn accumulate<B: Backend>(backend: &B, slot: &mut Option<Tensor<B>>, g: Tensor<B>) -> Result<bool> {
     match slot {
-        Some(acc) => backend.add_assign(acc.buf_mut(), g.buf()),
+        Some(acc) => backend.add_assign(acc.buf_mut(), g.buf()).map(|()| true),
         None => {
             *slot = Some(g);
-            Ok(())
+            Ok(false)
         }
     }
 }

@@ -72,7 +72,8 @@ impl<B: DeviceBuf> IntBuf<B> {
 /// these and read them with 16-byte copies, so only kernels write them.
 #[derive(Debug)]
 pub struct Bf16Buf<B> {
-    buf: B,
+    /// The values in pairs, one 32-bit word each.
+    pub(crate) buf: B,
     len: usize,
 }
 

@@ -4,14 +4,15 @@
 //! (a fixed order), not with atomics.
 
 use super::mma::{self, Gather, Kept, Nhwc, PackedWeight, Wgrad};
-use super::{need_input, norm_then_conv, overwriting, BiasSums, ConvOps, InputIn, Keep, NormConv};
+use super::{need_input, norm_then_conv, overwriting, BiasSums, ConvOps, Gout, GradOperand, InputIn, Keep, NormConv};
 use crate::backend::{Gpu, Memory, Precision};
 use crate::desc::{ConcatDesc, ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
 use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel};
 use crate::ops::linear::gpu::{sgemm, Gemm};
-use crate::ops::norm::gpu::group_norm_forward_nhwc;
+use crate::ops::norm::gpu::{backward as norm_backward, group_norm_forward_nhwc};
+use crate::ops::norm::NormOps;
 use crate::ops::reduce::gpu::{concat_channels, copy_at, Channels};
 use crate::ops::unary::gpu::unary_forward_copy;
 use crate::ops::unary::UnaryKind;
@@ -21,6 +22,11 @@ impl<E: Executor> Gpu<E> {
     /// Whether this backend's convolutions run on the tensor cores.
     fn tensor_cores(&self) -> bool {
         self.precision() == Precision::Bf16
+    }
+
+    /// A channel bias's gradient: a view of the `[n, c]` per-image sums of the gradient's operand (shared with it).
+    fn chan_bias_sums(&self, per_image: Option<&E::Buf>, d: Planes) -> Result<Option<E::Buf>> {
+        per_image.map(|p| self.view(p, 0, d.n * d.c)).transpose()
     }
 }
 
@@ -55,6 +61,29 @@ impl<E: Executor> ConvOps for Gpu<E> {
             return Err(Error::Shape(format!("unary_with_operand: {d:?} is not a matrix of the operand's shape")));
         }
         unary_forward_copy(self.executor(), kind, x, y, Some((&mut operand.buf, d.c)))
+    }
+    /// Under bf16 with channels a multiple of 8 (every GroupNorm of the UNet), one `group_norm_bwd` launch writing
+    /// dx, its operand, its per-image sums and theirs.
+    fn group_norm_backward_with(
+        &self,
+        d: NormDesc,
+        inputs: (&E::Buf, &E::Buf, &E::Buf),
+        stats: (&E::Buf, &E::Buf),
+        gy: &E::Buf,
+        dx: Option<(&mut E::Buf, bool)>,
+        daffine: (&mut E::Buf, &mut E::Buf),
+        operand: bool,
+    ) -> Result<Option<GradOperand<Self>>> {
+        if !(operand && self.tensor_cores() && dx.is_some() && d.c.is_multiple_of(8)) {
+            return self.group_norm_backward(d, inputs, stats, gy, dx, daffine).map(|()| None);
+        }
+        let (e, nc) = (self.executor(), d.n * d.c);
+        let (dxb, sums, sums_b) = (e.alloc_bf16(nc * d.plane)?, e.alloc(nc)?, e.alloc_bf16(nc)?);
+        norm_backward(self, d, (inputs, stats, gy), dx, daffine, Some((&dxb, &sums, &sums_b)))?;
+        // A [n, c] gradient is its own per-image sums.
+        let of_sums =
+            GradOperand { operand: Nhwc::new(sums_b, d.c), sums: Some(self.view(&sums, 0, nc)?), of_sums: None };
+        Ok(Some(GradOperand { operand: Nhwc::new(dxb, d.c), sums: Some(sums), of_sums: Some(Arc::new(of_sums)) }))
     }
     /// One `concat_channels` launch writing both.
     fn concat_with_operand(
@@ -99,7 +128,8 @@ impl<E: Executor> ConvOps for Gpu<E> {
         gout: &E::Buf,
         grads: LayerGrads<E::Buf>,
     ) -> Result<()> {
-        self.conv2d_backward_with(d, (Some(x), w, gout), None, grads.into(), BiasSums::default()).map(drop)
+        self.conv2d_backward_with(d, (Some(x), w, &mut Gout::of(gout)), None, grads.into(), BiasSums::default())
+            .map(drop)
     }
     fn conv_transpose2d_forward(
         &self,
@@ -119,7 +149,8 @@ impl<E: Executor> ConvOps for Gpu<E> {
         gout: &E::Buf,
         grads: LayerGrads<E::Buf>,
     ) -> Result<()> {
-        self.conv_transpose2d_backward_with(d, (x, w, gout), None, grads.into(), BiasSums::default()).map(drop)
+        self.conv_transpose2d_backward_with(d, (x, w, &mut Gout::of(gout)), None, grads.into(), BiasSums::default())
+            .map(drop)
     }
 
     /// `out[i] = W·im2col(x[i]) + bias + chan_bias[i] + residual[i]`: under bf16 the GEMM's epilogue adds every
@@ -184,7 +215,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
     fn conv2d_backward_with(
         &self,
         d: &ConvDesc,
-        (x, w, gout): (Option<&E::Buf>, &E::Buf, &E::Buf),
+        (x, w, gout): (Option<&E::Buf>, &E::Buf, &mut Gout<'_, Self>),
         kept: Option<&Self::Kept>,
         GradsInto { grads, add_dx }: GradsInto<E::Buf>,
         sums: BiasSums<E::Buf>,
@@ -193,14 +224,15 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let (kk, plane) = (g.col_rows(), g.col_cols());
         let planes = Planes { n, c: co, plane };
         if self.tensor_cores() {
-            let (gb, per_image) = mma::to_nhwc_bf16_summed(e, gout, planes, sums.any())?;
-            let mut bias = pending(sums.bias, per_image.as_ref(), planes);
+            let go = gout_operand(e, gout, planes, sums.any())?;
+            let (gb, per_image) = (&go.operand, go.sums.as_ref());
+            let mut bias = pending(sums.bias, per_image, planes);
             if let Some(dw) = grads.dw {
                 let mut fresh = None;
                 let xb = kept_or(kept.and_then(|k| k.input.as_deref()), &mut fresh, || {
                     mma::to_nhwc_bf16(e, need_input(x)?, n, g.c, g.h * g.w)
                 })?;
-                mma::wgrad(e, &Wgrad::of(g, n, co), (&gb, xb), dw, bias.take(), self.tickets()?)?;
+                mma::wgrad(e, &Wgrad::of(g, n, co), (gb, xb), dw, bias.take(), self.tickets()?)?;
             }
             bias.map_or(Ok(()), |b| b.sum(e))?;
             if let Some(dx) = grads.dx {
@@ -208,10 +240,11 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 let wp = kept_or(kept.and_then(|k| k.weight.as_ref()), &mut fresh, || {
                     Ok(mma::pack_weight(e, w, (g.c, co, g.k * g.k), true, false)?.0)
                 })?;
-                mma::gather(e, &Gather::of(g, n, co, true), &gb, wp, (None, None, None), add_dx, dx, None)?;
+                mma::gather(e, &Gather::of(g, n, co, true), gb, wp, (None, None, None), add_dx, dx, None)?;
             }
-            return Ok(per_image.filter(|_| sums.chan_bias));
+            return self.chan_bias_sums(per_image.filter(|_| sums.chan_bias), planes);
         }
+        let gout = gout.values;
         overwriting(self, GradsInto { grads, add_dx }, |grads| {
             if let Some(dw) = grads.dw {
                 let gemm = Gemm {
@@ -273,7 +306,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
     fn conv_transpose2d_backward_with(
         &self,
         d: &ConvDesc,
-        (x, w, gout): (&E::Buf, &E::Buf, &E::Buf),
+        (x, w, gout): (&E::Buf, &E::Buf, &mut Gout<'_, Self>),
         kept: Option<&Self::Kept>,
         GradsInto { grads, add_dx }: GradsInto<E::Buf>,
         sums: BiasSums<E::Buf>,
@@ -282,14 +315,15 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let (kk, plane) = (g.col_rows(), g.col_cols());
         let planes = Planes { n, c: g.c, plane: g.h * g.w };
         if self.tensor_cores() {
-            let (gb, per_image) = mma::to_nhwc_bf16_summed(e, gout, planes, sums.any())?;
-            let mut bias = pending(sums.bias, per_image.as_ref(), planes);
+            let go = gout_operand(e, gout, planes, sums.any())?;
+            let (gb, per_image) = (&go.operand, go.sums.as_ref());
+            let mut bias = pending(sums.bias, per_image, planes);
             if let Some(dw) = grads.dw {
                 let mut fresh = None;
                 let xb = kept_or(kept.and_then(|k| k.input.as_deref()), &mut fresh, || {
                     mma::to_nhwc_bf16(e, x, n, ci, plane)
                 })?;
-                mma::wgrad(e, &Wgrad::of(g, n, ci), (xb, &gb), dw, bias.take(), self.tickets()?)?;
+                mma::wgrad(e, &Wgrad::of(g, n, ci), (xb, gb), dw, bias.take(), self.tickets()?)?;
             }
             bias.map_or(Ok(()), |b| b.sum(e))?;
             if let Some(dx) = grads.dx {
@@ -297,10 +331,11 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 let wp = kept_or(kept.and_then(|k| k.weight.as_ref()), &mut fresh, || {
                     Ok(mma::pack_weight(e, w, (ci, g.c, g.k * g.k), false, false)?.0)
                 })?;
-                mma::gather(e, &Gather::of(g, n, ci, false), &gb, wp, (None, None, None), add_dx, dx, None)?;
+                mma::gather(e, &Gather::of(g, n, ci, false), gb, wp, (None, None, None), add_dx, dx, None)?;
             }
-            return Ok(per_image.filter(|_| sums.chan_bias));
+            return self.chan_bias_sums(per_image.filter(|_| sums.chan_bias), planes);
         }
+        let gout = gout.values;
         overwriting(self, GradsInto { grads, add_dx }, |grads| {
             let (dx, dw) = (grads.dx, grads.dw);
             if dw.is_some() || dx.is_some() {
@@ -329,6 +364,23 @@ impl<E: Executor> ConvOps for Gpu<E> {
         })?;
         sums.reduce(self, planes, gout)
     }
+}
+
+/// `gout`'s operand, with its per-image channel sums when `summing`: the one the tape gave when it has what is
+/// asked, else converted now (one launch) and left in `gout` for the tape to hand to the gradient's other readers.
+fn gout_operand<E: Executor>(
+    e: &E,
+    gout: &mut Gout<'_, Gpu<E>>,
+    planes: Planes,
+    summing: bool,
+) -> Result<Arc<GradOperand<Gpu<E>>>> {
+    if let Some(op) = gout.operand.as_ref().filter(|o| o.sums.is_some() || !summing) {
+        return Ok(op.clone());
+    }
+    let (operand, sums) = mma::to_nhwc_bf16_summed(e, gout.values, planes, summing)?;
+    let op = Arc::new(GradOperand { operand, sums, of_sums: None });
+    gout.operand = Some(op.clone());
+    Ok(op)
 }
 
 /// The tensor-core conv forward of the channels-last `xb`: the weight packed (also for the input gradient's GEMM
@@ -377,12 +429,12 @@ fn given_or<T>(given: Option<&Arc<T>>, make: impl FnOnce() -> Result<T>) -> Resu
     given.cloned().map_or_else(|| make().map(Arc::new), Ok)
 }
 
-/// `kept` when the forward kept it, else `make()`'s result, held in `fresh`.
 /// The bias gradient `bias` asks for, as the sum over images of `per_image` (`[d.n, d.c]`), still to be done.
 fn pending<'a, B>(bias: Option<&'a mut B>, per_image: Option<&'a B>, d: Planes) -> Option<mma::PendingBias<'a, B>> {
     Some(mma::PendingBias { per_image: per_image?, n: d.n, len: d.c, out: bias? })
 }
 
+/// `kept` when the forward kept it, else `make()`'s result, held in `fresh`.
 fn kept_or<'a, T>(kept: Option<&'a T>, fresh: &'a mut Option<T>, make: impl FnOnce() -> Result<T>) -> Result<&'a T> {
     match kept {
         Some(v) => Ok(v),

@@ -91,6 +91,24 @@ pub trait ConvOps: Memory + ReduceOps + NormOps + UnaryOps {
         Ok(())
     }
 
+    /// [`NormOps::group_norm_backward`], and with `operand` also `dx`'s [`GradOperand`] (its operand and per-image
+    /// channel sums, and theirs), written in the same pass from the values `dx` ends up holding; by default
+    /// without (`None`).
+    #[allow(clippy::too_many_arguments)] // the backward's own arguments, plus the flag
+    fn group_norm_backward_with(
+        &self,
+        d: NormDesc,
+        inputs: (&Self::Buf, &Self::Buf, &Self::Buf),
+        stats: (&Self::Buf, &Self::Buf),
+        gy: &Self::Buf,
+        dx: Option<(&mut Self::Buf, bool)>,
+        daffine: (&mut Self::Buf, &mut Self::Buf),
+        operand: bool,
+    ) -> Result<Option<GradOperand<Self>>> {
+        let _ = operand;
+        self.group_norm_backward(d, inputs, stats, gy, dx, daffine).map(|()| None)
+    }
+
     /// The plan for packing the 4-D and 2-D tensors among `tensors` (each its offset in an arena's words and its shape);
     /// `None` (the default) where the convs read their weights as they are.
     fn pack_plan(&self, tensors: &[(usize, &[usize])]) -> Result<Option<Self::PackPlan>> {
@@ -163,12 +181,12 @@ pub trait ConvOps: Memory + ReduceOps + NormOps + UnaryOps {
     fn conv2d_backward_with(
         &self,
         d: &ConvDesc,
-        (x, w, gout): (Option<&Self::Buf>, &Self::Buf, &Self::Buf),
+        (x, w, gout): (Option<&Self::Buf>, &Self::Buf, &mut Gout<'_, Self>),
         kept: Option<&Self::Kept>,
         grads: GradsInto<Self::Buf>,
         sums: BiasSums<Self::Buf>,
     ) -> Result<Option<Self::Buf>> {
-        let _ = kept;
+        let (_, gout) = (kept, gout.values);
         if grads.grads.dw.is_some() || grads.grads.dx.is_some() {
             overwriting(self, grads, |g| self.conv2d_backward(d, need_input(x)?, w, gout, g))?;
         }
@@ -209,12 +227,12 @@ pub trait ConvOps: Memory + ReduceOps + NormOps + UnaryOps {
     fn conv_transpose2d_backward_with(
         &self,
         d: &ConvDesc,
-        (x, w, gout): (&Self::Buf, &Self::Buf, &Self::Buf),
+        (x, w, gout): (&Self::Buf, &Self::Buf, &mut Gout<'_, Self>),
         kept: Option<&Self::Kept>,
         grads: GradsInto<Self::Buf>,
         sums: BiasSums<Self::Buf>,
     ) -> Result<Option<Self::Buf>> {
-        let _ = kept;
+        let (_, gout) = (kept, gout.values);
         overwriting(self, grads, |g| self.conv_transpose2d_backward(d, x, w, gout, g))?;
         sums.reduce(self, Planes { n: d.n, c: d.geom.c, plane: d.geom.h * d.geom.w }, gout)
     }
@@ -227,6 +245,33 @@ pub type WeightIn<'a, B> = (&'a <B as Memory>::Buf, Option<&'a <B as ConvOps>::P
 /// An input as the convs' and linear layers' forwards take it: its values, and its [`ConvOps::Operand`] when the
 /// tape has one ([`Tape::operand`]; the forward makes it otherwise).
 pub type InputIn<'a, B> = (&'a <B as Memory>::Buf, Option<&'a Arc<<B as ConvOps>::Operand>>);
+
+/// A gradient `dy: [n, c, plane]` as a conv's or linear layer's backward reads it where the backend has operands:
+/// its [`ConvOps::Operand`] and its per-image channel sums `[n, c]` (what bias gradients are sums of), made once per
+/// gradient and shared by its readers ([`Tape::gout_operand`]).
+pub struct GradOperand<B: ConvOps> {
+    pub operand: B::Operand,
+    /// `None` when they were not asked for.
+    pub sums: Option<B::Buf>,
+    /// The sums' own `GradOperand` (a `[n, c]` gradient is its own per-image sums), when written with them: the
+    /// operand of a per-image channel bias's gradient.
+    pub of_sums: Option<Arc<GradOperand<B>>>,
+}
+
+/// A gradient as the conv and linear backwards take it: its f32 values, and its operand when the tape has one. A
+/// backward that converts `values` itself leaves what it made in `operand`, for the tape to hand to the gradient's
+/// other readers.
+pub struct Gout<'a, B: ConvOps> {
+    pub values: &'a B::Buf,
+    pub operand: Option<Arc<GradOperand<B>>>,
+}
+
+impl<'a, B: ConvOps> Gout<'a, B> {
+    /// `values` with no operand yet.
+    pub fn of(values: &'a B::Buf) -> Self {
+        Gout { values, operand: None }
+    }
+}
 
 /// `backward`, a pass that overwrites its `dx`, run for `grads`: when they ask to add to `dx`, into a temporary
 /// then added (`acc + fresh`, as the tape would add it, so the same bits).
@@ -413,14 +458,38 @@ impl<B: Backend> Tape<'_, B> {
 fn input_grads<B: Backend>(
     tape: &Tape<B>,
     (x, w): (Var, Var),
-    gout: &Tensor<B>,
+    gout: &mut Gout<'_, B>,
     biases: [Option<Var>; 2],
-    kernel: impl FnOnce((&B::Buf, &B::Buf, &B::Buf), GradsInto<B::Buf>, BiasSums<B::Buf>) -> Result<Option<B::Buf>>,
+    kernel: impl FnOnce((&B::Buf, &B::Buf, &mut Gout<'_, B>), GradsInto<B::Buf>, BiasSums<B::Buf>) -> Result<Option<B::Buf>>,
 ) -> Result<Vec<(Var, Tensor<B>)>> {
     let mut dx = tape.grad_into(x)?;
-    let bufs = (tape.value(x).buf(), tape.value(w).buf(), gout.buf());
-    let rest = weight_grads(tape, dx.as_mut(), w, biases, |grads, sums| kernel(bufs, grads, sums))?;
+    let (xb, wb) = (tape.value(x).buf(), tape.value(w).buf());
+    let rest = weight_grads(tape, dx.as_mut(), w, biases, |grads, sums| kernel((xb, wb, gout), grads, sums))?;
     Ok(dx.map(|(d, _)| (x, d)).into_iter().chain(rest).collect())
+}
+
+/// A conv's `gout` with the operand the tape has for it, and after its backward: `gout` passed on to the residual
+/// term (the gradient of an output term is the output's) with the operand the backward read as that gradient's,
+/// and the operand of the per-image sums (the channel bias's gradient) as the channel bias's, when there is one.
+pub(crate) fn with_gout<B: Backend>(
+    tape: &Tape<B>,
+    gout: Tensor<B>,
+    extra: ConvExtra,
+    backward: impl FnOnce(&mut Gout<'_, B>) -> Result<Vec<(Var, Tensor<B>)>>,
+) -> Result<Vec<(Var, Tensor<B>)>> {
+    let mut g = Gout { values: gout.buf(), operand: tape.gout_operand() };
+    let mut out = backward(&mut g)?;
+    let operand = g.operand;
+    if let (Some(cb), Some(op)) = (extra.chan_bias, operand.as_ref().and_then(|o| o.of_sums.clone())) {
+        tape.set_grad_operand(cb, op);
+    }
+    if let Some(r) = extra.residual.filter(|&v| tape.needs_grad(v)) {
+        if let Some(op) = operand {
+            tape.set_grad_operand(r, op);
+        }
+        out.push((r, gout));
+    }
+    Ok(out)
 }
 
 /// The gradients of a conv's weight and biases through `kernel` (the backend's backward, given the gradient
@@ -482,13 +551,14 @@ impl<B: Backend> Rule<B> for Conv2d<B> {
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
         let biases = [self.b, self.extra.chan_bias];
-        let mut out = input_grads(tape, (self.x, self.w), &gout, biases, |(x, w, g), grads, sums| {
-            be.conv2d_backward_with(&self.d, (Some(x), w, g), self.kept.as_ref(), grads, sums)
-        })?;
-        if let Some(r) = self.extra.residual.filter(|&v| tape.needs_grad(v)) {
-            out.push((r, gout));
-        }
-        Ok(out)
+        with_gout(tape, gout, self.extra, |gout| {
+            input_grads(tape, (self.x, self.w), gout, biases, |(x, w, g), grads, sums| {
+                be.conv2d_backward_with(&self.d, (Some(x), w, g), self.kept.as_ref(), grads, sums)
+            })
+        })
+    }
+    fn reads_grad_operand(&self) -> bool {
+        true
     }
 }
 
@@ -524,9 +594,14 @@ impl<B: Backend> Rule<B> for ConvTranspose2d<B> {
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
-        input_grads(tape, (self.x, self.w), &gout, [self.b, None], |bufs, grads, sums| {
-            be.conv_transpose2d_backward_with(&self.d, bufs, self.kept.as_ref(), grads, sums)
+        with_gout(tape, gout, ConvExtra::default(), |gout| {
+            input_grads(tape, (self.x, self.w), gout, [self.b, None], |bufs, grads, sums| {
+                be.conv_transpose2d_backward_with(&self.d, bufs, self.kept.as_ref(), grads, sums)
+            })
         })
+    }
+    fn reads_grad_operand(&self) -> bool {
+        true
     }
 }
 

@@ -3,7 +3,7 @@
 //! for the weight gradient; under bf16 on the GPU, GroupNorm writes the conv's bf16 channels-last operand directly
 //! (`gpu.rs`), saving the f32 activation's write, its read and the conversion's launch.
 
-use super::{weight_grads, ConvExtra, ConvOps, Keep};
+use super::{weight_grads, with_gout, ConvExtra, ConvOps, Keep};
 use crate::autograd::{list_vars, profile, Rule, Tape, Var};
 use crate::backend::Backend;
 use crate::desc::{ConvDesc, Epilogue, NormDesc, Planes};
@@ -126,17 +126,19 @@ impl<B: Backend> Rule<B> for NormConv2d<B> {
             None
         };
         let (a, w, kept) = (self.saved.activation.as_ref(), tape.value(self.w).buf(), self.saved.kept.as_ref());
-        let mut out = weight_grads(tape, da.as_mut(), self.w, [self.b, self.extra.chan_bias], |grads, sums| {
-            be.conv2d_backward_with(&self.d, (a, w, gout.buf()), kept, grads, sums)
+        let mut out = with_gout(tape, gout, self.extra, |gout| {
+            weight_grads(tape, da.as_mut(), self.w, [self.b, self.extra.chan_bias], |grads, sums| {
+                be.conv2d_backward_with(&self.d, (a, w, gout), kept, grads, sums)
+            })
         })?;
-        if let Some(r) = self.extra.residual.filter(|&v| tape.needs_grad(v)) {
-            out.push((r, gout));
-        }
         if let Some((da, _)) = da {
             let stats = (&self.saved.stats.0, &self.saved.stats.1);
             out.extend(norm_grads(tape, (x, n.gamma, n.beta), self.nd, stats, da.buf())?);
         }
         Ok(out)
+    }
+    fn reads_grad_operand(&self) -> bool {
+        true
     }
 }
 

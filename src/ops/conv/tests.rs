@@ -1,7 +1,7 @@
 //! The convolutions' GPU kernels against the CPU's. Sums of up to 70 products of values in [-1, 1) in a different
 //! order from the CPU's GEMM (and the CPU's Winograd for 3x3 stride 1): rel 1e-5 plus abs 2e-5 for cancellation.
 
-use super::{BiasSums, ConvOps, Keep};
+use super::{BiasSums, ConvOps, Gout, Keep};
 use crate::backend::{Cpu, Gpu};
 use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads};
 use crate::gpu::Executor;
@@ -334,9 +334,9 @@ fn conv_backward_with_bf16<E: Executor>(g: &Gpu<E>) {
             let grads = LayerGrads { dx: Some(&mut dx), dw: with_dw.then_some(&mut dw) };
             let sums = BiasSums { bias: bias.then_some(&mut db), chan_bias };
             let per_image = if transposed {
-                g.conv_transpose2d_backward_with(&d, (&xb, &wb, &gb), kept, grads.into(), sums)
+                g.conv_transpose2d_backward_with(&d, (&xb, &wb, &mut Gout::of(&gb)), kept, grads.into(), sums)
             } else {
-                g.conv2d_backward_with(&d, (Some(&xb), &wb, &gb), kept, grads.into(), sums)
+                g.conv2d_backward_with(&d, (Some(&xb), &wb, &mut Gout::of(&gb)), kept, grads.into(), sums)
             };
             let bits = |b| down(g, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             (bits(&dx), bits(&dw), bias.then_some(db), per_image.unwrap())
@@ -514,8 +514,14 @@ fn packed_weights_equal_packing_per_conv<E: Executor>(g: &Gpu<E>) {
             g.conv2d_forward_keep(&conv, (&x, None), (&weight(0), pick(0)), Epilogue::none(), &mut y, keep).unwrap();
         let mut dx = out(g, n * c * h * w);
         let grads = LayerGrads { dx: Some(&mut dx), dw: None };
-        g.conv2d_backward_with(&conv, (None, &weight(0), &gy), kept.as_ref(), grads.into(), BiasSums::default())
-            .unwrap();
+        g.conv2d_backward_with(
+            &conv,
+            (None, &weight(0), &mut Gout::of(&gy)),
+            kept.as_ref(),
+            grads.into(),
+            BiasSums::default(),
+        )
+        .unwrap();
         // The transposed conv of y, and the linear layer.
         let mut z = out(g, n * c * 4 * h * w);
         g.conv_transpose2d_forward_keep(&upsample, (&y, None), (&weight(1), pick(1)), None, &mut z, keep).unwrap();
@@ -552,11 +558,21 @@ fn backward_adds_to_dx<B: crate::backend::LinearOps>(be: &B) {
             let (mut dx, mut dw) = (up(if add_dx { before.clone() } else { vec![0.0; x_len] }), up(vec![0.0; w_len]));
             let into = GradsInto { grads: LayerGrads { dx: Some(&mut dx), dw: Some(&mut dw) }, add_dx };
             match what {
-                "conv2d" => be.conv2d_backward_with(&conv, (Some(&x), &w, &gout), None, into, BiasSums::default()),
-                "conv_transpose2d" => {
-                    be.conv_transpose2d_backward_with(&conv, (&x, &w, &gout), None, into, BiasSums::default())
-                }
-                _ => be.linear_backward_with(linear, (&x, &w, &gout), None, (into, None)).map(|()| None),
+                "conv2d" => be.conv2d_backward_with(
+                    &conv,
+                    (Some(&x), &w, &mut Gout::of(&gout)),
+                    None,
+                    into,
+                    BiasSums::default(),
+                ),
+                "conv_transpose2d" => be.conv_transpose2d_backward_with(
+                    &conv,
+                    (&x, &w, &mut Gout::of(&gout)),
+                    None,
+                    into,
+                    BiasSums::default(),
+                ),
+                _ => be.linear_backward_with(linear, (&x, &w, &mut Gout::of(&gout)), None, (into, None)).map(|()| None),
             }
             .unwrap();
             let bits = |b| be.download(b).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();

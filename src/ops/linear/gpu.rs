@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, int, need, run, SPLIT_TARGET_BLOCKS};
 use crate::gpu::{Arg, Cost, Executor, Kernel, LaunchCfg};
 use crate::ops::conv::gpu::add_channel_bias;
-use crate::ops::conv::{overwriting, BiasSums, InputIn, Keep, WeightIn};
+use crate::ops::conv::{overwriting, BiasSums, Gout, InputIn, Keep, WeightIn};
 
 impl<E: Executor> LinearOps for Gpu<E> {
     fn linear_forward(
@@ -30,7 +30,7 @@ impl<E: Executor> LinearOps for Gpu<E> {
         gy: &E::Buf,
         grads: LayerGrads<E::Buf>,
     ) -> Result<()> {
-        self.linear_backward_with(d, (x, w, gy), None, (grads.into(), None))
+        self.linear_backward_with(d, (x, w, &mut Gout::of(gy)), None, (grads.into(), None))
     }
     fn linear_forward_keep(
         &self,
@@ -51,7 +51,7 @@ impl<E: Executor> LinearOps for Gpu<E> {
     fn linear_backward_with(
         &self,
         d: LinearDesc,
-        (x, w, gy): (&E::Buf, &E::Buf, &E::Buf),
+        (x, w, gy): (&E::Buf, &E::Buf, &mut Gout<'_, Self>),
         kept: Option<&Self::Kept>,
         (grads, db): (GradsInto<E::Buf>, Option<&mut E::Buf>),
     ) -> Result<()> {
@@ -61,6 +61,7 @@ impl<E: Executor> LinearOps for Gpu<E> {
             let sums = BiasSums { bias: db, chan_bias: false };
             return self.conv2d_backward_with(&as_conv(d), (Some(x), w, gy), kept, grads, sums).map(drop);
         }
+        let gy = gy.values;
         if let Some(db) = db {
             self.column_sums(gy, d.batch, d.fout, db)?;
         }

@@ -12,7 +12,7 @@ use crate::backend::{Backend, ConvOps};
 use crate::desc::{GradsInto, LayerGrads, LinearDesc};
 use crate::error::Result;
 use crate::ops::conv::{overwriting, Keep};
-use crate::ops::conv::{InputIn, WeightIn};
+use crate::ops::conv::{Gout, InputIn, WeightIn};
 use crate::shape_err;
 use crate::tensor::Tensor;
 use std::fmt;
@@ -57,11 +57,11 @@ pub trait LinearOps: ConvOps {
     fn linear_backward_with(
         &self,
         d: LinearDesc,
-        (x, w, gy): (&Self::Buf, &Self::Buf, &Self::Buf),
+        (x, w, gy): (&Self::Buf, &Self::Buf, &mut Gout<'_, Self>),
         kept: Option<&Self::Kept>,
         (grads, db): (GradsInto<Self::Buf>, Option<&mut Self::Buf>),
     ) -> Result<()> {
-        let _ = kept;
+        let (_, gy) = (kept, gy.values);
         overwriting(self, grads, |g| self.linear_backward(d, x, w, gy, g))?;
         db.map_or(Ok(()), |db| self.column_sums(gy, d.batch, d.fout, db))
     }
@@ -125,10 +125,14 @@ impl<B: Backend> Rule<B> for Linear<B> {
             Some(b) => tape.grad_for(b)?.map(|t| (b, t)),
             None => None,
         };
-        let bufs = (tape.value(self.x).buf(), tape.value(self.w).buf(), gout.buf());
+        let mut gy = Gout { values: gout.buf(), operand: tape.gout_operand() };
+        let bufs = (tape.value(self.x).buf(), tape.value(self.w).buf(), &mut gy);
         let db_buf = db.as_mut().map(|(_, t)| t.buf_mut());
         be.linear_backward_with(self.d, bufs, self.kept.as_ref(), (grads, db_buf))?;
         Ok(dx.map(|(d, _)| (self.x, d)).into_iter().chain(dw.map(|d| (self.w, d))).chain(db).collect())
+    }
+    fn reads_grad_operand(&self) -> bool {
+        true
     }
 }
 

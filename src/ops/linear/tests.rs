@@ -6,6 +6,7 @@ use super::LinearOps;
 use crate::backend::{Cpu, Gpu, Precision, ReduceOps};
 use crate::desc::{LayerGrads, LinearDesc};
 use crate::gpu::Executor;
+use crate::ops::conv::Gout;
 use crate::ops::testing::{close, down, gpu_test, out, rand, up};
 
 // GEMM: every transpose combination, accumulate, a batch, and a batch sum. Sums of up to 70 products of values in
@@ -135,7 +136,7 @@ fn linear_bias_gradient_in_the_backward<E: Executor>(dev: &Gpu<E>) {
             let what = format!("linear db ({precision:?}, dW {with_dw})");
             let (mut dwb, mut dbb) = (out(g, w.len()), out(g, d.fout));
             let grads = LayerGrads { dx: None, dw: with_dw.then_some(&mut dwb) };
-            g.linear_backward_with(d, (&xb, &wb, &gyb), None, (grads.into(), Some(&mut dbb))).unwrap();
+            g.linear_backward_with(d, (&xb, &wb, &mut Gout::of(&gyb)), None, (grads.into(), Some(&mut dbb))).unwrap();
             close(&down(g, &dbb), &db, 1e-5, 1e-5, &what);
             if with_dw {
                 close(&down(g, &dwb), &dw, 1e-2, 1e-2, &format!("{what}: dW"));

@@ -23,55 +23,85 @@ impl<E: Executor> NormOps for Gpu<E> {
     fn group_norm_backward(
         &self,
         d: NormDesc,
-        (x, gamma, beta): (&E::Buf, &E::Buf, &E::Buf),
-        (mean, rstd): (&E::Buf, &E::Buf),
+        inputs: (&E::Buf, &E::Buf, &E::Buf),
+        stats: (&E::Buf, &E::Buf),
         gy: &E::Buf,
         dx: Option<(&mut E::Buf, bool)>,
-        (dgamma, dbeta): (&mut E::Buf, &mut E::Buf),
+        daffine: (&mut E::Buf, &mut E::Buf),
     ) -> Result<()> {
-        let e = self.executor();
-        check(d, x, gamma, beta)?;
-        need("group_norm mean", mean, d.n * d.groups)?;
-        need("group_norm rstd", rstd, d.n * d.groups)?;
-        need("group_norm gy", gy, d.n * d.c * d.plane)?;
-        need("group_norm dgamma", dgamma, d.c)?;
-        need("group_norm dbeta", dbeta, d.c)?;
-        if let Some((dx, _)) = &dx {
-            need("group_norm dx", *dx, d.n * d.c * d.plane)?;
-        }
-        let accumulate = dx.as_ref().is_some_and(|(_, acc)| *acc);
-        // x and gy are staged for the dx pass, which only runs with a dx.
-        let has_dx = dx.is_some();
-        let staged = if has_dx { staging(d, 2) } else { None };
-        let nc = d.n * d.c;
-        let parts = e.alloc(2 * nc)?;
-        let args = [
-            Arg::Buf(x),
-            Arg::Buf(gamma),
-            Arg::Buf(beta),
-            Arg::Buf(mean),
-            Arg::Buf(rstd),
-            Arg::Buf(gy),
-            Arg::opt(dx.map(|(b, _)| &*b)),
-            Arg::BufAt(&parts, 0),
-            Arg::BufAt(&parts, nc),
-            Arg::Buf(dgamma),
-            Arg::Buf(dbeta),
-            Arg::Ints(self.tickets()?),
-            i32_arg(d.c)?,
-            i32_arg(d.plane)?,
-            i32_arg(d.groups)?,
-            Arg::I32(d.silu as i32),
-            Arg::I32(accumulate as i32),
-            Arg::I32(staged.is_some() as i32),
-        ];
-        // x and gy read for the group sums and, for dx unless staged, again (and dx itself when accumulating), and
-        // the per-image partials of dγ and dβ written and read back by the last block: ~12 operations per value.
-        let len = d.n * d.c * d.plane;
-        let reads = if has_dx && staged.is_none() { 4 } else { 2 };
-        let read = (reads + usize::from(accumulate)) * len + 2 * nc;
-        run(e, Kernel::GroupNormBwd, grid(d, staged)?, Cost::pass(read, len + 2 * nc, 12), &args)
+        backward(self, d, (inputs, stats, gy), dx, daffine, None)
     }
+}
+
+/// A backward's inputs: `(x, γ, β)`, the saved `(μ, 1/σ)`, and the output's gradient.
+type BackwardIn<'a, B> = ((&'a B, &'a B, &'a B), (&'a B, &'a B), &'a B);
+
+/// Where a backward also writes dx's operand: dx as bf16 channels-last, its per-image channel sums `[n, c]`, and
+/// those sums as bf16.
+pub(crate) type DxOperand<'a, B> = (&'a Bf16Buf<B>, &'a B, &'a Bf16Buf<B>);
+
+/// One `group_norm_bwd` launch: [`NormOps::group_norm_backward`], also writing `operand` when given (dx given too).
+pub(crate) fn backward<E: Executor>(
+    gpu: &Gpu<E>,
+    d: NormDesc,
+    ((x, gamma, beta), (mean, rstd), gy): BackwardIn<'_, E::Buf>,
+    dx: Option<(&mut E::Buf, bool)>,
+    (dgamma, dbeta): (&mut E::Buf, &mut E::Buf),
+    operand: Option<DxOperand<'_, E::Buf>>,
+) -> Result<()> {
+    let e = gpu.executor();
+    check(d, x, gamma, beta)?;
+    need("group_norm mean", mean, d.n * d.groups)?;
+    need("group_norm rstd", rstd, d.n * d.groups)?;
+    need("group_norm gy", gy, d.n * d.c * d.plane)?;
+    need("group_norm dgamma", dgamma, d.c)?;
+    need("group_norm dbeta", dbeta, d.c)?;
+    if let Some((dx, _)) = &dx {
+        need("group_norm dx", *dx, d.n * d.c * d.plane)?;
+    }
+    if operand.is_some() && (dx.is_none() || !d.c.is_multiple_of(8)) {
+        return Err(Error::Shape(format!(
+            "group_norm: dx's operand needs dx and channels a multiple of 8, got {}",
+            d.c
+        )));
+    }
+    let accumulate = dx.as_ref().is_some_and(|(_, acc)| *acc);
+    // x and gy are staged for the dx pass, which only runs with a dx.
+    let has_dx = dx.is_some();
+    let staged = if has_dx { staging(d, 2) } else { None };
+    let nc = d.n * d.c;
+    let parts = e.alloc(2 * nc)?;
+    let args = [
+        Arg::Buf(x),
+        Arg::Buf(gamma),
+        Arg::Buf(beta),
+        Arg::Buf(mean),
+        Arg::Buf(rstd),
+        Arg::Buf(gy),
+        Arg::opt(dx.map(|(b, _)| &*b)),
+        Arg::BufAt(&parts, 0),
+        Arg::BufAt(&parts, nc),
+        Arg::Buf(dgamma),
+        Arg::Buf(dbeta),
+        Arg::Ints(gpu.tickets()?),
+        operand.map_or(Arg::Null, |o| Arg::Bf16(o.0)),
+        Arg::opt(operand.map(|o| o.1)),
+        operand.map_or(Arg::Null, |o| Arg::Bf16(o.2)),
+        i32_arg(d.c)?,
+        i32_arg(d.plane)?,
+        i32_arg(d.groups)?,
+        Arg::I32(d.silu as i32),
+        Arg::I32(accumulate as i32),
+        Arg::I32(staged.is_some() as i32),
+    ];
+    // x and gy read for the group sums and, for dx unless staged, again (and dx itself when accumulating), and
+    // the per-image partials of dγ and dβ written and read back by the last block: ~12 operations per value;
+    // dx's operand (half a value each) and its sums besides, when asked for.
+    let len = d.n * d.c * d.plane;
+    let reads = if has_dx && staged.is_none() { 4 } else { 2 };
+    let read = (reads + usize::from(accumulate)) * len + 2 * nc;
+    let written = len + 2 * nc + operand.map_or(0, |_| len / 2 + nc + nc / 2);
+    run(e, Kernel::GroupNormBwd, grid(d, staged)?, Cost::pass(read, written, 12), &args)
 }
 
 /// A GroupNorm's output as a conv operand, and its saved `(μ, 1/σ)`, `[n·groups]` each.

@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::shape_err;
 use crate::tensor::Tensor;
 use std::fmt;
+use std::sync::Arc;
 
 /// GroupNorm's `eps`, as PyTorch's default.
 pub const GROUP_NORM_EPS: f32 = 1e-5;
@@ -82,7 +83,13 @@ pub(crate) fn norm_grads<B: Backend>(
     let (mut dg, mut db) = (place(gamma)?, place(beta)?);
     let inputs = (tape.value(x).buf(), tape.value(gamma).buf(), tape.value(beta).buf());
     let dxb = dx.as_mut().map(|(t, acc)| (t.buf_mut(), *acc));
-    be.group_norm_backward(d, inputs, stats, gy, dxb, (dg.buf_mut(), db.buf_mut()))?;
+    // When a conv's backward reads x's gradient, its operand is written with it (from the values dx ends up
+    // holding); should a reader of x that runs later here add to that gradient, the tape drops the operand.
+    let operand = dxb.is_some() && tape.wants_grad_operand(x);
+    let daffine = (dg.buf_mut(), db.buf_mut());
+    if let Some(op) = be.group_norm_backward_with(d, inputs, stats, gy, dxb, daffine, operand)? {
+        tape.set_grad_operand(x, Arc::new(op));
+    }
     let mut out: Vec<_> = dx.map(|(d, _)| (x, d)).into_iter().collect();
     out.push((gamma, dg));
     out.push((beta, db));

@@ -64,15 +64,19 @@ group_norm_fwd(const float* __restrict__ x, const float* __restrict__ gamma, con
 // launches and that block sets back to 0) adds them over the images, in image order, into dgamma and dbeta, so the
 // result does not depend on which block is last. When dx is not null,
 // dx = rstd*(gz*gamma - mean(gz*gamma) - xhat*mean(gz*gamma*xhat)) over the group; added to dx when accumulate
-// (x's gradient from its other readers: one pass instead of a separate add). With `stage`, the group's x and gy
-// are kept in 2M floats of dynamic shared memory for the dx pass. Launch: grid (G, n), block 256.
+// (x's gradient from its other readers: one pass instead of a separate add). When dxb is not null, the values dx
+// ends up holding are also written as bf16 channels-last [n, plane, C] (C % 8 == 0), the operand of the conv
+// backward that reads this gradient, rounded as nchw_to_nhwc_bf16 rounds them; when dx_sums is not null, their
+// per-image channel sums [n, C] (what that conv's bias gradients are sums of), and when dx_sums_b is not null, those
+// sums as bf16 too (a [n, C] operand). With `stage`, the group's x and gy are kept in 2M floats of dynamic shared
+// memory for the dx pass. Launch: grid (G, n), block 256.
 // max-dynamic-shared: 65536
 extern "C" __global__ void __launch_bounds__(256)
 group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ gy,
                float* __restrict__ dx, float* dgamma_part, float* dbeta_part, float* __restrict__ dgamma,
-               float* __restrict__ dbeta, int* ticket, int C, int plane, int G, int silu, int accumulate,
-               int stage) {
+               float* __restrict__ dbeta, int* ticket, bf16* __restrict__ dxb, float* __restrict__ dx_sums,
+               bf16* __restrict__ dx_sums_b, int C, int plane, int G, int silu, int accumulate, int stage) {
   __shared__ float scratch[32];
   __shared__ int last[1];
   float* staged = nullptr;  // only a staging launch has dynamic shared memory
@@ -138,16 +142,32 @@ group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, con
   const float* xg = stage ? staged : x + base;
   const float* gg = stage ? staged + M : gy + base;
   const float a1 = s1 / M, a2 = s2 / M;
-  for (int e = threadIdx.x; e < M; e += blockDim.x) {
-    const int c = g * cpg + e / plane;
+  // Channel by channel, so that each channel's sum is one block sum; thread p takes pixel p (coalesced in dx).
+  bf16* ob = dxb ? dxb + (long long)i * plane * C : nullptr;
+  for (int j = 0; j < cpg; j++) {
+    const int c = g * cpg + j;
     const float ga = gamma[c], be = beta[c];
-    const float xh = (xg[e] - m) * r;
-    float gz = gg[e];
-    if (silu) {
-      const float z = xh * ga + be, sg = sigmoidf_(z);
-      gz *= sg * (1.0f + z * (1.0f - sg));
+    float cs = 0.0f;
+    for (int p = threadIdx.x; p < plane; p += blockDim.x) {
+      const int e = j * plane + p;
+      const float xh = (xg[e] - m) * r;
+      float gz = gg[e];
+      if (silu) {
+        const float z = xh * ga + be, sg = sigmoidf_(z);
+        gz *= sg * (1.0f + z * (1.0f - sg));
+      }
+      const float v = r * (gz * ga - a1 - xh * a2);
+      const float d = accumulate ? dx[base + e] + v : v;
+      dx[base + e] = d;
+      if (ob) ob[(long long)p * C + c] = f32_to_bf16(d);
+      cs += d;
     }
-    const float v = r * (gz * ga - a1 - xh * a2);
-    dx[base + e] = accumulate ? dx[base + e] + v : v;
+    if (dx_sums) {
+      cs = block_sum(cs, scratch);
+      if (threadIdx.x == 0) {
+        dx_sums[(long long)i * C + c] = cs;
+        if (dx_sums_b) dx_sums_b[(long long)i * C + c] = f32_to_bf16(cs);
+      }
+    }
   }
 }

@@ -79,3 +79,45 @@ fn group_norm_backward_accumulates<E: Executor>(g: &Gpu<E>) {
     assert_eq!(bits(&down(g, &summed)), bits(&want), "GPU: accumulated dx differs from dx then add");
 }
 gpu_test!(group_norm_backward_accumulates);
+
+/// Under bf16, the backward asked for dx's operand writes dx as without it (to the bit, plain and adding to a
+/// gradient already there), the operand as converting dx makes it (to the bit: the same rounding of the same
+/// values), dx's per-image channel sums (35 values each, summed in another order than the CPU's: abs 1e-5 and rel
+/// 1e-5, a few f32 roundings of sums of order 1), and the sums' own operand (to the bit, from the sums written).
+fn group_norm_backward_writes_the_operand<E: Executor>(g: &Gpu<E>) {
+    use crate::backend::{ConvOps, ReduceOps};
+    use crate::desc::Planes;
+    let (n, c, groups, plane) = (2, 16, 4, 35);
+    let (len, planes) = (n * c * plane, Planes { n, c, plane });
+    let d = NormDesc { n, c, plane, groups, eps: 1e-5, silu: true };
+    let x: Vec<f32> = rand(45, len).iter().map(|v| 3.0 * v + 0.5).collect();
+    let (gamma, beta, gy, acc) = (rand(46, c), rand(47, c), rand(48, len), rand(49, len));
+    let mut y = vec![0.0; len];
+    let (mean, rstd) = Cpu.group_norm_forward(d, &x, (&gamma, &beta), &mut y).unwrap();
+    let (xb, gb, bb, gyb, mb, rb) = (up(g, &x), up(g, &gamma), up(g, &beta), up(g, &gy), up(g, &mean), up(g, &rstd));
+    let bits = |b: &E::Buf| down(g, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for adding in [false, true] {
+        let what = if adding { "adding" } else { "plain" };
+        let start = if adding { acc.clone() } else { vec![0.0; len] };
+        let (mut plain, mut with) = (up(g, &start), up(g, &start));
+        let (mut dg, mut db) = (out(g, c), out(g, c));
+        let inputs = (&xb, &gb, &bb);
+        g.group_norm_backward(d, inputs, (&mb, &rb), &gyb, Some((&mut plain, adding)), (&mut dg, &mut db)).unwrap();
+        let op = g
+            .group_norm_backward_with(d, inputs, (&mb, &rb), &gyb, Some((&mut with, adding)), (&mut dg, &mut db), true)
+            .unwrap()
+            .expect("an operand under bf16");
+        assert_eq!(bits(&with), bits(&plain), "{what}: dx differs with its operand written");
+        let converted = g.operand(&plain, planes).unwrap().unwrap();
+        assert_eq!(bits(&op.operand.buf.buf), bits(&converted.buf.buf), "{what}: dx's operand differs from converting");
+        let sums = op.sums.as_ref().expect("per-image sums");
+        let mut want = out(g, n * c);
+        g.channel_sums(planes, &plain, true, &mut want).unwrap();
+        close(&down(g, sums), &down(g, &want), 1e-5, 1e-5, &format!("{what}: dx's per-image sums"));
+        let of_sums = op.of_sums.as_ref().expect("the sums' operand");
+        let converted = g.operand(sums, Planes { n, c, plane: 1 }).unwrap().unwrap();
+        assert_eq!(bits(&of_sums.operand.buf.buf), bits(&converted.buf.buf), "{what}: the sums' operand");
+        assert_eq!(bits(of_sums.sums.as_ref().unwrap()), bits(sums), "{what}: a [n, c] gradient's sums are itself");
+    }
+}
+gpu_test!(group_norm_backward_writes_the_operand, crate::backend::Precision::Bf16);

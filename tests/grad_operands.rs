@@ -1,0 +1,96 @@
+//! Gradients' operands under bf16: an op that makes a gradient a conv's backward reads writes that gradient's
+//! bf16 operand (and its per-image sums) with it, and the tape hands it to every reader of the gradient, dropping it
+//! when anything is added to the gradient afterwards.
+
+use ddpm::autograd::Tape;
+use ddpm::backend::{Backend, Gpu, Precision};
+use ddpm::gpu::emu::Emulator;
+use ddpm::gpu::{Executor, Kernel};
+use ddpm::ops::conv::{ConvExtra, Norm};
+use ddpm::params::Params;
+use ddpm::Tensor;
+
+/// Values in [-1, 1), a fixed function of `(seed, index)`.
+fn values(seed: usize, len: usize) -> Vec<f32> {
+    (0..len).map(|i| ((i * 7919 + seed * 104_729) % 2000) as f32 / 1000.0 - 1.0).collect()
+}
+
+/// A small net with each way a gradient's operand is made and read, and its parameters:
+/// `h0 = conv(x)`; `r = conv1x1(h0)`; `l = linear(v)`; `h1 = conv(silu(norm(h0))) + l` (per-image channel bias);
+/// `y = conv(silu(norm(h1))) + conv1x1(r)` (residual); loss = mse(y, target).
+/// Backward, in reverse order: y's gradient is converted once and shared with the residual's conv; GroupNorm's
+/// backwards write h1's gradient's operand, with its per-image sums, which are l's gradient, with theirs; h0's
+/// gradient gets one from GroupNorm too, but r's backward then adds to it, so h0's conv converts it anew.
+/// Returns every parameter's gradient and the conversions the backward made.
+fn run<B: Backend>(params: &Params<B>, count: impl Fn() -> Option<usize>) -> (Vec<Vec<f32>>, Option<usize>) {
+    let mut t = Tape::new(params);
+    let p: Vec<_> = (0..params.len()).map(|i| t.param(ddpm::params::ParamId(i))).collect();
+    let [w0, b0, wr, v, wl, g1, be1, w1, b1, ws, g2, be2, w2, b2] = p[..] else { panic!("14 parameters") };
+    let (n, hw) = (2, 6);
+    let x = t.input_host(Tensor::new(&[n, 8, hw, hw], values(1, n * 8 * hw * hw)).unwrap()).unwrap();
+    let h0 = t.conv2d(x, w0, Some(b0), 1, 1, ConvExtra::default()).unwrap();
+    let r = t.conv2d(h0, wr, None, 1, 0, ConvExtra::default()).unwrap();
+    let l = t.linear(v, wl, None).unwrap();
+    let norm1 = Norm { gamma: g1, beta: be1, groups: 4, silu: true };
+    let extra = ConvExtra { chan_bias: Some(l), ..ConvExtra::default() };
+    let h1 = t.norm_conv2d(h0, norm1, w1, Some(b1), 1, 1, extra).unwrap();
+    let s = t.conv2d(r, ws, None, 1, 0, ConvExtra::default()).unwrap();
+    let norm2 = Norm { gamma: g2, beta: be2, groups: 4, silu: true };
+    let extra = ConvExtra { residual: Some(s), ..ConvExtra::default() };
+    let y = t.norm_conv2d(h1, norm2, w2, Some(b2), 1, 1, extra).unwrap();
+    let target = t.input_host(Tensor::new(&[n, 16, hw, hw], values(2, n * 16 * hw * hw)).unwrap()).unwrap();
+    let loss = t.mse(y, target).unwrap();
+    count();
+    let grads = t.backward(loss).unwrap();
+    let conversions = count();
+    (grads.0.into_iter().map(|g| g.to_host().unwrap().data().to_vec()).collect(), conversions)
+}
+
+/// The bf16 gradients on the emulator against the f32 CPU's, each within 1.5% of its largest magnitude: bf16
+/// operands (8-bit mantissas, 2^-9 relative each) perturb every product by about 2^-8 and these sums of up to
+/// 16·9·72 products by a similar fraction of their largest terms (measured: under 0.5%); an operand that is stale
+/// (h0's without r's part) or another tensor's is off by its whole size. And the backward converts 3 gradients
+/// (y's, r's and h0's) where converting each reader's would make 6.
+#[test]
+fn gradients_operands_are_written_shared_and_dropped_when_added_to() {
+    let c = 16;
+    let mut p = Params::new();
+    let shapes: [(&str, Vec<usize>); 14] = [
+        ("w0", vec![c, 8, 3, 3]),
+        ("b0", vec![c]),
+        ("wr", vec![c, c, 1, 1]),
+        ("v", vec![2, 12]),
+        ("wl", vec![c, 12]),
+        ("g1", vec![c]),
+        ("be1", vec![c]),
+        ("w1", vec![c, c, 3, 3]),
+        ("b1", vec![c]),
+        ("ws", vec![c, c, 1, 1]),
+        ("g2", vec![c]),
+        ("be2", vec![c]),
+        ("w2", vec![c, c, 3, 3]),
+        ("b2", vec![c]),
+    ];
+    for (i, (name, shape)) in shapes.iter().enumerate() {
+        let len = shape.iter().product();
+        // GroupNorm's γ about 1, the rest small.
+        let (scale, offset) = if name.starts_with('g') { (0.5, 1.0) } else { (0.3, 0.0) };
+        let data = values(10 + i, len).into_iter().map(|v| v * scale + offset).collect();
+        p.add(name, Tensor::new(shape, data).unwrap());
+    }
+    let (want, _) = run(&p, || None);
+    let gpu = Gpu::new(Emulator::new()).with_precision(Precision::Bf16);
+    let counters = gpu.executor().counters();
+    let on_gpu = p.to_backend(&gpu).unwrap();
+    let (got, conversions) = run(&on_gpu, || {
+        let log = counters.take_log();
+        counters.record();
+        Some(log.iter().filter(|l| l.kernel == Kernel::NchwToNhwcBf16).count())
+    });
+    for ((name, _), (got, want)) in shapes.iter().zip(got.iter().zip(&want)) {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst <= 0.015 * scale, "{name}: bf16 gradient {worst:e} from the f32 CPU's (largest {scale:e})");
+    }
+    assert_eq!(conversions, Some(3), "gradients converted in the backward");
+}

@@ -16,21 +16,25 @@ fn values(seed: usize, len: usize) -> Vec<f32> {
 }
 
 /// A small net with each way a gradient's operand is made and read, and its parameters:
-/// `h0 = conv(x)`; `r = conv1x1(h0)`; `l = linear(v)`; `h1 = conv(silu(norm(h0))) + l` (per-image channel bias);
+/// `h0 = conv(x)`; `r = conv1x1(h0)`; `l = linear(silu(linear(v)))`; `h1 = conv(silu(norm(h0))) + l` (per-image
+/// channel bias);
 /// `y = conv(silu(norm(h1))) + conv1x1(r)` (residual); loss = mse(y, target).
 /// Backward, in reverse order: y's gradient is converted once and shared with the residual's conv; GroupNorm's
-/// backwards write h1's gradient's operand, with its per-image sums, which are l's gradient, with theirs; h0's
+/// backwards write h1's gradient's operand, with its per-image sums, which are l's gradient, with theirs; the
+/// SiLU's backward writes its input's, for the first linear layer's; h0's
 /// gradient gets one from GroupNorm too, but r's backward then adds to it, so h0's conv converts it anew.
 /// Returns every parameter's gradient and the conversions the backward made.
 fn run<B: Backend>(params: &Params<B>, count: impl Fn() -> Option<usize>) -> (Vec<Vec<f32>>, Option<usize>) {
     let mut t = Tape::new(params);
     let p: Vec<_> = (0..params.len()).map(|i| t.param(ddpm::params::ParamId(i))).collect();
-    let [w0, b0, wr, v, wl, g1, be1, w1, b1, ws, g2, be2, w2, b2] = p[..] else { panic!("14 parameters") };
+    let [w0, b0, wr, v, wa, wl, g1, be1, w1, b1, ws, g2, be2, w2, b2] = p[..] else { panic!("15 parameters") };
     let (n, hw) = (2, 6);
     let x = t.input_host(Tensor::new(&[n, 8, hw, hw], values(1, n * 8 * hw * hw)).unwrap()).unwrap();
     let h0 = t.conv2d(x, w0, Some(b0), 1, 1, ConvExtra::default()).unwrap();
     let r = t.conv2d(h0, wr, None, 1, 0, ConvExtra::default()).unwrap();
-    let l = t.linear(v, wl, None).unwrap();
+    let a = t.linear(v, wa, None).unwrap();
+    let u = t.silu(a).unwrap();
+    let l = t.linear(u, wl, None).unwrap();
     let norm1 = Norm { gamma: g1, beta: be1, groups: 4, silu: true };
     let extra = ConvExtra { chan_bias: Some(l), ..ConvExtra::default() };
     let h1 = t.norm_conv2d(h0, norm1, w1, Some(b1), 1, 1, extra).unwrap();
@@ -50,16 +54,17 @@ fn run<B: Backend>(params: &Params<B>, count: impl Fn() -> Option<usize>) -> (Ve
 /// operands (8-bit mantissas, 2^-9 relative each) perturb every product by about 2^-8 and these sums of up to
 /// 16·9·72 products by a similar fraction of their largest terms (measured: under 0.5%); an operand that is stale
 /// (h0's without r's part) or another tensor's is off by its whole size. And the backward converts 3 gradients
-/// (y's, r's and h0's) where converting each reader's would make 6.
+/// (y's, r's and h0's) where converting each reader's would make 7.
 #[test]
 fn gradients_operands_are_written_shared_and_dropped_when_added_to() {
     let c = 16;
     let mut p = Params::new();
-    let shapes: [(&str, Vec<usize>); 14] = [
+    let shapes: [(&str, Vec<usize>); 15] = [
         ("w0", vec![c, 8, 3, 3]),
         ("b0", vec![c]),
         ("wr", vec![c, c, 1, 1]),
         ("v", vec![2, 12]),
+        ("wa", vec![12, 12]),
         ("wl", vec![c, 12]),
         ("g1", vec![c]),
         ("be1", vec![c]),

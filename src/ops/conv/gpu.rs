@@ -14,8 +14,8 @@ use crate::ops::linear::gpu::{sgemm, Gemm};
 use crate::ops::norm::gpu::{backward as norm_backward, group_norm_forward_nhwc};
 use crate::ops::norm::NormOps;
 use crate::ops::reduce::gpu::{concat_channels, copy_at, Channels};
-use crate::ops::unary::gpu::unary_forward_copy;
-use crate::ops::unary::UnaryKind;
+use crate::ops::unary::gpu::unary_copy;
+use crate::ops::unary::{UnaryKind, UnaryOps};
 use std::sync::Arc;
 
 impl<E: Executor> Gpu<E> {
@@ -60,7 +60,22 @@ impl<E: Executor> ConvOps for Gpu<E> {
         if d.plane != 1 || operand.c != d.c {
             return Err(Error::Shape(format!("unary_with_operand: {d:?} is not a matrix of the operand's shape")));
         }
-        unary_forward_copy(self.executor(), kind, x, y, Some((&mut operand.buf, d.c)))
+        unary_copy(self.executor(), kind, (x, None), y, Some((&mut operand.buf, d.c)))
+    }
+    /// Under bf16, one `unary_bwd` launch writing both; a `[n, c]` gradient is its own per-image sums.
+    fn unary_backward_with_operand(
+        &self,
+        kind: UnaryKind,
+        (x, d): (&E::Buf, Planes),
+        gy: &E::Buf,
+        dx: &mut E::Buf,
+    ) -> Result<Option<GradOperand<Self>>> {
+        let room = if d.plane == 1 { self.operand_for_output(d)? } else { None };
+        let Some(mut operand) = room else {
+            return self.unary_backward(kind, x, gy, dx).map(|()| None);
+        };
+        unary_copy(self.executor(), kind, (x, Some(gy)), dx, Some((&mut operand.buf, d.c)))?;
+        Ok(Some(GradOperand { operand, sums: Some(self.view(dx, 0, d.n * d.c)?), of_sums: None }))
     }
     /// Under bf16 with channels a multiple of 8 (every GroupNorm of the UNet), one `group_norm_bwd` launch writing
     /// dx, its operand, its per-image sums and theirs.

@@ -75,6 +75,18 @@ pub trait ConvOps: Memory + ReduceOps + NormOps + UnaryOps {
         }
         Ok(())
     }
+    /// [`UnaryOps::unary_backward`] of a `[d.n, d.c]` matrix (`d.plane` 1), also writing `dx`'s [`GradOperand`] for
+    /// the linear layer that made `x`; by default without (`None`).
+    fn unary_backward_with_operand(
+        &self,
+        kind: UnaryKind,
+        (x, d): (&Self::Buf, Planes),
+        gy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<Option<GradOperand<Self>>> {
+        let _ = d;
+        self.unary_backward(kind, x, gy, dx).map(|()| None)
+    }
     /// [`ReduceOps::concat`] of `a` and `b` into `out: [d.n, d.ca + d.cb, d.plane]`, also writing `out`'s operand
     /// into `operand` (from [`ConvOps::operand_for_output`]); by default the concat, then a conversion.
     fn concat_with_operand(

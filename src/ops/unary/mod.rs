@@ -137,8 +137,20 @@ impl<B: Backend> Rule<B> for Unary {
         vec![self.x]
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
-        let mut dx = Tensor::alloc(tape.backend(), gout.shape())?;
-        tape.backend().unary_backward(self.kind, tape.value(self.x).buf(), gout.buf(), dx.buf_mut())?;
+        let (be, x) = (tape.backend(), tape.value(self.x));
+        let mut dx = Tensor::alloc(be, gout.shape())?;
+        // A matrix that a linear layer made: its gradient's operand is written with it.
+        let matrix = match *x.shape() {
+            [n, c] if tape.wants_grad_operand(self.x) => Some(Planes { n, c, plane: 1 }),
+            _ => None,
+        };
+        let Some(d) = matrix else {
+            be.unary_backward(self.kind, x.buf(), gout.buf(), dx.buf_mut())?;
+            return Ok(vec![(self.x, dx)]);
+        };
+        if let Some(op) = be.unary_backward_with_operand(self.kind, (x.buf(), d), gout.buf(), dx.buf_mut())? {
+            tape.set_grad_operand(self.x, std::sync::Arc::new(op));
+        }
         Ok(vec![(self.x, dx)])
     }
 }

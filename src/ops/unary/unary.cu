@@ -25,27 +25,36 @@ static __device__ __forceinline__ float unary_grad(int kind, float x, float gy) 
   return nanf("");
 }
 
-// y = f(x), and when y_nhwc is given, y as a [rows, cols] matrix in the layout the tensor-core GEMMs read: bf16
-// rows of cols rounded up to 8, the padding 0 (written by each row's last element), the operand of the linear
+// Element e of a [rows, cols] matrix written into its copy in the layout the tensor-core GEMMs read: bf16 rows of
+// cols rounded up to 8, the padding 0 (written by each row's last element).
+static __device__ __forceinline__ void write_operand(bf16* __restrict__ nhwc, long long e, int cols, float v) {
+  const int cp = CEIL_DIV(cols, 8) * 8;
+  const long long r = e / cols;
+  const int j = (int)(e - r * cols);
+  bf16* row = nhwc + r * cp;
+  row[j] = f32_to_bf16(v);
+  if (j == cols - 1)
+    for (int k = cols; k < cp; k++) row[k] = (bf16)0;
+}
+
+// y = f(x), and when y_nhwc is given, y as a [rows, cols] matrix in the GEMMs' layout: the operand of the linear
 // layers that read y. The kind is uniform across the grid, so the switch costs no divergence.
 extern "C" __global__ void unary_fwd(int kind, const float* __restrict__ x, float* __restrict__ y,
                                      bf16* __restrict__ y_nhwc, long long n, int cols) {
-  const int cp = CEIL_DIV(cols, 8) * 8;
   GRID_STRIDE(e, n) {
     const float v = unary_apply(kind, x[e]);
     y[e] = v;
-    if (!y_nhwc) continue;
-    const long long r = e / cols;
-    const int j = (int)(e - r * cols);
-    bf16* row = y_nhwc + r * cp;
-    row[j] = f32_to_bf16(v);
-    if (j == cols - 1)
-      for (int k = cols; k < cp; k++) row[k] = (bf16)0;
+    if (y_nhwc) write_operand(y_nhwc, e, cols, v);
   }
 }
 
-// dx = gy * f'(x).
+// dx = gy * f'(x), and when dx_nhwc is given, dx as a [rows, cols] matrix in the GEMMs' layout: the operand of the
+// backward of the linear layer that made x.
 extern "C" __global__ void unary_bwd(int kind, const float* __restrict__ x, const float* __restrict__ gy,
-                                     float* __restrict__ dx, long long n) {
-  GRID_STRIDE(e, n) dx[e] = unary_grad(kind, x[e], gy[e]);
+                                     float* __restrict__ dx, bf16* __restrict__ dx_nhwc, long long n, int cols) {
+  GRID_STRIDE(e, n) {
+    const float v = unary_grad(kind, x[e], gy[e]);
+    dx[e] = v;
+    if (dx_nhwc) write_operand(dx_nhwc, e, cols, v);
+  }
 }

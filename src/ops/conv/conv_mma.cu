@@ -190,7 +190,10 @@ extern "C" __global__ void pack_weights_bf16(const float* __restrict__ params, b
 // chan_bias[i][o] and residual[i][o][q] (shaped like out) when given. in: [n, IH, IW, C] bf16 (NHWC), wp: [N, K*K,
 // C] bf16, out: [n, N, QH*QW] f32 (NCHW). C % 8 == 0 (padded). When out_nhwc is given, the result is also written
 // there as bf16 [n, QH*QW, NP] (NP: N rounded up to 8, the padding 0): the operand of a conv that reads this one's
-// output, with no conversion launch. The GEMM: rows = output pixels, columns = the N output channels, depth = taps
+// output, with no conversion launch. When col_sums is given, each block also writes the column sums of the results
+// it wrote (over its rows, 0 for a block with none) as row blockIdx.z * gridDim.y + blockIdx.y of col_sums [rows,
+// N]: sums whose columns add up to the output's channel sums (what a bias gradient is, when the output is a conv's
+// output gradient), in a fixed order. The GEMM: rows = output pixels, columns = the N output channels, depth = taps
 // x C.
 // A strided adjoint (S > 1: a transposed conv's forward, a strided conv's input gradient) reads through tap
 // (ky, kx) only at the output pixels with S | qy + P - ky and S | qx + P - kx, a quarter of the taps for S = 2. So
@@ -202,8 +205,9 @@ extern "C" __global__ void pack_weights_bf16(const float* __restrict__ params, b
 extern "C" __global__ void __launch_bounds__(MMA_THREADS)
 conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float* __restrict__ out,
                 const float* __restrict__ bias, const float* __restrict__ chan_bias,
-                const float* __restrict__ residual, bf16* __restrict__ out_nhwc, int n, int C, int IH, int IW,
-                int N, int NP, int QH, int QW, int K, int S, int P, int adjoint, int accumulate) {
+                const float* __restrict__ residual, bf16* __restrict__ out_nhwc, float* __restrict__ col_sums, int n,
+                int C, int IH, int IW, int N, int NP, int QH, int QW, int K, int S, int P, int adjoint,
+                int accumulate) {
   DYN_SHARED(bf16, smem);
   bf16* As = smem;                     // [STAGES][BM][BK + PAD]: rows = output pixels
   bf16* Bs = smem + STAGES * ROW_TILE;  // [STAGES][BN][BK + PAD]: rows = output channels
@@ -219,8 +223,13 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
   const long long Q = (long long)QH * QW, CQ = (long long)CH * CW, rows = n * CQ;
   const int wdepth = K * K * C, depth = KY * KX * C;
   const long long m0 = (long long)blockIdx.y * BM;
-  if (m0 >= rows) return;  // a smaller class than the grid was sized for: the whole block, before any barrier
   const int n0 = blockIdx.x * BN;
+  float* sums_row = col_sums ? col_sums + ((long long)blockIdx.z * gridDim.y + blockIdx.y) * N : nullptr;
+  if (m0 >= rows) {
+    // A smaller class than the grid was sized for: the whole block, before any barrier (its sums are 0).
+    if (sums_row && tid < BN && n0 + tid < N) sums_row[n0 + tid] = 0.0f;
+    return;
+  }
   const int ktiles = CEIL_DIV(depth, BK);
 
   // Stage `st` <- the next k-tile: 64 rows x 4 chunks of 8 bf16 per operand. Thread `tid` copies rows
@@ -280,6 +289,7 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
 
   // Epilogue: accumulator (a, b, v) holds row g (+8 for v >= 2), column 2t (+1 for odd v) of mma tile (a, b).
   const int g = lane >> 2, t = lane & 3;
+  float cs[4][2] = {};  // this thread's sums of its columns (b, v & 1) over its rows
 #pragma unroll
   for (int a = 0; a < 2; a++)
 #pragma unroll
@@ -302,8 +312,29 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
         const float res = accumulate ? out[at] + val : residual ? residual[at] + val : val;
         out[at] = res;
         if (out_nhwc) out_nhwc[(i * Q + q) * NP + o] = f32_to_bf16(res);
+        cs[b][v & 1] += res;
       }
     }
+  if (!sums_row) return;
+  // Over the warp's rows (the 8 lanes of each t), then the block's two row halves through shared memory (the
+  // pipeline's, free once every warp is past its last k-tile).
+  float* part = reinterpret_cast<float*>(smem);  // [2 row halves][BN]
+#pragma unroll
+  for (int b = 0; b < 4; b++)
+#pragma unroll
+    for (int p = 0; p < 2; p++) {
+      float v = cs[b][p];
+      for (int off = 4; off < 32; off <<= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+      cs[b][p] = v;
+    }
+  __syncthreads();
+  if (g == 0)
+#pragma unroll
+    for (int b = 0; b < 4; b++)
+#pragma unroll
+      for (int p = 0; p < 2; p++) part[wm * BN + wn * 32 + b * 8 + 2 * t + p] = cs[b][p];
+  __syncthreads();
+  if (tid < BN && n0 + tid < N) sums_row[n0 + tid] = part[tid] + part[BN + tid];
 }
 
 // dw[m][c][tap] = sum over the batch's pixels r of a[r][m] * b[i(r)][src(q(r), tap)][c], the conv's own map src

@@ -4,7 +4,9 @@
 //! (a fixed order), not with atomics.
 
 use super::mma::{self, Gather, Kept, Nhwc, PackedWeight, Wgrad};
-use super::{need_input, norm_then_conv, overwriting, BiasSums, ConvOps, Gout, GradOperand, InputIn, Keep, NormConv};
+use super::{
+    need_input, norm_then_conv, overwriting, BiasSums, ChannelSums, ConvOps, Gout, GradOperand, InputIn, Keep, NormConv,
+};
 use crate::backend::{Gpu, Memory, Precision};
 use crate::desc::{ConcatDesc, ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
 use crate::error::{Error, Result};
@@ -25,8 +27,35 @@ impl<E: Executor> Gpu<E> {
     }
 
     /// A channel bias's gradient: a view of the `[n, c]` per-image sums of the gradient's operand (shared with it).
-    fn chan_bias_sums(&self, per_image: Option<&E::Buf>, d: Planes) -> Result<Option<E::Buf>> {
-        per_image.map(|p| self.view(p, 0, d.n * d.c)).transpose()
+    fn chan_bias_sums(&self, sums: Option<&ChannelSums<E::Buf>>, d: Planes) -> Result<Option<E::Buf>> {
+        sums.map(|s| self.view(&s.buf, 0, d.n * d.c)).transpose()
+    }
+
+    /// A backward's input-gradient GEMM into `dx` (added to it when `add`), also writing `dx: [d]`'s operand and
+    /// channel sums when `gout` asks for them, left in `gout.dx_operand`.
+    fn gather_dx(
+        &self,
+        gather: &Gather,
+        (gb, wp): (&Nhwc<E::Buf>, &Bf16Buf<E::Buf>),
+        (dx, add): (&mut E::Buf, bool),
+        gout: &mut Gout<'_, Self>,
+        d: Planes,
+    ) -> Result<()> {
+        let e = self.executor();
+        let mut written = match self.operand_for_output(d)?.filter(|_| gout.want_dx_operand) {
+            Some(op) => Some((op, e.alloc(gather.sums_rows()? * d.c)?)),
+            None => None,
+        };
+        let out = written.as_mut().map(|(op, sums)| (op, Some(sums)));
+        mma::gather(e, gather, gb, wp, (None, None, None), add, dx, out)?;
+        gout.dx_operand = match written {
+            Some((operand, buf)) => {
+                let sums = ChannelSums { buf, rows: gather.sums_rows()?, per_image: false };
+                Some(GradOperand { operand, sums: Some(sums), of_sums: None })
+            }
+            None => None,
+        };
+        Ok(())
     }
 }
 
@@ -75,7 +104,11 @@ impl<E: Executor> ConvOps for Gpu<E> {
             return self.unary_backward(kind, x, gy, dx).map(|()| None);
         };
         unary_copy(self.executor(), kind, (x, Some(gy)), dx, Some((&mut operand.buf, d.c)))?;
-        Ok(Some(GradOperand { operand, sums: Some(self.view(dx, 0, d.n * d.c)?), of_sums: None }))
+        Ok(Some(GradOperand {
+            operand,
+            sums: Some(ChannelSums::per_image(self.view(dx, 0, d.n * d.c)?, d.n)),
+            of_sums: None,
+        }))
     }
     /// Under bf16 with channels a multiple of 8 (every GroupNorm of the UNet), one `group_norm_bwd` launch writing
     /// dx, its operand, its per-image sums and theirs.
@@ -96,9 +129,11 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let (dxb, sums, sums_b) = (e.alloc_bf16(nc * d.plane)?, e.alloc(nc)?, e.alloc_bf16(nc)?);
         norm_backward(self, d, (inputs, stats, gy), dx, daffine, Some((&dxb, &sums, &sums_b)))?;
         // A [n, c] gradient is its own per-image sums.
+        let per_image = |buf| Some(ChannelSums::per_image(buf, d.n));
         let of_sums =
-            GradOperand { operand: Nhwc::new(sums_b, d.c), sums: Some(self.view(&sums, 0, nc)?), of_sums: None };
-        Ok(Some(GradOperand { operand: Nhwc::new(dxb, d.c), sums: Some(sums), of_sums: Some(Arc::new(of_sums)) }))
+            GradOperand { operand: Nhwc::new(sums_b, d.c), sums: per_image(self.view(&sums, 0, nc)?), of_sums: None };
+        let of_sums = Some(Arc::new(of_sums));
+        Ok(Some(GradOperand { operand: Nhwc::new(dxb, d.c), sums: per_image(sums), of_sums }))
     }
     /// One `concat_channels` launch writing both.
     fn concat_with_operand(
@@ -239,9 +274,9 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let (kk, plane) = (g.col_rows(), g.col_cols());
         let planes = Planes { n, c: co, plane };
         if self.tensor_cores() {
-            let go = gout_operand(e, gout, planes, sums.any())?;
-            let (gb, per_image) = (&go.operand, go.sums.as_ref());
-            let mut bias = pending(sums.bias, per_image, planes);
+            let go = gout_operand(e, gout, planes, &sums)?;
+            let (gb, gsums) = (&go.operand, go.sums.as_ref());
+            let mut bias = pending(sums.bias, gsums, co);
             if let Some(dw) = grads.dw {
                 let mut fresh = None;
                 let xb = kept_or(kept.and_then(|k| k.input.as_deref()), &mut fresh, || {
@@ -255,9 +290,10 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 let wp = kept_or(kept.and_then(|k| k.weight.as_ref()), &mut fresh, || {
                     Ok(mma::pack_weight(e, w, (g.c, co, g.k * g.k), true, false)?.0)
                 })?;
-                mma::gather(e, &Gather::of(g, n, co, true), gb, wp, (None, None, None), add_dx, dx, None)?;
+                let dx_planes = Planes { n, c: g.c, plane: g.h * g.w };
+                self.gather_dx(&Gather::of(g, n, co, true), (gb, wp), (dx, add_dx), gout, dx_planes)?;
             }
-            return self.chan_bias_sums(per_image.filter(|_| sums.chan_bias), planes);
+            return self.chan_bias_sums(gsums.filter(|_| sums.chan_bias), planes);
         }
         let gout = gout.values;
         overwriting(self, GradsInto { grads, add_dx }, |grads| {
@@ -330,9 +366,9 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let (kk, plane) = (g.col_rows(), g.col_cols());
         let planes = Planes { n, c: g.c, plane: g.h * g.w };
         if self.tensor_cores() {
-            let go = gout_operand(e, gout, planes, sums.any())?;
-            let (gb, per_image) = (&go.operand, go.sums.as_ref());
-            let mut bias = pending(sums.bias, per_image, planes);
+            let go = gout_operand(e, gout, planes, &sums)?;
+            let (gb, gsums) = (&go.operand, go.sums.as_ref());
+            let mut bias = pending(sums.bias, gsums, g.c);
             if let Some(dw) = grads.dw {
                 let mut fresh = None;
                 let xb = kept_or(kept.and_then(|k| k.input.as_deref()), &mut fresh, || {
@@ -346,9 +382,10 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 let wp = kept_or(kept.and_then(|k| k.weight.as_ref()), &mut fresh, || {
                     Ok(mma::pack_weight(e, w, (ci, g.c, g.k * g.k), false, false)?.0)
                 })?;
-                mma::gather(e, &Gather::of(g, n, ci, false), gb, wp, (None, None, None), add_dx, dx, None)?;
+                let dx_planes = Planes { n, c: ci, plane };
+                self.gather_dx(&Gather::of(g, n, ci, false), (gb, wp), (dx, add_dx), gout, dx_planes)?;
             }
-            return self.chan_bias_sums(per_image.filter(|_| sums.chan_bias), planes);
+            return self.chan_bias_sums(gsums.filter(|_| sums.chan_bias), planes);
         }
         let gout = gout.values;
         overwriting(self, GradsInto { grads, add_dx }, |grads| {
@@ -381,18 +418,24 @@ impl<E: Executor> ConvOps for Gpu<E> {
     }
 }
 
-/// `gout`'s operand, with its per-image channel sums when `summing`: the one the tape gave when it has what is
-/// asked, else converted now (one launch) and left in `gout` for the tape to hand to the gradient's other readers.
+/// `gout`'s operand, with the channel sums `sums` asks for (per image for a channel bias): the one the tape gave
+/// when it has them, else converted now (one launch) and left in `gout` for the tape to hand to the gradient's
+/// other readers.
 fn gout_operand<E: Executor>(
     e: &E,
     gout: &mut Gout<'_, Gpu<E>>,
     planes: Planes,
-    summing: bool,
+    sums: &BiasSums<E::Buf>,
 ) -> Result<Arc<GradOperand<Gpu<E>>>> {
-    if let Some(op) = gout.operand.as_ref().filter(|o| o.sums.is_some() || !summing) {
+    let enough = |o: &&Arc<GradOperand<Gpu<E>>>| match &o.sums {
+        Some(s) => s.per_image || !sums.chan_bias,
+        None => !sums.any(),
+    };
+    if let Some(op) = gout.operand.as_ref().filter(enough) {
         return Ok(op.clone());
     }
-    let (operand, sums) = mma::to_nhwc_bf16_summed(e, gout.values, planes, summing)?;
+    let (operand, per_image) = mma::to_nhwc_bf16_summed(e, gout.values, planes, sums.any())?;
+    let sums = per_image.map(|buf| ChannelSums::per_image(buf, planes.n));
     let op = Arc::new(GradOperand { operand, sums, of_sums: None });
     gout.operand = Some(op.clone());
     Ok(op)
@@ -412,7 +455,7 @@ fn conv2d_mma<E: Executor>(
     let (g, n, co) = (&d.geom, d.n, d.channels);
     let (wp, wp_adj) = operands(e, (w, packed), (co, g.c, g.k * g.k), false, keep.for_dx)?;
     let terms = (epi.bias, epi.chan_bias, epi.residual);
-    mma::gather(e, &Gather::of(g, n, co, false), &xb, &wp, terms, false, out, out_operand)?;
+    mma::gather(e, &Gather::of(g, n, co, false), &xb, &wp, terms, false, out, out_operand.map(|o| (o, None)))?;
     Ok(Kept::of(keep, xb, wp_adj))
 }
 
@@ -444,9 +487,14 @@ fn given_or<T>(given: Option<&Arc<T>>, make: impl FnOnce() -> Result<T>) -> Resu
     given.cloned().map_or_else(|| make().map(Arc::new), Ok)
 }
 
-/// The bias gradient `bias` asks for, as the sum over images of `per_image` (`[d.n, d.c]`), still to be done.
-fn pending<'a, B>(bias: Option<&'a mut B>, per_image: Option<&'a B>, d: Planes) -> Option<mma::PendingBias<'a, B>> {
-    Some(mma::PendingBias { per_image: per_image?, n: d.n, len: d.c, out: bias? })
+/// The bias gradient `bias` asks for, as the sum of the rows of the `c` channels' `sums`, still to be done.
+fn pending<'a, B>(
+    bias: Option<&'a mut B>,
+    sums: Option<&'a ChannelSums<B>>,
+    c: usize,
+) -> Option<mma::PendingBias<'a, B>> {
+    let sums = sums?;
+    Some(mma::PendingBias { rows: &sums.buf, n: sums.rows, len: c, out: bias? })
 }
 
 /// `kept` when the forward kept it, else `make()`'s result, held in `fresh`.

@@ -83,9 +83,10 @@ pub(crate) fn to_nhwc_bf16<E: Executor>(e: &E, x: &E::Buf, n: usize, c: usize, p
 /// An NHWC copy and the per-image channel sums `[n, c]` made with it.
 pub(crate) type Summed<B> = (Nhwc<B>, Option<B>);
 
-/// A bias gradient still to be summed over images: `out[j] = Σ_i per_image[i][j]`, `[n, len]` in, `[len]` out.
+/// A bias gradient still to be summed over rows of channel sums (per image, or per block of the kernel that made
+/// them): `out[j] = Σ_i rows[i][j]`, `[n, len]` in, `[len]` out.
 pub(crate) struct PendingBias<'a, B> {
-    pub(crate) per_image: &'a B,
+    pub(crate) rows: &'a B,
     pub(crate) n: usize,
     pub(crate) len: usize,
     pub(crate) out: &'a mut B,
@@ -94,7 +95,7 @@ pub(crate) struct PendingBias<'a, B> {
 impl<B> PendingBias<'_, B> {
     /// Sums it with a launch of its own, for a backward pass with no weight gradient to share [`wgrad`]'s with.
     pub(crate) fn sum<E: Executor<Buf = B>>(self, e: &E) -> Result<()> {
-        sum_rows(e, self.per_image, 0, self.n, self.len, self.out)
+        sum_rows(e, self.rows, 0, self.n, self.len, self.out)
     }
 }
 
@@ -313,8 +314,29 @@ impl Gather {
 /// like the output.
 pub(crate) type Terms<'a, B> = (Option<&'a B>, Option<&'a B>, Option<&'a B>);
 
+/// Where a gather also writes its result's operand, and with it, when given, the column sums of the result per
+/// block (`[Gather::sums_rows, outputs]`: they add up to the result's channel sums).
+pub(crate) type OperandOut<'a, B> = Option<(&'a mut Nhwc<B>, Option<&'a mut B>)>;
+
+impl Gather {
+    /// The launch grid: output-channel tiles, row tiles of the largest class, classes.
+    fn grid(&self) -> Result<[u32; 3]> {
+        Ok([
+            grid_u32(self.outputs.div_ceil(TILE))?,
+            grid_u32(self.classes().map(|c| c.0).max().unwrap_or(0).div_ceil(TILE).max(1))?,
+            grid_u32(self.classes().count())?,
+        ])
+    }
+
+    /// The rows of a gather's column sums: one per block of a column of its grid.
+    pub(crate) fn sums_rows(&self) -> Result<usize> {
+        let [_, y, z] = self.grid()?;
+        Ok(y as usize * z as usize)
+    }
+}
+
 /// `out = gather(input) · wpᵀ + bias + chan_bias + residual` (`+=` onto `out` when `accumulate`, instead of the
-/// residual); the result also written into `out_nhwc` when given (the operand of a conv that reads it).
+/// residual); the result also written as an operand when given (for a conv that reads it), with its column sums.
 #[allow(clippy::too_many_arguments)] // the GEMM's operands, its epilogue's terms and its two outputs
 pub(crate) fn gather<E: Executor>(
     e: &E,
@@ -324,8 +346,12 @@ pub(crate) fn gather<E: Executor>(
     (bias, chan_bias, residual): Terms<E::Buf>,
     accumulate: bool,
     out: &mut E::Buf,
-    out_nhwc: Option<&mut Nhwc<E::Buf>>,
+    operand: OperandOut<'_, E::Buf>,
 ) -> Result<()> {
+    let (out_nhwc, col_sums) = match operand {
+        Some((o, sums)) => (Some(o), sums),
+        None => (None, None),
+    };
     if input.c != d.c {
         return Err(Error::Shape(format!("conv_gather_mma: input of {} channels, expected {}", input.c, d.c)));
     }
@@ -347,15 +373,11 @@ pub(crate) fn gather<E: Executor>(
         }
         need_bf16("conv_gather_mma out_nhwc", &o.buf, d.n * q * np)?;
     }
-    let cfg = LaunchCfg {
-        grid: [
-            grid_u32(d.outputs.div_ceil(TILE))?,
-            grid_u32(d.classes().map(|c| c.0).max().unwrap_or(0).div_ceil(TILE).max(1))?,
-            grid_u32(d.classes().count())?,
-        ],
-        block: [THREADS, 1, 1],
-        shared_bytes: GATHER_SMEM,
-    };
+    let sums_len = d.sums_rows()? * d.outputs;
+    if let Some(s) = &col_sums {
+        need("conv_gather_mma col_sums", &**s, sums_len)?;
+    }
+    let cfg = LaunchCfg { grid: d.grid()?, block: [THREADS, 1, 1], shared_bytes: GATHER_SMEM };
     let mut args = vec![
         Arg::Bf16(&input.buf),
         Arg::Bf16(wp),
@@ -364,6 +386,7 @@ pub(crate) fn gather<E: Executor>(
         Arg::opt(chan_bias),
         Arg::opt(residual),
         out_nhwc.as_ref().map_or(Arg::Null, |o| Arg::Bf16(&o.buf)),
+        Arg::opt(col_sums.as_deref()),
     ];
     for v in [d.n, cp, d.input.0, d.input.1, d.outputs, np, d.grid.0, d.grid.1, d.k, d.stride, d.pad] {
         args.push(i32_arg(v)?);
@@ -378,7 +401,8 @@ pub(crate) fn gather<E: Executor>(
     let bytes = 2 * d.n * d.input.0 * d.input.1 * cp
         + 2 * d.outputs * depth
         + 4 * (out_len * (1 + (accumulate || residual.is_some()) as usize) + extra)
-        + out_nhwc.as_ref().map_or(0, |_| 2 * d.n * q * np);
+        + out_nhwc.as_ref().map_or(0, |_| 2 * d.n * q * np)
+        + col_sums.as_ref().map_or(0, |_| 4 * sums_len);
     run(e, Kernel::ConvGatherMma, cfg, Cost::tensor(flops, bytes), &args)
 }
 
@@ -450,7 +474,7 @@ pub(crate) fn wgrad<E: Executor>(
     }
     let (rows_b, len_b) = bias.as_ref().map_or((0, 0), |b| (b.n, b.len));
     if let Some(b) = &bias {
-        need("conv_wgrad_mma bias_part", b.per_image, b.n * b.len)?;
+        need("conv_wgrad_mma bias_part", b.rows, b.n * b.len)?;
         need("conv_wgrad_mma db", b.out, b.len)?;
     }
     let (splits, per) = partition(d);
@@ -461,7 +485,7 @@ pub(crate) fn wgrad<E: Executor>(
         shared_bytes: WGRAD_SMEM,
     };
     let (bias_part, db) = match &bias {
-        Some(b) => (Arg::Buf(b.per_image), Arg::Buf(&*b.out)),
+        Some(b) => (Arg::Buf(b.rows), Arg::Buf(&*b.out)),
         None => (Arg::Null, Arg::Null),
     };
     let mut args =

@@ -12,6 +12,8 @@ pub(crate) mod gpu;
 pub(crate) mod mma;
 mod normed;
 #[cfg(test)]
+mod operand_tests;
+#[cfg(test)]
 mod tests;
 mod winograd;
 
@@ -259,29 +261,48 @@ pub type WeightIn<'a, B> = (&'a <B as Memory>::Buf, Option<&'a <B as ConvOps>::P
 pub type InputIn<'a, B> = (&'a <B as Memory>::Buf, Option<&'a Arc<<B as ConvOps>::Operand>>);
 
 /// A gradient `dy: [n, c, plane]` as a conv's or linear layer's backward reads it where the backend has operands:
-/// its [`ConvOps::Operand`] and its per-image channel sums `[n, c]` (what bias gradients are sums of), made once per
-/// gradient and shared by its readers ([`Tape::gout_operand`]).
+/// its [`ConvOps::Operand`] and its channel sums (what bias gradients are sums of), made once per gradient, by the
+/// op that made the gradient or its first reader, and shared by its readers ([`Tape::gout_operand`]).
 pub struct GradOperand<B: ConvOps> {
     pub operand: B::Operand,
     /// `None` when they were not asked for.
-    pub sums: Option<B::Buf>,
+    pub sums: Option<ChannelSums<B::Buf>>,
     /// The sums' own `GradOperand` (a `[n, c]` gradient is its own per-image sums), when written with them: the
     /// operand of a per-image channel bias's gradient.
     pub of_sums: Option<Arc<GradOperand<B>>>,
 }
 
-/// A gradient as the conv and linear backwards take it: its f32 values, and its operand when the tape has one. A
-/// backward that converts `values` itself leaves what it made in `operand`, for the tape to hand to the gradient's
-/// other readers.
+/// A gradient's channel sums as `[rows, c]`, whose columns add up to its sums over images and pixels.
+pub struct ChannelSums<T> {
+    pub buf: T,
+    pub rows: usize,
+    /// Whether the rows are the images' (`rows` = n): a per-image channel bias's gradient. Otherwise they are per
+    /// block of the kernel that wrote them.
+    pub per_image: bool,
+}
+
+impl<T> ChannelSums<T> {
+    /// The per-image sums `[n, c]` in `buf`.
+    pub fn per_image(buf: T, n: usize) -> Self {
+        ChannelSums { buf, rows: n, per_image: true }
+    }
+}
+
+/// A gradient as the conv and linear backwards take it, and the gradients' operands they exchange with the tape:
+/// its f32 values and its operand when the tape has one (a backward that converts `values` itself leaves what it
+/// made in `operand`, for the tape to hand to the gradient's other readers); and when `want_dx_operand`, the
+/// operand of the input gradient the backward writes, left in `dx_operand` when it could write one.
 pub struct Gout<'a, B: ConvOps> {
     pub values: &'a B::Buf,
     pub operand: Option<Arc<GradOperand<B>>>,
+    pub want_dx_operand: bool,
+    pub dx_operand: Option<GradOperand<B>>,
 }
 
 impl<'a, B: ConvOps> Gout<'a, B> {
-    /// `values` with no operand yet.
+    /// `values` with no operand yet, and none asked for dx.
     pub fn of(values: &'a B::Buf) -> Self {
-        Gout { values, operand: None }
+        Gout { values, operand: None, want_dx_operand: false, dx_operand: None }
     }
 }
 
@@ -476,7 +497,11 @@ fn input_grads<B: Backend>(
 ) -> Result<Vec<(Var, Tensor<B>)>> {
     let mut dx = tape.grad_into(x)?;
     let (xb, wb) = (tape.value(x).buf(), tape.value(w).buf());
+    gout.want_dx_operand = dx.is_some() && tape.wants_grad_operand(x);
     let rest = weight_grads(tape, dx.as_mut(), w, biases, |grads, sums| kernel((xb, wb, gout), grads, sums))?;
+    if let Some(op) = gout.dx_operand.take() {
+        tape.set_grad_operand(x, Arc::new(op));
+    }
     Ok(dx.map(|(d, _)| (x, d)).into_iter().chain(rest).collect())
 }
 
@@ -489,7 +514,7 @@ pub(crate) fn with_gout<B: Backend>(
     extra: ConvExtra,
     backward: impl FnOnce(&mut Gout<'_, B>) -> Result<Vec<(Var, Tensor<B>)>>,
 ) -> Result<Vec<(Var, Tensor<B>)>> {
-    let mut g = Gout { values: gout.buf(), operand: tape.gout_operand() };
+    let mut g = Gout { operand: tape.gout_operand(), ..Gout::of(gout.buf()) };
     let mut out = backward(&mut g)?;
     let operand = g.operand;
     if let (Some(cb), Some(op)) = (extra.chan_bias, operand.as_ref().and_then(|o| o.of_sums.clone())) {

@@ -421,67 +421,6 @@ fn norm_conv2d_equals_unfused<E: Executor>(g: &Gpu<E>) {
 }
 gpu_test!(norm_conv2d_equals_unfused, crate::backend::Precision::Bf16);
 
-/// Operands under bf16: a norm_conv2d asked to write its output's operand (`ConvExtra::operand`), a concat
-/// (`Tape::concat_with`) and a SiLU (`Tape::unary_with`) give the same output and gradients, to the bit, as their
-/// readers (a stride-2 conv and a transposed conv; a conv; two linear layers) converting them (all round the f32
-/// values as the conversion does, and pad 12 channels to 16 with zeros as it does), and the tape converts a tensor
-/// once for all its readers: 3 conversions in the forward without the written operands, none with them.
-fn operands_written_and_shared<E: Executor>(g: &Gpu<E>) {
-    use crate::autograd::Tape;
-    use crate::gpu::Kernel;
-    use crate::ops::conv::{ConvExtra, Norm};
-    use crate::params::Params;
-    use crate::tensor::Tensor;
-    let (n, c, hw, co) = (2, 16, 6, 8);
-    let mut p = Params::new();
-    let mut add = |name: &str, shape: &[usize], seed: u64| {
-        let len = shape.iter().product();
-        p.add(name, Tensor::new(shape, rand(seed, len)).unwrap())
-    };
-    let x = add("x", &[n, c, hw, hw], 50);
-    let (gamma, beta, w1) = (add("gamma", &[c], 51), add("beta", &[c], 52), add("w1", &[c, c, 3, 3], 53));
-    let (w2, w3, w4) = (add("w2", &[co, c, 3, 3], 54), add("w3", &[c, 6, 4, 4], 55), add("w4", &[co, 12, 3, 3], 56));
-    // The transposed conv's 6 channels concatenated with themselves, and the SiLU's 12 features: padded to 16.
-    let (v, wl1, wl2) = (add("v", &[n, 12], 57), add("wl1", &[co, 12], 58), add("wl2", &[co, 12], 59));
-    let (b1, r1) = (add("b1", &[c], 61), add("r1", &[n, c, hw, hw], 62));
-    let params = p.to_backend(g).unwrap();
-    let target = Tensor::new(&[n, co, 3, 3], rand(60, n * co * 9)).unwrap();
-    let run = |share: bool| {
-        let mut t = Tape::new(&params);
-        let vars = [x, gamma, beta, w1, w2, w3, w4, v, wl1, wl2, b1, r1].map(|id| t.param(id));
-        let [x, gamma, beta, w1, w2, w3, w4, v, wl1, wl2, b1, r1] = vars;
-        let counters = g.executor().counters();
-        counters.record();
-        let extra = ConvExtra { residual: Some(r1), operand: share, ..ConvExtra::default() };
-        let y = t.norm_conv2d(x, Norm { gamma, beta, groups: 4, silu: true }, w1, Some(b1), 1, 1, extra).unwrap();
-        let u = t.unary_with(crate::ops::unary::UnaryKind::Silu, v, share).unwrap();
-        let (l1, l2) = (t.linear(u, wl1, None).unwrap(), t.linear(u, wl2, None).unwrap());
-        let z1 = t.conv2d(y, w2, None, 2, 1, ConvExtra { chan_bias: Some(l2), ..ConvExtra::default() }).unwrap();
-        let z2 = t.conv_transpose2d(y, w3, None, 2, 1).unwrap();
-        let cat = t.concat_with(z2, z2, share).unwrap();
-        let extra = ConvExtra { chan_bias: Some(l1), residual: Some(z1), operand: false };
-        let out = t.conv2d(cat, w4, None, 4, 1, extra).unwrap();
-        let conversions = counters.take_log().iter().filter(|l| l.kernel == Kernel::NchwToNhwcBf16).count();
-        let target = t.input_host(target.clone()).unwrap();
-        let loss = t.mse(out, target).unwrap();
-        let bits = |b: &E::Buf| down(g, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        let out = bits(t.value(out).buf());
-        let grads = t.backward(loss).unwrap();
-        (out, grads.0.iter().map(|v| bits(v.buf())).collect::<Vec<_>>(), conversions)
-    };
-    let ((out, grads, shared), (out_ref, grads_ref, converted)) = (run(true), run(false));
-    assert!(out == out_ref, "output differs with the written operands");
-    for (i, (got, want)) in grads.iter().zip(&grads_ref).enumerate() {
-        assert!(
-            got == want,
-            "gradient of {} differs with the written operands",
-            params.name(crate::params::ParamId(i))
-        );
-    }
-    assert_eq!((shared, converted), (0, 3), "forward conversions with and without the written operands");
-}
-gpu_test!(operands_written_and_shared, crate::backend::Precision::Bf16);
-
 /// Weights packed for a whole arena in one launch ([`ConvOps::pack_weights`]) against each conv packing its own:
 /// a conv, a transposed conv and a linear layer's weight side by side in one arena give the same outputs and input
 /// gradients to the bit (the same bf16 rounding of the same values, in the layouts the GEMMs read).

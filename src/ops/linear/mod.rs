@@ -125,7 +125,7 @@ impl<B: Backend> Rule<B> for Linear<B> {
             Some(b) => tape.grad_for(b)?.map(|t| (b, t)),
             None => None,
         };
-        let mut gy = Gout { values: gout.buf(), operand: tape.gout_operand() };
+        let mut gy = Gout { operand: tape.gout_operand(), ..Gout::of(gout.buf()) };
         let bufs = (tape.value(self.x).buf(), tape.value(self.w).buf(), &mut gy);
         let db_buf = db.as_mut().map(|(_, t)| t.buf_mut());
         be.linear_backward_with(self.d, bufs, self.kept.as_ref(), (grads, db_buf))?;

@@ -18,17 +18,21 @@ fn values(seed: usize, len: usize) -> Vec<f32> {
 /// A small net with each way a gradient's operand is made and read, and its parameters:
 /// `h0 = conv(x)`; `r = conv1x1(silu(h0))`; `l = linear(silu(linear(v)))`; `h1 = conv(silu(norm(h0))) + l`
 /// (per-image channel bias);
-/// `y = conv(silu(norm(h1))) + conv1x1(r)` (residual); loss = mse(y, target).
-/// Backward, in reverse order: y's gradient is converted once and shared with the residual's conv; GroupNorm's
-/// backwards write h1's gradient's operand, with its per-image sums, which are l's gradient, with theirs; the
-/// SiLU's backward writes its input's, for the first linear layer's; the residual conv's input-gradient GEMM
-/// writes r's; h0's gradient gets one from GroupNorm too, but the other SiLU's gradient is then added to it, so
-/// h0's conv converts it anew.
+/// `s = conv1x1(r)`; `t2 = conv1x1(silu(s))` (12 channels); `y = conv(silu(norm(h1))) + s` (residual);
+/// loss = mse([y, t2], target).
+/// Backward, in reverse order: the concat's backward writes y's and t2's gradients' operands (t2's padded to 16
+/// channels); y's is handed to the residual s, then dropped when the SiLU's gradient is added to s's, so s's conv
+/// converts it; GroupNorm's backward writes h1's gradient's operand, with its per-image sums, which are l's
+/// gradient, with theirs; the SiLU's backward writes its input's, for the first linear layer's; s's input-gradient
+/// GEMM writes r's; h0's gradient is made by GroupNorm's backward and then by the other SiLU's, which no conv made:
+/// h0's conv converts it.
 /// Returns every parameter's gradient and the conversions the backward made.
 fn run<B: Backend>(params: &Params<B>, count: impl Fn() -> Option<usize>) -> (Vec<Vec<f32>>, Option<usize>) {
     let mut t = Tape::new(params);
     let p: Vec<_> = (0..params.len()).map(|i| t.param(ddpm::params::ParamId(i))).collect();
-    let [w0, b0, wr, br, v, wa, wl, g1, be1, w1, b1, ws, g2, be2, w2, b2] = p[..] else { panic!("16 parameters") };
+    let [w0, b0, wr, br, v, wa, wl, g1, be1, w1, b1, ws, wt, bt, g2, be2, w2, b2] = p[..] else {
+        panic!("18 parameters")
+    };
     let (n, hw) = (2, 6);
     let x = t.input_host(Tensor::new(&[n, 8, hw, hw], values(1, n * 8 * hw * hw)).unwrap()).unwrap();
     let h0 = t.conv2d(x, w0, Some(b0), 1, 1, ConvExtra::default()).unwrap();
@@ -41,11 +45,14 @@ fn run<B: Backend>(params: &Params<B>, count: impl Fn() -> Option<usize>) -> (Ve
     let extra = ConvExtra { chan_bias: Some(l), ..ConvExtra::default() };
     let h1 = t.norm_conv2d(h0, norm1, w1, Some(b1), 1, 1, extra).unwrap();
     let s = t.conv2d(r, ws, None, 1, 0, ConvExtra::default()).unwrap();
+    let m = t.silu(s).unwrap();
+    let t2 = t.conv2d(m, wt, Some(bt), 1, 0, ConvExtra::default()).unwrap();
     let norm2 = Norm { gamma: g2, beta: be2, groups: 4, silu: true };
     let extra = ConvExtra { residual: Some(s), ..ConvExtra::default() };
     let y = t.norm_conv2d(h1, norm2, w2, Some(b2), 1, 1, extra).unwrap();
-    let target = t.input_host(Tensor::new(&[n, 16, hw, hw], values(2, n * 16 * hw * hw)).unwrap()).unwrap();
-    let loss = t.mse(y, target).unwrap();
+    let cat = t.concat(y, t2).unwrap();
+    let target = t.input_host(Tensor::new(&[n, 28, hw, hw], values(2, n * 28 * hw * hw)).unwrap()).unwrap();
+    let loss = t.mse(cat, target).unwrap();
     count();
     let grads = t.backward(loss).unwrap();
     let conversions = count();
@@ -55,13 +62,13 @@ fn run<B: Backend>(params: &Params<B>, count: impl Fn() -> Option<usize>) -> (Ve
 /// The bf16 gradients on the emulator against the f32 CPU's, each within 1.5% of its largest magnitude: bf16
 /// operands (8-bit mantissas, 2^-9 relative each) perturb every product by about 2^-8 and these sums of up to
 /// 16·9·72 products by a similar fraction of their largest terms (measured: under 0.5%); an operand that is stale
-/// (h0's without the SiLU's part) or another tensor's is off by its whole size. And the backward converts 2
-/// gradients (y's and h0's) where converting each reader's would make 7.
+/// (s's without the SiLU's part) or another tensor's is off by its whole size. And the backward converts 2
+/// gradients (s's and h0's) where converting each conv's and linear layer's would make 8.
 #[test]
 fn gradients_operands_are_written_shared_and_dropped_when_added_to() {
     let c = 16;
     let mut p = Params::new();
-    let shapes: [(&str, Vec<usize>); 16] = [
+    let shapes: [(&str, Vec<usize>); 18] = [
         ("w0", vec![c, 8, 3, 3]),
         ("b0", vec![c]),
         ("wr", vec![c, c, 1, 1]),
@@ -74,6 +81,8 @@ fn gradients_operands_are_written_shared_and_dropped_when_added_to() {
         ("w1", vec![c, c, 3, 3]),
         ("b1", vec![c]),
         ("ws", vec![c, c, 1, 1]),
+        ("wt", vec![12, c, 1, 1]),
+        ("bt", vec![12]),
         ("g2", vec![c]),
         ("be2", vec![c]),
         ("w2", vec![c, c, 3, 3]),

@@ -231,10 +231,13 @@ impl<'p, B: Backend> Tape<'p, B> {
         self.grad_operands.borrow().get(&self.current.get()).cloned()
     }
 
-    /// Whether `v`'s gradient is read as a conv operand ([`Rule::reads_grad_operand`]), so that an op making it
-    /// should write that operand too ([`Tape::set_grad_operand`]).
+    /// During [`Tape::backward`]: whether the running rule should write the operand of `v`'s gradient with it
+    /// ([`Tape::set_grad_operand`]): when a conv's backward reads that gradient ([`Rule::reads_grad_operand`]) and
+    /// the running rule is the last of `v`'s readers to add to it (no reader of `v` is left to run).
     pub fn wants_grad_operand(&self, v: Var) -> bool {
+        let reads = |rule: &dyn Rule<B>| rule.inputs().contains(&v);
         matches!(&self.nodes[v.0].op, Op::Computed(rule) if rule.reads_grad_operand())
+            && !self.nodes[v.0 + 1..].iter().any(|n| matches!(&n.op, Op::Computed(r) if reads(r.as_ref())))
     }
 
     /// Records `op` as the operand of `v`'s gradient as it will be once the running rule returns it: the whole

@@ -5,7 +5,8 @@
 
 use super::mma::{self, Gather, Kept, Nhwc, PackedWeight, Wgrad};
 use super::{
-    need_input, norm_then_conv, overwriting, BiasSums, ChannelSums, ConvOps, Gout, GradOperand, InputIn, Keep, NormConv,
+    need_input, norm_then_conv, overwriting, BiasSums, ChannelSums, ConvOps, Gout, GradOperand, InputIn, Keep,
+    NormConv, Split,
 };
 use crate::backend::{Gpu, Memory, Precision};
 use crate::desc::{ConcatDesc, ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
@@ -15,7 +16,7 @@ use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel};
 use crate::ops::linear::gpu::{sgemm, Gemm};
 use crate::ops::norm::gpu::{backward as norm_backward, group_norm_forward_nhwc};
 use crate::ops::norm::NormOps;
-use crate::ops::reduce::gpu::{concat_channels, copy_at, Channels};
+use crate::ops::reduce::gpu::{concat_channels, copy_at, split_channels};
 use crate::ops::unary::gpu::unary_copy;
 use crate::ops::unary::{UnaryKind, UnaryOps};
 use std::sync::Arc;
@@ -110,6 +111,30 @@ impl<E: Executor> ConvOps for Gpu<E> {
             of_sums: None,
         }))
     }
+    /// Under bf16, one `split_channels` launch writing both parts and the operands asked for, each with its
+    /// per-image sums.
+    fn split_with_operands(&self, d: ConcatDesc, g: &E::Buf, operands: [bool; 2]) -> Result<Split<Self>> {
+        let e = self.executor();
+        let parts = [d.ca, d.cb].map(|c| Planes { n: d.n, c, plane: d.plane });
+        let mut written = [None, None];
+        for (slot, (want, part)) in written.iter_mut().zip(operands.into_iter().zip(parts)) {
+            if let Some(op) = self.operand_for_output(part)?.filter(|_| want) {
+                *slot = Some((op, e.alloc(part.n * part.c)?));
+            }
+        }
+        let (mut a, mut b) = (e.alloc(d.n * d.ca * d.plane)?, e.alloc(d.n * d.cb * d.plane)?);
+        let [wa, wb] = &mut written;
+        split_channels(e, d, g, (&mut a, &mut b), (part(wa), part(wb)))?;
+        let grad_operand = |w: Option<(Nhwc<E::Buf>, E::Buf)>| {
+            w.map(|(operand, sums)| GradOperand {
+                operand,
+                sums: Some(ChannelSums::per_image(sums, d.n)),
+                of_sums: None,
+            })
+        };
+        let [wa, wb] = written;
+        Ok(([a, b], [grad_operand(wa), grad_operand(wb)]))
+    }
     /// Under bf16 with channels a multiple of 8 (every GroupNorm of the UNet), one `group_norm_bwd` launch writing
     /// dx, its operand, its per-image sums and theirs.
     fn group_norm_backward_with(
@@ -146,7 +171,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         if operand.c != d.ca + d.cb {
             return Err(Error::Shape(format!("concat_with_operand: operand of {} channels for {d:?}", operand.c)));
         }
-        concat_channels(self.executor(), d, Channels::Join { a, b, cat: out }, Some(&mut operand.buf))
+        concat_channels(self.executor(), d, (a, b), out, Some(&mut operand.buf))
     }
 
     /// Under bf16, the plan of [`mma::pack_weights`]; in f32 the GEMMs read the weights as they are.
@@ -485,6 +510,11 @@ fn operands<E: Executor>(
 /// The operand the tape gave, shared, else `make()`'s.
 fn given_or<T>(given: Option<&Arc<T>>, make: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
     given.cloned().map_or_else(|| make().map(Arc::new), Ok)
+}
+
+/// An operand and its sums as [`split_channels`] writes them.
+fn part<B>(written: &mut Option<(Nhwc<B>, B)>) -> Option<(&mut Bf16Buf<B>, &mut B)> {
+    written.as_mut().map(|(o, s)| (&mut o.buf, s))
 }
 
 /// The bias gradient `bias` asks for, as the sum of the rows of the `c` channels' `sums`, still to be done.

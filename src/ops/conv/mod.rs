@@ -123,6 +123,14 @@ pub trait ConvOps: Memory + ReduceOps + NormOps + UnaryOps {
         self.group_norm_backward(d, inputs, stats, gy, dx, daffine).map(|()| None)
     }
 
+    /// [`ReduceOps::split`] of a gradient `g: [d.n, d.ca + d.cb, d.plane]`, also writing the [`GradOperand`] of each
+    /// part that `operands` asks for; by default without (`None`s).
+    fn split_with_operands(&self, d: ConcatDesc, g: &Self::Buf, operands: [bool; 2]) -> Result<Split<Self>> {
+        let _ = operands;
+        let (a, b) = self.split(d, g)?;
+        Ok(([a, b], [None, None]))
+    }
+
     /// The plan for packing the 4-D and 2-D tensors among `tensors` (each its offset in an arena's words and its shape);
     /// `None` (the default) where the convs read their weights as they are.
     fn pack_plan(&self, tensors: &[(usize, &[usize])]) -> Result<Option<Self::PackPlan>> {
@@ -271,6 +279,9 @@ pub struct GradOperand<B: ConvOps> {
     /// operand of a per-image channel bias's gradient.
     pub of_sums: Option<Arc<GradOperand<B>>>,
 }
+
+/// The two parts of a split gradient, and the operands written with them.
+pub type Split<B> = ([<B as Memory>::Buf; 2], [Option<GradOperand<B>>; 2]);
 
 /// A gradient's channel sums as `[rows, c]`, whose columns add up to its sums over images and pixels.
 pub struct ChannelSums<T> {

@@ -137,3 +137,32 @@ fn dx_operand_written_by_the_gather<E: Executor>(g: &Gpu<E>) {
     }
 }
 gpu_test!(dx_operand_written_by_the_gather, crate::backend::Precision::Bf16);
+
+/// A split asked for its parts' operands writes the parts as without them (to the bit), each operand as converting
+/// its part makes it (to the bit, the 12-channel part's padding to 16 included), and each part's per-image channel
+/// sums (one block sum of 35 values each: abs 1e-5 and rel 1e-5).
+fn split_writes_operands<E: Executor>(g: &Gpu<E>) {
+    use crate::backend::ReduceOps;
+    use crate::desc::ConcatDesc;
+    let d = ConcatDesc { n: 2, ca: 8, cb: 12, plane: 35 };
+    let cat = up(g, &rand(80, d.n * (d.ca + d.cb) * d.plane));
+    let bits = |b: &E::Buf| down(g, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let ([a, b], ops) = g.split_with_operands(d, &cat, [true, true]).unwrap();
+    let (pa, pb) = g.split(d, &cat).unwrap();
+    assert_eq!((bits(&a), bits(&b)), (bits(&pa), bits(&pb)), "the parts differ with their operands written");
+    for ((part, c), op) in [(&a, d.ca), (&b, d.cb)].into_iter().zip(ops) {
+        let op = op.expect("an operand under bf16");
+        let planes = Planes { n: d.n, c, plane: d.plane };
+        let converted = g.operand(part, planes).unwrap().unwrap();
+        assert_eq!(
+            bits(&op.operand.buf.buf),
+            bits(&converted.buf.buf),
+            "{c} channels: operand differs from converting"
+        );
+        let sums = op.sums.filter(|s| s.per_image && s.rows == d.n).expect("per-image sums");
+        let mut want = out(g, d.n * c);
+        g.channel_sums(planes, part, true, &mut want).unwrap();
+        crate::ops::testing::close(&down(g, &sums.buf), &down(g, &want), 1e-5, 1e-5, &format!("{c} channels: sums"));
+    }
+}
+gpu_test!(split_writes_operands, crate::backend::Precision::Bf16);

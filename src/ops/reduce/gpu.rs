@@ -29,12 +29,12 @@ impl<E: Executor> ReduceOps for Gpu<E> {
         sum_rows(self.executor(), m, 0, rows, cols, out)
     }
     fn concat(&self, d: ConcatDesc, a: &E::Buf, b: &E::Buf, out: &mut E::Buf) -> Result<()> {
-        concat_channels(self.executor(), d, Channels::Join { a, b, cat: out }, None)
+        concat_channels(self.executor(), d, (a, b), out, None)
     }
     fn split(&self, d: ConcatDesc, g: &E::Buf) -> Result<(E::Buf, E::Buf)> {
         let e = self.executor();
         let (mut a, mut b) = (e.alloc(d.n * d.ca * d.plane)?, e.alloc(d.n * d.cb * d.plane)?);
-        concat_channels(e, d, Channels::Split { cat: g, a: &mut a, b: &mut b }, None)?;
+        split_channels(e, d, g, (&mut a, &mut b), (None, None))?;
         Ok((a, b))
     }
 }
@@ -64,34 +64,20 @@ pub(crate) fn sum_rows<E: Executor>(
     run(e, Kernel::SumRows, cfg, Cost::pass(n * c_len, c_len, n), &args)
 }
 
-/// A channel concat's buffers, by direction: which are read and which written.
-pub(crate) enum Channels<'a, B> {
-    /// `cat = [a, b]`.
-    Join { a: &'a B, b: &'a B, cat: &'a mut B },
-    /// `a`, `b` = the two channel blocks of `cat`.
-    Split { cat: &'a B, a: &'a mut B, b: &'a mut B },
-}
-
-/// A concat or split in one launch of `concat_channels` for both channel blocks; a concat also writes `cat_nhwc`
-/// when given (`cat` as bf16 channels-last, `[n, plane, padded(ca + cb)]`, the padding 0: the GEMMs' operand).
+/// A channel concat in one `concat_channels` launch, also writing `cat_nhwc` when given (`cat` as bf16
+/// channels-last, `[n, plane, padded(ca + cb)]`, the padding 0: the GEMMs' operand).
 pub(crate) fn concat_channels<E: Executor>(
     e: &E,
     d: ConcatDesc,
-    bufs: Channels<E::Buf>,
+    (a, b): (&E::Buf, &E::Buf),
+    cat: &mut E::Buf,
     cat_nhwc: Option<&mut Bf16Buf<E::Buf>>,
 ) -> Result<()> {
-    let (a, b, cat, split): (&E::Buf, &E::Buf, &E::Buf, bool) = match bufs {
-        Channels::Join { a, b, cat } => (a, b, cat, false),
-        Channels::Split { cat, a, b } => (a, b, cat, true),
-    };
     let len = d.n * (d.ca + d.cb) * d.plane;
     need("concat_channels a", a, d.n * d.ca * d.plane)?;
     need("concat_channels b", b, d.n * d.cb * d.plane)?;
     need("concat_channels cat", cat, len)?;
     if let Some(nhwc) = &cat_nhwc {
-        if split {
-            return Err(Error::Arg("concat_channels: a channels-last copy is written by a concat, not a split".into()));
-        }
         need_bf16("concat_channels cat_nhwc", nhwc, d.n * d.plane * padded(d.ca + d.cb))?;
     }
     let bf16_bytes = cat_nhwc.as_ref().map_or(0, |_| 2 * d.n * d.plane * padded(d.ca + d.cb));
@@ -104,10 +90,50 @@ pub(crate) fn concat_channels<E: Executor>(
         i32_arg(d.cb)?,
         i32_arg(d.n)?,
         i32_arg(d.plane)?,
-        Arg::I32(split as i32),
     ];
     let cost = Cost::pass(len, len, 0).plus(Cost::bytes(bf16_bytes));
     run(e, Kernel::ConcatChannels, elementwise(len), cost, &args)
+}
+
+/// Where a split also writes one part as the GEMMs' operand (`[n, plane, padded(count)]` bf16) and its per-image
+/// channel sums (`[n, count]`).
+pub(crate) type PartOperand<'a, B> = Option<(&'a mut Bf16Buf<B>, &'a mut B)>;
+
+/// A part's operand and sums as `split_channels` arguments (null when not written).
+fn part_args<'a, B>(op: &'a PartOperand<'_, B>) -> [Arg<'a, B>; 2] {
+    match op {
+        Some((nhwc, sums)) => [Arg::Bf16(nhwc), Arg::Buf(sums)],
+        None => [Arg::Null, Arg::Null],
+    }
+}
+
+/// The inverse of [`concat_channels`] in one `split_channels` launch: `a`, `b` = the two channel blocks of `cat`,
+/// each also written as an operand with its sums when given.
+pub(crate) fn split_channels<E: Executor>(
+    e: &E,
+    d: ConcatDesc,
+    cat: &E::Buf,
+    (a, b): (&mut E::Buf, &mut E::Buf),
+    (a_op, b_op): (PartOperand<'_, E::Buf>, PartOperand<'_, E::Buf>),
+) -> Result<()> {
+    let len = d.n * (d.ca + d.cb) * d.plane;
+    need("split_channels cat", cat, len)?;
+    let mut bytes = 8 * len;
+    for (what, part, op, count) in [("a", &*a, &a_op, d.ca), ("b", &*b, &b_op, d.cb)] {
+        need(&format!("split_channels {what}"), part, d.n * count * d.plane)?;
+        if let Some((nhwc, sums)) = op {
+            need_bf16(&format!("split_channels {what}_nhwc"), nhwc, d.n * d.plane * padded(count))?;
+            need(&format!("split_channels {what}_sums"), &**sums, d.n * count)?;
+            bytes += 2 * d.n * d.plane * padded(count) + 4 * d.n * count;
+        }
+    }
+    let mut args = vec![Arg::Buf(cat), Arg::Buf(a), Arg::Buf(b)];
+    args.extend(part_args(&a_op));
+    args.extend(part_args(&b_op));
+    args.extend([i32_arg(d.ca)?, i32_arg(d.cb)?, i32_arg(d.plane)?]);
+    let cfg =
+        LaunchCfg { grid: [int(d.ca + d.cb)? as u32, int(d.n)? as u32, 1], block: [BLOCK, 1, 1], shared_bytes: 0 };
+    run(e, Kernel::SplitChannels, cfg, Cost::bytes(bytes), &args)
 }
 
 /// `dst[i, dst_off..dst_off+count, :] = src[i, src_off..src_off+count, :]` for `n` images of `plane` pixels, where

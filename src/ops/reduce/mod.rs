@@ -76,10 +76,18 @@ impl<B: Backend> Rule<B> for Concat {
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
-        let (ga, gb) = be.split(self.d, gout.buf())?;
-        let ga = Tensor::from_buf(be.clone(), tape.value(self.a).shape(), ga)?;
-        let gb = Tensor::from_buf(be.clone(), tape.value(self.b).shape(), gb)?;
-        Ok(vec![(self.a, ga), (self.b, gb)])
+        let parts = [self.a, self.b];
+        // Each part's gradient written with its operand when a conv's backward reads it.
+        let (grads, operands) =
+            be.split_with_operands(self.d, gout.buf(), parts.map(|v| tape.wants_grad_operand(v)))?;
+        let mut out = Vec::with_capacity(2);
+        for ((v, g), op) in parts.into_iter().zip(grads).zip(operands) {
+            if let Some(op) = op {
+                tape.set_grad_operand(v, std::sync::Arc::new(op));
+            }
+            out.push((v, Tensor::from_buf(be.clone(), tape.value(v).shape(), g)?));
+        }
+        Ok(out)
     }
 }
 

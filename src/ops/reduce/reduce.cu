@@ -99,33 +99,62 @@ extern "C" __global__ void copy_channels(const float* __restrict__ src, int src_
   }
 }
 
-// The channel concat cat = [a, b] of a: [n, CA, plane] and b: [n, CB, plane] into cat: [n, CA + CB, plane]
-// (split = 0), or its inverse (split = 1: a and b written from cat), in one launch; which pointers are read and
-// which written depends on `split`, so none is const. A concat also writes cat as bf16 [n, plane, CP] into cat_nhwc
-// when given (channels-last, CP = CA + CB rounded up to 8, the padding 0, written by each pixel's last channel):
-// the operand of the conv that reads it.
+// The channel concat cat = [a, b] of a: [n, CA, plane] and b: [n, CB, plane] into cat: [n, CA + CB, plane]. When
+// cat_nhwc is given, cat is also written as bf16 [n, plane, CP] (channels-last, CP = CA + CB rounded up to 8, the
+// padding 0, written by each pixel's last channel): the operand of the conv that reads it.
 // Launch: grid-stride over n * (CA + CB) * plane.
-extern "C" __global__ void concat_channels(float* __restrict__ a, float* __restrict__ b, float* __restrict__ cat,
-                                           bf16* __restrict__ cat_nhwc, int CA, int CB, int n, int plane,
-                                           int split) {
+extern "C" __global__ void concat_channels(const float* __restrict__ a, const float* __restrict__ b,
+                                           float* __restrict__ cat, bf16* __restrict__ cat_nhwc, int CA, int CB,
+                                           int n, int plane) {
   const int C = CA + CB;
   GRID_STRIDE(e, (long long)n * C * plane) {
     const int p = e % plane, c = e / plane % C;
     const long long i = e / ((long long)plane * C);
-    float* part = c < CA ? a + (i * CA + c) * plane + p : b + (i * CB + c - CA) * plane + p;
-    if (split) {
-      *part = cat[e];
-    } else {
-      cat[e] = *part;
-      if (cat_nhwc) {
-        const int cp = CEIL_DIV(C, 8) * 8;
-        bf16* px = cat_nhwc + (i * plane + p) * cp;
-        px[c] = f32_to_bf16(*part);
-        if (c == C - 1)
-          for (int k = C; k < cp; k++) px[k] = (bf16)0;
-      }
+    const float v = c < CA ? a[(i * CA + c) * plane + p] : b[(i * CB + c - CA) * plane + p];
+    cat[e] = v;
+    if (cat_nhwc) {
+      const int cp = CEIL_DIV(C, 8) * 8;
+      bf16* px = cat_nhwc + (i * plane + p) * cp;
+      px[c] = f32_to_bf16(v);
+      if (c == C - 1)
+        for (int k = C; k < cp; k++) px[k] = (bf16)0;
     }
   }
+}
+
+// The inverse: a and b written from cat, one block per (channel of cat, image). For a part whose *_nhwc is given,
+// its values also as bf16 [n, plane, padded count] (channels-last, the count rounded up to 8, the padding 0, written
+// by the part's last channel's block) with its per-image channel sums [n, count] into *_sums: the operand of the
+// conv backward that reads that part (a gradient) and the terms of its bias gradient.
+// Launch: grid (CA + CB, n), block 256.
+extern "C" __global__ void __launch_bounds__(256)
+split_channels(const float* __restrict__ cat, float* __restrict__ a, float* __restrict__ b,
+               bf16* __restrict__ a_nhwc, float* __restrict__ a_sums, bf16* __restrict__ b_nhwc,
+               float* __restrict__ b_sums, int CA, int CB, int plane) {
+  __shared__ float scratch[32];
+  const int i = blockIdx.y, C = CA + CB, in_a = (int)blockIdx.x < CA;
+  // This block's part, its channel count and its channel there.
+  const int count = in_a ? CA : CB, c = in_a ? (int)blockIdx.x : (int)blockIdx.x - CA;
+  float* dst = (in_a ? a : b) + ((long long)i * count + c) * plane;
+  bf16* nhwc = in_a ? a_nhwc : b_nhwc;
+  float* sums = in_a ? a_sums : b_sums;
+  const float* src = cat + ((long long)i * C + blockIdx.x) * plane;
+  const int cp = CEIL_DIV(count, 8) * 8;
+  float s = 0.0f;
+  for (int p = threadIdx.x; p < plane; p += blockDim.x) {
+    const float v = src[p];
+    dst[p] = v;
+    s += v;
+    if (nhwc) {
+      bf16* px = nhwc + ((long long)i * plane + p) * cp;
+      px[c] = f32_to_bf16(v);
+      if (c == count - 1)
+        for (int k = count; k < cp; k++) px[k] = (bf16)0;
+    }
+  }
+  if (!nhwc) return;
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) sums[(long long)i * count + c] = s;
 }
 
 // acc += g (gradient accumulation; one rounding per element, as the CPU's `+=`).

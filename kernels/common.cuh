@@ -99,6 +99,20 @@ static __device__ __forceinline__ bf16 f32_to_bf16(float x) {
 
 static __device__ __forceinline__ float bf16_to_f32(bf16 h) { return __uint_as_float((unsigned)h << 16); }
 
+// Element e of an NCHW tensor [n, C, plane] (a [rows, C] matrix when plane is 1) written into its copy in the
+// layout the tensor-core GEMMs read: bf16 channels-last [n, plane, CP], CP = C rounded up to 8, the padding 0
+// (written with each pixel's last channel), rounded as nchw_to_nhwc_bf16 rounds. For the kernels that write a
+// conv's operand beside their f32 output.
+static __device__ __forceinline__ void write_nhwc(bf16* __restrict__ nhwc, long long e, int C, int plane, float v) {
+  const int cp = CEIL_DIV(C, 8) * 8;
+  const long long ic = e / plane, i = ic / C;
+  const int p = (int)(e - ic * plane), c = (int)(ic - i * C);
+  bf16* px = nhwc + (i * plane + p) * cp;
+  px[c] = f32_to_bf16(v);
+  if (c == C - 1)
+    for (int k = C; k < cp; k++) px[k] = (bf16)0;
+}
+
 // Two bf16 in one 32-bit register, `lo` in the low half (the lower column or row index of a fragment pair).
 static __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
   return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);

@@ -98,7 +98,10 @@ fn launch_limits_of_the_kernel_are_enforced_with_its_name() {
     assert_eq!(Kernel::SelftestUnwrittenSmem.max_dynamic_shared(), 64 * 1024);
     let e = Emulator::new();
     let (x, parts) = (e.upload(&[1.0; 512]).unwrap(), e.alloc(4).unwrap());
-    let args = [Arg::Buf(&x), Arg::Null, Arg::Buf(&parts), Arg::I64(512)];
+    // No ticket: the second pass is not taken.
+    let no_finish = [Arg::Null, Arg::Null, Arg::I32(0), Arg::F32(1.0), Arg::F32(0.0)];
+    let args: Vec<_> =
+        [Arg::Buf(&x), Arg::Null, Arg::Buf(&parts), Arg::I64(512)].into_iter().chain(no_finish).collect();
     // A block above the kernel's __launch_bounds__(256), which the GPU would refuse to launch.
     // SAFETY: refused before anything runs (the launch limits are checked first).
     let err = unsafe { e.launch(Kernel::SumsqPartials, LaunchCfg::linear(1, 512), &args) }.unwrap_err().to_string();
@@ -231,13 +234,16 @@ fn emulator_reports_partial_warp_mma() {
 fn static_shared_memory_counts_toward_the_limit() {
     assert_eq!(Kernel::NchwToNhwcBf16.static_shared(), 32 * 33 * 4);
     assert_eq!(Kernel::Sgemm.static_shared(), 2 * 2 * 16 * 66 * 4);
-    assert_eq!(Kernel::SumsqPartials.static_shared(), 32 * 4);
+    assert_eq!(Kernel::SumsqPartials.static_shared(), 32 * 4 + 4);
     assert_eq!(Kernel::ConvGatherMma.static_shared(), 0);
     let e = Emulator::new();
     let (x, parts) = (e.upload(&[1.0; 512]).unwrap(), e.alloc(4).unwrap());
-    let args = [Arg::Buf(&x), Arg::Null, Arg::Buf(&parts), Arg::I64(512)];
-    let cfg = LaunchCfg { grid: [1, 1, 1], block: [256, 1, 1], shared_bytes: 48 * 1024 - 128 + 4 };
+    // No ticket: the second pass is not taken.
+    let no_finish = [Arg::Null, Arg::Null, Arg::I32(0), Arg::F32(1.0), Arg::F32(0.0)];
+    let args: Vec<_> =
+        [Arg::Buf(&x), Arg::Null, Arg::Buf(&parts), Arg::I64(512)].into_iter().chain(no_finish).collect();
+    let cfg = LaunchCfg { grid: [1, 1, 1], block: [256, 1, 1], shared_bytes: 48 * 1024 - 132 + 4 };
     // SAFETY: refused before anything runs (the launch limits are checked first).
     let err = unsafe { e.launch(Kernel::SumsqPartials, cfg, &args) }.unwrap_err().to_string();
-    assert!(err.contains("sumsq_partials") && err.contains("128 bytes of static"), "{err}");
+    assert!(err.contains("sumsq_partials") && err.contains("132 bytes of static"), "{err}");
 }

@@ -4,7 +4,8 @@
 use super::dpm_solver::dpm_update;
 use super::sampler::{ddim_update, ddpm_update};
 use super::{
-    drops_label, BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, LabelDraw, Schedule, ScheduleTables,
+    drops_label, BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, Drawn, LabelDraw, Schedule, ScheduleTables,
+    WithOperand,
 };
 use crate::backend::Cpu;
 use crate::error::{Error, Result};
@@ -26,11 +27,7 @@ impl DiffusionOps for Cpu {
         let xt = sched.q_sample(&Tensor::new(&shape, x0.clone())?, t, &noise)?;
         Ok((noise.into_data(), xt.into_data()))
     }
-    fn draw_batch(
-        &self,
-        tables: &ScheduleTables<Cpu>,
-        d: &BatchDraw<'_, Cpu>,
-    ) -> Result<(Vec<f32>, Vec<f32>, Vec<u32>)> {
+    fn draw_batch(&self, tables: &ScheduleTables<Cpu>, d: &BatchDraw<'_, Cpu>) -> Result<Drawn<Cpu>> {
         let picked = d.perm.get(d.first..d.first + d.batch).unwrap_or(&[]);
         let bound = picked.iter().max().map(|&m| m as u64 + 1);
         d.check(tables, d.perm.len(), bound)?;
@@ -48,7 +45,7 @@ impl DiffusionOps for Cpu {
                 *o = s * x + r * e;
             }
         }
-        Ok((noise, xt, t))
+        Ok((noise, xt, t, None))
     }
     fn draw_labels(&self, d: &LabelDraw<'_, Cpu>) -> Result<Vec<u32>> {
         let picked = d.perm.get(d.first..d.first + d.batch).unwrap_or(&[]);
@@ -69,12 +66,12 @@ impl DiffusionOps for Cpu {
         }
         Ok(())
     }
-    fn time_sinusoid(&self, t: &Vec<u32>, n: usize, dim: usize) -> Result<Vec<f32>> {
+    fn time_sinusoid(&self, t: &Vec<u32>, n: usize, dim: usize, _operand: bool) -> Result<WithOperand<Cpu>> {
         let (Some(t), true) = (t.get(..n), dim.is_multiple_of(2)) else {
             return Err(Error::Shape(format!("time_sinusoid: {n} timesteps of width {dim} from {}", t.len())));
         };
         let t: Vec<usize> = t.iter().map(|&v| v as usize).collect();
-        Ok(TimeEmbedding::sinusoid(&t, dim).into_data())
+        Ok((TimeEmbedding::sinusoid(&t, dim).into_data(), None))
     }
     fn ddpm_step(
         &self,

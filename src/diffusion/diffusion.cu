@@ -24,13 +24,15 @@ extern "C" __global__ void q_sample(const float* __restrict__ x0, const int* __r
 // The training step's batch drawn on the device, fused: item i = e / per_item is image perm[first + i] of the
 // training set `images` ([N, per_item], resident), with timestep t_i = uniform_below(seed, t_stream, i, timesteps)
 // and noise[e] = normal(seed, noise_stream, e) (src/rng.rs), and xt[e] = sqrt_ab[t_i]*x0[e] + sqrt_1m_ab[t_i]*noise[e]
-// as q_sample; t_out[i] = t_i for the time embedding. The host checked that perm's values index `images`.
+// as q_sample; t_out[i] = t_i for the time embedding. When xt_nhwc is given, x_t (each item [C, per_item / C]) is
+// also written as the first conv's operand (write_nhwc). The host checked that perm's values index `images`.
 // Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
 extern "C" __global__ void draw_batch(const float* __restrict__ images, const int* __restrict__ perm,
                                       long long first, const float* __restrict__ sqrt_ab,
                                       const float* __restrict__ sqrt_1m_ab, int timesteps, float* __restrict__ noise,
-                                      float* __restrict__ xt, int* __restrict__ t_out, long long n,
-                                      long long per_item, u64 seed, u64 t_stream, u64 noise_stream) {
+                                      float* __restrict__ xt, int* __restrict__ t_out, bf16* __restrict__ xt_nhwc,
+                                      int C, long long n, long long per_item, u64 seed, u64 t_stream,
+                                      u64 noise_stream) {
   GRID_STRIDE(e, n) {
     const long long i = e / per_item, p = e - i * per_item;
     // Every element of an item draws the same t (one Philox call is cheap next to the normal's).
@@ -38,7 +40,9 @@ extern "C" __global__ void draw_batch(const float* __restrict__ images, const in
     const float x0 = images[(long long)perm[first + i] * per_item + p];
     const float z = philox_normal(seed, noise_stream, (u64)e);
     noise[e] = z;
-    xt[e] = sqrt_ab[ti] * x0 + sqrt_1m_ab[ti] * z;
+    const float v = sqrt_ab[ti] * x0 + sqrt_1m_ab[ti] * z;
+    xt[e] = v;
+    if (xt_nhwc) write_nhwc(xt_nhwc, e, C, (int)(per_item / C), v);
     if (p == 0) t_out[i] = ti;
   }
 }
@@ -65,15 +69,18 @@ extern "C" __global__ void guide(const float* __restrict__ eps, float* __restric
 // out[i][j] = sin(t_i * f_j) for j < half, cos(t_i * f_(j-half)) after, f_k = expf((c * k) / half) with
 // c = -ln(10000) rounded to f32 by the host. Each step is one f32 operation in the host's order (the product, the
 // division, exp, the product with t), so the emulator (the host's libm) gives the host's bits; a GPU's
-// expf/sinf/cosf are within 2 ulp. Launch: grid CEIL_DIV(n * 2 * half, 256) (capped; grid-stride), block 256.
-extern "C" __global__ void time_sinusoid(const int* __restrict__ t, float* __restrict__ out, long long n, int half,
-                                         float c) {
+// expf/sinf/cosf are within 2 ulp. When out_nhwc is given, the sinusoid is also written as the operand of the
+// linear layer that reads it (write_nhwc). Launch: grid CEIL_DIV(n * 2 * half, 256) (capped; grid-stride), block 256.
+extern "C" __global__ void time_sinusoid(const int* __restrict__ t, float* __restrict__ out,
+                                         bf16* __restrict__ out_nhwc, long long n, int half, float c) {
   GRID_STRIDE(e, n * 2 * half) {
     const long long i = e / (2 * half);
     const int j = (int)(e - i * 2 * half), k = j < half ? j : j - half;
     const float f = expf((c * (float)k) / (float)half);
     const float a = (float)t[i] * f;
-    out[e] = j < half ? sinf(a) : cosf(a);
+    const float v = j < half ? sinf(a) : cosf(a);
+    out[e] = v;
+    if (out_nhwc) write_nhwc(out_nhwc, e, 2 * half, 1, v);
   }
 }
 

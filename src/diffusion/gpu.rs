@@ -2,13 +2,16 @@
 //! sampler steps, each one elementwise pass with its Philox draws made on the device.
 
 use super::{
-    BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, LabelDraw, Schedule, ScheduleTables, LABEL_DROP_ONE_IN,
+    BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, Drawn, LabelDraw, Schedule, ScheduleTables, WithOperand,
+    LABEL_DROP_ONE_IN,
 };
-use crate::backend::Gpu;
+use crate::backend::{ConvOps, Gpu};
+use crate::desc::Planes;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
 use crate::gpu::{Arg, Cost, DeviceBuf, Executor, IntBuf, Kernel};
 use crate::nn::TimeEmbedding;
+use crate::ops::conv::mma::padded;
 
 impl<E: Executor> DiffusionOps for Gpu<E> {
     fn q_sample(
@@ -48,15 +51,20 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
         Ok((noise, xt))
     }
 
-    fn draw_batch(
-        &self,
-        tables: &ScheduleTables<Self>,
-        d: &BatchDraw<'_, Self>,
-    ) -> Result<(E::Buf, E::Buf, IntBuf<E::Buf>)> {
+    fn draw_batch(&self, tables: &ScheduleTables<Self>, d: &BatchDraw<'_, Self>) -> Result<Drawn<Self>> {
         d.check(tables, d.perm.len(), d.perm.bound())?;
         let e = self.executor();
         let n = d.batch * d.per_item;
         let (noise, xt, t) = (e.alloc(n)?, e.alloc(n)?, e.alloc_i32(d.batch)?);
+        let channels = d.operand_channels.unwrap_or(1);
+        if channels == 0 || !d.per_item.is_multiple_of(channels) {
+            return Err(Error::Shape(format!("draw_batch: items of {} words are not {channels} channels", d.per_item)));
+        }
+        let planes = Planes { n: d.batch, c: channels, plane: d.per_item / channels };
+        let operand = match d.operand_channels {
+            Some(_) => self.operand_for_output(planes)?,
+            None => None,
+        };
         let args = [
             Arg::Buf(d.images),
             Arg::Ints(d.perm),
@@ -67,16 +75,20 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
             Arg::Buf(&noise),
             Arg::Buf(&xt),
             Arg::Ints(&t),
+            operand.as_ref().map_or(Arg::Null, |o| Arg::Bf16(&o.buf)),
+            i32_arg(channels)?,
             Arg::I64(n as i64),
             Arg::I64(d.per_item as i64),
             Arg::U64(d.seed),
             Arg::U64(d.t_stream),
             Arg::U64(d.noise_stream),
         ];
-        // The picked images read, noise and x_t written (t is a word per image); two Philox draws and Box-Muller
-        // are ~50 operations per value.
-        run(e, Kernel::DrawBatch, elementwise(n), Cost::pass(n, 2 * n + d.batch, 50), &args)?;
-        Ok((noise, xt, t))
+        // The picked images read, noise and x_t written (t is a word per image), and x_t's operand; two Philox
+        // draws and Box-Muller are ~50 operations per value.
+        let copy = operand.as_ref().map_or(0, |_| 2 * d.batch * planes.plane * padded(channels));
+        let cost = Cost::pass(n, 2 * n + d.batch, 50).plus(Cost::bytes(copy));
+        run(e, Kernel::DrawBatch, elementwise(n), cost, &args)?;
+        Ok((noise, xt, t, operand))
     }
 
     fn draw_labels(&self, d: &LabelDraw<'_, Self>) -> Result<IntBuf<E::Buf>> {
@@ -106,17 +118,25 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
         run(self.executor(), Kernel::Guide, elementwise(half), Cost::pass(2 * half, half, 3), &args)
     }
 
-    fn time_sinusoid(&self, t: &IntBuf<E::Buf>, n: usize, dim: usize) -> Result<E::Buf> {
+    fn time_sinusoid(&self, t: &IntBuf<E::Buf>, n: usize, dim: usize, operand: bool) -> Result<WithOperand<Self>> {
         if t.len() < n || !dim.is_multiple_of(2) {
             return Err(Error::Shape(format!("time_sinusoid: {n} timesteps of width {dim} from {}", t.len())));
         }
         let e = self.executor();
         let out = e.alloc(n * dim)?;
-        let args =
-            [Arg::Ints(t), Arg::Buf(&out), Arg::I64(n as i64), i32_arg(dim / 2)?, Arg::F32(TimeEmbedding::freq_log())];
-        // t read, the sinusoid written: exp, a division, two products and sin or cos per value.
-        run(e, Kernel::TimeSinusoid, elementwise(n * dim), Cost::pass(n, n * dim, 30), &args)?;
-        Ok(out)
+        let op = if operand { self.operand_for_output(Planes { n, c: dim, plane: 1 })? } else { None };
+        let args = [
+            Arg::Ints(t),
+            Arg::Buf(&out),
+            op.as_ref().map_or(Arg::Null, |o| Arg::Bf16(&o.buf)),
+            Arg::I64(n as i64),
+            i32_arg(dim / 2)?,
+            Arg::F32(TimeEmbedding::freq_log()),
+        ];
+        // t read, the sinusoid written (and its operand): exp, a division, two products and sin or cos per value.
+        let cost = Cost::pass(n, n * dim, 30).plus(Cost::bytes(op.as_ref().map_or(0, |_| 2 * n * padded(dim))));
+        run(e, Kernel::TimeSinusoid, elementwise(n * dim), cost, &args)?;
+        Ok((out, op))
     }
 
     fn ddpm_step(

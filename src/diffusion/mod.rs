@@ -18,12 +18,12 @@ pub use sampler::{
 };
 pub use schedule::{Schedule, ScheduleKind};
 
-use crate::backend::Memory;
+use crate::backend::{ConvOps, Memory};
 use crate::error::{Error, Result};
 
 /// What a backend offers the training step and the samplers: each a single fused pass, its noise drawn where
 /// it is used (`rng::normal(seed, stream, element)`, the same numbers on every backend).
-pub trait DiffusionOps: Memory {
+pub trait DiffusionOps: ConvOps {
     /// The forward process with its noise drawn here: `noise[e] = rng::normal(seed, stream, e)` and
     /// `x_t[b] = sqrt(ᾱ_{t_b})·x0[b] + sqrt(1-ᾱ_{t_b})·noise[b]` for the `t.len()` items of `x0`. Returns
     /// `(noise, x_t)`; `Err` for a timestep outside the schedule.
@@ -37,20 +37,18 @@ pub trait DiffusionOps: Memory {
     /// The training step's batch drawn on the backend in one pass (see [`BatchDraw`]): item i is image
     /// `perm[first + i]` of the resident training set, with `t_i = rng::uniform_below(seed, t_stream, i, T)` and
     /// its noise and x_t as [`DiffusionOps::q_sample`] makes them. Returns `(noise, x_t, t)`, `t` holding the
-    /// `batch` timesteps for the time embedding ([`DiffusionOps::time_sinusoid`]).
-    fn draw_batch(
-        &self,
-        tables: &ScheduleTables<Self>,
-        d: &BatchDraw<'_, Self>,
-    ) -> Result<(Self::Buf, Self::Buf, Self::Idx)>;
+    /// `batch` timesteps for the time embedding ([`DiffusionOps::time_sinusoid`]), and x_t's operand when
+    /// `d.operand_channels` asks for it and the backend has operands.
+    fn draw_batch(&self, tables: &ScheduleTables<Self>, d: &BatchDraw<'_, Self>) -> Result<Drawn<Self>>;
     /// The class labels of a training batch drawn on the backend (see [`LabelDraw`]): item i gets the label of
     /// image `perm[first + i]`, or the null label when [`drops_label`] says so. Returns the `batch` labels.
     fn draw_labels(&self, d: &LabelDraw<'_, Self>) -> Result<Self::Idx>;
     /// Classifier-free guidance (Ho & Salimans 2022, eq. 6) of a network output over a doubled batch, the
     /// conditional half first: `out[e] = (1 + w)·eps[e] - w·eps[half + e]` for `e < half`, `out: [half]`.
     fn guide(&self, eps: &Self::Buf, half: usize, w: f32, out: &mut Self::Buf) -> Result<()>;
-    /// The time embedding's sinusoid (`TimeEmbedding::sinusoid`, `[n, dim]`) of the first `n` timesteps in `t`.
-    fn time_sinusoid(&self, t: &Self::Idx, n: usize, dim: usize) -> Result<Self::Buf>;
+    /// The time embedding's sinusoid (`TimeEmbedding::sinusoid`, `[n, dim]`) of the first `n` timesteps in `t`, with
+    /// its operand (for the linear layer that reads it) when `operand` and the backend has operands.
+    fn time_sinusoid(&self, t: &Self::Idx, n: usize, dim: usize, operand: bool) -> Result<WithOperand<Self>>;
     /// One DDPM step `out = sra·(x - eps_coef·eps) + sigma·z` (`sampler::ddpm_step`), with
     /// `z = rng::normal(seed, stream, ·)` when `noise = Some((seed, stream))`, else no noise term.
     fn ddpm_step(
@@ -103,6 +101,12 @@ impl<M: Memory> ScheduleTables<M> {
     }
 }
 
+/// A value and, where the backend has them and it was asked for, its operand (see [`ConvOps::Operand`]).
+pub type WithOperand<B> = (<B as Memory>::Buf, Option<<B as ConvOps>::Operand>);
+
+/// A drawn batch: `(noise, x_t, t, x_t's operand)`.
+pub type Drawn<B> = (<B as Memory>::Buf, <B as Memory>::Buf, <B as Memory>::Idx, Option<<B as ConvOps>::Operand>);
+
 /// One training batch for [`DiffusionOps::draw_batch`] to draw on the backend: `batch` images picked by an epoch's
 /// permutation out of the training set, with the step's t and noise streams.
 pub struct BatchDraw<'a, M: Memory> {
@@ -118,6 +122,8 @@ pub struct BatchDraw<'a, M: Memory> {
     pub seed: u64,
     pub t_stream: u64,
     pub noise_stream: u64,
+    /// `Some(c)`: also write x_t's operand, each item being `[c, per_item / c]` (the first conv reads it).
+    pub operand_channels: Option<usize>,
 }
 
 impl<M: Memory> BatchDraw<'_, M> {

@@ -5,7 +5,7 @@ use super::sampler::{ddim_step, ddim_update, ddpm_step, noise_stream};
 use super::{
     drops_label, BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, LabelDraw, Schedule, ScheduleTables,
 };
-use crate::backend::{Cpu, Gpu, Memory};
+use crate::backend::{ConvOps, Cpu, Gpu, Memory};
 use crate::gpu::Executor;
 use crate::nn::TimeEmbedding;
 use crate::ops::testing::{close, down, gpu_test, out, rand, up};
@@ -177,18 +177,46 @@ fn draw_batch<E: Executor>(dev: &Gpu<E>) {
 
     let cpu_tables = ScheduleTables::new(&Cpu, &sched).unwrap();
     let cpu_perm = perm.to_vec();
-    let d = BatchDraw { images: &images, per_item: per, perm: &cpu_perm, first, batch, seed, t_stream, noise_stream };
-    let (cn, cx, ct) = Cpu.draw_batch(&cpu_tables, &d).unwrap();
+    let operand_channels = None;
+    let d = BatchDraw {
+        images: &images,
+        per_item: per,
+        perm: &cpu_perm,
+        first,
+        batch,
+        seed,
+        t_stream,
+        noise_stream,
+        operand_channels,
+    };
+    let (cn, cx, ct, _) = Cpu.draw_batch(&cpu_tables, &d).unwrap();
     assert_eq!(ct, want_t, "cpu draw_batch t");
     assert!(cn == noise.data() && cx == want.data(), "cpu draw_batch noise or x_t differ from the host's path");
 
     let tables = ScheduleTables::new(dev, &sched).unwrap();
     let (ib, pb) = (up(dev, &images), dev.upload_indices(&perm).unwrap());
-    let d = BatchDraw { images: &ib, per_item: per, perm: &pb, first, batch, seed, t_stream, noise_stream };
-    let (gn, gx, gt) = dev.draw_batch(&tables, &d).unwrap();
+    let d = BatchDraw {
+        images: &ib,
+        per_item: per,
+        perm: &pb,
+        first,
+        batch,
+        seed,
+        t_stream,
+        noise_stream,
+        operand_channels,
+    };
+    let (gn, gx, gt, _) = dev.draw_batch(&tables, &d).unwrap();
     assert_eq!(dev.download_indices(&gt).unwrap(), want_t, "draw_batch t");
     same::<E>(&down(dev, &gn), noise.data(), "draw_batch noise");
     same::<E>(&down(dev, &gx), want.data(), "draw_batch x_t");
+    // Under bf16, x_t (items of 2 channels of 15 pixels) with its operand: as converting it makes it, to the bit.
+    let bf16 = dev.clone().with_precision(crate::backend::Precision::Bf16);
+    let (_, bx, _, op) = bf16.draw_batch(&tables, &BatchDraw { operand_channels: Some(2), ..d }).unwrap();
+    let op = op.expect("an operand under bf16");
+    let converted = bf16.operand(&bx, crate::desc::Planes { n: batch, c: 2, plane: per / 2 }).unwrap().unwrap();
+    let bits = |b: &E::Buf| down(dev, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&op.buf.buf), bits(&converted.buf.buf), "draw_batch x_t's operand");
 
     // Refused before any launch: a batch past the permutation's end, a permutation value past the images.
     let past = BatchDraw { first: 4, ..d };
@@ -206,14 +234,21 @@ fn time_sinusoid<E: Executor>(dev: &Gpu<E>) {
     let tb = dev.upload_indices(&t32).unwrap();
     for dim in [4, 10, 64, 128] {
         let want = TimeEmbedding::sinusoid(&t, dim);
-        assert_eq!(Cpu.time_sinusoid(&t32, t.len(), dim).unwrap(), want.data(), "cpu sinusoid dim {dim}");
-        let got = dev.time_sinusoid(&tb, t.len(), dim).unwrap();
+        assert_eq!(Cpu.time_sinusoid(&t32, t.len(), dim, true).unwrap().0, want.data(), "cpu sinusoid dim {dim}");
+        let (got, _) = dev.time_sinusoid(&tb, t.len(), dim, false).unwrap();
         same::<E>(&down(dev, &got), want.data(), &format!("sinusoid dim {dim}"));
+        // Under bf16 with its operand (dim 10 padded to 16): as converting it makes it, to the bit.
+        let bf16 = dev.clone().with_precision(crate::backend::Precision::Bf16);
+        let (bs, op) = bf16.time_sinusoid(&tb, t.len(), dim, true).unwrap();
+        let converted = bf16.operand(&bs, crate::desc::Planes { n: t.len(), c: dim, plane: 1 }).unwrap().unwrap();
+        let bits = |b: &E::Buf| down(dev, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let op = op.expect("an operand under bf16");
+        assert_eq!(bits(&op.buf.buf), bits(&converted.buf.buf), "sinusoid dim {dim}: operand");
         // The first n timesteps of a longer buffer.
-        let head = dev.time_sinusoid(&tb, 3, dim).unwrap();
+        let (head, _) = dev.time_sinusoid(&tb, 3, dim, false).unwrap();
         same::<E>(&down(dev, &head), &want.data()[..3 * dim], &format!("sinusoid head dim {dim}"));
     }
-    assert!(dev.time_sinusoid(&tb, t.len() + 1, 8).is_err());
+    assert!(dev.time_sinusoid(&tb, t.len() + 1, 8, false).is_err());
 }
 gpu_test!(time_sinusoid);
 

@@ -218,10 +218,15 @@ impl TimeEmbedding {
             // uploaded.
             Timesteps::Host(t) => tape.input_host(Self::sinusoid(t, self.dim))?,
             // Made on the backend from its timesteps, in the same f32 operations (DiffusionOps::time_sinusoid).
+            // With its operand for lin0, where the backend has operands.
             Timesteps::Device { t, n } => {
                 let be = tape.backend().clone();
-                let s = be.time_sinusoid(t, n, self.dim)?;
-                tape.input(Tensor::from_buf(be, &[n, self.dim], s)?)
+                let (s, operand) = be.time_sinusoid(t, n, self.dim, true)?;
+                let v = tape.input(Tensor::from_buf(be, &[n, self.dim], s)?);
+                if let Some(op) = operand {
+                    tape.set_operand(v, op);
+                }
+                v
             }
         };
         let h = self.lin0.forward(tape, e)?;

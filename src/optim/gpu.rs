@@ -1,13 +1,14 @@
 //! The optimiser's launches: AdamW and the EMA elementwise per tensor, and gradient clipping on the device with no
 //! round trip for the scale (a two-pass norm, then `scale_by` reading the coefficient from device memory); and the
-//! same step over arenas in three launches (the norm's two passes, then `adamw_ema`), with no round trip at all.
+//! same step over arenas in two launches (the norm, its last block taking the second pass, then `adamw_ema`), with
+//! no round trip at all.
 
 use super::{AdamWScalars, FlatStep, OptimOps};
 use crate::backend::Gpu;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, need, partials, run, BLOCK};
 use crate::gpu::{Arg, Cost, DeviceBuf, Executor, Kernel, LaunchCfg};
-use crate::ops::reduce::gpu::{finish_sum, sumsq_partials, Finish};
+use crate::ops::reduce::gpu::{finish_args, finish_sum, sumsq_partials, Finish, Finished};
 
 impl<E: Executor> OptimOps for Gpu<E> {
     fn clip_grad_norm(&self, grads: &mut [&mut E::Buf], max_norm: f32) -> Result<(f32, f32)> {
@@ -16,7 +17,7 @@ impl<E: Executor> OptimOps for Gpu<E> {
         let mut parts = e.alloc(total_parts.max(1))?;
         let mut offset = 0;
         for g in grads.iter() {
-            offset += sumsq_partials(e, g, None, g.len(), (&mut parts, offset))?;
+            offset += sumsq_partials(e, g, None, g.len(), (&mut parts, offset), None)?;
         }
         let mut out = e.alloc(2)?;
         finish_sum(e, &parts, offset, &mut out, Finish::ClipNorm { max_norm })?;
@@ -58,10 +59,12 @@ impl<E: Executor> OptimOps for Gpu<E> {
         let (stats, at) = f.stats;
         need("flat optimiser step stats", stats, at + 2)?;
         let parts = e.alloc(blocks)?;
-        let args = [Arg::Buf(f.g), Arg::Ints(f.norm_table), Arg::Buf(&parts)];
+        // The norm and the clip coefficient written by the first pass's last block.
+        let clip = e.view(stats, at, 2)?;
+        let finish = Finished { ticket: self.tickets()?, out: &clip, how: Finish::ClipNorm { max_norm: f.max_norm } };
+        let mut args = vec![Arg::Buf(f.g), Arg::Ints(f.norm_table), Arg::Buf(&parts)];
+        args.extend(finish_args(Some(finish))?);
         run(e, Kernel::SumsqSegments, LaunchCfg::linear(blocks as u32, BLOCK), Cost::simt(2 * n, 4 * n), &args)?;
-        let mut clip = e.view(stats, at, 2)?;
-        finish_sum(e, &parts, blocks, &mut clip, Finish::ClipNorm { max_norm: f.max_norm })?;
         let s = &f.adam;
         let args = [
             Arg::Buf(f.p),

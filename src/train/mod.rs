@@ -291,7 +291,7 @@ impl<B: Backend> TrainState<B> {
         let (seed, k) = (self.config.seed, self.step);
         let be = self.params.backend().clone();
         let classes = self.config.model.classes;
-        let (shape, noise, x_t, t, labels) = match batch {
+        let (shape, noise, (x_t, mut x_operand), t, labels) = match batch {
             Batch::Host(_) if classes > 0 => {
                 return Err(Error::Arg("a class-conditional model trains on batches drawn with their labels".into()))
             }
@@ -301,7 +301,7 @@ impl<B: Backend> TrainState<B> {
                     (0..b).map(|i| rng::uniform_below(seed, STREAM_T | k, i as u64, sched.t as u32) as usize).collect();
                 let x0 = x0.to_backend(&be)?;
                 let (noise, x_t) = be.q_sample(sched, x0.buf(), &t, (seed, STREAM_NOISE | k))?;
-                (x0.shape().to_vec(), noise, x_t, StepTimesteps::Host(t), None)
+                (x0.shape().to_vec(), noise, (x_t, None), StepTimesteps::Host(t), None)
             }
             Batch::Drawn(d) => {
                 if d.tables.timesteps != sched.t {
@@ -312,8 +312,11 @@ impl<B: Backend> TrainState<B> {
                 let per_item = d.images.numel() / d.images.shape()[0].max(1);
                 let (images, perm, first, batch) = (d.images.buf(), d.perm, d.first, d.batch);
                 let (t_stream, noise_stream) = (STREAM_T | k, STREAM_NOISE | k);
-                let draw = BatchDraw { images, per_item, perm, first, batch, seed, t_stream, noise_stream };
-                let (noise, x_t, t) = be.draw_batch(d.tables, &draw)?;
+                // x_t written with the first conv's operand too, where the backend has operands.
+                let operand_channels = Some(shape[1]);
+                let draw =
+                    BatchDraw { images, per_item, perm, first, batch, seed, t_stream, noise_stream, operand_channels };
+                let (noise, x_t, t, x_operand) = be.draw_batch(d.tables, &draw)?;
                 let labels = match (classes, d.labels) {
                     (0, _) => None,
                     (_, None) => return Err(Error::Arg("a class-conditional model needs the training labels".into())),
@@ -322,7 +325,7 @@ impl<B: Backend> TrainState<B> {
                         Some(be.draw_labels(&LabelDraw { labels, perm, first, batch, null, seed, stream })?)
                     }
                 };
-                (shape, noise, x_t, StepTimesteps::Device(t, d.batch), labels)
+                (shape, noise, (x_t, x_operand), StepTimesteps::Device(t, d.batch), labels)
             }
         };
         let mut grads = match self.grads.take() {
@@ -334,6 +337,9 @@ impl<B: Backend> TrainState<B> {
             grads.grads = {
                 let mut tape = Tape::new(&self.params).with_grad_store(&grads);
                 let xv = tape.input(Tensor::from_buf(be.clone(), &shape, x_t)?);
+                if let Some(op) = x_operand.take() {
+                    tape.set_operand(xv, op);
+                }
                 let nv = tape.input(Tensor::from_buf(be.clone(), &shape, noise)?);
                 let eps = self.model.forward_at(&mut tape, xv, t.view(), labels)?;
                 let loss = tape.mse(eps, nv)?;

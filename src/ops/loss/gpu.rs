@@ -7,15 +7,16 @@ use crate::desc::LogitsDesc;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
 use crate::gpu::{Arg, Cost, DeviceBuf, Executor, IntBuf, Kernel};
-use crate::ops::reduce::gpu::{finish_sum, sumsq_partials, Finish};
+use crate::ops::reduce::gpu::{finish_sum, sumsq_partials, Finish, Finished};
 
 impl<E: Executor> LossOps for Gpu<E> {
+    /// One launch: the sum of squares' last block takes the mean.
     fn mse(&self, p: &E::Buf, t: &E::Buf) -> Result<E::Buf> {
         let (e, n) = (self.executor(), p.len());
         let mut parts = e.alloc(crate::gpu::launch::partials(n))?;
-        let np = sumsq_partials(e, p, Some(t), n, (&mut parts, 0))?;
-        let mut out = e.alloc(1)?;
-        finish_sum(e, &parts, np, &mut out, Finish::Mean { divisor: n as f32 })?;
+        let out = e.alloc(1)?;
+        let finish = Finished { ticket: self.tickets()?, out: &out, how: Finish::Mean { divisor: n as f32 } };
+        sumsq_partials(e, p, Some(t), n, (&mut parts, 0), Some(finish))?;
         Ok(out)
     }
     fn mse_backward(&self, p: &E::Buf, t: &E::Buf, gloss: &E::Buf, dp: &mut E::Buf) -> Result<()> {

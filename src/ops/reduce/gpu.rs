@@ -6,7 +6,7 @@ use crate::backend::Gpu;
 use crate::desc::{ConcatDesc, Planes};
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, int, need, need_bf16, partials, run, BLOCK};
-use crate::gpu::{Arg, Bf16Buf, Cost, DeviceBuf, Executor, Kernel, LaunchCfg};
+use crate::gpu::{Arg, Bf16Buf, Cost, DeviceBuf, Executor, IntBuf, Kernel, LaunchCfg};
 use crate::ops::conv::mma::padded;
 
 impl<E: Executor> ReduceOps for Gpu<E> {
@@ -173,19 +173,25 @@ pub(crate) fn copy_at<E: Executor>(e: &E, src: &E::Buf, dst: &mut E::Buf, at: us
 }
 
 /// First pass of a deterministic sum of squares: `parts[offset + b]` = block `b`'s share of `Σ (x - y)²` (of
-/// `Σ x²` without `y`) over `n` words, for `partials(n)` blocks. Returns that block count.
+/// `Σ x²` without `y`) over `n` words, for `partials(n)` blocks; with `finish`, the last block to finish also
+/// takes the second pass ([`Finished`]). Returns the block count.
 pub(crate) fn sumsq_partials<E: Executor>(
     e: &E,
     x: &E::Buf,
     y: Option<&E::Buf>,
     n: usize,
     (parts, offset): (&mut E::Buf, usize),
+    finish: Option<Finished<'_, E::Buf>>,
 ) -> Result<usize> {
     let np = partials(n);
     need("sumsq x", x, n)?;
     y.map_or(Ok(()), |y| need("sumsq y", y, n))?;
     need("sumsq parts", parts, offset + np)?;
-    let args = [Arg::Buf(x), Arg::opt(y), Arg::BufAt(parts, offset), Arg::I64(n as i64)];
+    if finish.is_some() && offset != 0 {
+        return Err(Error::Arg("sumsq_partials: a sum finished in its launch starts its partials at 0".into()));
+    }
+    let mut args = vec![Arg::Buf(x), Arg::opt(y), Arg::BufAt(parts, offset), Arg::I64(n as i64)];
+    args.extend(finish_args(finish)?);
     let read = if y.is_some() { 2 * n } else { n };
     run(e, Kernel::SumsqPartials, LaunchCfg::linear(np as u32, BLOCK), Cost::simt(3 * n, 4 * read), &args)?;
     Ok(np)
@@ -200,13 +206,36 @@ pub(crate) enum Finish {
     ClipNorm { max_norm: f32 },
 }
 
+impl Finish {
+    /// The kernels' `mode`, `divisor` and `max_norm`, and the words written.
+    fn args(self) -> (i32, f32, f32, usize) {
+        match self {
+            Finish::Mean { divisor } => (0, divisor, 0.0, 1),
+            Finish::ClipNorm { max_norm } => (1, 1.0, max_norm, 2),
+        }
+    }
+}
+
+/// A first pass's sum finished in its own launch, by its last block (counted on `ticket`, an int that is 0 between
+/// launches): the result into `out`, as `how` says.
+pub(crate) struct Finished<'a, B> {
+    pub ticket: &'a IntBuf<B>,
+    pub out: &'a B,
+    pub how: Finish,
+}
+
+/// The first passes' last five arguments: the ticket, `out` and the finish's mode, or nulls for no finish.
+pub(crate) fn finish_args<B: DeviceBuf>(finish: Option<Finished<'_, B>>) -> Result<[Arg<'_, B>; 5]> {
+    let Some(f) = finish else { return Ok([Arg::Null, Arg::Null, Arg::I32(0), Arg::F32(1.0), Arg::F32(0.0)]) };
+    let (mode, divisor, max_norm, out_len) = f.how.args();
+    need("sum out", f.out, out_len)?;
+    Ok([Arg::Ints(f.ticket), Arg::Buf(f.out), Arg::I32(mode), Arg::F32(divisor), Arg::F32(max_norm)])
+}
+
 /// Second pass: one block adds the first `np` partials in a fixed order into `out`, as `how` says.
 pub(crate) fn finish_sum<E: Executor>(e: &E, parts: &E::Buf, np: usize, out: &mut E::Buf, how: Finish) -> Result<()> {
     need("finish_sum parts", parts, np)?;
-    let (mode, divisor, max_norm, out_len) = match how {
-        Finish::Mean { divisor } => (0, divisor, 0.0, 1),
-        Finish::ClipNorm { max_norm } => (1, 1.0, max_norm, 2),
-    };
+    let (mode, divisor, max_norm, out_len) = how.args();
     need("finish_sum out", out, out_len)?;
     let args = [Arg::Buf(parts), i32_arg(np)?, Arg::Buf(out), Arg::I32(mode), Arg::F32(divisor), Arg::F32(max_norm)];
     run(e, Kernel::FinishSum, LaunchCfg::linear(1, 1024), Cost::pass(np, out_len, 1), &args)

@@ -17,33 +17,11 @@ static __device__ float sumsq_share(const float* __restrict__ x, const float* __
   return block_sum(s, scratch);
 }
 
-// parts[blockIdx.x] = sum over this block's grid-stride share of (x - y)^2 (y may be null: sum of x^2).
-// Launch: grid = number of partials (<= 1024, fixed by the caller), block 256.
-extern "C" __global__ void __launch_bounds__(256)
-sumsq_partials(const float* __restrict__ x, const float* __restrict__ y, float* __restrict__ parts, long long n) {
-  __shared__ float scratch[32];
-  const float s = sumsq_share(x, y, n, blockIdx.x, gridDim.x, scratch);
-  if (threadIdx.x == 0) parts[blockIdx.x] = s;
-}
-
-// sumsq_partials over many tensors of one arena in one launch, with the same partials: block b does what block
-// table[4b+2] of a sumsq_partials launch of table[4b+3] blocks over the table[4b+1] values from word table[4b] does,
-// and writes parts[b]. Launch: grid = rows of the table, block 256.
-extern "C" __global__ void __launch_bounds__(256)
-sumsq_segments(const float* __restrict__ x, const int* __restrict__ table, float* __restrict__ parts) {
-  __shared__ float scratch[32];
-  const int* row = table + 4 * (long long)blockIdx.x;
-  const float s = sumsq_share(x + row[0], nullptr, row[1], row[2], row[3], scratch);
-  if (threadIdx.x == 0) parts[blockIdx.x] = s;
-}
-
-// Sum of the `nparts` partials, by one block in a fixed order. mode 0: out[0] = sum / divisor (a mean).
-// mode 1 (gradient clipping, torch.nn.utils.clip_grad_norm_): out[0] = total = sqrt(sum),
-// out[1] = min(1, max_norm / (total + 1e-6)). Launch: grid 1, block 1024.
-extern "C" __global__ void __launch_bounds__(1024)
-finish_sum(const float* __restrict__ parts, int nparts, float* __restrict__ out, int mode, float divisor,
-           float max_norm) {
-  __shared__ float scratch[32];
+// The sum of `nparts` partials by one block in a fixed order, written as `mode` says. mode 0: out[0] = sum / divisor
+// (a mean). mode 1 (gradient clipping, torch.nn.utils.clip_grad_norm_): out[0] = total = sqrt(sum),
+// out[1] = min(1, max_norm / (total + 1e-6)).
+static __device__ void finish_parts(const volatile float* parts, int nparts, float* __restrict__ out, int mode,
+                                    float divisor, float max_norm, float* scratch) {
   float s = 0.0f;
   for (int i = threadIdx.x; i < nparts; i += blockDim.x) s += parts[i];
   s = block_sum(s, scratch);
@@ -55,6 +33,61 @@ finish_sum(const float* __restrict__ parts, int nparts, float* __restrict__ out,
     out[0] = total;
     out[1] = fminf(1.0f, max_norm / (total + 1e-6f));
   }
+}
+
+// After a first-pass block wrote parts[blockIdx.x]: when `ticket` is given (an int that is 0 between launches), the
+// last block to finish takes the second pass itself (finish_parts over all gridDim.x partials) and sets the ticket
+// back to 0, so that the sum needs no second launch; the order of the sum does not depend on which block is last.
+// `last` is one int of the block's shared memory.
+static __device__ void finish_if_last(const float* parts, int* ticket, float* out, int mode, float divisor,
+                                      float max_norm, float* scratch, int* last) {
+  if (!ticket) return;
+  // This block's partial is visible device-wide before its ticket is taken.
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last[0] = atomicAdd(ticket, 1) == (int)gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last[0]) return;
+  __threadfence();
+  if (threadIdx.x == 0) *ticket = 0;
+  finish_parts(parts, gridDim.x, out, mode, divisor, max_norm, scratch);
+}
+
+// parts[blockIdx.x] = sum over this block's grid-stride share of (x - y)^2 (y may be null: sum of x^2); with a
+// ticket, the last block also finishes the sum (finish_if_last). Launch: grid = number of partials (<= 1024,
+// fixed by the caller), block 256.
+extern "C" __global__ void __launch_bounds__(256)
+sumsq_partials(const float* __restrict__ x, const float* __restrict__ y, float* parts, long long n, int* ticket,
+               float* __restrict__ out, int mode, float divisor, float max_norm) {
+  __shared__ float scratch[32];
+  __shared__ int last[1];
+  const float s = sumsq_share(x, y, n, blockIdx.x, gridDim.x, scratch);
+  if (threadIdx.x == 0) parts[blockIdx.x] = s;
+  finish_if_last(parts, ticket, out, mode, divisor, max_norm, scratch, last);
+}
+
+// sumsq_partials over many tensors of one arena in one launch, with the same partials: block b does what block
+// table[4b+2] of a sumsq_partials launch of table[4b+3] blocks over the table[4b+1] values from word table[4b] does,
+// and writes parts[b]; with a ticket, the last block also finishes the sum. Launch: grid = rows of the table,
+// block 256.
+extern "C" __global__ void __launch_bounds__(256)
+sumsq_segments(const float* __restrict__ x, const int* __restrict__ table, float* parts, int* ticket,
+               float* __restrict__ out, int mode, float divisor, float max_norm) {
+  __shared__ float scratch[32];
+  __shared__ int last[1];
+  const int* row = table + 4 * (long long)blockIdx.x;
+  const float s = sumsq_share(x + row[0], nullptr, row[1], row[2], row[3], scratch);
+  if (threadIdx.x == 0) parts[blockIdx.x] = s;
+  finish_if_last(parts, ticket, out, mode, divisor, max_norm, scratch, last);
+}
+
+// The second pass alone, for partials made apart (finish_parts). Launch: grid 1, block 1024.
+extern "C" __global__ void __launch_bounds__(1024)
+finish_sum(const float* __restrict__ parts, int nparts, float* __restrict__ out, int mode, float divisor,
+           float max_norm) {
+  __shared__ float scratch[32];
+  finish_parts(parts, nparts, out, mode, divisor, max_norm, scratch);
 }
 
 // x *= coef[0] when coef[0] < 1 (the clip scale stays on the device: no round trip to the host).
@@ -112,13 +145,7 @@ extern "C" __global__ void concat_channels(const float* __restrict__ a, const fl
     const long long i = e / ((long long)plane * C);
     const float v = c < CA ? a[(i * CA + c) * plane + p] : b[(i * CB + c - CA) * plane + p];
     cat[e] = v;
-    if (cat_nhwc) {
-      const int cp = CEIL_DIV(C, 8) * 8;
-      bf16* px = cat_nhwc + (i * plane + p) * cp;
-      px[c] = f32_to_bf16(v);
-      if (c == C - 1)
-        for (int k = C; k < cp; k++) px[k] = (bf16)0;
-    }
+    if (cat_nhwc) write_nhwc(cat_nhwc, e, C, plane, v);
   }
 }
 

@@ -25,18 +25,6 @@ static __device__ __forceinline__ float unary_grad(int kind, float x, float gy) 
   return nanf("");
 }
 
-// Element e of a [rows, cols] matrix written into its copy in the layout the tensor-core GEMMs read: bf16 rows of
-// cols rounded up to 8, the padding 0 (written by each row's last element).
-static __device__ __forceinline__ void write_operand(bf16* __restrict__ nhwc, long long e, int cols, float v) {
-  const int cp = CEIL_DIV(cols, 8) * 8;
-  const long long r = e / cols;
-  const int j = (int)(e - r * cols);
-  bf16* row = nhwc + r * cp;
-  row[j] = f32_to_bf16(v);
-  if (j == cols - 1)
-    for (int k = cols; k < cp; k++) row[k] = (bf16)0;
-}
-
 // y = f(x), and when y_nhwc is given, y as a [rows, cols] matrix in the GEMMs' layout: the operand of the linear
 // layers that read y. The kind is uniform across the grid, so the switch costs no divergence.
 extern "C" __global__ void unary_fwd(int kind, const float* __restrict__ x, float* __restrict__ y,
@@ -44,7 +32,7 @@ extern "C" __global__ void unary_fwd(int kind, const float* __restrict__ x, floa
   GRID_STRIDE(e, n) {
     const float v = unary_apply(kind, x[e]);
     y[e] = v;
-    if (y_nhwc) write_operand(y_nhwc, e, cols, v);
+    if (y_nhwc) write_nhwc(y_nhwc, e, cols, 1, v);
   }
 }
 
@@ -55,6 +43,6 @@ extern "C" __global__ void unary_bwd(int kind, const float* __restrict__ x, cons
   GRID_STRIDE(e, n) {
     const float v = unary_grad(kind, x[e], gy[e]);
     dx[e] = v;
-    if (dx_nhwc) write_operand(dx_nhwc, e, cols, v);
+    if (dx_nhwc) write_nhwc(dx_nhwc, e, cols, 1, v);
   }
 }

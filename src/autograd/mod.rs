@@ -232,7 +232,7 @@ impl<'p, B: Backend> Tape<'p, B> {
     }
 
     /// During [`Tape::backward`]: whether the running rule should write the operand of `v`'s gradient with it
-    /// ([`Tape::set_grad_operand`]): when a conv's backward reads that gradient ([`Rule::reads_grad_operand`]) and
+    /// (and record it with `Tape::set_grad_operand`): when a conv's backward reads that gradient ([`Rule::reads_grad_operand`]) and
     /// the running rule is the last of `v`'s readers to add to it (no reader of `v` is left to run).
     pub fn wants_grad_operand(&self, v: Var) -> bool {
         let reads = |rule: &dyn Rule<B>| rule.inputs().contains(&v);

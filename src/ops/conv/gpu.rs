@@ -43,7 +43,8 @@ impl<E: Executor> Gpu<E> {
         d: Planes,
     ) -> Result<()> {
         let e = self.executor();
-        let mut written = match self.operand_for_output(d)?.filter(|_| gout.want_dx_operand) {
+        let room = if gout.want_dx_operand { self.operand_for_output(d)? } else { None };
+        let mut written = match room {
             Some(op) => Some((op, e.alloc(gather.sums_rows()? * d.c)?)),
             None => None,
         };
@@ -118,7 +119,8 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let parts = [d.ca, d.cb].map(|c| Planes { n: d.n, c, plane: d.plane });
         let mut written = [None, None];
         for (slot, (want, part)) in written.iter_mut().zip(operands.into_iter().zip(parts)) {
-            if let Some(op) = self.operand_for_output(part)?.filter(|_| want) {
+            let room = if want { self.operand_for_output(part)? } else { None };
+            if let Some(op) = room {
                 *slot = Some((op, e.alloc(part.n * part.c)?));
             }
         }

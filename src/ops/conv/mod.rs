@@ -11,6 +11,7 @@ pub(crate) mod cpu;
 pub(crate) mod gpu;
 pub(crate) mod mma;
 mod normed;
+mod operand;
 #[cfg(test)]
 mod operand_tests;
 #[cfg(test)]
@@ -29,6 +30,8 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use normed::{norm_then_conv, Norm, NormConv};
+pub(crate) use operand::with_gout;
+pub use operand::{ChannelSums, Gout, GradOperand, Split};
 
 /// What a backend offers for convolutions. The `_keep` / `_with` forms are what the tape uses: the forward may keep
 /// a value for the backward ([`ConvOps::Kept`]), and the backward also makes the bias gradients ([`BiasSums`]), so
@@ -268,55 +271,6 @@ pub type WeightIn<'a, B> = (&'a <B as Memory>::Buf, Option<&'a <B as ConvOps>::P
 /// tape has one ([`Tape::operand`]; the forward makes it otherwise).
 pub type InputIn<'a, B> = (&'a <B as Memory>::Buf, Option<&'a Arc<<B as ConvOps>::Operand>>);
 
-/// A gradient `dy: [n, c, plane]` as a conv's or linear layer's backward reads it where the backend has operands:
-/// its [`ConvOps::Operand`] and its channel sums (what bias gradients are sums of), made once per gradient, by the
-/// op that made the gradient or its first reader, and shared by its readers ([`Tape::gout_operand`]).
-pub struct GradOperand<B: ConvOps> {
-    pub operand: B::Operand,
-    /// `None` when they were not asked for.
-    pub sums: Option<ChannelSums<B::Buf>>,
-    /// The sums' own `GradOperand` (a `[n, c]` gradient is its own per-image sums), when written with them: the
-    /// operand of a per-image channel bias's gradient.
-    pub of_sums: Option<Arc<GradOperand<B>>>,
-}
-
-/// The two parts of a split gradient, and the operands written with them.
-pub type Split<B> = ([<B as Memory>::Buf; 2], [Option<GradOperand<B>>; 2]);
-
-/// A gradient's channel sums as `[rows, c]`, whose columns add up to its sums over images and pixels.
-pub struct ChannelSums<T> {
-    pub buf: T,
-    pub rows: usize,
-    /// Whether the rows are the images' (`rows` = n): a per-image channel bias's gradient. Otherwise they are per
-    /// block of the kernel that wrote them.
-    pub per_image: bool,
-}
-
-impl<T> ChannelSums<T> {
-    /// The per-image sums `[n, c]` in `buf`.
-    pub fn per_image(buf: T, n: usize) -> Self {
-        ChannelSums { buf, rows: n, per_image: true }
-    }
-}
-
-/// A gradient as the conv and linear backwards take it, and the gradients' operands they exchange with the tape:
-/// its f32 values and its operand when the tape has one (a backward that converts `values` itself leaves what it
-/// made in `operand`, for the tape to hand to the gradient's other readers); and when `want_dx_operand`, the
-/// operand of the input gradient the backward writes, left in `dx_operand` when it could write one.
-pub struct Gout<'a, B: ConvOps> {
-    pub values: &'a B::Buf,
-    pub operand: Option<Arc<GradOperand<B>>>,
-    pub want_dx_operand: bool,
-    pub dx_operand: Option<GradOperand<B>>,
-}
-
-impl<'a, B: ConvOps> Gout<'a, B> {
-    /// `values` with no operand yet, and none asked for dx.
-    pub fn of(values: &'a B::Buf) -> Self {
-        Gout { values, operand: None, want_dx_operand: false, dx_operand: None }
-    }
-}
-
 /// `backward`, a pass that overwrites its `dx`, run for `grads`: when they ask to add to `dx`, into a temporary
 /// then added (`acc + fresh`, as the tape would add it, so the same bits).
 pub(crate) fn overwriting<B: Memory + ReduceOps, R>(
@@ -514,30 +468,6 @@ fn input_grads<B: Backend>(
         tape.set_grad_operand(x, Arc::new(op));
     }
     Ok(dx.map(|(d, _)| (x, d)).into_iter().chain(rest).collect())
-}
-
-/// A conv's `gout` with the operand the tape has for it, and after its backward: `gout` passed on to the residual
-/// term (the gradient of an output term is the output's) with the operand the backward read as that gradient's,
-/// and the operand of the per-image sums (the channel bias's gradient) as the channel bias's, when there is one.
-pub(crate) fn with_gout<B: Backend>(
-    tape: &Tape<B>,
-    gout: Tensor<B>,
-    extra: ConvExtra,
-    backward: impl FnOnce(&mut Gout<'_, B>) -> Result<Vec<(Var, Tensor<B>)>>,
-) -> Result<Vec<(Var, Tensor<B>)>> {
-    let mut g = Gout { operand: tape.gout_operand(), ..Gout::of(gout.buf()) };
-    let mut out = backward(&mut g)?;
-    let operand = g.operand;
-    if let (Some(cb), Some(op)) = (extra.chan_bias, operand.as_ref().and_then(|o| o.of_sums.clone())) {
-        tape.set_grad_operand(cb, op);
-    }
-    if let Some(r) = extra.residual.filter(|&v| tape.needs_grad(v)) {
-        if let Some(op) = operand {
-            tape.set_grad_operand(r, op);
-        }
-        out.push((r, gout));
-    }
-    Ok(out)
 }
 
 /// The gradients of a conv's weight and biases through `kernel` (the backend's backward, given the gradient

@@ -58,11 +58,11 @@ fn a_queued_training_step_runs_the_optimiser_in_one_launch_and_never_waits_for_t
     // the kernel that makes it: none is copied there afterwards. The one copy is the loss into the statistics ring.
     assert_eq!(count(Kernel::CopyChannels), 1, "a gradient copied into the arena");
     // Every tensor and gradient a conv or linear layer reads comes with its operand, written by the op that made it
-    // (in the forward GroupNorm, the SiLUs, the concats and the convs; in the backward a GroupNorm's, a SiLU's or a
-    // concat's backward, an input-gradient GEMM, and the residual's or the time projection's from their conv's),
-    // except x and the time sinusoid, made from this host batch and its host timesteps (a drawn batch writes both:
-    // tests/device_data.rs), and the loss's gradient.
-    assert_eq!(count(Kernel::NchwToNhwcBf16), 3, "conversions in a training step");
+    // (in the forward GroupNorm, the SiLUs, the concats and the convs; in the backward the loss's, a GroupNorm's, a
+    // SiLU's or a concat's backward, an input-gradient GEMM, and the residual's or the time projection's from their
+    // conv's), except x and the time sinusoid, made from this host batch and its host timesteps (a drawn batch
+    // writes both: tests/device_data.rs).
+    assert_eq!(count(Kernel::NchwToNhwcBf16), 2, "conversions in a training step");
     // The declared work adds up, and the convolutions run on the tensor cores.
     let tc: u64 = launches.iter().map(|l| l.cost.tc_flops).sum();
     assert_eq!(tc, s.cost.tc_flops);

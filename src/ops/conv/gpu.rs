@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
 use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel};
 use crate::ops::linear::gpu::{sgemm, Gemm};
+use crate::ops::loss::gpu::mse_backward;
 use crate::ops::norm::gpu::{backward as norm_backward, group_norm_forward_nhwc};
 use crate::ops::norm::NormOps;
 use crate::ops::reduce::gpu::{concat_channels, copy_at, split_channels};
@@ -111,6 +112,20 @@ impl<E: Executor> ConvOps for Gpu<E> {
             sums: Some(ChannelSums::per_image(self.view(dx, 0, d.n * d.c)?, d.n)),
             of_sums: None,
         }))
+    }
+    /// Under bf16, one `mse_bwd` launch writing both, a block per channel and image.
+    fn mse_backward_with_operand(
+        &self,
+        inputs: (&E::Buf, &E::Buf, &E::Buf),
+        dp: &mut E::Buf,
+        d: Planes,
+    ) -> Result<Option<GradOperand<Self>>> {
+        let Some(operand) = self.operand_for_output(d)? else {
+            return mse_backward(self.executor(), inputs, dp, None).map(|()| None);
+        };
+        let sums = self.executor().alloc(d.n * d.c)?;
+        mse_backward(self.executor(), inputs, dp, Some((d, &operand.buf, &sums)))?;
+        Ok(Some(GradOperand { operand, sums: Some(ChannelSums::per_image(sums, d.n)), of_sums: None }))
     }
     /// Under bf16, one `split_channels` launch writing both parts and the operands asked for, each with its
     /// per-image sums.

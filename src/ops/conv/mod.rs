@@ -22,6 +22,7 @@ use crate::autograd::{list_vars, profile, Rule, Tape, Var};
 use crate::backend::{Backend, Memory, ReduceOps};
 use crate::desc::{ConcatDesc, ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
 use crate::error::Result;
+use crate::ops::loss::LossOps;
 use crate::ops::norm::NormOps;
 use crate::ops::unary::{UnaryKind, UnaryOps};
 use crate::shape_err;
@@ -37,7 +38,7 @@ pub use operand::{ChannelSums, Gout, GradOperand, Split};
 /// a value for the backward ([`ConvOps::Kept`]), and the backward also makes the bias gradients ([`BiasSums`]), so
 /// that a backend can get them from a pass over `gout` it makes anyway. By default they are the plain forms plus
 /// [`ReduceOps::channel_sums`].
-pub trait ConvOps: Memory + ReduceOps + NormOps + UnaryOps {
+pub trait ConvOps: Memory + ReduceOps + NormOps + UnaryOps + LossOps {
     /// What a forward keeps for its backward besides the tensors on the tape (as [`Keep`] asks): under bf16 on the
     /// GPU, the bf16 channels-last copy of the input that the forward made and the weight gradient reads again, and
     /// the weight packed for the input gradient's GEMM, made in the same launch as the forward's.
@@ -124,6 +125,18 @@ pub trait ConvOps: Memory + ReduceOps + NormOps + UnaryOps {
     ) -> Result<Option<GradOperand<Self>>> {
         let _ = operand;
         self.group_norm_backward(d, inputs, stats, gy, dx, daffine).map(|()| None)
+    }
+
+    /// [`LossOps::mse_backward`] of a prediction `p: [d.n, d.c, d.plane]`, also writing `dp`'s [`GradOperand`] for
+    /// the conv that made `p`; by default without (`None`).
+    fn mse_backward_with_operand(
+        &self,
+        (p, t, gloss): (&Self::Buf, &Self::Buf, &Self::Buf),
+        dp: &mut Self::Buf,
+        d: Planes,
+    ) -> Result<Option<GradOperand<Self>>> {
+        let _ = d;
+        self.mse_backward(p, t, gloss, dp).map(|()| None)
     }
 
     /// [`ReduceOps::split`] of a gradient `g: [d.n, d.ca + d.cb, d.plane]`, also writing the [`GradOperand`] of each

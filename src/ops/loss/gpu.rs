@@ -4,9 +4,11 @@
 use super::LossOps;
 use crate::backend::Gpu;
 use crate::desc::LogitsDesc;
+use crate::desc::Planes;
 use crate::error::{Error, Result};
-use crate::gpu::launch::{elementwise, i32_arg, need, run};
-use crate::gpu::{Arg, Cost, DeviceBuf, Executor, IntBuf, Kernel};
+use crate::gpu::launch::{elementwise, i32_arg, int, need, need_bf16, run, BLOCK};
+use crate::gpu::{Arg, Bf16Buf, Cost, DeviceBuf, Executor, IntBuf, Kernel, LaunchCfg};
+use crate::ops::conv::mma::padded;
 use crate::ops::reduce::gpu::{finish_sum, sumsq_partials, Finish, Finished};
 
 impl<E: Executor> LossOps for Gpu<E> {
@@ -24,8 +26,7 @@ impl<E: Executor> LossOps for Gpu<E> {
         need("mse t", t, n)?;
         need("mse dp", dp, n)?;
         need("mse gloss", gloss, 1)?;
-        let args = [Arg::Buf(p), Arg::Buf(t), Arg::Buf(dp), Arg::Buf(gloss), Arg::I64(n as i64)];
-        run(self.executor(), Kernel::MseBwd, elementwise(n), Cost::pass(2 * n, n, 2), &args)
+        mse_backward(self.executor(), (p, t, gloss), dp, None)
     }
     fn cross_entropy(&self, d: LogitsDesc, z: &E::Buf, labels: &IntBuf<E::Buf>) -> Result<(E::Buf, E::Buf)> {
         let e = self.executor();
@@ -76,4 +77,35 @@ fn check<B: DeviceBuf>(d: LogitsDesc, z: &B, labels: &IntBuf<B>) -> Result<()> {
         Some(b) if b <= d.classes as u64 => Ok(()),
         _ => Err(Error::Arg(format!("cross_entropy: labels not known to lie in 0..{}", d.classes))),
     }
+}
+
+/// Where the MSE's backward also writes dp's operand (its `[n, c, plane]` shape, the operand and the per-image
+/// channel sums).
+pub(crate) type DpOperand<'a, B> = (Planes, &'a Bf16Buf<B>, &'a B);
+
+/// One `mse_bwd` launch: elementwise, or with `operand` one block per channel and image that also writes it.
+pub(crate) fn mse_backward<E: Executor>(
+    e: &E,
+    (p, t, gloss): (&E::Buf, &E::Buf, &E::Buf),
+    dp: &mut E::Buf,
+    operand: Option<DpOperand<'_, E::Buf>>,
+) -> Result<()> {
+    let n = p.len();
+    need("mse t", t, n)?;
+    need("mse dp", dp, n)?;
+    need("mse gloss", gloss, 1)?;
+    let mut args = vec![Arg::Buf(p), Arg::Buf(t), Arg::Buf(dp), Arg::Buf(gloss), Arg::I64(n as i64)];
+    let Some((d, nhwc, sums)) = operand else {
+        args.extend([Arg::Null, Arg::Null, Arg::I32(1), Arg::I32(1)]);
+        return run(e, Kernel::MseBwd, elementwise(n), Cost::pass(2 * n, n, 2), &args);
+    };
+    if d.n * d.c * d.plane != n {
+        return Err(Error::Shape(format!("mse backward: {n} values are not {d:?}")));
+    }
+    need_bf16("mse dp_nhwc", nhwc, d.n * d.plane * padded(d.c))?;
+    need("mse dp_sums", sums, d.n * d.c)?;
+    args.extend([Arg::Bf16(nhwc), Arg::Buf(sums), i32_arg(d.c)?, i32_arg(d.plane)?]);
+    let cfg = LaunchCfg { grid: [int(d.c)? as u32, int(d.n)? as u32, 1], block: [BLOCK, 1, 1], shared_bytes: 0 };
+    let cost = Cost::pass(2 * n, n + d.n * d.c, 3).plus(Cost::bytes(2 * d.n * d.plane * padded(d.c)));
+    run(e, Kernel::MseBwd, cfg, cost, &args)
 }

@@ -3,11 +3,32 @@
 // All launch with grid CEIL_DIV(elements, 256) (capped; grid-stride loops) and block 256.
 #include "common.cuh"
 
-// dp = scale * (p - t), scale = 2*dL/N with dL = gloss[0], read here so that it never visits the host.
-extern "C" __global__ void mse_bwd(const float* __restrict__ p, const float* __restrict__ t, float* __restrict__ dp,
-                                   const float* __restrict__ gloss, long long n) {
+// dp = scale * (p - t), scale = 2*dL/N with dL = gloss[0], read here so that it never visits the host. When
+// dp_sums is given, dp ([images, C, plane], n words) is also written as the operand of the conv backward that reads
+// it (write_nhwc into dp_nhwc) with its per-image channel sums [images, C] (its bias gradient's terms): then one
+// block per (channel, image), launched as grid (C, images), block 256; otherwise grid-stride, grid
+// CEIL_DIV(n, 256) (capped), block 256.
+extern "C" __global__ void __launch_bounds__(256)
+mse_bwd(const float* __restrict__ p, const float* __restrict__ t, float* __restrict__ dp,
+        const float* __restrict__ gloss, long long n, bf16* __restrict__ dp_nhwc, float* __restrict__ dp_sums, int C,
+        int plane) {
   const float scale = 2.0f * gloss[0] / (float)n;  // formed as the CPU forms it
-  GRID_STRIDE(e, n) dp[e] = scale * (p[e] - t[e]);
+  if (!dp_sums) {
+    GRID_STRIDE(e, n) dp[e] = scale * (p[e] - t[e]);
+    return;
+  }
+  __shared__ float scratch[32];
+  const long long first = ((long long)blockIdx.y * C + blockIdx.x) * plane;
+  float s = 0.0f;
+  for (int q = threadIdx.x; q < plane; q += blockDim.x) {
+    const long long e = first + q;
+    const float v = scale * (p[e] - t[e]);
+    dp[e] = v;
+    write_nhwc(dp_nhwc, e, C, plane, v);
+    s += v;
+  }
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) dp_sums[(long long)blockIdx.y * C + blockIdx.x] = s;
 }
 
 // Per row i of z [n, classes]: lse[i] = m + logf(sum_j expf(z_ij - m)) with m = max_j z_ij (no term overflows),

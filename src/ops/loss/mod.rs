@@ -1,7 +1,7 @@
 //! The losses: mean-squared error (the diffusion model's ε-loss) and softmax cross-entropy (the classifier's).
 
 pub(crate) mod cpu;
-mod gpu;
+pub(crate) mod gpu;
 #[cfg(test)]
 mod tests;
 
@@ -9,7 +9,7 @@ pub use cpu::log_sum_exp;
 
 use crate::autograd::{list_vars, profile, Rule, Tape, Var};
 use crate::backend::{Backend, Memory};
-use crate::desc::LogitsDesc;
+use crate::desc::{LogitsDesc, Planes};
 use crate::error::Result;
 use crate::shape_err;
 use crate::tensor::Tensor;
@@ -84,12 +84,21 @@ impl<B: Backend> Rule<B> for Mse {
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         // The same kernel with the roles swapped; dL/dL (1 unless a caller scales the loss) stays on the device.
-        let mut out = Vec::new();
+        // A gradient that a conv's backward reads is written with its operand.
+        let (be, mut out) = (tape.backend(), Vec::new());
         for (v, other) in [(self.pred, self.target), (self.target, self.pred)] {
-            if let Some(mut g) = tape.grad_for(v)? {
-                tape.backend().mse_backward(tape.value(v).buf(), tape.value(other).buf(), gout.buf(), g.buf_mut())?;
-                out.push((v, g));
+            let Some(mut g) = tape.grad_for(v)? else { continue };
+            let inputs = (tape.value(v).buf(), tape.value(other).buf(), gout.buf());
+            match *tape.value(v).shape() {
+                [n, c, h, w] if tape.wants_grad_operand(v) => {
+                    let d = Planes { n, c, plane: h * w };
+                    if let Some(op) = be.mse_backward_with_operand(inputs, g.buf_mut(), d)? {
+                        tape.set_grad_operand(v, std::sync::Arc::new(op));
+                    }
+                }
+                _ => be.mse_backward(inputs.0, inputs.1, inputs.2, g.buf_mut())?,
             }
+            out.push((v, g));
         }
         Ok(out)
     }

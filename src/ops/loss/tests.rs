@@ -39,3 +39,26 @@ fn cross_entropy<E: Executor>(g: &Gpu<E>) {
     close(&down(g, &dzb), &dz, 1e-8, 0.0, "cross_entropy backward");
 }
 gpu_test!(cross_entropy);
+
+/// Under bf16, the MSE's backward asked for the prediction's gradient operand writes dp as without it (to the bit),
+/// its operand as converting dp makes it (to the bit, 3 channels padded to 8), and its per-image channel sums (one
+/// block sum of 35 values each against `channel_sums`: abs 1e-6 and rel 1e-5 for sums of order 0.01).
+fn mse_backward_writes_the_operand<E: Executor>(g: &Gpu<E>) {
+    use crate::backend::{ConvOps, ReduceOps};
+    use crate::desc::Planes;
+    let d = Planes { n: 2, c: 3, plane: 35 };
+    let n = d.n * d.c * d.plane;
+    let (pb, tb, gl) = (up(g, &rand(72, n)), up(g, &rand(73, n)), up(g, &[0.7]));
+    let (mut plain, mut with) = (out(g, n), out(g, n));
+    g.mse_backward(&pb, &tb, &gl, &mut plain).unwrap();
+    let op = g.mse_backward_with_operand((&pb, &tb, &gl), &mut with, d).unwrap().expect("an operand under bf16");
+    let bits = |b: &E::Buf| down(g, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&with), bits(&plain), "dp differs with its operand written");
+    let converted = g.operand(&plain, d).unwrap().unwrap();
+    assert_eq!(bits(&op.operand.buf.buf), bits(&converted.buf.buf), "dp's operand differs from converting");
+    let sums = op.sums.filter(|s| s.per_image && s.rows == d.n).expect("per-image sums");
+    let mut want = out(g, d.n * d.c);
+    g.channel_sums(d, &plain, true, &mut want).unwrap();
+    close(&down(g, &sums.buf), &down(g, &want), 1e-6, 1e-5, "dp's per-image sums");
+}
+gpu_test!(mse_backward_writes_the_operand, crate::backend::Precision::Bf16);

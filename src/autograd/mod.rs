@@ -109,6 +109,9 @@ pub struct Tape<'p, B: Backend = Cpu> {
     grad_operands: RefCell<HashMap<usize, Arc<GradOperand<B>>>>,
     /// During [`Tape::backward`]: the node whose rule is running.
     current: Cell<usize>,
+    /// During [`Tape::backward`]: each node's first reader in the forward order (the last to run backward), by
+    /// node; `usize::MAX` for none.
+    first_reader: Vec<usize>,
 }
 
 impl<'p, B: Backend> Tape<'p, B> {
@@ -124,6 +127,7 @@ impl<'p, B: Backend> Tape<'p, B> {
             operands: RefCell::default(),
             grad_operands: RefCell::default(),
             current: Cell::new(0),
+            first_reader: Vec::new(),
         }
     }
 
@@ -146,6 +150,7 @@ impl<'p, B: Backend> Tape<'p, B> {
             operands: RefCell::default(),
             grad_operands: RefCell::default(),
             current: Cell::new(0),
+            first_reader: Vec::new(),
         }
     }
 
@@ -235,9 +240,8 @@ impl<'p, B: Backend> Tape<'p, B> {
     /// (and record it with `Tape::set_grad_operand`): when a conv's backward reads that gradient ([`Rule::reads_grad_operand`]) and
     /// the running rule is the last of `v`'s readers to add to it (no reader of `v` is left to run).
     pub fn wants_grad_operand(&self, v: Var) -> bool {
-        let reads = |rule: &dyn Rule<B>| rule.inputs().contains(&v);
         matches!(&self.nodes[v.0].op, Op::Computed(rule) if rule.reads_grad_operand())
-            && !self.nodes[v.0 + 1..].iter().any(|n| matches!(&n.op, Op::Computed(r) if reads(r.as_ref())))
+            && self.first_reader.get(v.0) == Some(&self.current.get())
     }
 
     /// Records `op` as the operand of `v`'s gradient as it will be once the running rule returns it: the whole
@@ -322,6 +326,13 @@ impl<'p, B: Backend> Tape<'p, B> {
         let mut grads: Vec<Option<Tensor<B>>> = (0..self.nodes.len()).map(|_| None).collect();
         grads[loss.0] = Some(Tensor::full_on(self.backend(), self.value(loss).shape(), 1.0)?);
         *self.pending.get_mut() = grads;
+        let mut first_reader = vec![usize::MAX; self.nodes.len()];
+        for (i, node) in self.nodes.iter().enumerate().rev() {
+            if let Op::Computed(rule) = &node.op {
+                rule.inputs().iter().for_each(|v| first_reader[v.0] = i);
+            }
+        }
+        self.first_reader = first_reader;
         while let Some(node) = self.nodes.pop() {
             let gout = self.pending.get_mut().pop().flatten();
             let (Some(gout), true) = (gout, node.needs_grad) else { continue };

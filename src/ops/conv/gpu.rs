@@ -45,15 +45,16 @@ impl<E: Executor> Gpu<E> {
     ) -> Result<()> {
         let e = self.executor();
         let room = if gout.want_dx_operand { self.operand_for_output(d)? } else { None };
+        let rows = gather.sums_rows()?;
         let mut written = match room {
-            Some(op) => Some((op, e.alloc(gather.sums_rows()? * d.c)?)),
+            Some(op) => Some((op, e.alloc(rows * d.c)?)),
             None => None,
         };
         let out = written.as_mut().map(|(op, sums)| (op, Some(sums)));
         mma::gather(e, gather, gb, wp, (None, None, None), add, dx, out)?;
         gout.dx_operand = match written {
             Some((operand, buf)) => {
-                let sums = ChannelSums { buf, rows: gather.sums_rows()?, per_image: false };
+                let sums = ChannelSums { buf, rows, per_image: false };
                 Some(GradOperand { operand, sums: Some(sums), of_sums: None })
             }
             None => None,

@@ -143,7 +143,6 @@ group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, con
   const float* gg = stage ? staged + M : gy + base;
   const float a1 = s1 / M, a2 = s2 / M;
   // Channel by channel, so that each channel's sum is one block sum; thread p takes pixel p (coalesced in dx).
-  bf16* ob = dxb ? dxb + (long long)i * plane * C : nullptr;
   for (int j = 0; j < cpg; j++) {
     const int c = g * cpg + j;
     const float ga = gamma[c], be = beta[c];
@@ -159,7 +158,7 @@ group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, con
       const float v = r * (gz * ga - a1 - xh * a2);
       const float d = accumulate ? dx[base + e] + v : v;
       dx[base + e] = d;
-      if (ob) ob[(long long)p * C + c] = f32_to_bf16(d);
+      if (dxb) write_nhwc(dxb, base + e, C, plane, d);
       cs += d;
     }
     if (dx_sums) {

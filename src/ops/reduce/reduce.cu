@@ -166,18 +166,12 @@ split_channels(const float* __restrict__ cat, float* __restrict__ a, float* __re
   bf16* nhwc = in_a ? a_nhwc : b_nhwc;
   float* sums = in_a ? a_sums : b_sums;
   const float* src = cat + ((long long)i * C + blockIdx.x) * plane;
-  const int cp = CEIL_DIV(count, 8) * 8;
   float s = 0.0f;
   for (int p = threadIdx.x; p < plane; p += blockDim.x) {
     const float v = src[p];
     dst[p] = v;
     s += v;
-    if (nhwc) {
-      bf16* px = nhwc + ((long long)i * plane + p) * cp;
-      px[c] = f32_to_bf16(v);
-      if (c == count - 1)
-        for (int k = count; k < cp; k++) px[k] = (bf16)0;
-    }
+    if (nhwc) write_nhwc(nhwc, ((long long)i * count + c) * plane + p, count, plane, v);
   }
   if (!nhwc) return;
   s = block_sum(s, scratch);

@@ -2,6 +2,10 @@
 //! of its part: the parameters, their gradients, the two AdamW moments and the EMA all share one [`Layout`], so the
 //! optimiser clips, updates and averages every parameter in three launches instead of several per tensor. On the
 //! CPU (no views) the tensors stay separate and the optimiser runs per tensor.
+//!
+//! The tensors lie in the arena in a placement order ([`Params::placement`](crate::params::Params::placement)):
+//! registration order, except that the members of a span (tensors a model reads as one, such as the ResBlocks'
+//! time projections) lie next to each other, so that the span is a view too.
 
 use crate::backend::{Backend, Memory};
 use crate::error::Result;
@@ -17,17 +21,16 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The layout of tensors of lengths `lens`, in order.
-    pub fn of(lens: impl IntoIterator<Item = usize>) -> Self {
+    /// The layout of tensors of lengths `lens`, placed in the arena in `order` (a permutation of their indices);
+    /// [`Layout::parts`] stays indexed by tensor.
+    pub fn of(lens: &[usize], order: &[usize]) -> Self {
+        debug_assert_eq!(order.len(), lens.len(), "placement order of every tensor");
+        let mut parts = vec![(0, 0); lens.len()];
         let mut total = 0;
-        let parts = lens
-            .into_iter()
-            .map(|len| {
-                let start = total;
-                total = (start + len).div_ceil(4) * 4;
-                (start, len)
-            })
-            .collect();
+        for &i in order {
+            parts[i] = (total, lens[i]);
+            total = (total + lens[i]).div_ceil(4) * 4;
+        }
         Layout { parts, total }
     }
 
@@ -39,6 +42,19 @@ impl Layout {
     /// `(first word, length)` of each tensor.
     pub fn parts(&self) -> &[(usize, usize)] {
         &self.parts
+    }
+
+    /// `(first word, length)` of tensors `members` taken together, when each starts where the one before it ends.
+    pub fn span(&self, members: &[usize]) -> Option<(usize, usize)> {
+        let (start, mut end) = (self.parts.get(*members.first()?)?.0, None);
+        for &m in members {
+            let &(at, len) = self.parts.get(m)?;
+            if end.is_some_and(|e| e != at) {
+                return None;
+            }
+            end = Some(at + len);
+        }
+        end.map(|e| (start, e - start))
     }
 }
 
@@ -93,13 +109,14 @@ impl<B: Memory> fmt::Debug for Arena<B> {
 }
 
 /// The host tensors `tensors` on `backend`: views of one arena uploaded in a single copy where the backend has
-/// views, else one buffer each.
-pub fn place<B: Backend>(backend: &B, tensors: &[Tensor]) -> Result<(Arena<B>, Vec<Tensor<B>>)> {
+/// views (placed in `order`), else one buffer each.
+pub fn place<B: Backend>(backend: &B, tensors: &[Tensor], order: &[usize]) -> Result<(Arena<B>, Vec<Tensor<B>>)> {
     if !backend.has_views() {
         let placed = tensors.iter().map(|t| t.to_backend(backend)).collect::<Result<_>>()?;
         return Ok((Arena::none(), placed));
     }
-    let layout = Layout::of(tensors.iter().map(Tensor::numel));
+    let lens: Vec<usize> = tensors.iter().map(Tensor::numel).collect();
+    let layout = Layout::of(&lens, order);
     let mut data = vec![0.0; layout.total()];
     for (t, &(start, len)) in tensors.iter().zip(layout.parts()) {
         data[start..start + len].copy_from_slice(t.data());
@@ -109,13 +126,15 @@ pub fn place<B: Backend>(backend: &B, tensors: &[Tensor]) -> Result<(Arena<B>, V
     views(backend, arena, &layout, &shapes)
 }
 
-/// Zeros shaped like `shapes`, laid out as [`place`] lays them out; filled on the backend, not copied there.
-pub fn zeros<B: Backend>(backend: &B, shapes: &[&[usize]]) -> Result<(Arena<B>, Vec<Tensor<B>>)> {
+/// Zeros shaped like `shapes`, laid out as [`place`] lays them out in `order`; filled on the backend, not copied
+/// there.
+pub fn zeros<B: Backend>(backend: &B, shapes: &[&[usize]], order: &[usize]) -> Result<(Arena<B>, Vec<Tensor<B>>)> {
     if !backend.has_views() {
         let zeros = shapes.iter().map(|s| Tensor::full_on(backend, s, 0.0)).collect::<Result<_>>()?;
         return Ok((Arena::none(), zeros));
     }
-    let layout = Layout::of(shapes.iter().map(|s| s.iter().product()));
+    let lens: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
+    let layout = Layout::of(&lens, order);
     views(backend, backend.full(layout.total(), 0.0)?, &layout, shapes)
 }
 

@@ -50,13 +50,43 @@ pub struct ConvDesc {
     pub channels: usize,
 }
 
+/// Columns `start..` of a row-major matrix `buf` of `stride` columns: row `i`, column `start + c` at word
+/// `i·stride + start + c`.
+pub struct Columns<'a, T: ?Sized> {
+    pub buf: &'a T,
+    pub start: usize,
+    pub stride: usize,
+}
+
+impl<'a, T: ?Sized> Columns<'a, T> {
+    /// Every column of `buf`, a matrix of `width` columns.
+    pub fn whole(buf: &'a T, width: usize) -> Self {
+        Columns { buf, start: 0, stride: width }
+    }
+}
+
+impl<T: ?Sized> Clone for Columns<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: ?Sized> Copy for Columns<'_, T> {}
+
+impl<T: ?Sized> std::fmt::Debug for Columns<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Columns {{ start: {}, stride: {} }}", self.start, self.stride)
+    }
+}
+
 /// Terms a conv adds to its output: `out[n, c, :] += bias[c] + chan_bias[n, c] + residual[n, c, :]`, each optional.
 /// Fused into the conv, they cost no extra pass over memory and no saved activation.
 pub struct Epilogue<'a, T: ?Sized = [f32]> {
     /// `[c_out]`.
     pub bias: Option<&'a T>,
-    /// `[n, c_out]`: a per-image channel bias (a ResBlock's time projection).
-    pub chan_bias: Option<&'a T>,
+    /// `[n, c_out]`: a per-image channel bias (a ResBlock's time projection), as columns of a wider matrix (the
+    /// time projections of every ResBlock, made by one linear layer).
+    pub chan_bias: Option<Columns<'a, T>>,
     /// `[n, c_out, oh, ow]`: a residual connection.
     pub residual: Option<&'a T>,
 }
@@ -69,7 +99,8 @@ impl<'a, T: ?Sized> Epilogue<'a, T> {
 
     /// The same terms seen through `f` (e.g. a backend's buffers as slices).
     pub fn map<U: ?Sized>(&self, f: impl Fn(&'a T) -> &'a U) -> Epilogue<'a, U> {
-        Epilogue { bias: self.bias.map(&f), chan_bias: self.chan_bias.map(&f), residual: self.residual.map(&f) }
+        let chan_bias = self.chan_bias.map(|c| Columns { buf: f(c.buf), start: c.start, stride: c.stride });
+        Epilogue { bias: self.bias.map(&f), chan_bias, residual: self.residual.map(&f) }
     }
 }
 

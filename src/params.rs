@@ -12,6 +12,10 @@ use std::sync::OnceLock;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ParamId(pub usize);
 
+/// Index of a span in a [`Params`] store: parameters a model reads as one tensor ([`Params::add_span`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SpanId(pub usize);
+
 /// An ordered set of named tensors on backend `B` (which the tape runs its ops on). The order is the registration
 /// order, which is PyTorch's `model.parameters()` order, so reductions over all parameters visit them as PyTorch
 /// does.
@@ -21,6 +25,8 @@ pub struct Params<B: Backend = Cpu> {
     names: Vec<String>,
     tensors: Vec<Tensor<B>>,
     index: HashMap<String, usize>,
+    /// The spans' members, in order ([`Params::add_span`]).
+    spans: Vec<Vec<ParamId>>,
     /// The tensors' arena, when they are views of one (on a GPU).
     arena: Arena<B>,
     /// The conv and linear weights packed for the GEMMs ([`Params::packed`]).
@@ -70,9 +76,73 @@ impl<B: Backend> Params<B> {
     /// arena ([`crate::arena`]).
     pub fn to_backend<C: Backend>(&self, backend: &C) -> Result<Params<C>> {
         let host = self.tensors.iter().map(|t| t.to_backend(&crate::backend::Cpu)).collect::<Result<Vec<_>>>()?;
-        let (arena, tensors) = arena::place(backend, &host)?;
-        let (names, index) = (self.names.clone(), self.index.clone());
-        Ok(Params { backend: backend.clone(), names, tensors, index, arena, packs: Packs::default() })
+        let (arena, tensors) = arena::place(backend, &host, &self.placement())?;
+        let (names, index, spans) = (self.names.clone(), self.index.clone(), self.spans.clone());
+        Ok(Params { backend: backend.clone(), names, tensors, index, spans, arena, packs: Packs::default() })
+    }
+
+    /// Declares that the model reads parameters `members` (of equal shapes past the first dimension) as one tensor,
+    /// stacked along the first dimension: in an arena they are placed next to each other, so that the span is a
+    /// view ([`Params::span_view`]) whose gradient is a view of the gradient arena. Each parameter belongs to one
+    /// span at most.
+    ///
+    /// # Panics
+    /// If `members` is empty, repeats a parameter, holds one of another span, or mixes shapes (a model bug).
+    pub fn add_span(&mut self, members: &[ParamId]) -> SpanId {
+        self.packs = Packs::default();
+        let first = members.first().expect("a span has members");
+        let rest = &self.tensors[first.0].shape()[1..];
+        for (k, m) in members.iter().enumerate() {
+            assert_eq!(&self.tensors[m.0].shape()[1..], rest, "span member {} has another shape", self.names[m.0]);
+            let taken = members[..k].contains(m) || self.spans.iter().flatten().any(|s| s == m);
+            assert!(!taken, "parameter {} in two spans", self.names[m.0]);
+        }
+        self.spans.push(members.to_vec());
+        SpanId(self.spans.len() - 1)
+    }
+
+    /// The members of span `s`.
+    pub fn span_members(&self, s: SpanId) -> &[ParamId] {
+        &self.spans[s.0]
+    }
+
+    /// The shape of span `s`: its members stacked along the first dimension.
+    pub fn span_shape(&self, s: SpanId) -> Vec<usize> {
+        let members = &self.spans[s.0];
+        let mut shape = self.tensors[members[0].0].shape().to_vec();
+        shape[0] = members.iter().map(|m| self.tensors[m.0].shape()[0]).sum();
+        shape
+    }
+
+    /// The order of the tensors in an arena: registration order, with each span's members placed together where
+    /// its first member is registered.
+    pub fn placement(&self) -> Vec<usize> {
+        let mut order = Vec::with_capacity(self.tensors.len());
+        let mut placed = vec![false; self.tensors.len()];
+        for i in 0..self.tensors.len() {
+            let span = self.spans.iter().find(|s| s.contains(&ParamId(i)));
+            for m in span.map_or(vec![i], |s| s.iter().map(|m| m.0).collect()) {
+                if !std::mem::replace(&mut placed[m], true) {
+                    order.push(m);
+                }
+            }
+        }
+        order
+    }
+
+    /// `(first word, length)` of span `s` in an arena laid out as this set's, when its members lie end to end
+    /// there (a member whose length is not a multiple of 4 leaves a gap after it).
+    pub(crate) fn span_words(&self, layout: &arena::Layout, s: SpanId) -> Option<(usize, usize)> {
+        layout.span(&self.spans[s.0].iter().map(|m| m.0).collect::<Vec<_>>())
+    }
+
+    /// Span `s` as one tensor, a view of the arena, when the parameters have one and its members lie end to end in
+    /// it; `None` otherwise (then a tape stacks them: [`Tape::param_span`](crate::autograd::Tape::param_span)).
+    pub fn span_view(&self, s: SpanId) -> Result<Option<Tensor<B>>> {
+        let (Some(buf), Some(layout)) = (self.arena.buf(), self.arena.layout()) else { return Ok(None) };
+        let Some((start, len)) = self.span_words(layout, s) else { return Ok(None) };
+        let view = self.backend.view(buf, start, len)?;
+        Tensor::from_buf(self.backend.clone(), &self.span_shape(s), view).map(Some)
     }
 
     /// The tensors' arena, when they are views of one.
@@ -89,6 +159,11 @@ impl<B: Backend> Params<B> {
     /// Parameter `id` packed for the convs, when it is a 4-D or 2-D weight of an arena and the backend packs (bf16 on a
     /// GPU): on the first call after the parameters last changed, every such weight is packed, in one launch.
     pub fn packed(&self, id: ParamId) -> Result<Option<&B::PackedWeight>> {
+        self.packed_at(id.0)
+    }
+
+    /// Entry `index` of the packing: the tensors' then the spans' ([`Params::pack_plan`]).
+    fn packed_at(&self, index: usize) -> Result<Option<&B::PackedWeight>> {
         let plan = match self.packs.plan.get() {
             Some(plan) => plan,
             None => {
@@ -104,14 +179,26 @@ impl<B: Backend> Params<B> {
                 self.packs.packed.get_or_init(|| p)
             }
         };
-        Ok(packed.get(id.0).and_then(Option::as_ref))
+        Ok(packed.get(index).and_then(Option::as_ref))
     }
 
-    /// The backend's plan for packing this set's weights from its arena (`None` without an arena).
+    /// Span `s` packed for the convs, as [`Params::packed`] packs a weight, when it is a view of the arena
+    /// ([`Params::span_view`]) and the backend packs.
+    pub fn packed_span(&self, s: SpanId) -> Result<Option<&B::PackedWeight>> {
+        self.packed_at(self.tensors.len() + s.0)
+    }
+
+    /// The backend's plan for packing this set's weights from its arena (`None` without an arena): each tensor,
+    /// then each span that is a view of the arena (an empty shape, which packs nothing, for one that is not).
     fn pack_plan(&self) -> Result<Option<B::PackPlan>> {
         let Some(layout) = self.arena.layout() else { return Ok(None) };
-        let tensors: Vec<(usize, &[usize])> =
-            layout.parts().iter().zip(&self.tensors).map(|(&(at, _), t)| (at, t.shape())).collect();
+        let mut tensors: Vec<(usize, Vec<usize>)> =
+            layout.parts().iter().zip(&self.tensors).map(|(&(at, _), t)| (at, t.shape().to_vec())).collect();
+        for s in 0..self.spans.len() {
+            let words = self.span_words(layout, SpanId(s));
+            tensors.push(words.map_or((0, Vec::new()), |(at, _)| (at, self.span_shape(SpanId(s)))));
+        }
+        let tensors: Vec<(usize, &[usize])> = tensors.iter().map(|(at, s)| (*at, &s[..])).collect();
         self.backend.pack_plan(&tensors)
     }
 
@@ -216,7 +303,7 @@ impl<B: Backend> GradStore<B> {
     /// Zero gradients shaped like `params`, on their backend.
     pub fn zeros_like(params: &Params<B>) -> Result<Self> {
         let shapes: Vec<&[usize]> = params.tensors.iter().map(|t| t.shape()).collect();
-        let (arena, tensors) = arena::zeros(&params.backend, &shapes)?;
+        let (arena, tensors) = arena::zeros(&params.backend, &shapes, &params.placement())?;
         let norm_table = match arena.layout() {
             Some(layout) => {
                 if layout.total() > i32::MAX as usize {

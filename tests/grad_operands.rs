@@ -6,7 +6,7 @@ use ddpm::autograd::Tape;
 use ddpm::backend::{Backend, Gpu, Precision};
 use ddpm::gpu::emu::Emulator;
 use ddpm::gpu::{Executor, Kernel};
-use ddpm::ops::conv::{ConvExtra, Norm};
+use ddpm::ops::conv::{ChanBias, ConvExtra, Norm};
 use ddpm::params::Params;
 use ddpm::Tensor;
 
@@ -42,7 +42,7 @@ fn run<B: Backend>(params: &Params<B>, count: impl Fn() -> Option<usize>) -> (Ve
     let u = t.silu(a).unwrap();
     let l = t.linear(u, wl, None).unwrap();
     let norm1 = Norm { gamma: g1, beta: be1, groups: 4, silu: true };
-    let extra = ConvExtra { chan_bias: Some(l), ..ConvExtra::default() };
+    let extra = ConvExtra { chan_bias: Some(ChanBias::of(l)), ..ConvExtra::default() };
     let h1 = t.norm_conv2d(h0, norm1, w1, Some(b1), 1, 1, extra).unwrap();
     let s = t.conv2d(r, ws, None, 1, 0, ConvExtra::default()).unwrap();
     let m = t.silu(s).unwrap();

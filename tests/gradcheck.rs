@@ -20,7 +20,7 @@ mod common;
 use ddpm::autograd::{Tape, Var};
 use ddpm::backend::{Cpu, PoolOps};
 use ddpm::desc::PoolDesc;
-use ddpm::ops::conv::{ConvExtra, Norm};
+use ddpm::ops::conv::{ChanBias, ConvExtra, Norm};
 use ddpm::params::{ParamId, Params};
 use ddpm::{Result, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
@@ -221,9 +221,10 @@ fn conv2d_fused_channel_bias_and_residual() {
         random(&mut rng, &[3, 4, 5, 5]),
         random(&mut rng, &[6, 4, 3, 3]),
         random(&mut rng, &[6]),
-        random(&mut rng, &[3, 6]),
+        random(&mut rng, &[3, 9]),
         random(&mut rng, &[3, 6, 5, 5]),
     ];
+    // The channel bias is columns 2..8 of a [3, 9] value: the others' gradient is zero.
     gradcheck("conv2d + chan_bias + residual", inputs, &|t, v| {
         t.conv2d(
             v[0],
@@ -231,8 +232,30 @@ fn conv2d_fused_channel_bias_and_residual() {
             Some(v[2]),
             1,
             1,
-            ConvExtra { chan_bias: Some(v[3]), residual: Some(v[4]), operand: false },
+            ConvExtra { chan_bias: Some(ChanBias { var: v[3], start: 2 }), residual: Some(v[4]), operand: false },
         )
+    });
+}
+
+#[test]
+fn channel_biases_as_overlapping_columns_of_one_value() {
+    let mut rng = StdRng::seed_from_u64(12);
+    // Two convs read columns 0..4 and 3..7 of one [2, 7] value (column 3 by both, so its gradient is the sum of
+    // theirs), the second with the first's output as its residual.
+    let inputs = vec![
+        random(&mut rng, &[2, 3, 4, 4]),
+        random(&mut rng, &[4, 3, 3, 3]),
+        random(&mut rng, &[4, 4, 1, 1]),
+        random(&mut rng, &[2, 7]),
+    ];
+    gradcheck("two convs' channel biases from one value", inputs, &|t, v| {
+        let extra = |start, residual| ConvExtra {
+            chan_bias: Some(ChanBias { var: v[3], start }),
+            residual,
+            operand: false,
+        };
+        let a = t.conv2d(v[0], v[1], None, 1, 1, extra(0, None))?;
+        t.conv2d(a, v[2], None, 1, 0, extra(3, Some(a)))
     });
 }
 
@@ -281,7 +304,7 @@ fn norm_conv2d_with_channel_bias_and_residual() {
             Some(v[4]),
             1,
             1,
-            ConvExtra { chan_bias: Some(v[5]), residual: Some(v[6]), operand: false },
+            ConvExtra { chan_bias: Some(ChanBias::of(v[5])), residual: Some(v[6]), operand: false },
         )
     });
 }

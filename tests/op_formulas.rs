@@ -13,7 +13,7 @@ mod common;
 use common::{assert_formula, uniform_tensor};
 use ddpm::autograd::{Tape, Var};
 use ddpm::backend::Backend;
-use ddpm::ops::conv::ConvExtra;
+use ddpm::ops::conv::{ChanBias, ConvExtra};
 use ddpm::params::Params;
 use ddpm::{Result, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
@@ -130,17 +130,20 @@ fn conv2d_fused<B: Backend>(be: &B) {
         let x = uniform_tensor(&mut rng, &[n, c, h, w], -1.0, 1.0);
         let wt = uniform_tensor(&mut rng, &[co, c, 3, 3], -1.0, 1.0);
         let b = uniform_tensor(&mut rng, &[co], -1.0, 1.0);
-        let cb = uniform_tensor(&mut rng, &[n, co], -1.0, 1.0);
+        // The channel bias as columns 1..co+1 of a wider value, as the UNet reads its time projections.
+        let wide = uniform_tensor(&mut rng, &[n, co + 3], -1.0, 1.0);
+        let cb: Vec<f32> = wide.data().chunks(co + 3).flat_map(|row| row[1..=co].to_vec()).collect();
+        let cb = Tensor::new(&[n, co], cb).unwrap();
         let r = uniform_tensor(&mut rng, &[n, co, h, w], -1.0, 1.0);
         let (want, shape) = conv2d_ref(&x, &wt, Some(&b), (1, 1), Some(&cb), Some(&r));
-        let (got, got_shape) = run(be, &[&x, &wt, &b, &cb, &r], |t, v| {
+        let (got, got_shape) = run(be, &[&x, &wt, &b, &wide, &r], |t, v| {
             t.conv2d(
                 v[0],
                 v[1],
                 Some(v[2]),
                 1,
                 1,
-                ConvExtra { chan_bias: Some(v[3]), residual: Some(v[4]), operand: false },
+                ConvExtra { chan_bias: Some(ChanBias { var: v[3], start: 1 }), residual: Some(v[4]), operand: false },
             )
         });
         assert_eq!(got_shape, shape);

@@ -2,7 +2,7 @@
 
 use ddpm::autograd::Tape;
 use ddpm::nn::{Classifier, UNet, UNetConfig};
-use ddpm::ops::conv::ConvExtra;
+use ddpm::ops::conv::{ChanBias, ConvExtra};
 use ddpm::params::Params;
 use ddpm::{Error, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
@@ -33,10 +33,11 @@ fn op_shape_mismatches_are_errors() {
     let big = t.input(Tensor::zeros(&[4, 3, 7, 7]));
     shape_error(t.conv2d(x, big, None, 1, 0, ConvExtra::default()), "does not fit a 5x5 input");
     let cb = t.input(Tensor::zeros(&[3, 4]));
-    shape_error(
-        t.conv2d(x, w, None, 1, 1, ConvExtra { chan_bias: Some(cb), residual: None, operand: false }),
-        "channel bias",
-    );
+    let with_cb = |var, start| ConvExtra { chan_bias: Some(ChanBias { var, start }), residual: None, operand: false };
+    shape_error(t.conv2d(x, w, None, 1, 1, with_cb(cb, 0)), "channel bias");
+    // Columns past the value's last.
+    let wide = t.input(Tensor::zeros(&[2, 6]));
+    shape_error(t.conv2d(x, w, None, 1, 1, with_cb(wide, 3)), "channel bias");
     let flat = t.input(Tensor::zeros(&[2, 75]));
     shape_error(t.conv2d(flat, w, None, 1, 1, ConvExtra::default()), "4-d");
     let wt = t.input(Tensor::zeros(&[2, 3, 4, 4]));

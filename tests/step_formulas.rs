@@ -58,7 +58,7 @@ fn adamw<B: Backend>(be: &B) {
         *v = Tensor::new(&[n], (0..n).map(|i| if tiny(i) { vv[i] * 1e-14 } else { vv[i] }).collect()).unwrap();
     }
     let mut params = host_params.to_backend(be).unwrap();
-    let mut opt = opt.to_backend(be).unwrap();
+    let mut opt = opt.to_backend(be, &host_params.placement()).unwrap();
     for k in 6..=8u64 {
         let (p0, m0, v0) = (host(params.tensors()), host(&opt.exp_avg), host(&opt.exp_avg_sq));
         let g: Vec<Vec<f32>> = p0
@@ -101,7 +101,7 @@ fn ema<B: Backend>(be: &B) {
     let mut rng = StdRng::seed_from_u64(12);
     let host_params = params(&mut rng);
     for (warmup, decay) in [(true, 0.999f64), (false, 0.9999)] {
-        let mut ema = Ema::new(&params(&mut rng), decay, warmup).to_backend(be).unwrap();
+        let mut ema = Ema::new(&params(&mut rng), decay, warmup).to_backend(be, &host_params.placement()).unwrap();
         let p = host_params.to_backend(be).unwrap();
         for k in 0..3u64 {
             let s0 = host(&ema.shadow);

@@ -13,13 +13,14 @@
 //! on the emulator or a CUDA device. The ops dispatch to that [`Backend`] below the op, so a model written
 //! against `Tape<B>` runs unchanged on every backend.
 
+mod columns;
 pub mod profile;
 
 use crate::backend::{Backend, Cpu};
 use crate::desc::Planes;
 use crate::error::Result;
-use crate::ops::conv::GradOperand;
-use crate::params::{GradStore, Grads, ParamId, Params};
+use crate::ops::conv::{ChanBias, GradOperand};
+use crate::params::{GradStore, Grads, ParamId, Params, SpanId};
 use crate::shape_err;
 use crate::tensor::Tensor;
 use std::cell::{Cell, RefCell};
@@ -45,6 +46,11 @@ pub trait Rule<B: Backend>: fmt::Display {
     fn reads_grad_operand(&self) -> bool {
         false
     }
+    /// The per-image channel bias this op adds to its output, if any (its gradient is the per-image channel sums
+    /// of the output's).
+    fn chan_bias(&self) -> Option<ChanBias> {
+        None
+    }
 }
 
 /// One recorded operation.
@@ -53,6 +59,8 @@ pub enum Op<B: Backend> {
     Input,
     /// A trainable parameter.
     Param(ParamId),
+    /// Trainable parameters read as one tensor ([`Params::add_span`]).
+    ParamSpan(SpanId),
     /// A computed value: the rule of the op that made it.
     Computed(Box<dyn Rule<B>>),
 }
@@ -62,6 +70,7 @@ impl<B: Backend> Op<B> {
         match self {
             Op::Input => "input",
             Op::Param(_) => "param",
+            Op::ParamSpan(_) => "param_span",
             Op::Computed(rule) => rule.name(),
         }
     }
@@ -84,7 +93,8 @@ pub fn list_vars(vars: &[Var]) -> String {
 /// One recorded operation and its output.
 struct Node<B: Backend> {
     op: Op<B>,
-    /// The output; `None` for parameters (read from the store) and after the backward pass has freed it.
+    /// The output; `None` for parameters (read from the store) and after the backward pass has freed it (a span of
+    /// parameters holds its view of the store, or its stacked copy).
     value: Option<Tensor<B>>,
     /// Whether a parameter's gradient depends on this node.
     needs_grad: bool,
@@ -107,6 +117,8 @@ pub struct Tape<'p, B: Backend = Cpu> {
     /// During [`Tape::backward`]: gradients' operands, by node, each valid for the node's gradient as it is when
     /// set (anything added to that gradient afterwards drops it).
     grad_operands: RefCell<HashMap<usize, Arc<GradOperand<B>>>>,
+    /// During [`Tape::backward`]: gradients assembled from column blocks, by node ([`columns`]).
+    columns: RefCell<HashMap<usize, columns::Assembled<B>>>,
     /// During [`Tape::backward`]: the node whose rule is running.
     current: Cell<usize>,
     /// During [`Tape::backward`]: each node's first reader in the forward order (the last to run backward), by
@@ -126,6 +138,7 @@ impl<'p, B: Backend> Tape<'p, B> {
             pending: RefCell::default(),
             operands: RefCell::default(),
             grad_operands: RefCell::default(),
+            columns: RefCell::default(),
             current: Cell::new(0),
             first_reader: Vec::new(),
         }
@@ -149,6 +162,7 @@ impl<'p, B: Backend> Tape<'p, B> {
             pending: RefCell::default(),
             operands: RefCell::default(),
             grad_operands: RefCell::default(),
+            columns: RefCell::default(),
             current: Cell::new(0),
             first_reader: Vec::new(),
         }
@@ -157,6 +171,11 @@ impl<'p, B: Backend> Tape<'p, B> {
     /// The backend the ops run on (the parameters').
     pub fn backend(&self) -> &B {
         self.params.backend()
+    }
+
+    /// The parameters this tape reads.
+    pub fn params(&self) -> &'p Params<B> {
+        self.params
     }
 
     /// Records a constant input (no gradient), already on the tape's backend.
@@ -176,6 +195,29 @@ impl<'p, B: Backend> Tape<'p, B> {
         let needs_grad = self.grad_enabled;
         self.nodes.push(Node { op: Op::Param(id), value: None, needs_grad });
         Var(self.nodes.len() - 1)
+    }
+
+    /// Records a use of the parameters of span `s` as one tensor, their values stacked along the first dimension:
+    /// a view of the parameters' arena where they have one (nothing is copied, and the gradient is written into
+    /// the gradient arena in place), else a stacked copy. The backward pass hands each member its rows of the
+    /// gradient.
+    pub fn param_span(&mut self, s: SpanId) -> Result<Var> {
+        let value = match self.params.span_view(s)? {
+            Some(view) => view,
+            None => {
+                let be = self.backend();
+                let mut stacked = Tensor::alloc(be, &self.params.span_shape(s))?;
+                let mut at = 0;
+                for &m in self.params.span_members(s) {
+                    let member = self.params.get(m);
+                    be.copy_into(member.buf(), stacked.buf_mut(), at)?;
+                    at += member.numel();
+                }
+                stacked
+            }
+        };
+        self.nodes.push(Node { op: Op::ParamSpan(s), value: Some(value), needs_grad: self.grad_enabled });
+        Ok(Var(self.nodes.len() - 1))
     }
 
     /// The value of `v`.
@@ -203,6 +245,7 @@ impl<'p, B: Backend> Tape<'p, B> {
     pub fn packed(&self, v: Var) -> Result<Option<&B::PackedWeight>> {
         match self.nodes[v.0].op {
             Op::Param(id) => self.params.packed(id),
+            Op::ParamSpan(s) => self.params.packed_span(s),
             _ => Ok(None),
         }
     }
@@ -269,12 +312,15 @@ impl<'p, B: Backend> Tape<'p, B> {
         if !self.needs_grad(v) {
             return Ok(None);
         }
-        if let Op::Param(id) = self.nodes[v.0].op {
-            let first = self.handed.borrow().get(id.0).is_some_and(|h| !h);
-            if let (true, Some(place)) = (first, self.store_place(id)?) {
-                self.handed.borrow_mut()[id.0] = true;
-                return Ok(Some(place));
-            }
+        let (members, place) = match self.nodes[v.0].op {
+            Op::Param(id) => (vec![id], self.store_place(id)?),
+            Op::ParamSpan(s) => (self.params.span_members(s).to_vec(), self.store_span_place(s)?),
+            _ => (Vec::new(), None),
+        };
+        let first = !members.is_empty() && members.iter().all(|m| self.handed.borrow().get(m.0).is_some_and(|h| !h));
+        if let (true, Some(place)) = (first, place) {
+            members.iter().for_each(|m| self.handed.borrow_mut()[m.0] = true);
+            return Ok(Some(place));
         }
         Tensor::alloc(self.backend(), self.value(v).shape()).map(Some)
     }
@@ -285,7 +331,7 @@ impl<'p, B: Backend> Tape<'p, B> {
     pub fn grad_into(&self, v: Var) -> Result<Option<(Tensor<B>, bool)>> {
         let so_far = match self.nodes[v.0].op {
             // Parameters gather their gradients apart.
-            Op::Param(_) => None,
+            Op::Param(_) | Op::ParamSpan(_) => None,
             _ => self.pending.borrow_mut().get_mut(v.0).and_then(Option::take),
         };
         match so_far {
@@ -305,6 +351,36 @@ impl<'p, B: Backend> Tape<'p, B> {
         let g = &store.grads.0[id.0];
         let be = self.backend();
         Tensor::from_buf(be.clone(), g.shape(), be.view(g.buf(), 0, g.numel())?).map(Some)
+    }
+
+    /// A view of span `s`'s gradient in the store, if there is one, it is an arena, and the span's members lie end to
+    /// end in it (as they do when the parameters' arena has them so: both are laid out alike).
+    fn store_span_place(&self, s: SpanId) -> Result<Option<Tensor<B>>> {
+        let Some(store) = self.store else { return Ok(None) };
+        let (Some(buf), Some(layout)) = (store.arena.buf(), store.arena.layout()) else { return Ok(None) };
+        let Some((start, len)) = self.params.span_words(layout, s) else { return Ok(None) };
+        let be = self.backend();
+        Tensor::from_buf(be.clone(), &self.params.span_shape(s), be.view(buf, start, len)?).map(Some)
+    }
+
+    /// Span `s`'s gradient `g` as its members' gradients, each its rows of `g`: views where the backend has them
+    /// (so that a gradient written into the store in place stays there), else copies.
+    fn split_span(&self, s: SpanId, g: &Tensor<B>) -> Result<Vec<(ParamId, Tensor<B>)>> {
+        let be = self.backend();
+        let host = if be.has_views() { None } else { Some(be.download(g.buf())?) };
+        let mut at = 0;
+        let mut parts = Vec::new();
+        for &m in self.params.span_members(s) {
+            let shape = self.params.get(m).shape();
+            let len = shape.iter().product::<usize>();
+            let buf = match &host {
+                None => be.view(g.buf(), at, len)?,
+                Some(h) => be.upload(h[at..at + len].to_vec())?,
+            };
+            parts.push((m, Tensor::from_buf(be.clone(), shape, buf)?));
+            at += len;
+        }
+        Ok(parts)
     }
 
     /// `Err` naming `what` when the optional input `v` is not exactly `shape`.
@@ -335,9 +411,16 @@ impl<'p, B: Backend> Tape<'p, B> {
         self.first_reader = first_reader;
         while let Some(node) = self.nodes.pop() {
             let gout = self.pending.get_mut().pop().flatten();
+            let gout = self.take_assembled(self.nodes.len(), gout)?;
             let (Some(gout), true) = (gout, node.needs_grad) else { continue };
             if let Op::Param(id) = node.op {
                 accumulate(self.backend(), &mut param_grads[id.0], gout)?;
+                continue;
+            }
+            if let Op::ParamSpan(s) = node.op {
+                for (id, g) in self.split_span(s, &gout)? {
+                    accumulate(self.backend(), &mut param_grads[id.0], g)?;
+                }
                 continue;
             }
             let Op::Computed(rule) = &node.op else { continue };
@@ -400,6 +483,10 @@ impl<B: Backend> fmt::Display for Tape<'_, B> {
         for (i, node) in self.nodes.iter().enumerate() {
             let shape = match (&node.op, &node.value) {
                 (Op::Param(id), _) => format!("{:?} {}", self.params.get(*id).shape(), self.params.name(*id)),
+                (Op::ParamSpan(s), _) => {
+                    let names: Vec<&str> = self.params.span_members(*s).iter().map(|&m| self.params.name(m)).collect();
+                    format!("{:?} {}", self.params.span_shape(*s), names.join(" + "))
+                }
                 (_, Some(v)) => format!("{:?}", v.shape()),
                 (_, None) => "freed".to_string(),
             };

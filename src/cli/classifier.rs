@@ -67,7 +67,7 @@ fn train_on<B: Backend>(a: &TrainClassifierArgs, backend: &B) -> Result<()> {
     let test = load_dataset(&a.data, Split::Test)?;
     let mut host = Params::new();
     let model = Classifier::new(&mut host, &mut StdRng::seed_from_u64(a.seed));
-    let mut opt = AdamW::new(&host, a.lr).to_backend(backend)?;
+    let mut opt = AdamW::new(&host, a.lr).to_backend(backend, &host.placement())?;
     let mut params = host.to_backend(backend)?;
     let mut batcher = Batcher::new(train.labels.len(), a.batch, a.seed)?;
     let per_epoch = batcher.steps_per_epoch();

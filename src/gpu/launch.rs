@@ -8,6 +8,7 @@
 //! sometimes uses f64); the purely elementwise kernels follow the CPU's f32 operation order.
 
 use super::{Arg, Bf16Buf, Cost, DeviceBuf, Executor, Kernel, LaunchCfg};
+use crate::desc::Columns;
 use crate::error::{Error, Result};
 
 /// Threads per block of the elementwise and reduction kernels (`BLOCK` in kernels/common.cuh).
@@ -37,6 +38,22 @@ pub(crate) fn need<B: DeviceBuf>(what: &str, b: &B, len: usize) -> Result<()> {
         return Err(Error::Shape(format!("{what}: buffer of {} words, needs {len}", b.len())));
     }
     Ok(())
+}
+
+/// The arguments of optional columns `c` of `rows` rows and `width` columns (a kernel reads row `i`, column `j` at
+/// `ptr[i * stride + j]`): the buffer from its first column (null when absent) and the row stride, checked to fit.
+pub(crate) fn columns_arg<'a, B: DeviceBuf>(
+    what: &str,
+    c: Option<Columns<'a, B>>,
+    rows: usize,
+    width: usize,
+) -> Result<(Arg<'a, B>, usize)> {
+    let Some(c) = c else { return Ok((Arg::Null, width)) };
+    if c.start + width > c.stride {
+        return Err(Error::Shape(format!("{what}: columns {}..{} of {}", c.start, c.start + width, c.stride)));
+    }
+    need(what, c.buf, rows.saturating_sub(1) * c.stride + c.start + width)?;
+    Ok((Arg::BufAt(c.buf, c.start), c.stride))
 }
 
 /// `Err` naming `what` unless `b` holds at least `len` bf16 values.

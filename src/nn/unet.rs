@@ -6,9 +6,9 @@ use crate::autograd::{Tape, Var};
 use crate::backend::{Backend, Cpu};
 use crate::diffusion::Denoiser;
 use crate::error::{Error, Result};
-use crate::ops::conv::ConvExtra;
+use crate::ops::conv::{ChanBias, ConvExtra};
 use crate::ops::unary::UnaryKind;
-use crate::params::Params;
+use crate::params::{Params, SpanId};
 use rand::Rng;
 
 /// Groups of every GroupNorm, as in the reference.
@@ -56,7 +56,8 @@ impl UNetConfig {
 
 /// The reference's ResBlock:
 /// `h = conv1(silu(norm1(x))) + t_proj(silu(t_emb))[:, :, None, None]`; `out = conv2(silu(norm2(h))) + skip(x)`,
-/// with `skip` a 1x1 conv when the channel count changes, else the identity.
+/// with `skip` a 1x1 conv when the channel count changes, else the identity. The UNet runs the five blocks'
+/// `t_proj` layers as one ([`UNet::t_proj`]), so a block takes its time projection made.
 #[derive(Clone, Debug)]
 pub struct ResBlock {
     pub norm1: GroupNorm,
@@ -79,11 +80,11 @@ impl ResBlock {
         ResBlock { norm1, conv1, t_proj, norm2, conv2, skip }
     }
 
-    /// The block applied to `x`, given `t_act = silu(t_emb)` (shared by all blocks). The time projection and the
-    /// residual are fused into the convs' outputs, and each GroupNorm+SiLU into the conv that reads it. With
-    /// `feeds_conv` the output is also written as the operand of the conv that reads it next.
-    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var, t_act: Var, feeds_conv: bool) -> Result<Var> {
-        let tp = self.t_proj.forward(tape, t_act)?;
+    /// The block applied to `x`, given its time projection `tp = t_proj(silu(t_emb))` (columns of the one linear
+    /// layer's output that makes all five). The time projection and the residual are fused into the convs'
+    /// outputs, and each GroupNorm+SiLU into the conv that reads it. With `feeds_conv` the output is also written
+    /// as the operand of the conv that reads it next.
+    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, x: Var, tp: ChanBias, feeds_conv: bool) -> Result<Var> {
         let extra = ConvExtra { chan_bias: Some(tp), ..ConvExtra::default() };
         let h = self.conv1.forward_normed(tape, &self.norm1, x, extra)?;
         let skip = match &self.skip {
@@ -114,6 +115,10 @@ pub struct UNet {
     pub out_conv: Conv2d,
     /// The class-label embedding added to the time embedding's output; only when `config.classes > 0`.
     pub label: Option<LabelEmbedding>,
+    /// The weights and the biases of the five ResBlocks' `t_proj` layers (in the order down1, down2, mid, dec2,
+    /// dec1) as spans ([`Params::add_span`]): one `[Σ c_out, 4·t_dim]` linear layer makes every block's time
+    /// projection, as columns of one output, in one GEMM forward and two backward.
+    pub t_proj: (SpanId, SpanId),
 }
 
 impl UNet {
@@ -138,11 +143,33 @@ impl UNet {
             out_norm: GroupNorm::new(p, "out_norm", GROUPS, b),
             out_conv: Conv2d::new(p, rng, "out_conv", (b, in_ch), (3, 1, 1)),
             label: None,
+            t_proj: (SpanId(0), SpanId(0)),
         };
+        let t_projs = unet.blocks().map(|blk| &blk.t_proj);
+        unet.t_proj = (p.add_span(&t_projs.map(|l| l.weight)), p.add_span(&t_projs.map(|l| l.bias)));
         // Registered last, so that the other parameters are initialised from the same draws as an unconditional
         // model's.
         unet.label = (classes > 0).then(|| LabelEmbedding::new(p, rng, "label_emb", classes, t_out));
         Ok(unet)
+    }
+
+    /// The ResBlocks in the order their time projections are stacked: the order they are registered in.
+    fn blocks(&self) -> [&ResBlock; 5] {
+        [&self.down1, &self.down2, &self.mid, &self.dec2, &self.dec1]
+    }
+
+    /// Every ResBlock's time projection `t_proj(t_act)` from one linear layer: the blocks' channel biases, as
+    /// columns of its output, in [`UNet::blocks`] order.
+    fn time_projections<B: Backend>(&self, tape: &mut Tape<B>, t_act: Var) -> Result<[ChanBias; 5]> {
+        let (w, b) = (tape.param_span(self.t_proj.0)?, tape.param_span(self.t_proj.1)?);
+        let tp = tape.linear(t_act, w, Some(b))?;
+        let params = tape.params();
+        let mut start = 0;
+        Ok(self.blocks().map(|blk| {
+            let cb = ChanBias { var: tp, start };
+            start += params.get(blk.t_proj.bias).numel();
+            cb
+        }))
     }
 
     /// `ε̂ = UNet(x_t, t)` for `x: [n, in_ch, H, W]` (H, W divisible by 4) and one timestep per image; a
@@ -198,22 +225,23 @@ impl UNet {
             }
             (None, Some(_)) => return Err(Error::Arg("class labels given to an unconditional UNet".into())),
         };
-        // Written with its operand for the five time projections that read it.
+        // Written with its operand for the time projections' linear layer that reads it.
         let t_act = tape.unary_with(UnaryKind::Silu, t_emb, true)?;
+        let [tp_down1, tp_down2, tp_mid, tp_dec2, tp_dec1] = self.time_projections(tape, t_act)?;
         let h0 = traced("in_conv", self.in_conv.forward(tape, x, ConvExtra::default())?);
         // Each block whose output a conv reads next (a pool, an upsampler) writes that conv's operand too.
-        let h1 = traced("down1", self.down1.forward(tape, h0, t_act, true)?);
+        let h1 = traced("down1", self.down1.forward(tape, h0, tp_down1, true)?);
         let p1 = traced("pool1", self.pool1.forward(tape, h1, ConvExtra::default())?);
-        let h2 = traced("down2", self.down2.forward(tape, p1, t_act, true)?);
+        let h2 = traced("down2", self.down2.forward(tape, p1, tp_down2, true)?);
         let p2 = traced("pool2", self.pool2.forward(tape, h2, ConvExtra::default())?);
-        let hb = traced("mid", self.mid.forward(tape, p2, t_act, true)?);
+        let hb = traced("mid", self.mid.forward(tape, p2, tp_mid, true)?);
         let u2 = traced("up2", self.up2.forward(tape, hb)?);
         // The decoder blocks' 1x1 skip convs read the concatenations: written with their operands.
         let cat2 = tape.concat_with(u2, h2, true)?;
-        let d2 = traced("dec2", self.dec2.forward(tape, cat2, t_act, true)?);
+        let d2 = traced("dec2", self.dec2.forward(tape, cat2, tp_dec2, true)?);
         let u1 = traced("up1", self.up1.forward(tape, d2)?);
         let cat1 = tape.concat_with(u1, h1, true)?;
-        let d1 = traced("dec1", self.dec1.forward(tape, cat1, t_act, false)?);
+        let d1 = traced("dec1", self.dec1.forward(tape, cat1, tp_dec1, false)?);
         Ok(traced("out_conv", self.out_conv.forward_normed(tape, &self.out_norm, d1, ConvExtra::default())?))
     }
 }

@@ -65,11 +65,12 @@ impl AdamW {
 }
 
 impl<B: Backend> AdamW<B> {
-    /// A copy of this state with its moments on `backend` (the host is `&Cpu`).
-    pub fn to_backend<C: Backend>(&self, backend: &C) -> Result<AdamW<C>> {
+    /// A copy of this state with its moments on `backend` (the host is `&Cpu`), in an arena placed in `order` (the
+    /// parameters' [`Params::placement`]) where the backend has views.
+    pub fn to_backend<C: Backend>(&self, backend: &C, order: &[usize]) -> Result<AdamW<C>> {
         let copy = |ts: &[Tensor<B>]| {
             let host = ts.iter().map(|t| t.to_backend(&Cpu)).collect::<Result<Vec<_>>>()?;
-            arena::place(backend, &host)
+            arena::place(backend, &host, order)
         };
         let ((m_arena, exp_avg), (v_arena, exp_avg_sq)) = (copy(&self.exp_avg)?, copy(&self.exp_avg_sq)?);
         let AdamW { lr, beta1, beta2, eps, weight_decay, step, .. } = *self;

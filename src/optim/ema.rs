@@ -30,10 +30,11 @@ impl Ema {
 }
 
 impl<B: Backend> Ema<B> {
-    /// A copy of this state with its shadow on `backend` (the host is `&Cpu`).
-    pub fn to_backend<C: Backend>(&self, backend: &C) -> Result<Ema<C>> {
+    /// A copy of this state with its shadow on `backend` (the host is `&Cpu`), in an arena placed in `order` (the
+    /// parameters' [`Params::placement`](crate::params::Params::placement)) where the backend has views.
+    pub fn to_backend<C: Backend>(&self, backend: &C, order: &[usize]) -> Result<Ema<C>> {
         let host = self.shadow.iter().map(|t| t.to_backend(&Cpu)).collect::<Result<Vec<_>>>()?;
-        let (arena, shadow) = arena::place(backend, &host)?;
+        let (arena, shadow) = arena::place(backend, &host, order)?;
         Ok(Ema { decay: self.decay, warmup: self.warmup, updates: self.updates, shadow, arena })
     }
 

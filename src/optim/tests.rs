@@ -89,8 +89,9 @@ fn flat_step_equals_per_tensor<E: Executor>(dev: &Gpu<E>) {
     for max_norm in [1.0f32, 1e3] {
         let (params, grads) = params_and_grads(2.0);
         let mut flat_p = params.to_backend(dev).unwrap();
-        let mut flat_opt = AdamW::new(&params, 1e-3).to_backend(dev).unwrap();
-        let mut flat_ema = Ema::new(&params, 0.999, true).to_backend(dev).unwrap();
+        let order = params.placement();
+        let mut flat_opt = AdamW::new(&params, 1e-3).to_backend(dev, &order).unwrap();
+        let mut flat_ema = Ema::new(&params, 0.999, true).to_backend(dev, &order).unwrap();
         let mut flat_g = GradStore::zeros_like(&flat_p).unwrap();
         assert!(flat_p.arena().buf().is_some(), "a GPU's parameters are views of one arena");
         let (mut p, mut opt, mut ema, mut g) = (flat_p.clone(), flat_opt.clone(), flat_ema.clone(), flat_g.clone());

@@ -187,7 +187,7 @@ extern "C" __global__ void pack_weights_bf16(const float* __restrict__ params, b
 }
 
 // out[i][o][q] (=, or += when `accumulate`) sum_{tap, c} in[i][src(q, tap)][c] * wp[o][tap][c], plus bias[o],
-// chan_bias[i][o] and residual[i][o][q] (shaped like out) when given. in: [n, IH, IW, C] bf16 (NHWC), wp: [N, K*K,
+// chan_bias[i * cb_stride + o] (columns of a wider matrix) and residual[i][o][q] (shaped like out) when given. in: [n, IH, IW, C] bf16 (NHWC), wp: [N, K*K,
 // C] bf16, out: [n, N, QH*QW] f32 (NCHW). C % 8 == 0 (padded). When out_nhwc is given, the result is also written
 // there as bf16 [n, QH*QW, NP] (NP: N rounded up to 8, the padding 0): the operand of a conv that reads this one's
 // output, with no conversion launch. When col_sums is given, each block also writes the column sums of the results
@@ -207,7 +207,7 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
                 const float* __restrict__ bias, const float* __restrict__ chan_bias,
                 const float* __restrict__ residual, bf16* __restrict__ out_nhwc, float* __restrict__ col_sums, int n,
                 int C, int IH, int IW, int N, int NP, int QH, int QW, int K, int S, int P, int adjoint,
-                int accumulate) {
+                int accumulate, int cb_stride) {
   DYN_SHARED(bf16, smem);
   bf16* As = smem;                     // [STAGES][BM][BK + PAD]: rows = output pixels
   bf16* Bs = smem + STAGES * ROW_TILE;  // [STAGES][BN][BK + PAD]: rows = output channels
@@ -307,7 +307,7 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
           continue;
         }
         const long long at = (i * N + o) * Q + q;
-        const float extra = (bias ? bias[o] : 0.0f) + (chan_bias ? chan_bias[i * N + o] : 0.0f);
+        const float extra = (bias ? bias[o] : 0.0f) + (chan_bias ? chan_bias[i * cb_stride + o] : 0.0f);
         const float val = acc[a][b][v] + extra;
         const float res = accumulate ? out[at] + val : residual ? residual[at] + val : val;
         out[at] = res;

@@ -13,7 +13,7 @@
 
 use super::{winograd, ConvOps};
 use crate::backend::Cpu;
-use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads};
+use crate::desc::{Columns, ConvDesc, ConvGeom, Epilogue, LayerGrads};
 use crate::error::Result;
 use crate::ops::cpu::{batch_chunks, wide, BATCH_CHUNKS};
 use crate::ops::linear::gemm::{sgemm, sgemm_into_transposed, Mat};
@@ -272,8 +272,13 @@ pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, e
                 }
             });
         }
-        add_channel_terms(out_i, co, plane, epi.bias, epi.chan_bias.map(|cb| &cb[i * co..(i + 1) * co]));
+        add_channel_terms(out_i, co, plane, epi.bias, epi.chan_bias.map(|cb| image_row(cb, i, co)));
     });
+}
+
+/// Image `i`'s `co` channel biases among the columns `cb`.
+pub(super) fn image_row<'a>(cb: Columns<'a, [f32]>, i: usize, co: usize) -> &'a [f32] {
+    &cb.buf[i * cb.stride + cb.start..][..co]
 }
 
 /// `out[c, :] += bias[c] + chan_bias[c]` for each channel of one image.

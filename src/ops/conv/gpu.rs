@@ -5,17 +5,17 @@
 
 use super::mma::{self, Gather, Kept, Nhwc, PackedWeight, Wgrad};
 use super::{
-    need_input, norm_then_conv, overwriting, BiasSums, ChannelSums, ConvOps, Gout, GradOperand, InputIn, Keep,
-    NormConv, Split,
+    need_input, norm_then_conv, overwriting, BiasSums, ChannelSums, ColumnsOut, ConvOps, Gout, GradOperand, InputIn,
+    Keep, NormConv, Split,
 };
 use crate::backend::{Gpu, Memory, Precision};
-use crate::desc::{ConcatDesc, ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
+use crate::desc::{Columns, ConcatDesc, ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
 use crate::error::{Error, Result};
-use crate::gpu::launch::{elementwise, i32_arg, need, run};
+use crate::gpu::launch::{columns_arg, elementwise, i32_arg, need, run};
 use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel};
 use crate::ops::linear::gpu::{sgemm, Gemm};
 use crate::ops::loss::gpu::mse_backward;
-use crate::ops::norm::gpu::{backward as norm_backward, group_norm_forward_nhwc};
+use crate::ops::norm::gpu::{backward as norm_backward, group_norm_forward_nhwc, DxOperand};
 use crate::ops::norm::NormOps;
 use crate::ops::reduce::gpu::{concat_channels, copy_at, split_channels};
 use crate::ops::unary::gpu::unary_copy;
@@ -163,19 +163,32 @@ impl<E: Executor> ConvOps for Gpu<E> {
         gy: &E::Buf,
         dx: Option<(&mut E::Buf, bool)>,
         daffine: (&mut E::Buf, &mut E::Buf),
-        operand: bool,
+        (operand, sums_into): (bool, Option<ColumnsOut<'_, Self>>),
     ) -> Result<Option<GradOperand<Self>>> {
         if !(operand && self.tensor_cores() && dx.is_some() && d.c.is_multiple_of(8)) {
             return self.group_norm_backward(d, inputs, stats, gy, dx, daffine).map(|()| None);
         }
         let (e, nc) = (self.executor(), d.n * d.c);
-        let (dxb, sums, sums_b) = (e.alloc_bf16(nc * d.plane)?, e.alloc(nc)?, e.alloc_bf16(nc)?);
-        norm_backward(self, d, (inputs, stats, gy), dx, daffine, Some((&dxb, &sums, &sums_b)))?;
+        let (dxb, sums) = (e.alloc_bf16(nc * d.plane)?, e.alloc(nc)?);
         // A [n, c] gradient is its own per-image sums.
         let per_image = |buf| Some(ChannelSums::per_image(buf, d.n));
-        let of_sums =
-            GradOperand { operand: Nhwc::new(sums_b, d.c), sums: per_image(self.view(&sums, 0, nc)?), of_sums: None };
-        let of_sums = Some(Arc::new(of_sums));
+        let of_sums = match sums_into {
+            Some(out) => {
+                let b = &out.operand.buf;
+                let sums_b = e.view_bf16(b, out.start, b.len() - out.start)?;
+                let sums_f = e.view(out.values, out.start, Self::buf_len(out.values) - out.start)?;
+                let o = DxOperand { dxb: &dxb, sums: &sums, sums_b: &sums_b, sums_f: Some(&sums_f), stride: out.stride };
+                norm_backward(self, d, (inputs, stats, gy), dx, daffine, Some(o))?;
+                None
+            }
+            None => {
+                let sums_b = e.alloc_bf16(nc)?;
+                let o = DxOperand { dxb: &dxb, sums: &sums, sums_b: &sums_b, sums_f: None, stride: d.c };
+                norm_backward(self, d, (inputs, stats, gy), dx, daffine, Some(o))?;
+                let sums = per_image(self.view(&sums, 0, nc)?);
+                Some(Arc::new(GradOperand { operand: Nhwc::new(sums_b, d.c), sums, of_sums: None }))
+            }
+        };
         Ok(Some(GradOperand { operand: Nhwc::new(dxb, d.c), sums: per_image(sums), of_sums }))
     }
     /// One `concat_channels` launch writing both.
@@ -600,7 +613,7 @@ fn with_columns<E: Executor>(
 pub(crate) fn add_channel_bias<E: Executor>(
     e: &E,
     y: &mut E::Buf,
-    (bias, chan_bias): (Option<&E::Buf>, Option<&E::Buf>),
+    (bias, chan_bias): (Option<&E::Buf>, Option<Columns<E::Buf>>),
     n: usize,
     c: usize,
     plane: usize,
@@ -610,8 +623,8 @@ pub(crate) fn add_channel_bias<E: Executor>(
     }
     need("add_channel_bias y", y, n * c * plane)?;
     bias.map_or(Ok(()), |b| need("add_channel_bias bias", b, c))?;
-    chan_bias.map_or(Ok(()), |b| need("add_channel_bias chan_bias", b, n * c))?;
-    let args = [Arg::Buf(y), Arg::opt(bias), Arg::opt(chan_bias), i32_arg(n)?, i32_arg(c)?, i32_arg(plane)?];
+    let (cb, cb_stride) = columns_arg("add_channel_bias chan_bias", chan_bias, n, c)?;
+    let args = [Arg::Buf(y), Arg::opt(bias), cb, i32_arg(n)?, i32_arg(c)?, i32_arg(plane)?, i32_arg(cb_stride)?];
     let len = n * c * plane;
     run(e, Kernel::AddChannelBias, elementwise(len), Cost::pass(len, len, 2), &args)
 }

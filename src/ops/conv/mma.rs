@@ -22,9 +22,9 @@
 //! both GEMMs, and that conversion also sums dy per channel for the bias gradients ([`to_nhwc_bf16_summed`]).
 
 use super::Keep;
-use crate::desc::{ConvGeom, Planes};
+use crate::desc::{Columns, ConvGeom, Planes};
 use crate::error::{Error, Result};
-use crate::gpu::launch::{elementwise, i32_arg, need, need_bf16, run, SPLIT_TARGET_BLOCKS};
+use crate::gpu::launch::{columns_arg, elementwise, i32_arg, need, need_bf16, run, SPLIT_TARGET_BLOCKS};
 use crate::gpu::{Arg, Bf16Buf, Cost, Executor, IntBuf, Kernel, LaunchCfg};
 use crate::ops::reduce::gpu::sum_rows;
 use std::sync::Arc;
@@ -312,7 +312,7 @@ impl Gather {
 
 /// The terms [`gather`] adds to its product: a bias `[outputs]`, a channel bias `[n, outputs]`, a residual shaped
 /// like the output.
-pub(crate) type Terms<'a, B> = (Option<&'a B>, Option<&'a B>, Option<&'a B>);
+pub(crate) type Terms<'a, B> = (Option<&'a B>, Option<Columns<'a, B>>, Option<&'a B>);
 
 /// Where a gather also writes its result's operand, and with it, when given, the column sums of the result per
 /// block (`[Gather::sums_rows, outputs]`: they add up to the result's channel sums).
@@ -361,7 +361,7 @@ pub(crate) fn gather<E: Executor>(
     need_bf16("conv_gather_mma weight", wp, d.outputs * depth)?;
     need("conv_gather_mma out", out, d.n * d.outputs * q)?;
     bias.map_or(Ok(()), |b| need("conv_gather_mma bias", b, d.outputs))?;
-    chan_bias.map_or(Ok(()), |b| need("conv_gather_mma chan_bias", b, d.n * d.outputs))?;
+    let (cb, cb_stride) = columns_arg("conv_gather_mma chan_bias", chan_bias, d.n, d.outputs)?;
     residual.map_or(Ok(()), |r| need("conv_gather_mma residual", r, d.n * d.outputs * q))?;
     if accumulate && residual.is_some() {
         return Err(Error::Arg("conv_gather_mma: a residual is added instead of accumulating, not as well".into()));
@@ -383,7 +383,7 @@ pub(crate) fn gather<E: Executor>(
         Arg::Bf16(wp),
         Arg::Buf(out),
         Arg::opt(bias),
-        Arg::opt(chan_bias),
+        cb,
         Arg::opt(residual),
         out_nhwc.as_ref().map_or(Arg::Null, |o| Arg::Bf16(&o.buf)),
         Arg::opt(col_sums.as_deref()),
@@ -391,7 +391,7 @@ pub(crate) fn gather<E: Executor>(
     for v in [d.n, cp, d.input.0, d.input.1, d.outputs, np, d.grid.0, d.grid.1, d.k, d.stride, d.pad] {
         args.push(i32_arg(v)?);
     }
-    args.extend([Arg::I32(d.adjoint as i32), Arg::I32(accumulate as i32)]);
+    args.extend([Arg::I32(d.adjoint as i32), Arg::I32(accumulate as i32), i32_arg(cb_stride)?]);
     // Each class's taps executed (the padded channels too, and the taps of a conv's own map that fall in the zero
     // padding); the gathered input and the weight read once, the output written once (and it or the residual read
     // once when accumulating or adding one).

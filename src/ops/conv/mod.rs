@@ -20,7 +20,7 @@ mod winograd;
 
 use crate::autograd::{list_vars, profile, Rule, Tape, Var};
 use crate::backend::{Backend, Memory, ReduceOps};
-use crate::desc::{ConcatDesc, ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
+use crate::desc::{Columns, ConcatDesc, ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
 use crate::error::Result;
 use crate::ops::loss::LossOps;
 use crate::ops::norm::NormOps;
@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 pub use normed::{norm_then_conv, Norm, NormConv};
 pub(crate) use operand::with_gout;
-pub use operand::{ChannelSums, Gout, GradOperand, Split};
+pub use operand::{ChannelSums, ColumnsOut, Gout, GradOperand, Split};
 
 /// What a backend offers for convolutions. The `_keep` / `_with` forms are what the tape uses: the forward may keep
 /// a value for the backward ([`ConvOps::Kept`]), and the backward also makes the bias gradients ([`BiasSums`]), so
@@ -111,8 +111,10 @@ pub trait ConvOps: Memory + ReduceOps + NormOps + UnaryOps + LossOps {
 
     /// [`NormOps::group_norm_backward`], and with `operand` also `dx`'s [`GradOperand`] (its operand and per-image
     /// channel sums, and theirs), written in the same pass from the values `dx` ends up holding; by default
-    /// without (`None`).
-    #[allow(clippy::too_many_arguments)] // the backward's own arguments, plus the flag
+    /// without (`None`). With `sums_into` as well, the sums' f32 and operand values go into those columns of a wider
+    /// value's gradient and its operand instead (the gradient of a channel bias that is columns of that value), and
+    /// the returned operand has no `of_sums`.
+    #[allow(clippy::too_many_arguments)] // the backward's own arguments, plus what it writes besides
     fn group_norm_backward_with(
         &self,
         d: NormDesc,
@@ -121,9 +123,9 @@ pub trait ConvOps: Memory + ReduceOps + NormOps + UnaryOps + LossOps {
         gy: &Self::Buf,
         dx: Option<(&mut Self::Buf, bool)>,
         daffine: (&mut Self::Buf, &mut Self::Buf),
-        operand: bool,
+        (operand, sums_into): (bool, Option<ColumnsOut<'_, Self>>),
     ) -> Result<Option<GradOperand<Self>>> {
-        let _ = operand;
+        let _ = (operand, sums_into);
         self.group_norm_backward(d, inputs, stats, gy, dx, daffine).map(|()| None)
     }
 
@@ -308,11 +310,27 @@ fn need_input<T>(x: Option<&T>) -> Result<&T> {
     x.ok_or_else(|| crate::error::Error::Shape("conv2d backward: the input was neither kept nor given".into()))
 }
 
+/// A per-image channel bias as a conv reads it: columns `start..start + c_out` of `var: [n, width]`. The UNet's
+/// ResBlocks read their time projections so, as columns of the one linear layer's output that makes them all; a
+/// bias of its own is all of its `var`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChanBias {
+    pub var: Var,
+    pub start: usize,
+}
+
+impl ChanBias {
+    /// All of `var`.
+    pub fn of(var: Var) -> Self {
+        ChanBias { var, start: 0 }
+    }
+}
+
 /// Optional terms fused into a conv's output (see [`Epilogue`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConvExtra {
-    /// `[n, c_out]`, added to every pixel of channel c of image n (the ResBlock's time projection).
-    pub chan_bias: Option<Var>,
+    /// Added to every pixel of channel c of image n (the ResBlock's time projection).
+    pub chan_bias: Option<ChanBias>,
     /// `[n, c_out, oh, ow]`, added elementwise (a residual connection).
     pub residual: Option<Var>,
     /// Also write the output as the backend's [`ConvOps::Operand`] (in the same launch), for a conv or linear layer
@@ -418,7 +436,12 @@ impl<B: Backend> Tape<'_, B> {
             return shape_err!("conv2d: kernel {kh} stride {stride} pad {pad} does not fit a {h}x{wd} input");
         };
         self.check_shape(b, &[co], "conv2d bias")?;
-        self.check_shape(extra.chan_bias, &[n, co], "conv2d channel bias")?;
+        if let Some(cb) = extra.chan_bias {
+            match *self.value(cb.var).shape() {
+                [rows, width] if rows == n && cb.start + co <= width => {}
+                ref s => return shape_err!("conv2d channel bias: columns {}..{} of [{n}, ..] wanted, got shape {s:?}", cb.start, cb.start + co),
+            }
+        }
         self.check_shape(extra.residual, &[n, co, geom.oh, geom.ow], "conv2d residual")?;
         Ok(ConvDesc { n, geom, channels: co })
     }
@@ -426,7 +449,11 @@ impl<B: Backend> Tape<'_, B> {
     /// The buffers of a conv's output terms.
     fn epilogue(&self, b: Option<Var>, extra: ConvExtra) -> Epilogue<'_, B::Buf> {
         let buf = |v: Option<Var>| v.map(|v| self.value(v).buf());
-        Epilogue { bias: buf(b), chan_bias: buf(extra.chan_bias), residual: buf(extra.residual) }
+        let chan_bias = extra.chan_bias.map(|cb| {
+            let v = self.value(cb.var);
+            Columns { buf: v.buf(), start: cb.start, stride: v.shape()[1] }
+        });
+        Epilogue { bias: buf(b), chan_bias, residual: buf(extra.residual) }
     }
 
     /// `y = conv_transpose2d(x, w, stride, pad) + b` (PyTorch's ConvTranspose2d), `x: [n, c_in, h, w]`,
@@ -470,7 +497,7 @@ fn input_grads<B: Backend>(
     tape: &Tape<B>,
     (x, w): (Var, Var),
     gout: &mut Gout<'_, B>,
-    biases: [Option<Var>; 2],
+    biases: (Option<Var>, Option<ChanBias>),
     kernel: impl FnOnce((&B::Buf, &B::Buf, &mut Gout<'_, B>), GradsInto<B::Buf>, BiasSums<B::Buf>) -> Result<Option<B::Buf>>,
 ) -> Result<Vec<(Var, Tensor<B>)>> {
     let mut dx = tape.grad_into(x)?;
@@ -485,17 +512,18 @@ fn input_grads<B: Backend>(
 
 /// The gradients of a conv's weight and biases through `kernel` (the backend's backward, given the gradient
 /// buffers and the bias sums to make), with the input's written into `dx` when given: the weight's and the bias's
-/// in their places ([`Tape::grad_for`]), the channel bias's as `kernel` returned it.
+/// in their places ([`Tape::grad_for`]), the channel bias's as `kernel` returned it (into its columns of a wider
+/// value's gradient: [`Tape::add_grad_columns`]).
 fn weight_grads<B: Backend>(
     tape: &Tape<B>,
     dx: Option<&mut (Tensor<B>, bool)>,
     w: Var,
-    [bias, chan_bias]: [Option<Var>; 2],
+    (bias, chan_bias): (Option<Var>, Option<ChanBias>),
     kernel: impl FnOnce(GradsInto<B::Buf>, BiasSums<B::Buf>) -> Result<Option<B::Buf>>,
 ) -> Result<Vec<(Var, Tensor<B>)>> {
     let mut dw = tape.grad_for(w)?;
     let mut db = bias.map(|b| tape.grad_for(b)).transpose()?.flatten();
-    let chan_bias = chan_bias.filter(|&v| tape.needs_grad(v));
+    let chan_bias = chan_bias.filter(|cb| tape.needs_grad(cb.var));
     let add_dx = dx.as_ref().is_some_and(|d| d.1);
     let grads = LayerGrads { dx: dx.map(|d| d.0.buf_mut()), dw: dw.as_mut().map(Tensor::buf_mut) };
     let grads = GradsInto { grads, add_dx };
@@ -503,8 +531,13 @@ fn weight_grads<B: Backend>(
     let per_image = kernel(grads, sums)?;
     let mut out: Vec<_> = dw.map(|d| (w, d)).into_iter().collect();
     out.extend(bias.zip(db));
-    if let (Some(v), Some(sum)) = (chan_bias, per_image) {
-        out.push((v, Tensor::from_buf(tape.backend().clone(), tape.value(v).shape(), sum)?));
+    if let (Some(cb), Some(sum)) = (chan_bias, per_image) {
+        let n = tape.value(cb.var).shape()[0];
+        let sum = Tensor::from_buf(tape.backend().clone(), &[n, B::buf_len(&sum) / n.max(1)], sum)?;
+        match tape.is_whole(cb, sum.shape()[1]) {
+            true => out.push((cb.var, sum)),
+            false => tape.add_grad_columns(cb, sum)?,
+        }
     }
     Ok(out)
 }
@@ -524,7 +557,8 @@ struct Conv2d<B: Backend> {
 impl<B: Backend> Conv2d<B> {
     /// The values this op reads.
     fn vars(&self) -> Vec<Var> {
-        [Some(self.x), Some(self.w), self.b, self.extra.chan_bias, self.extra.residual].into_iter().flatten().collect()
+        let cb = self.extra.chan_bias.map(|cb| cb.var);
+        [Some(self.x), Some(self.w), self.b, cb, self.extra.residual].into_iter().flatten().collect()
     }
 }
 
@@ -541,7 +575,7 @@ impl<B: Backend> Rule<B> for Conv2d<B> {
     }
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
-        let biases = [self.b, self.extra.chan_bias];
+        let biases = (self.b, self.extra.chan_bias);
         with_gout(tape, gout, self.extra, |gout| {
             input_grads(tape, (self.x, self.w), gout, biases, |(x, w, g), grads, sums| {
                 be.conv2d_backward_with(&self.d, (Some(x), w, g), self.kept.as_ref(), grads, sums)
@@ -550,6 +584,8 @@ impl<B: Backend> Rule<B> for Conv2d<B> {
     }
     fn reads_grad_operand(&self) -> bool {
         true
+    }    fn chan_bias(&self) -> Option<ChanBias> {
+        self.extra.chan_bias
     }
 }
 
@@ -586,7 +622,7 @@ impl<B: Backend> Rule<B> for ConvTranspose2d<B> {
     fn backward(&self, tape: &Tape<B>, gout: Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> {
         let be = tape.backend();
         with_gout(tape, gout, ConvExtra::default(), |gout| {
-            input_grads(tape, (self.x, self.w), gout, [self.b, None], |bufs, grads, sums| {
+            input_grads(tape, (self.x, self.w), gout, (self.b, None), |bufs, grads, sums| {
                 be.conv_transpose2d_backward_with(&self.d, bufs, self.kept.as_ref(), grads, sums)
             })
         })

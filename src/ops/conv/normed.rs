@@ -3,7 +3,7 @@
 //! for the weight gradient; under bf16 on the GPU, GroupNorm writes the conv's bf16 channels-last operand directly
 //! (`gpu.rs`), saving the f32 activation's write, its read and the conversion's launch.
 
-use super::{weight_grads, with_gout, ConvExtra, ConvOps, Keep};
+use super::{weight_grads, with_gout, ChanBias, ConvExtra, ConvOps, Keep};
 use crate::autograd::{list_vars, profile, Rule, Tape, Var};
 use crate::backend::Backend;
 use crate::desc::{ConvDesc, Epilogue, NormDesc, Planes};
@@ -102,7 +102,7 @@ impl<B: Backend> NormConv2d<B> {
     /// The values this op reads.
     fn vars(&self) -> Vec<Var> {
         let (n, e) = (self.norm, self.extra);
-        [Some(self.x), Some(n.gamma), Some(n.beta), Some(self.w), self.b, e.chan_bias, e.residual]
+        [Some(self.x), Some(n.gamma), Some(n.beta), Some(self.w), self.b, e.chan_bias.map(|c| c.var), e.residual]
             .into_iter()
             .flatten()
             .collect()
@@ -127,7 +127,7 @@ impl<B: Backend> Rule<B> for NormConv2d<B> {
         };
         let (a, w, kept) = (self.saved.activation.as_ref(), tape.value(self.w).buf(), self.saved.kept.as_ref());
         let mut out = with_gout(tape, gout, self.extra, |gout| {
-            weight_grads(tape, da.as_mut(), self.w, [self.b, self.extra.chan_bias], |grads, sums| {
+            weight_grads(tape, da.as_mut(), self.w, (self.b, self.extra.chan_bias), |grads, sums| {
                 be.conv2d_backward_with(&self.d, (a, w, gout), kept, grads, sums)
             })
         })?;
@@ -139,6 +139,8 @@ impl<B: Backend> Rule<B> for NormConv2d<B> {
     }
     fn reads_grad_operand(&self) -> bool {
         true
+    }    fn chan_bias(&self) -> Option<ChanBias> {
+        self.extra.chan_bias
     }
 }
 

@@ -20,6 +20,16 @@ pub struct GradOperand<B: ConvOps> {
     pub of_sums: Option<Arc<GradOperand<B>>>,
 }
 
+/// Where a backward writes a channel bias's gradient straight into its columns of a wider value's gradient
+/// (`values: [n, stride]`, the block from column `start`) and of that gradient's operand
+/// ([`Tape::with_grad_columns`](crate::autograd::Tape)).
+pub struct ColumnsOut<'a, B: ConvOps> {
+    pub values: &'a mut B::Buf,
+    pub operand: &'a mut B::Operand,
+    pub start: usize,
+    pub stride: usize,
+}
+
 /// The two parts of a split gradient, and the operands written with them.
 pub type Split<B> = ([<B as Memory>::Buf; 2], [Option<GradOperand<B>>; 2]);
 
@@ -69,8 +79,11 @@ pub(crate) fn with_gout<B: Backend>(
     let mut g = Gout { operand: tape.gout_operand(), ..Gout::of(gout.buf()) };
     let mut out = backward(&mut g)?;
     let operand = g.operand;
-    if let (Some(cb), Some(op)) = (extra.chan_bias, operand.as_ref().and_then(|o| o.of_sums.clone())) {
-        tape.set_grad_operand(cb, op);
+    // A channel bias that is all of its value takes the sums' operand as its gradient's (columns of a wider value
+    // have theirs written into its gradient's operand by the op that made the sums: Tape::add_grad_columns).
+    let whole = extra.chan_bias.filter(|&cb| tape.is_whole(cb, gout.shape()[1]));
+    if let (Some(cb), Some(op)) = (whole, operand.as_ref().and_then(|o| o.of_sums.clone())) {
+        tape.set_grad_operand(cb.var, op);
     }
     if let Some(r) = extra.residual.filter(|&v| tape.needs_grad(v)) {
         if let Some(op) = operand {

@@ -15,7 +15,7 @@ use crate::ops::testing::{down, gpu_test, out, rand, up};
 fn operands_written_and_shared<E: Executor>(g: &Gpu<E>) {
     use crate::autograd::Tape;
     use crate::gpu::Kernel;
-    use crate::ops::conv::{ConvExtra, Norm};
+    use crate::ops::conv::{ChanBias, ConvExtra, Norm};
     use crate::params::Params;
     use crate::tensor::Tensor;
     let (n, c, hw, co) = (2, 16, 6, 8);
@@ -42,10 +42,10 @@ fn operands_written_and_shared<E: Executor>(g: &Gpu<E>) {
         let y = t.norm_conv2d(x, Norm { gamma, beta, groups: 4, silu: true }, w1, Some(b1), 1, 1, extra).unwrap();
         let u = t.unary_with(crate::ops::unary::UnaryKind::Silu, v, share).unwrap();
         let (l1, l2) = (t.linear(u, wl1, None).unwrap(), t.linear(u, wl2, None).unwrap());
-        let z1 = t.conv2d(y, w2, None, 2, 1, ConvExtra { chan_bias: Some(l2), ..ConvExtra::default() }).unwrap();
+        let z1 = t.conv2d(y, w2, None, 2, 1, ConvExtra { chan_bias: Some(ChanBias::of(l2)), ..ConvExtra::default() }).unwrap();
         let z2 = t.conv_transpose2d(y, w3, None, 2, 1).unwrap();
         let cat = t.concat_with(z2, z2, share).unwrap();
-        let extra = ConvExtra { chan_bias: Some(l1), residual: Some(z1), operand: false };
+        let extra = ConvExtra { chan_bias: Some(ChanBias::of(l1)), residual: Some(z1), operand: false };
         let out = t.conv2d(cat, w4, None, 4, 1, extra).unwrap();
         let conversions = counters.take_log().iter().filter(|l| l.kernel == Kernel::NchwToNhwcBf16).count();
         let target = t.input_host(target.clone()).unwrap();

@@ -3,27 +3,29 @@
 
 use super::{BiasSums, ConvOps, Gout, Keep};
 use crate::backend::{Cpu, Gpu};
-use crate::desc::{ConvDesc, ConvGeom, Epilogue, LayerGrads};
+use crate::desc::{Columns, ConvDesc, ConvGeom, Epilogue, LayerGrads};
 use crate::gpu::Executor;
 use crate::ops::linear::gpu::{split_count, Gemm};
 use crate::ops::testing::{close, down, gpu_test, out, rand, up};
 
 // Conv2d forward (bias, channel bias, with and without a residual) and both gradients, for a 3x3 stride-1 conv
-// on an odd grid, a 3x3 stride-2 one and a 1x1 one with batch 1.
+// on an odd grid, a 3x3 stride-2 one and a 1x1 one with batch 1. The channel bias is columns 2.. of a wider matrix.
 fn conv2d<E: Executor>(g: &Gpu<E>) {
     for (n, c, h, w, k, s, p, co) in [(2, 3, 7, 9, 3, 1, 1, 5), (1, 5, 9, 7, 3, 2, 1, 3), (2, 4, 5, 3, 1, 1, 0, 6)] {
         let d = ConvDesc { n, geom: ConvGeom::new(c, h, w, k, s, p).unwrap(), channels: co };
         let what = format!("conv2d n{n} c{c} {h}x{w} k{k} s{s} p{p} co{co}");
-        let (x, wt, b, cb) = (rand(10, n * c * h * w), rand(11, co * c * k * k), rand(12, co), rand(13, n * co));
+        let (x, wt, b, cb) = (rand(10, n * c * h * w), rand(11, co * c * k * k), rand(12, co), rand(13, n * (co + 3)));
         let out_len = n * co * d.geom.oh * d.geom.ow;
         let res = rand(15, out_len);
         let (xb, wb, bb, cbb, rb) = (up(g, &x), up(g, &wt), up(g, &b), up(g, &cb), up(g, &res));
         for residual in [false, true] {
             let mut want = vec![0.0; out_len];
-            let epi = Epilogue { bias: Some(&b), chan_bias: Some(&cb), residual: residual.then_some(&res) };
+            let cols = Columns { buf: &cb, start: 2, stride: co + 3 };
+            let epi = Epilogue { bias: Some(&b), chan_bias: Some(cols), residual: residual.then_some(&res) };
             Cpu.conv2d_forward(&d, &x, &wt, epi, &mut want).unwrap();
             let mut got = out(g, out_len);
-            let epi = Epilogue { bias: Some(&bb), chan_bias: Some(&cbb), residual: residual.then_some(&rb) };
+            let cols = Columns { buf: &cbb, start: 2, stride: co + 3 };
+            let epi = Epilogue { bias: Some(&bb), chan_bias: Some(cols), residual: residual.then_some(&rb) };
             g.conv2d_forward(&d, &xb, &wb, epi, &mut got).unwrap();
             close(&down(g, &got), &want, 2e-5, 1e-5, &format!("{what} forward residual={residual}"));
         }
@@ -175,16 +177,19 @@ fn conv2d_bf16<E: Executor>(g: &Gpu<E>) {
         let what = format!("bf16 conv2d c{c} {hw}x{hw} k{k} s{s} co{co}");
         let (oq, kk) = (geom.oh * geom.ow, k * k);
         let (x, wt, gout) = (rand(30, n * c * hw * hw), rand(31, co * c * kk), rand(32, n * co * oq));
-        let (b, cb, res) = (rand(33, co), rand(34, n * co), rand(35, n * co * oq));
+        // The channel bias as columns 4.. of a wider matrix.
+        let (b, cb, res) = (rand(33, co), rand(34, n * (co + 5)), rand(35, n * co * oq));
         let exact = products(&geom, n, co, &gout, &x, &wt);
         let rounded = products(&geom, n, co, &bf16_round(&gout), &bf16_round(&x), &bf16_round(&wt));
 
         let (xb, wb) = (up(g, &x), up(g, &wt));
         let mut got = out(g, n * co * oq);
-        let epi = Epilogue { bias: Some(&up(g, &b)), chan_bias: Some(&up(g, &cb)), residual: Some(&up(g, &res)) };
+        let cbb = up(g, &cb);
+        let cols = Columns { buf: &cbb, start: 4, stride: co + 5 };
+        let epi = Epilogue { bias: Some(&up(g, &b)), chan_bias: Some(cols), residual: Some(&up(g, &res)) };
         g.conv2d_forward(&d, &xb, &wb, epi, &mut got).unwrap();
         let extra: Vec<f64> =
-            (0..n * co * oq).map(|e| res[e] as f64 + (b[e / oq % co] as f64 + cb[e / oq] as f64)).collect();
+            (0..n * co * oq).map(|e| res[e] as f64 + (b[e / oq % co] as f64 + cb[e / oq / co * (co + 5) + 4 + e / oq % co] as f64)).collect();
         check_bf16(&down(g, &got), &exact.fwd, &rounded.fwd, c * kk, &extra, &format!("{what} forward"));
 
         let (mut dxb, mut dwb) = (out(g, x.len()), out(g, wt.len()));
@@ -375,7 +380,7 @@ fn sum_depth(plane: usize) -> usize {
 /// one). 16 channels take the fused path; 12 (not a multiple of 8) fall back to the two ops.
 fn norm_conv2d_equals_unfused<E: Executor>(g: &Gpu<E>) {
     use crate::autograd::Tape;
-    use crate::ops::conv::{ConvExtra, Norm};
+    use crate::ops::conv::{ChanBias, ConvExtra, Norm};
     use crate::params::Params;
     use crate::tensor::Tensor;
     for c in [16, 12] {
@@ -394,7 +399,7 @@ fn norm_conv2d_equals_unfused<E: Executor>(g: &Gpu<E>) {
         let run = |fused: bool| -> (Vec<f32>, Vec<Vec<f32>>) {
             let mut t = Tape::new(&params);
             let [x, gamma, beta, wt, b, cb, res] = [x, gamma, beta, wt, b, cb, res].map(|id| t.param(id));
-            let extra = ConvExtra { chan_bias: Some(cb), residual: Some(res), operand: false };
+            let extra = ConvExtra { chan_bias: Some(ChanBias::of(cb)), residual: Some(res), operand: false };
             let y = if fused {
                 t.norm_conv2d(x, Norm { gamma, beta, groups, silu: true }, wt, Some(b), 1, 1, extra).unwrap()
             } else {

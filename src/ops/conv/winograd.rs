@@ -18,7 +18,7 @@
 //! of [`BAND_TILES`] so that `V` and `M` stay in the L2 cache between the transforms and the GEMMs; small images
 //! are grouped so that each band still has enough tiles to keep the GEMMs efficient.
 
-use super::cpu::{add_channel_terms, inner_threads, with_scratch};
+use super::cpu::{add_channel_terms, image_row, inner_threads, with_scratch};
 use crate::desc::{ConvGeom, Epilogue};
 use crate::ops::cpu::{batch_chunks, wide};
 use crate::ops::linear::gemm::{sgemm, sgemm_into_transposed, Mat};
@@ -371,7 +371,7 @@ pub fn conv2d_forward(g: &ConvGeom, n: usize, x: &[f32], w: &[f32], co: usize, e
                 co,
                 plane,
                 epi.bias,
-                epi.chan_bias.map(|cb| &cb[i * co..(i + 1) * co]),
+                epi.chan_bias.map(|cb| image_row(cb, i, co)),
             );
         }
     });
@@ -424,7 +424,7 @@ pub fn conv2d_weight_grad(g: &ConvGeom, n: usize, x: &[f32], co: usize, gout: &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desc::LayerGrads;
+    use crate::desc::{Columns, LayerGrads};
     use crate::ops::conv::cpu::tests::{direct_conv, direct_conv_grads, values};
     use crate::ops::conv::cpu::{conv2d_backward, conv2d_forward};
 
@@ -445,16 +445,18 @@ mod tests {
             assert!(applies(&g, co));
             let x = values(n * c * h * w, 37, 101);
             let wt = values(co * c * 9, 53, 89);
+            // The channel bias as columns 3.. of a wider matrix, as the UNet's time projections are.
             let (bias, chan_bias, residual) =
-                (values(co, 7, 13), values(n * co, 11, 17), values(n * co * h * w, 29, 97));
+                (values(co, 7, 13), values(n * (co + 5), 11, 17), values(n * co * h * w, 29, 97));
+            let cols = Columns { buf: &chan_bias[..], start: 3, stride: co + 5 };
             let epi =
-                Epilogue { bias: Some(&bias[..]), chan_bias: Some(&chan_bias[..]), residual: Some(&residual[..]) };
+                Epilogue { bias: Some(&bias[..]), chan_bias: Some(cols), residual: Some(&residual[..]) };
             let mut out = vec![f32::NAN; n * co * h * w];
             conv2d_forward(&g, n, &x, &wt, co, epi, &mut out);
             let want = direct_conv(&g, n, &x, &wt, co);
             for (idx, (a, b)) in out.iter().zip(&want).enumerate() {
                 let (i, o) = (idx / (co * h * w), idx / (h * w) % co);
-                let b = b + residual[idx] + bias[o] + chan_bias[i * co + o];
+                let b = b + residual[idx] + bias[o] + chan_bias[i * (co + 5) + 3 + o];
                 assert!(close(*a, b), "{h}x{w} c={c} co={co} n={n}, element {idx}: {a} vs {b}");
             }
         }

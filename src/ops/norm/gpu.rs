@@ -6,7 +6,7 @@ use crate::backend::Gpu;
 use crate::desc::NormDesc;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{i32_arg, int, need, run, BLOCK};
-use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel, LaunchCfg};
+use crate::gpu::{Arg, Bf16Buf, Cost, DeviceBuf, Executor, Kernel, LaunchCfg};
 use crate::ops::conv::mma::Nhwc;
 
 impl<E: Executor> NormOps for Gpu<E> {
@@ -37,8 +37,15 @@ impl<E: Executor> NormOps for Gpu<E> {
 type BackwardIn<'a, B> = ((&'a B, &'a B, &'a B), (&'a B, &'a B), &'a B);
 
 /// Where a backward also writes dx's operand: dx as bf16 channels-last, its per-image channel sums `[n, c]`, and
-/// those sums as bf16.
-pub(crate) type DxOperand<'a, B> = (&'a Bf16Buf<B>, &'a B, &'a Bf16Buf<B>);
+/// those sums as bf16, row `i` at `sums_b[i·stride]` (`stride` = c, or the width of a wider operand whose columns
+/// they are), and as f32 at the same place of `sums_f` when given (that wider operand's gradient).
+pub(crate) struct DxOperand<'a, B> {
+    pub dxb: &'a Bf16Buf<B>,
+    pub sums: &'a B,
+    pub sums_b: &'a Bf16Buf<B>,
+    pub sums_f: Option<&'a B>,
+    pub stride: usize,
+}
 
 /// One `group_norm_bwd` launch: [`NormOps::group_norm_backward`], also writing `operand` when given (dx given too).
 pub(crate) fn backward<E: Executor>(
@@ -65,6 +72,12 @@ pub(crate) fn backward<E: Executor>(
             d.c
         )));
     }
+    if let Some(o) = &operand {
+        let rows = d.n.saturating_sub(1) * o.stride + d.c;
+        if o.stride < d.c || o.sums_b.len() < rows || o.sums_f.is_some_and(|f| f.len() < rows) {
+            return Err(Error::Shape(format!("group_norm: sums of {} channels at row stride {}", d.c, o.stride)));
+        }
+    }
     let accumulate = dx.as_ref().is_some_and(|(_, acc)| *acc);
     // x and gy are staged for the dx pass, which only runs with a dx.
     let has_dx = dx.is_some();
@@ -84,9 +97,11 @@ pub(crate) fn backward<E: Executor>(
         Arg::Buf(dgamma),
         Arg::Buf(dbeta),
         Arg::Ints(gpu.tickets()?),
-        operand.map_or(Arg::Null, |o| Arg::Bf16(o.0)),
-        Arg::opt(operand.map(|o| o.1)),
-        operand.map_or(Arg::Null, |o| Arg::Bf16(o.2)),
+        operand.as_ref().map_or(Arg::Null, |o| Arg::Bf16(o.dxb)),
+        Arg::opt(operand.as_ref().map(|o| o.sums)),
+        operand.as_ref().map_or(Arg::Null, |o| Arg::Bf16(o.sums_b)),
+        Arg::opt(operand.as_ref().and_then(|o| o.sums_f)),
+        i32_arg(operand.as_ref().map_or(d.c, |o| o.stride))?,
         i32_arg(d.c)?,
         i32_arg(d.plane)?,
         i32_arg(d.groups)?,
@@ -100,7 +115,7 @@ pub(crate) fn backward<E: Executor>(
     let len = d.n * d.c * d.plane;
     let reads = if has_dx && staged.is_none() { 4 } else { 2 };
     let read = (reads + usize::from(accumulate)) * len + 2 * nc;
-    let written = len + 2 * nc + operand.map_or(0, |_| len / 2 + nc + nc / 2);
+    let written = len + 2 * nc + operand.as_ref().map_or(0, |o| len / 2 + nc + nc / 2 + o.sums_f.map_or(0, |_| nc));
     run(e, Kernel::GroupNormBwd, grid(d, staged)?, Cost::pass(read, written, 12), &args)
 }
 

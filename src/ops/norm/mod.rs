@@ -84,10 +84,19 @@ pub(crate) fn norm_grads<B: Backend>(
     let inputs = (tape.value(x).buf(), tape.value(gamma).buf(), tape.value(beta).buf());
     let dxb = dx.as_mut().map(|(t, acc)| (t.buf_mut(), *acc));
     // When a conv's backward reads x's gradient, its operand is written with it (from the values dx ends up
-    // holding); should a reader of x that runs later here add to that gradient, the tape drops the operand.
+    // holding); should a reader of x that runs later here add to that gradient, the tape drops the operand. When
+    // that conv adds a channel bias that is columns of a wider value, the per-image sums (the bias's gradient) go
+    // straight into that value's gradient.
     let operand = dxb.is_some() && tape.wants_grad_operand(x);
     let daffine = (dg.buf_mut(), db.buf_mut());
-    if let Some(op) = be.group_norm_backward_with(d, inputs, stats, gy, dxb, daffine, operand)? {
+    let columns = tape.chan_bias_columns(x).filter(|_| operand).map(|cb| (cb, d.c, x));
+    let op = tape.with_grad_columns(columns, |into| {
+        let into_columns = into.is_some();
+        let op = be.group_norm_backward_with(d, inputs, stats, gy, dxb, daffine, (operand, into))?;
+        let written = into_columns && op.is_some();
+        Ok((op, written))
+    })?;
+    if let Some(op) = op {
         tape.set_grad_operand(x, Arc::new(op));
     }
     let mut out: Vec<_> = dx.map(|(d, _)| (x, d)).into_iter().collect();

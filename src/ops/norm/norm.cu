@@ -68,7 +68,9 @@ group_norm_fwd(const float* __restrict__ x, const float* __restrict__ gamma, con
 // ends up holding are also written as bf16 channels-last [n, plane, C] (C % 8 == 0), the operand of the conv
 // backward that reads this gradient, rounded as nchw_to_nhwc_bf16 rounds them; when dx_sums is not null, their
 // per-image channel sums [n, C] (what that conv's bias gradients are sums of), and when dx_sums_b is not null, those
-// sums as bf16 too (a [n, C] operand). With `stage`, the group's x and gy are kept in 2M floats of dynamic shared
+// sums as bf16 too, at dx_sums_b[i * sums_stride + c] (a [n, C] operand, or columns of a wider one: the time
+// projections' gradient, when that conv's channel bias is its columns), and when dx_sums_f is not null, as f32 at
+// the same place in the wider gradient itself. With `stage`, the group's x and gy are kept in 2M floats of dynamic shared
 // memory for the dx pass. Launch: grid (G, n), block 256.
 // max-dynamic-shared: 65536
 extern "C" __global__ void __launch_bounds__(256)
@@ -76,7 +78,8 @@ group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, con
                const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ gy,
                float* __restrict__ dx, float* dgamma_part, float* dbeta_part, float* __restrict__ dgamma,
                float* __restrict__ dbeta, int* ticket, bf16* __restrict__ dxb, float* __restrict__ dx_sums,
-               bf16* __restrict__ dx_sums_b, int C, int plane, int G, int silu, int accumulate, int stage) {
+               bf16* __restrict__ dx_sums_b, float* __restrict__ dx_sums_f, int sums_stride, int C, int plane, int G,
+               int silu, int accumulate, int stage) {
   __shared__ float scratch[32];
   __shared__ int last[1];
   float* staged = nullptr;  // only a staging launch has dynamic shared memory
@@ -165,7 +168,8 @@ group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, con
       cs = block_sum(cs, scratch);
       if (threadIdx.x == 0) {
         dx_sums[(long long)i * C + c] = cs;
-        if (dx_sums_b) dx_sums_b[(long long)i * C + c] = f32_to_bf16(cs);
+        if (dx_sums_b) dx_sums_b[(long long)i * sums_stride + c] = f32_to_bf16(cs);
+        if (dx_sums_f) dx_sums_f[(long long)i * sums_stride + c] = cs;
       }
     }
   }

@@ -30,6 +30,23 @@ impl ReduceOps for Cpu {
     fn split(&self, d: ConcatDesc, g: &Vec<f32>) -> Result<(Vec<f32>, Vec<f32>)> {
         Ok(split_channels(g, d.n, d.ca, d.cb, d.plane))
     }
+    fn copy_columns(
+        &self,
+        src: &Vec<f32>,
+        (rows, width): (usize, usize),
+        dst: &mut Vec<f32>,
+        (start, stride): (usize, usize),
+    ) -> Result<()> {
+        check_len("copy_columns src", src, rows * width)?;
+        check_len("copy_columns dst", dst, rows * stride)?;
+        if start + width > stride {
+            return Err(Error::Shape(format!("copy_columns: columns {start}..{} of {stride}", start + width)));
+        }
+        for (s, d) in src.chunks_exact(width.max(1)).zip(dst.chunks_exact_mut(stride.max(1))) {
+            d[start..start + width].copy_from_slice(s);
+        }
+        Ok(())
+    }
 }
 
 /// `Err` unless `out` holds exactly `len` words.

@@ -37,6 +37,16 @@ impl<E: Executor> ReduceOps for Gpu<E> {
         split_channels(e, d, g, (&mut a, &mut b), (None, None))?;
         Ok((a, b))
     }
+    fn copy_columns(
+        &self,
+        src: &E::Buf,
+        (rows, width): (usize, usize),
+        dst: &mut E::Buf,
+        (start, stride): (usize, usize),
+    ) -> Result<()> {
+        // A [rows, stride] matrix is `rows` images of `stride` one-pixel channels.
+        copy_channels(self.executor(), (src, width, 0), (dst, stride, start), width, rows, 1)
+    }
 }
 
 /// `out[r] = Σ_p t[r, p]` over `rows` rows of `len` (kernel `row_sums`, one block per row).

@@ -27,6 +27,14 @@ pub trait ReduceOps: Memory {
     fn concat(&self, d: ConcatDesc, a: &Self::Buf, b: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
     /// The inverse of [`ReduceOps::concat`]: `g` split into its two channel blocks.
     fn split(&self, d: ConcatDesc, g: &Self::Buf) -> Result<(Self::Buf, Self::Buf)>;
+    /// `dst[i, start..start + width] = src[i, ..]` for `src: [rows, width]` and `dst: [rows, stride]`.
+    fn copy_columns(
+        &self,
+        src: &Self::Buf,
+        rows_width: (usize, usize),
+        dst: &mut Self::Buf,
+        start_stride: (usize, usize),
+    ) -> Result<()>;
 }
 
 impl<B: Backend> Tape<'_, B> {

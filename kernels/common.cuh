@@ -99,6 +99,31 @@ static __device__ __forceinline__ bf16 f32_to_bf16(float x) {
 
 static __device__ __forceinline__ float bf16_to_f32(bf16 h) { return __uint_as_float((unsigned)h << 16); }
 
+// The elementwise activations, one code per UnaryKind (src/ops/unary/mod.rs; the codes are its discriminants): the
+// GPU's formulas, for unary.cu's kernels, the GEMM epilogue that applies one and GroupNorm's fused SiLU.
+#define UNARY_SILU 0
+#define UNARY_RELU 1
+
+static __device__ __forceinline__ float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+// f(x).
+static __device__ __forceinline__ float unary_apply(int kind, float x) {
+  switch (kind) {
+    case UNARY_SILU: return x * sigmoidf_(x);
+    case UNARY_RELU: return x < 0.0f ? 0.0f : x;  // a NaN stays NaN, as in torch.relu
+  }
+  return nanf("");  // an unknown kind: NaN, which every test notices
+}
+
+// gy * f'(x).
+static __device__ __forceinline__ float unary_grad(int kind, float x, float gy) {
+  switch (kind) {
+    case UNARY_SILU: { const float s = sigmoidf_(x); return gy * (s * (1.0f + x * (1.0f - s))); }
+    case UNARY_RELU: return x > 0.0f ? gy : 0.0f;
+  }
+  return nanf("");
+}
+
 // Element e of an NCHW tensor [n, C, plane] (a [rows, C] matrix when plane is 1) written into its copy in the
 // layout the tensor-core GEMMs read: bf16 channels-last [n, plane, CP], CP = C rounded up to 8, the padding 0
 // (written with each pixel's last channel), rounded as nchw_to_nhwc_bf16 rounds. For the kernels that write a

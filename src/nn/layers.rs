@@ -144,6 +144,12 @@ impl Linear {
         let (w, b) = (tape.param(self.weight), tape.param(self.bias));
         tape.linear(x, w, Some(b))
     }
+
+    /// `(y, f(y))` for `y = x Wᵀ + b` and the activation `kind` ([`Tape::linear_act`]).
+    pub fn forward_act<B: Backend>(&self, tape: &mut Tape<B>, x: Var, kind: UnaryKind) -> Result<(Var, Var)> {
+        let (w, b) = (tape.param(self.weight), tape.param(self.bias));
+        tape.linear_act(x, w, Some(b), kind)
+    }
 }
 
 /// The timesteps a forward pass is conditioned on, one per image.
@@ -211,8 +217,9 @@ impl TimeEmbedding {
         Tensor::new(&[t.len(), dim], out).expect("length matches shape")
     }
 
-    /// `mlp(sinusoid(t))`, `[len(t), hidden]`.
-    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, t: Timesteps<'_, B>) -> Result<Var> {
+    /// `mlp(sinusoid(t))`, `[len(t), hidden]`, and with `silu` its SiLU too (the ResBlocks' input), made with the
+    /// last linear layer ([`Tape::linear_act`]).
+    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, t: Timesteps<'_, B>, silu: bool) -> Result<(Var, Option<Var>)> {
         let e = match t {
             // Made on the host (a few hundred values) with the same f32 sin/cos as the golden reference, then
             // uploaded.
@@ -229,10 +236,13 @@ impl TimeEmbedding {
                 v
             }
         };
-        let h = self.lin0.forward(tape, e)?;
-        // Written with its operand for lin2 (no conversion launch where the backend has operands).
-        let h = tape.unary_with(UnaryKind::Silu, h, true)?;
-        self.lin2.forward(tape, h)
+        // The SiLU written with its operand for lin2, by lin0's GEMM where the backend fuses them.
+        let (_, h) = self.lin0.forward_act(tape, e, UnaryKind::Silu)?;
+        if silu {
+            let (emb, act) = self.lin2.forward_act(tape, h, UnaryKind::Silu)?;
+            return Ok((emb, Some(act)));
+        }
+        Ok((self.lin2.forward(tape, h)?, None))
     }
 }
 

@@ -212,21 +212,26 @@ impl UNet {
             trace(name, v);
             v
         };
-        let t_emb = traced("time", self.time.forward(tape, t)?);
-        // A conditional model adds its label's row to the time embedding (the null label's when none is given).
-        let t_emb = match (&self.label, labels) {
-            (None, None) => t_emb,
-            (Some(emb), labels) => {
+        if self.label.is_none() && labels.is_some() {
+            return Err(Error::Arg("class labels given to an unconditional UNet".into()));
+        }
+        // The SiLU of the time embedding (the time projections' input, written with its operand for their linear
+        // layer) is made with it, unless a conditional model adds its label's row (the null label's when none is
+        // given) in between.
+        let (t_emb, t_act) = self.time.forward(tape, t, self.label.is_none())?;
+        traced("time", t_emb);
+        let t_act = match (&self.label, t_act) {
+            (None, Some(t_act)) => t_act,
+            (None, None) => tape.unary_with(UnaryKind::Silu, t_emb, true)?,
+            (Some(emb), _) => {
                 let labels = match labels {
                     Some(l) => l,
                     None => tape.backend().upload_indices(&vec![emb.classes as u32; n])?,
                 };
-                emb.forward(tape, t_emb, labels, n)?
+                let t_emb = emb.forward(tape, t_emb, labels, n)?;
+                tape.unary_with(UnaryKind::Silu, t_emb, true)?
             }
-            (None, Some(_)) => return Err(Error::Arg("class labels given to an unconditional UNet".into())),
         };
-        // Written with its operand for the time projections' linear layer that reads it.
-        let t_act = tape.unary_with(UnaryKind::Silu, t_emb, true)?;
         let [tp_down1, tp_down2, tp_mid, tp_dec2, tp_dec1] = self.time_projections(tape, t_act)?;
         let h0 = traced("in_conv", self.in_conv.forward(tape, x, ConvExtra::default())?);
         // Each block whose output a conv reads next (a pool, an upsampler) writes that conv's operand too.

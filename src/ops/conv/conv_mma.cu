@@ -190,7 +190,8 @@ extern "C" __global__ void pack_weights_bf16(const float* __restrict__ params, b
 // chan_bias[i * cb_stride + o] (columns of a wider matrix) and residual[i][o][q] (shaped like out) when given. in: [n, IH, IW, C] bf16 (NHWC), wp: [N, K*K,
 // C] bf16, out: [n, N, QH*QW] f32 (NCHW). C % 8 == 0 (padded). When out_nhwc is given, the result is also written
 // there as bf16 [n, QH*QW, NP] (NP: N rounded up to 8, the padding 0): the operand of a conv that reads this one's
-// output, with no conversion launch. When col_sums is given, each block also writes the column sums of the results
+// output, with no conversion launch; when act_out is given, the activation act_kind (UNARY_*) of the result is written
+// there, and the operand holds it instead (a linear layer followed by its activation). When col_sums is given, each block also writes the column sums of the results
 // it wrote (over its rows, 0 for a block with none) as row blockIdx.z * gridDim.y + blockIdx.y of col_sums [rows,
 // N]: sums whose columns add up to the output's channel sums (what a bias gradient is, when the output is a conv's
 // output gradient), in a fixed order. The GEMM: rows = output pixels, columns = the N output channels, depth = taps
@@ -207,7 +208,7 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
                 const float* __restrict__ bias, const float* __restrict__ chan_bias,
                 const float* __restrict__ residual, bf16* __restrict__ out_nhwc, float* __restrict__ col_sums, int n,
                 int C, int IH, int IW, int N, int NP, int QH, int QW, int K, int S, int P, int adjoint,
-                int accumulate, int cb_stride) {
+                int accumulate, int cb_stride, float* __restrict__ act_out, int act_kind) {
   DYN_SHARED(bf16, smem);
   bf16* As = smem;                     // [STAGES][BM][BK + PAD]: rows = output pixels
   bf16* Bs = smem + STAGES * ROW_TILE;  // [STAGES][BN][BK + PAD]: rows = output channels
@@ -311,7 +312,9 @@ conv_gather_mma(const bf16* __restrict__ in, const bf16* __restrict__ wp, float*
         const float val = acc[a][b][v] + extra;
         const float res = accumulate ? out[at] + val : residual ? residual[at] + val : val;
         out[at] = res;
-        if (out_nhwc) out_nhwc[(i * Q + q) * NP + o] = f32_to_bf16(res);
+        const float y = act_out ? unary_apply(act_kind, res) : res;
+        if (act_out) act_out[at] = y;
+        if (out_nhwc) out_nhwc[(i * Q + q) * NP + o] = f32_to_bf16(y);
         cs[b][v & 1] += res;
       }
     }

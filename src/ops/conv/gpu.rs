@@ -3,7 +3,7 @@
 //! of `crate::ops::linear::gpu`, then the bias epilogue. The weight gradient sums over the batch inside the GEMM
 //! (a fixed order), not with atomics.
 
-use super::mma::{self, Gather, Kept, Nhwc, PackedWeight, Wgrad};
+use super::mma::{self, ActOut, Gather, Kept, Nhwc, PackedWeight, Wgrad};
 use super::{
     need_input, norm_then_conv, overwriting, BiasSums, ChannelSums, ColumnsOut, ConvOps, Gout, GradOperand, InputIn,
     Keep, NormConv, Split,
@@ -51,7 +51,7 @@ impl<E: Executor> Gpu<E> {
             None => None,
         };
         let out = written.as_mut().map(|(op, sums)| (op, Some(sums)));
-        mma::gather(e, gather, gb, wp, (None, None, None), add, dx, out)?;
+        mma::gather(e, gather, gb, wp, (None, None, None), add, (dx, None), out)?;
         gout.dx_operand = match written {
             Some((operand, buf)) => {
                 let sums = ChannelSums { buf, rows, per_image: false };
@@ -274,7 +274,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         let (kk, plane) = (g.col_rows(), g.col_cols());
         if self.tensor_cores() {
             let xb = given_or(operand, || mma::to_nhwc_bf16(e, x, n, g.c, g.h * g.w))?;
-            return conv2d_mma(e, d, xb, (w, packed), epi, (out, None), keep);
+            return conv2d_mma(e, d, xb, (w, packed), epi, (out, None, None), keep);
         }
         if let Some(r) = epi.residual {
             need("conv2d residual", r, n * co * plane)?;
@@ -311,7 +311,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
             return Ok(done);
         }
         let (ab, stats) = group_norm_forward_nhwc(self.executor(), nd, x, affine)?;
-        let kept = conv2d_mma(self.executor(), d, Arc::new(ab), w, epi, (out, out_operand), keep)?;
+        let kept = conv2d_mma(self.executor(), d, Arc::new(ab), w, epi, (out, out_operand, None), keep)?;
         Ok(NormConv { stats, activation: None, kept })
     }
 
@@ -397,7 +397,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         if self.tensor_cores() {
             let xb = given_or(operand, || mma::to_nhwc_bf16(e, x, n, ci, plane))?;
             let (wp, wp_adj) = operands(e, (w, packed), (g.c, ci, g.k * g.k), true, keep.for_dx)?;
-            mma::gather(e, &Gather::of(g, n, ci, true), &xb, &wp, (bias, None, None), false, out, None)?;
+            mma::gather(e, &Gather::of(g, n, ci, true), &xb, &wp, (bias, None, None), false, (out, None), None)?;
             return Ok(Kept::of(keep, xb, wp_adj));
         }
         let mut col = e.alloc(n * kk * plane)?;
@@ -505,14 +505,31 @@ fn conv2d_mma<E: Executor>(
     xb: Arc<Nhwc<E::Buf>>,
     (w, packed): (&E::Buf, Option<&PackedWeight<E::Buf>>),
     epi: Epilogue<E::Buf>,
-    (out, out_operand): (&mut E::Buf, Option<&mut Nhwc<E::Buf>>),
+    (out, out_operand, act): (&mut E::Buf, Option<&mut Nhwc<E::Buf>>, ActOut<'_, E::Buf>),
     keep: Keep,
 ) -> Result<Option<Kept<E::Buf>>> {
     let (g, n, co) = (&d.geom, d.n, d.channels);
     let (wp, wp_adj) = operands(e, (w, packed), (co, g.c, g.k * g.k), false, keep.for_dx)?;
     let terms = (epi.bias, epi.chan_bias, epi.residual);
-    mma::gather(e, &Gather::of(g, n, co, false), &xb, &wp, terms, false, out, out_operand.map(|o| (o, None)))?;
+    let gather = Gather::of(g, n, co, false);
+    mma::gather(e, &gather, &xb, &wp, terms, false, (out, act), out_operand.map(|o| (o, None)))?;
     Ok(Kept::of(keep, xb, wp_adj))
+}
+
+/// [`ConvOps::conv2d_forward_keep`] under bf16 with the activation `f(out)` of its result written into `act` and
+/// the operand `act_operand` holding it, all by the GEMM's epilogue: a linear layer and the activation after it in
+/// one launch.
+pub(crate) fn conv2d_act<E: Executor>(
+    gpu: &Gpu<E>,
+    d: &ConvDesc,
+    ((x, operand), w): (InputIn<'_, Gpu<E>>, (&E::Buf, Option<&PackedWeight<E::Buf>>)),
+    epi: Epilogue<E::Buf>,
+    (out, (kind, act, act_operand)): (&mut E::Buf, (UnaryKind, &mut E::Buf, &mut Nhwc<E::Buf>)),
+    keep: Keep,
+) -> Result<Option<Kept<E::Buf>>> {
+    let (e, g) = (gpu.executor(), &d.geom);
+    let xb = given_or(operand, || mma::to_nhwc_bf16(e, x, d.n, g.c, g.h * g.w))?;
+    conv2d_mma(e, d, xb, w, epi, (out, Some(act_operand), Some((kind, act))), keep)
 }
 
 /// The forward GEMM's weight operand and, when `adjoint`, the input gradient's: views of the parameters' packed

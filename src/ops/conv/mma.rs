@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::gpu::launch::{columns_arg, elementwise, i32_arg, need, need_bf16, run, SPLIT_TARGET_BLOCKS};
 use crate::gpu::{Arg, Bf16Buf, Cost, Executor, IntBuf, Kernel, LaunchCfg};
 use crate::ops::reduce::gpu::sum_rows;
+use crate::ops::unary::UnaryKind;
 use std::sync::Arc;
 
 /// Block tile of both GEMM kernels (`BM`, `BN` in conv_mma.cu), threads per block, and pixels per k-tile.
@@ -318,6 +319,9 @@ pub(crate) type Terms<'a, B> = (Option<&'a B>, Option<Columns<'a, B>>, Option<&'
 /// block (`[Gather::sums_rows, outputs]`: they add up to the result's channel sums).
 pub(crate) type OperandOut<'a, B> = Option<(&'a mut Nhwc<B>, Option<&'a mut B>)>;
 
+/// Where a gather also writes an activation of its result (then the operand, if any, holds the activation's).
+pub(crate) type ActOut<'a, B> = Option<(UnaryKind, &'a mut B)>;
+
 impl Gather {
     /// The launch grid: output-channel tiles, row tiles of the largest class, classes.
     fn grid(&self) -> Result<[u32; 3]> {
@@ -336,7 +340,8 @@ impl Gather {
 }
 
 /// `out = gather(input) · wpᵀ + bias + chan_bias + residual` (`+=` onto `out` when `accumulate`, instead of the
-/// residual); the result also written as an operand when given (for a conv that reads it), with its column sums.
+/// residual); the result also written as an operand when given (for a conv that reads it), with its column sums,
+/// and its activation `f(out)` into `act` when given (the operand then holds `f(out)`).
 #[allow(clippy::too_many_arguments)] // the GEMM's operands, its epilogue's terms and its two outputs
 pub(crate) fn gather<E: Executor>(
     e: &E,
@@ -345,7 +350,7 @@ pub(crate) fn gather<E: Executor>(
     wp: &Bf16Buf<E::Buf>,
     (bias, chan_bias, residual): Terms<E::Buf>,
     accumulate: bool,
-    out: &mut E::Buf,
+    (out, act): (&mut E::Buf, ActOut<'_, E::Buf>),
     operand: OperandOut<'_, E::Buf>,
 ) -> Result<()> {
     let (out_nhwc, col_sums) = match operand {
@@ -373,6 +378,9 @@ pub(crate) fn gather<E: Executor>(
         }
         need_bf16("conv_gather_mma out_nhwc", &o.buf, d.n * q * np)?;
     }
+    if let Some((_, a)) = &act {
+        need("conv_gather_mma act_out", &**a, d.n * d.outputs * q)?;
+    }
     let sums_len = d.sums_rows()? * d.outputs;
     if let Some(s) = &col_sums {
         need("conv_gather_mma col_sums", &**s, sums_len)?;
@@ -392,6 +400,7 @@ pub(crate) fn gather<E: Executor>(
         args.push(i32_arg(v)?);
     }
     args.extend([Arg::I32(d.adjoint as i32), Arg::I32(accumulate as i32), i32_arg(cb_stride)?]);
+    args.extend([Arg::opt(act.as_ref().map(|(_, a)| &**a)), Arg::I32(act.as_ref().map_or(0, |(k, _)| *k as i32))]);
     // Each class's taps executed (the padded channels too, and the taps of a conv's own map that fall in the zero
     // padding); the gathered input and the weight read once, the output written once (and it or the residual read
     // once when accumulating or adding one).
@@ -402,7 +411,8 @@ pub(crate) fn gather<E: Executor>(
         + 2 * d.outputs * depth
         + 4 * (out_len * (1 + (accumulate || residual.is_some()) as usize) + extra)
         + out_nhwc.as_ref().map_or(0, |_| 2 * d.n * q * np)
-        + col_sums.as_ref().map_or(0, |_| 4 * sums_len);
+        + col_sums.as_ref().map_or(0, |_| 4 * sums_len)
+        + act.as_ref().map_or(0, |_| 4 * out_len);
     run(e, Kernel::ConvGatherMma, cfg, Cost::tensor(flops, bytes), &args)
 }
 

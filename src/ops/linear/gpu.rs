@@ -2,13 +2,14 @@
 //! batch sum split over several blocks whose partials are added in a fixed order) and the linear layers on it;
 //! under bf16 the linear layers run as 1x1 convs on the tensor cores.
 
-use super::LinearOps;
+use super::{Activated, LinearOps};
 use crate::backend::{ConvOps, Gpu, Memory, Precision, ReduceOps};
 use crate::desc::{ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, LinearDesc};
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, int, need, run, SPLIT_TARGET_BLOCKS};
 use crate::gpu::{Arg, Cost, Executor, Kernel, LaunchCfg};
-use crate::ops::conv::gpu::add_channel_bias;
+use crate::ops::conv::gpu::{add_channel_bias, conv2d_act};
+use crate::ops::unary::UnaryOps;
 use crate::ops::conv::{overwriting, BiasSums, Gout, InputIn, Keep, WeightIn};
 
 impl<E: Executor> LinearOps for Gpu<E> {
@@ -47,6 +48,22 @@ impl<E: Executor> LinearOps for Gpu<E> {
         sgemm(e, &Gemm::plain(d.batch, d.fout, d.fin, false, true), x, w, y)?;
         add_channel_bias(e, y, (bias, None), d.batch, d.fout, 1)?;
         Ok(None)
+    }
+    fn linear_forward_act(
+        &self,
+        d: LinearDesc,
+        (x, w, bias): (InputIn<'_, Self>, WeightIn<'_, Self>, Option<&E::Buf>),
+        (y, (kind, a, operand)): (&mut E::Buf, Activated<'_, Self>),
+        keep: Keep,
+    ) -> Result<Option<Self::Kept>> {
+        // Under bf16 with an operand to write, the GEMM's epilogue applies the activation: one launch.
+        if let (Precision::Bf16, Some(op)) = (self.precision(), operand) {
+            let epi = Epilogue { bias, ..Epilogue::none() };
+            return conv2d_act(self, &as_conv(d), (x, w), epi, (y, (kind, a, op)), keep);
+        }
+        let kept = self.linear_forward_keep(d, (x, w, bias), y, keep)?;
+        self.unary_forward(kind, y, a)?;
+        Ok(kept)
     }
     fn linear_backward_with(
         &self,

@@ -8,11 +8,12 @@ pub(crate) mod gpu;
 mod tests;
 
 use crate::autograd::{list_vars, profile, Rule, Tape, Var};
-use crate::backend::{Backend, ConvOps};
-use crate::desc::{GradsInto, LayerGrads, LinearDesc};
+use crate::backend::{Backend, ConvOps, Memory};
+use crate::desc::{GradsInto, LayerGrads, LinearDesc, Planes};
 use crate::error::Result;
 use crate::ops::conv::{overwriting, Keep};
 use crate::ops::conv::{Gout, InputIn, WeightIn};
+use crate::ops::unary::{unary_rule, UnaryKind};
 use crate::shape_err;
 use crate::tensor::Tensor;
 use std::fmt;
@@ -51,6 +52,23 @@ pub trait LinearOps: ConvOps {
         let _ = (keep, packed, operand);
         self.linear_forward(d, x, w, bias, y).map(|()| None)
     }
+    /// [`LinearOps::linear_forward_keep`] into `y`, then the activation `a = f(y)` of `kind`, also written into
+    /// `operand` when given (for the linear layer that reads `a`, [`ConvOps::operand_for_output`]); by default the
+    /// two in turn.
+    fn linear_forward_act(
+        &self,
+        d: LinearDesc,
+        inputs: (InputIn<'_, Self>, WeightIn<'_, Self>, Option<&Self::Buf>),
+        (y, (kind, a, operand)): (&mut Self::Buf, Activated<'_, Self>),
+        keep: Keep,
+    ) -> Result<Option<Self::Kept>> {
+        let kept = self.linear_forward_keep(d, inputs, y, keep)?;
+        match operand {
+            Some(op) => self.unary_with_operand(kind, (y, Planes { n: d.batch, c: d.fout, plane: 1 }), a, op)?,
+            None => self.unary_forward(kind, y, a)?,
+        }
+        Ok(kept)
+    }
     /// [`LinearOps::linear_backward`] with what the forward kept, `dx` added to when `grads` says so, and the
     /// bias's gradient `db: [fout]` (the column sums of `gy`) when asked for; by default through
     /// [`ReduceOps::column_sums`].
@@ -67,19 +85,16 @@ pub trait LinearOps: ConvOps {
     }
 }
 
+/// An activation after a linear layer ([`LinearOps::linear_forward_act`]): its kind, its values, and its operand
+/// when one is written.
+pub type Activated<'a, B> = (UnaryKind, &'a mut <B as Memory>::Buf, Option<&'a mut <B as ConvOps>::Operand>);
+
 impl<B: Backend> Tape<'_, B> {
     /// `y = x Wᵀ + b`, `x: [batch, in]`, `w: [out, in]`, `b: [out]`.
     pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
         let started = profile::start();
-        let (batch, fin) = self.value(x).dims2("linear input")?;
-        let (fout, win) = self.value(w).dims2("linear weight")?;
-        if win != fin {
-            let (ws, xs) = (self.value(w).shape(), self.value(x).shape());
-            return shape_err!("linear: weight {ws:?} does not fit input {xs:?}");
-        }
-        self.check_shape(b, &[fout], "linear bias")?;
-        let d = LinearDesc { batch, fin, fout };
-        let mut y = Tensor::alloc(self.backend(), &[batch, fout])?;
+        let d = self.linear_desc(x, w, b)?;
+        let mut y = Tensor::alloc(self.backend(), &[d.batch, d.fout])?;
         let operand = self.operand(x)?;
         let inputs = (
             (self.value(x).buf(), operand.as_ref()),
@@ -88,6 +103,44 @@ impl<B: Backend> Tape<'_, B> {
         );
         let kept = self.backend().linear_forward_keep(d, inputs, y.buf_mut(), Keep::on(self, x, w))?;
         Ok(self.push(Linear { x, w, b, d, kept }, y, started))
+    }
+
+    /// `(y, a)` with `y = x Wᵀ + b` and `a = f(y)` for the activation `kind`, `a` written with its operand for the
+    /// linear layer that reads it ([`Tape::operand`]): [`Tape::linear`] and [`Tape::unary_with`] as two ops on the
+    /// tape (the activation's backward reads `y`), made in one pass where the backend fuses them (under bf16 on a
+    /// GPU, the GEMM's epilogue writes both values and the operand).
+    pub fn linear_act(&mut self, x: Var, w: Var, b: Option<Var>, kind: UnaryKind) -> Result<(Var, Var)> {
+        let started = profile::start();
+        let d = self.linear_desc(x, w, b)?;
+        let be = self.backend();
+        let (mut y, mut a) = (Tensor::alloc(be, &[d.batch, d.fout])?, Tensor::alloc(be, &[d.batch, d.fout])?);
+        let mut a_operand = be.operand_for_output(Planes { n: d.batch, c: d.fout, plane: 1 })?;
+        let operand = self.operand(x)?;
+        let inputs = (
+            (self.value(x).buf(), operand.as_ref()),
+            (self.value(w).buf(), self.packed(w)?),
+            b.map(|b| self.value(b).buf()),
+        );
+        let outputs = (y.buf_mut(), (kind, a.buf_mut(), a_operand.as_mut()));
+        let kept = self.backend().linear_forward_act(d, inputs, outputs, Keep::on(self, x, w))?;
+        let y = self.push(Linear { x, w, b, d, kept }, y, started);
+        let v = self.push(unary_rule(kind, y), a, None);
+        if let Some(op) = a_operand {
+            self.set_operand(v, op);
+        }
+        Ok((y, v))
+    }
+
+    /// The linear layer of `x` by `w` and `b`, checked against each other.
+    fn linear_desc(&self, x: Var, w: Var, b: Option<Var>) -> Result<LinearDesc> {
+        let (batch, fin) = self.value(x).dims2("linear input")?;
+        let (fout, win) = self.value(w).dims2("linear weight")?;
+        if win != fin {
+            let (ws, xs) = (self.value(w).shape(), self.value(x).shape());
+            return shape_err!("linear: weight {ws:?} does not fit input {xs:?}");
+        }
+        self.check_shape(b, &[fout], "linear bias")?;
+        Ok(LinearDesc { batch, fin, fout })
     }
 }
 

@@ -5,8 +5,6 @@
 // Both orders of arithmetic are the same, so staged and unstaged launches give the same bits.
 #include "common.cuh"
 
-static __device__ __forceinline__ float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
-
 // y = z or silu(z), z = (x - mean)*rstd*gamma[c] + beta[c]; saves mean and rstd per (i, g) for the backward.
 // Two passes over the group (mean, then the centred variance) for accuracy. When `yb` is not null, y is not
 // written: the values go to yb as bf16 channels-last [n, plane, C] (C % 8 == 0), the operand of the conv that

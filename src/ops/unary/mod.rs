@@ -123,6 +123,12 @@ impl<B: Backend> Tape<'_, B> {
     }
 }
 
+/// The tape's rule of `y = f(x)` for the activation `kind`, for an op that computed `y` itself
+/// ([`Tape::linear_act`]).
+pub(crate) fn unary_rule<B: Backend>(kind: UnaryKind, x: Var) -> impl Rule<B> {
+    Unary { kind, x }
+}
+
 /// `y = f(x)`: `dx = gy·f'(x)`.
 struct Unary {
     kind: UnaryKind,

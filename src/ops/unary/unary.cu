@@ -1,29 +1,8 @@
 // unary.cu: the elementwise activations, forward and backward, one `case` per UnaryKind (src/ops/unary/mod.rs;
 // the codes are its discriminants). Launch with grid CEIL_DIV(n, 256) (capped; grid-stride loops) and block 256.
+// The formulas themselves (unary_apply, unary_grad) are in common.cuh, shared with the GEMM epilogue that applies an
+// activation (conv_gather_mma) and GroupNorm's fused SiLU.
 #include "common.cuh"
-
-#define UNARY_SILU 0
-#define UNARY_RELU 1
-
-static __device__ __forceinline__ float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
-
-// f(x).
-static __device__ __forceinline__ float unary_apply(int kind, float x) {
-  switch (kind) {
-    case UNARY_SILU: return x * sigmoidf_(x);
-    case UNARY_RELU: return x < 0.0f ? 0.0f : x;  // a NaN stays NaN, as in torch.relu
-  }
-  return nanf("");  // an unknown kind: NaN, which every test notices
-}
-
-// gy * f'(x).
-static __device__ __forceinline__ float unary_grad(int kind, float x, float gy) {
-  switch (kind) {
-    case UNARY_SILU: { const float s = sigmoidf_(x); return gy * (s * (1.0f + x * (1.0f - s))); }
-    case UNARY_RELU: return x > 0.0f ? gy : 0.0f;
-  }
-  return nanf("");
-}
 
 // y = f(x), and when y_nhwc is given, y as a [rows, cols] matrix in the GEMMs' layout: the operand of the linear
 // layers that read y. The kind is uniform across the grid, so the switch costs no divergence.

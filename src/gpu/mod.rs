@@ -191,6 +191,14 @@ pub trait Executor: Send + Sync + 'static {
     fn alloc_bf16(&self, len: usize) -> Result<Bf16Buf<Self::Buf>> {
         Ok(Bf16Buf { buf: self.alloc(len.div_ceil(2))?, len })
     }
+    /// A bfloat16 buffer holding a copy of `values` (the bits of each), two to a word, the first in the low half.
+    fn upload_bf16(&self, values: &[u16]) -> Result<Bf16Buf<Self::Buf>> {
+        let words: Vec<f32> = values
+            .chunks(2)
+            .map(|p| f32::from_bits(p[0] as u32 | (p.get(1).copied().unwrap_or(0) as u32) << 16))
+            .collect();
+        Ok(Bf16Buf { buf: self.upload(&words)?, len: values.len() })
+    }
     /// A view of `len` values of `buf` from value `offset` on, which must be even (a view starts at a word).
     fn view_bf16(&self, buf: &Bf16Buf<Self::Buf>, offset: usize, len: usize) -> Result<Bf16Buf<Self::Buf>> {
         if !offset.is_multiple_of(2) || offset + len > buf.len {

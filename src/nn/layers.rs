@@ -6,6 +6,7 @@
 
 use crate::autograd::{Tape, Var};
 use crate::backend::{Backend, Memory};
+use crate::desc::Planes;
 use crate::error::Result;
 use crate::ops::conv::{ConvExtra, Norm};
 use crate::ops::unary::UnaryKind;
@@ -222,8 +223,18 @@ impl TimeEmbedding {
     pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, t: Timesteps<'_, B>, silu: bool) -> Result<(Var, Option<Var>)> {
         let e = match t {
             // Made on the host (a few hundred values) with the same f32 sin/cos as the golden reference, then
-            // uploaded.
-            Timesteps::Host(t) => tape.input_host(Self::sinusoid(t, self.dim))?,
+            // uploaded, with its operand for lin0 where the backend has operands (made on the host too, so no
+            // conversion launch).
+            Timesteps::Host(t) => {
+                let s = Self::sinusoid(t, self.dim);
+                let planes = Planes { n: t.len(), c: self.dim, plane: 1 };
+                let operand = tape.backend().upload_operand(s.data(), planes)?;
+                let v = tape.input_host(s)?;
+                if let Some(op) = operand {
+                    tape.set_operand(v, op);
+                }
+                v
+            }
             // Made on the backend from its timesteps, in the same f32 operations (DiffusionOps::time_sinusoid).
             // With its operand for lin0, where the backend has operands.
             Timesteps::Device { t, n } => {

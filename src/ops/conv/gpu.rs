@@ -82,6 +82,24 @@ impl<E: Executor> ConvOps for Gpu<E> {
         }
         Ok(Some(Nhwc::new(self.executor().alloc_bf16(d.n * d.plane * mma::padded(d.c))?, d.c)))
     }
+    /// Rounded to bf16 as the kernels round ([`mma::bf16_bits`]) and laid out channels-last, padding zero, on the
+    /// host.
+    fn upload_operand(&self, x: &[f32], d: Planes) -> Result<Option<Self::Operand>> {
+        if !self.tensor_cores() {
+            return Ok(None);
+        }
+        if x.len() != d.n * d.c * d.plane {
+            return Err(Error::Shape(format!("upload_operand: {} values for {d:?}", x.len())));
+        }
+        let cp = mma::padded(d.c);
+        let mut nhwc = vec![0u16; d.n * d.plane * cp];
+        for (e, &v) in x.iter().enumerate() {
+            let (ic, p) = (e / d.plane, e % d.plane);
+            let (i, c) = (ic / d.c, ic % d.c);
+            nhwc[(i * d.plane + p) * cp + c] = mma::bf16_bits(v);
+        }
+        Ok(Some(Nhwc::new(self.executor().upload_bf16(&nhwc)?, d.c)))
+    }
     /// One `unary_fwd` launch writing both.
     fn unary_with_operand(
         &self,

@@ -44,6 +44,16 @@ pub(crate) fn padded(c: usize) -> usize {
     c.div_ceil(8) * 8
 }
 
+/// `v` rounded to bfloat16 on the host as the kernels' `f32_to_bf16` rounds it: to nearest, ties to even; a NaN
+/// stays a quiet NaN.
+pub(crate) fn bf16_bits(v: f32) -> u16 {
+    let u = v.to_bits();
+    if u & 0x7fff_ffff > 0x7f80_0000 {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
 /// A channels-last bf16 copy of `n` images of `c` channels: `[n, plane, padded(c)]`, the padding zero.
 pub struct Nhwc<B> {
     pub(crate) buf: Bf16Buf<B>,

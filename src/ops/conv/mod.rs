@@ -60,6 +60,12 @@ pub trait ConvOps: Memory + ReduceOps + NormOps + UnaryOps + LossOps {
         let _ = (x, d);
         Ok(None)
     }
+    /// The host values `x` of a `[d.n, d.c, d.plane]` tensor as an operand made on the host and copied over (no
+    /// conversion launch), or `None` (the default) where there are no operands.
+    fn upload_operand(&self, x: &[f32], d: Planes) -> Result<Option<Self::Operand>> {
+        let _ = (x, d);
+        Ok(None)
+    }
     /// Room for the operand of a conv's `[d.n, d.c, d.plane]` output, which that conv's forward writes with its
     /// output when given it; `None` (the default) where there are no operands.
     fn operand_for_output(&self, d: Planes) -> Result<Option<Self::Operand>> {

@@ -249,11 +249,8 @@ fn channel_biases_as_overlapping_columns_of_one_value() {
         random(&mut rng, &[2, 7]),
     ];
     gradcheck("two convs' channel biases from one value", inputs, &|t, v| {
-        let extra = |start, residual| ConvExtra {
-            chan_bias: Some(ChanBias { var: v[3], start }),
-            residual,
-            operand: false,
-        };
+        let extra =
+            |start, residual| ConvExtra { chan_bias: Some(ChanBias { var: v[3], start }), residual, operand: false };
         let a = t.conv2d(v[0], v[1], None, 1, 1, extra(0, None))?;
         t.conv2d(a, v[2], None, 1, 0, extra(3, Some(a)))
     });

@@ -220,7 +220,12 @@ impl TimeEmbedding {
 
     /// `mlp(sinusoid(t))`, `[len(t), hidden]`, and with `silu` its SiLU too (the ResBlocks' input), made with the
     /// last linear layer ([`Tape::linear_act`]).
-    pub fn forward<B: Backend>(&self, tape: &mut Tape<B>, t: Timesteps<'_, B>, silu: bool) -> Result<(Var, Option<Var>)> {
+    pub fn forward<B: Backend>(
+        &self,
+        tape: &mut Tape<B>,
+        t: Timesteps<'_, B>,
+        silu: bool,
+    ) -> Result<(Var, Option<Var>)> {
         let e = match t {
             // Made on the host (a few hundred values) with the same f32 sin/cos as the golden reference, then
             // uploaded, with its operand for lin0 where the backend has operands (made on the host too, so no

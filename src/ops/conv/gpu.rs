@@ -195,7 +195,8 @@ impl<E: Executor> ConvOps for Gpu<E> {
                 let b = &out.operand.buf;
                 let sums_b = e.view_bf16(b, out.start, b.len() - out.start)?;
                 let sums_f = e.view(out.values, out.start, Self::buf_len(out.values) - out.start)?;
-                let o = DxOperand { dxb: &dxb, sums: &sums, sums_b: &sums_b, sums_f: Some(&sums_f), stride: out.stride };
+                let o =
+                    DxOperand { dxb: &dxb, sums: &sums, sums_b: &sums_b, sums_f: Some(&sums_f), stride: out.stride };
                 norm_backward(self, d, (inputs, stats, gy), dx, daffine, Some(o))?;
                 None
             }

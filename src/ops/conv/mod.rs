@@ -445,7 +445,13 @@ impl<B: Backend> Tape<'_, B> {
         if let Some(cb) = extra.chan_bias {
             match *self.value(cb.var).shape() {
                 [rows, width] if rows == n && cb.start + co <= width => {}
-                ref s => return shape_err!("conv2d channel bias: columns {}..{} of [{n}, ..] wanted, got shape {s:?}", cb.start, cb.start + co),
+                ref s => {
+                    return shape_err!(
+                        "conv2d channel bias: columns {}..{} of [{n}, ..] wanted, got shape {s:?}",
+                        cb.start,
+                        cb.start + co
+                    )
+                }
             }
         }
         self.check_shape(extra.residual, &[n, co, geom.oh, geom.ow], "conv2d residual")?;
@@ -590,7 +596,8 @@ impl<B: Backend> Rule<B> for Conv2d<B> {
     }
     fn reads_grad_operand(&self) -> bool {
         true
-    }    fn chan_bias(&self) -> Option<ChanBias> {
+    }
+    fn chan_bias(&self) -> Option<ChanBias> {
         self.extra.chan_bias
     }
 }

@@ -139,7 +139,8 @@ impl<B: Backend> Rule<B> for NormConv2d<B> {
     }
     fn reads_grad_operand(&self) -> bool {
         true
-    }    fn chan_bias(&self) -> Option<ChanBias> {
+    }
+    fn chan_bias(&self) -> Option<ChanBias> {
         self.extra.chan_bias
     }
 }

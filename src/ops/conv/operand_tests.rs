@@ -42,7 +42,9 @@ fn operands_written_and_shared<E: Executor>(g: &Gpu<E>) {
         let y = t.norm_conv2d(x, Norm { gamma, beta, groups: 4, silu: true }, w1, Some(b1), 1, 1, extra).unwrap();
         let u = t.unary_with(crate::ops::unary::UnaryKind::Silu, v, share).unwrap();
         let (l1, l2) = (t.linear(u, wl1, None).unwrap(), t.linear(u, wl2, None).unwrap());
-        let z1 = t.conv2d(y, w2, None, 2, 1, ConvExtra { chan_bias: Some(ChanBias::of(l2)), ..ConvExtra::default() }).unwrap();
+        let z1 = t
+            .conv2d(y, w2, None, 2, 1, ConvExtra { chan_bias: Some(ChanBias::of(l2)), ..ConvExtra::default() })
+            .unwrap();
         let z2 = t.conv_transpose2d(y, w3, None, 2, 1).unwrap();
         let cat = t.concat_with(z2, z2, share).unwrap();
         let extra = ConvExtra { chan_bias: Some(ChanBias::of(l1)), residual: Some(z1), operand: false };
@@ -166,3 +168,27 @@ fn split_writes_operands<E: Executor>(g: &Gpu<E>) {
     }
 }
 gpu_test!(split_writes_operands, crate::backend::Precision::Bf16);
+
+/// The host's bf16 rounding (`mma::bf16_bits`, mirroring the kernels' `f32_to_bf16`) against the `half` crate's, an
+/// independent implementation, on ties both ways, the largest finite values (which round to infinity), subnormals,
+/// infinities and NaN (quiet either way); and an operand uploaded from the host equal to the device's conversion of
+/// the same values, to the bit (5 channels padded to 8, 4 pixels, 3 images).
+fn uploaded_operand_equals_the_converted<E: Executor>(g: &Gpu<E>) {
+    let tie = |m: u32| f32::from_bits(0x3f80_0000 | m << 15);
+    let mut special = vec![0.0, -0.0, tie(1), tie(3), -tie(1), f32::MAX, -f32::MAX, 1e-40, -3e-39];
+    special.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::from_bits(0x7f80_0001)]);
+    for v in special.iter().copied().chain(rand(90, 1000)) {
+        let (got, want) = (super::mma::bf16_bits(v), half::bf16::from_f32(v).to_bits());
+        let nan = half::bf16::from_bits(got).is_nan() && half::bf16::from_bits(want).is_nan();
+        assert!(got == want || nan, "bf16 of {v:e} ({:#x}): {got:#x}, half makes {want:#x}", v.to_bits());
+        assert!(!v.is_nan() || got & 0x40 != 0, "NaN {:#x} rounds to a signalling NaN", v.to_bits());
+    }
+    let planes = Planes { n: 3, c: 5, plane: 4 };
+    let mut values = rand(91, 60);
+    values[..special.len()].copy_from_slice(&special);
+    let bits = |b: &E::Buf| down(g, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let uploaded = g.upload_operand(&values, planes).unwrap().expect("an operand under bf16");
+    let converted = g.operand(&up(g, &values), planes).unwrap().unwrap();
+    assert_eq!(bits(&uploaded.buf.buf), bits(&converted.buf.buf), "operand made on the host");
+}
+gpu_test!(uploaded_operand_equals_the_converted, crate::backend::Precision::Bf16);

@@ -188,8 +188,9 @@ fn conv2d_bf16<E: Executor>(g: &Gpu<E>) {
         let cols = Columns { buf: &cbb, start: 4, stride: co + 5 };
         let epi = Epilogue { bias: Some(&up(g, &b)), chan_bias: Some(cols), residual: Some(&up(g, &res)) };
         g.conv2d_forward(&d, &xb, &wb, epi, &mut got).unwrap();
-        let extra: Vec<f64> =
-            (0..n * co * oq).map(|e| res[e] as f64 + (b[e / oq % co] as f64 + cb[e / oq / co * (co + 5) + 4 + e / oq % co] as f64)).collect();
+        let extra: Vec<f64> = (0..n * co * oq)
+            .map(|e| res[e] as f64 + (b[e / oq % co] as f64 + cb[e / oq / co * (co + 5) + 4 + e / oq % co] as f64))
+            .collect();
         check_bf16(&down(g, &got), &exact.fwd, &rounded.fwd, c * kk, &extra, &format!("{what} forward"));
 
         let (mut dxb, mut dwb) = (out(g, x.len()), out(g, wt.len()));

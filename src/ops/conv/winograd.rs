@@ -449,8 +449,7 @@ mod tests {
             let (bias, chan_bias, residual) =
                 (values(co, 7, 13), values(n * (co + 5), 11, 17), values(n * co * h * w, 29, 97));
             let cols = Columns { buf: &chan_bias[..], start: 3, stride: co + 5 };
-            let epi =
-                Epilogue { bias: Some(&bias[..]), chan_bias: Some(cols), residual: Some(&residual[..]) };
+            let epi = Epilogue { bias: Some(&bias[..]), chan_bias: Some(cols), residual: Some(&residual[..]) };
             let mut out = vec![f32::NAN; n * co * h * w];
             conv2d_forward(&g, n, &x, &wt, co, epi, &mut out);
             let want = direct_conv(&g, n, &x, &wt, co);

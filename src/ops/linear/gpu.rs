@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, int, need, run, SPLIT_TARGET_BLOCKS};
 use crate::gpu::{Arg, Cost, Executor, Kernel, LaunchCfg};
 use crate::ops::conv::gpu::{add_channel_bias, conv2d_act};
-use crate::ops::unary::UnaryOps;
 use crate::ops::conv::{overwriting, BiasSums, Gout, InputIn, Keep, WeightIn};
+use crate::ops::unary::UnaryOps;
 
 impl<E: Executor> LinearOps for Gpu<E> {
     fn linear_forward(

@@ -3,11 +3,12 @@
 use super::gemm::{self, Mat};
 use super::gpu::{self, Gemm};
 use super::LinearOps;
-use crate::backend::{Cpu, Gpu, Precision, ReduceOps};
-use crate::desc::{LayerGrads, LinearDesc};
-use crate::gpu::Executor;
-use crate::ops::conv::Gout;
+use crate::backend::{ConvOps, Cpu, Gpu, Precision, ReduceOps};
+use crate::desc::{LayerGrads, LinearDesc, Planes};
+use crate::gpu::{Executor, Kernel};
+use crate::ops::conv::{Gout, Keep};
 use crate::ops::testing::{close, down, gpu_test, out, rand, up};
+use crate::ops::unary::UnaryKind;
 
 // GEMM: every transpose combination, accumulate, a batch, and a batch sum. Sums of up to 70 products of values in
 // [-1, 1): different order than the CPU's GEMM, so rel 1e-5 plus abs 1e-5 for cancellation.
@@ -145,3 +146,34 @@ fn linear_bias_gradient_in_the_backward<E: Executor>(dev: &Gpu<E>) {
     }
 }
 gpu_test!(linear_bias_gradient_in_the_backward);
+
+// A linear layer and its activation in one GEMM (`linear_forward_act` under bf16) against the two in turn (the GEMM,
+// then `unary_with_operand`), for every activation: the epilogue applies the same f32 formula to the same f32
+// result, so y, f(y) and f(y)'s operand (20 columns, padded to 24) agree to the bit, from one GEMM launch and no
+// activation launch.
+fn linear_act_fused<E: Executor>(g: &Gpu<E>) {
+    let d = LinearDesc { batch: 5, fin: 24, fout: 20 };
+    let planes = Planes { n: d.batch, c: d.fout, plane: 1 };
+    let (xb, wb, bb) = (up(g, &rand(70, d.batch * d.fin)), up(g, &rand(71, d.fout * d.fin)), up(g, &rand(72, d.fout)));
+    let bits = |b: &E::Buf| down(g, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let counters = g.executor().counters();
+    for &kind in UnaryKind::ALL {
+        let what = format!("linear + {}", kind.name());
+        let inputs = ((&xb, None), (&wb, None), Some(&bb));
+        let (mut y0, mut a0, mut op0) = (out(g, 100), out(g, 100), g.operand_for_output(planes).unwrap().unwrap());
+        g.linear_forward_keep(d, inputs, &mut y0, Keep::default()).unwrap();
+        g.unary_with_operand(kind, (&y0, planes), &mut a0, &mut op0).unwrap();
+        let (mut y1, mut a1, mut op1) = (out(g, 100), out(g, 100), g.operand_for_output(planes).unwrap().unwrap());
+        counters.record();
+        g.linear_forward_act(d, inputs, (&mut y1, (kind, &mut a1, Some(&mut op1))), Keep::default()).unwrap();
+        // (Besides the input's conversion and the weight's packing, which a tape's linear layer gets made.)
+        let log = counters.take_log();
+        let run: Vec<_> =
+            log.iter().map(|l| l.kernel).filter(|k| [Kernel::ConvGatherMma, Kernel::UnaryFwd].contains(k)).collect();
+        assert_eq!(run, [Kernel::ConvGatherMma], "{what}: launches");
+        assert_eq!(bits(&y1), bits(&y0), "{what}: y");
+        assert_eq!(bits(&a1), bits(&a0), "{what}: f(y)");
+        assert_eq!(bits(&op1.buf.buf), bits(&op0.buf.buf), "{what}: f(y)'s operand");
+    }
+}
+gpu_test!(linear_act_fused, crate::backend::Precision::Bf16);

@@ -104,7 +104,15 @@ fn group_norm_backward_writes_the_operand<E: Executor>(g: &Gpu<E>) {
         let inputs = (&xb, &gb, &bb);
         g.group_norm_backward(d, inputs, (&mb, &rb), &gyb, Some((&mut plain, adding)), (&mut dg, &mut db)).unwrap();
         let op = g
-            .group_norm_backward_with(d, inputs, (&mb, &rb), &gyb, Some((&mut with, adding)), (&mut dg, &mut db), (true, None))
+            .group_norm_backward_with(
+                d,
+                inputs,
+                (&mb, &rb),
+                &gyb,
+                Some((&mut with, adding)),
+                (&mut dg, &mut db),
+                (true, None),
+            )
             .unwrap()
             .expect("an operand under bf16");
         assert_eq!(bits(&with), bits(&plain), "{what}: dx differs with its operand written");

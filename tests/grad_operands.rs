@@ -15,6 +15,14 @@ fn values(seed: usize, len: usize) -> Vec<f32> {
     (0..len).map(|i| ((i * 7919 + seed * 104_729) % 2000) as f32 / 1000.0 - 1.0).collect()
 }
 
+/// The largest `|got - want|`, infinite where either is NaN (which `f32::max` would skip).
+fn worst_error(got: &[f32], want: &[f32]) -> f32 {
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
+}
+
 /// A small net with each way a gradient's operand is made and read, and its parameters:
 /// `h0 = conv(x)`; `r = conv1x1(silu(h0))`; `l = linear(silu(linear(v)))`; `h1 = conv(silu(norm(h0))) + l`
 /// (per-image channel bias);
@@ -106,8 +114,85 @@ fn gradients_operands_are_written_shared_and_dropped_when_added_to() {
     });
     for ((name, _), (got, want)) in shapes.iter().zip(got.iter().zip(&want)) {
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let worst = worst_error(got, want);
         assert!(worst <= 0.015 * scale, "{name}: bf16 gradient {worst:e} from the f32 CPU's (largest {scale:e})");
     }
     assert_eq!(conversions, Some(2), "gradients converted in the backward");
+}
+
+/// Two ResBlock-like convs whose channel biases are columns of one linear layer's output (as the UNet's time
+/// projections are), each conv's output read by a GroupNorm: `l = linear(silu(linear(v)))` `[2, width]` (with a
+/// bias, whose gradient sums the f32 values of l's);
+/// `h1 = conv(silu(norm(x))) + l[:, 0..16]`; `h2 = conv(silu(norm(h1))) + l[:, 16..32]`; `y = conv(silu(norm(h2)))`;
+/// loss = mse(y, target). Returns every parameter's gradient and the conversions the backward made.
+fn run_columns<B: Backend>(params: &Params<B>, count: impl Fn() -> Option<usize>) -> (Vec<Vec<f32>>, Option<usize>) {
+    let mut t = Tape::new(params);
+    let p: Vec<_> = (0..params.len()).map(|i| t.param(ddpm::params::ParamId(i))).collect();
+    let [v, wa, wl, bl, g1, be1, w1, g2, be2, w2, g3, be3, w3] = p[..] else { panic!("13 parameters") };
+    let (n, hw) = (2, 6);
+    let x = t.input_host(Tensor::new(&[n, 16, hw, hw], values(3, n * 16 * hw * hw)).unwrap()).unwrap();
+    let u = t.linear(v, wa, None).unwrap();
+    let u = t.silu(u).unwrap();
+    let l = t.linear(u, wl, Some(bl)).unwrap();
+    let norm = |gamma, beta| Norm { gamma, beta, groups: 4, silu: true };
+    let bias = |start| ConvExtra { chan_bias: Some(ChanBias { var: l, start }), ..ConvExtra::default() };
+    let h1 = t.norm_conv2d(x, norm(g1, be1), w1, None, 1, 1, bias(0)).unwrap();
+    let h2 = t.norm_conv2d(h1, norm(g2, be2), w2, None, 1, 1, bias(16)).unwrap();
+    let y = t.norm_conv2d(h2, norm(g3, be3), w3, None, 1, 1, ConvExtra::default()).unwrap();
+    let target = t.input_host(Tensor::new(&[n, 16, hw, hw], values(4, n * 16 * hw * hw)).unwrap()).unwrap();
+    let loss = t.mse(y, target).unwrap();
+    count();
+    let grads = t.backward(loss).unwrap();
+    let conversions = count();
+    (grads.0.into_iter().map(|g| g.to_host().unwrap().data().to_vec()).collect(), conversions)
+}
+
+/// The channel biases' gradient assembled from column blocks under bf16: each GroupNorm's backward writes its
+/// block's per-image sums, f32 and operand, straight into the linear layer's output gradient, so the backward
+/// converts nothing when the blocks cover every column (`width` 32); with 8 columns no conv reads (`width` 40) the
+/// tape zeroes them and the linear layer's backward converts the gradient (one conversion). The gradients against
+/// the f32 CPU's as in the test above (1.5% of each one's largest magnitude); the unread columns' weight rows and
+/// bias entries get exactly zero.
+#[test]
+fn channel_bias_columns_are_written_by_group_norms_backward() {
+    for (width, conversions) in [(32, 0), (40, 1)] {
+        let mut p = Params::new();
+        let shapes: [(&str, Vec<usize>); 13] = [
+            ("v", vec![2, 12]),
+            ("wa", vec![12, 12]),
+            ("wl", vec![width, 12]),
+            ("bl", vec![width]),
+            ("g1", vec![16]),
+            ("be1", vec![16]),
+            ("w1", vec![16, 16, 3, 3]),
+            ("g2", vec![16]),
+            ("be2", vec![16]),
+            ("w2", vec![16, 16, 3, 3]),
+            ("g3", vec![16]),
+            ("be3", vec![16]),
+            ("w3", vec![16, 16, 3, 3]),
+        ];
+        for (i, (name, shape)) in shapes.iter().enumerate() {
+            let len = shape.iter().product();
+            let (scale, offset) = if name.starts_with('g') { (0.5, 1.0) } else { (0.3, 0.0) };
+            let data = values(30 + i, len).into_iter().map(|v| v * scale + offset).collect();
+            p.add(name, Tensor::new(shape, data).unwrap());
+        }
+        let (want, _) = run_columns(&p, || None);
+        let gpu = Gpu::new(Emulator::new()).with_precision(Precision::Bf16);
+        let counters = gpu.executor().counters();
+        let (got, converted) = run_columns(&p.to_backend(&gpu).unwrap(), || {
+            let log = counters.take_log();
+            counters.record();
+            Some(log.iter().filter(|l| l.kernel == Kernel::NchwToNhwcBf16).count())
+        });
+        for ((name, _), (got, want)) in shapes.iter().zip(got.iter().zip(&want)) {
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = worst_error(got, want);
+            assert!(worst <= 0.015 * scale, "width {width}, {name}: bf16 gradient {worst:e} off (largest {scale:e})");
+        }
+        assert!(got[2][32 * 12..].iter().all(|&g| g == 0.0), "width {width}: unread columns' weight gradient");
+        assert!(got[3][32..].iter().all(|&g| g == 0.0), "width {width}: unread columns' bias gradient");
+        assert_eq!(converted, Some(conversions), "width {width}: conversions in the backward");
+    }
 }

@@ -81,6 +81,16 @@ impl<B: Memory> Arena<B> {
         self.buf.as_mut().map(|(b, _)| b)
     }
 
+    /// Another handle on the same arena (its buffer a view of the whole, `backend`'s), or no arena when there is
+    /// none: writing through either writes both.
+    pub fn alias(&self, backend: &B) -> Result<Self> {
+        let buf = match &self.buf {
+            Some((b, layout)) => Some((backend.view(b, 0, B::buf_len(b))?, layout.clone())),
+            None => None,
+        };
+        Ok(Arena { buf })
+    }
+
     /// Where each tensor of the set lies in the arena, when the set has one.
     pub fn layout(&self) -> Option<&Layout> {
         self.buf.as_ref().map(|(_, l)| l)

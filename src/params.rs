@@ -145,6 +145,13 @@ impl<B: Backend> Params<B> {
         Tensor::from_buf(self.backend.clone(), &self.span_shape(s), view).map(Some)
     }
 
+    /// A set with these names and spans holding `tensors` (shaped as these), the views of `arena` when it is one
+    /// (laid out as this set's arena), e.g. the EMA's weights.
+    pub(crate) fn with_tensors(&self, tensors: Vec<Tensor<B>>, arena: Arena<B>) -> Params<B> {
+        let (names, index, spans) = (self.names.clone(), self.index.clone(), self.spans.clone());
+        Params { backend: self.backend.clone(), names, tensors, index, spans, arena, packs: Packs::default() }
+    }
+
     /// The tensors' arena, when they are views of one.
     pub fn arena(&self) -> &Arena<B> {
         &self.arena

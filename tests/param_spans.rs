@@ -95,3 +95,31 @@ fn a_linear_layer_through_spans_equals_one_through_the_stacked_values() {
         check(got, want, &format!("emulator {precision:?}, gradient store"));
     }
 }
+
+/// The EMA's weights as a parameter store: on a GPU views of the EMA's arena (one packing launch, the UNet's
+/// time-projection spans views as the parameters' are), on the CPU copies; the shadow's values either way.
+#[test]
+fn the_ema_weights_are_a_store_with_the_parameters_spans() {
+    use ddpm::nn::UNetConfig;
+    use ddpm::train::{RunConfig, TrainState};
+    let config =
+        RunConfig { model: UNetConfig { in_ch: 1, base: 8, t_dim: 16, classes: 0 }, ..RunConfig::reference_recipe() };
+    let mut host = TrainState::new(config).unwrap();
+    // A shadow that differs from the parameters, so that a store of the parameters would not pass.
+    for t in host.ema.shadow.iter_mut() {
+        *t = Tensor::new(t.shape(), t.data().iter().map(|v| v * 0.5 + 0.25).collect()).unwrap();
+    }
+    let gpu = Gpu::new(Emulator::new());
+    let on_gpu = host.to_backend(&gpu).unwrap();
+    for (what, ema) in
+        [("CPU", host.ema_params().unwrap()), ("emulator", on_gpu.ema_params().unwrap().to_backend(&Cpu).unwrap())]
+    {
+        for (i, (got, want)) in ema.tensors().iter().zip(&host.ema.shadow).enumerate() {
+            assert_eq!(got.data(), want.data(), "{what}: {}", ema.name(ParamId(i)));
+        }
+    }
+    let ema = on_gpu.ema_params().unwrap();
+    assert!(ema.arena().buf().is_some(), "the EMA's weights as views of its arena");
+    let spans = on_gpu.model.t_proj;
+    assert!(ema.span_view(spans.0).unwrap().is_some() && ema.span_view(spans.1).unwrap().is_some(), "span views");
+}

@@ -241,13 +241,20 @@ impl<B: Backend> TrainState<B> {
         })
     }
 
-    /// The EMA weights as a parameter store (what the samplers use), on the state's backend.
+    /// The EMA weights as a parameter store (what the samplers use), on the state's backend: on a GPU views of the
+    /// EMA's arena (so that they pack in one launch and the spans are views, as the parameters' are; the next
+    /// update changes them), on the CPU copies.
     pub fn ema_params(&self) -> Result<Params<B>> {
-        let mut p = self.params.clone();
-        for (dst, src) in p.tensors_mut().iter_mut().zip(&self.ema.shadow) {
-            *dst = src.try_clone()?;
-        }
-        Ok(p)
+        let be = self.params.backend();
+        let arena = self.ema.arena.alias(be)?;
+        let tensors = match arena.buf() {
+            Some(_) => {
+                let view = |t: &Tensor<B>| Tensor::from_buf(be.clone(), t.shape(), be.view(t.buf(), 0, t.numel())?);
+                self.ema.shadow.iter().map(view).collect::<Result<_>>()?
+            }
+            None => self.ema.shadow.iter().map(Tensor::try_clone).collect::<Result<_>>()?,
+        };
+        Ok(self.params.with_tensors(tensors, arena))
     }
 
     /// `n` images sampled with `kind` from the EMA weights, from the initial noise and step noise of sampling seed

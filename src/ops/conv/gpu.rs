@@ -3,17 +3,19 @@
 //! of `crate::ops::linear::gpu`, then the bias epilogue. The weight gradient sums over the batch inside the GEMM
 //! (a fixed order), not with atomics.
 
+use super::im2col::{add_channel_bias, col2im, im2col, with_columns};
 use super::mma::{self, ActOut, Gather, Kept, Nhwc, PackedWeight, Wgrad};
 use super::{
     need_input, norm_then_conv, overwriting, BiasSums, ChannelSums, ColumnsOut, ConvOps, Gout, GradOperand, InputIn,
-    Keep, NormConv, Split,
+    Keep, NormConv, Split, WeightIn,
 };
 use crate::backend::{Gpu, Memory, Precision};
-use crate::desc::{Columns, ConcatDesc, ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
+use crate::desc::{ConcatDesc, ConvDesc, Epilogue, GradsInto, LayerGrads, NormDesc, Planes};
 use crate::error::{Error, Result};
-use crate::gpu::launch::{columns_arg, elementwise, i32_arg, need, run};
-use crate::gpu::{Arg, Bf16Buf, Cost, Executor, Kernel};
+use crate::gpu::launch::need;
+use crate::gpu::{Bf16Buf, Executor};
 use crate::ops::linear::gpu::{sgemm, Gemm};
+use crate::ops::linear::Activated;
 use crate::ops::loss::gpu::mse_backward;
 use crate::ops::norm::gpu::{backward as norm_backward, group_norm_forward_nhwc, DxOperand};
 use crate::ops::norm::NormOps;
@@ -516,6 +518,10 @@ fn gout_operand<E: Executor>(
     Ok(op)
 }
 
+/// A tensor-core conv forward's outputs: its f32 result, and when given its operand and an activation of it (then
+/// the operand holds the activation's).
+type ForwardOut<'a, B> = (&'a mut B, Option<&'a mut Nhwc<B>>, ActOut<'a, B>);
+
 /// The tensor-core conv forward of the channels-last `xb`: the weight packed (also for the input gradient's GEMM
 /// when `keep` asks), the GEMM with every epilogue term, and what `keep` asks kept.
 fn conv2d_mma<E: Executor>(
@@ -524,7 +530,7 @@ fn conv2d_mma<E: Executor>(
     xb: Arc<Nhwc<E::Buf>>,
     (w, packed): (&E::Buf, Option<&PackedWeight<E::Buf>>),
     epi: Epilogue<E::Buf>,
-    (out, out_operand, act): (&mut E::Buf, Option<&mut Nhwc<E::Buf>>, ActOut<'_, E::Buf>),
+    (out, out_operand, act): ForwardOut<'_, E::Buf>,
     keep: Keep,
 ) -> Result<Option<Kept<E::Buf>>> {
     let (g, n, co) = (&d.geom, d.n, d.channels);
@@ -535,20 +541,20 @@ fn conv2d_mma<E: Executor>(
     Ok(Kept::of(keep, xb, wp_adj))
 }
 
-/// [`ConvOps::conv2d_forward_keep`] under bf16 with the activation `f(out)` of its result written into `act` and
-/// the operand `act_operand` holding it, all by the GEMM's epilogue: a linear layer and the activation after it in
-/// one launch.
+/// [`ConvOps::conv2d_forward_keep`] under bf16 with the activation `f(out)` of its result written into `act.1`
+/// and, when given, the operand `act.2` holding it, all by the GEMM's epilogue: a linear layer and the activation
+/// after it in one launch.
 pub(crate) fn conv2d_act<E: Executor>(
     gpu: &Gpu<E>,
     d: &ConvDesc,
-    ((x, operand), w): (InputIn<'_, Gpu<E>>, (&E::Buf, Option<&PackedWeight<E::Buf>>)),
+    ((x, operand), w): (InputIn<'_, Gpu<E>>, WeightIn<'_, Gpu<E>>),
     epi: Epilogue<E::Buf>,
-    (out, (kind, act, act_operand)): (&mut E::Buf, (UnaryKind, &mut E::Buf, &mut Nhwc<E::Buf>)),
+    (out, (kind, act, act_operand)): (&mut E::Buf, Activated<'_, Gpu<E>>),
     keep: Keep,
 ) -> Result<Option<Kept<E::Buf>>> {
     let (e, g) = (gpu.executor(), &d.geom);
     let xb = given_or(operand, || mma::to_nhwc_bf16(e, x, d.n, g.c, g.h * g.w))?;
-    conv2d_mma(e, d, xb, w, epi, (out, Some(act_operand), Some((kind, act))), keep)
+    conv2d_mma(e, d, xb, w, epi, (out, act_operand, Some((kind, act))), keep)
 }
 
 /// The forward GEMM's weight operand and, when `adjoint`, the input gradient's: views of the parameters' packed
@@ -600,67 +606,4 @@ fn kept_or<'a, T>(kept: Option<&'a T>, fresh: &'a mut Option<T>, make: impl FnOn
         Some(v) => Ok(v),
         None => Ok(fresh.insert(make()?)),
     }
-}
-
-/// The geometry arguments shared by `im2col` and `col2im`, after `n`.
-fn geom_args<'a, B>(g: &ConvGeom, n: usize) -> Result<Vec<Arg<'a, B>>> {
-    [n, g.c, g.h, g.w, g.k, g.stride, g.pad, g.oh, g.ow].into_iter().map(i32_arg).collect()
-}
-
-/// `col[i] = im2col(x[i])` for `n` images (`x: [n, g.c, g.h, g.w]`, `col: [n, g.c·k·k, g.oh·g.ow]`).
-fn im2col<E: Executor>(e: &E, g: &ConvGeom, n: usize, x: &E::Buf, col: &mut E::Buf) -> Result<()> {
-    need("im2col x", x, n * g.c * g.h * g.w)?;
-    let total = n * g.col_rows() * g.col_cols();
-    need("im2col col", col, total)?;
-    let mut args = vec![Arg::Buf(x), Arg::Buf(col)];
-    args.extend(geom_args(g, n)?);
-    run(e, Kernel::Im2col, elementwise(total), Cost::pass(n * g.c * g.h * g.w, total, 0), &args)
-}
-
-/// `x[i] = col2im(col[i])`, the adjoint of [`im2col`] (overwrites x; a gather, so deterministic).
-fn col2im<E: Executor>(e: &E, g: &ConvGeom, n: usize, col: &E::Buf, x: &mut E::Buf) -> Result<()> {
-    let total = n * g.c * g.h * g.w;
-    need("col2im col", col, n * g.col_rows() * g.col_cols())?;
-    need("col2im x", x, total)?;
-    let mut args = vec![Arg::Buf(col), Arg::Buf(x)];
-    args.extend(geom_args(g, n)?);
-    let cols = n * g.col_rows() * g.col_cols();
-    run(e, Kernel::Col2im, elementwise(total), Cost::pass(cols, total, cols / total.max(1)), &args)
-}
-
-/// Runs `f` on the column matrices of `x` (x itself for a 1×1 stride-1 unpadded conv, whose columns it is).
-fn with_columns<E: Executor>(
-    e: &E,
-    g: &ConvGeom,
-    n: usize,
-    x: &E::Buf,
-    f: impl FnOnce(&E::Buf) -> Result<()>,
-) -> Result<()> {
-    if g.is_pointwise() {
-        return f(x);
-    }
-    let mut col = e.alloc(n * g.col_rows() * g.col_cols())?;
-    im2col(e, g, n, x, &mut col)?;
-    f(&col)
-}
-
-/// `y[i, c, :] += bias[c] + chan_bias[i, c]` for `y: [n, c, plane]`; either term may be absent. The broadcast add
-/// of conv and linear biases and of the time embedding into a ResBlock.
-pub(crate) fn add_channel_bias<E: Executor>(
-    e: &E,
-    y: &mut E::Buf,
-    (bias, chan_bias): (Option<&E::Buf>, Option<Columns<E::Buf>>),
-    n: usize,
-    c: usize,
-    plane: usize,
-) -> Result<()> {
-    if bias.is_none() && chan_bias.is_none() {
-        return Ok(());
-    }
-    need("add_channel_bias y", y, n * c * plane)?;
-    bias.map_or(Ok(()), |b| need("add_channel_bias bias", b, c))?;
-    let (cb, cb_stride) = columns_arg("add_channel_bias chan_bias", chan_bias, n, c)?;
-    let args = [Arg::Buf(y), Arg::opt(bias), cb, i32_arg(n)?, i32_arg(c)?, i32_arg(plane)?, i32_arg(cb_stride)?];
-    let len = n * c * plane;
-    run(e, Kernel::AddChannelBias, elementwise(len), Cost::pass(len, len, 2), &args)
 }

@@ -31,10 +31,28 @@ impl LinearOps for Cpu {
     }
 }
 
+/// Rows per GEMM of a linear layer's forward.
+const ROWS: usize = 8;
+
 /// Linear layer `y[b, o] = Σ_i x[b, i]·W[o, i] + bias[o]` (PyTorch's `x Wᵀ + b`).
+///
+/// Row by row the same bits whatever the batch: the `gemm` crate's kernels for a few rows depend on how many there
+/// are (for 48 or more outputs), so the rows go through GEMMs of [`ROWS`] rows each, the last one padded with
+/// zeros. A guided sampler's doubled batch then gives each image the plain call's prediction, to the bit.
 pub fn linear_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, d: LinearDesc, y: &mut [f32]) {
     let LinearDesc { batch, fin, fout } = d;
-    sgemm((batch, fout, fin), Mat::n(x), Mat::t(w), y, false, rayon::current_num_threads());
+    let threads = rayon::current_num_threads();
+    let full = batch / ROWS * ROWS;
+    for (xs, ys) in x[..full * fin].chunks(ROWS * fin).zip(y.chunks_mut(ROWS * fout)) {
+        sgemm((ROWS, fout, fin), Mat::n(xs), Mat::t(w), ys, false, threads);
+    }
+    if full < batch {
+        let mut xs = vec![0.0; ROWS * fin];
+        xs[..(batch - full) * fin].copy_from_slice(&x[full * fin..batch * fin]);
+        let mut ys = vec![0.0; ROWS * fout];
+        sgemm((ROWS, fout, fin), Mat::n(&xs), Mat::t(w), &mut ys, false, threads);
+        y[full * fout..batch * fout].copy_from_slice(&ys[..(batch - full) * fout]);
+    }
     if let Some(b) = bias {
         y.chunks_mut(fout).for_each(|row| row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb));
     }

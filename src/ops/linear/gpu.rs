@@ -8,7 +8,8 @@ use crate::desc::{ConvDesc, ConvGeom, Epilogue, GradsInto, LayerGrads, LinearDes
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, int, need, run, SPLIT_TARGET_BLOCKS};
 use crate::gpu::{Arg, Cost, Executor, Kernel, LaunchCfg};
-use crate::ops::conv::gpu::{add_channel_bias, conv2d_act};
+use crate::ops::conv::gpu::conv2d_act;
+use crate::ops::conv::im2col::add_channel_bias;
 use crate::ops::conv::{overwriting, BiasSums, Gout, InputIn, Keep, WeightIn};
 use crate::ops::unary::UnaryOps;
 
@@ -56,10 +57,10 @@ impl<E: Executor> LinearOps for Gpu<E> {
         (y, (kind, a, operand)): (&mut E::Buf, Activated<'_, Self>),
         keep: Keep,
     ) -> Result<Option<Self::Kept>> {
-        // Under bf16 with an operand to write, the GEMM's epilogue applies the activation: one launch.
-        if let (Precision::Bf16, Some(op)) = (self.precision(), operand) {
+        // Under bf16 the GEMM's epilogue applies the activation (and writes its operand): one launch.
+        if self.precision() == Precision::Bf16 {
             let epi = Epilogue { bias, ..Epilogue::none() };
-            return conv2d_act(self, &as_conv(d), (x, w), epi, (y, (kind, a, op)), keep);
+            return conv2d_act(self, &as_conv(d), (x, w), epi, (y, (kind, a, operand)), keep);
         }
         let kept = self.linear_forward_keep(d, (x, w, bias), y, keep)?;
         self.unary_forward(kind, y, a)?;

@@ -177,3 +177,21 @@ fn linear_act_fused<E: Executor>(g: &Gpu<E>) {
     }
 }
 gpu_test!(linear_act_fused, crate::backend::Precision::Bf16);
+
+/// The CPU's linear layer gives each row the same bits whatever the batch (the `gemm` crate's kernels for a few rows
+/// differ with their count from 48 outputs on): rows 0..3 of batches of 3, 11 and 16.
+#[test]
+fn cpu_linear_rows_do_not_depend_on_the_batch() {
+    let (fin, fout) = (16, 80);
+    let (w, b) = (rand(80, fout * fin), rand(81, fout));
+    let rows = |batch: usize| {
+        let d = LinearDesc { batch, fin, fout };
+        let x: Vec<f32> = (0..batch).flat_map(|i| rand(82 + i as u64 % 3, fin)).collect();
+        let mut y = vec![0.0; batch * fout];
+        Cpu.linear_forward(d, &x, &w, Some(&b), &mut y).unwrap();
+        y[..3 * fout].iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    };
+    let three = rows(3);
+    assert_eq!(rows(11), three, "batch 11");
+    assert_eq!(rows(16), three, "batch 16");
+}

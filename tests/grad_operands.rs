@@ -3,7 +3,7 @@
 //! when anything is added to the gradient afterwards.
 
 use ddpm::autograd::Tape;
-use ddpm::backend::{Backend, Gpu, Precision};
+use ddpm::backend::{Backend, Cpu, Gpu, Precision};
 use ddpm::gpu::emu::Emulator;
 use ddpm::gpu::{Executor, Kernel};
 use ddpm::ops::conv::{ChanBias, ConvExtra, Norm};
@@ -23,6 +23,41 @@ fn worst_error(got: &[f32], want: &[f32]) -> f32 {
         .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
 }
 
+/// A net's backward: every parameter's gradient, and what `count` returns after it (called before it, too).
+type Net<B> = fn(&Params<B>, &dyn Fn() -> Option<usize>) -> (Vec<Vec<f32>>, Option<usize>);
+
+/// Parameters `shapes` filled from `seed` (GroupNorm's γ about 1, the rest small), their gradients through `net` in
+/// bf16 on the emulator against the f32 CPU's, each within 1.5% of its largest magnitude (the first test says why):
+/// the emulator's gradients, and the conversions its backward made.
+fn bf16_against_cpu(
+    shapes: &[(&str, Vec<usize>)],
+    seed: usize,
+    (cpu, emu): (Net<Cpu>, Net<Gpu<Emulator>>),
+    what: &str,
+) -> (Vec<Vec<f32>>, Option<usize>) {
+    let mut p = Params::new();
+    for (i, (name, shape)) in shapes.iter().enumerate() {
+        let len = shape.iter().product();
+        let (scale, offset) = if name.starts_with('g') { (0.5, 1.0) } else { (0.3, 0.0) };
+        let data = values(seed + i, len).into_iter().map(|v| v * scale + offset).collect();
+        p.add(name, Tensor::new(shape, data).unwrap());
+    }
+    let (want, _) = cpu(&p, &|| None);
+    let gpu = Gpu::new(Emulator::new()).with_precision(Precision::Bf16);
+    let counters = gpu.executor().counters();
+    let (got, conversions) = emu(&p.to_backend(&gpu).unwrap(), &|| {
+        let log = counters.take_log();
+        counters.record();
+        Some(log.iter().filter(|l| l.kernel == Kernel::NchwToNhwcBf16).count())
+    });
+    for ((name, _), (got, want)) in shapes.iter().zip(got.iter().zip(&want)) {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = worst_error(got, want);
+        assert!(worst <= 0.015 * scale, "{what}{name}: bf16 gradient {worst:e} from the f32 CPU's (largest {scale:e})");
+    }
+    (got, conversions)
+}
+
 /// A small net with each way a gradient's operand is made and read, and its parameters:
 /// `h0 = conv(x)`; `r = conv1x1(silu(h0))`; `l = linear(silu(linear(v)))`; `h1 = conv(silu(norm(h0))) + l`
 /// (per-image channel bias);
@@ -35,7 +70,7 @@ fn worst_error(got: &[f32], want: &[f32]) -> f32 {
 /// GEMM writes r's; h0's gradient is made by GroupNorm's backward and then by the other SiLU's, which no conv made:
 /// h0's conv converts it.
 /// Returns every parameter's gradient and the conversions the backward made.
-fn run<B: Backend>(params: &Params<B>, count: impl Fn() -> Option<usize>) -> (Vec<Vec<f32>>, Option<usize>) {
+fn run<B: Backend>(params: &Params<B>, count: &dyn Fn() -> Option<usize>) -> (Vec<Vec<f32>>, Option<usize>) {
     let mut t = Tape::new(params);
     let p: Vec<_> = (0..params.len()).map(|i| t.param(ddpm::params::ParamId(i))).collect();
     let [w0, b0, wr, br, v, wa, wl, g1, be1, w1, b1, ws, wt, bt, g2, be2, w2, b2] = p[..] else {
@@ -75,7 +110,6 @@ fn run<B: Backend>(params: &Params<B>, count: impl Fn() -> Option<usize>) -> (Ve
 #[test]
 fn gradients_operands_are_written_shared_and_dropped_when_added_to() {
     let c = 16;
-    let mut p = Params::new();
     let shapes: [(&str, Vec<usize>); 18] = [
         ("w0", vec![c, 8, 3, 3]),
         ("b0", vec![c]),
@@ -96,27 +130,7 @@ fn gradients_operands_are_written_shared_and_dropped_when_added_to() {
         ("w2", vec![c, c, 3, 3]),
         ("b2", vec![c]),
     ];
-    for (i, (name, shape)) in shapes.iter().enumerate() {
-        let len = shape.iter().product();
-        // GroupNorm's γ about 1, the rest small.
-        let (scale, offset) = if name.starts_with('g') { (0.5, 1.0) } else { (0.3, 0.0) };
-        let data = values(10 + i, len).into_iter().map(|v| v * scale + offset).collect();
-        p.add(name, Tensor::new(shape, data).unwrap());
-    }
-    let (want, _) = run(&p, || None);
-    let gpu = Gpu::new(Emulator::new()).with_precision(Precision::Bf16);
-    let counters = gpu.executor().counters();
-    let on_gpu = p.to_backend(&gpu).unwrap();
-    let (got, conversions) = run(&on_gpu, || {
-        let log = counters.take_log();
-        counters.record();
-        Some(log.iter().filter(|l| l.kernel == Kernel::NchwToNhwcBf16).count())
-    });
-    for ((name, _), (got, want)) in shapes.iter().zip(got.iter().zip(&want)) {
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = worst_error(got, want);
-        assert!(worst <= 0.015 * scale, "{name}: bf16 gradient {worst:e} from the f32 CPU's (largest {scale:e})");
-    }
+    let (_, conversions) = bf16_against_cpu(&shapes, 10, (run, run), "");
     assert_eq!(conversions, Some(2), "gradients converted in the backward");
 }
 
@@ -125,7 +139,7 @@ fn gradients_operands_are_written_shared_and_dropped_when_added_to() {
 /// bias, whose gradient sums the f32 values of l's);
 /// `h1 = conv(silu(norm(x))) + l[:, 0..16]`; `h2 = conv(silu(norm(h1))) + l[:, 16..32]`; `y = conv(silu(norm(h2)))`;
 /// loss = mse(y, target). Returns every parameter's gradient and the conversions the backward made.
-fn run_columns<B: Backend>(params: &Params<B>, count: impl Fn() -> Option<usize>) -> (Vec<Vec<f32>>, Option<usize>) {
+fn run_columns<B: Backend>(params: &Params<B>, count: &dyn Fn() -> Option<usize>) -> (Vec<Vec<f32>>, Option<usize>) {
     let mut t = Tape::new(params);
     let p: Vec<_> = (0..params.len()).map(|i| t.param(ddpm::params::ParamId(i))).collect();
     let [v, wa, wl, bl, g1, be1, w1, g2, be2, w2, g3, be3, w3] = p[..] else { panic!("13 parameters") };
@@ -156,7 +170,6 @@ fn run_columns<B: Backend>(params: &Params<B>, count: impl Fn() -> Option<usize>
 #[test]
 fn channel_bias_columns_are_written_by_group_norms_backward() {
     for (width, conversions) in [(32, 0), (40, 1)] {
-        let mut p = Params::new();
         let shapes: [(&str, Vec<usize>); 13] = [
             ("v", vec![2, 12]),
             ("wa", vec![12, 12]),
@@ -172,25 +185,7 @@ fn channel_bias_columns_are_written_by_group_norms_backward() {
             ("be3", vec![16]),
             ("w3", vec![16, 16, 3, 3]),
         ];
-        for (i, (name, shape)) in shapes.iter().enumerate() {
-            let len = shape.iter().product();
-            let (scale, offset) = if name.starts_with('g') { (0.5, 1.0) } else { (0.3, 0.0) };
-            let data = values(30 + i, len).into_iter().map(|v| v * scale + offset).collect();
-            p.add(name, Tensor::new(shape, data).unwrap());
-        }
-        let (want, _) = run_columns(&p, || None);
-        let gpu = Gpu::new(Emulator::new()).with_precision(Precision::Bf16);
-        let counters = gpu.executor().counters();
-        let (got, converted) = run_columns(&p.to_backend(&gpu).unwrap(), || {
-            let log = counters.take_log();
-            counters.record();
-            Some(log.iter().filter(|l| l.kernel == Kernel::NchwToNhwcBf16).count())
-        });
-        for ((name, _), (got, want)) in shapes.iter().zip(got.iter().zip(&want)) {
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let worst = worst_error(got, want);
-            assert!(worst <= 0.015 * scale, "width {width}, {name}: bf16 gradient {worst:e} off (largest {scale:e})");
-        }
+        let (got, converted) = bf16_against_cpu(&shapes, 30, (run_columns, run_columns), &format!("width {width}, "));
         assert!(got[2][32 * 12..].iter().all(|&g| g == 0.0), "width {width}: unread columns' weight gradient");
         assert!(got[3][32..].iter().all(|&g| g == 0.0), "width {width}: unread columns' bias gradient");
         assert_eq!(converted, Some(conversions), "width {width}: conversions in the backward");

@@ -349,8 +349,16 @@ impl<B: Backend> TrainState<B> {
                 }
                 let nv = tape.input(Tensor::from_buf(be.clone(), &shape, noise)?);
                 let eps = self.model.forward_at(&mut tape, xv, t.view(), labels)?;
-                let loss = tape.mse(eps, nv)?;
-                be.copy_into(tape.value(loss).buf(), ring, at)?;
+                // The loss is written into its slot of the statistics' ring: a view of it where the backend has
+                // views, else copied there.
+                let loss = match be.has_views() {
+                    true => tape.mse_into(eps, nv, Tensor::from_buf(be.clone(), &[1], be.view(ring, at, 1)?)?)?,
+                    false => {
+                        let loss = tape.mse(eps, nv)?;
+                        be.copy_into(tape.value(loss).buf(), ring, at)?;
+                        loss
+                    }
+                };
                 tape.backward(loss)?
             };
             let opt = (&mut self.opt, &mut self.ema);

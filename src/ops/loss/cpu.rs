@@ -13,8 +13,12 @@ use crate::error::{Error, Result};
 use rayon::prelude::*;
 
 impl LossOps for Cpu {
-    fn mse(&self, p: &Vec<f32>, t: &Vec<f32>) -> Result<Vec<f32>> {
-        Ok(vec![mse(p, t)])
+    fn mse(&self, p: &Vec<f32>, t: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        match &mut out[..] {
+            [l] => *l = mse(p, t),
+            _ => return Err(Error::Shape(format!("mse: a loss of {} words, expected one", out.len()))),
+        }
+        Ok(())
     }
     fn mse_backward(&self, p: &Vec<f32>, t: &Vec<f32>, gloss: &Vec<f32>, dp: &mut Vec<f32>) -> Result<()> {
         let Some(&gloss) = gloss.first() else { return Err(Error::Shape("mse_backward: an empty gradient".into())) };

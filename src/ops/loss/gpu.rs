@@ -13,13 +13,12 @@ use crate::ops::reduce::gpu::{finish_sum, sumsq_partials, Finish, Finished};
 
 impl<E: Executor> LossOps for Gpu<E> {
     /// One launch: the sum of squares' last block takes the mean.
-    fn mse(&self, p: &E::Buf, t: &E::Buf) -> Result<E::Buf> {
+    fn mse(&self, p: &E::Buf, t: &E::Buf, out: &mut E::Buf) -> Result<()> {
         let (e, n) = (self.executor(), p.len());
+        need("mse loss", out, 1)?;
         let mut parts = e.alloc(crate::gpu::launch::partials(n))?;
-        let out = e.alloc(1)?;
-        let finish = Finished { ticket: self.tickets()?, out: &out, how: Finish::Mean { divisor: n as f32 } };
-        sumsq_partials(e, p, Some(t), n, (&mut parts, 0), Some(finish))?;
-        Ok(out)
+        let finish = Finished { ticket: self.tickets()?, out, how: Finish::Mean { divisor: n as f32 } };
+        sumsq_partials(e, p, Some(t), n, (&mut parts, 0), Some(finish)).map(drop)
     }
     fn mse_backward(&self, p: &E::Buf, t: &E::Buf, gloss: &E::Buf, dp: &mut E::Buf) -> Result<()> {
         let n = p.len();

@@ -17,8 +17,8 @@ use std::fmt;
 
 /// What a backend offers for the losses.
 pub trait LossOps: Memory {
-    /// `L = (1/N)·Σ (p - t)²`, a one-word buffer.
-    fn mse(&self, p: &Self::Buf, t: &Self::Buf) -> Result<Self::Buf>;
+    /// `L = (1/N)·Σ (p - t)²` into the one word `out` (on a GPU a view, e.g. of the training statistics' ring).
+    fn mse(&self, p: &Self::Buf, t: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
     /// `dp = (2/N)·(p - t)·gloss[0]`, `gloss` the loss's one-word gradient, read where it lives (on a GPU, without
     /// a copy to the host).
     fn mse_backward(&self, p: &Self::Buf, t: &Self::Buf, gloss: &Self::Buf, dp: &mut Self::Buf) -> Result<()>;
@@ -39,12 +39,21 @@ pub trait LossOps: Memory {
 impl<B: Backend> Tape<'_, B> {
     /// `L = mean((pred - target)²)` over all elements, a one-element tensor.
     pub fn mse(&mut self, pred: Var, target: Var) -> Result<Var> {
+        let loss = Tensor::alloc(self.backend(), &[1])?;
+        self.mse_into(pred, target, loss)
+    }
+
+    /// [`Tape::mse`] written into `loss` (one word, e.g. a view of the slot of the step's statistics: no copy).
+    pub fn mse_into(&mut self, pred: Var, target: Var, mut loss: Tensor<B>) -> Result<Var> {
         let started = profile::start();
         let (p, t) = (self.value(pred), self.value(target));
         if p.shape() != t.shape() {
             return shape_err!("mse: prediction {:?} and target {:?} differ", p.shape(), t.shape());
         }
-        let loss = Tensor::from_buf(self.backend().clone(), &[1], self.backend().mse(p.buf(), t.buf())?)?;
+        if loss.numel() != 1 {
+            return shape_err!("mse: a loss of shape {:?}, expected one word", loss.shape());
+        }
+        self.backend().mse(p.buf(), t.buf(), loss.buf_mut())?;
         Ok(self.push(Mse { pred, target }, loss, started))
     }
 

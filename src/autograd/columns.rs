@@ -85,7 +85,7 @@ impl<B: Backend> Tape<'_, B> {
 
     /// During the backward of the running rule, whose channel bias `cb` is columns of a wider value: adds `part`
     /// (`[n, width]`, the bias's gradient) into those columns of that value's gradient, unless the op that made the
-    /// sums wrote them there already ([`Tape::with_grad_columns`]). A block written this way has no operand, so
+    /// sums wrote them there already (`Tape::with_grad_columns`). A block written this way has no operand, so
     /// the assembled gradient has none.
     pub fn add_grad_columns(&self, cb: ChanBias, part: Tensor<B>) -> Result<()> {
         let (be, reader, width) = (self.backend(), self.current.get(), part.shape()[1]);

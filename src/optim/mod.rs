@@ -84,7 +84,7 @@ pub struct FlatStep<'a, B: Memory> {
     pub v: &'a mut B::Buf,
     pub shadow: &'a mut B::Buf,
     pub g: &'a B::Buf,
-    /// The per-tensor partition of the gradient norm's first pass ([`GradStore`](crate::params::GradStore)).
+    /// The per-tensor partition of the gradient norm's first pass ([`GradStore`]).
     pub norm_table: &'a B::Idx,
     pub adam: AdamWScalars,
     /// The EMA's `(d, 1 - d)`.

@@ -300,7 +300,7 @@ impl<B: Backend> Trainer<B> {
 
     /// One training step on the next batch, then what the steps whose statistics it reads complete: their epoch
     /// summaries, grids and FID check, log rows (which it returns, oldest first) and checkpoint. A GPU keeps each
-    /// step's loss and gradient norm until they are read, every [`READ_EVERY`] steps and at every step that ends an
+    /// step's loss and gradient norm until they are read, every `READ_EVERY` steps and at every step that ends an
     /// epoch or the run or writes a checkpoint (so those steps' work always follows their rows); the CPU reads them
     /// every step, at no cost. A row comes before its checkpoint, so a checkpoint's log always reaches its step.
     /// Past the run's end it keeps training (for benchmarks); [`Trainer::run`] stops there. A non-finite loss or

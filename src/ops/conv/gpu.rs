@@ -84,7 +84,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         }
         Ok(Some(Nhwc::new(self.executor().alloc_bf16(d.n * d.plane * mma::padded(d.c))?, d.c)))
     }
-    /// Rounded to bf16 as the kernels round ([`mma::bf16_bits`]) and laid out channels-last, padding zero, on the
+    /// Rounded to bf16 as the kernels round (`mma::bf16_bits`) and laid out channels-last, padding zero, on the
     /// host.
     fn upload_operand(&self, x: &[f32], d: Planes) -> Result<Option<Self::Operand>> {
         if !self.tensor_cores() {
@@ -226,7 +226,7 @@ impl<E: Executor> ConvOps for Gpu<E> {
         concat_channels(self.executor(), d, (a, b), out, Some(&mut operand.buf))
     }
 
-    /// Under bf16, the plan of [`mma::pack_weights`]; in f32 the GEMMs read the weights as they are.
+    /// Under bf16, the plan of `mma::pack_weights`; in f32 the GEMMs read the weights as they are.
     fn pack_plan(&self, tensors: &[(usize, &[usize])]) -> Result<Option<Self::PackPlan>> {
         if !self.tensor_cores() {
             return Ok(None);

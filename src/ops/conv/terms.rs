@@ -22,20 +22,21 @@ impl ChanBias {
     }
 }
 
-/// Optional terms fused into a conv's output (see [`Epilogue`]).
+/// Optional terms fused into a conv's output (see [`Epilogue`](crate::desc::Epilogue)).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConvExtra {
     /// Added to every pixel of channel c of image n (the ResBlock's time projection).
     pub chan_bias: Option<ChanBias>,
     /// `[n, c_out, oh, ow]`, added elementwise (a residual connection).
     pub residual: Option<Var>,
-    /// Also write the output as the backend's [`ConvOps::Operand`] (in the same launch), for a conv or linear layer
-    /// that reads it next ([`Tape::operand`] hands it over); only [`Tape::norm_conv2d`] writes one.
+    /// Also write the output as the backend's [`ConvOps::Operand`](super::ConvOps::Operand) (in the same launch),
+    /// for a conv or linear layer that reads it next ([`Tape::operand`] hands it over); only [`Tape::norm_conv2d`]
+    /// writes one.
     pub operand: bool,
 }
 
-/// What a conv's forward keeps for the backward ([`ConvOps::Kept`]): what the weight gradient reads (asked for when
-/// the weight needs a gradient) and what the input gradient reads (when the input needs one).
+/// What a conv's forward keeps for the backward ([`ConvOps::Kept`](super::ConvOps::Kept)): what the weight gradient
+/// reads (asked for when the weight needs a gradient) and what the input gradient reads (when the input needs one).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Keep {
     pub for_dw: bool,

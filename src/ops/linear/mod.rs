@@ -71,7 +71,7 @@ pub trait LinearOps: ConvOps {
     }
     /// [`LinearOps::linear_backward`] with what the forward kept, `dx` added to when `grads` says so, and the
     /// bias's gradient `db: [fout]` (the column sums of `gy`) when asked for; by default through
-    /// [`ReduceOps::column_sums`].
+    /// [`ReduceOps::column_sums`](crate::backend::ReduceOps::column_sums).
     fn linear_backward_with(
         &self,
         d: LinearDesc,

@@ -58,13 +58,6 @@ pub struct Columns<'a, T: ?Sized> {
     pub stride: usize,
 }
 
-impl<'a, T: ?Sized> Columns<'a, T> {
-    /// Every column of `buf`, a matrix of `width` columns.
-    pub fn whole(buf: &'a T, width: usize) -> Self {
-        Columns { buf, start: 0, stride: width }
-    }
-}
-
 impl<T: ?Sized> Clone for Columns<'_, T> {
     fn clone(&self) -> Self {
         *self

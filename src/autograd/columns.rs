@@ -12,7 +12,7 @@ use crate::desc::Planes;
 use crate::error::Result;
 use crate::ops::conv::{ChanBias, ChannelSums, ColumnsOut, GradOperand};
 use crate::tensor::Tensor;
-use std::collections::hash_map::Entry;
+use std::collections::hash_map::{Entry, HashMap};
 use std::sync::Arc;
 
 /// A value's gradient as its column blocks arrive.
@@ -64,10 +64,7 @@ impl<B: Backend> Tape<'_, B> {
     ) -> Result<R> {
         let Some((cb, width, reader)) = target else { return write(None).map(|(r, _)| r) };
         let mut columns = self.columns.borrow_mut();
-        let a = match columns.entry(cb.var.0) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(self.assembled(cb.var)?),
-        };
+        let a = self.assembly(&mut columns, cb.var)?;
         // The operand's 8-column groups are written whole by one block each.
         let aligned = cb.start.is_multiple_of(8) && width.is_multiple_of(8);
         let stride = a.values.shape()[1];
@@ -90,10 +87,7 @@ impl<B: Backend> Tape<'_, B> {
     pub fn add_grad_columns(&self, cb: ChanBias, part: Tensor<B>) -> Result<()> {
         let (be, reader, width) = (self.backend(), self.current.get(), part.shape()[1]);
         let mut columns = self.columns.borrow_mut();
-        let a = match columns.entry(cb.var.0) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(self.assembled(cb.var)?),
-        };
+        let a = self.assembly(&mut columns, cb.var)?;
         if a.blocks.iter().any(|b| (b.start, b.width, b.reader) == (cb.start, width, reader)) {
             return Ok(());
         }
@@ -111,16 +105,20 @@ impl<B: Backend> Tape<'_, B> {
         Ok(())
     }
 
-    /// A fresh assembly for the gradient of `v: [n, width]`, with an operand where the backend has operands and
-    /// `width` needs no padding in them (a multiple of 8).
-    fn assembled(&self, v: Var) -> Result<Assembled<B>> {
+    /// The assembly of `v`'s gradient in `columns`, begun when it is not there yet: `[n, width]`, with an operand
+    /// where the backend has operands and `width` needs no padding in them (a multiple of 8).
+    fn assembly<'c>(&self, columns: &'c mut HashMap<usize, Assembled<B>>, v: Var) -> Result<&'c mut Assembled<B>> {
+        let e = match columns.entry(v.0) {
+            Entry::Occupied(e) => return Ok(e.into_mut()),
+            Entry::Vacant(e) => e,
+        };
         let shape = self.value(v).shape().to_vec();
         let values = Tensor::alloc(self.backend(), &shape)?;
         let operand = match shape[1].is_multiple_of(8) {
             true => self.backend().operand_for_output(Planes { n: shape[0], c: shape[1], plane: 1 })?,
             false => None,
         };
-        Ok(Assembled { values, operand, blocks: Vec::new() })
+        Ok(e.insert(Assembled { values, operand, blocks: Vec::new() }))
     }
 
     /// During [`Tape::backward`], on reaching node `v`: `gout` (its gradient from ordinary readers, if any) with

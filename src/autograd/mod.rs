@@ -312,10 +312,10 @@ impl<'p, B: Backend> Tape<'p, B> {
         if !self.needs_grad(v) {
             return Ok(None);
         }
-        let (members, place) = match self.nodes[v.0].op {
-            Op::Param(id) => (vec![id], self.store_place(id)?),
-            Op::ParamSpan(s) => (self.params.span_members(s).to_vec(), self.store_span_place(s)?),
-            _ => (Vec::new(), None),
+        let (members, place): (&[ParamId], _) = match &self.nodes[v.0].op {
+            Op::Param(id) => (std::slice::from_ref(id), self.store_place(*id)?),
+            Op::ParamSpan(s) => (self.params.span_members(*s), self.store_span_place(*s)?),
+            _ => (&[], None),
         };
         let first = !members.is_empty() && members.iter().all(|m| self.handed.borrow().get(m.0).is_some_and(|h| !h));
         if let (true, Some(place)) = (first, place) {

@@ -42,8 +42,8 @@ extern "C" __global__ void col2im(const float* __restrict__ col, float* __restri
 }
 
 // y[i][c][p] += bias[c] + chan_bias[i * cb_stride + c], either pointer may be null (the sum of the two is formed
-// first, as the CPU epilogue does; chan_bias may be columns of a wider matrix). Also the bias of a linear layer (plane = 1). Launch: grid CEIL_DIV(n*C*plane, 256)
-// (capped; grid-stride), block 256.
+// first, as the CPU epilogue does; chan_bias may be columns of a wider matrix). Also the bias of a linear layer
+// (plane = 1). Launch: grid CEIL_DIV(n*C*plane, 256) (capped; grid-stride), block 256.
 extern "C" __global__ void add_channel_bias(float* __restrict__ y, const float* __restrict__ bias,
                                             const float* __restrict__ chan_bias, int n, int C, int plane,
                                             int cb_stride) {

@@ -187,13 +187,14 @@ extern "C" __global__ void pack_weights_bf16(const float* __restrict__ params, b
 }
 
 // out[i][o][q] (=, or += when `accumulate`) sum_{tap, c} in[i][src(q, tap)][c] * wp[o][tap][c], plus bias[o],
-// chan_bias[i * cb_stride + o] (columns of a wider matrix) and residual[i][o][q] (shaped like out) when given. in: [n, IH, IW, C] bf16 (NHWC), wp: [N, K*K,
-// C] bf16, out: [n, N, QH*QW] f32 (NCHW). C % 8 == 0 (padded). When out_nhwc is given, the result is also written
-// there as bf16 [n, QH*QW, NP] (NP: N rounded up to 8, the padding 0): the operand of a conv that reads this one's
-// output, with no conversion launch; when act_out is given, the activation act_kind (UNARY_*) of the result is written
-// there, and the operand holds it instead (a linear layer followed by its activation). When col_sums is given, each block also writes the column sums of the results
-// it wrote (over its rows, 0 for a block with none) as row blockIdx.z * gridDim.y + blockIdx.y of col_sums [rows,
-// N]: sums whose columns add up to the output's channel sums (what a bias gradient is, when the output is a conv's
+// chan_bias[i * cb_stride + o] (columns of a wider matrix) and residual[i][o][q] (shaped like out) when given.
+// in: [n, IH, IW, C] bf16 (NHWC), wp: [N, K*K, C] bf16, out: [n, N, QH*QW] f32 (NCHW). C % 8 == 0 (padded). When
+// out_nhwc is given, the result is also written there as bf16 [n, QH*QW, NP] (NP: N rounded up to 8, the padding
+// 0): the operand of a conv that reads this one's output, with no conversion launch; when act_out is given, the
+// activation act_kind (UNARY_*) of the result is written there, and the operand holds it instead (a linear layer
+// followed by its activation). When col_sums is given, each block also writes the column sums of the results it
+// wrote (over its rows, 0 for a block with none) as row blockIdx.z * gridDim.y + blockIdx.y of col_sums [rows, N]:
+// sums whose columns add up to the output's channel sums (what a bias gradient is, when the output is a conv's
 // output gradient), in a fixed order. The GEMM: rows = output pixels, columns = the N output channels, depth = taps
 // x C.
 // A strided adjoint (S > 1: a transposed conv's forward, a strided conv's input gradient) reads through tap

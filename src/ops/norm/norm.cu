@@ -68,8 +68,8 @@ group_norm_fwd(const float* __restrict__ x, const float* __restrict__ gamma, con
 // per-image channel sums [n, C] (what that conv's bias gradients are sums of), and when dx_sums_b is not null, those
 // sums as bf16 too, at dx_sums_b[i * sums_stride + c] (a [n, C] operand, or columns of a wider one: the time
 // projections' gradient, when that conv's channel bias is its columns), and when dx_sums_f is not null, as f32 at
-// the same place in the wider gradient itself. With `stage`, the group's x and gy are kept in 2M floats of dynamic shared
-// memory for the dx pass. Launch: grid (G, n), block 256.
+// the same place in the wider gradient itself. With `stage`, the group's x and gy are kept in 2M floats of dynamic
+// shared memory for the dx pass. Launch: grid (G, n), block 256.
 // max-dynamic-shared: 65536
 extern "C" __global__ void __launch_bounds__(256)
 group_norm_bwd(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,

@@ -243,3 +243,26 @@ template <int N> static __device__ __forceinline__ void cp_async_wait() {
   emu_cp_async_wait(N);
 }
 #endif
+
+// ---- the training step's plan ------------------------------------------------------------------------------------
+// What changes from one training step to the next (StepPlan in src/train/plan.rs), read from device memory so that
+// one captured step (a CUDA graph) serves every step: word 0 is the row of the step being taken (an unsigned int's
+// bits), row r holds words 1 + r * PLAN_ROW on, integers as their bits. plan_advance moves word 0 on a row.
+#define PLAN_ROW 12
+#define PLAN_FIRST 0         // the batch's first position in the epoch's permutation
+#define PLAN_T_STREAM 1      // Philox stream of the timesteps (2 words, low first)
+#define PLAN_NOISE_STREAM 3  // Philox stream of the noise (2 words)
+#define PLAN_LABEL_STREAM 5  // Philox stream of the label drops (2 words)
+#define PLAN_STATS 7         // the first of the step's 3 words in the statistics ring
+#define PLAN_NEG_STEP 8      // AdamW's -lr / (1 - beta1^k)
+#define PLAN_BC2_SQRT 9      // AdamW's sqrt(1 - beta2^k)
+#define PLAN_EMA_D 10        // the EMA's decay
+#define PLAN_EMA_ALPHA 11    // and 1 - decay
+
+static __device__ __forceinline__ const float* plan_row(const float* plan) {
+  return plan + 1 + (u64)__float_as_uint(plan[0]) * PLAN_ROW;
+}
+static __device__ __forceinline__ unsigned plan_word(const float* row, int i) { return __float_as_uint(row[i]); }
+static __device__ __forceinline__ u64 plan_u64(const float* row, int i) {
+  return (u64)plan_word(row, i) | (u64)plan_word(row, i + 1) << 32;
+}

@@ -159,13 +159,31 @@ fn bench_model_prints_one_json_object_per_step_kind_and_refuses_what_it_cannot_p
     let r = ddpm(&["bench", "--what", "train", "--batch", "4", "--base", "8", "--t-dim", "16", "--model", "h200"]);
     let table = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success() && table.contains("conv_gather_mma") && table.contains("adamw_ema"), "{table}");
-    // With --launches, one numbered line per launch follows: as many as the JSON's count, the optimiser last.
-    let r = ddpm(&[&["bench", "--what", "train", "--launches"][..], &small[..small.len() - 1]].concat());
-    let listing = String::from_utf8_lossy(&r.stdout);
-    let numbered: Vec<_> =
-        listing.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).collect();
-    assert_eq!(Value::Num(numbered.len() as f64), objects[0]["launches"], "{listing}");
-    assert!(numbered.last().is_some_and(|l| l.contains("adamw_ema")), "{listing}");
+    // The training step measured is a replay of the epoch's captured step: one graph launch. Launch by launch
+    // (--no-graphs) it is one launch shorter: no plan to move on.
+    assert_eq!(objects[0]["graph_launches"], Value::Num(1.0), "{:?}", objects[0]);
+    let r = ddpm(&[&["bench", "--what", "train", "--no-graphs"][..], &small].concat());
+    let plain = parse_flat_object(String::from_utf8_lossy(&r.stdout).lines().next().unwrap_or_default());
+    assert_eq!(plain["graph_launches"], Value::Num(0.0), "{plain:?}");
+    let count = |o: &BTreeMap<String, Value>| match o["launches"] {
+        Value::Num(x) => x,
+        _ => panic!("launches in {o:?}"),
+    };
+    assert_eq!(count(&plain) + 1.0, count(&objects[0]), "{plain:?}");
+    // With --launches, one numbered line per launch follows: as many as the JSON's count, the optimiser last, then
+    // (with graphs) the plan moved on.
+    for (graphs, last) in [(&[][..], ["adamw_ema", "plan_advance"]), (&["--no-graphs"][..], ["", "adamw_ema"])] {
+        let args = [&["bench", "--what", "train", "--launches"][..], &small[..small.len() - 1], graphs].concat();
+        let listing = String::from_utf8_lossy(&ddpm(&args).stdout).to_string();
+        let numbered: Vec<_> =
+            listing.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).collect();
+        let want = if graphs.is_empty() { count(&objects[0]) } else { count(&plain) };
+        assert_eq!(numbered.len() as f64, want, "{listing}");
+        assert!(
+            numbered[numbered.len() - 2].contains(last[0]) && numbered.last().unwrap().contains(last[1]),
+            "{listing}"
+        );
+    }
     for (args, needle) in [
         (&["--model", "a100"][..], "unknown device model"),
         (&["--model", "h200", "--device", "cpu"][..], "--device does not apply"),

@@ -17,8 +17,10 @@ fn images(n: usize, s: usize) -> Tensor {
 }
 
 // The reference recipe's model at bf16 on the recorder, on a data set of 3 batches: a step inside an epoch copies
-// nothing to the device; a step that starts an epoch (after the first) uploads that epoch's permutation (4 bytes
-// per image) and nothing else. Likewise class-conditional, whose labels are uploaded once and drawn on the device.
+// nothing to the device (the trainer captures the second step and replays it as the third); a step that starts an
+// epoch (after the first) uploads that epoch's permutation (4 bytes per image) and the plan of its steps for the
+// epoch's graph (4 bytes, then 48 per step), and nothing else. Likewise class-conditional, whose labels are uploaded once and drawn on the
+// device.
 #[test]
 fn recorded_training_step_uploads_nothing() {
     steps_upload_nothing(0);
@@ -46,7 +48,9 @@ fn steps_upload_nothing(classes: usize) {
         // embedding's backward).
         let conversions = counters.take_log().iter().filter(|l| l.kernel == Kernel::NchwToNhwcBf16).count();
         assert_eq!(conversions, usize::from(classes > 0), "step {step}: conversions");
-        let want = if step % 3 == 0 { 4 * n as u64 } else { 0 };
+        let perm = if step % 3 == 0 { 4 * n as u64 } else { 0 };
+        let plan = if step % 3 == 0 { 4 * (1 + 12 * 3) } else { 0 };
+        let want = perm + plan;
         if step == 0 {
             // The run's first step also makes the gradient store, once: its arena is filled on the device, and the
             // table of the gradient norm's per-tensor partition (16 bytes per block) is copied there.

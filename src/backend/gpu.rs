@@ -122,4 +122,14 @@ impl<E: Executor> Memory for Gpu<E> {
     fn download_indices(&self, idx: &IntBuf<E::Buf>) -> Result<Vec<u32>> {
         self.exec.download_i32(idx)
     }
+    type Graph = crate::gpu::graph::Graph<E>;
+    fn has_graphs(&self) -> bool {
+        true
+    }
+    fn capture(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Self::Graph> {
+        crate::gpu::graph::capture(&*self.exec, work)
+    }
+    fn replay(&self, graph: &Self::Graph) -> Result<()> {
+        crate::gpu::graph::replay(&*self.exec, graph)
+    }
 }

@@ -129,6 +129,20 @@ pub trait Memory: Clone + fmt::Debug + Send + Sync + 'static {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// A recorded launch sequence that [`Memory::replay`] runs again without the host (a CUDA graph).
+    type Graph;
+    /// Whether [`Memory::capture`] records graphs here (not on the CPU, which launches nothing).
+    fn has_graphs(&self) -> bool {
+        false
+    }
+    /// Runs `work` with this backend recording its launches instead of running them ([`crate::gpu::graph`]), and
+    /// returns the recording, not yet run.
+    fn capture(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Self::Graph> {
+        let _ = work;
+        Err(crate::error::Error::Device(format!("{} records no graphs", self.describe())))
+    }
+    /// Runs a recording of [`Memory::capture`] once more.
+    fn replay(&self, graph: &Self::Graph) -> Result<()>;
 }
 
 /// Every op family: what the tape, the optimiser and the samplers need of a device.

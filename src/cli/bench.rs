@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// time (to see which layer a kernel's launches belong to).
     #[arg(long, requires = "model", conflicts_with = "json")]
     pub(super) launches: bool,
+    /// Train launch by launch instead of capturing a step once per epoch as a CUDA graph and replaying it (on a
+    /// GPU, the emulator or --model; the CPU has no graphs). The same results to the bit.
+    #[arg(long)]
+    pub(super) no_graphs: bool,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -116,8 +120,12 @@ fn time_on<B: Backend>(a: &BenchArgs, backend: &B) -> Result<Vec<f64>> {
     rng::fill_normal(1, 0, x.data_mut());
     x.data_mut().iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
     let x_dev = x.to_backend(backend)?;
-    // The synthetic batch is the whole data set: one step per epoch.
-    let mut trainer = Trainer::new(TrainState::new(config)?.to_backend(backend)?, x)?;
+    // The synthetic batch repeated: a data set of enough batches that the steps timed are one epoch's (on a GPU the
+    // trainer captures an epoch's second step and replays it).
+    let repeats = a.iters + 1;
+    let data = Tensor::new(&[repeats * a.batch, 1, 32, 32], x.data().repeat(repeats))?;
+    let mut trainer = Trainer::new(TrainState::new(config)?.to_backend(backend)?, data)?;
+    trainer.use_graphs(!a.no_graphs);
     let mut times = Vec::with_capacity(a.iters);
     for i in 0..=a.iters {
         let start = Instant::now();

@@ -1,8 +1,8 @@
 //! `ddpm bench --model NAME`: runs a training step or a sampler step at full size on the launch recorder (no kernel
 //! runs, no GPU needed) and prints what one step asks of the device (launches, host syncs, bytes over the bus,
 //! allocations, FLOPs, DRAM bytes) with the time the device model predicts for it: one JSON object per step kind
-//! with `--json`, else a table per kernel. The step measured is the second, after a warm-up step has filled the
-//! allocator's cache.
+//! with `--json`, else a table per kernel. The step measured follows warm-up steps that filled the allocator's cache
+//! (and, for training, captured the graph it replays, unless `--no-graphs`).
 
 use super::bench::{BenchArgs, Workload};
 use anyhow::{bail, Result};
@@ -37,7 +37,7 @@ pub fn run(a: &BenchArgs, model: &str, precision: Precision) -> Result<()> {
         ..RunConfig::reference_recipe()
     };
     let steps = match a.what {
-        Workload::Train => vec![train_step(&gpu, config)?],
+        Workload::Train => vec![train_step(&gpu, config, !a.no_graphs)?],
         Workload::Sample => sampler_steps(&gpu, config, a.batch)?,
         Workload::Convs => bail!("--model predicts whole steps (--what train or sample), not single convolutions"),
     };
@@ -54,13 +54,17 @@ pub fn run(a: &BenchArgs, model: &str, precision: Precision) -> Result<()> {
     Ok(())
 }
 
-/// The second training step of a run on a synthetic data set of four batches: like most steps of a run, one that
-/// neither starts an epoch (which uploads the epoch's permutation, 4 bytes per image) nor ends one (which reads the
-/// steps' losses back, as every `READ_EVERY`-th step does).
-fn train_step(gpu: &Gpu<Recorder>, config: RunConfig) -> Result<Step> {
+/// The third training step of a run on a synthetic data set of four batches: like most steps of a run, one that
+/// neither starts an epoch (which uploads the epoch's permutation, 4 bytes per image, and its plan) nor ends one
+/// (which reads the steps' losses back, as every `READ_EVERY`-th step does); with graphs, a replay of the second
+/// step's capture.
+fn train_step(gpu: &Gpu<Recorder>, config: RunConfig, graphs: bool) -> Result<Step> {
     let images = Tensor::zeros(&[4 * config.batch, 1, 32, 32]);
     let mut trainer = Trainer::new(TrainState::new(config)?.to_backend(gpu)?, images)?;
-    trainer.step(&mut ())?;
+    trainer.use_graphs(graphs);
+    for _ in 0..2 {
+        trainer.step(&mut ())?;
+    }
     let (counts, launches) = measure(gpu, || trainer.step(&mut ()).map(drop))?;
     Ok(Step { name: "train", counts, launches })
 }
@@ -110,7 +114,7 @@ fn json(s: &Step, m: &DeviceModel, precision: Precision, a: &BenchArgs) -> Strin
     format!(
         "{{\"step\":\"{}\",\"model\":\"{}\",\"precision\":\"{}\",\"batch\":{},\"base\":{},\"launches\":{},\
          \"host_syncs\":{},\"h2d_bytes\":{},\"d2h_bytes\":{},\"allocs\":{},\"tc_flops\":{},\"fp32_flops\":{},\
-         \"dram_bytes\":{},\"predicted_ms\":{:.4},\"predicted_ms_graphs\":{:.4}}}",
+         \"dram_bytes\":{},\"graph_launches\":{},\"predicted_ms\":{:.4},\"predicted_ms_graphs\":{:.4}}}",
         s.name,
         m.name,
         precision.name(),
@@ -124,6 +128,7 @@ fn json(s: &Step, m: &DeviceModel, precision: Precision, a: &BenchArgs) -> Strin
         c.cost.tc_flops,
         c.cost.fp32_flops,
         c.cost.dram_bytes,
+        c.graph_launches,
         1e3 * m.seconds(&s.launches, false),
         1e3 * m.seconds(&s.launches, true),
     )
@@ -196,9 +201,11 @@ fn table(s: &Step, m: &DeviceModel, precision: Precision, a: &BenchArgs) -> Stri
     }
     let c = &s.counts;
     out += &format!(
-        "\ntotal: {} launches, {:.3} ms predicted ({:.3} ms with CUDA graphs); {} host syncs, {} bytes uploaded, \
-         {} downloaded, {} device allocations\n\n",
+        "\ntotal: {} launches ({} of them in {} graph launches), {:.3} ms predicted ({:.3} ms with CUDA graphs); {} \
+         host syncs, {} bytes uploaded, {} downloaded, {} device allocations\n\n",
         c.launches,
+        if c.graph_launches > 0 { c.launches } else { 0 },
+        c.graph_launches,
         total * 1e3,
         m.seconds(&s.launches, true) * 1e3,
         c.host_syncs,

@@ -89,6 +89,11 @@ pub struct TrainArgs {
     /// path, on the CPU).
     #[arg(long, value_enum)]
     precision: Option<super::PrecisionArg>,
+    /// On a GPU, queue every step launch by launch instead of capturing one step per epoch as a CUDA graph and
+    /// replaying it for the epoch's others (the same results to the bit; for comparison, or should a driver
+    /// refuse the capture).
+    #[arg(long)]
+    no_graphs: bool,
     /// Continue a run from one of its checkpoints (DIR/checkpoint.safetensors, the latest, or any
     /// checkpoint-STEP.safetensors); it continues exactly as if never interrupted, its log cut back to that step.
     #[arg(long)]
@@ -229,6 +234,7 @@ fn train_on<B: Backend>(a: &TrainArgs, recipe: Recipe, backend: &B) -> Result<()
         trainer = trainer.with_labels(&data.labels)?;
     }
     trainer.checkpoint_policy(CheckpointPolicy { every: a.save_every, keep: a.keep })?;
+    trainer.use_graphs(!a.no_graphs);
     let dir = match &a.resume {
         Some(ckpt) => resume_dir(a, ckpt)?,
         None => RunDir::for_new_run(a.out.clone().unwrap_or_else(default_out))?,
@@ -357,6 +363,9 @@ fn resume_command(a: &TrainArgs, ckpt: &Path) -> String {
     }
     if let Some(p) = a.precision {
         cmd += &format!(" --precision {}", p.to_possible_value().map_or("bf16".into(), |v| v.get_name().to_string()));
+    }
+    if a.no_graphs {
+        cmd += " --no-graphs";
     }
     let numbers = [
         ("--sample-n", a.sample_n as u64, 64),

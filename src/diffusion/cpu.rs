@@ -28,6 +28,7 @@ impl DiffusionOps for Cpu {
         Ok((noise.into_data(), xt.into_data()))
     }
     fn draw_batch(&self, tables: &ScheduleTables<Cpu>, d: &BatchDraw<'_, Cpu>) -> Result<Drawn<Cpu>> {
+        no_plan(d.plan.is_some())?;
         let picked = d.perm.get(d.first..d.first + d.batch).unwrap_or(&[]);
         let bound = picked.iter().max().map(|&m| m as u64 + 1);
         d.check(tables, d.perm.len(), bound)?;
@@ -48,6 +49,7 @@ impl DiffusionOps for Cpu {
         Ok((noise, xt, t, None))
     }
     fn draw_labels(&self, d: &LabelDraw<'_, Cpu>) -> Result<Vec<u32>> {
+        no_plan(d.plan.is_some())?;
         let picked = d.perm.get(d.first..d.first + d.batch).unwrap_or(&[]);
         let bound = |v: &[u32]| v.iter().max().map(|&m| m as u64 + 1);
         d.check(d.perm.len(), bound(picked), d.labels.len(), bound(d.labels))?;
@@ -119,4 +121,12 @@ fn draw(noise: Option<(u64, u64)>, len: usize) -> Option<Vec<f32>> {
         rng::fill_normal(seed, stream, &mut z);
         z
     })
+}
+
+/// `Err` for a step plan, which only a captured step (a GPU's) reads.
+fn no_plan(planned: bool) -> Result<()> {
+    match planned {
+        true => Err(Error::Arg("the CPU draws batches from the step's own values, not a plan".into())),
+        false => Ok(()),
+    }
 }

@@ -25,14 +25,21 @@ extern "C" __global__ void q_sample(const float* __restrict__ x0, const int* __r
 // training set `images` ([N, per_item], resident), with timestep t_i = uniform_below(seed, t_stream, i, timesteps)
 // and noise[e] = normal(seed, noise_stream, e) (src/rng.rs), and xt[e] = sqrt_ab[t_i]*x0[e] + sqrt_1m_ab[t_i]*noise[e]
 // as q_sample; t_out[i] = t_i for the time embedding. When xt_nhwc is given, x_t (each item [C, per_item / C]) is
-// also written as the first conv's operand (write_nhwc). The host checked that perm's values index `images`.
-// Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
+// also written as the first conv's operand (write_nhwc). With a plan, its current row's first position and streams
+// replace `first`, `t_stream` and `noise_stream`. The host checked that perm's values index `images`, and the
+// plan's rows that their batches lie in `perm`. Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
 extern "C" __global__ void draw_batch(const float* __restrict__ images, const int* __restrict__ perm,
                                       long long first, const float* __restrict__ sqrt_ab,
                                       const float* __restrict__ sqrt_1m_ab, int timesteps, float* __restrict__ noise,
                                       float* __restrict__ xt, int* __restrict__ t_out, bf16* __restrict__ xt_nhwc,
                                       int C, long long n, long long per_item, u64 seed, u64 t_stream,
-                                      u64 noise_stream) {
+                                      u64 noise_stream, const float* __restrict__ plan) {
+  if (plan) {
+    const float* row = plan_row(plan);
+    first = plan_word(row, PLAN_FIRST);
+    t_stream = plan_u64(row, PLAN_T_STREAM);
+    noise_stream = plan_u64(row, PLAN_NOISE_STREAM);
+  }
   GRID_STRIDE(e, n) {
     const long long i = e / per_item, p = e - i * per_item;
     // Every element of an item draws the same t (one Philox call is cheap next to the normal's).
@@ -49,10 +56,16 @@ extern "C" __global__ void draw_batch(const float* __restrict__ images, const in
 
 // A training batch's class labels (DiffusionOps::draw_labels): out[i] = null when
 // philox_uniform_below(seed, stream, i, drop_one_in) == 0 (diffusion::drops_label), else labels[perm[first + i]].
+// With a plan, its current row's first position and label stream replace `first` and `stream`.
 // Launch: grid CEIL_DIV(batch, 256) (capped; grid-stride), block 256.
 extern "C" __global__ void draw_labels(const int* __restrict__ labels, const int* __restrict__ perm, long long first,
                                        int* __restrict__ out, long long batch, int null_label, int drop_one_in,
-                                       u64 seed, u64 stream) {
+                                       u64 seed, u64 stream, const float* __restrict__ plan) {
+  if (plan) {
+    const float* row = plan_row(plan);
+    first = plan_word(row, PLAN_FIRST);
+    stream = plan_u64(row, PLAN_LABEL_STREAM);
+  }
   GRID_STRIDE(i, batch) {
     const bool drop = philox_uniform_below(seed, stream, (u64)i, (unsigned)drop_one_in) == 0;
     out[i] = drop ? null_label : labels[perm[first + i]];

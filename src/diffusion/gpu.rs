@@ -12,6 +12,7 @@ use crate::gpu::launch::{elementwise, i32_arg, need, run};
 use crate::gpu::{Arg, Cost, DeviceBuf, Executor, IntBuf, Kernel};
 use crate::nn::TimeEmbedding;
 use crate::ops::conv::mma::padded;
+use crate::train::StepPlan;
 
 impl<E: Executor> DiffusionOps for Gpu<E> {
     fn q_sample(
@@ -82,6 +83,7 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
             Arg::U64(d.seed),
             Arg::U64(d.t_stream),
             Arg::U64(d.noise_stream),
+            Arg::opt(d.plan.map(StepPlan::buf)),
         ];
         // The picked images read, noise and x_t written (t is a word per image), and x_t's operand; two Philox
         // draws and Box-Muller are ~50 operations per value.
@@ -105,6 +107,7 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
             Arg::I32(LABEL_DROP_ONE_IN as i32),
             Arg::U64(d.seed),
             Arg::U64(d.stream),
+            Arg::opt(d.plan.map(StepPlan::buf)),
         ];
         // A permutation value and a label read, a label written, one Philox draw per item.
         run(e, Kernel::DrawLabels, elementwise(d.batch), Cost::pass(2 * d.batch, d.batch, 30), &args)?;

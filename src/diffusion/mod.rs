@@ -20,6 +20,7 @@ pub use schedule::{Schedule, ScheduleKind};
 
 use crate::backend::{ConvOps, Memory};
 use crate::error::{Error, Result};
+use crate::train::StepPlan;
 
 /// What a backend offers the training step and the samplers: each a single fused pass, its noise drawn where
 /// it is used (`rng::normal(seed, stream, element)`, the same numbers on every backend).
@@ -124,6 +125,9 @@ pub struct BatchDraw<'a, M: Memory> {
     pub noise_stream: u64,
     /// `Some(c)`: also write x_t's operand, each item being `[c, per_item / c]` (the first conv reads it).
     pub operand_channels: Option<usize>,
+    /// A plan whose current row's first position and streams the kernel reads instead (a captured step; not on
+    /// the CPU, which has no graphs).
+    pub plan: Option<&'a StepPlan<M>>,
 }
 
 impl<M: Memory> BatchDraw<'_, M> {
@@ -136,12 +140,9 @@ impl<M: Memory> BatchDraw<'_, M> {
         if self.per_item == 0 || self.batch == 0 || M::buf_len(self.images) != n_images * self.per_item {
             return bad(format!("{} words of training set for images of {}", M::buf_len(self.images), self.per_item));
         }
-        if self.first + self.batch > perm_len {
-            return bad(format!(
-                "batch {}..{} outside a permutation of {perm_len}",
-                self.first,
-                self.first + self.batch
-            ));
+        let first = self.plan.map_or(self.first, |p| p.max_first().max(self.first));
+        if first + self.batch > perm_len {
+            return bad(format!("batch {}..{} outside a permutation of {perm_len}", first, first + self.batch));
         }
         if perm_bound.is_none_or(|b| b > n_images as u64) {
             return bad(format!("permutation values {perm_bound:?} (bound) do not all index the {n_images} images"));
@@ -180,6 +181,8 @@ pub struct LabelDraw<'a, M: Memory> {
     /// The run's seed and the Philox stream of the step's label drops.
     pub seed: u64,
     pub stream: u64,
+    /// A plan whose current row's first position and label stream the kernel reads instead (not on the CPU).
+    pub plan: Option<&'a StepPlan<M>>,
 }
 
 impl<M: Memory> LabelDraw<'_, M> {
@@ -188,12 +191,9 @@ impl<M: Memory> LabelDraw<'_, M> {
     /// the host, since the kernel indexes memory with these values.
     fn check(&self, perm_len: usize, perm_bound: Option<u64>, n_labels: usize, label_bound: Option<u64>) -> Result<()> {
         let bad = |m: String| Err(Error::Arg(format!("draw_labels: {m}")));
-        if self.batch == 0 || self.first + self.batch > perm_len {
-            return bad(format!(
-                "batch {}..{} outside a permutation of {perm_len}",
-                self.first,
-                self.first + self.batch
-            ));
+        let first = self.plan.map_or(self.first, |p| p.max_first().max(self.first));
+        if self.batch == 0 || first + self.batch > perm_len {
+            return bad(format!("batch {}..{} outside a permutation of {perm_len}", first, first + self.batch));
         }
         if perm_bound.is_none_or(|b| b > n_labels as u64) {
             return bad(format!("permutation values {perm_bound:?} (bound) do not all index the {n_labels} labels"));

@@ -5,12 +5,13 @@ use super::sampler::{ddim_step, ddim_update, ddpm_step, noise_stream};
 use super::{
     drops_label, BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, LabelDraw, Schedule, ScheduleTables,
 };
-use crate::backend::{ConvOps, Cpu, Gpu, Memory};
+use crate::backend::{ConvOps, Cpu, Gpu, Memory, OptimOps};
 use crate::gpu::Executor;
 use crate::nn::TimeEmbedding;
 use crate::ops::testing::{close, down, gpu_test, out, rand, up};
 use crate::rng;
 use crate::tensor::Tensor;
+use crate::train::{PlanRow, StepPlan};
 
 // q_sample: the noise is Philox on the device, the same draws as rng::fill_normal; the integer part is exact, and
 // logf/sqrtf/cosf are within 2 ulp on a GPU: rel 1e-6 + abs 1e-6 (cos near its zeros).
@@ -178,7 +179,7 @@ fn draw_batch<E: Executor>(dev: &Gpu<E>) {
     let cpu_tables = ScheduleTables::new(&Cpu, &sched).unwrap();
     let cpu_perm = perm.to_vec();
     let operand_channels = None;
-    let d = BatchDraw {
+    let cpu_d = BatchDraw {
         images: &images,
         per_item: per,
         perm: &cpu_perm,
@@ -188,8 +189,9 @@ fn draw_batch<E: Executor>(dev: &Gpu<E>) {
         t_stream,
         noise_stream,
         operand_channels,
+        plan: None,
     };
-    let (cn, cx, ct, _) = Cpu.draw_batch(&cpu_tables, &d).unwrap();
+    let (cn, cx, ct, _) = Cpu.draw_batch(&cpu_tables, &cpu_d).unwrap();
     assert_eq!(ct, want_t, "cpu draw_batch t");
     assert!(cn == noise.data() && cx == want.data(), "cpu draw_batch noise or x_t differ from the host's path");
 
@@ -205,6 +207,7 @@ fn draw_batch<E: Executor>(dev: &Gpu<E>) {
         t_stream,
         noise_stream,
         operand_channels,
+        plan: None,
     };
     let (gn, gx, gt, _) = dev.draw_batch(&tables, &d).unwrap();
     assert_eq!(dev.download_indices(&gt).unwrap(), want_t, "draw_batch t");
@@ -223,6 +226,31 @@ fn draw_batch<E: Executor>(dev: &Gpu<E>) {
     assert!(dev.draw_batch(&tables, &past).is_err());
     let bad = dev.upload_indices(&[0, 1, 7, 2]).unwrap();
     assert!(dev.draw_batch(&tables, &BatchDraw { perm: &bad, first: 0, ..past }).is_err());
+
+    // With a plan moved on to its second row, the row's values replace the arguments (which here are another
+    // step's); the CPU refuses plans, and the GPU a plan with a row whose batch passes the permutation's end.
+    let row = |first, stream: u64| PlanRow {
+        first,
+        t_stream: stream,
+        noise_stream: stream,
+        label_stream: stream,
+        stats_word: 0,
+        adam: crate::optim::AdamW::new(&crate::params::Params::new(), 1e-3).scalars(1),
+        ema: (0.5, 0.5),
+    };
+    let mut plan = StepPlan::new(dev, &[row(0, 1), PlanRow { t_stream, noise_stream, ..row(first, 2) }]).unwrap();
+    let mut ring = up(dev, &[0.0; 3]);
+    dev.advance_plan(&mut plan, &up(dev, &[1.0, 2.0, 3.0]), &mut ring).unwrap();
+    let other = BatchDraw { first: 0, t_stream: 5, noise_stream: 6, plan: Some(&plan), ..d };
+    let (pn, px, pt, _) = dev.draw_batch(&tables, &other).unwrap();
+    assert_eq!(dev.download_indices(&pt).unwrap(), want_t, "planned draw_batch t");
+    same::<E>(&down(dev, &pn), noise.data(), "planned draw_batch noise");
+    same::<E>(&down(dev, &px), want.data(), "planned draw_batch x_t");
+    let cpu_plan = StepPlan::new(&Cpu, &[row(0, 1)]).unwrap();
+    let cpu_planned = BatchDraw { plan: Some(&cpu_plan), ..cpu_d };
+    assert!(Cpu.draw_batch(&cpu_tables, &cpu_planned).is_err());
+    let beyond = StepPlan::new(dev, &[row(0, 1), row(4, 1)]).unwrap();
+    assert!(dev.draw_batch(&tables, &BatchDraw { plan: Some(&beyond), ..d }).is_err());
 }
 gpu_test!(draw_batch);
 
@@ -274,15 +302,23 @@ fn draw_labels<E: Executor>(dev: &Gpu<E>) {
         .map(|i| if drops_label(seed, stream, i as u64) { null } else { labels[perm[first + i] as usize] })
         .collect();
     assert!(want.contains(&null) && want.iter().any(|&l| l != null), "the batch shows both cases");
-    let d = LabelDraw { labels: &labels, perm: &perm, first, batch, null, seed, stream };
+    let d = LabelDraw { labels: &labels, perm: &perm, first, batch, null, seed, stream, plan: None };
     assert_eq!(Cpu.draw_labels(&d).unwrap(), want, "cpu draw_labels");
     let (lb, pb) = (dev.upload_indices(&labels).unwrap(), dev.upload_indices(&perm).unwrap());
-    let d = LabelDraw { labels: &lb, perm: &pb, first, batch, null, seed, stream };
+    let d = LabelDraw { labels: &lb, perm: &pb, first, batch, null, seed, stream, plan: None };
     assert_eq!(dev.download_indices(&dev.draw_labels(&d).unwrap()).unwrap(), want, "draw_labels");
+    // A plan's row (its first position and label stream) replaces the arguments.
+    let adam = crate::optim::AdamW::new(&crate::params::Params::new(), 1e-3).scalars(1);
+    let row =
+        PlanRow { first, t_stream: 0, noise_stream: 0, label_stream: stream, stats_word: 0, adam, ema: (0.5, 0.5) };
+    let plan = StepPlan::new(dev, &[row]).unwrap();
+    let planned = LabelDraw { first: 0, stream: stream + 1, plan: Some(&plan), ..d };
+    assert_eq!(dev.download_indices(&dev.draw_labels(&planned).unwrap()).unwrap(), want, "planned draw_labels");
     // Refused before any launch: a batch past the permutation, a label that is not below the null label.
     assert!(dev.draw_labels(&LabelDraw { first: 11, ..d }).is_err());
     let (cpu_bad, bad) = (vec![10u32; 40], dev.upload_indices(&[10u32; 40]).unwrap());
-    assert!(Cpu.draw_labels(&LabelDraw { labels: &cpu_bad, perm: &perm, first, batch, null, seed, stream }).is_err());
+    let cpu_bad = LabelDraw { labels: &cpu_bad, perm: &perm, first, batch, null, seed, stream, plan: None };
+    assert!(Cpu.draw_labels(&cpu_bad).is_err());
     assert!(dev.draw_labels(&LabelDraw { labels: &bad, ..d }).is_err());
 }
 gpu_test!(draw_labels);

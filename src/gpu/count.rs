@@ -81,6 +81,8 @@ pub struct Counts {
     pub d2h_bytes: u64,
     /// Buffers obtained from the device's allocator (a CUDA executor's allocation that its cache could not serve).
     pub allocs: u64,
+    /// Replays of captured launch sequences (CUDA graphs); their launches are counted in `launches` too.
+    pub graph_launches: u64,
     /// The launches' declared work, summed.
     pub cost: Cost,
 }
@@ -94,6 +96,7 @@ impl Counts {
             h2d_bytes: self.h2d_bytes - earlier.h2d_bytes,
             d2h_bytes: self.d2h_bytes - earlier.d2h_bytes,
             allocs: self.allocs - earlier.allocs,
+            graph_launches: self.graph_launches - earlier.graph_launches,
             cost: Cost {
                 tc_flops: self.cost.tc_flops - earlier.cost.tc_flops,
                 fp32_flops: self.cost.fp32_flops - earlier.cost.fp32_flops,
@@ -108,11 +111,23 @@ struct State {
     counts: Counts,
     /// Every launch since [`Counters::record`], while recording.
     log: Option<Vec<Launch>>,
+    /// The launches of the graph being captured, which run (and count) only when it is replayed.
+    captured: Option<Vec<Launch>>,
 }
 
 /// An executor's running totals. Cheap enough to keep always; the per-launch log only while asked for.
 #[derive(Default)]
 pub struct Counters(Mutex<State>);
+
+impl State {
+    fn count(&mut self, launch: &Launch) {
+        self.counts.launches += 1;
+        self.counts.cost.add(launch.cost);
+        if let Some(log) = self.log.as_mut() {
+            log.push(*launch);
+        }
+    }
+}
 
 impl Counters {
     fn state(&self) -> MutexGuard<'_, State> {
@@ -136,11 +151,30 @@ impl Counters {
     }
 
     pub(crate) fn launched(&self, kernel: Kernel, cfg: LaunchCfg, cost: Cost) {
+        let launch = Launch { kernel, cfg, cost };
         let mut s = self.state();
-        s.counts.launches += 1;
-        s.counts.cost.add(cost);
-        if let Some(log) = s.log.as_mut() {
-            log.push(Launch { kernel, cfg, cost });
+        match s.captured.as_mut() {
+            Some(captured) => captured.push(launch),
+            None => s.count(&launch),
+        }
+    }
+
+    /// From now until [`Counters::end_capture`], launches are kept for the graph instead of counted.
+    pub(crate) fn begin_capture(&self) {
+        self.state().captured = Some(Vec::new());
+    }
+
+    /// The launches captured since [`Counters::begin_capture`].
+    pub(crate) fn end_capture(&self) -> Vec<Launch> {
+        self.state().captured.take().unwrap_or_default()
+    }
+
+    /// One replay of a graph of `launches`: each counted as launched.
+    pub(crate) fn replayed(&self, launches: &[Launch]) {
+        let mut s = self.state();
+        s.counts.graph_launches += 1;
+        for l in launches {
+            s.count(l);
         }
     }
 

@@ -18,14 +18,53 @@ use super::{check_launch, Arg, DeviceBuf, Executor, LaunchCfg};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 fn dev_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Device(format!("{what}: {e:?}"))
 }
 
 /// Freed allocations by size class, reused by later allocations of the same class.
-type Pool = Arc<Mutex<HashMap<usize, Vec<CudaSlice<f32>>>>>;
+type Pool = Arc<Mutex<Cache>>;
+
+/// Allocations by size class.
+type Slices = HashMap<usize, Vec<CudaSlice<f32>>>;
+
+#[derive(Default)]
+struct Cache {
+    free: Slices,
+    /// While a graph is captured: what the capture frees, kept apart (the graph owns it, since its launches
+    /// address it), and every allocation it made or launch argument it passed, which the graph keeps alive.
+    capture: Option<(Slices, Vec<Weak<Storage>>)>,
+}
+
+impl Cache {
+    fn lock(pool: &Pool) -> std::sync::MutexGuard<'_, Cache> {
+        // Lists of allocations, valid whatever a panicking holder was doing.
+        pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where an allocation freed now goes.
+    fn freed(&mut self) -> &mut Slices {
+        match &mut self.capture {
+            Some((freed, _)) => freed,
+            None => &mut self.free,
+        }
+    }
+
+    /// A cached allocation of size class `class`: during a capture first one the capture freed.
+    fn take(&mut self, class: usize) -> Option<CudaSlice<f32>> {
+        let captured = self.capture.as_mut().and_then(|(freed, _)| freed.get_mut(&class)?.pop());
+        captured.or_else(|| self.free.get_mut(&class)?.pop())
+    }
+
+    /// Notes that a capture in progress (if any) uses `storage`.
+    fn touch(&mut self, storage: &Arc<Storage>) {
+        if let Some((_, touched)) = &mut self.capture {
+            touched.push(Arc::downgrade(storage));
+        }
+    }
+}
 
 /// Allocations are rounded up to a whole number of 1024 words (4 KiB) so that near-equal sizes share a class.
 pub(crate) fn size_class(len: usize) -> usize {
@@ -41,8 +80,7 @@ struct Storage {
 impl Drop for Storage {
     fn drop(&mut self) {
         if let Some(s) = self.slice.take() {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            pool.entry(s.len()).or_default().push(s);
+            Cache::lock(&self.pool).freed().entry(s.len()).or_default().push(s);
         }
     }
 }
@@ -152,7 +190,12 @@ impl Cuda {
         let (major, minor) = ctx.compute_capability().map_err(|e| dev_err("querying the compute capability", e))?;
         let name = ctx.name().map_err(|e| dev_err("querying the device name", e))?;
         let memory = ctx.total_mem().map_err(|e| dev_err("querying the device memory", e))?;
-        let stream = ctx.default_stream();
+        // Graph capture needs a stream of its own (the legacy default stream cannot be captured), and cudarc's
+        // per-buffer event tracking off before anything is allocated: every launch and copy goes to this one
+        // stream, which orders them, and events recorded during a capture would break it.
+        // SAFETY: nothing has been allocated in this context yet, and one stream serves everything.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| dev_err("creating a CUDA stream", e))?;
         let arch = format!("sm_{major}{minor}");
         // The emulator's self-test kernels exist to check the emulator; a device never loads them.
         let mut modules = Vec::with_capacity(MODULES.len());
@@ -266,23 +309,60 @@ fn compile_at_run_time(m: &super::kernels::Module, major: i32, minor: i32) -> Re
 
 impl Cuda {
     /// An allocation of at least `len` words with unspecified contents: a cached one of the same size class, else a
-    /// new one (counted).
+    /// new one (counted; refused during a graph capture, where it would become part of the graph).
     fn take_slice(&self, len: usize) -> Result<CudaSlice<f32>> {
         let class = size_class(len);
-        let reused = self.pool.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&class).and_then(Vec::pop);
-        match reused {
-            Some(s) => Ok(s),
-            None => {
-                self.counters.allocated();
-                // SAFETY: the contents are unspecified by the trait's contract; kernels write before they read.
-                unsafe { self.stream.alloc::<f32>(class) }.map_err(|e| dev_err("cuMemAlloc", e))
-            }
+        let mut cache = Cache::lock(&self.pool);
+        if let Some(s) = cache.take(class) {
+            return Ok(s);
         }
+        if cache.capture.is_some() {
+            return Err(super::graph::alloc_error(len));
+        }
+        drop(cache);
+        self.counters.allocated();
+        // SAFETY: the contents are unspecified by the trait's contract; kernels write before they read.
+        unsafe { self.stream.alloc::<f32>(class) }.map_err(|e| dev_err("cuMemAlloc", e))
     }
 
     /// `slice` as a buffer of `len` words that returns it to the pool when the last view of it is dropped.
     fn wrap(&self, slice: CudaSlice<f32>, len: usize) -> CudaBuf {
-        CudaBuf { storage: Arc::new(Storage { slice: Some(slice), pool: self.pool.clone() }), offset: 0, len }
+        let storage = Arc::new(Storage { slice: Some(slice), pool: self.pool.clone() });
+        Cache::lock(&self.pool).touch(&storage);
+        CudaBuf { storage, offset: 0, len }
+    }
+
+    /// `Err` when a capture is on: `what` (a copy or a wait) would not be part of the graph.
+    fn outside_capture(&self, what: &str) -> Result<()> {
+        match Cache::lock(&self.pool).capture.is_some() {
+            true => Err(super::graph::copy_error(what)),
+            false => Ok(()),
+        }
+    }
+}
+
+/// A CUDA graph and what it owns: the allocations its capture freed (its launches still address them) and every
+/// buffer the capture allocated or passed to a launch, so that no address it holds is reused while it lives.
+pub struct CudaGraphOwned {
+    /// `None` when the capture launched nothing.
+    graph: Option<cudarc::driver::CudaGraph>,
+    kept: Vec<Arc<Storage>>,
+    freed: Slices,
+    pool: Pool,
+}
+
+impl Drop for CudaGraphOwned {
+    fn drop(&mut self) {
+        // The graph first, then its memory back to the cache (work queued on the stream before stays ordered
+        // before any later use of it).
+        self.graph = None;
+        let freed = std::mem::take(&mut self.freed);
+        let mut cache = Cache::lock(&self.pool);
+        for (class, slices) in freed {
+            cache.freed().entry(class).or_default().extend(slices);
+        }
+        drop(cache);
+        self.kept.clear();
     }
 }
 
@@ -297,6 +377,7 @@ enum Val {
 
 impl Executor for Cuda {
     type Buf = CudaBuf;
+    type Graph = CudaGraphOwned;
 
     fn describe(&self) -> String {
         self.description.clone()
@@ -326,6 +407,7 @@ impl Executor for Cuda {
     }
 
     fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
+        self.outside_capture("a copy to the device")?;
         let mut slice = self.take_slice(data.len())?;
         let mut view = slice.slice_mut(..data.len());
         self.stream.memcpy_htod(data, &mut view).map_err(|e| dev_err("copy to device", e))?;
@@ -334,6 +416,7 @@ impl Executor for Cuda {
     }
 
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
+        self.outside_capture("a copy from the device")?;
         self.counters.downloaded(buf.len);
         self.stream
             .clone_dtoh(&buf.slice().slice(buf.offset..buf.offset + buf.len))
@@ -341,6 +424,7 @@ impl Executor for Cuda {
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.outside_capture("a wait for the device")?;
         self.counters.synchronized();
         self.stream.synchronize().map_err(|e| dev_err("synchronize", e))
     }
@@ -349,6 +433,8 @@ impl Executor for Cuda {
         check_launch(kernel, cfg, args)?;
         let mut guards = Vec::new();
         let mut vals = Vec::with_capacity(args.len());
+        let mut cache = Cache::lock(&self.pool);
+        let capturing = cache.capture.is_some();
         for a in args {
             vals.push(match *a {
                 Arg::Buf(_) | Arg::BufAt(..) | Arg::Ints(_) | Arg::Bf16(_) => {
@@ -358,6 +444,7 @@ impl Executor for Cuda {
                     }
                     let (ptr, guard) = b.slice().device_ptr(&self.stream);
                     guards.push(guard);
+                    cache.touch(&b.storage);
                     Val::Ptr(ptr + 4 * (b.offset + off) as u64)
                 }
                 Arg::Null => Val::Ptr(0),
@@ -367,6 +454,7 @@ impl Executor for Cuda {
                 Arg::F32(v) => Val::F32(v),
             });
         }
+        drop(cache);
         let Some(func) = &self.funcs[kernel as usize] else {
             return Err(Error::Device(format!("{} is an emulator self-test, not loaded on a device", kernel.name())));
         };
@@ -386,13 +474,48 @@ impl Executor for Cuda {
             shared_mem_bytes: cfg.shared_bytes,
         };
         builder.launch(cfg).map_err(|e| dev_err(&format!("launching {}", kernel.name()), e))?;
-        if self.sync_launches {
+        if self.sync_launches && !capturing {
             // A fault inside the kernel surfaces here, at the first wait after it, rather than in a later copy.
             self.stream.synchronize().map_err(|e| {
                 dev_err(&format!("{} failed while running (DDPM_SYNC_LAUNCHES=1 waited for it)", kernel.name()), e)
             })?;
         }
         drop(guards);
+        Ok(())
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        let mut cache = Cache::lock(&self.pool);
+        if cache.capture.is_some() {
+            return Err(Error::Device("a graph capture began inside another".into()));
+        }
+        // Thread-local mode: only this thread's calls are part of (and checked against) the capture.
+        let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        self.stream.begin_capture(mode).map_err(|e| dev_err("cuStreamBeginCapture", e))?;
+        cache.capture = Some(Default::default());
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<CudaGraphOwned> {
+        let graph = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+        let mut cache = Cache::lock(&self.pool);
+        let (freed, touched) = cache.capture.take().ok_or_else(|| Error::Device("no graph capture to end".into()))?;
+        drop(cache);
+        // Whatever the capture touched and is still alive stays alive with the graph; the rest is in `freed`.
+        let kept = touched.iter().filter_map(Weak::upgrade).collect();
+        let mut owned = CudaGraphOwned { graph: None, kept, freed, pool: self.pool.clone() };
+        // On failure `owned` returns the memory to the cache as it drops.
+        owned.graph = graph.map_err(|e| dev_err("cuStreamEndCapture / cuGraphInstantiate", e))?;
+        Ok(owned)
+    }
+
+    fn replay(&self, graph: &CudaGraphOwned) -> Result<()> {
+        self.outside_capture("replaying a graph")?;
+        let Some(g) = &graph.graph else { return Ok(()) };
+        g.launch().map_err(|e| dev_err("cuGraphLaunch", e))?;
+        if self.sync_launches {
+            self.stream.synchronize().map_err(|e| dev_err("a graph failed while running (DDPM_SYNC_LAUNCHES=1)", e))?;
+        }
         Ok(())
     }
 }

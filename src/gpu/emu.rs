@@ -136,6 +136,8 @@ pub struct Emulator {
     workers: u32,
     order: ThreadOrder,
     counters: Counters,
+    /// The launches of the graph being captured, while a capture is on.
+    capture: std::sync::Mutex<Option<Vec<EmuLaunch>>>,
 }
 
 impl Emulator {
@@ -146,7 +148,12 @@ impl Emulator {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-        Emulator { workers: workers.max(1), order: ThreadOrder::from_env(), counters: Counters::default() }
+        Emulator {
+            workers: workers.max(1),
+            order: ThreadOrder::from_env(),
+            counters: Counters::default(),
+            capture: Default::default(),
+        }
     }
 
     /// The same emulator, running the threads of each block in `order` instead.
@@ -160,6 +167,104 @@ impl Emulator {
     }
 }
 
+impl Emulator {
+    /// The launches captured so far, while a capture is on.
+    fn capturing(&self) -> std::sync::MutexGuard<'_, Option<Vec<EmuLaunch>>> {
+        // The list is only pushed to and taken, valid whatever a panicking holder was doing.
+        self.capture.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `Err` when a capture is on: `what` (a copy or a wait) would not be part of the graph.
+    fn outside_capture(&self, what: &str) -> Result<()> {
+        match self.capturing().is_some() {
+            true => Err(super::graph::copy_error(what)),
+            false => Ok(()),
+        }
+    }
+
+    /// Runs one launch to completion, then checks that it wrote nothing past the end of its buffers.
+    ///
+    /// # Safety
+    /// As [`Executor::launch`]: the arguments describe the buffers truthfully.
+    unsafe fn run(&self, node: &EmuLaunch) -> Result<()> {
+        let (kernel, cfg) = (node.kernel, node.cfg);
+        let mut slots = node.slots.clone();
+        let ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+        let mut err = [0u8; 1024];
+        let entry = super::kernels::EMU_ENTRY[kernel as usize];
+        let (order, seed) = self.order.code();
+        // SAFETY: the slots hold one value per kernel parameter, of its kind (checked by `check_launch`), and the
+        // pointers address live buffers (`node.bufs` keeps them) that the caller vouches are long enough.
+        let rc = unsafe {
+            emu_launch(
+                entry,
+                ptrs.as_ptr(),
+                cfg.grid.as_ptr(),
+                cfg.block.as_ptr(),
+                cfg.shared_bytes as usize,
+                kernel.max_dynamic_shared() as usize,
+                self.workers,
+                order,
+                seed,
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if rc != 0 {
+            let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+            return Err(Error::Device(format!("{}: {}", kernel.name(), String::from_utf8_lossy(&err[..end]))));
+        }
+        for (name, b) in &node.bufs {
+            if !b.guard_intact() {
+                return Err(Error::Device(format!("{}: wrote past the end of `{name}`", kernel.name())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One launch as the emulator runs it: each argument's value in an 8-byte slot (the kernel entry reads slot i as
+/// its i-th parameter's type; little-endian, so a 4-byte value sits at the slot's start), and the buffers the
+/// pointers address, kept alive for as long as a graph holds the launch.
+struct EmuLaunch {
+    kernel: Kernel,
+    cfg: LaunchCfg,
+    slots: Vec<u64>,
+    bufs: Vec<(&'static str, EmuBuf)>,
+}
+
+impl EmuLaunch {
+    fn new(kernel: Kernel, cfg: LaunchCfg, args: &[Arg<EmuBuf>]) -> Result<Self> {
+        let mut slots = Vec::with_capacity(args.len());
+        let mut bufs = Vec::new();
+        for (i, (a, (name, _))) in args.iter().zip(kernel.params()).enumerate() {
+            slots.push(match *a {
+                Arg::Buf(_) | Arg::BufAt(..) | Arg::Ints(_) | Arg::Bf16(_) => {
+                    let (b, off) = a.buffer().expect("a pointer argument");
+                    if off > b.len {
+                        return Err(Error::Device(format!(
+                            "{}: argument {i} offset {off} past the end of a {}-word buffer",
+                            kernel.name(),
+                            b.len
+                        )));
+                    }
+                    bufs.push((*name, EmuBuf { data: b.data.clone(), offset: b.offset, len: b.len }));
+                    b.ptr(off) as u64
+                }
+                Arg::Null => 0,
+                Arg::I32(v) => v as u32 as u64,
+                Arg::I64(v) => v as u64,
+                Arg::U64(v) => v,
+                Arg::F32(v) => v.to_bits() as u64,
+            });
+        }
+        Ok(EmuLaunch { kernel, cfg, slots, bufs })
+    }
+}
+
+/// The emulator's graph: the captured launches, run again in order by each replay.
+pub struct EmuGraph(Vec<EmuLaunch>);
+
 impl Default for Emulator {
     fn default() -> Self {
         Self::new()
@@ -168,6 +273,7 @@ impl Default for Emulator {
 
 impl Executor for Emulator {
     type Buf = EmuBuf;
+    type Graph = EmuGraph;
 
     fn describe(&self) -> String {
         match self.order {
@@ -201,74 +307,57 @@ impl Executor for Emulator {
     }
 
     fn upload(&self, data: &[f32]) -> Result<EmuBuf> {
+        self.outside_capture("a copy to the device")?;
         self.counters.allocated();
         self.counters.uploaded(data.len());
         Ok(EmuBuf::new(data.iter().copied(), data.len()))
     }
 
     fn download(&self, buf: &EmuBuf) -> Result<Vec<f32>> {
+        self.outside_capture("a copy from the device")?;
         self.counters.downloaded(buf.len);
         // SAFETY: launches run to completion inside `launch`, so no kernel writes the words while they are read.
         Ok(buf.words().iter().map(|w| unsafe { *w.get() }).collect())
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.outside_capture("a wait for the device")?;
         self.counters.synchronized();
         Ok(())
     }
 
     unsafe fn launch(&self, kernel: Kernel, cfg: LaunchCfg, args: &[Arg<EmuBuf>]) -> Result<()> {
         check_launch(kernel, cfg, args)?;
-        // Each argument's value in an 8-byte slot; the kernel entry reads slot i as its i-th parameter's type
-        // (little-endian, so a 4-byte value sits at the slot's start).
-        let mut slots = Vec::with_capacity(args.len());
-        for (i, a) in args.iter().enumerate() {
-            slots.push(match *a {
-                Arg::Buf(_) | Arg::BufAt(..) | Arg::Ints(_) | Arg::Bf16(_) => {
-                    let (b, off) = a.buffer().expect("a pointer argument");
-                    if off > b.len {
-                        return Err(Error::Device(format!(
-                            "{}: argument {i} offset {off} past the end of a {}-word buffer",
-                            kernel.name(),
-                            b.len
-                        )));
-                    }
-                    b.ptr(off) as u64
-                }
-                Arg::Null => 0,
-                Arg::I32(v) => v as u32 as u64,
-                Arg::I64(v) => v as u64,
-                Arg::U64(v) => v,
-                Arg::F32(v) => v.to_bits() as u64,
-            });
-        }
-        let ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
-        let mut err = [0u8; 1024];
-        let entry = super::kernels::EMU_ENTRY[kernel as usize];
-        let (order, seed) = self.order.code();
-        let rc = emu_launch(
-            entry,
-            ptrs.as_ptr(),
-            cfg.grid.as_ptr(),
-            cfg.block.as_ptr(),
-            cfg.shared_bytes as usize,
-            kernel.max_dynamic_shared() as usize,
-            self.workers,
-            order,
-            seed,
-            err.as_mut_ptr(),
-            err.len(),
-        );
-        if rc != 0 {
-            let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
-            return Err(Error::Device(format!("{}: {}", kernel.name(), String::from_utf8_lossy(&err[..end]))));
-        }
-        for ((name, _), a) in kernel.params().iter().zip(args) {
-            if let Some((b, _)) = a.buffer() {
-                if !b.guard_intact() {
-                    return Err(Error::Device(format!("{}: wrote past the end of `{name}`", kernel.name())));
-                }
+        let node = EmuLaunch::new(kernel, cfg, args)?;
+        match self.capturing().as_mut() {
+            Some(graph) => {
+                graph.push(node);
+                Ok(())
             }
+            // SAFETY: the caller vouches for the arguments (the trait's contract).
+            None => unsafe { self.run(&node) },
+        }
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        let mut capture = self.capturing();
+        if capture.is_some() {
+            return Err(Error::Device("a graph capture began inside another".into()));
+        }
+        *capture = Some(Vec::new());
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<EmuGraph> {
+        let launches = self.capturing().take().ok_or_else(|| Error::Device("no graph capture to end".into()))?;
+        Ok(EmuGraph(launches))
+    }
+
+    fn replay(&self, graph: &EmuGraph) -> Result<()> {
+        self.outside_capture("replaying a graph")?;
+        for node in &graph.0 {
+            // SAFETY: each launch was checked when captured, and the graph keeps every buffer it points into.
+            unsafe { self.run(node) }?;
         }
         Ok(())
     }

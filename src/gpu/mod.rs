@@ -14,6 +14,7 @@
 pub mod count;
 pub mod cuda;
 pub mod emu;
+pub mod graph;
 pub mod kernels;
 pub(crate) mod launch;
 pub mod model;
@@ -156,6 +157,9 @@ pub trait DeviceBuf: std::fmt::Debug + Send + Sync {
 pub trait Executor: Send + Sync + 'static {
     /// The executor's buffer type.
     type Buf: DeviceBuf;
+    /// A captured launch sequence ([`graph`]): a CUDA graph, or the emulator's list of launches. It owns the
+    /// buffers its launches touch.
+    type Graph;
     /// What runs the kernels, e.g. "CUDA device 0: NVIDIA H200" or "CPU emulator (2 threads)".
     fn describe(&self) -> String;
     /// What this executor has done so far: launches with their declared cost, host syncs, copies, allocations.
@@ -222,6 +226,14 @@ pub trait Executor: Send + Sync + 'static {
     /// inside the buffer it addresses. The argument kinds are checked against the kernel's C signature, but
     /// lengths cannot be, so the launchers check them first (`launch::need`).
     unsafe fn launch(&self, kernel: Kernel, cfg: LaunchCfg, args: &[Arg<Self::Buf>]) -> Result<()>;
+    /// From now until [`Executor::end_capture`], launches are recorded into a graph instead of run; copies to or
+    /// from the host and waits are errors, and so (on a CUDA device) is an allocation that its cache cannot serve.
+    /// Use [`graph::capture`], which also keeps the counters.
+    fn begin_capture(&self) -> Result<()>;
+    /// The launches recorded since [`Executor::begin_capture`], as a graph that owns every buffer they touch.
+    fn end_capture(&self) -> Result<Self::Graph>;
+    /// Queues one run of `graph` (the emulator runs it at once). Use [`graph::replay`], which also counts it.
+    fn replay(&self, graph: &Self::Graph) -> Result<()>;
 }
 
 /// Checks a launch before either executor runs it: the arguments (see [`check_args`]), and the block size and

@@ -40,8 +40,13 @@ impl<B: Backend> Ema<B> {
 
     /// The decay the next update uses.
     pub fn current_decay(&self) -> f64 {
+        self.decay_at(self.updates)
+    }
+
+    /// The decay of update `k` (from 0).
+    fn decay_at(&self, k: u64) -> f64 {
         if self.warmup {
-            let k = self.updates as f64;
+            let k = k as f64;
             self.decay.min((1.0 + k) / (10.0 + k))
         } else {
             self.decay
@@ -50,7 +55,12 @@ impl<B: Backend> Ema<B> {
 
     /// The f32 `(d, 1 - d)` of the next update, `1 - d` formed in f64 first (shared with the GPU kernel).
     pub fn scalars(&self) -> (f32, f32) {
-        let d = self.current_decay();
+        self.scalars_at(self.updates)
+    }
+
+    /// [`Ema::scalars`] of update `k` (from 0), for a plan of steps ahead.
+    pub fn scalars_at(&self, k: u64) -> (f32, f32) {
+        let d = self.decay_at(k);
         (d as f32, (1.0 - d) as f32)
     }
 

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, need, partials, run, BLOCK};
 use crate::gpu::{Arg, Cost, DeviceBuf, Executor, Kernel, LaunchCfg};
 use crate::ops::reduce::gpu::{finish_args, finish_sum, sumsq_partials, Finish, Finished};
+use crate::train::StepPlan;
 
 impl<E: Executor> OptimOps for Gpu<E> {
     fn clip_grad_norm(&self, grads: &mut [&mut E::Buf], max_norm: f32) -> Result<(f32, f32)> {
@@ -77,10 +78,17 @@ impl<E: Executor> OptimOps for Gpu<E> {
         ]
         .into_iter()
         .chain(adam_args(s))
-        .chain([Arg::F32(f.ema.0), Arg::F32(f.ema.1)])
+        .chain([Arg::F32(f.ema.0), Arg::F32(f.ema.1), Arg::opt(f.plan.map(StepPlan::buf))])
         .collect::<Vec<_>>();
         // p, m, v and the shadow read and written, g read: ~17 operations per parameter.
         run(e, Kernel::AdamwEma, elementwise(n), Cost::pass(5 * n, 4 * n, 17), &args)
+    }
+    fn advance_plan(&self, plan: &mut StepPlan<Self>, staged: &E::Buf, ring: &mut E::Buf) -> Result<()> {
+        need("plan_advance staged", staged, 3)?;
+        need("plan_advance ring", ring, plan.stats_end())?;
+        plan.take_row()?;
+        let args = [Arg::Buf(plan.buf_mut()), Arg::Buf(staged), Arg::Buf(ring)];
+        run(self.executor(), Kernel::PlanAdvance, LaunchCfg::linear(1, 1), Cost::pass(4, 4, 0), &args)
     }
     fn ema_update(&self, d: f32, alpha: f32, shadow: &mut E::Buf, p: &E::Buf) -> Result<()> {
         let n = shadow.len();

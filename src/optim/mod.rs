@@ -17,17 +17,20 @@ pub use ema::Ema;
 use crate::backend::{Backend, Memory};
 use crate::error::Result;
 use crate::params::{GradStore, Params};
+use crate::train::StepPlan;
 
 /// One optimiser step of a training run: the gradients clipped to global norm `max_norm`, AdamW, then the EMA.
 /// Where the parameters, gradients, moments and shadow are arenas (a GPU), three launches that leave
 /// `[total norm, clip coefficient]` in `stats` from word `at`, and `None` comes back; else per tensor, returning
-/// `Some((total, coef))`. Both give the per-tensor kernels' bits.
+/// `Some((total, coef))`. Both give the per-tensor kernels' bits. With a `plan` (arenas only), the step's bias
+/// corrections and EMA decay are read from its current row.
 pub fn step<B: Backend>(
     params: &mut Params<B>,
     grads: &mut GradStore<B>,
     (opt, ema): (&mut AdamW<B>, &mut Ema<B>),
     max_norm: f32,
     (stats, at): (&mut B::Buf, usize),
+    plan: Option<&StepPlan<B>>,
 ) -> Result<Option<(f32, f32)>> {
     let be = params.backend().clone();
     // The scalars of the step the flat path takes (the per-tensor path forms the same ones itself).
@@ -41,10 +44,14 @@ pub fn step<B: Backend>(
         grads.norm_table.as_ref(),
     );
     if let (Some(p), Some(m), Some(v), Some(shadow), Some(g), Some(norm_table)) = flat {
-        be.flat_step(FlatStep { p, m, v, shadow, g, norm_table, adam, ema: scalars, max_norm, stats: (stats, at) })?;
+        let stats = (stats, at);
+        be.flat_step(FlatStep { p, m, v, shadow, g, norm_table, adam, ema: scalars, max_norm, stats, plan })?;
         opt.step += 1;
         ema.updates += 1;
         return Ok(None);
+    }
+    if plan.is_some() {
+        return Err(crate::error::Error::Arg("a planned optimiser step needs its state in arenas (a GPU's)".into()));
     }
     let clipped = clip_grad_norm(&mut grads.grads, max_norm)?;
     opt.step(params, &grads.grads)?;
@@ -75,6 +82,12 @@ pub trait OptimOps: Memory {
         let _ = f;
         Err(crate::error::Error::Device(format!("{} keeps no arenas for a flat optimiser step", self.describe())))
     }
+    /// The end of a planned step: its 3 statistics words, `staged`, copied to its row's words of `ring`, and the
+    /// plan moved on to its next row (one launch). Backends without graphs have no plans.
+    fn advance_plan(&self, plan: &mut StepPlan<Self>, staged: &Self::Buf, ring: &mut Self::Buf) -> Result<()> {
+        let _ = (plan, staged, ring);
+        Err(crate::error::Error::Device(format!("{} runs no planned steps", self.describe())))
+    }
 }
 
 /// The buffers and scalars of [`OptimOps::flat_step`]: arenas of one layout, and where the norm goes.
@@ -92,4 +105,6 @@ pub struct FlatStep<'a, B: Memory> {
     pub max_norm: f32,
     /// Receives `[total norm, clip coefficient]` at the given word.
     pub stats: (&'a mut B::Buf, usize),
+    /// A plan whose current row's bias corrections and EMA decay replace those in `adam` and `ema`.
+    pub plan: Option<&'a StepPlan<B>>,
 }

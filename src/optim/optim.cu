@@ -32,11 +32,20 @@ extern "C" __global__ void adamw(float* __restrict__ p, float* __restrict__ m, f
 // The whole optimiser step over arenas of n words laid out alike: the gradient scaled by the clip coefficient
 // coef[0] when it is below 1 (scale_by), AdamW (adamw), then the EMA of the new parameter (ema_update), each in
 // the same f32 operations as those kernels, so the result equals theirs run one after the other, to the bit.
-// Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
+// With a plan, its current row's step-dependent scalars (the bias corrections and the EMA's decay) replace the
+// arguments. Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
 extern "C" __global__ void adamw_ema(float* __restrict__ p, float* __restrict__ m, float* __restrict__ v,
                                      const float* __restrict__ g, float* __restrict__ shadow,
                                      const float* __restrict__ coef, long long n, float decay, float w1, float b2,
-                                     float w2, float neg_step, float bc2_sqrt, float eps, float d, float alpha) {
+                                     float w2, float neg_step, float bc2_sqrt, float eps, float d, float alpha,
+                                     const float* __restrict__ plan) {
+  if (plan) {
+    const float* row = plan_row(plan);
+    neg_step = row[PLAN_NEG_STEP];
+    bc2_sqrt = row[PLAN_BC2_SQRT];
+    d = row[PLAN_EMA_D];
+    alpha = row[PLAN_EMA_ALPHA];
+  }
   const float c = coef[0];
   GRID_STRIDE(e, n) {
     float ge = g[e];
@@ -49,4 +58,14 @@ extern "C" __global__ void adamw_ema(float* __restrict__ p, float* __restrict__ 
 extern "C" __global__ void ema_update(float* __restrict__ shadow, const float* __restrict__ p, long long n, float d,
                                       float alpha) {
   GRID_STRIDE(e, n) ema_at(shadow, e, p[e], d, alpha);
+}
+
+// The end of a planned training step (StepPlan): its loss, gradient norm and clip coefficient, written to `staged`,
+// copied to its words of the statistics ring, and the plan moved on to the next step's row. The host checked that
+// every row's words lie in `ring`. Launch: grid 1, block 1.
+extern "C" __global__ void plan_advance(float* __restrict__ plan, const float* __restrict__ staged,
+                                        float* __restrict__ ring) {
+  const unsigned at = plan_word(plan_row(plan), PLAN_STATS);
+  for (int i = 0; i < 3; i++) ring[at + i] = staged[i];
+  plan[0] = __uint_as_float(__float_as_uint(plan[0]) + 1u);
 }

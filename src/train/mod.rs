@@ -12,13 +12,17 @@
 
 mod batcher;
 mod data;
+mod graphed;
 mod output;
+mod plan;
 mod stats;
 mod trainer;
 
 pub use batcher::Batcher;
 pub use data::TrainingSet;
+pub use graphed::GraphedStep;
 pub use output::{LogRow, RunDir, RunLog};
+pub use plan::{PlanRow, StepPlan};
 use stats::StatsRing;
 pub use stats::RING_STEPS;
 pub use trainer::{CheckpointPolicy, EpochSummary, Milestone, Observer, RunEnd, Trainer};
@@ -295,6 +299,19 @@ impl<B: Backend> TrainState<B> {
     /// and t), forward, backward, clipping, AdamW and the EMA. The loss and the gradient norm stay there until
     /// [`TrainState::take_stats`] reads them, so on a GPU the step never waits for the device.
     pub fn queue_step(&mut self, sched: &Schedule, batch: Batch<'_, B>) -> Result<()> {
+        self.record_step(sched, batch, None)
+    }
+
+    /// [`TrainState::queue_step`]; with a plan (and a drawn batch) the kernels read the step's values from its
+    /// current row, the statistics are written to the 3 words of `staged`, and the step's last launch copies them
+    /// to the ring and moves the plan on: a step that a graph can replay as the plan's next steps.
+    fn record_step(
+        &mut self,
+        sched: &Schedule,
+        batch: Batch<'_, B>,
+        planned: Option<(&mut StepPlan<B>, &mut B::Buf)>,
+    ) -> Result<()> {
+        let (plan, mut staged) = planned.map_or((None, None), |(p, s)| (Some(p), Some(s)));
         let (seed, k) = (self.config.seed, self.step);
         let be = self.params.backend().clone();
         let classes = self.config.model.classes;
@@ -302,6 +319,7 @@ impl<B: Backend> TrainState<B> {
             Batch::Host(_) if classes > 0 => {
                 return Err(Error::Arg("a class-conditional model trains on batches drawn with their labels".into()))
             }
+            Batch::Host(_) if plan.is_some() => return Err(Error::Arg("a planned step draws its batch".into())),
             Batch::Host(x0) => {
                 let (b, ..) = x0.dims4("training batch")?;
                 let t: Vec<usize> =
@@ -321,15 +339,26 @@ impl<B: Backend> TrainState<B> {
                 let (t_stream, noise_stream) = (STREAM_T | k, STREAM_NOISE | k);
                 // x_t written with the first conv's operand too, where the backend has operands.
                 let operand_channels = Some(shape[1]);
-                let draw =
-                    BatchDraw { images, per_item, perm, first, batch, seed, t_stream, noise_stream, operand_channels };
+                let plan = plan.as_deref();
+                let draw = BatchDraw {
+                    images,
+                    per_item,
+                    perm,
+                    first,
+                    batch,
+                    seed,
+                    t_stream,
+                    noise_stream,
+                    operand_channels,
+                    plan,
+                };
                 let (noise, x_t, t, x_operand) = be.draw_batch(d.tables, &draw)?;
                 let labels = match (classes, d.labels) {
                     (0, _) => None,
                     (_, None) => return Err(Error::Arg("a class-conditional model needs the training labels".into())),
                     (_, Some(labels)) => {
                         let (null, stream) = (classes as u32, STREAM_LABEL_DROP | k);
-                        Some(be.draw_labels(&LabelDraw { labels, perm, first, batch, null, seed, stream })?)
+                        Some(be.draw_labels(&LabelDraw { labels, perm, first, batch, null, seed, stream, plan })?)
                     }
                 };
                 (shape, noise, (x_t, x_operand), StepTimesteps::Device(t, d.batch), labels)
@@ -339,7 +368,11 @@ impl<B: Backend> TrainState<B> {
             Some(g) => g,
             None => GradStore::zeros_like(&self.params)?,
         };
-        let (ring, at) = self.stats.slot(&be, self.step)?;
+        // A planned step's slot was reserved by whoever queues it (outside any capture: reserving may read the ring).
+        let (ring, at) = match staged.as_deref_mut() {
+            Some(staged) => (staged, 0),
+            None => self.stats.slot(&be, self.step)?,
+        };
         let taken = (|| {
             grads.grads = {
                 let mut tape = Tape::new(&self.params).with_grad_store(&grads);
@@ -362,14 +395,23 @@ impl<B: Backend> TrainState<B> {
                 tape.backward(loss)?
             };
             let opt = (&mut self.opt, &mut self.ema);
-            if let Some((total, coef)) = optim::step(&mut self.params, &mut grads, opt, 1.0, (&mut *ring, at + 1))? {
+            let stats = (&mut *ring, at + 1);
+            if let Some((total, coef)) = optim::step(&mut self.params, &mut grads, opt, 1.0, stats, plan.as_deref())? {
                 be.copy_into(&be.upload(vec![total, coef])?, ring, at + 1)?;
             }
             Ok(())
         })();
-        if taken.is_err() {
-            self.stats.cancel();
-        }
+        let taken = match (taken, plan, staged) {
+            (Ok(()), Some(plan), Some(staged)) => {
+                let ring = self.stats.buf_mut().ok_or_else(|| Error::Arg("a planned step before the ring".into()))?;
+                be.advance_plan(plan, staged, ring)
+            }
+            (taken, None, _) if taken.is_err() => {
+                self.stats.cancel();
+                taken
+            }
+            (taken, ..) => taken,
+        };
         taken?;
         self.grads = Some(grads);
         self.step += 1;

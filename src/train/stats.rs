@@ -32,20 +32,33 @@ impl<B: Backend> StatsRing<B> {
     /// The ring's buffer and the first word of the slot for `step`, reading the ring first when that slot still
     /// holds a step not yet read.
     pub fn slot(&mut self, backend: &B, step: u64) -> Result<(&mut B::Buf, usize)> {
+        let at = self.reserve(backend, step)?;
+        Ok((self.buf_mut().expect("made by reserve"), at))
+    }
+
+    /// Marks the slot of `step` as written (reading the ring first when it still holds a step not yet read, and
+    /// making the ring at first use); its first word.
+    pub fn reserve(&mut self, backend: &B, step: u64) -> Result<usize> {
         let slot = (step % RING_STEPS as u64) as usize;
         if self.pending.contains(&slot) {
             self.read()?;
         }
+        if self.ring.is_none() {
+            let words = backend.full(RING_STEPS * WORDS, 0.0)?;
+            self.ring = Some(Tensor::from_buf(backend.clone(), &[RING_STEPS * WORDS], words)?);
+        }
         self.pending.push(slot);
-        let ring = match &mut self.ring {
-            Some(r) => r,
-            none => none.insert(Tensor::from_buf(
-                backend.clone(),
-                &[RING_STEPS * WORDS],
-                backend.full(RING_STEPS * WORDS, 0.0)?,
-            )?),
-        };
-        Ok((ring.buf_mut(), slot * WORDS))
+        Ok(Self::word_of(step))
+    }
+
+    /// The first word of `step`'s slot.
+    pub fn word_of(step: u64) -> usize {
+        (step % RING_STEPS as u64) as usize * WORDS
+    }
+
+    /// The ring, once made.
+    pub fn buf_mut(&mut self) -> Option<&mut B::Buf> {
+        self.ring.as_mut().map(Tensor::buf_mut)
     }
 
     /// Forgets the slot just handed out by [`StatsRing::slot`] (its step failed before writing it).

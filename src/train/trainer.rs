@@ -8,7 +8,7 @@
 //! gradient norm stops being finite ends with an error before it can write a checkpoint.
 
 use super::output::link_or_copy;
-use super::{Batcher, LogRow, RunDir, RunLog, StepStats, TrainState, TrainingSet};
+use super::{Batcher, GraphedStep, LogRow, RunDir, RunLog, StepStats, TrainState, TrainingSet};
 use crate::atomic_write::write_atomic;
 use crate::backend::{Backend, Cpu};
 use crate::checkpoint;
@@ -150,6 +150,12 @@ pub struct Trainer<B: Backend = Cpu> {
     last_saved: Option<u64>,
     /// The FID of `checkpoint-best.safetensors`, as logged (4 decimals).
     best_fid: Option<f64>,
+    /// Whether steps are captured and replayed as graphs where the backend has them ([`Trainer::use_graphs`]).
+    graphs: bool,
+    /// The current epoch's captured step.
+    graphed: Option<GraphedStep<B>>,
+    /// Whether this trainer has queued a planned step (so that the device's cache holds what a capture allocates).
+    warm: bool,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -177,6 +183,9 @@ impl<B: Backend> Trainer<B> {
             stop: None,
             last_saved: None,
             best_fid: None,
+            graphs: true,
+            graphed: None,
+            warm: false,
         })
     }
 
@@ -224,6 +233,13 @@ impl<B: Backend> Trainer<B> {
         }
         self.policy = policy;
         Ok(())
+    }
+
+    /// Whether to capture a step once per epoch and replay it as the epoch's later steps, where the backend records
+    /// graphs (a GPU): on by default; off, every step is queued launch by launch (the same results to the bit).
+    pub fn use_graphs(&mut self, on: bool) {
+        self.graphs = on;
+        self.graphed = None;
     }
 
     /// Stops the run after the step in progress once `flag` is set: [`Trainer::run`] then writes a checkpoint and
@@ -306,8 +322,7 @@ impl<B: Backend> Trainer<B> {
     /// Past the run's end it keeps training (for benchmarks); [`Trainer::run`] stops there. A non-finite loss or
     /// gradient norm is an [`Error::Diverged`] (after its log row), and the state is not saved.
     pub fn step(&mut self, obs: &mut dyn Observer) -> Result<Vec<LogRow>> {
-        let batch = self.data.batch(&mut self.batcher, self.state.step)?;
-        self.state.queue_step(&self.sched, batch)?;
+        self.queue_step()?;
         let step = self.state.step;
         let due = self.milestone(step);
         let reads_wait = self.state.params.backend().reads_wait();
@@ -315,6 +330,28 @@ impl<B: Backend> Trainer<B> {
             return Ok(Vec::new());
         }
         self.flush(obs)
+    }
+
+    /// Queues the next step: launch by launch, or, with graphs on where the backend has them, with the plan of the
+    /// epoch's remaining steps: the trainer's first step launch by launch reading the plan (which leaves the
+    /// device's cache holding what a capture allocates), then a capture of the epoch's next step (or the first of
+    /// each later epoch) and replays of it for the epoch's other steps.
+    fn queue_step(&mut self) -> Result<()> {
+        let (step, per_epoch) = (self.state.step, self.steps_per_epoch());
+        let batch = self.data.batch(&mut self.batcher, step)?;
+        if !(self.graphs && self.state.params.backend().has_graphs()) {
+            return self.state.queue_step(&self.sched, batch);
+        }
+        let epoch = self.batcher.position(step).0;
+        let graphed = match self.graphed.take().filter(|g| g.serves(epoch, step)) {
+            Some(g) => g,
+            // The old graph's memory goes back to the cache (as it drops) before the plan and capture ask for it.
+            None => self.state.plan(&self.batcher, epoch, step..(epoch + 1) * per_epoch)?,
+        };
+        let graphed = self.graphed.insert(graphed);
+        self.state.queue_graphed(&self.sched, batch, graphed, self.warm)?;
+        self.warm = true;
+        Ok(())
     }
 
     /// Reads the statistics of every step taken and not yet read, and completes each of those steps in order;

@@ -1,0 +1,132 @@
+//! Training steps captured once per epoch and replayed (CUDA graphs, `ddpm::gpu::graph`): the same run to the bit
+//! as its steps queued launch by launch, on the emulator (which runs every graph through the same capture and replay
+//! calls as a device) and on a CUDA device; and what a capture refuses.
+
+use ddpm::backend::{Cpu, Gpu, Memory, Precision};
+use ddpm::gpu::cuda::Cuda;
+use ddpm::gpu::emu::Emulator;
+use ddpm::gpu::record::Recorder;
+use ddpm::gpu::Executor;
+use ddpm::nn::UNetConfig;
+use ddpm::train::{RunConfig, TrainState, Trainer};
+use ddpm::Tensor;
+
+macro_rules! gpu_test {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn emu() {
+                super::$name(ddpm::gpu::emu::Emulator::new());
+            }
+            #[test]
+            #[ignore = "needs a CUDA device: run with --ignored on a GPU machine"]
+            fn cuda() {
+                match super::Cuda::new(0) {
+                    Ok(dev) => super::$name(dev),
+                    Err(why) => panic!("no CUDA device: {why}"),
+                }
+            }
+        }
+    };
+}
+
+/// Images `[n, 1, s, s]` in [-1, 1], all different.
+fn images(n: usize, s: usize) -> Tensor {
+    Tensor::new(&[n, 1, s, s], (0..n * s * s).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect()).unwrap()
+}
+
+/// Every parameter, moment and EMA value's bits, and the step counts.
+fn state_bits(s: &TrainState) -> (Vec<u32>, [u64; 3]) {
+    let ts = s.params.tensors().iter().chain(&s.opt.exp_avg).chain(&s.opt.exp_avg_sq).chain(&s.ema.shadow);
+    (ts.flat_map(|t| t.data().iter().map(|v| v.to_bits())).collect(), [s.step, s.opt.step, s.ema.updates])
+}
+
+/// 8 steps of 3 per epoch (batches of 8, so that a conditional model drops some of its 64 labels), with graphs
+/// and without, class-conditional or not, f32 and bf16: the same log rows and state to the bit. With graphs, step 0 runs launch by launch, steps 1, 3 and 6 capture their epochs' graphs (and
+/// run them once), the others replay them: 7 graph launches.
+fn graphed_training_equals_launch_by_launch<E: Executor>(exec: E) {
+    let gpu = Gpu::new(exec);
+    for (classes, precision) in [(0, Precision::Fp32), (3, Precision::Fp32), (0, Precision::Bf16)] {
+        let be = gpu.clone().with_precision(precision);
+        let mut config = RunConfig {
+            model: UNetConfig { in_ch: 1, base: 8, t_dim: 4, classes },
+            batch: 8,
+            lr: 5e-4,
+            ema_warmup: true,
+            seed: 5,
+            ..RunConfig::reference_recipe()
+        };
+        config.epochs = 10;
+        let run = |graphs: bool| {
+            let state = TrainState::new(config.clone()).unwrap().to_backend(&be).unwrap();
+            let mut trainer = Trainer::new(state, images(25, 8)).unwrap();
+            if classes > 0 {
+                trainer = trainer.with_labels(&(0..25).map(|i| (i % classes) as u8).collect::<Vec<_>>()).unwrap();
+            }
+            trainer.use_graphs(graphs);
+            let before = be.executor().counters().snapshot();
+            let mut rows = Vec::new();
+            for _ in 0..8 {
+                rows.extend(trainer.step(&mut ()).unwrap());
+            }
+            rows.extend(trainer.flush(&mut ()).unwrap());
+            let graph_launches = be.executor().counters().snapshot().since(&before).graph_launches;
+            let stats: Vec<_> =
+                rows.iter().map(|r| (r.step, r.stats.loss.to_bits(), r.stats.grad_norm.to_bits())).collect();
+            (stats, state_bits(&trainer.into_state().to_backend(&Cpu).unwrap()), graph_launches)
+        };
+        let (graphed, plain) = (run(true), run(false));
+        let what = format!("classes {classes}, {}", precision.name());
+        assert_eq!(graphed.2, 7, "{what}: graph launches");
+        assert_eq!(plain.2, 0, "{what}: graph launches without graphs");
+        assert_eq!(graphed.0.len(), 8, "{what}: a log row per step");
+        assert_eq!(graphed.0, plain.0, "{what}: losses and gradient norms");
+        assert_eq!(graphed.1 .1, plain.1 .1, "{what}: step counts");
+        assert!(graphed.1 .0 == plain.1 .0, "{what}: the graphed run's state differs from the plain run's");
+    }
+}
+gpu_test!(graphed_training_equals_launch_by_launch);
+
+/// A capture records launches without running them, each replay runs them all, and what is not a launch (a copy,
+/// a wait) is refused inside a capture, which then ends, leaving the executor as it was.
+#[test]
+fn a_capture_holds_only_launches() {
+    let be = Gpu::new(Emulator::new());
+    let mut buf = be.upload(vec![1.0, 2.0, 3.0]).unwrap();
+    let src = be.upload(vec![5.0]).unwrap();
+    let graph = be.capture(&mut || be.copy_into(&src, &mut buf, 1)).unwrap();
+    assert_eq!(be.download(&buf).unwrap(), [1.0, 2.0, 3.0], "the capture ran a launch");
+    assert_eq!(graph.launches().len(), 1);
+    be.replay(&graph).unwrap();
+    assert_eq!(be.download(&buf).unwrap(), [1.0, 5.0, 3.0]);
+    // The graph owns its buffers: dropping ours leaves its target alive and written by each replay.
+    drop(src);
+    be.replay(&graph).unwrap();
+    for (what, refused) in [
+        ("a copy to the device", be.capture(&mut || be.upload(vec![0.0]).map(drop)).err()),
+        ("a copy from the device", be.capture(&mut || be.download(&buf).map(drop)).err()),
+        ("a wait for the device", be.capture(&mut || be.synchronize()).err()),
+        ("replaying a graph", be.capture(&mut || be.replay(&graph)).err()),
+    ] {
+        let why = refused.unwrap_or_else(|| panic!("{what} inside a capture was accepted")).to_string();
+        assert!(why.contains(what) && why.contains("during a graph capture"), "{what}: {why}");
+    }
+    // Every refused capture ended: copies work again.
+    assert_eq!(be.download(&buf).unwrap(), [1.0, 5.0, 3.0]);
+}
+
+/// On the recorder (as on a CUDA device, whose caching allocator it follows), a capture refuses an allocation the
+/// cache cannot serve, and serves one from a buffer freed before or inside the capture.
+#[test]
+fn a_capture_allocates_only_from_the_cache() {
+    let be = Gpu::new(Recorder::new());
+    drop(be.alloc(5000).unwrap());
+    let served = be.capture(&mut || {
+        drop(be.alloc(5000)?);
+        drop(be.alloc(4500)?);
+        Ok(())
+    });
+    assert!(served.is_ok(), "{served:?}");
+    let why = be.capture(&mut || be.alloc(1 << 20).map(drop)).unwrap_err().to_string();
+    assert!(why.contains("allocation") && why.contains("during a graph capture"), "{why}");
+}

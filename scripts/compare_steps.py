@@ -118,6 +118,8 @@ def main():
         else:
             goal += " (no verdict: not a bf16 CUDA run" + (f" at n = {a.goal_n})" if kind == "sample" else ")")
         name = {"train": "training step", "sample": "sampler step (DDIM)"}.get(kind, kind)
+        if kind == "train" and o is not None and o.get("graphs") is False:
+            name += " (no graphs)"
         lines.append(f"| {name} | {batch} | {precision or '-'} / {tprec or '-'} | {fmt(om)} | {fmt(cells[0])} | "
                      f"{fmt(cells[1])} | {ratio_cells[0]} | {ratio_cells[1]} | {pcell} | {goal} |")
     lines.append("")

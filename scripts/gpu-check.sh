@@ -18,14 +18,15 @@
 # Steps: ddpm info; the tensor-core layout tests (tests/tensor_core_layout.rs: mma.sync, ldmatrix and cp.async
 # against the PTX ISA's layouts); the conv group (below); the kernel tests (each op family's tests.rs, in the
 # library's unit-test binary) and the model tests (tests/emu_model.rs) on the device (their `--ignored` CUDA
-# variants) and the classifier's; one epoch of the reference's recipe (with its FID at the end), then the 30 epochs
+# variants) and the classifier's; the graph tests (tests/graphs.rs: training with its steps captured and replayed
+# as CUDA graphs against the same run launch by launch, bit for bit); one epoch of the reference's recipe (with its FID at the end), then the 30 epochs
 # of the recipe projected from its log.csv's wall-clock column; DDPM and DDIM-50 sampling from its checkpoint;
 # `ddpm eval` of DDIM-50 at n = 1000; last, compute-sanitizer's memcheck and
 # racecheck over a few conv and GroupNorm kernel tests (not run, and said so, under --emu or where there is no
 # compute-sanitizer: then they count neither as passed nor as failed).
 # The conv group: every conv shape of the UNet timed alone (`ddpm bench --what convs`, bf16 and fp32), the same
 # shapes in PyTorch (pytorch/conv_bench.py, cuDNN), the two side by side (scripts/compare_convs.py, also written to
-# $OUT/convs-compare.md), train-step times in bf16 and fp32 and the DDIM step's at n = 64 in bf16
+# $OUT/convs-compare.md), train-step times in bf16 (graph replays, and launch by launch) and fp32 and the DDIM step's at n = 64 in bf16
 # ($OUT/steps-ours.jsonl), the cost model's predictions for the training and sampler steps ($OUT/predicted.jsonl),
 # the same steps in PyTorch, eager (bf16 autocast, channels_last, cuDNN autotuning) and torch.compile'd
 # (pytorch/step_bench.py, $OUT/steps-torch.jsonl), and the three side by side with our goals (scripts/compare_steps.py,
@@ -52,9 +53,9 @@ if [ "${1:-}" = "--prepare" ]; then
   cargo build --release
   # `cargo test --no-run` prints "Executable tests/NAME.rs (target/release/deps/NAME-hash)" for each test binary,
   # and "Executable unittests src/lib.rs (...)" for the library's, which holds the kernel tests (lib_tests here).
-  listing=$(cargo test --release --no-run --lib --test emu_model --test classifier --test tensor_core_layout 2>&1)
+  listing=$(cargo test --release --no-run --lib --test emu_model --test classifier --test tensor_core_layout --test graphs 2>&1)
   mkdir -p "$bin_dir"
-  for t in lib_tests emu_model classifier tensor_core_layout; do
+  for t in lib_tests emu_model classifier tensor_core_layout graphs; do
     src="tests/$t.rs"
     [ "$t" = lib_tests ] && src="unittests src/lib.rs"
     path=$(echo "$listing" | sed -n "s|.*Executable $src (\(.*\))|\1|p")
@@ -65,7 +66,7 @@ if [ "${1:-}" = "--prepare" ]; then
   # The release profile's debug info makes the five binaries about 140 MB; without it (symbols kept, so panics
   # still name their functions) about 21 MB, within what the device runner carries (64 MiB).
   if command -v strip > /dev/null; then
-    for f in ddpm lib_tests emu_model classifier tensor_core_layout; do strip --strip-debug "$bin_dir/$f"; done
+    for f in ddpm lib_tests emu_model classifier tensor_core_layout graphs; do strip --strip-debug "$bin_dir/$f"; done
   else
     echo "warning: no strip: $bin_dir keeps its debug info ($(du -sh "$bin_dir" | cut -f1))" >&2
   fi
@@ -77,7 +78,7 @@ if [ "${1:-}" = "--prepare" ]; then
   exit 0
 fi
 
-for f in ddpm lib_tests emu_model classifier tensor_core_layout COMMIT; do
+for f in ddpm lib_tests emu_model classifier tensor_core_layout graphs COMMIT; do
   [ -e "$bin_dir/$f" ] || { echo "missing $bin_dir/$f: run scripts/gpu-check.sh --prepare on the build machine first" >&2; exit 2; }
 done
 for f in pytorch/conv_bench.py pytorch/step_bench.py scripts/compare_convs.py scripts/compare_steps.py; do
@@ -94,6 +95,7 @@ if $emu; then
   kernel_args=(::emu)
   model_args=(::emu --nocapture)
   classifier_args=(emu)
+  graphs_args=(::emu)
   budget=3600
   scale=10
   out="${OUT:-$root/runs/gpu-check-emu}"
@@ -117,6 +119,7 @@ else
   kernel_args=(--ignored ::cuda)
   model_args=(--ignored --nocapture)
   classifier_args=(--ignored)
+  graphs_args=(--ignored)
   # Every step below together stops within 8 minutes (each step's limit is cut to what is left of this). Expected:
   # the conv group about 2 minutes plus 1 to 3 for PyTorch's steps (torch.compile's two compilations), the kernel,
   # model and classifier tests, the epoch, sampling and eval about 3; the two compute-sanitizer runs (90 s limit
@@ -238,6 +241,7 @@ rm -f "$steps_ours" "$steps_theirs" "$steps_compared"
 for p in bf16 fp32; do
   step_out=$steps_ours step "bench train step ($p)" 60 "$bin_dir/ddpm" bench --device "$dev" --precision "$p" --what train --json "${train_bench[@]}"
 done
+step_out=$steps_ours step "bench train step (bf16, no graphs)" 60 "$bin_dir/ddpm" bench --device "$dev" --precision bf16 --what train --no-graphs --json "${train_bench[@]}"
 step_out=$steps_ours step "bench sampler step (bf16)" 60 "$bin_dir/ddpm" bench --device "$dev" --precision bf16 --what sample --json "${sample_bench[@]}"
 # What the cost model (docs/gpu-model.md) predicts for the same steps, to set beside the times above.
 predicted="$out/predicted.jsonl"
@@ -252,6 +256,7 @@ if ! $only_convs; then
   step "kernel tests on $dev" 120 "$bin_dir/lib_tests" "${kernel_args[@]}"
   step "model tests on $dev" 120 "$bin_dir/emu_model" "${model_args[@]}"
   step "classifier tests on $dev" 60 "$bin_dir/classifier" "${classifier_args[@]}"
+  step "graph tests on $dev (training graphed and launch by launch, bit for bit)" 90 "$bin_dir/graphs" "${graphs_args[@]}"
   train_start=$(date +%s.%N)
   step "train: one epoch of the reference recipe" 300 "$bin_dir/ddpm" train --device "$dev" --recipe reference --epochs 1 "${tiny[@]}" "${train_size[@]}" --out "$run"
   if [ -f "$run/log.csv" ]; then

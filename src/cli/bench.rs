@@ -95,6 +95,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         checks::fits_in_memory(&format!("--batch {} --base {} --t-dim {}", a.batch, a.base, a.t_dim), bytes)?;
     }
     let (name, precision) = (device.name(), device.precision().name());
+    // Whether the steps timed were graph replays: training, not disabled, on a device that captures (not the CPU).
+    let graphs = a.what == Workload::Train && !a.no_graphs && !matches!(device, Device::Cpu);
     let mut times = on_backend!(device, |b| time_on(&a, b))?;
     if ddpm::autograd::profile::enabled() {
         eprint!("{}", ddpm::autograd::profile::report());
@@ -102,7 +104,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(
-        "{{\"workload\":\"{:?}\",\"device\":\"{name}\",\"precision\":\"{precision}\",\"batch\":{},\"base\":{},\"threads\":{},\"iters\":{},\"median_s\":{median:.4},\"min_s\":{:.4},\"max_s\":{:.4}}}",
+        "{{\"workload\":\"{:?}\",\"device\":\"{name}\",\"precision\":\"{precision}\",\"batch\":{},\"base\":{},\"threads\":{},\"iters\":{},\"graphs\":{graphs},\"median_s\":{median:.4},\"min_s\":{:.4},\"max_s\":{:.4}}}",
         a.what, a.batch, a.base, rayon::current_num_threads(), a.iters, times[0], times[times.len() - 1]
     );
     Ok(())

@@ -349,12 +349,16 @@ pub struct CudaGraphOwned {
     kept: Vec<Arc<Storage>>,
     freed: Slices,
     pool: Pool,
+    stream: Arc<CudaStream>,
 }
 
 impl Drop for CudaGraphOwned {
     fn drop(&mut self) {
-        // The graph first, then its memory back to the cache (work queued on the stream before stays ordered
-        // before any later use of it).
+        // Replays still running finish first (once per epoch: a wait is cheap there); then the graph goes, then its
+        // memory back to the cache.
+        if self.graph.is_some() {
+            let _ = self.stream.synchronize();
+        }
         self.graph = None;
         let freed = std::mem::take(&mut self.freed);
         let mut cache = Cache::lock(&self.pool);
@@ -503,7 +507,8 @@ impl Executor for Cuda {
         drop(cache);
         // Whatever the capture touched and is still alive stays alive with the graph; the rest is in `freed`.
         let kept = touched.iter().filter_map(Weak::upgrade).collect();
-        let mut owned = CudaGraphOwned { graph: None, kept, freed, pool: self.pool.clone() };
+        let mut owned =
+            CudaGraphOwned { graph: None, kept, freed, pool: self.pool.clone(), stream: self.stream.clone() };
         // On failure `owned` returns the memory to the cache as it drops.
         owned.graph = graph.map_err(|e| dev_err("cuStreamEndCapture / cuGraphInstantiate", e))?;
         Ok(owned)

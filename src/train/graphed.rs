@@ -24,6 +24,11 @@ pub struct GraphedStep<B: Backend> {
 }
 
 impl<B: Backend> GraphedStep<B> {
+    /// Whether a step has been captured with the plan.
+    pub fn captured(&self) -> bool {
+        self.graph.is_some()
+    }
+
     /// Whether the plan's next row is `step`, of `epoch`.
     pub fn serves(&self, epoch: u64, step: u64) -> bool {
         self.epoch == epoch && self.next_step == step && self.plan.remaining() > 0

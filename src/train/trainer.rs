@@ -349,7 +349,20 @@ impl<B: Backend> Trainer<B> {
             None => self.state.plan(&self.batcher, epoch, step..(epoch + 1) * per_epoch)?,
         };
         let graphed = self.graphed.insert(graphed);
-        self.state.queue_graphed(&self.sched, batch, graphed, self.warm)?;
+        let capture = self.warm && !graphed.captured();
+        if let Err(e) = self.state.queue_graphed(&self.sched, batch, graphed, self.warm) {
+            // A failed capture leaves the state's counts past what ran: the run must end here (its checkpoints are
+            // untouched), and can go on from the last one without graphs.
+            self.graphed = None;
+            return Err(match capture {
+                true => Error::Device(format!(
+                    "capturing training step {} as a CUDA graph failed: {e}. Resume from the last checkpoint with \
+                     --no-graphs to train launch by launch",
+                    step + 1
+                )),
+                false => e,
+            });
+        }
         self.warm = true;
         Ok(())
     }

@@ -134,6 +134,8 @@ fn time_on<B: Backend>(a: &BenchArgs, backend: &B) -> Result<Vec<f64>> {
         match a.what {
             Workload::Train => {
                 trainer.step(&mut ())?;
+                // A GPU queues the step and returns: the time is the device's only once it has finished.
+                backend.synchronize()?;
             }
             Workload::Convs => bail!("--what convs is timed per conv, not as a step"),
             Workload::Sample => {

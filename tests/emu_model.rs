@@ -4,36 +4,18 @@
 //! emulator in every test pass, the `cuda` variants are `#[ignore]`d (reported as ignored, not passed, without a
 //! GPU) and `--ignored` runs them on a GPU machine, where a missing device fails them.
 
+#[macro_use]
 mod common;
 
 use common::{assert_close, golden, golden_model, golden_step};
 use ddpm::backend::Backend;
 use ddpm::backend::Gpu;
 use ddpm::diffusion::{ddim_invert, roundtrip, sample, Denoiser, SamplerKind, Schedule, Spacing};
-use ddpm::gpu::{cuda::Cuda, Executor};
+use ddpm::gpu::Executor;
 use ddpm::nn::{UNetConfig, UNetDenoiser};
 use ddpm::optim::clip_grad_norm;
 use ddpm::train::{RunConfig, TrainState};
 use ddpm::Tensor;
-
-macro_rules! gpu_test {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn emu() {
-                super::$name(ddpm::gpu::emu::Emulator::new());
-            }
-            #[test]
-            #[ignore = "needs a CUDA device: run with --ignored on a GPU machine"]
-            fn cuda() {
-                match super::Cuda::new(0) {
-                    Ok(dev) => super::$name(dev),
-                    Err(why) => panic!("no CUDA device: {why}"),
-                }
-            }
-        }
-    };
-}
 
 /// The golden batch (4 images of the base-16 UNet) through forward and backward on the GPU backend, at the
 /// tolerances of tests/golden_unet.rs (derived in tests/golden/README.md from the measured f32-vs-f64 error): the

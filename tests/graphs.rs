@@ -2,33 +2,16 @@
 //! as its steps queued launch by launch, on the emulator (which runs every graph through the same capture and replay
 //! calls as a device) and on a CUDA device; and what a capture refuses.
 
+#[macro_use]
+mod common;
+
 use ddpm::backend::{Cpu, Gpu, Memory, Precision};
-use ddpm::gpu::cuda::Cuda;
 use ddpm::gpu::emu::Emulator;
 use ddpm::gpu::record::Recorder;
 use ddpm::gpu::Executor;
 use ddpm::nn::UNetConfig;
 use ddpm::train::{RunConfig, TrainState, Trainer};
 use ddpm::Tensor;
-
-macro_rules! gpu_test {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn emu() {
-                super::$name(ddpm::gpu::emu::Emulator::new());
-            }
-            #[test]
-            #[ignore = "needs a CUDA device: run with --ignored on a GPU machine"]
-            fn cuda() {
-                match super::Cuda::new(0) {
-                    Ok(dev) => super::$name(dev),
-                    Err(why) => panic!("no CUDA device: {why}"),
-                }
-            }
-        }
-    };
-}
 
 /// Images `[n, 1, s, s]` in [-1, 1], all different.
 fn images(n: usize, s: usize) -> Tensor {

@@ -176,6 +176,29 @@ macro_rules! on_both {
     };
 }
 
+/// Runs each test, a function of an executor, on the emulator (in every test pass) and on CUDA device 0 (`#[ignore]`d:
+/// reported as ignored, not passed, without a GPU; `--ignored` runs it on a GPU machine, where a missing device fails
+/// it).
+#[allow(unused_macros)] // used by the GPU tests, not by every test binary that includes this module
+macro_rules! gpu_test {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn emu() {
+                super::$name(ddpm::gpu::emu::Emulator::new());
+            }
+            #[test]
+            #[ignore = "needs a CUDA device: run with --ignored on a GPU machine"]
+            fn cuda() {
+                match ddpm::gpu::cuda::Cuda::new(0) {
+                    Ok(dev) => super::$name(dev),
+                    Err(why) => panic!("no CUDA device: {why}"),
+                }
+            }
+        }
+    };
+}
+
 /// A `log.csv` without its `unix_time` column (the wall-clock time of each row, the one column that differs
 /// between identical runs), for comparing runs.
 #[allow(dead_code)] // used by the training tests, not by every test binary that includes this module

@@ -99,17 +99,27 @@ fn a_capture_holds_only_launches() {
 }
 
 /// On the recorder (as on a CUDA device, whose caching allocator it follows), a capture refuses an allocation the
-/// cache cannot serve, and serves one from a buffer freed before or inside the capture.
+/// cache cannot serve, and serves one from a buffer freed before or inside the capture; the graph keeps what its
+/// capture freed (its launches address it) until it is dropped.
 #[test]
 fn a_capture_allocates_only_from_the_cache() {
     let be = Gpu::new(Recorder::new());
+    let allocs = || be.executor().counters().snapshot().allocs;
     drop(be.alloc(5000).unwrap());
-    let served = be.capture(&mut || {
+    let before = allocs();
+    let graph = be.capture(&mut || {
         drop(be.alloc(5000)?);
         drop(be.alloc(4500)?);
         Ok(())
     });
-    assert!(served.is_ok(), "{served:?}");
+    let graph = graph.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(allocs(), before, "the capture allocated");
     let why = be.capture(&mut || be.alloc(1 << 20).map(drop)).unwrap_err().to_string();
     assert!(why.contains("allocation") && why.contains("during a graph capture"), "{why}");
+    // The graph holds the capture's buffer: a new one is allocated while it lives, the graph's reused after.
+    drop(be.alloc(5000).unwrap());
+    assert_eq!(allocs(), before + 1, "the graph's buffer was handed out");
+    drop(graph);
+    drop((be.alloc(5000).unwrap(), be.alloc(5000).unwrap()));
+    assert_eq!(allocs(), before + 1, "the dropped graph's buffer did not return to the cache");
 }

@@ -201,11 +201,13 @@ fn table(s: &Step, m: &DeviceModel, precision: Precision, a: &BenchArgs) -> Stri
     }
     let c = &s.counts;
     out += &format!(
-        "\ntotal: {} launches ({} of them in {} graph launches), {:.3} ms predicted ({:.3} ms with CUDA graphs); {} \
-         host syncs, {} bytes uploaded, {} downloaded, {} device allocations\n\n",
+        "\ntotal: {} launches{}, {:.3} ms predicted ({:.3} ms with CUDA graphs); {} host syncs, {} bytes uploaded, \
+         {} downloaded, {} device allocations\n\n",
         c.launches,
-        if c.graph_launches > 0 { c.launches } else { 0 },
-        c.graph_launches,
+        match c.graph_launches {
+            0 => String::new(),
+            g => format!(" in {g} graph launch{}", if g == 1 { "" } else { "es" }),
+        },
         total * 1e3,
         m.seconds(&s.launches, true) * 1e3,
         c.host_syncs,

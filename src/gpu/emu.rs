@@ -329,14 +329,16 @@ impl Executor for Emulator {
     unsafe fn launch(&self, kernel: Kernel, cfg: LaunchCfg, args: &[Arg<EmuBuf>]) -> Result<()> {
         check_launch(kernel, cfg, args)?;
         let node = EmuLaunch::new(kernel, cfg, args)?;
-        match self.capturing().as_mut() {
+        // Recorded while a capture is on; else run, with the capture's lock released.
+        let to_run = match self.capturing().as_mut() {
             Some(graph) => {
                 graph.push(node);
-                Ok(())
+                None
             }
-            // SAFETY: the caller vouches for the arguments (the trait's contract).
-            None => unsafe { self.run(&node) },
-        }
+            None => Some(node),
+        };
+        // SAFETY: the caller vouches for the arguments (the trait's contract).
+        to_run.map_or(Ok(()), |node| unsafe { self.run(&node) })
     }
 
     fn begin_capture(&self) -> Result<()> {

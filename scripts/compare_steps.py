@@ -66,10 +66,13 @@ def main():
         same = [t for t in rows if t.get("precision") == precision]
         return (same or rows or [None])[-1]
 
-    def predict(kind, precision, batch, base):
+    def predict(kind, precision, batch, base, graphs):
         step = "ddim" if kind == "sample" else kind
         rows = [p for p in predicted if p["step"] == step and p.get("precision") == precision
                 and p.get("batch") == batch and p.get("base") == base]
+        # A training step's prediction with graphs (a replay: graph_launches > 0) or without, as ours ran.
+        if kind == "train":
+            rows = [p for p in rows if (p.get("graph_launches", 0) > 0) == graphs] or rows
         return rows[-1] if rows else None
 
     lines = []
@@ -105,7 +108,7 @@ def main():
         for c in cells:
             ratios.append(c / om if c is not None and om else None)
         ratio_cells = [fmt(r, ".2f") + ("*" if r is not None and tprec != precision else "") for r in ratios]
-        p = predict(kind, precision, batch, base)
+        p = predict(kind, precision, batch, base, o is None or o.get("graphs") is not False)
         pcell = f"{p['predicted_ms']:.3f} ({p['predicted_ms_graphs']:.3f})" if p else "-"
         goal_x = a.train_goal if kind == "train" else a.sample_goal
         goal = f">= {goal_x:g}x eager"

@@ -247,6 +247,7 @@ step_out=$steps_ours step "bench sampler step (bf16)" 60 "$bin_dir/ddpm" bench -
 predicted="$out/predicted.jsonl"
 rm -f "$predicted"
 step_out=$predicted step "predicted train step (h200 model)" 30 "$bin_dir/ddpm" bench --what train --model h200 --json "${train_bench[@]}"
+step_out=$predicted step "predicted train step (h200 model, no graphs)" 30 "$bin_dir/ddpm" bench --what train --model h200 --no-graphs --json "${train_bench[@]}"
 step_out=$predicted step "predicted sampler step (h200 model)" 30 "$bin_dir/ddpm" bench --what sample --model h200 --json "${sample_bench[@]}"
 # PyTorch's eager lines come first, so a compilation cut short by the limit still leaves them in the file.
 step_out=$steps_theirs step "PyTorch steps ($torch_dev)" 180 "$python" pytorch/step_bench.py --device "$torch_dev" "${steps_torch[@]}"

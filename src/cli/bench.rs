@@ -122,9 +122,9 @@ fn time_on<B: Backend>(a: &BenchArgs, backend: &B) -> Result<Vec<f64>> {
     rng::fill_normal(1, 0, x.data_mut());
     x.data_mut().iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
     let x_dev = x.to_backend(backend)?;
-    // The synthetic batch repeated: a data set of enough batches that the steps timed are one epoch's (on a GPU the
-    // trainer captures an epoch's second step and replays it).
-    let repeats = a.iters + 1;
+    // The synthetic batch repeated: a data set of the steps timed (up to 64 batches, 33 MB at batch 128), so that they
+    // are one epoch's (on a GPU the trainer captures an epoch's second step and replays it for the others).
+    let repeats = (a.iters + 1).min(64);
     let data = Tensor::new(&[repeats * a.batch, 1, 32, 32], x.data().repeat(repeats))?;
     let mut trainer = Trainer::new(TrainState::new(config)?.to_backend(backend)?, data)?;
     trainer.use_graphs(!a.no_graphs);

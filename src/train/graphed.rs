@@ -19,8 +19,8 @@ pub struct GraphedStep<B: Backend> {
     staged: B::Buf,
     /// The epoch whose permutation the steps read.
     epoch: u64,
-    /// The step the plan's next row is.
-    next_step: u64,
+    /// The step of the plan's first row.
+    first_step: u64,
 }
 
 impl<B: Backend> GraphedStep<B> {
@@ -31,7 +31,12 @@ impl<B: Backend> GraphedStep<B> {
 
     /// Whether the plan's next row is `step`, of `epoch`.
     pub fn serves(&self, epoch: u64, step: u64) -> bool {
-        self.epoch == epoch && self.next_step == step && self.plan.remaining() > 0
+        self.epoch == epoch && self.next_step() == step && self.plan.remaining() > 0
+    }
+
+    /// The step of the plan's next row.
+    fn next_step(&self) -> u64 {
+        self.first_step + self.plan.taken() as u64
     }
 }
 
@@ -43,7 +48,7 @@ impl<B: Backend> TrainState<B> {
         if steps.start != self.step {
             return Err(Error::Arg(format!("a plan from step {} for a run at step {}", steps.start, self.step)));
         }
-        let next_step = steps.start;
+        let first_step = steps.start;
         let rows: Vec<PlanRow> = steps
             .map(|s| {
                 let ahead = s - self.step;
@@ -59,7 +64,7 @@ impl<B: Backend> TrainState<B> {
             })
             .collect();
         let be = self.params.backend();
-        Ok(GraphedStep { graph: None, plan: StepPlan::new(be, &rows)?, staged: be.alloc(3)?, epoch, next_step })
+        Ok(GraphedStep { graph: None, plan: StepPlan::new(be, &rows)?, staged: be.alloc(3)?, epoch, first_step })
     }
 
     /// Queues the next step (on `batch`, drawn) with `graphed`'s plan, whose next row it must be: one replay of
@@ -75,8 +80,8 @@ impl<B: Backend> TrainState<B> {
         graphed: &mut GraphedStep<B>,
         capture: bool,
     ) -> Result<()> {
-        if graphed.next_step != self.step || graphed.plan.remaining() == 0 {
-            return Err(Error::Arg(format!("a plan at step {} for the run's step {}", graphed.next_step, self.step)));
+        if graphed.next_step() != self.step || graphed.plan.remaining() == 0 {
+            return Err(Error::Arg(format!("a plan at step {} for the run's step {}", graphed.next_step(), self.step)));
         }
         let be = self.params.backend().clone();
         self.stats.reserve(&be, self.step)?;
@@ -100,8 +105,6 @@ impl<B: Backend> TrainState<B> {
         if queued.is_err() {
             self.stats.cancel();
         }
-        queued?;
-        graphed.next_step += 1;
-        Ok(())
+        queued
     }
 }

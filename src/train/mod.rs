@@ -401,18 +401,14 @@ impl<B: Backend> TrainState<B> {
             }
             Ok(())
         })();
-        let taken = match (taken, plan, staged) {
-            (Ok(()), Some(plan), Some(staged)) => {
-                let ring = self.stats.buf_mut().ok_or_else(|| Error::Arg("a planned step before the ring".into()))?;
-                be.advance_plan(plan, staged, ring)
-            }
-            (taken, None, _) if taken.is_err() => {
-                self.stats.cancel();
-                taken
-            }
-            (taken, ..) => taken,
-        };
+        if taken.is_err() && plan.is_none() {
+            self.stats.cancel();
+        }
         taken?;
+        if let (Some(plan), Some(staged)) = (plan, staged) {
+            let ring = self.stats.buf_mut().ok_or_else(|| Error::Arg("a planned step before the ring".into()))?;
+            be.advance_plan(plan, staged, ring)?;
+        }
         self.grads = Some(grads);
         self.step += 1;
         Ok(())

@@ -91,6 +91,11 @@ impl<M: Memory> StepPlan<M> {
         self.stats_end
     }
 
+    /// Steps taken so far (queued on the device).
+    pub fn taken(&self) -> usize {
+        self.taken
+    }
+
     /// Steps left to take.
     pub fn remaining(&self) -> usize {
         self.rows - self.taken

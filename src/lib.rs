@@ -4,7 +4,7 @@
 //! Layers, bottom up: [`tensor`] (dense f32 NCHW on a [`backend`]), [`desc`] (shape descriptors), [`backend`]
 //! (the one interface the tape, optimiser and samplers call, one trait per op family), [`autograd`] (the tape),
 //! [`ops`] (the op families: each one's tape methods, autograd rules, CPU kernels, GPU launchers and CUDA kernels),
-//! [`params`] (named parameters), [`nn`] (layers and the UNet), [`optim`] (AdamW, clipping, EMA),
+//! [`params`] (named parameters), [`plan`] (per-step values on the device, for captured steps), [`nn`] (layers and the UNet), [`optim`] (AdamW, clipping, EMA),
 //! [`diffusion`] (schedule, q_sample, samplers), [`eval`] (FID and class statistics from an MNIST classifier),
 //! [`rng`] (counter-based Philox noise), [`data`] (MNIST from IDX), [`gpu`] (CUDA kernels, run on a GPU or on the
 //! CPU emulator), [`image`] and [`plot`] (PNG output), [`tensor_file`] and [`atomic_write`] (files), [`alloc`]
@@ -27,6 +27,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod plan;
 pub mod plot;
 pub mod rng;
 pub mod tensor;

@@ -1,15 +1,17 @@
-//! Training steps captured once per epoch and replayed (CUDA graphs, `ddpm::gpu::graph`): the same run to the bit
-//! as its steps queued launch by launch, on the emulator (which runs every graph through the same capture and replay
-//! calls as a device) and on a CUDA device; and what a capture refuses.
+//! Training steps captured once per epoch and replayed (CUDA graphs, `ddpm::gpu::graph`), and sampler steps
+//! captured once per run: the same run to the bit as its steps queued launch by launch, on the emulator (which runs
+//! every graph through the same capture and replay calls as a device) and on a CUDA device; and what a capture
+//! refuses.
 
 #[macro_use]
 mod common;
 
 use ddpm::backend::{Cpu, Gpu, Memory, Precision};
+use ddpm::diffusion::{initial_noise, sample_observed, Denoiser, SamplerKind, Spacing};
 use ddpm::gpu::emu::Emulator;
 use ddpm::gpu::record::Recorder;
 use ddpm::gpu::Executor;
-use ddpm::nn::UNetConfig;
+use ddpm::nn::{GuidedDenoiser, UNetConfig, UNetDenoiser};
 use ddpm::train::{RunConfig, TrainState, Trainer};
 use ddpm::Tensor;
 
@@ -69,6 +71,64 @@ fn graphed_training_equals_launch_by_launch<E: Executor>(exec: E) {
     }
 }
 gpu_test!(graphed_training_equals_launch_by_launch);
+
+/// Every sampler with graphs and without, on a 12-step schedule (DDPM makes 12 calls, the others 4 or 5), for 3
+/// images: the same x after every step and the same output, to the bit, and one graph launch per step after the
+/// first (which runs launch by launch from the plan; the second is captured, then run). Unconditional in f32 and
+/// bf16 (the sinusoid's operand), and guided (a conditional model: doubled batch, labels uploaded once).
+fn graphed_sampling_equals_step_by_step<E: Executor>(exec: E) {
+    let gpu = Gpu::new(exec);
+    let (ddim, spacing) = (SamplerKind::Ddim { steps: 4, eta: 0.0, clamp: true }, Spacing::UniformT);
+    let noisy = SamplerKind::Ddim { steps: 4, eta: 1.0, clamp: true };
+    let every = [
+        ddim,
+        noisy,
+        SamplerKind::Ddpm,
+        SamplerKind::DpmPp2m { steps: 4, spacing, clamp: true },
+        SamplerKind::DpmPp2mSde { steps: 4, spacing, clamp: false },
+    ];
+    for (classes, precision, kinds) in
+        [(0, Precision::Fp32, &every[..]), (0, Precision::Bf16, &[noisy]), (3, Precision::Fp32, &[ddim])]
+    {
+        let be = gpu.clone().with_precision(precision);
+        let config = RunConfig {
+            model: UNetConfig { in_ch: 1, base: 8, t_dim: 4, classes },
+            timesteps: 12,
+            seed: 5,
+            ..RunConfig::reference_recipe()
+        };
+        let state = TrainState::new(config).unwrap().to_backend(&be).unwrap();
+        let sched = state.config.schedule.build(state.config.timesteps).unwrap();
+        for &kind in kinds {
+            let run = |graphs: bool| {
+                let mut den: Box<dyn Denoiser<_>> = match classes {
+                    0 => Box::new(UNetDenoiser { model: &state.model, params: &state.params }),
+                    _ => Box::new(GuidedDenoiser::new(&state.model, &state.params, &[0, 2, 1], 2.0).unwrap()),
+                };
+                let x_t = initial_noise(7, 3, 1, 8, 8).into_backend(&be).unwrap();
+                let before = be.executor().counters().snapshot();
+                let mut xs = Vec::new();
+                let mut observe = |_: usize, _: usize, x: &Tensor<_>| {
+                    xs.push(x.to_vec()?.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+                    Ok(())
+                };
+                let out = sample_observed(&mut *den, &sched, kind, x_t, (7, graphs), &mut observe).unwrap();
+                let graph_launches = be.executor().counters().snapshot().since(&before).graph_launches;
+                (out.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>(), xs, graph_launches)
+            };
+            let (graphed, plain) = (run(true), run(false));
+            let what = format!("{kind:?}, classes {classes}, {}", precision.name());
+            let calls = kind.timesteps(&sched).len() as u64;
+            assert_eq!((graphed.2, plain.2), (calls - 1, 0), "{what}: graph launches with and without graphs");
+            assert_eq!(graphed.1.len() as u64, calls, "{what}: an x per call");
+            for (k, (g, p)) in graphed.1.iter().zip(&plain.1).enumerate() {
+                assert!(g == p, "{what}: x after call {} differs with graphs", k + 1);
+            }
+            assert!(graphed.0 == plain.0, "{what}: the output differs with graphs");
+        }
+    }
+}
+gpu_test!(graphed_sampling_equals_step_by_step);
 
 /// A capture records launches without running them, each replay runs them all, and what is not a launch (a copy,
 /// a wait) is refused inside a capture, which then ends, leaving the executor as it was.

@@ -64,6 +64,9 @@ impl Memory for Cpu {
     fn upload_indices(&self, data: &[u32]) -> Result<Vec<u32>> {
         Ok(data.to_vec())
     }
+    fn share_indices(&self, idx: &Vec<u32>) -> Result<Vec<u32>> {
+        Ok(idx.clone())
+    }
     fn download_indices(&self, idx: &Vec<u32>) -> Result<Vec<u32>> {
         Ok(idx.clone())
     }

@@ -119,6 +119,9 @@ impl<E: Executor> Memory for Gpu<E> {
     fn upload_indices(&self, data: &[u32]) -> Result<IntBuf<E::Buf>> {
         self.exec.upload_i32(data)
     }
+    fn share_indices(&self, idx: &IntBuf<E::Buf>) -> Result<IntBuf<E::Buf>> {
+        self.exec.view_i32(idx)
+    }
     fn download_indices(&self, idx: &IntBuf<E::Buf>) -> Result<Vec<u32>> {
         self.exec.download_i32(idx)
     }

@@ -122,6 +122,9 @@ pub trait Memory: Clone + fmt::Debug + Send + Sync + 'static {
     /// An index buffer holding `data`. Kernels index memory with these values, so the caller (who made them)
     /// checks their range before they are uploaded.
     fn upload_indices(&self, data: &[u32]) -> Result<Self::Idx>;
+    /// The indices of `idx` again, with nothing copied from the host: a view of it where there are views
+    /// ([`Memory::has_views`]), else a copy.
+    fn share_indices(&self, idx: &Self::Idx) -> Result<Self::Idx>;
     /// A host copy of an index buffer.
     fn download_indices(&self, idx: &Self::Idx) -> Result<Vec<u32>>;
     /// Waits until all work queued so far has finished, so that a timer read after it covers that work. The CPU

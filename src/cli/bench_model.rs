@@ -2,12 +2,12 @@
 //! runs, no GPU needed) and prints what one step asks of the device (launches, host syncs, bytes over the bus,
 //! allocations, FLOPs, DRAM bytes) with the time the device model predicts for it: one JSON object per step kind
 //! with `--json`, else a table per kernel. The step measured follows warm-up steps that filled the allocator's cache
-//! (and, for training, captured the graph it replays, unless `--no-graphs`).
+//! and captured the graph it replays (unless `--no-graphs`).
 
 use super::bench::{BenchArgs, Workload};
 use anyhow::{bail, Result};
 use ddpm::backend::{Gpu, Precision};
-use ddpm::diffusion::{initial_noise, sample, Denoiser, SamplerKind};
+use ddpm::diffusion::{initial_noise, sample_observed, Denoiser, SamplerKind};
 use ddpm::gpu::count::Launch;
 use ddpm::gpu::model::DeviceModel;
 use ddpm::gpu::record::Recorder;
@@ -24,6 +24,14 @@ struct Step {
     launches: Vec<Launch>,
 }
 
+impl Step {
+    /// Whether the step was a replay of a captured graph: its time is predicted with the graph's gap between
+    /// launches.
+    fn replayed(&self) -> bool {
+        self.counts.graph_launches > 0
+    }
+}
+
 pub fn run(a: &BenchArgs, model: &str, precision: Precision) -> Result<()> {
     let Some(model) = DeviceModel::by_name(model) else {
         let known: Vec<_> = DeviceModel::ALL.iter().map(|m| m.name).collect();
@@ -38,7 +46,7 @@ pub fn run(a: &BenchArgs, model: &str, precision: Precision) -> Result<()> {
     };
     let steps = match a.what {
         Workload::Train => vec![train_step(&gpu, config, !a.no_graphs)?],
-        Workload::Sample => sampler_steps(&gpu, config, a.batch)?,
+        Workload::Sample => sampler_steps(&gpu, config, a.batch, !a.no_graphs)?,
         Workload::Convs => bail!("--model predicts whole steps (--what train or sample), not single convolutions"),
     };
     for s in &steps {
@@ -69,9 +77,9 @@ fn train_step(gpu: &Gpu<Recorder>, config: RunConfig, graphs: bool) -> Result<St
     Ok(Step { name: "train", counts, launches })
 }
 
-/// The second network call and update of a DDIM sampler (eta 0, no noise) and of a DDPM sampler (with noise) on
-/// `n` images.
-fn sampler_steps(gpu: &Gpu<Recorder>, config: RunConfig, n: usize) -> Result<Vec<Step>> {
+/// The third network call and update of a DDIM sampler (eta 0, no noise) and of a DDPM sampler (with noise) on
+/// `n` images: with graphs, a replay of the second step's capture.
+fn sampler_steps(gpu: &Gpu<Recorder>, config: RunConfig, n: usize, graphs: bool) -> Result<Vec<Step>> {
     let state = TrainState::new(config)?.to_backend(gpu)?;
     let sched = state.config.schedule.build(state.config.timesteps)?;
     let mut out = Vec::new();
@@ -81,18 +89,21 @@ fn sampler_steps(gpu: &Gpu<Recorder>, config: RunConfig, n: usize) -> Result<Vec
         let counters = gpu.executor().counters();
         let mut before = None;
         let mut after = None;
-        // Step 1 warms the allocator; step 2 is the one measured.
-        let mut progress = |done: usize, _: usize| match done {
-            1 => {
-                counters.record();
-                before = Some(counters.snapshot());
+        // Steps 1 and 2 warm the allocator (and capture); step 3 is the one measured.
+        let mut observe = |done: usize, _: usize, _: &Tensor<_>| {
+            match done {
+                2 => {
+                    counters.record();
+                    before = Some(counters.snapshot());
+                }
+                3 => after = Some((counters.snapshot(), counters.take_log())),
+                _ => {}
             }
-            2 => after = Some((counters.snapshot(), counters.take_log())),
-            _ => {}
+            Ok(())
         };
-        sample(&mut den as &mut dyn Denoiser<_>, &sched, kind, x_t, 0, &mut progress)?;
+        sample_observed(&mut den as &mut dyn Denoiser<_>, &sched, kind, x_t, (0, graphs), &mut observe)?;
         let (Some(before), Some((end, launches))) = (before, after) else {
-            bail!("the sampler took fewer than 2 steps")
+            bail!("the sampler took fewer than 3 steps")
         };
         out.push(Step { name, counts: end.since(&before), launches });
     }
@@ -129,7 +140,7 @@ fn json(s: &Step, m: &DeviceModel, precision: Precision, a: &BenchArgs) -> Strin
         c.cost.fp32_flops,
         c.cost.dram_bytes,
         c.graph_launches,
-        1e3 * m.seconds(&s.launches, false),
+        1e3 * m.seconds(&s.launches, s.replayed()),
         1e3 * m.seconds(&s.launches, true),
     )
 }
@@ -168,11 +179,11 @@ fn table(s: &Step, m: &DeviceModel, precision: Precision, a: &BenchArgs) -> Stri
         r.tc += l.cost.tc_flops;
         r.fp32 += l.cost.fp32_flops;
         r.bytes += l.cost.dram_bytes;
-        r.seconds += m.kernel_seconds(l) + m.launch_gap;
+        r.seconds += m.kernel_seconds(l) + m.gap(s.replayed());
     }
     let mut rows: Vec<_> = rows.into_iter().collect();
     rows.sort_by(|x, y| y.1.seconds.total_cmp(&x.1.seconds));
-    let total = m.seconds(&s.launches, false);
+    let total = m.seconds(&s.launches, s.replayed());
     let mut out = format!(
         "{} step, batch {}, base {}, {} on the {} model (no kernel ran; one launch's time is the longest of its \
          FLOPs and bytes at the model's rates, plus {:.0} us between launches)\n\n",
@@ -181,7 +192,7 @@ fn table(s: &Step, m: &DeviceModel, precision: Precision, a: &BenchArgs) -> Stri
         a.base,
         precision.name(),
         m.name,
-        m.launch_gap * 1e6
+        m.gap(s.replayed()) * 1e6
     );
     out += &format!(
         "{:<24} {:>8} {:>10} {:>10} {:>10} {:>10} {:>6}\n",
@@ -201,7 +212,7 @@ fn table(s: &Step, m: &DeviceModel, precision: Precision, a: &BenchArgs) -> Stri
     }
     let c = &s.counts;
     out += &format!(
-        "\ntotal: {} launches{}, {:.3} ms predicted ({:.3} ms with CUDA graphs); {} host syncs, {} bytes uploaded, \
+        "\ntotal: {} launches{}, {:.3} ms predicted ({:.3} ms {}); {} host syncs, {} bytes uploaded, \
          {} downloaded, {} device allocations\n\n",
         c.launches,
         match c.graph_launches {
@@ -209,7 +220,8 @@ fn table(s: &Step, m: &DeviceModel, precision: Precision, a: &BenchArgs) -> Stri
             g => format!(" in {g} graph launch{}", if g == 1 { "" } else { "es" }),
         },
         total * 1e3,
-        m.seconds(&s.launches, true) * 1e3,
+        m.seconds(&s.launches, !s.replayed()) * 1e3,
+        if s.replayed() { "launched one by one" } else { "with CUDA graphs" },
         c.host_syncs,
         c.h2d_bytes,
         c.d2h_bytes,

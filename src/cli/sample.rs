@@ -129,6 +129,10 @@ pub struct SampleArgs {
     /// to x_0 (values clamped to [-1, 1] for display), the last frame held longer.
     #[arg(long)]
     trajectory: Option<PathBuf>,
+    /// Run the sampler step by step instead of capturing one step (network call and update) as a CUDA graph and
+    /// replaying it for the others (on a GPU or the emulator; the CPU has no graphs). The same images to the bit.
+    #[arg(long)]
+    no_graphs: bool,
 }
 
 /// The guidance weight `sample` uses on a class-conditional checkpoint when `--guidance` is not given.
@@ -191,7 +195,7 @@ fn sample_on<B: Backend>(
     backend: &B,
     m: &SamplingModel,
     (sched, kind, guidance): (&Schedule, SamplerKind, Option<&Guidance>),
-    (x_t, seed): (Tensor, u64),
+    (x_t, seed): (Tensor, (u64, bool)),
     progress: &mut dyn FnMut(usize, usize),
     mut watch: Option<&mut Watch>,
 ) -> Result<Tensor> {
@@ -227,16 +231,17 @@ pub fn generate(
     seed: u64,
     guidance: Option<&Guidance>,
 ) -> Result<(Tensor, usize)> {
-    generate_watched(device, m, (kind, guidance), x_t, seed, None)
+    generate_watched(device, m, (kind, guidance), x_t, (seed, true), None)
 }
 
-/// [`generate`], showing `watch` the images after each network call.
+/// [`generate`], showing `watch` the images after each network call, and with `graphs` (`seed` is the pair
+/// `(seed, graphs)`) captured where it can be ([`sample_observed`]).
 pub fn generate_watched(
     device: &Device,
     m: &SamplingModel,
     (kind, guidance): (SamplerKind, Option<&Guidance>),
     x_t: Tensor,
-    seed: u64,
+    seed: (u64, bool),
     watch: Option<&mut Watch>,
 ) -> Result<(Tensor, usize)> {
     let sched = m.schedule.build(m.timesteps)?;
@@ -382,7 +387,8 @@ pub fn run(a: SampleArgs) -> Result<()> {
     }
     let mut record = |x: &Tensor| anim.as_mut().map_or(Ok(()), |an| an.push(x));
     let watch = a.trajectory.is_some().then_some(&mut record as &mut Watch);
-    let (images, calls) = generate_watched(&device, &m, (kind, guidance.as_ref()), x_t, a.sampling.seed, watch)?;
+    let (images, calls) =
+        generate_watched(&device, &m, (kind, guidance.as_ref()), x_t, (a.sampling.seed, !a.no_graphs), watch)?;
     match out {
         OutKind::Png => save_grid_png(&a.out, &images, per_row)?,
         OutKind::Safetensors => write_tensors(&a.out, &[("samples".to_string(), &images)], None)?,

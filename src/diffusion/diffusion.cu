@@ -97,11 +97,51 @@ extern "C" __global__ void time_sinusoid(const int* __restrict__ t, float* __res
   }
 }
 
+// ---- a sampler's plan ----------------------------------------------------------------------------------------------
+// What changes from one sampler step to the next (SamplerPlan in src/diffusion/plan.rs), read from device memory so
+// that one captured step (a CUDA graph) serves every step of a run: the layout of the training step's plan (word 0
+// the row of the step being taken, PLAN_ROW words a row), each row holding the step's noise stream, whether it draws
+// noise, and its step kernel's float coefficients in the kernel's argument order.
+#define SAMPLE_NOISE_STREAM 0  // Philox stream of the step's noise (2 words, low first)
+#define SAMPLE_NOISY 2         // 1 when the step draws noise, else 0
+#define SAMPLE_COEFS 3         // the step kernel's float coefficients (up to 6)
+
+// The current row of a sampler's plan: its noise stream and flag replace the kernel's, and the returned pointer
+// holds the step's coefficients.
+static __device__ __forceinline__ const float* sample_row(const float* plan, u64* stream, int* noisy) {
+  const float* row = plan_row(plan);
+  *stream = plan_u64(row, SAMPLE_NOISE_STREAM);
+  *noisy = (int)plan_word(row, SAMPLE_NOISY);
+  return row + SAMPLE_COEFS;
+}
+
+// A planned sampler step's time sinusoid: row plan[0] of `table` ([steps, dim], made on the host as
+// TimeEmbedding::sinusoid makes an unplanned step's, which is uploaded) for each of n images, [n, dim], and its
+// operand when out_nhwc is given (write_nhwc). Launch: grid CEIL_DIV(n * dim, 256) (capped; grid-stride), block 256.
+extern "C" __global__ void plan_sinusoid(const float* __restrict__ plan, const float* __restrict__ table,
+                                         float* __restrict__ out, bf16* __restrict__ out_nhwc, long long n,
+                                         int dim) {
+  const float* row = table + (u64)__float_as_uint(plan[0]) * dim;
+  GRID_STRIDE(e, n * dim) {
+    const float v = row[e % dim];
+    out[e] = v;
+    if (out_nhwc) write_nhwc(out_nhwc, e, dim, 1, v);
+  }
+}
+
+// The sampler steps below take x and out unrestricted: a planned step updates x in place (out == x), each element
+// read before it is written, by the same thread. With a plan, its current row's coefficients, noise stream and
+// noise flag replace the arguments (sample_row).
+
 // One DDPM step (DdpmCoefs): out = sra*(x - eps_coef*eps) + sigma*z, z = normal(seed, stream, e) when `noisy`,
 // else no noise term. Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
-extern "C" __global__ void ddpm_step(const float* __restrict__ x, const float* __restrict__ eps,
-                                     float* __restrict__ out, long long n, float sra, float eps_coef, float sigma,
-                                     u64 seed, u64 stream, int noisy) {
+extern "C" __global__ void ddpm_step(const float* x, const float* __restrict__ eps, float* out, long long n,
+                                     float sra, float eps_coef, float sigma, u64 seed, u64 stream, int noisy,
+                                     const float* __restrict__ plan) {
+  if (plan) {
+    const float* c = sample_row(plan, &stream, &noisy);
+    sra = c[0], eps_coef = c[1], sigma = c[2];
+  }
   GRID_STRIDE(e, n) {
     const float mean = sra * (x[e] - eps_coef * eps[e]);
     out[e] = noisy ? mean + sigma * philox_normal(seed, stream, (u64)e) : mean;
@@ -112,14 +152,18 @@ extern "C" __global__ void ddpm_step(const float* __restrict__ x, const float* _
 // passes the clamp as in Rust's f32::clamp), out = sab_prev*x0 + dir*d (+ sigma*z when `noisy`), d = eps, or with
 // `rederive` the noise re-derived from the clamped x0, (x - sab*x0)/s1m (GLIDE's guided DDIM).
 // Launch: grid CEIL_DIV(n, 256) (capped; grid-stride), block 256.
-extern "C" __global__ void ddim_step(const float* __restrict__ x, const float* __restrict__ eps,
-                                     float* __restrict__ out, long long n, float s1m, float sab, float sab_prev,
-                                     float dir, float sigma, int clamp, int rederive, u64 seed, u64 stream,
-                                     int noisy) {
+extern "C" __global__ void ddim_step(const float* x, const float* __restrict__ eps, float* out, long long n,
+                                     float s1m, float sab, float sab_prev, float dir, float sigma, int clamp,
+                                     int rederive, u64 seed, u64 stream, int noisy, const float* __restrict__ plan) {
+  if (plan) {
+    const float* c = sample_row(plan, &stream, &noisy);
+    s1m = c[0], sab = c[1], sab_prev = c[2], dir = c[3], sigma = c[4];
+  }
   GRID_STRIDE(e, n) {
-    float x0 = (x[e] - s1m * eps[e]) / sab;
+    const float xe = x[e];
+    float x0 = (xe - s1m * eps[e]) / sab;
     if (clamp) x0 = x0 < -1.0f ? -1.0f : (x0 > 1.0f ? 1.0f : x0);
-    const float d = rederive ? (x[e] - sab * x0) / s1m : eps[e];
+    const float d = rederive ? (xe - sab * x0) / s1m : eps[e];
     const float det = sab_prev * x0 + dir * d;
     out[e] = noisy ? det + sigma * philox_normal(seed, stream, (u64)e) : det;
   }
@@ -130,16 +174,21 @@ extern "C" __global__ void ddim_step(const float* __restrict__ x, const float* _
 // (prev_coef != 0), else x0; x0_prev = x0 (each element read before it is written, by the same thread);
 // out = x_coef*x + d_coef*d (+ noise_coef*z when `noisy`). Launch: grid CEIL_DIV(n, 256) (capped; grid-stride),
 // block 256.
-extern "C" __global__ void dpm_step(const float* __restrict__ x, const float* __restrict__ eps,
-                                    float* __restrict__ x0_prev, float* __restrict__ out, long long n, float sigma,
-                                    float alpha, float x_coef, float d_coef, float prev_coef, float noise_coef,
-                                    int clamp, u64 seed, u64 stream, int noisy) {
+extern "C" __global__ void dpm_step(const float* x, const float* __restrict__ eps, float* __restrict__ x0_prev,
+                                    float* out, long long n, float sigma, float alpha, float x_coef, float d_coef,
+                                    float prev_coef, float noise_coef, int clamp, u64 seed, u64 stream, int noisy,
+                                    const float* __restrict__ plan) {
+  if (plan) {
+    const float* c = sample_row(plan, &stream, &noisy);
+    sigma = c[0], alpha = c[1], x_coef = c[2], d_coef = c[3], prev_coef = c[4], noise_coef = c[5];
+  }
   GRID_STRIDE(e, n) {
-    float x0 = (x[e] - sigma * eps[e]) / alpha;
+    const float xe = x[e];
+    float x0 = (xe - sigma * eps[e]) / alpha;
     if (clamp) x0 = x0 < -1.0f ? -1.0f : (x0 > 1.0f ? 1.0f : x0);
     const float d = prev_coef != 0.0f ? x0 + prev_coef * (x0 - x0_prev[e]) : x0;
     x0_prev[e] = x0;
-    const float det = x_coef * x[e] + d_coef * d;
+    const float det = x_coef * xe + d_coef * d;
     out[e] = noisy ? det + noise_coef * philox_normal(seed, stream, (u64)e) : det;
   }
 }

@@ -1,15 +1,16 @@
 //! The diffusion kernels' launches: q_sample, the training batch's draw, the time embedding's sinusoid and the
-//! sampler steps, each one elementwise pass with its Philox draws made on the device.
+//! sampler steps (from their arguments or from a sampler's plan), each one elementwise pass with its Philox draws
+//! made on the device.
 
 use super::{
-    BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, Drawn, LabelDraw, Schedule, ScheduleTables, WithOperand,
-    LABEL_DROP_ONE_IN,
+    BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, Drawn, LabelDraw, SamplerPlan, Schedule, ScheduleTables,
+    StepCoefs, WithOperand, LABEL_DROP_ONE_IN,
 };
 use crate::backend::{ConvOps, Gpu};
 use crate::desc::Planes;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{elementwise, i32_arg, need, run};
-use crate::gpu::{Arg, Cost, DeviceBuf, Executor, IntBuf, Kernel};
+use crate::gpu::{Arg, Cost, DeviceBuf, Executor, IntBuf, Kernel, LaunchCfg};
 use crate::nn::TimeEmbedding;
 use crate::ops::conv::mma::padded;
 use crate::train::StepPlan;
@@ -150,9 +151,7 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
         noise: Option<(u64, u64)>,
         out: &mut E::Buf,
     ) -> Result<()> {
-        let coefs = [c.sqrt_recip_alpha, c.eps_coef, c.sigma].map(Arg::F32);
-        // x and eps read, out written; ~5 operations per value.
-        sampler_step(self.executor(), Kernel::DdpmStep, &[x, eps, out], coefs, noise, (2, 1, 5))
+        sampler_step(self.executor(), &StepCoefs::Ddpm(*c), &[x, eps, out], noise, None)
     }
 
     fn ddim_step(
@@ -163,10 +162,7 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
         noise: Option<(u64, u64)>,
         out: &mut E::Buf,
     ) -> Result<()> {
-        let f = [c.sqrt_one_minus_ab, c.sqrt_ab, c.sqrt_ab_prev, c.dir_coef, c.sigma].map(Arg::F32);
-        let coefs = f.into_iter().chain([Arg::I32(c.clamp as i32), Arg::I32(c.rederive as i32)]);
-        // x and eps read, out written; ~7 operations per value (the clamp included).
-        sampler_step(self.executor(), Kernel::DdimStep, &[x, eps, out], coefs, noise, (2, 1, 7))
+        sampler_step(self.executor(), &StepCoefs::Ddim(*c), &[x, eps, out], noise, None)
     }
 
     fn dpm_step(
@@ -178,34 +174,86 @@ impl<E: Executor> DiffusionOps for Gpu<E> {
         noise: Option<(u64, u64)>,
         out: &mut E::Buf,
     ) -> Result<()> {
-        let f = [c.sigma, c.alpha, c.x_coef, c.d_coef, c.prev_coef, c.noise_coef].map(Arg::F32);
-        let coefs = f.into_iter().chain([Arg::I32(c.clamp as i32)]);
-        // x, eps and the previous x̂0 read, out and x̂0 written; ~12 operations per element, 6 per written word.
-        sampler_step(self.executor(), Kernel::DpmStep, &[x, eps, x0_prev, out], coefs, noise, (3, 2, 6))
+        sampler_step(self.executor(), &StepCoefs::Dpm(*c), &[x, eps, x0_prev, out], noise, None)
+    }
+
+    fn plan_sinusoid(&self, plan: &SamplerPlan<Self>, n: usize, operand: bool) -> Result<WithOperand<Self>> {
+        let (table, dim) = plan.sinusoids();
+        let steps = plan.rows().taken() + plan.rows().remaining();
+        if plan.rows().remaining() == 0 || table.len() != steps * dim {
+            return Err(Error::Arg(format!("plan_sinusoid: a plan of {steps} steps with none left, or no sinusoids")));
+        }
+        let e = self.executor();
+        let out = e.alloc(n * dim)?;
+        let op = if operand { self.operand_for_output(Planes { n, c: dim, plane: 1 })? } else { None };
+        let args = [
+            Arg::Buf(plan.rows().buf()),
+            Arg::Buf(table),
+            Arg::Buf(&out),
+            op.as_ref().map_or(Arg::Null, |o| Arg::Bf16(&o.buf)),
+            Arg::I64(n as i64),
+            i32_arg(dim)?,
+        ];
+        // One row read (cached), the sinusoid written (and its operand).
+        let cost = Cost::pass(dim, n * dim, 0).plus(Cost::bytes(op.as_ref().map_or(0, |_| 2 * n * padded(dim))));
+        run(e, Kernel::PlanSinusoid, elementwise(n * dim), cost, &args)?;
+        Ok((out, op))
+    }
+
+    fn planned_step(
+        &self,
+        plan: &mut SamplerPlan<Self>,
+        x: &mut E::Buf,
+        eps: &E::Buf,
+        x0_prev: Option<&mut E::Buf>,
+    ) -> Result<()> {
+        let e = self.executor();
+        let x: &E::Buf = x;
+        let (seed, noisy) = plan.noise();
+        // The noise stream and flag given here stand for the rows' (the kernel reads the plan's).
+        let noise = noisy.then_some((seed, 0));
+        match (plan.first(), x0_prev) {
+            (StepCoefs::Dpm(_), Some(prev)) => {
+                sampler_step(e, plan.first(), &[x, eps, prev, x], noise, Some(plan.rows().buf()))?
+            }
+            (StepCoefs::Dpm(_), None) => return Err(Error::Arg("a planned DPM-Solver++ step without its x̂0".into())),
+            (c, _) => sampler_step(e, c, &[x, eps, x], noise, Some(plan.rows().buf()))?,
+        }
+        // The step's end: the plan moved on a row (nothing staged).
+        let rows = plan.rows_mut();
+        rows.take_row()?;
+        let args = [Arg::Buf(rows.buf_mut()), Arg::Null, Arg::Null];
+        run(e, Kernel::PlanAdvance, LaunchCfg::linear(1, 1), Cost::pass(1, 1, 0), &args)
     }
 }
 
-/// One sampler update `k(bufs.., n, scalars.., seed, stream, draw_noise)` over the `n = bufs[0].len()` elements of
-/// x, every other buffer checked to cover them: all the steps' kernels take their buffers first and their
-/// coefficients between the length and the noise stream. `(read, written, flops)` are the words read and written
-/// per element and the operations per written word, for the launch's [`Cost`].
-fn sampler_step<'a, E: Executor>(
+/// One sampler update `k(bufs.., n, scalars.., seed, stream, draw_noise, plan)` over the `n = bufs[0].len()`
+/// elements of x, every other buffer checked to cover them: all the steps' kernels take their buffers first (x,
+/// eps, DPM-Solver++'s x̂0, out; out may be x) and their coefficients between the length and the noise stream.
+fn sampler_step<E: Executor>(
     e: &E,
-    k: Kernel,
-    bufs: &[&'a E::Buf],
-    scalars: impl IntoIterator<Item = Arg<'a, E::Buf>>,
+    c: &StepCoefs,
+    bufs: &[&E::Buf],
     noise: Option<(u64, u64)>,
-    (read, written, flops): (usize, usize, usize),
+    plan: Option<&E::Buf>,
 ) -> Result<()> {
+    // The kernel, its flags, and the words read and written per element and operations per written word (for
+    // the launch's Cost).
+    let (k, flags, (read, written, flops)) = match c {
+        StepCoefs::Ddpm(_) => (Kernel::DdpmStep, vec![], (2, 1, 5)),
+        StepCoefs::Ddim(c) => (Kernel::DdimStep, vec![c.clamp, c.rederive], (2, 1, 7)),
+        StepCoefs::Dpm(c) => (Kernel::DpmStep, vec![c.clamp], (3, 2, 6)),
+    };
     let n = bufs[0].len();
     for b in &bufs[1..] {
         need("sampler step buffer", *b, n)?;
     }
     let (seed, stream) = noise.unwrap_or((0, 0));
-    let mut args: Vec<Arg<'a, E::Buf>> = bufs.iter().map(|&b| Arg::Buf(b)).collect();
+    let mut args: Vec<Arg<'_, E::Buf>> = bufs.iter().map(|&b| Arg::Buf(b)).collect();
     args.push(Arg::I64(n as i64));
-    args.extend(scalars);
-    args.extend([Arg::U64(seed), Arg::U64(stream), Arg::I32(noise.is_some() as i32)]);
+    args.extend(c.floats().into_iter().map(Arg::F32));
+    args.extend(flags.into_iter().map(|f| Arg::I32(f as i32)));
+    args.extend([Arg::U64(seed), Arg::U64(stream), Arg::I32(noise.is_some() as i32), Arg::opt(plan)]);
     // With noise, the Philox draw and Box-Muller add ~40 operations per element.
     let flops = if noise.is_some() { flops + 40 / written } else { flops };
     run(e, k, elementwise(n), Cost::pass(read * n, written * n, flops), &args)

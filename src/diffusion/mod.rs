@@ -6,6 +6,7 @@ mod cpu;
 pub mod dpm_solver;
 mod gpu;
 pub mod inversion;
+mod plan;
 pub mod sampler;
 pub mod schedule;
 #[cfg(test)]
@@ -13,8 +14,9 @@ mod tests;
 
 pub use dpm_solver::{dpm_timesteps, DpmCoefs, Spacing};
 pub use inversion::{ddim_invert, regeneration_kind, roundtrip, slerp, RoundTripError};
+pub use plan::SamplerPlan;
 pub use sampler::{
-    ddim_timesteps, initial_noise, sample, sample_observed, DdimCoefs, DdpmCoefs, Denoiser, SamplerKind,
+    ddim_timesteps, initial_noise, sample, sample_observed, DdimCoefs, DdpmCoefs, Denoiser, SamplerKind, StepCoefs,
 };
 pub use schedule::{Schedule, ScheduleKind};
 
@@ -80,6 +82,26 @@ pub trait DiffusionOps: ConvOps {
         noise: Option<(u64, u64)>,
         out: &mut Self::Buf,
     ) -> Result<()>;
+    /// The time sinusoid of the current step of `plan` for `n` images (`[n, width]`, row by row the plan's
+    /// host-made sinusoid of that step), with its operand when `operand` and the backend has operands: what
+    /// [`DiffusionOps::time_sinusoid`] is to the training step, for a captured sampler step. Only where there are
+    /// graphs.
+    fn plan_sinusoid(&self, plan: &SamplerPlan<Self>, n: usize, operand: bool) -> Result<WithOperand<Self>> {
+        let _ = (plan, n, operand);
+        Err(Error::Device(format!("{} runs no sampler plans", self.describe())))
+    }
+    /// The current step of `plan` applied to `x` in place, with `eps` the network's output (DPM-Solver++ reads and
+    /// writes its previous x̂0 in `x0_prev`), then the plan moved on a row. Only where there are graphs.
+    fn planned_step(
+        &self,
+        plan: &mut SamplerPlan<Self>,
+        x: &mut Self::Buf,
+        eps: &Self::Buf,
+        x0_prev: Option<&mut Self::Buf>,
+    ) -> Result<()> {
+        let _ = (plan, x, eps, x0_prev);
+        Err(Error::Device(format!("{} runs no sampler plans", self.describe())))
+    }
 }
 
 /// The schedule's q_sample tables `sqrt(ᾱ_t)` and `sqrt(1-ᾱ_t)` on a backend: uploaded once and held for a run's

@@ -7,6 +7,7 @@
 //! the reference's f32 operation order, because torch evaluates those scalars as 0-d f32 tensors.
 
 use super::dpm_solver::{dpm_timesteps, DpmCoefs, Spacing};
+use super::plan::{sample_planned, SamplerPlan};
 use super::schedule::Schedule;
 use crate::backend::{Backend, Cpu};
 use crate::error::{Error, Result};
@@ -22,6 +23,21 @@ pub trait Denoiser<B: Backend = Cpu> {
     /// the noise re-derived from its clamped x̂0 ([`DdimCoefs::rederive`]).
     fn guided(&self) -> bool {
         false
+    }
+
+    /// The width of the time sinusoid the network reads when it can run from a sampler's plan
+    /// ([`Denoiser::predict_eps_planned`]), so that the samplers capture one step and replay it; `None` (the
+    /// default) when it cannot, and the samplers call [`Denoiser::predict_eps`] step by step.
+    fn plan_width(&self) -> Option<usize> {
+        None
+    }
+
+    /// [`Denoiser::predict_eps`] at the current step of `plan` (every image at that step's timestep), with
+    /// nothing read from or copied to the host, so that the call can be captured: the time sinusoid is read from
+    /// the plan on the backend ([`super::DiffusionOps::plan_sinusoid`]).
+    fn predict_eps_planned(&mut self, x: &Tensor<B>, plan: &SamplerPlan<B>) -> Result<Tensor<B>> {
+        let _ = (x, plan);
+        Err(Error::Arg("this denoiser runs step by step, not from a sampler's plan".into()))
     }
 }
 
@@ -218,6 +234,25 @@ impl DdimCoefs {
     }
 }
 
+/// The scalars of one sampler step, of whichever update it is.
+#[derive(Clone, Copy, Debug)]
+pub enum StepCoefs {
+    Ddpm(DdpmCoefs),
+    Ddim(DdimCoefs),
+    Dpm(DpmCoefs),
+}
+
+impl StepCoefs {
+    /// The float scalars in the order the step kernels take them (and a plan's row holds them).
+    pub fn floats(&self) -> Vec<f32> {
+        match self {
+            StepCoefs::Ddpm(c) => vec![c.sqrt_recip_alpha, c.eps_coef, c.sigma],
+            StepCoefs::Ddim(c) => vec![c.sqrt_one_minus_ab, c.sqrt_ab, c.sqrt_ab_prev, c.dir_coef, c.sigma],
+            StepCoefs::Dpm(c) => vec![c.sigma, c.alpha, c.x_coef, c.d_coef, c.prev_coef, c.noise_coef],
+        }
+    }
+}
+
 /// One DDIM step from `t` to `t_prev` with noise scale `eta`:
 /// `x0 = clamp((x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), -1, 1)`, then
 /// `x_{t_prev} = sqrt(alpha_bar_prev) x0 + dir_coef eps + sigma z`, with the scalars of [`DdimCoefs`].
@@ -294,7 +329,8 @@ pub fn initial_noise(seed: u64, n: usize, c: usize, h: usize, w: usize) -> Tenso
 /// and returns x_0 on the host, clamped to [-1, 1] when [`SamplerKind::clamps`]. The network is called at
 /// [`SamplerKind::timesteps`]; the step from t draws its noise `rng::normal(seed, noise_stream(t), ·)` on the
 /// backend, inside the fused step. No noise is drawn for the last step, for DDIM with eta = 0, or for
-/// DPM-Solver++(2M). `progress(done, total)` is called after each network call.
+/// DPM-Solver++(2M). `progress(done, total)` is called after each network call. Captured as a graph where it can
+/// be ([`sample_observed`] with graphs).
 pub fn sample<B: Backend>(
     den: &mut dyn Denoiser<B>,
     sched: &Schedule,
@@ -303,7 +339,7 @@ pub fn sample<B: Backend>(
     seed: u64,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
-    sample_observed(den, sched, kind, x_t, seed, &mut |done, total, _| {
+    sample_observed(den, sched, kind, x_t, (seed, true), &mut |done, total, _| {
         progress(done, total);
         Ok(())
     })
@@ -315,60 +351,100 @@ pub type Observer<'a, B> = dyn FnMut(usize, usize, &Tensor<B>) -> Result<()> + '
 /// [`sample`], calling `observe(done, total, x)` after each network call with the x the step has just made (on
 /// the backend; x_0 unclamped after the last call), so that a caller can record the trajectory. An `Err` from
 /// `observe` stops the run.
+///
+/// With `graphs`, on a backend that records graphs ([`crate::backend::Memory::has_graphs`]) and a denoiser that
+/// runs from a plan ([`Denoiser::plan_width`]), the steps' scalars are uploaded once as a [`SamplerPlan`], the
+/// first step runs from it launch by launch, the second is captured and every later one is a replay: the same
+/// bits as step by step, with no host work per kernel and nothing copied per step.
 pub fn sample_observed<B: Backend>(
     den: &mut dyn Denoiser<B>,
     sched: &Schedule,
     kind: SamplerKind,
     x_t: Tensor<B>,
-    seed: u64,
+    (seed, graphs): (u64, bool),
     observe: &mut Observer<B>,
 ) -> Result<Tensor> {
     kind.validate(sched.t)?;
     let (n, ..) = x_t.dims4("sample: x_t")?;
     let ts = kind.timesteps(sched);
-    let noisy = match kind {
-        SamplerKind::Ddpm | SamplerKind::DpmPp2mSde { .. } => true,
-        SamplerKind::Ddim { eta, .. } => eta > 0.0,
-        SamplerKind::DpmPp2m { .. } => false,
+    let guided = den.guided();
+    let steps = (0..ts.len()).map(|k| step_coefs(sched, kind, &ts, k, guided, seed)).collect::<Result<Vec<_>>>()?;
+    let be = x_t.backend().clone();
+    // DPM-Solver++'s x̂0 of the previous step, kept for its second-order steps.
+    let mut x0_prev = match kind {
+        SamplerKind::DpmPp2m { .. } | SamplerKind::DpmPp2mSde { .. } => Some(Tensor::alloc(&be, x_t.shape())?),
+        _ => None,
     };
-    let mut x = x_t;
-    let be = x.backend().clone();
-    let mut next = Tensor::alloc(&be, x.shape())?;
-    // DPM-Solver++'s x̂0 of the previous step, kept for its second-order steps (allocated at its first step).
-    let mut x0_prev: Option<Tensor<B>> = None;
-    for (k, &t) in ts.iter().enumerate() {
-        // The step goes from t to t_prev, the next call's timestep, or to x_0 (None) after the last call.
-        let t_prev = ts.get(k + 1).copied();
-        let eps = den.predict_eps(&x, &vec![t; n])?;
-        if eps.shape() != x.shape() {
-            return shape_err!("sample: denoiser returned {:?} for input {:?}", eps.shape(), x.shape());
+    let x = match den.plan_width().filter(|_| graphs && be.has_graphs() && ts.len() >= 2) {
+        Some(width) => {
+            let mut plan = SamplerPlan::new(&be, &steps, &ts, width)?;
+            let mut x = x_t;
+            sample_planned(den, &mut plan, &mut x, x0_prev.as_mut(), observe)?;
+            x
         }
-        let noise = (noisy && t_prev.is_some()).then_some((seed, noise_stream(t)));
-        match kind {
-            SamplerKind::Ddpm => be.ddpm_step(&DdpmCoefs::new(sched, t)?, x.buf(), eps.buf(), noise, next.buf_mut())?,
-            SamplerKind::Ddim { eta, clamp, .. } => {
-                let rederive = clamp && den.guided();
-                let c = DdimCoefs { clamp, rederive, ..DdimCoefs::new(sched, t, t_prev, eta)? };
-                be.ddim_step(&c, x.buf(), eps.buf(), noise, next.buf_mut())?
+        None => {
+            let mut x = x_t;
+            let mut next = Tensor::alloc(&be, x.shape())?;
+            for (k, (&t, (c, noise))) in ts.iter().zip(&steps).enumerate() {
+                let eps = den.predict_eps(&x, &vec![t; n])?;
+                check_eps(&eps, &x)?;
+                let (x_buf, eps, out) = (x.buf(), eps.buf(), next.buf_mut());
+                match (c, x0_prev.as_mut()) {
+                    (StepCoefs::Ddpm(c), _) => be.ddpm_step(c, x_buf, eps, *noise, out)?,
+                    (StepCoefs::Ddim(c), _) => be.ddim_step(c, x_buf, eps, *noise, out)?,
+                    (StepCoefs::Dpm(c), Some(prev)) => be.dpm_step(c, x_buf, eps, prev.buf_mut(), *noise, out)?,
+                    (StepCoefs::Dpm(_), None) => return Err(Error::Arg("a DPM-Solver++ step without its x̂0".into())),
+                }
+                std::mem::swap(&mut x, &mut next);
+                observe(k + 1, ts.len(), &x)?;
             }
-            SamplerKind::DpmPp2m { clamp, .. } | SamplerKind::DpmPp2mSde { clamp, .. } => {
-                let sde = matches!(kind, SamplerKind::DpmPp2mSde { .. });
-                let before = k.checked_sub(1).map(|j| ts[j]);
-                let c = DpmCoefs::new(sched, (before, t, t_prev), sde, clamp)?;
-                let mut prev = match x0_prev.take() {
-                    Some(p) => p,
-                    None => Tensor::alloc(&be, x.shape())?,
-                };
-                be.dpm_step(&c, x.buf(), eps.buf(), prev.buf_mut(), noise, next.buf_mut())?;
-                x0_prev = Some(prev);
-            }
+            x
         }
-        std::mem::swap(&mut x, &mut next);
-        observe(k + 1, ts.len(), &x)?;
-    }
+    };
     let mut x = x.to_host()?;
     if kind.clamps() {
         x.data_mut().iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
     }
     Ok(x)
+}
+
+/// The scalars and noise of call `k` of `kind` at timesteps `ts`: the step from `ts[k]` to the next call's
+/// timestep, or to x_0 after the last call.
+fn step_coefs(
+    sched: &Schedule,
+    kind: SamplerKind,
+    ts: &[usize],
+    k: usize,
+    guided: bool,
+    seed: u64,
+) -> Result<(StepCoefs, Option<(u64, u64)>)> {
+    let (t, t_prev) = (ts[k], ts.get(k + 1).copied());
+    let noisy = match kind {
+        SamplerKind::Ddpm | SamplerKind::DpmPp2mSde { .. } => true,
+        SamplerKind::Ddim { eta, .. } => eta > 0.0,
+        SamplerKind::DpmPp2m { .. } => false,
+    };
+    let noise = (noisy && t_prev.is_some()).then_some((seed, noise_stream(t)));
+    let c = match kind {
+        SamplerKind::Ddpm => StepCoefs::Ddpm(DdpmCoefs::new(sched, t)?),
+        SamplerKind::Ddim { eta, clamp, .. } => {
+            // A clamping DDIM step after a guided prediction re-derives its noise from the clamped x̂0.
+            let rederive = clamp && guided;
+            StepCoefs::Ddim(DdimCoefs { clamp, rederive, ..DdimCoefs::new(sched, t, t_prev, eta)? })
+        }
+        SamplerKind::DpmPp2m { clamp, .. } | SamplerKind::DpmPp2mSde { clamp, .. } => {
+            let sde = matches!(kind, SamplerKind::DpmPp2mSde { .. });
+            let before = k.checked_sub(1).map(|j| ts[j]);
+            StepCoefs::Dpm(DpmCoefs::new(sched, (before, t, t_prev), sde, clamp)?)
+        }
+    };
+    Ok((c, noise))
+}
+
+/// `Err` unless the denoiser's ε has the shape of its input x.
+pub(super) fn check_eps<B: Backend>(eps: &Tensor<B>, x: &Tensor<B>) -> Result<()> {
+    if eps.shape() != x.shape() {
+        return shape_err!("sample: denoiser returned {:?} for input {:?}", eps.shape(), x.shape());
+    }
+    Ok(())
 }

@@ -187,6 +187,10 @@ pub trait Executor: Send + Sync + 'static {
         let buf = self.upload(&data.iter().map(|&v| f32::from_bits(v)).collect::<Vec<_>>())?;
         Ok(IntBuf { buf, bound: Some(bound) })
     }
+    /// An index buffer aliasing all of `idx` ([`Executor::view`]), with its bound.
+    fn view_i32(&self, idx: &IntBuf<Self::Buf>) -> Result<IntBuf<Self::Buf>> {
+        Ok(IntBuf { buf: self.view(&idx.buf, 0, idx.len())?, bound: idx.bound })
+    }
     /// An index buffer of `len` words for a kernel to fill.
     fn alloc_i32(&self, len: usize) -> Result<IntBuf<Self::Buf>> {
         Ok(IntBuf { buf: self.alloc(len)?, bound: None })

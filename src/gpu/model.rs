@@ -61,7 +61,15 @@ impl DeviceModel {
     /// Seconds the launches take one after another on one stream: kernels plus a gap per launch, `graphs` choosing
     /// the replayed graph's gap.
     pub fn seconds(&self, launches: &[Launch], graphs: bool) -> f64 {
-        let gap = if graphs { self.graph_gap } else { self.launch_gap };
-        launches.iter().map(|l| self.kernel_seconds(l) + gap).sum()
+        launches.iter().map(|l| self.kernel_seconds(l) + self.gap(graphs)).sum()
+    }
+
+    /// The gap before each launch: replayed from a graph when `graphs`, else launched one by one.
+    pub fn gap(&self, graphs: bool) -> f64 {
+        if graphs {
+            self.graph_gap
+        } else {
+            self.launch_gap
+        }
     }
 }

@@ -7,6 +7,7 @@
 use crate::autograd::{Tape, Var};
 use crate::backend::{Backend, Memory};
 use crate::desc::Planes;
+use crate::diffusion::{SamplerPlan, WithOperand};
 use crate::error::Result;
 use crate::ops::conv::{ConvExtra, Norm};
 use crate::ops::unary::UnaryKind;
@@ -160,6 +161,9 @@ pub enum Timesteps<'a, B: Memory> {
     /// The first `n` values of an index buffer on the backend (the training step draws them there): the sinusoid is
     /// made there too, and nothing crosses the bus.
     Device { t: &'a B::Idx, n: usize },
+    /// The current step of a sampler's plan, for all `n` images: the sinusoid is read from the plan on the
+    /// backend ([`DiffusionOps::plan_sinusoid`]), so the call can be captured.
+    Planned { plan: &'a SamplerPlan<B>, n: usize },
 }
 
 impl<B: Memory> Timesteps<'_, B> {
@@ -167,7 +171,7 @@ impl<B: Memory> Timesteps<'_, B> {
     pub fn len(&self) -> usize {
         match self {
             Timesteps::Host(t) => t.len(),
-            Timesteps::Device { n, .. } => *n,
+            Timesteps::Device { n, .. } | Timesteps::Planned { n, .. } => *n,
         }
     }
 
@@ -218,6 +222,16 @@ impl TimeEmbedding {
         Tensor::new(&[t.len(), dim], out).expect("length matches shape")
     }
 
+    /// A sinusoid `[n, dim]` made on the backend, with its operand where there is one, as the tape's input.
+    fn made_input<B: Backend>(tape: &mut Tape<B>, n: usize, dim: usize, made: WithOperand<B>) -> Result<Var> {
+        let (s, operand) = made;
+        let v = tape.input(Tensor::from_buf(tape.backend().clone(), &[n, dim], s)?);
+        if let Some(op) = operand {
+            tape.set_operand(v, op);
+        }
+        Ok(v)
+    }
+
     /// `mlp(sinusoid(t))`, `[len(t), hidden]`, and with `silu` its SiLU too (the ResBlocks' input), made with the
     /// last linear layer ([`Tape::linear_act`]).
     pub fn forward<B: Backend>(
@@ -242,14 +256,16 @@ impl TimeEmbedding {
             }
             // Made on the backend from its timesteps, in the same f32 operations (DiffusionOps::time_sinusoid).
             // With its operand for lin0, where the backend has operands.
+            // Made on the backend from its timesteps, in the same f32 operations (DiffusionOps::time_sinusoid), or
+            // read from a sampler's plan, which holds the host-made sinusoid of each of its steps. With its operand
+            // for lin0, where the backend has operands.
             Timesteps::Device { t, n } => {
-                let be = tape.backend().clone();
-                let (s, operand) = be.time_sinusoid(t, n, self.dim, true)?;
-                let v = tape.input(Tensor::from_buf(be, &[n, self.dim], s)?);
-                if let Some(op) = operand {
-                    tape.set_operand(v, op);
-                }
-                v
+                let made = tape.backend().time_sinusoid(t, n, self.dim, true)?;
+                Self::made_input(tape, n, self.dim, made)?
+            }
+            Timesteps::Planned { plan, n } => {
+                let made = tape.backend().plan_sinusoid(plan, n, true)?;
+                Self::made_input(tape, n, self.dim, made)?
             }
         };
         // The SiLU written with its operand for lin2, by lin0's GEMM where the backend fuses them.

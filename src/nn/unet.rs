@@ -4,7 +4,7 @@
 use super::layers::{Conv2d, ConvTranspose2d, GroupNorm, LabelEmbedding, Linear, TimeEmbedding, Timesteps};
 use crate::autograd::{Tape, Var};
 use crate::backend::{Backend, Cpu};
-use crate::diffusion::Denoiser;
+use crate::diffusion::{Denoiser, SamplerPlan};
 use crate::error::{Error, Result};
 use crate::ops::conv::{ChanBias, ConvExtra};
 use crate::ops::unary::UnaryKind;
@@ -258,18 +258,36 @@ pub struct UNetDenoiser<'a, B: Backend = Cpu> {
     pub params: &'a Params<B>,
 }
 
+impl<B: Backend> UNetDenoiser<'_, B> {
+    /// x as the tape's input: on a backend with views a view of it (no copy launch), else a copy.
+    fn input(&self, x: &crate::Tensor<B>) -> Result<crate::Tensor<B>> {
+        let be = self.params.backend();
+        match be.has_views() {
+            true => crate::Tensor::from_buf(be.clone(), x.shape(), be.view(x.buf(), 0, x.numel())?),
+            false => x.try_clone(),
+        }
+    }
+}
+
 impl<B: Backend> Denoiser<B> for UNetDenoiser<'_, B> {
     /// On a backend with views, x enters the tape as a view and ε leaves it moved: no copy launches.
     fn predict_eps(&mut self, x: &crate::Tensor<B>, t: &[usize]) -> Result<crate::Tensor<B>> {
         let mut tape = Tape::inference(self.params);
-        let be = self.params.backend();
-        let x = if be.has_views() {
-            crate::Tensor::from_buf(be.clone(), x.shape(), be.view(x.buf(), 0, x.numel())?)?
-        } else {
-            x.try_clone()?
-        };
-        let xv = tape.input(x);
+        let xv = tape.input(self.input(x)?);
         let eps = self.model.forward(&mut tape, xv, t)?;
+        tape.into_value(eps)
+    }
+
+    /// An unconditional model only: a conditional one uploads its null labels at each call.
+    fn plan_width(&self) -> Option<usize> {
+        self.model.label.is_none().then_some(self.model.config.t_dim)
+    }
+
+    fn predict_eps_planned(&mut self, x: &crate::Tensor<B>, plan: &SamplerPlan<B>) -> Result<crate::Tensor<B>> {
+        let mut tape = Tape::inference(self.params);
+        let xv = tape.input(self.input(x)?);
+        let t = Timesteps::Planned { plan, n: x.shape().first().copied().unwrap_or(0) };
+        let eps = self.model.forward_at(&mut tape, xv, t, None)?;
         tape.into_value(eps)
     }
 }

@@ -86,8 +86,9 @@ impl<E: Executor> OptimOps for Gpu<E> {
     fn advance_plan(&self, plan: &mut StepPlan<Self>, staged: &E::Buf, ring: &mut E::Buf) -> Result<()> {
         need("plan_advance staged", staged, 3)?;
         need("plan_advance ring", ring, plan.stats_end())?;
-        plan.take_row()?;
-        let args = [Arg::Buf(plan.buf_mut()), Arg::Buf(staged), Arg::Buf(ring)];
+        let rows = plan.rows_mut();
+        rows.take_row()?;
+        let args = [Arg::Buf(rows.buf_mut()), Arg::Buf(staged), Arg::Buf(ring)];
         run(self.executor(), Kernel::PlanAdvance, LaunchCfg::linear(1, 1), Cost::pass(4, 4, 0), &args)
     }
     fn ema_update(&self, d: f32, alpha: f32, shadow: &mut E::Buf, p: &E::Buf) -> Result<()> {

@@ -62,10 +62,13 @@ extern "C" __global__ void ema_update(float* __restrict__ shadow, const float* _
 
 // The end of a planned training step (StepPlan): its loss, gradient norm and clip coefficient, written to `staged`,
 // copied to its words of the statistics ring, and the plan moved on to the next step's row. The host checked that
-// every row's words lie in `ring`. Launch: grid 1, block 1.
+// every row's words lie in `ring`. With no `staged` (a sampler's plan, which stages nothing), only the plan moves on.
+// Launch: grid 1, block 1.
 extern "C" __global__ void plan_advance(float* __restrict__ plan, const float* __restrict__ staged,
                                         float* __restrict__ ring) {
-  const unsigned at = plan_word(plan_row(plan), PLAN_STATS);
-  for (int i = 0; i < 3; i++) ring[at + i] = staged[i];
+  if (staged) {
+    const unsigned at = plan_word(plan_row(plan), PLAN_STATS);
+    for (int i = 0; i < 3; i++) ring[at + i] = staged[i];
+  }
   plan[0] = __uint_as_float(__float_as_uint(plan[0]) + 1u);
 }

@@ -155,7 +155,7 @@ fn flat_step_equals_per_tensor<E: Executor>(dev: &Gpu<E>) {
         }
         let ring: Vec<u32> = down(dev, &ring).into_iter().map(f32::to_bits).collect();
         assert_eq!(ring, want_ring, "the staged statistics in each row's words of the ring");
-        assert_eq!(plan.remaining(), 0);
+        assert_eq!(plan.rows().remaining(), 0);
         assert!(dev.advance_plan(&mut plan, &staged, &mut ring_of(dev)).is_err(), "a plan past its rows");
     }
 }

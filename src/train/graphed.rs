@@ -31,12 +31,12 @@ impl<B: Backend> GraphedStep<B> {
 
     /// Whether the plan's next row is `step`, of `epoch`.
     pub fn serves(&self, epoch: u64, step: u64) -> bool {
-        self.epoch == epoch && self.next_step() == step && self.plan.remaining() > 0
+        self.epoch == epoch && self.next_step() == step && self.plan.rows().remaining() > 0
     }
 
     /// The step of the plan's next row.
     fn next_step(&self) -> u64 {
-        self.first_step + self.plan.taken() as u64
+        self.first_step + self.plan.rows().taken() as u64
     }
 }
 
@@ -80,13 +80,13 @@ impl<B: Backend> TrainState<B> {
         graphed: &mut GraphedStep<B>,
         capture: bool,
     ) -> Result<()> {
-        if graphed.next_step() != self.step || graphed.plan.remaining() == 0 {
+        if graphed.next_step() != self.step || graphed.plan.rows().remaining() == 0 {
             return Err(Error::Arg(format!("a plan at step {} for the run's step {}", graphed.next_step(), self.step)));
         }
         let be = self.params.backend().clone();
         self.stats.reserve(&be, self.step)?;
         let queued = match (&graphed.graph, capture) {
-            (Some(graph), _) => graphed.plan.take_row().and_then(|()| be.replay(graph)).map(|()| {
+            (Some(graph), _) => graphed.plan.rows_mut().take_row().and_then(|()| be.replay(graph)).map(|()| {
                 // What the step's host code would have counted.
                 self.step += 1;
                 self.opt.step += 1;

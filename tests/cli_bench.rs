@@ -149,9 +149,11 @@ fn bench_model_prints_one_json_object_per_step_kind_and_refuses_what_it_cannot_p
         for f in ["launches", "tc_flops", "dram_bytes", "predicted_ms", "predicted_ms_graphs"] {
             assert!(num(f) > 0.0, "{f} in {o:?}");
         }
-        // A step after the first reuses every buffer, and nothing in it waits for the device.
+        // A step after the first reuses every buffer, and nothing in it waits for the device. Each is a replay of
+        // a captured step (one graph launch, nothing uploaded), so its time is predicted with the graph's gaps.
         assert_eq!((num("allocs"), num("host_syncs")), (0.0, 0.0), "{o:?}");
-        assert!(num("predicted_ms_graphs") < num("predicted_ms"), "{o:?}");
+        assert_eq!((num("graph_launches"), num("h2d_bytes"), num("d2h_bytes")), (1.0, 0.0, 0.0), "{o:?}");
+        assert_eq!(num("predicted_ms_graphs"), num("predicted_ms"), "{o:?}");
         assert_eq!(num("batch"), 4.0);
         assert_eq!(o["precision"], Value::Str("bf16".into()));
     }
@@ -170,6 +172,21 @@ fn bench_model_prints_one_json_object_per_step_kind_and_refuses_what_it_cannot_p
         _ => panic!("launches in {o:?}"),
     };
     assert_eq!(count(&plain) + 1.0, count(&objects[0]), "{plain:?}");
+    // Launched one by one, a step is predicted with the longer gaps, and a sampler step uploads its time sinusoid
+    // and its operand (16 f32 and 16 bf16 values per image) and makes two launches fewer: the sinusoid is not read
+    // from a plan, and there is no plan to move on.
+    let r = ddpm(&[&["bench", "--what", "sample", "--no-graphs"][..], &small].concat());
+    let plain_sample: Vec<_> = String::from_utf8_lossy(&r.stdout).lines().map(parse_flat_object).collect();
+    for (p, graphed) in [&plain, &plain_sample[0], &plain_sample[1]].into_iter().zip(&objects) {
+        let num = |o: &BTreeMap<String, Value>, f: &str| match o[f] {
+            Value::Num(x) => x,
+            _ => panic!("{f} in {o:?}"),
+        };
+        assert!(num(p, "predicted_ms_graphs") < num(p, "predicted_ms"), "{p:?}");
+        if graphed["step"] != Value::Str("train".into()) {
+            assert_eq!((num(p, "h2d_bytes"), count(p) + 2.0), (4.0 * 6.0 * 16.0, count(graphed)), "{p:?}");
+        }
+    }
     // With --launches, one numbered line per launch follows: as many as the JSON's count, the optimiser last, then
     // (with graphs) the plan moved on.
     for (graphs, last) in [(&[][..], ["adamw_ema", "plan_advance"]), (&["--no-graphs"][..], ["", "adamw_ema"])] {

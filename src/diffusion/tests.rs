@@ -3,7 +3,8 @@
 use super::dpm_solver::dpm_update;
 use super::sampler::{ddim_step, ddim_update, ddpm_step, noise_stream};
 use super::{
-    drops_label, BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, LabelDraw, Schedule, ScheduleTables,
+    drops_label, BatchDraw, DdimCoefs, DdpmCoefs, DiffusionOps, DpmCoefs, LabelDraw, SamplerPlan, Schedule,
+    ScheduleTables, StepCoefs,
 };
 use crate::backend::{ConvOps, Cpu, Gpu, Memory, OptimOps};
 use crate::gpu::Executor;
@@ -279,6 +280,79 @@ fn time_sinusoid<E: Executor>(dev: &Gpu<E>) {
     assert!(dev.time_sinusoid(&tb, t.len() + 1, 8, false).is_err());
 }
 gpu_test!(time_sinusoid);
+
+// A sampler's plan: each planned step, updating x in place with the scalars and noise stream of the plan's current
+// row, gives the bits of the same step launched with them as arguments out of place (the same kernel and f32
+// order), and the plan's sinusoid is the host's of the row's timestep for every image (and its operand under bf16
+// the conversion's). Every update kind, noise on and off from row to row, DDIM's flags and DPM-Solver++'s x̂0.
+fn planned_sampler_steps<E: Executor>(dev: &Gpu<E>) {
+    let sched = Schedule::linear(1000, 1e-4, 0.02).unwrap();
+    let (images, dim) = (3, 10);
+    let n = images * 16;
+    let (x, eps, prev) = (rand(95, n), rand(96, n), rand(97, n));
+    let seed = 44;
+    let ts = [999usize, 500, 0];
+    let ddim = |k: usize, rederive| {
+        let c = DdimCoefs::new(&sched, ts[k], ts.get(k + 1).copied(), 0.8).unwrap();
+        StepCoefs::Ddim(DdimCoefs { rederive, ..c })
+    };
+    let dpm = |k: usize| {
+        let before = k.checked_sub(1).map(|j| ts[j]);
+        StepCoefs::Dpm(DpmCoefs::new(&sched, (before, ts[k], ts.get(k + 1).copied()), true, true).unwrap())
+    };
+    let plans: [Vec<StepCoefs>; 4] = [
+        (0..3).map(|k| ddim(k, false)).collect(),
+        (0..3).map(|k| ddim(k, true)).collect(),
+        ts.iter().map(|&t| StepCoefs::Ddpm(DdpmCoefs::new(&sched, t).unwrap())).collect(),
+        (0..3).map(dpm).collect(),
+    ];
+    let bf16 = dev.clone().with_precision(crate::backend::Precision::Bf16);
+    for coefs in plans {
+        // Noise on the first two steps only, as a sampler's last step has none.
+        let steps: Vec<_> =
+            coefs.iter().enumerate().map(|(k, &c)| (c, (k < 2).then_some((seed, noise_stream(ts[k]))))).collect();
+        let mut plan = SamplerPlan::new(&bf16, &steps, &ts, dim).unwrap();
+        let (mut xb, mut prev_b) = (up(dev, &x), up(dev, &prev));
+        let (mut want_x, mut want_prev) = (up(dev, &x), up(dev, &prev));
+        let eb = up(dev, &eps);
+        for (k, (c, noise)) in steps.iter().enumerate() {
+            let what = format!("{c:?} step {k}");
+            let (s, op) = bf16.plan_sinusoid(&plan, images, true).unwrap();
+            let host = TimeEmbedding::sinusoid(&[ts[k]; 3], dim);
+            assert_eq!(down(dev, &s), host.data(), "{what}: sinusoid");
+            let converted = bf16.operand(&s, crate::desc::Planes { n: images, c: dim, plane: 1 }).unwrap().unwrap();
+            let bits = |b: &E::Buf| down(dev, b).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&op.expect("an operand").buf.buf), bits(&converted.buf.buf), "{what}: operand");
+            let mut next = out(dev, n);
+            match c {
+                StepCoefs::Ddpm(c) => dev.ddpm_step(c, &want_x, &eb, *noise, &mut next).unwrap(),
+                StepCoefs::Ddim(c) => dev.ddim_step(c, &want_x, &eb, *noise, &mut next).unwrap(),
+                StepCoefs::Dpm(c) => dev.dpm_step(c, &want_x, &eb, &mut want_prev, *noise, &mut next).unwrap(),
+            }
+            want_x = next;
+            bf16.planned_step(&mut plan, &mut xb, &eb, Some(&mut prev_b)).unwrap();
+            assert!(bits(&xb) == bits(&want_x), "{what}: x");
+            assert!(bits(&prev_b) == bits(&want_prev), "{what}: x0_prev");
+        }
+        // Past its rows a plan is refused before any launch; so is a DPM-Solver++ plan without its x̂0.
+        assert!(bf16.plan_sinusoid(&plan, images, true).is_err());
+        assert!(bf16.planned_step(&mut plan, &mut xb, &eb, None).is_err());
+        if let StepCoefs::Dpm(_) = coefs[0] {
+            let mut fresh = SamplerPlan::new(&bf16, &steps, &ts, dim).unwrap();
+            assert!(bf16.planned_step(&mut fresh, &mut xb, &eb, None).is_err());
+        }
+    }
+    // The CPU runs no plans; a plan mixing update kinds, or with a timestep short, is refused.
+    let last = StepCoefs::Ddim(DdimCoefs::new(&sched, 999, None, 0.0).unwrap());
+    let steps = [(last, None)];
+    let mut cpu_plan = SamplerPlan::new(&Cpu, &steps, &[999], dim).unwrap();
+    assert!(Cpu.plan_sinusoid(&cpu_plan, 1, false).is_err());
+    assert!(Cpu.planned_step(&mut cpu_plan, &mut vec![0.0; 4], &vec![0.0; 4], None).is_err());
+    let mixed = [(last, None), (StepCoefs::Ddpm(DdpmCoefs::new(&sched, 5).unwrap()), None)];
+    assert!(SamplerPlan::new(dev, &mixed, &[999, 5], dim).is_err());
+    assert!(SamplerPlan::new(dev, &steps, &[], dim).is_err());
+}
+gpu_test!(planned_sampler_steps);
 
 // The label drop is Bernoulli(0.1): over 200 000 draws the count of drops lies within 5 binomial standard
 // deviations (sqrt(n·0.1·0.9) ≈ 134) of n/10, and two streams differ.

@@ -21,8 +21,8 @@ Workloads (the defaults are train, sample64, sample16 and ddim50):
   train        one training step (forward, backward, clip_grad_norm_, AdamW, EMA) at batch 128, base 64
   trainB       the same at batch B
   sampleN      one sampler step at n = N (UNet forward at t = 500 under no_grad + the DDIM update);
-               ours (`ddpm bench --what sample`) times the UNet forward alone: the update is a few
-               elementwise ops over N*1024 floats
+               ours (`ddpm bench --what sample`) times the steps of a DDIM run (forward + update; the
+               network's cost does not depend on t)
   ddimS[-nN][-eta1]
                a full DDIM-S run (the reference's make_ddim_timesteps grid: S+1 network calls when T % S leaves
                a remainder) at n = N (default 16), eta 0 (or 1); timed inside each process, weights exported
@@ -54,7 +54,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))  # ddpm_ddim.py and sampler_steps.py, imported by the PyTorch workers only
-T_SAMPLE_STEP = 500  # the timestep `ddpm bench --what sample` evaluates the UNet at
+T_SAMPLE_STEP = 500  # the timestep of the one DDIM-50 step timed here (the network's cost does not depend on it)
 
 
 # =====================================================================================================

@@ -14,9 +14,9 @@ sampler_steps.ddim_step (the body of the reference's sample_ddim loop); nothing 
           ε-prediction MSE, backward, clip_grad_norm_(1.0), AdamW (the reference's lr 2e-4, PyTorch's default
           weight decay 0.01, as the reference leaves it), loss.item() (as the reference's train_step returns it),
           then the EMA update (decay 0.9999). Autocast covers the forward and the loss only.
-  sample  one step of DDIM-50 on --n images at t = 500 (the timestep our sample bench uses): the UNet forward
-          (no grad), then the DDIM update (eta 0, with the reference's random draw). Ours times the UNet forward
-          and a copy of ε to the host instead of the update: both are small next to the forward.
+  sample  one step of DDIM-50 on --n images at t = 500: the UNet forward (no grad), then the DDIM update (eta 0,
+          with the reference's random draw). Ours times the steps of a DDIM run the same way (forward and update,
+          waited for; the network's cost does not depend on t).
 
 Modes: eager runs the model as it is; compile wraps it in torch.compile (default mode, static shapes), whose
 compilation happens in the warm-up calls and is not timed (it can take a minute: progress goes to stderr).

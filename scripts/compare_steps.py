@@ -7,16 +7,19 @@ Each file may hold any mix of three kinds of JSON lines (other lines are skipped
   ours        `ddpm bench --what train|sample [--json]`: workload, device, precision, batch, base, median_s, ...
   PyTorch     `pytorch/step_bench.py`: what, mode (eager or compile), device, precision, batch, base, median_ms,
               or an "error" field for a mode that failed
-  predicted   `ddpm bench --model h200 --json`: step (train, ddim or ddpm), precision, batch, base, predicted_ms,
-              predicted_ms_graphs (the cost model of docs/gpu-model.md)
+  predicted   `ddpm bench --model h200 --json`: step (train, ddim or ddpm), precision, batch, base, graph_launches,
+              predicted_ms (the step as it ran: replayed from a graph or launched one by one; the cost model of
+              docs/gpu-model.md)
 One row per line of ours, in their order; PyTorch's lines are joined on (step kind, batch, base), preferring the
-same precision; the prediction on (step kind: sample is its ddim step, precision, batch, base). ratio = PyTorch /
+same precision; the prediction on (step kind: sample is its ddim step, precision, batch, base, with graphs or
+without as ours ran). ratio = PyTorch /
 ours (above 1: we are faster). The goals: a training step at least 2x faster than PyTorch eager bf16, a DDIM step
 at n = 64 at least 3x; a verdict is given only where both sides ran bf16 on a CUDA GPU (and n = 64 for the DDIM
 step), else the goal is shown without one.
 
 What each side's time covers: ours is the host clock around one call, ended by a device synchronisation (the
-training step reads its loss back; the sampler step is the UNet forward and a copy of ε to the host, no update);
+training step is waited for; the sampler step is the UNet forward and the DDIM update, replayed from a CUDA graph
+unless the line says graphs false);
 PyTorch's is the host clock between two torch.cuda.synchronize() (the training step is the reference's, with its
 loss.item() and EMA update; the sampler step is the UNet forward and the DDIM update).
 """
@@ -70,9 +73,8 @@ def main():
         step = "ddim" if kind == "sample" else kind
         rows = [p for p in predicted if p["step"] == step and p.get("precision") == precision
                 and p.get("batch") == batch and p.get("base") == base]
-        # A training step's prediction with graphs (a replay: graph_launches > 0) or without, as ours ran.
-        if kind == "train":
-            rows = [p for p in rows if (p.get("graph_launches", 0) > 0) == graphs] or rows
+        # The prediction with graphs (a replay: graph_launches > 0) or without, as ours ran.
+        rows = [p for p in rows if (p.get("graph_launches", 0) > 0) == graphs] or rows
         return rows[-1] if rows else None
 
     lines = []
@@ -83,7 +85,7 @@ def main():
                      f"predicted: {', '.join(dict.fromkeys(str(p.get('model')) for p in predicted)) or '-'}")
         lines.append("")
     lines.append("| step | n | precision (ours / PyTorch) | ours ms | PyTorch eager ms | PyTorch compile ms | "
-                 "eager / ours | compile / ours | predicted ms (CUDA graphs) | goal |")
+                 "eager / ours | compile / ours | predicted ms | goal |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     errors = []
     rows = [(o["kind"], o.get("batch"), o.get("base"), o.get("precision"), o) for o in ours]
@@ -109,7 +111,7 @@ def main():
             ratios.append(c / om if c is not None and om else None)
         ratio_cells = [fmt(r, ".2f") + ("*" if r is not None and tprec != precision else "") for r in ratios]
         p = predict(kind, precision, batch, base, o is None or o.get("graphs") is not False)
-        pcell = f"{p['predicted_ms']:.3f} ({p['predicted_ms_graphs']:.3f})" if p else "-"
+        pcell = f"{p['predicted_ms']:.3f}" if p else "-"
         goal_x = a.train_goal if kind == "train" else a.sample_goal
         goal = f">= {goal_x:g}x eager"
         if kind == "sample":
@@ -121,7 +123,7 @@ def main():
         else:
             goal += " (no verdict: not a bf16 CUDA run" + (f" at n = {a.goal_n})" if kind == "sample" else ")")
         name = {"train": "training step", "sample": "sampler step (DDIM)"}.get(kind, kind)
-        if kind == "train" and o is not None and o.get("graphs") is False:
+        if o is not None and o.get("graphs") is False:
             name += " (no graphs)"
         lines.append(f"| {name} | {batch} | {precision or '-'} / {tprec or '-'} | {fmt(om)} | {fmt(cells[0])} | "
                      f"{fmt(cells[1])} | {ratio_cells[0]} | {ratio_cells[1]} | {pcell} | {goal} |")

@@ -243,12 +243,14 @@ for p in bf16 fp32; do
 done
 step_out=$steps_ours step "bench train step (bf16, no graphs)" 60 "$bin_dir/ddpm" bench --device "$dev" --precision bf16 --what train --no-graphs --json "${train_bench[@]}"
 step_out=$steps_ours step "bench sampler step (bf16)" 60 "$bin_dir/ddpm" bench --device "$dev" --precision bf16 --what sample --json "${sample_bench[@]}"
+step_out=$steps_ours step "bench sampler step (bf16, no graphs)" 60 "$bin_dir/ddpm" bench --device "$dev" --precision bf16 --what sample --no-graphs --json "${sample_bench[@]}"
 # What the cost model (docs/gpu-model.md) predicts for the same steps, to set beside the times above.
 predicted="$out/predicted.jsonl"
 rm -f "$predicted"
 step_out=$predicted step "predicted train step (h200 model)" 30 "$bin_dir/ddpm" bench --what train --model h200 --json "${train_bench[@]}"
 step_out=$predicted step "predicted train step (h200 model, no graphs)" 30 "$bin_dir/ddpm" bench --what train --model h200 --no-graphs --json "${train_bench[@]}"
 step_out=$predicted step "predicted sampler step (h200 model)" 30 "$bin_dir/ddpm" bench --what sample --model h200 --json "${sample_bench[@]}"
+step_out=$predicted step "predicted sampler step (h200 model, no graphs)" 30 "$bin_dir/ddpm" bench --what sample --model h200 --no-graphs --json "${sample_bench[@]}"
 # PyTorch's eager lines come first, so a compilation cut short by the limit still leaves them in the file.
 step_out=$steps_theirs step "PyTorch steps ($torch_dev)" 180 "$python" pytorch/step_bench.py --device "$torch_dev" "${steps_torch[@]}"
 step_out=$steps_compared step "compare steps" 30 "$python" scripts/compare_steps.py "$steps_ours" "$steps_theirs" "$predicted"
@@ -257,7 +259,7 @@ if ! $only_convs; then
   step "kernel tests on $dev" 120 "$bin_dir/lib_tests" "${kernel_args[@]}"
   step "model tests on $dev" 120 "$bin_dir/emu_model" "${model_args[@]}"
   step "classifier tests on $dev" 60 "$bin_dir/classifier" "${classifier_args[@]}"
-  step "graph tests on $dev (training graphed and launch by launch, bit for bit)" 90 "$bin_dir/graphs" "${graphs_args[@]}"
+  step "graph tests on $dev (training and samplers graphed and launch by launch, bit for bit)" 90 "$bin_dir/graphs" "${graphs_args[@]}"
   train_start=$(date +%s.%N)
   step "train: one epoch of the reference recipe" 300 "$bin_dir/ddpm" train --device "$dev" --recipe reference --epochs 1 "${tiny[@]}" "${train_size[@]}" --out "$run"
   if [ -f "$run/log.csv" ]; then

@@ -187,6 +187,28 @@ fn sampling_a_pytorch_trained_checkpoint_on_the_emulator_in_f32_and_bf16() {
         eprintln!("{what}: max abs {:.2e}, mean abs {:.2e}", c.max_abs, c.mean_abs);
         assert!(c.mean_abs <= mean_abs, "{what}: mean abs error {:.3e} over {mean_abs:e}", c.mean_abs);
     }
+    // On the emulator the sampler captured one step and replayed it; step by step (--no-graphs), the same bits.
+    let plain = dir.join("emu-bf16-no-graphs.safetensors");
+    let r = ddpm(&[
+        "sample",
+        "--device",
+        "emu",
+        "--precision",
+        "bf16",
+        "--checkpoint",
+        s(&weights),
+        "--steps",
+        "20",
+        "--noise",
+        s(&noise_file),
+        "--out",
+        s(&plain),
+        "--no-graphs",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let samples = |p: &Path| ddpm::tensor_file::read_tensors(p).unwrap().f32("samples").unwrap().data().to_vec();
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    assert!(bits(samples(&plain)) == bits(samples(&dir.join("emu-bf16.safetensors"))), "--no-graphs differs");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -6,7 +6,7 @@ use super::{checks, on_backend, resolve_device, Device};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use ddpm::backend::Backend;
-use ddpm::diffusion::Denoiser;
+use ddpm::diffusion::{sample_observed, Denoiser, SamplerKind};
 use ddpm::nn::{UNetConfig, UNetDenoiser};
 use ddpm::train::{RunConfig, TrainState, Trainer};
 use ddpm::{rng, Tensor};
@@ -16,8 +16,9 @@ use std::time::Instant;
 pub enum Workload {
     /// One training step: forward, backward, clip, AdamW, EMA.
     Train,
-    /// One sampler network evaluation (the UNet forward at one timestep, ε copied back to the host, which also
-    /// waits for a GPU to finish), the cost of a DDPM/DDIM step.
+    /// One DDIM sampler step (η = 0): the UNet forward and the update, timed until the device has finished it.
+    /// The steps timed are those of one DDIM run of --iters + 2 steps after its first two (which warm the
+    /// allocator's cache and, on a GPU, capture the step that the others replay, unless --no-graphs).
     Sample,
     /// Each distinct conv shape of the UNet alone: forward, input gradient and weight gradient timed separately
     /// (one JSON line per shape and pass with --json, else a table).
@@ -61,8 +62,9 @@ pub struct BenchArgs {
     /// time (to see which layer a kernel's launches belong to).
     #[arg(long, requires = "model", conflicts_with = "json")]
     pub(super) launches: bool,
-    /// Train launch by launch instead of capturing a step once per epoch as a CUDA graph and replaying it (on a
-    /// GPU, the emulator or --model; the CPU has no graphs). The same results to the bit.
+    /// Train or sample launch by launch instead of capturing a step (once per epoch, or once per sampler run) as a
+    /// CUDA graph and replaying it (on a GPU, the emulator or --model; the CPU has no graphs). The same results
+    /// to the bit.
     #[arg(long)]
     pub(super) no_graphs: bool,
 }
@@ -70,6 +72,10 @@ pub struct BenchArgs {
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.iters == 0 || a.batch == 0 {
         bail!("--iters and --batch must be at least 1");
+    }
+    let timesteps = RunConfig::reference_recipe().timesteps;
+    if a.what == Workload::Sample && a.iters + 2 > timesteps {
+        bail!("--iters {} with --what sample: the DDIM run of --iters + 2 steps must fit T = {timesteps}", a.iters);
     }
     let config = UNetConfig { in_ch: 1, base: a.base, t_dim: a.t_dim, classes: 0 };
     config.validate()?;
@@ -95,8 +101,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         checks::fits_in_memory(&format!("--batch {} --base {} --t-dim {}", a.batch, a.base, a.t_dim), bytes)?;
     }
     let (name, precision) = (device.name(), device.precision().name());
-    // Whether the steps timed were graph replays: training, not disabled, on a device that captures (not the CPU).
-    let graphs = a.what == Workload::Train && !a.no_graphs && !matches!(device, Device::Cpu);
+    // Whether the steps timed were graph replays: not disabled, on a device that captures (not the CPU).
+    let graphs = !a.no_graphs && !matches!(device, Device::Cpu);
     let mut times = on_backend!(device, |b| time_on(&a, b))?;
     if ddpm::autograd::profile::enabled() {
         eprint!("{}", ddpm::autograd::profile::report());
@@ -121,12 +127,15 @@ fn time_on<B: Backend>(a: &BenchArgs, backend: &B) -> Result<Vec<f64>> {
     let mut x = Tensor::zeros(&[a.batch, 1, 32, 32]);
     rng::fill_normal(1, 0, x.data_mut());
     x.data_mut().iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
-    let x_dev = x.to_backend(backend)?;
+    let state = TrainState::new(config)?.to_backend(backend)?;
+    if a.what == Workload::Sample {
+        return time_sampler(a, &state, x.to_backend(backend)?);
+    }
     // The synthetic batch repeated: a data set of the steps timed (up to 64 batches, 33 MB at batch 128), so that they
     // are one epoch's (on a GPU the trainer captures an epoch's second step and replays it for the others).
     let repeats = (a.iters + 1).min(64);
     let data = Tensor::new(&[repeats * a.batch, 1, 32, 32], x.data().repeat(repeats))?;
-    let mut trainer = Trainer::new(TrainState::new(config)?.to_backend(backend)?, data)?;
+    let mut trainer = Trainer::new(state, data)?;
     trainer.use_graphs(!a.no_graphs);
     let mut times = Vec::with_capacity(a.iters);
     for i in 0..=a.iters {
@@ -137,16 +146,32 @@ fn time_on<B: Backend>(a: &BenchArgs, backend: &B) -> Result<Vec<f64>> {
                 // A GPU queues the step and returns: the time is the device's only once it has finished.
                 backend.synchronize()?;
             }
-            Workload::Convs => bail!("--what convs is timed per conv, not as a step"),
-            Workload::Sample => {
-                let state = trainer.state();
-                let mut den = UNetDenoiser { model: &state.model, params: &state.params };
-                den.predict_eps(&x_dev, &vec![500; a.batch])?.to_vec()?;
-            }
+            Workload::Convs | Workload::Sample => bail!("--what {:?} is not timed as a training step", a.what),
         }
         if i > 0 {
             times.push(start.elapsed().as_secs_f64());
         }
     }
+    Ok(times)
+}
+
+/// The seconds of `a.iters` DDIM steps on `x` (see [`Workload::Sample`]), each waited for.
+fn time_sampler<B: Backend>(a: &BenchArgs, state: &TrainState<B>, x: Tensor<B>) -> Result<Vec<f64>> {
+    let sched = state.config.schedule.build(state.config.timesteps)?;
+    let kind = SamplerKind::Ddim { steps: a.iters + 2, eta: 0.0, clamp: true };
+    let mut den = UNetDenoiser { model: &state.model, params: &state.params };
+    let backend = x.backend().clone();
+    let (mut times, mut last) = (Vec::with_capacity(a.iters), Instant::now());
+    let mut observe = |done: usize, _: usize, _: &Tensor<B>| {
+        backend.synchronize()?;
+        if done > 2 {
+            times.push(last.elapsed().as_secs_f64());
+        }
+        last = Instant::now();
+        Ok(())
+    };
+    sample_observed(&mut den as &mut dyn Denoiser<B>, &sched, kind, x, (0, !a.no_graphs), &mut observe)?;
+    // The grid can add one more call, at T - 1.
+    times.truncate(a.iters);
     Ok(times)
 }

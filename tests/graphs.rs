@@ -7,7 +7,7 @@
 mod common;
 
 use ddpm::backend::{Cpu, Gpu, Memory, Precision};
-use ddpm::diffusion::{initial_noise, sample_observed, Denoiser, SamplerKind, Spacing};
+use ddpm::diffusion::{initial_noise, sample_observed, Denoiser, SamplerKind, SamplerPlan, Schedule, Spacing};
 use ddpm::gpu::emu::Emulator;
 use ddpm::gpu::record::Recorder;
 use ddpm::gpu::Executor;
@@ -129,6 +129,51 @@ fn graphed_sampling_equals_step_by_step<E: Executor>(exec: E) {
     }
 }
 gpu_test!(graphed_sampling_equals_step_by_step);
+
+/// A denoiser that says it runs from a plan but uploads its output at every call, as a denoiser that reads the host
+/// would: its first step runs, its capture is refused, and the error says how to sample without graphs, which works.
+struct Uploading;
+
+impl Denoiser<Gpu<Emulator>> for Uploading {
+    fn predict_eps(&mut self, x: &Tensor<Gpu<Emulator>>, _: &[usize]) -> ddpm::Result<Tensor<Gpu<Emulator>>> {
+        x.try_clone()
+    }
+    fn plan_width(&self) -> Option<usize> {
+        Some(4)
+    }
+    fn predict_eps_planned(
+        &mut self,
+        x: &Tensor<Gpu<Emulator>>,
+        _: &SamplerPlan<Gpu<Emulator>>,
+    ) -> ddpm::Result<Tensor<Gpu<Emulator>>> {
+        let be = x.backend();
+        Tensor::from_buf(be.clone(), x.shape(), be.upload(vec![0.0; x.numel()])?)
+    }
+}
+
+#[test]
+fn a_sampler_step_that_copies_from_the_host_is_not_captured() {
+    let be = Gpu::new(Emulator::new());
+    let sched = Schedule::linear(12, 1e-4, 0.02).unwrap();
+    let kind = SamplerKind::Ddim { steps: 4, eta: 0.0, clamp: true };
+    // The result and the number of steps observed.
+    let run = |graphs| {
+        let x_t = initial_noise(0, 1, 1, 4, 4).into_backend(&be).unwrap();
+        let mut steps = 0;
+        let r = sample_observed(&mut Uploading, &sched, kind, x_t, (0, graphs), &mut |done, _, _| {
+            steps = done;
+            Ok(())
+        });
+        (r, steps)
+    };
+    let (r, steps) = run(true);
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("capturing a sampler step") && err.contains("--no-graphs"), "{err}");
+    assert_eq!(steps, 1, "the first step runs from the plan, launch by launch");
+    let (r, steps) = run(false);
+    r.unwrap();
+    assert_eq!(steps, kind.timesteps(&sched).len());
+}
 
 /// A capture records launches without running them, each replay runs them all, and what is not a launch (a copy,
 /// a wait) is refused inside a capture, which then ends, leaving the executor as it was.

@@ -37,7 +37,11 @@ impl<M: Memory> SamplerPlan<M> {
         };
         let seeds: Vec<u64> = steps.iter().filter_map(|(_, n)| n.map(|(seed, _)| seed)).collect();
         let same_kind = steps.iter().all(|(c, _)| std::mem::discriminant(c) == std::mem::discriminant(&first));
-        if !same_kind || seeds.windows(2).any(|w| w[0] != w[1]) || timesteps.len() != steps.len() || width % 2 != 0 {
+        if !same_kind
+            || seeds.windows(2).any(|w| w[0] != w[1])
+            || timesteps.len() != steps.len()
+            || !width.is_multiple_of(2)
+        {
             return Err(Error::Arg(format!(
                 "a sampler's plan of {} steps needs one update kind, one seed, a timestep per step and an even \
                  sinusoid width (got {} timesteps, width {width})",
@@ -112,7 +116,11 @@ pub(super) fn sample_planned<B: Backend>(
             }
             None if k == 0 => planned_call(den, plan, x, x0_prev.as_deref_mut())?,
             None => {
-                let g = be.capture(&mut || planned_call(den, plan, x, x0_prev.as_deref_mut()))?;
+                let g = be.capture(&mut || planned_call(den, plan, x, x0_prev.as_deref_mut())).map_err(|e| {
+                    Error::Device(format!(
+                        "capturing a sampler step as a graph failed ({e}); --no-graphs samples step by step"
+                    ))
+                })?;
                 be.replay(graph.insert(g))?;
             }
         }

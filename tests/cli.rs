@@ -159,56 +159,33 @@ fn sampling_a_pytorch_trained_checkpoint_on_the_emulator_in_f32_and_bf16() {
     let weights = common::repo_path("tests/golden/trained-weights.safetensors");
     let reference = fixture.f32("out.fp32").unwrap();
     let torch_bf16 = fixture.f32("torch_bf16_err").unwrap().data().to_vec();
+    // `ddpm sample` of DDIM-20 from the fixture's noise on `device` in `precision` (with `extra` flags): the samples.
+    let sample = |device: &str, precision: &str, extra: &[&str]| {
+        let out = dir.join(format!("{device}-{precision}{}.safetensors", extra.concat()));
+        let args = ["sample", "--device", device, "--precision", precision, "--checkpoint", s(&weights)];
+        let r = ddpm(&[&args[..], &["--steps", "20", "--noise", s(&noise_file), "--out", s(&out)], extra].concat());
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        ddpm::tensor_file::read_tensors(&out).unwrap().f32("samples").unwrap().clone()
+    };
+    let mut emu_bf16 = None;
     for (device, precision, max_abs, mean_abs) in [
         ("cpu", "fp32", 2e-3, 2e-3),
         ("emu", "fp32", 2e-3, 2e-3),
         ("emu", "bf16", 2.0 * torch_bf16[0], 2.0 * torch_bf16[1]),
     ] {
-        let out = dir.join(format!("{device}-{precision}.safetensors"));
-        let r = ddpm(&[
-            "sample",
-            "--device",
-            device,
-            "--precision",
-            precision,
-            "--checkpoint",
-            s(&weights),
-            "--steps",
-            "20",
-            "--noise",
-            s(&noise_file),
-            "--out",
-            s(&out),
-        ]);
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        let ours = ddpm::tensor_file::read_tensors(&out).unwrap();
+        let ours = sample(device, precision, &[]);
         let what = format!("DDIM-20 of the trained checkpoint on {device} in {precision}");
-        let c = common::assert_close(&what, ours.f32("samples").unwrap().data(), reference.data(), max_abs, 0.0);
+        let c = common::assert_close(&what, ours.data(), reference.data(), max_abs, 0.0);
         eprintln!("{what}: max abs {:.2e}, mean abs {:.2e}", c.max_abs, c.mean_abs);
         assert!(c.mean_abs <= mean_abs, "{what}: mean abs error {:.3e} over {mean_abs:e}", c.mean_abs);
+        if (device, precision) == ("emu", "bf16") {
+            emu_bf16 = Some(ours);
+        }
     }
     // On the emulator the sampler captured one step and replayed it; step by step (--no-graphs), the same bits.
-    let plain = dir.join("emu-bf16-no-graphs.safetensors");
-    let r = ddpm(&[
-        "sample",
-        "--device",
-        "emu",
-        "--precision",
-        "bf16",
-        "--checkpoint",
-        s(&weights),
-        "--steps",
-        "20",
-        "--noise",
-        s(&noise_file),
-        "--out",
-        s(&plain),
-        "--no-graphs",
-    ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let samples = |p: &Path| ddpm::tensor_file::read_tensors(p).unwrap().f32("samples").unwrap().data().to_vec();
-    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-    assert!(bits(samples(&plain)) == bits(samples(&dir.join("emu-bf16.safetensors"))), "--no-graphs differs");
+    let bits = |t: &ddpm::Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let plain = sample("emu", "bf16", &["--no-graphs"]);
+    assert!(bits(&plain) == bits(&emu_bf16.unwrap()), "--no-graphs differs");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -46,8 +46,7 @@ pub fn step<B: Backend>(
     if let (Some(p), Some(m), Some(v), Some(shadow), Some(g), Some(norm_table)) = flat {
         let stats = (stats, at);
         be.flat_step(FlatStep { p, m, v, shadow, g, norm_table, adam, ema: scalars, max_norm, stats, plan })?;
-        opt.step += 1;
-        ema.updates += 1;
+        count_flat_step(opt, ema);
         return Ok(None);
     }
     if plan.is_some() {
@@ -57,6 +56,14 @@ pub fn step<B: Backend>(
     opt.step(params, &grads.grads)?;
     ema.update(params)?;
     Ok(Some(clipped))
+}
+
+/// Counts one optimiser step over the arenas (AdamW's step count and the EMA's updates, which the next step's
+/// scalars come from): what [`step`] counts after queuing it, and a replay of a captured step for the step it
+/// queues.
+pub(crate) fn count_flat_step<B: Backend>(opt: &mut AdamW<B>, ema: &mut Ema<B>) {
+    opt.step += 1;
+    ema.updates += 1;
 }
 
 /// What a backend offers the optimiser.

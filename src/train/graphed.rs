@@ -87,10 +87,9 @@ impl<B: Backend> TrainState<B> {
         self.stats.reserve(&be, self.step)?;
         let queued = match (&graphed.graph, capture) {
             (Some(graph), _) => graphed.plan.rows_mut().take_row().and_then(|()| be.replay(graph)).map(|()| {
-                // What the step's host code would have counted.
+                // What the step's host code would have counted (record_step and optim::step).
+                crate::optim::count_flat_step(&mut self.opt, &mut self.ema);
                 self.step += 1;
-                self.opt.step += 1;
-                self.ema.updates += 1;
             }),
             (None, false) => self.record_step(sched, batch, Some((&mut graphed.plan, &mut graphed.staged))),
             (None, true) => {

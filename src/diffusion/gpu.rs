@@ -237,12 +237,12 @@ fn sampler_step<E: Executor>(
     noise: Option<(u64, u64)>,
     plan: Option<&E::Buf>,
 ) -> Result<()> {
-    // The kernel, its flags, and the words read and written per element and operations per written word (for
-    // the launch's Cost).
-    let (k, flags, (read, written, flops)) = match c {
-        StepCoefs::Ddpm(_) => (Kernel::DdpmStep, vec![], (2, 1, 5)),
-        StepCoefs::Ddim(c) => (Kernel::DdimStep, vec![c.clamp, c.rederive], (2, 1, 7)),
-        StepCoefs::Dpm(c) => (Kernel::DpmStep, vec![c.clamp], (3, 2, 6)),
+    // The kernel, and the words read and written per element and operations per written word (for the launch's
+    // Cost).
+    let (k, (read, written, flops)) = match c {
+        StepCoefs::Ddpm(_) => (Kernel::DdpmStep, (2, 1, 5)),
+        StepCoefs::Ddim(_) => (Kernel::DdimStep, (2, 1, 7)),
+        StepCoefs::Dpm(_) => (Kernel::DpmStep, (3, 2, 6)),
     };
     let n = bufs[0].len();
     for b in &bufs[1..] {
@@ -252,7 +252,7 @@ fn sampler_step<E: Executor>(
     let mut args: Vec<Arg<'_, E::Buf>> = bufs.iter().map(|&b| Arg::Buf(b)).collect();
     args.push(Arg::I64(n as i64));
     args.extend(c.floats().into_iter().map(Arg::F32));
-    args.extend(flags.into_iter().map(|f| Arg::I32(f as i32)));
+    args.extend(c.flags().into_iter().map(|f| Arg::I32(f as i32)));
     args.extend([Arg::U64(seed), Arg::U64(stream), Arg::I32(noise.is_some() as i32), Arg::opt(plan)]);
     // With noise, the Philox draw and Box-Muller add ~40 operations per element.
     let flops = if noise.is_some() { flops + 40 / written } else { flops };

@@ -36,15 +36,16 @@ impl<M: Memory> SamplerPlan<M> {
             return Err(Error::Arg("a sampler's plan needs at least one step".into()));
         };
         let seeds: Vec<u64> = steps.iter().filter_map(|(_, n)| n.map(|(seed, _)| seed)).collect();
-        let same_kind = steps.iter().all(|(c, _)| std::mem::discriminant(c) == std::mem::discriminant(&first));
+        let kind = |c: &StepCoefs| (std::mem::discriminant(c), c.flags());
+        let same_kind = steps.iter().all(|(c, _)| kind(c) == kind(&first));
         if !same_kind
             || seeds.windows(2).any(|w| w[0] != w[1])
             || timesteps.len() != steps.len()
             || !width.is_multiple_of(2)
         {
             return Err(Error::Arg(format!(
-                "a sampler's plan of {} steps needs one update kind, one seed, a timestep per step and an even \
-                 sinusoid width (got {} timesteps, width {width})",
+                "a sampler's plan of {} steps needs one update kind with one set of flags, one seed, a timestep \
+                 per step and an even sinusoid width (got {} timesteps, width {width})",
                 steps.len(),
                 timesteps.len()
             )));

@@ -251,6 +251,16 @@ impl StepCoefs {
             StepCoefs::Dpm(c) => vec![c.sigma, c.alpha, c.x_coef, c.d_coef, c.prev_coef, c.noise_coef],
         }
     }
+
+    /// The update's flags, in the order the step kernels take them after the floats: DDIM's clamp and
+    /// re-derivation, DPM-Solver++'s clamp.
+    pub fn flags(&self) -> Vec<bool> {
+        match self {
+            StepCoefs::Ddpm(_) => vec![],
+            StepCoefs::Ddim(c) => vec![c.clamp, c.rederive],
+            StepCoefs::Dpm(c) => vec![c.clamp],
+        }
+    }
 }
 
 /// One DDIM step from `t` to `t_prev` with noise scale `eta`:

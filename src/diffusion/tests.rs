@@ -343,13 +343,16 @@ fn planned_sampler_steps<E: Executor>(dev: &Gpu<E>) {
         }
     }
     // The CPU runs no plans; a plan mixing update kinds, or with a timestep short, is refused.
-    let last = StepCoefs::Ddim(DdimCoefs::new(&sched, 999, None, 0.0).unwrap());
+    let c = DdimCoefs::new(&sched, 999, None, 0.0).unwrap();
+    let last = StepCoefs::Ddim(c);
     let steps = [(last, None)];
     let mut cpu_plan = SamplerPlan::new(&Cpu, &steps, &[999], dim).unwrap();
     assert!(Cpu.plan_sinusoid(&cpu_plan, 1, false).is_err());
     assert!(Cpu.planned_step(&mut cpu_plan, &mut vec![0.0; 4], &vec![0.0; 4], None).is_err());
     let mixed = [(last, None), (StepCoefs::Ddpm(DdpmCoefs::new(&sched, 5).unwrap()), None)];
     assert!(SamplerPlan::new(dev, &mixed, &[999, 5], dim).is_err());
+    let flags_differ = [(last, None), (StepCoefs::Ddim(DdimCoefs { rederive: true, ..c }), None)];
+    assert!(SamplerPlan::new(dev, &flags_differ, &[999, 5], dim).is_err());
     assert!(SamplerPlan::new(dev, &steps, &[], dim).is_err());
 }
 gpu_test!(planned_sampler_steps);

@@ -162,7 +162,7 @@ pub enum Timesteps<'a, B: Memory> {
     /// made there too, and nothing crosses the bus.
     Device { t: &'a B::Idx, n: usize },
     /// The current step of a sampler's plan, for all `n` images: the sinusoid is read from the plan on the
-    /// backend ([`DiffusionOps::plan_sinusoid`](crate::diffusion::DiffusionOps::plan_sinusoid)), so the call can be captured.
+    /// backend ([`plan_sinusoid`](crate::diffusion::DiffusionOps::plan_sinusoid)), so the call can be captured.
     Planned { plan: &'a SamplerPlan<B>, n: usize },
 }
 

@@ -6,8 +6,11 @@
 #[macro_use]
 mod common;
 
-use ddpm::backend::{Cpu, Gpu, Memory, Precision};
-use ddpm::diffusion::{initial_noise, sample_observed, Denoiser, SamplerKind, SamplerPlan, Schedule, Spacing};
+use ddpm::backend::{Backend, Cpu, Gpu, Memory, Precision};
+use ddpm::diffusion::inversion::inversion_steps;
+use ddpm::diffusion::{
+    ddim_invert, initial_noise, sample_observed, Denoiser, SamplerKind, SamplerPlan, Schedule, Spacing,
+};
 use ddpm::gpu::emu::Emulator;
 use ddpm::gpu::record::Recorder;
 use ddpm::gpu::Executor;
@@ -129,6 +132,44 @@ fn graphed_sampling_equals_step_by_step<E: Executor>(exec: E) {
     }
 }
 gpu_test!(graphed_sampling_equals_step_by_step);
+
+/// `inner` without its plan (`plan_width` left at `None`): the samplers call it step by step.
+struct StepByStep<'a, B: Backend>(&'a mut dyn Denoiser<B>);
+
+impl<B: Backend> Denoiser<B> for StepByStep<'_, B> {
+    fn predict_eps(&mut self, x: &Tensor<B>, t: &[usize]) -> ddpm::Result<Tensor<B>> {
+        self.0.predict_eps(x, t)
+    }
+    fn guided(&self) -> bool {
+        self.0.guided()
+    }
+}
+
+/// DDIM inversion runs in the samplers' loop: captured where it can be (one graph launch per call after the
+/// first), the same noise to the bit as step by step.
+fn graphed_inversion_equals_step_by_step<E: Executor>(exec: E) {
+    let be = Gpu::new(exec);
+    let config = RunConfig {
+        model: UNetConfig { in_ch: 1, base: 8, t_dim: 4, classes: 0 },
+        timesteps: 12,
+        ..RunConfig::reference_recipe()
+    };
+    let state = TrainState::new(config).unwrap().to_backend(&be).unwrap();
+    let sched = state.config.schedule.build(state.config.timesteps).unwrap();
+    let mut den = UNetDenoiser { model: &state.model, params: &state.params };
+    let mut invert = |den: &mut dyn Denoiser<_>| {
+        let before = be.executor().counters().snapshot();
+        let x0 = images(3, 8).into_backend(&be).unwrap();
+        let noise = ddim_invert(den, &sched, 4, x0, &mut |_, _| {}).unwrap().to_vec().unwrap();
+        let graph_launches = be.executor().counters().snapshot().since(&before).graph_launches;
+        (noise.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), graph_launches)
+    };
+    let (graphed, plain) = (invert(&mut den), invert(&mut StepByStep(&mut den)));
+    let calls = inversion_steps(&sched, 4).len() as u64;
+    assert_eq!((graphed.1, plain.1), (calls - 1, 0), "graph launches");
+    assert!(graphed.0 == plain.0, "the inverted noise differs with graphs");
+}
+gpu_test!(graphed_inversion_equals_step_by_step);
 
 /// A denoiser that says it runs from a plan but uploads its output at every call, as a denoiser that reads the host
 /// would: its first step runs, its capture is refused, and the error says how to sample without graphs, which works.

@@ -9,9 +9,10 @@
 //!
 //! the forward DDIM step from t to s solved for x_t with ε taken at the step's start instead of its end (the
 //! standard approximation; the first step evaluates the network on the clean image at timestep 0). It is the
-//! backend's fused `ddim_step` with [`DdimCoefs::inverse`], so every backend runs it with the sampler's kernel.
+//! backend's fused `ddim_step` with [`DdimCoefs::inverse`], so every backend runs it with the sampler's kernel, in
+//! the samplers' loop (captured as a graph where they are).
 
-use super::sampler::{ddim_timesteps, sample, DdimCoefs, Denoiser, SamplerKind};
+use super::sampler::{ddim_timesteps, run_steps, sample, DdimCoefs, Denoiser, SamplerKind, StepCoefs};
 use super::schedule::Schedule;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -42,21 +43,18 @@ pub fn ddim_invert<B: Backend>(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor<B>> {
     regeneration_kind(steps).validate(sched.t)?;
-    let (n, ..) = x0.dims4("ddim_invert: x0")?;
-    let plan = inversion_steps(sched, steps);
-    let be = x0.backend().clone();
-    let mut x = x0;
-    let mut next = Tensor::alloc(&be, x.shape())?;
-    for (k, &(s, t)) in plan.iter().enumerate() {
-        let eps = den.predict_eps(&x, &vec![s.unwrap_or(0); n])?;
-        if eps.shape() != x.shape() {
-            return shape_err!("ddim_invert: denoiser returned {:?} for input {:?}", eps.shape(), x.shape());
-        }
-        be.ddim_step(&DdimCoefs::inverse(sched, s, t)?, x.buf(), eps.buf(), None, next.buf_mut())?;
-        std::mem::swap(&mut x, &mut next);
-        progress(k + 1, plan.len());
-    }
-    Ok(x)
+    x0.dims4("ddim_invert: x0")?;
+    let (updates, ts): (Vec<_>, Vec<_>) = inversion_steps(sched, steps)
+        .into_iter()
+        .map(|(s, t)| Ok(((StepCoefs::Ddim(DdimCoefs::inverse(sched, s, t)?), None), s.unwrap_or(0))))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    // As the samplers run: captured as a graph where the backend and the denoiser allow it.
+    run_steps(den, (&updates, &ts), x0, true, &mut |done, total, _| {
+        progress(done, total);
+        Ok(())
+    })
 }
 
 /// Inverts `x0` with `steps`-step DDIM and regenerates it from the result with [`regeneration_kind`]`(steps)`:

@@ -375,45 +375,58 @@ pub fn sample_observed<B: Backend>(
     observe: &mut Observer<B>,
 ) -> Result<Tensor> {
     kind.validate(sched.t)?;
-    let (n, ..) = x_t.dims4("sample: x_t")?;
+    x_t.dims4("sample: x_t")?;
     let ts = kind.timesteps(sched);
     let guided = den.guided();
     let steps = (0..ts.len()).map(|k| step_coefs(sched, kind, &ts, k, guided, seed)).collect::<Result<Vec<_>>>()?;
-    let be = x_t.backend().clone();
-    // DPM-Solver++'s x̂0 of the previous step, kept for its second-order steps.
-    let mut x0_prev = match kind {
-        SamplerKind::DpmPp2m { .. } | SamplerKind::DpmPp2mSde { .. } => Some(Tensor::alloc(&be, x_t.shape())?),
-        _ => None,
-    };
-    let x = match den.plan_width().filter(|_| graphs && be.has_graphs() && ts.len() >= 2) {
-        Some(width) => {
-            let mut plan = SamplerPlan::new(&be, &steps, &ts, width)?;
-            let mut x = x_t;
-            sample_planned(den, &mut plan, &mut x, x0_prev.as_mut(), observe)?;
-            x
-        }
-        None => {
-            let mut x = x_t;
-            let mut next = Tensor::alloc(&be, x.shape())?;
-            for (k, (&t, (c, noise))) in ts.iter().zip(&steps).enumerate() {
-                let eps = den.predict_eps(&x, &vec![t; n])?;
-                check_eps(&eps, &x)?;
-                let (x_buf, eps, out) = (x.buf(), eps.buf(), next.buf_mut());
-                match (c, x0_prev.as_mut()) {
-                    (StepCoefs::Ddpm(c), _) => be.ddpm_step(c, x_buf, eps, *noise, out)?,
-                    (StepCoefs::Ddim(c), _) => be.ddim_step(c, x_buf, eps, *noise, out)?,
-                    (StepCoefs::Dpm(c), Some(prev)) => be.dpm_step(c, x_buf, eps, prev.buf_mut(), *noise, out)?,
-                    (StepCoefs::Dpm(_), None) => return Err(Error::Arg("a DPM-Solver++ step without its x̂0".into())),
-                }
-                std::mem::swap(&mut x, &mut next);
-                observe(k + 1, ts.len(), &x)?;
-            }
-            x
-        }
-    };
+    let x = run_steps(den, (&steps, &ts), x_t, graphs, observe)?;
     let mut x = x.to_host()?;
     if kind.clamps() {
         x.data_mut().iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
+    }
+    Ok(x)
+}
+
+/// Runs `steps` (each step's scalars and noise) from `x`, the network called at `ts` (a timestep per step, the same
+/// for every image), and returns the last x on the backend: from a plan, captured, where `graphs` and the backend
+/// and denoiser allow it (see [`sample_observed`]), else step by step; `observe` as for [`sample_observed`].
+pub(super) fn run_steps<B: Backend>(
+    den: &mut dyn Denoiser<B>,
+    (steps, ts): (&[(StepCoefs, Option<(u64, u64)>)], &[usize]),
+    x: Tensor<B>,
+    graphs: bool,
+    observe: &mut Observer<B>,
+) -> Result<Tensor<B>> {
+    let (n, ..) = x.dims4("sampler input x")?;
+    if ts.len() != steps.len() {
+        return Err(Error::Arg(format!("{} sampler steps with {} timesteps", steps.len(), ts.len())));
+    }
+    let be = x.backend().clone();
+    // DPM-Solver++'s x̂0 of the previous step, kept for its second-order steps.
+    let mut x0_prev = match steps.first() {
+        Some((StepCoefs::Dpm(_), _)) => Some(Tensor::alloc(&be, x.shape())?),
+        _ => None,
+    };
+    if let Some(width) = den.plan_width().filter(|_| graphs && be.has_graphs() && steps.len() >= 2) {
+        let mut plan = SamplerPlan::new(&be, steps, ts, width)?;
+        let mut x = x;
+        sample_planned(den, &mut plan, &mut x, x0_prev.as_mut(), observe)?;
+        return Ok(x);
+    }
+    let mut next = Tensor::alloc(&be, x.shape())?;
+    let mut x = x;
+    for (k, (&t, (c, noise))) in ts.iter().zip(steps).enumerate() {
+        let eps = den.predict_eps(&x, &vec![t; n])?;
+        check_eps(&eps, &x)?;
+        let (x_buf, eps, out) = (x.buf(), eps.buf(), next.buf_mut());
+        match (c, x0_prev.as_mut()) {
+            (StepCoefs::Ddpm(c), _) => be.ddpm_step(c, x_buf, eps, *noise, out)?,
+            (StepCoefs::Ddim(c), _) => be.ddim_step(c, x_buf, eps, *noise, out)?,
+            (StepCoefs::Dpm(c), Some(prev)) => be.dpm_step(c, x_buf, eps, prev.buf_mut(), *noise, out)?,
+            (StepCoefs::Dpm(_), None) => return Err(Error::Arg("a DPM-Solver++ step after another kind".into())),
+        }
+        std::mem::swap(&mut x, &mut next);
+        observe(k + 1, steps.len(), &x)?;
     }
     Ok(x)
 }

@@ -157,7 +157,7 @@ fn graphed_inversion_equals_step_by_step<E: Executor>(exec: E) {
     let state = TrainState::new(config).unwrap().to_backend(&be).unwrap();
     let sched = state.config.schedule.build(state.config.timesteps).unwrap();
     let mut den = UNetDenoiser { model: &state.model, params: &state.params };
-    let mut invert = |den: &mut dyn Denoiser<_>| {
+    let invert = |den: &mut dyn Denoiser<_>| {
         let before = be.executor().counters().snapshot();
         let x0 = images(3, 8).into_backend(&be).unwrap();
         let noise = ddim_invert(den, &sched, 4, x0, &mut |_, _| {}).unwrap().to_vec().unwrap();

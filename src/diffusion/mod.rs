@@ -16,7 +16,8 @@ pub use dpm_solver::{dpm_timesteps, DpmCoefs, Spacing};
 pub use inversion::{ddim_invert, regeneration_kind, roundtrip, slerp, RoundTripError};
 pub use plan::SamplerPlan;
 pub use sampler::{
-    ddim_timesteps, initial_noise, sample, sample_observed, DdimCoefs, DdpmCoefs, Denoiser, SamplerKind, StepCoefs,
+    ddim_timesteps, initial_noise, sample, sample_observed, DdimCoefs, DdpmCoefs, Denoiser, SamplerKind, SamplerStep,
+    StepCoefs,
 };
 pub use schedule::{Schedule, ScheduleKind};
 

@@ -3,7 +3,7 @@
 //! row holds the step's noise stream, whether it draws noise and its update's coefficients (`SAMPLE_*` in
 //! src/diffusion/diffusion.cu); the kind of update and its flags (DDIM's clamp and re-derivation) are the run's.
 
-use super::sampler::{check_eps, Denoiser, Observer, StepCoefs};
+use super::sampler::{check_eps, Denoiser, Observer, SamplerStep, StepCoefs};
 use crate::backend::{Backend, Memory};
 use crate::error::{Error, Result};
 use crate::nn::TimeEmbedding;
@@ -26,12 +26,7 @@ pub struct SamplerPlan<M: Memory> {
 impl<M: Memory> SamplerPlan<M> {
     /// The plan of `steps` (each step's scalars and noise `(seed, stream)`, one update kind and seed for all) at
     /// `timesteps`, with their sinusoids of `width`, uploaded to `backend`.
-    pub fn new(
-        backend: &M,
-        steps: &[(StepCoefs, Option<(u64, u64)>)],
-        timesteps: &[usize],
-        width: usize,
-    ) -> Result<Self> {
+    pub fn new(backend: &M, steps: &[SamplerStep], timesteps: &[usize], width: usize) -> Result<Self> {
         let Some(&(first, _)) = steps.first() else {
             return Err(Error::Arg("a sampler's plan needs at least one step".into()));
         };

@@ -234,6 +234,9 @@ impl DdimCoefs {
     }
 }
 
+/// One sampler step: its update's scalars, and its noise `(seed, stream)` when it draws any.
+pub type SamplerStep = (StepCoefs, Option<(u64, u64)>);
+
 /// The scalars of one sampler step, of whichever update it is.
 #[derive(Clone, Copy, Debug)]
 pub enum StepCoefs {
@@ -392,7 +395,7 @@ pub fn sample_observed<B: Backend>(
 /// and denoiser allow it (see [`sample_observed`]), else step by step; `observe` as for [`sample_observed`].
 pub(super) fn run_steps<B: Backend>(
     den: &mut dyn Denoiser<B>,
-    (steps, ts): (&[(StepCoefs, Option<(u64, u64)>)], &[usize]),
+    (steps, ts): (&[SamplerStep], &[usize]),
     x: Tensor<B>,
     graphs: bool,
     observe: &mut Observer<B>,
@@ -440,7 +443,7 @@ fn step_coefs(
     k: usize,
     guided: bool,
     seed: u64,
-) -> Result<(StepCoefs, Option<(u64, u64)>)> {
+) -> Result<SamplerStep> {
     let (t, t_prev) = (ts[k], ts.get(k + 1).copied());
     let noisy = match kind {
         SamplerKind::Ddpm | SamplerKind::DpmPp2mSde { .. } => true,

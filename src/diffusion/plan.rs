@@ -10,6 +10,12 @@ use crate::nn::TimeEmbedding;
 use crate::plan::{pair, Plan, ROW};
 use crate::tensor::Tensor;
 
+/// A row's words (`SAMPLE_*` in diffusion.cu): the noise stream (2 words, low first), whether the step draws noise,
+/// then the coefficients.
+const NOISE_STREAM: usize = 0;
+const NOISY: usize = 2;
+const COEFS: usize = 3;
+
 /// The steps of one sampler run on backend `M`, with their time sinusoids.
 pub struct SamplerPlan<M: Memory> {
     rows: Plan<M>,
@@ -49,10 +55,10 @@ impl<M: Memory> SamplerPlan<M> {
             .iter()
             .map(|(c, noise)| {
                 let mut row = [0.0; ROW];
-                let [s0, s1] = pair(noise.map_or(0, |(_, stream)| stream));
-                row[..3].copy_from_slice(&[s0, s1, f32::from_bits(noise.is_some() as u32)]);
+                row[NOISE_STREAM..NOISY].copy_from_slice(&pair(noise.map_or(0, |(_, stream)| stream)));
+                row[NOISY] = f32::from_bits(noise.is_some() as u32);
                 let coefs = c.floats();
-                row[3..3 + coefs.len()].copy_from_slice(&coefs);
+                row[COEFS..COEFS + coefs.len()].copy_from_slice(&coefs);
                 row
             })
             .collect();
